@@ -1,0 +1,464 @@
+"""One validated settings object, loaded from TOML and the environment.
+
+Rules:
+
+* Every section is a frozen dataclass; every key has a type and a default.
+* A TOML file overrides defaults; environment variables named
+  ``TELECONSULT_<SECTION>__<KEY>`` override the file (lists are comma-separated,
+  booleans ``true``/``false``/``1``/``0``).
+* Unknown sections or keys, wrong types and impossible values raise
+  :class:`SettingsError`, whose message names the key (and the line when the
+  value came from a file).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import re
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+ENV_PREFIX = "TELECONSULT_"
+
+
+class SettingsError(ValueError):
+    """A configuration problem, with where it is."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def _default_data_dir() -> str:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(base, "teleconsult")
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    """Address the HTTP(S) server binds."""
+    port: int = 8080
+    public_url: str = ""
+    """Base URL people use (links, OpenID redirects); derived from host/port when empty."""
+    tls_cert: str = ""
+    """PEM certificate; with tls_key, the server speaks HTTPS/WSS."""
+    tls_key: str = ""
+    data_dir: str = field(default_factory=_default_data_dir)
+    """Journal, durable records, stills, recordings, the development signing key."""
+    drain_timeout_s: float = 600.0
+    """After the first SIGTERM, how long live consultations may go on."""
+    log_format: str = "text"
+    """``text`` for people, ``json`` (one object a line) for collectors."""
+    log_level: str = "INFO"
+    allowed_origins: list[str] = field(default_factory=list)
+    """Origins allowed to open the WebSocket besides the server's own."""
+
+    def validate(self) -> list[tuple[str, str]]:
+        errors = []
+        if not 0 <= self.port <= 65535:
+            errors.append(("port", "must be between 0 and 65535"))
+        if bool(self.tls_cert) != bool(self.tls_key):
+            errors.append(("tls_cert", "tls_cert and tls_key go together"))
+        if self.drain_timeout_s < 0:
+            errors.append(("drain_timeout_s", "must be >= 0"))
+        if self.log_format not in ("text", "json"):
+            errors.append(("log_format", "must be 'text' or 'json'"))
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            errors.append(("log_level", "must be DEBUG, INFO, WARNING or ERROR"))
+        return errors
+
+
+@dataclass(frozen=True)
+class MediaSettings:
+    listen_ip: str = "0.0.0.0"
+    """Address the SFU binds its UDP media sockets to; 0.0.0.0 means every interface address."""
+    announced_ip: str = ""
+    """Address put in the SFU's ICE candidates (public IP behind NAT); defaults to listen_ip."""
+    port_min: int = 40000
+    port_max: int = 49999
+    allowed_remote_networks: list[str] = field(default_factory=lambda: ["0.0.0.0/0", "::/0"])
+    """Remote ICE candidates outside these networks are ignored (never checked)."""
+    pli_interval_s: float = 0.3
+    """Minimum time between two keyframe requests sent to one publisher."""
+    nack_history: int = 512
+    """Packets kept per subscription to answer NACKs."""
+
+    def validate(self) -> list[tuple[str, str]]:
+        errors = []
+        for key in ("listen_ip",) + (("announced_ip",) if self.announced_ip else ()):
+            try:
+                ipaddress.ip_address(getattr(self, key))
+            except ValueError:
+                errors.append((key, f"{getattr(self, key)!r} is not an IP address"))
+        if not (1 <= self.port_min <= self.port_max <= 65535):
+            errors.append(("port_min", "need 1 <= port_min <= port_max <= 65535"))
+        for net in self.allowed_remote_networks:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                errors.append(("allowed_remote_networks", f"{net!r} is not a network"))
+        if self.pli_interval_s <= 0:
+            errors.append(("pli_interval_s", "must be > 0"))
+        if self.nack_history < 16:
+            errors.append(("nack_history", "must be >= 16"))
+        return errors
+
+
+@dataclass(frozen=True)
+class IceSettings:
+    stun_urls: list[str] = field(default_factory=list)
+    turn_urls: list[str] = field(default_factory=list)
+    """e.g. turns:turn.example.org:443?transport=tcp"""
+    turn_secret: str = ""
+    """Shared secret of the coturn REST API scheme (use-auth-secret)."""
+    turn_ttl_s: int = 3600
+
+    def validate(self) -> list[tuple[str, str]]:
+        errors = []
+        for url in self.stun_urls:
+            if not url.startswith(("stun:", "stuns:")):
+                errors.append(("stun_urls", f"{url!r} is not a stun: URL"))
+        for url in self.turn_urls:
+            if not url.startswith(("turn:", "turns:")):
+                errors.append(("turn_urls", f"{url!r} is not a turn: URL"))
+        if self.turn_urls and not self.turn_secret:
+            errors.append(("turn_secret", "required when turn_urls are set"))
+        if self.turn_ttl_s <= 0:
+            errors.append(("turn_ttl_s", "must be > 0"))
+        return errors
+
+
+_ALGORITHMS = {"HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "EdDSA", "PS256"}
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    issuer: str = "teleconsult"
+    audience: str = "teleconsult"
+    algorithm: str = "HS256"
+    """Algorithm our own tokens are signed with; the only one accepted for them."""
+    signing_key: str = ""
+    """HS* secret, or a path to a PEM private key for RS/ES/EdDSA. Empty: a development
+    key is generated once under data_dir (never for production)."""
+    verify_key: str = ""
+    """Path to the PEM public key for RS/ES/EdDSA (derived from the private key when empty)."""
+    access_ttl_s: int = 8 * 3600
+    room_ttl_s: int = 4 * 3600
+    leeway_s: int = 5
+    oidc_issuer: str = ""
+    """An external OpenID provider (regional SSO, Pro Santé Connect) whose tokens are accepted."""
+    oidc_jwks_url: str = ""
+    oidc_audience: str = ""
+    oidc_algorithms: list[str] = field(default_factory=lambda: ["RS256", "ES256"])
+    oidc_role_claim: str = "teleconsult_role"
+    oidc_authorize_url: str = ""
+    """Where the web pages send people to sign in (implicit/PKCE flow of the provider)."""
+    oidc_client_id: str = ""
+
+    def validate(self) -> list[tuple[str, str]]:
+        errors = []
+        if self.algorithm not in _ALGORITHMS:
+            errors.append(("algorithm", f"must be one of {sorted(_ALGORITHMS)}"))
+        if self.algorithm.startswith("HS") and self.signing_key and len(self.signing_key) < 32:
+            errors.append(("signing_key", "an HS secret needs at least 32 characters"))
+        for name in ("access_ttl_s", "room_ttl_s"):
+            if getattr(self, name) <= 0:
+                errors.append((name, "must be > 0"))
+        if bool(self.oidc_issuer) != bool(self.oidc_jwks_url):
+            errors.append(("oidc_jwks_url", "oidc_issuer and oidc_jwks_url go together"))
+        for alg in self.oidc_algorithms:
+            if alg not in _ALGORITHMS or alg.startswith("HS"):
+                errors.append(("oidc_algorithms", f"{alg!r} is not an asymmetric JWT algorithm"))
+        return errors
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    backend: str = "memory"
+    """``memory`` (one process, the embedded default) or ``redis`` (several processes)."""
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "tc:"
+
+    def validate(self) -> list[tuple[str, str]]:
+        errors = []
+        if self.backend not in ("memory", "redis"):
+            errors.append(("backend", "must be 'memory' or 'redis'"))
+        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            errors.append(("redis_url", "must be a redis://, rediss:// or unix:// URL"))
+        return errors
+
+
+@dataclass(frozen=True)
+class SignallingSettings:
+    offer_timeout_s: float = 30.0
+    """How long an offer rings one physician before passing to the next."""
+    resume_grace_s: float = 30.0
+    """How long a dropped client may come back and resume its session."""
+    heartbeat_s: float = 10.0
+    max_message_bytes: int = 64 * 1024
+    max_messages_per_s: float = 50.0
+    send_queue_size: int = 256
+    """Messages queued to one client before it is considered too slow and disconnected."""
+    directory_file: str = ""
+    """Sites and clinicians (JSON); empty: the development directory shipped with the code."""
+
+    def validate(self) -> list[tuple[str, str]]:
+        errors = []
+        for name in ("offer_timeout_s", "resume_grace_s", "heartbeat_s", "max_messages_per_s"):
+            if getattr(self, name) <= 0:
+                errors.append((name, "must be > 0"))
+        if self.max_message_bytes < 1024:
+            errors.append(("max_message_bytes", "must be >= 1024"))
+        if self.send_queue_size < 1:
+            errors.append(("send_queue_size", "must be >= 1"))
+        return errors
+
+
+@dataclass(frozen=True)
+class RecordingSettings:
+    encrypt: bool = False
+    """Encrypt recordings and stills at rest (on in production)."""
+    master_key_file: str = ""
+    master_key_env: str = ""
+    """Name of an environment variable holding the base64 master key."""
+    retention_days: int = 30
+    flush_interval_s: float = 1.0
+
+    def validate(self) -> list[tuple[str, str]]:
+        errors = []
+        if self.retention_days < 1:
+            errors.append(("retention_days", "must be >= 1"))
+        if self.flush_interval_s <= 0:
+            errors.append(("flush_interval_s", "must be > 0"))
+        if self.encrypt and not (self.master_key_file or self.master_key_env):
+            errors.append(("master_key_file", "encryption needs master_key_file or master_key_env"))
+        return errors
+
+
+@dataclass(frozen=True)
+class DevicesSettings:
+    stethoscope_input: str = "alsa:default"
+    """``alsa:DEVICE`` or ``pulse:SOURCE``."""
+    dermatoscope_input: str = "/dev/video0"
+    dermatoscope_size: str = "1920x1080"
+    otoscope_input: str = "/dev/video1"
+    otoscope_size: str = "1280x720"
+    framerate: int = 30
+
+    def validate(self) -> list[tuple[str, str]]:
+        errors = []
+        for name in ("dermatoscope_size", "otoscope_size"):
+            if not re.fullmatch(r"\d{2,5}x\d{2,5}", getattr(self, name)):
+                errors.append((name, "must look like 1280x720"))
+        if not 1 <= self.framerate <= 120:
+            errors.append(("framerate", "must be between 1 and 120"))
+        if not self.stethoscope_input.startswith(("alsa:", "pulse:")):
+            errors.append(("stethoscope_input", "must start with alsa: or pulse:"))
+        return errors
+
+
+@dataclass(frozen=True)
+class Settings:
+    server: ServerSettings = field(default_factory=ServerSettings)
+    media: MediaSettings = field(default_factory=MediaSettings)
+    ice: IceSettings = field(default_factory=IceSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
+    signalling: SignallingSettings = field(default_factory=SignallingSettings)
+    recording: RecordingSettings = field(default_factory=RecordingSettings)
+    devices: DevicesSettings = field(default_factory=DevicesSettings)
+    source: str = ""
+    """Where the settings came from (for messages)."""
+
+    def replace(self, **sections: Any) -> "Settings":
+        """A copy with some keys changed: ``replace(media={"listen_ip": "127.0.0.1"})``."""
+        changed = {}
+        for name, values in sections.items():
+            changed[name] = dataclasses.replace(getattr(self, name), **values)
+        out = dataclasses.replace(self, **changed)
+        problems = _validate(out, {})
+        if problems:
+            raise SettingsError(problems)
+        return out
+
+    @property
+    def base_url(self) -> str:
+        if self.server.public_url:
+            return self.server.public_url.rstrip("/")
+        scheme = "https" if self.server.tls_cert else "http"
+        host = self.server.host
+        if host in ("0.0.0.0", "::"):
+            host = "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{scheme}://{host}:{self.server.port}"
+
+
+_SECTION_TYPES = typing.get_type_hints(Settings)
+_SECTION_TYPES.pop("source")
+
+
+def _key_lines(text: str) -> dict[tuple[str, str], int]:
+    """Line numbers of ``key = `` lines per section, for error messages."""
+    lines: dict[tuple[str, str], int] = {}
+    section = ""
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        header = re.match(r"^\[\s*([A-Za-z0-9_.-]+)\s*\]", stripped)
+        if header:
+            section = header.group(1)
+            lines[(section, "")] = number
+            continue
+        key = re.match(r'^"?([A-Za-z0-9_-]+)"?\s*=', stripped)
+        if key:
+            lines.setdefault((section, key.group(1)), number)
+    return lines
+
+
+def _coerce(value: Any, typ: Any, from_env: bool) -> Any:
+    """Check (and from the environment, convert) one value; raise ValueError with a reason."""
+    origin = typing.get_origin(typ)
+    if origin is list:
+        (item,) = typing.get_args(typ)
+        if from_env and isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise ValueError(f"expected a list, got {type(value).__name__}")
+        return [_coerce(v, item, from_env) for v in value]
+    if typ is bool:
+        if from_env and isinstance(value, str):
+            low = value.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(f"expected a boolean, got {value!r}")
+        if not isinstance(value, bool):
+            raise ValueError(f"expected a boolean, got {type(value).__name__}")
+        return value
+    if typ is int:
+        if from_env and isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                raise ValueError(f"expected an integer, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected an integer, got {type(value).__name__}")
+        return value
+    if typ is float:
+        if from_env and isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                raise ValueError(f"expected a number, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"expected a number, got {type(value).__name__}")
+        return float(value)
+    if typ is str:
+        if not isinstance(value, str):
+            raise ValueError(f"expected a string, got {type(value).__name__}")
+        return value
+    raise TypeError(f"unsupported settings type {typ!r}")  # a programming error
+
+
+def _validate(settings: Settings, lines: Mapping[tuple[str, str], int]) -> list[str]:
+    problems = []
+    for section in _SECTION_TYPES:
+        for key, reason in getattr(settings, section).validate():
+            problems.append(_where(settings.source, lines, section, key) + f"{section}.{key}: {reason}")
+    return problems
+
+
+def _where(source: str, lines: Mapping[tuple[str, str], int], section: str, key: str) -> str:
+    line = lines.get((section, key))
+    if source and line:
+        return f"{source}:{line}: "
+    if source:
+        return f"{source}: "
+    return ""
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Settings:
+    """Load settings from an optional TOML file and the environment.
+
+    Raises :class:`SettingsError` listing every problem found.
+    """
+    env = os.environ if env is None else env
+    data: dict[str, Any] = {}
+    lines: dict[tuple[str, str], int] = {}
+    source = ""
+    problems: list[str] = []
+    if path is not None:
+        source = str(path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise SettingsError([f"{source}: cannot read: {exc.strerror or exc}"]) from None
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError([f"{source}: not valid TOML: {exc}"]) from None
+        lines = _key_lines(text)
+
+    values: dict[str, dict[str, Any]] = {name: {} for name in _SECTION_TYPES}
+    for section, table in data.items():
+        if section not in _SECTION_TYPES:
+            problems.append(f"{_where(source, lines, section, '')}[{section}]: unknown section "
+                            f"(known: {', '.join(_SECTION_TYPES)})")
+            continue
+        if not isinstance(table, dict):
+            problems.append(f"{_where(source, lines, '', section)}{section}: must be a table")
+            continue
+        hints = typing.get_type_hints(_SECTION_TYPES[section])
+        for key, value in table.items():
+            where = _where(source, lines, section, key)
+            if key not in hints:
+                problems.append(f"{where}{section}.{key}: unknown key (known: {', '.join(hints)})")
+                continue
+            try:
+                values[section][key] = _coerce(value, hints[key], from_env=False)
+            except ValueError as exc:
+                problems.append(f"{where}{section}.{key}: {exc}")
+
+    for name, raw in env.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        rest = name[len(ENV_PREFIX):]
+        if "__" not in rest:
+            continue
+        section, key = (part.lower() for part in rest.split("__", 1))
+        if section not in _SECTION_TYPES:
+            problems.append(f"${name}: unknown section {section!r}")
+            continue
+        hints = typing.get_type_hints(_SECTION_TYPES[section])
+        if key not in hints:
+            problems.append(f"${name}: unknown key {section}.{key}")
+            continue
+        try:
+            values[section][key] = _coerce(raw, hints[key], from_env=True)
+        except ValueError as exc:
+            problems.append(f"${name}: {section}.{key}: {exc}")
+
+    if problems:
+        raise SettingsError(problems)
+    sections = {name: _SECTION_TYPES[name](**values[name]) for name in _SECTION_TYPES}
+    settings = Settings(**sections, source=source)
+    problems = _validate(settings, lines)
+    if problems:
+        raise SettingsError(problems)
+    return settings
+
+
+__all__ = ["Settings", "SettingsError", "load_settings", "ENV_PREFIX"] + [
+    t.__name__ for t in (ServerSettings, MediaSettings, IceSettings, AuthSettings, StoreSettings,
+                         SignallingSettings, RecordingSettings, DevicesSettings)
+]

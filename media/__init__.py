@@ -1,0 +1,1 @@
+"""Media at rest: RTP depacketizing, recording without transcoding, encrypted storage."""

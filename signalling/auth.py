@@ -1,0 +1,389 @@
+"""Tokens: who a request is (Principal) and what a room token allows (RoomGrant).
+
+Two kinds of JWT, both with ``iss``, ``aud``, ``sub``, ``iat`` and ``exp``
+required and a ``typ`` claim that keeps one kind from being used as the other:
+
+* access tokens (``typ=access``): ``role`` (nurse, physician, agent, admin),
+  ``site`` for nurses and device agents, ``specialties`` for physicians;
+* room tokens (``typ=room``): ``room``, ``role``, ``publish`` (the sources the
+  holder may publish, default none), ``subscribe`` (default false) and
+  ``command`` (may send device commands, default false).
+
+The accepted algorithm is the one in settings, never the token's header. Tokens
+of an external OpenID provider are accepted as access tokens when settings name
+its issuer and JWKS URL; their keys are fetched asynchronously and cached.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import os
+import re
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Iterable
+
+import jwt
+
+from config.settings import AuthSettings
+
+logger = logging.getLogger(__name__)
+
+ACCESS = "access"
+ROOM = "room"
+
+SOURCES = ("camera", "microphone", "stethoscope", "dermatoscope", "otoscope", "screen", "vitals")
+"""Labels a publication may carry (``vitals`` travels on the data channel only)."""
+
+# msid tokens (RFC 8830 / RFC 4566 token chars): identities end up in a=msid lines.
+_IDENTITY = re.compile(r"^[A-Za-z0-9!#$%&'*+\-.^_`{|}~]{1,64}$")
+
+
+class Role(str, enum.Enum):
+    NURSE = "nurse"
+    PHYSICIAN = "physician"
+    AGENT = "agent"
+    ADMIN = "admin"
+
+
+class AuthError(Exception):
+    """A token was refused; ``reason`` is safe to show to the caller."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who an access token says the caller is."""
+
+    subject: str
+    role: Role
+    site: str | None = None
+    """The assisted site of a nurse or device agent."""
+    specialties: tuple[str, ...] = ()
+    name: str = ""
+    expires_at: float = 0.0
+    issuer: str = ""
+
+
+@dataclass(frozen=True)
+class RoomGrant:
+    """What a room token allows its holder in one room (default deny)."""
+
+    room: str
+    identity: str
+    role: Role
+    publish: tuple[str, ...] = ()
+    subscribe: bool = False
+    command: bool = False
+    expires_at: float = 0.0
+
+    def may_publish(self, source: str) -> bool:
+        return source in self.publish
+
+
+def validate_identity(identity: str) -> str:
+    if not _IDENTITY.match(identity):
+        raise ValueError(f"identity {identity!r} must be 1-64 msid token characters")
+    return identity
+
+
+def _parse_sources(sources: Iterable[str]) -> tuple[str, ...]:
+    out = []
+    for s in sources:
+        if s not in SOURCES:
+            raise ValueError(f"unknown source {s!r} (known: {', '.join(SOURCES)})")
+        if s not in out:
+            out.append(s)
+    return tuple(out)
+
+
+def development_key(data_dir: str) -> str:
+    """A signing secret made once under ``data_dir`` so that the CLI and the server agree."""
+    path = Path(data_dir) / "dev-signing.key"
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(48)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, key.encode())
+    finally:
+        os.close(fd)
+    logger.warning("generated a development signing key", extra={"path": str(path)})
+    return key
+
+
+@dataclass
+class _Keys:
+    signing: Any
+    verifying: Any
+
+
+def _load_keys(settings: AuthSettings, data_dir: str) -> _Keys:
+    if settings.algorithm.startswith("HS"):
+        secret = settings.signing_key or development_key(data_dir)
+        return _Keys(secret, secret)
+    from cryptography.hazmat.primitives import serialization
+
+    if not settings.signing_key and not settings.verify_key:
+        raise AuthError(f"auth.algorithm {settings.algorithm} needs auth.signing_key (a PEM file)")
+    private = None
+    if settings.signing_key:
+        private = serialization.load_pem_private_key(Path(settings.signing_key).read_bytes(), None)
+    if settings.verify_key:
+        public = serialization.load_pem_public_key(Path(settings.verify_key).read_bytes())
+    else:
+        assert private is not None
+        public = private.public_key()
+    return _Keys(private, public)
+
+
+JwksFetcher = Callable[[str], Awaitable[dict[str, Any]]]
+
+
+async def fetch_jwks(url: str) -> dict[str, Any]:
+    import aiohttp
+
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        async with session.get(url) as response:
+            response.raise_for_status()
+            data: dict[str, Any] = await response.json(content_type=None)
+            return data
+
+
+@dataclass
+class TokenService:
+    """Signs and verifies our tokens; verifies an external provider's access tokens."""
+
+    settings: AuthSettings
+    data_dir: str
+    jwks_fetcher: JwksFetcher = fetch_jwks
+    clock: Callable[[], float] = time.time
+    _keys: _Keys = field(init=False)
+    _jwks: jwt.PyJWKSet | None = field(default=None, init=False)
+    _jwks_fetched_at: float = field(default=0.0, init=False)
+    _jwks_lock: asyncio.Lock | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self._keys = _load_keys(self.settings, self.data_dir)
+
+    # -- issuing ---------------------------------------------------------
+    def _sign(self, claims: dict[str, Any], ttl: int) -> str:
+        now = int(self.clock())
+        body = {
+            "iss": self.settings.issuer,
+            "aud": self.settings.audience,
+            "iat": now,
+            "nbf": now,
+            "exp": now + int(ttl),
+            "jti": secrets.token_hex(8),
+            **claims,
+        }
+        return jwt.encode(body, self._keys.signing, algorithm=self.settings.algorithm)
+
+    def issue_access(
+        self,
+        role: Role | str,
+        subject: str,
+        *,
+        site: str | None = None,
+        specialties: Iterable[str] = (),
+        name: str = "",
+        ttl: int | None = None,
+    ) -> str:
+        role = Role(role)
+        if role in (Role.NURSE, Role.AGENT) and not site:
+            raise ValueError(f"a {role.value} token needs a site")
+        if not subject:
+            raise ValueError("a token needs a subject")
+        claims: dict[str, Any] = {"typ": ACCESS, "sub": subject, "role": role.value}
+        if site:
+            claims["site"] = site
+        specs = [s for s in specialties if s]
+        if specs:
+            claims["specialties"] = specs
+        if name:
+            claims["name"] = name
+        return self._sign(claims, ttl or self.settings.access_ttl_s)
+
+    def issue_room(
+        self,
+        room: str,
+        identity: str,
+        *,
+        role: Role | str,
+        publish: Iterable[str] = (),
+        subscribe: bool = False,
+        command: bool = False,
+        ttl: int | None = None,
+    ) -> str:
+        validate_identity(identity)
+        if not room:
+            raise ValueError("a room token needs a room")
+        claims = {
+            "typ": ROOM,
+            "sub": identity,
+            "room": room,
+            "role": Role(role).value,
+            "publish": list(_parse_sources(publish)),
+            "subscribe": bool(subscribe),
+            "command": bool(command),
+        }
+        return self._sign(claims, ttl or self.settings.room_ttl_s)
+
+    # -- verifying -------------------------------------------------------
+    def _decode_local(self, token: str) -> dict[str, Any]:
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                self._keys.verifying,
+                algorithms=[self.settings.algorithm],
+                audience=self.settings.audience,
+                issuer=self.settings.issuer,
+                leeway=self.settings.leeway_s,
+                options={"require": ["exp", "iat", "aud", "iss", "sub"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise AuthError("token expired") from None
+        except jwt.ImmatureSignatureError:
+            raise AuthError("token not yet valid") from None
+        except jwt.InvalidAudienceError:
+            raise AuthError("token has the wrong audience") from None
+        except jwt.InvalidIssuerError:
+            raise AuthError("token has the wrong issuer") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise AuthError(f"token lacks the {exc.claim!r} claim") from None
+        except jwt.InvalidAlgorithmError:
+            raise AuthError("token algorithm not accepted") from None
+        except jwt.InvalidSignatureError:
+            raise AuthError("token signature invalid") from None
+        except jwt.InvalidTokenError as exc:
+            raise AuthError(f"token invalid: {exc}") from None
+        if claims.get("iat", 0) > self.clock() + self.settings.leeway_s:
+            raise AuthError("token issued in the future")
+        return claims
+
+    def verify_room(self, token: str, room: str | None = None) -> RoomGrant:
+        """A room token's grant; ``room`` given: it must be that room's."""
+        claims = self._decode_local(token)
+        if claims.get("typ") != ROOM:
+            raise AuthError("not a room token")
+        try:
+            grant = RoomGrant(
+                room=str(claims["room"]),
+                identity=validate_identity(str(claims["sub"])),
+                role=Role(claims["role"]),
+                publish=_parse_sources(claims.get("publish") or ()),
+                subscribe=claims.get("subscribe") is True,
+                command=claims.get("command") is True,
+                expires_at=float(claims["exp"]),
+            )
+        except (KeyError, ValueError, TypeError) as exc:
+            raise AuthError(f"room token malformed: {exc}") from None
+        if room is not None and grant.room != room:
+            raise AuthError("room token is for another room")
+        return grant
+
+    async def verify_access(self, token: str) -> Principal:
+        """An access token's principal, ours or the external provider's."""
+        try:
+            unverified = jwt.decode(token, options={"verify_signature": False})
+        except jwt.InvalidTokenError:
+            raise AuthError("token malformed") from None
+        if self.settings.oidc_issuer and unverified.get("iss") == self.settings.oidc_issuer:
+            return await self._verify_oidc(token)
+        claims = self._decode_local(token)
+        if claims.get("typ") != ACCESS:
+            raise AuthError("not an access token")
+        return self._principal(claims)
+
+    def verify_access_local(self, token: str) -> Principal:
+        """Synchronous check of one of our own access tokens (CLI, tests)."""
+        claims = self._decode_local(token)
+        if claims.get("typ") != ACCESS:
+            raise AuthError("not an access token")
+        return self._principal(claims)
+
+    def _principal(self, claims: dict[str, Any], role_claim: str = "role") -> Principal:
+        try:
+            role = Role(claims[role_claim])
+        except (KeyError, ValueError):
+            raise AuthError("token has no valid role") from None
+        site = claims.get("site")
+        if role in (Role.NURSE, Role.AGENT) and not isinstance(site, str):
+            raise AuthError(f"a {role.value} token must name its site")
+        specialties = claims.get("specialties") or ()
+        if isinstance(specialties, str):
+            specialties = specialties.split(",")
+        return Principal(
+            subject=str(claims["sub"]),
+            role=role,
+            site=site if isinstance(site, str) else None,
+            specialties=tuple(str(s) for s in specialties),
+            name=str(claims.get("name", "")),
+            expires_at=float(claims["exp"]),
+            issuer=str(claims.get("iss", "")),
+        )
+
+    async def _oidc_keys(self, force: bool = False) -> jwt.PyJWKSet:
+        if self._jwks_lock is None:
+            self._jwks_lock = asyncio.Lock()
+        async with self._jwks_lock:
+            fresh = self.clock() - self._jwks_fetched_at < 300
+            if self._jwks is None or (force and not fresh):
+                try:
+                    data = await self.jwks_fetcher(self.settings.oidc_jwks_url)
+                    self._jwks = jwt.PyJWKSet.from_dict(data)
+                    self._jwks_fetched_at = self.clock()
+                except Exception as exc:  # network, JSON, key format: all mean "cannot verify"
+                    logger.warning("cannot fetch the provider's JWKS: %s", exc)
+                    raise AuthError("identity provider keys unavailable") from None
+            return self._jwks
+
+    async def _verify_oidc(self, token: str) -> Principal:
+        try:
+            kid = jwt.get_unverified_header(token).get("kid")
+        except jwt.InvalidTokenError:
+            raise AuthError("token malformed") from None
+        keys = await self._oidc_keys()
+        key = next((k for k in keys.keys if k.key_id == kid), None)
+        if key is None:  # the provider may have rotated its keys
+            keys = await self._oidc_keys(force=True)
+            key = next((k for k in keys.keys if k.key_id == kid), None)
+        if key is None:
+            raise AuthError("token signed by an unknown provider key")
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key.key,
+                algorithms=list(self.settings.oidc_algorithms),
+                audience=self.settings.oidc_audience or self.settings.audience,
+                issuer=self.settings.oidc_issuer,
+                leeway=self.settings.leeway_s,
+                options={"require": ["exp", "iat", "aud", "iss", "sub"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise AuthError("token expired") from None
+        except jwt.InvalidTokenError as exc:
+            raise AuthError(f"provider token invalid: {exc}") from None
+        return self._principal(claims, role_claim=self.settings.oidc_role_claim)
+
+
+def bearer_token(header: str | None) -> str:
+    """The token of an ``Authorization: Bearer`` header."""
+    if not header:
+        raise AuthError("missing Authorization header")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthError("Authorization must be 'Bearer <token>'")
+    return token.strip()

@@ -1,0 +1,5 @@
+import sys
+
+from teleconsult.cli import main
+
+sys.exit(main())

@@ -1,0 +1,224 @@
+"""The ``teleconsult`` command line.
+
+These command lines are a contract that tools outside the code rely on:
+options are added, never renamed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import ssl
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from config.settings import Settings, SettingsError, load_settings
+
+logger = logging.getLogger("teleconsult")
+
+EXIT_CONFIG = 2
+
+Command = Callable[[argparse.Namespace, Settings], int]
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _load(args: argparse.Namespace) -> Settings:
+    return load_settings(args.config)
+
+
+# -- serve -------------------------------------------------------------------
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    server = {}
+    if args.host:
+        server["host"] = args.host
+    if args.port is not None:
+        server["port"] = args.port
+    media = {}
+    if args.media_address:
+        media = {"listen_ip": args.media_address, "announced_ip": args.media_address}
+        if args.media_address.startswith("127."):
+            media["allowed_remote_networks"] = ["127.0.0.0/8"]
+    settings = settings.replace(server=server, media=media)
+    from teleconsult import logs
+
+    logs.configure(settings.server.log_format, settings.server.log_level)
+    import uvloop
+
+    return uvloop.run(serve(settings))
+
+
+def ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    if not settings.server.tls_cert:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(settings.server.tls_cert, settings.server.tls_key)
+    return context
+
+
+async def serve(settings: Settings, ready: Callable[[str], None] | None = None) -> int:
+    """Run the server until signals stop it (first: drain, second: stop now)."""
+    from aiohttp import web
+
+    from teleconsult import appkeys
+    from teleconsult.app import create_app
+
+    app = create_app(settings)
+    lifecycle = app[appkeys.LIFECYCLE]
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.server.host, settings.server.port, ssl_context=ssl_context(settings))
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    scheme = "https" if settings.server.tls_cert else "http"
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    base = settings.server.public_url.rstrip("/") or f"{scheme}://{shown}:{port}"
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lifecycle.signal)
+    print(f"teleconsult serving on {base}", flush=True)
+    print(f"  pages:   {base}/", flush=True)
+    print(f"  health:  {base}/healthz  {base}/readyz  {base}/metrics", flush=True)
+    print("  sign in: teleconsult token access --role physician --sub dr-demo --specialty general --link",
+          flush=True)
+    if ready is not None:
+        ready(base)
+    logger.info("serving", extra={"url": base, "media_ip": settings.media.listen_ip})
+    try:
+        while lifecycle.accepting:
+            await asyncio.sleep(0.2)
+        await lifecycle.wait_drained(settings.server.drain_timeout_s)
+    finally:
+        await runner.cleanup()
+    logger.info("stopped")
+    return 0
+
+
+# -- token -------------------------------------------------------------------
+def _tokens(settings: Settings):  # type: ignore[no-untyped-def]
+    from signalling.auth import TokenService
+
+    return TokenService(settings.auth, settings.server.data_dir)
+
+
+def cmd_token_access(args: argparse.Namespace, settings: Settings) -> int:
+    token = _tokens(settings).issue_access(
+        args.role, args.sub, site=args.site, specialties=_csv(args.specialty or ""),
+        name=args.name or "", ttl=args.ttl)
+    if args.link:
+        page = {"nurse": "nurse", "physician": "physician", "admin": "admin", "agent": "agent"}[args.role]
+        print(f"{settings.base_url}/{page}#token={token}")
+    else:
+        print(token)
+    return 0
+
+
+def cmd_token_room(args: argparse.Namespace, settings: Settings) -> int:
+    token = _tokens(settings).issue_room(
+        args.room, args.identity, role=args.role, publish=_csv(args.publish or ""),
+        subscribe=args.subscribe, command=args.command, ttl=args.ttl)
+    print(token)
+    return 0
+
+
+# -- check-config --------------------------------------------------------------
+def cmd_check_config(args: argparse.Namespace) -> int:
+    try:
+        load_settings(args.file)
+    except SettingsError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_CONFIG
+    print(f"{args.file}: ok")
+    return 0
+
+
+# -- tls-selfsigned ------------------------------------------------------------
+def cmd_tls_selfsigned(args: argparse.Namespace) -> int:
+    from teleconsult.tls import write_self_signed
+
+    cert, key = write_self_signed(Path(args.out), args.name or ["localhost"])
+    print(f"certificate: {cert}\nkey:         {key}")
+    print("set [server] tls_cert and tls_key to these paths (development and LAN trials only)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="teleconsult", description="Real-time video teleconsultation")
+    parser.add_argument("--config", metavar="FILE", help="TOML settings (environment TELECONSULT_<SECTION>__<KEY> overrides)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve_p = sub.add_parser("serve", help="run signalling, SFU and web pages in one process")
+    serve_p.add_argument("--host", help="HTTP bind address (default 127.0.0.1)")
+    serve_p.add_argument("--port", type=int, help="HTTP port (default 8080; 0 picks a free one)")
+    serve_p.add_argument("--media-address", metavar="IP", help="bind and announce WebRTC media on this address only")
+    serve_p.set_defaults(func=cmd_serve)
+
+    token_p = sub.add_parser("token", help="sign tokens with the configured key")
+    token_sub = token_p.add_subparsers(dest="token_kind", required=True)
+    access = token_sub.add_parser("access", help="an access token for a person or a device agent")
+    access.add_argument("--role", required=True, choices=["nurse", "physician", "agent", "admin"])
+    access.add_argument("--sub", required=True, help="subject id (no personal data)")
+    access.add_argument("--site", help="site id (nurse, agent)")
+    access.add_argument("--specialty", help="comma-separated specialties (physician)")
+    access.add_argument("--name", help="display name")
+    access.add_argument("--ttl", type=int, help="seconds of validity")
+    access.add_argument("--link", action="store_true", help="print a sign-in URL instead of the token")
+    access.set_defaults(func=cmd_token_access)
+    room = token_sub.add_parser("room", help="a room token with explicit grants")
+    room.add_argument("room")
+    room.add_argument("--identity", required=True)
+    room.add_argument("--role", default="physician", choices=["nurse", "physician", "agent"])
+    room.add_argument("--publish", help="comma-separated sources it may publish")
+    room.add_argument("--subscribe", action="store_true", help="may subscribe to the room's tracks")
+    room.add_argument("--command", action="store_true", help="may send device commands")
+    room.add_argument("--ttl", type=int, help="seconds of validity")
+    room.set_defaults(func=cmd_token_room)
+
+    check = sub.add_parser("check-config", help="validate a settings file")
+    check.add_argument("file")
+    check.set_defaults(func=cmd_check_config, no_settings=True)
+
+    tls = sub.add_parser("tls-selfsigned", help="make a self-signed certificate for a LAN trial")
+    tls.add_argument("--out", default="tls", help="folder for cert.pem and key.pem")
+    tls.add_argument("--name", action="append", help="host name or IP (repeatable)")
+    tls.set_defaults(func=cmd_tls_selfsigned, no_settings=True)
+
+    for extend in _EXTENSIONS:
+        extend(sub)
+    return parser
+
+
+# Later subcommands (agent, demo, recording) register themselves here.
+_EXTENSIONS: list[Callable[[argparse._SubParsersAction], None]] = []  # type: ignore[type-arg]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "no_settings", False):
+        return int(args.func(args))
+    try:
+        settings = _load(args)
+    except SettingsError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        return int(args.func(args, settings))
+    except SettingsError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_CONFIG
+    except ValueError as exc:
+        print(f"teleconsult: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
+if __name__ == "__main__":
+    sys.exit(main())
