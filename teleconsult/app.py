@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from http import HTTPStatus
 from typing import Awaitable, Callable
 
 from aiohttp import web
@@ -41,7 +42,14 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
             response.headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
         except web.HTTPException as exc:
             status = exc.status
-            raise
+            if exc.status < 400 or exc.content_type == "application/json":
+                raise
+            # One error shape everywhere: {"error": ..., "reason": ...}
+            response = json_error(exc.status, HTTPStatus(exc.status).phrase.lower().replace(" ", "_"),
+                                  exc.reason or exc.text or "")
+            for name in ("Allow", "Retry-After", "WWW-Authenticate"):
+                if name in exc.headers:
+                    response.headers[name] = exc.headers[name]
         status = response.status
         response.headers["X-Request-Id"] = rid
         return response

@@ -22,6 +22,7 @@ from aiortc import RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from media.ice import MediaNetwork, ScopedPeerConnection
+from media.sdp import SdpError, parse_offer
 from signalling.auth import bearer_token
 from teleconsult import appkeys
 
@@ -46,6 +47,10 @@ class EchoService:
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def open(self, offer_sdp: str) -> tuple[EchoCheck, str]:
+        try:
+            parse_offer(offer_sdp)
+        except SdpError as exc:
+            raise web.HTTPBadRequest(reason=str(exc)) from None
         if len(self.checks) >= MAX_CHECKS:
             raise web.HTTPServiceUnavailable(reason="too many network checks running")
         check = EchoCheck(id=secrets.token_hex(8), pc=ScopedPeerConnection(self.network))

@@ -1,0 +1,390 @@
+"""Sans-I/O frame assembly: RTP packets of one publication in, encoded frames out.
+
+Rules:
+
+* Packets are put back in sequence order within a window (``reorder_packets`` packets
+  or ``reorder_delay_s`` seconds of arrival time, whichever comes first); duplicates and
+  packets older than what was already released are dropped.
+* A packet still missing when the window moves past it is lost. Video: the frame it
+  belonged to is dropped, a :class:`Gap` is reported with ``needs_keyframe=True``, and
+  nothing more is emitted until a keyframe (the decoder chain is broken). Opus: one
+  packet is one frame, so only the lost packets are missing; a :class:`Gap` says how
+  many.
+* Video frames end on the RTP marker bit (RFC 3550 / 7741 / 6184), or when the
+  timestamp changes, and must start with a start-of-frame packet.
+* VP8 payloads keep their bytes exactly (RFC 7741 descriptor stripped); H.264 payloads
+  become Annex-B access units (RFC 6184 single NAL, STAP-A, FU-A), and a keyframe
+  without SPS/PPS gets the last seen ones put in front.
+
+The payload descriptors come from aiortc's own codecs (``VpxPayloadDescriptor``,
+``H264PayloadDescriptor``), so sender and receiver agree by construction.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Union
+
+from aiortc import RTCRtpCodecParameters
+from aiortc.codecs.h264 import H264Encoder, H264PayloadDescriptor
+from aiortc.codecs.vpx import VpxPayloadDescriptor
+from aiortc.rtp import RtpPacket
+
+logger = logging.getLogger(__name__)
+
+_SEQ_MOD = 1 << 16
+_NAL_IDR = 5
+_NAL_SPS = 7
+_NAL_PPS = 8
+_NAL_FU_A = 28
+_START_CODE = b"\x00\x00\x00\x01"
+
+
+@dataclass(frozen=True)
+class EncodedFrame:
+    """One encoded picture or audio frame, as the decoder wants it."""
+
+    data: bytes
+    """VP8 frame, H.264 Annex-B access unit, or one Opus packet."""
+    timestamp: int
+    """RTP timestamp (32 bits, wraps)."""
+    clock_rate: int
+    """RTP clock rate: 90000 for video, 48000 for Opus."""
+    keyframe: bool
+    arrival: float
+    """Arrival time of the frame's last packet, on the caller's clock."""
+
+
+@dataclass(frozen=True)
+class Gap:
+    """Packets were lost: what was dropped, and whether a keyframe is needed."""
+
+    lost_packets: int
+    """Sequence numbers that never came (within the window)."""
+    dropped_frames: int
+    """Frames thrown away since the last gap report (incomplete or waiting for a keyframe)."""
+    needs_keyframe: bool
+    """Video only: nothing is emitted until the next keyframe; ask the publisher (PLI)."""
+    arrival: float
+
+
+Event = Union[EncodedFrame, Gap]
+
+
+def vp8_is_keyframe(frame: bytes) -> bool:
+    """RFC 6386 §9.1: the P bit of the frame tag (first bit of the first byte) is 0."""
+    return bool(frame) and not frame[0] & 0x01
+
+
+def vp8_dimensions(frame: bytes) -> tuple[int, int] | None:
+    """Width and height from a VP8 keyframe header, None for an interframe."""
+    if len(frame) < 10 or not vp8_is_keyframe(frame) or frame[3:6] != b"\x9d\x01\x2a":
+        return None
+    width = int.from_bytes(frame[6:8], "little") & 0x3FFF
+    height = int.from_bytes(frame[8:10], "little") & 0x3FFF
+    return width, height
+
+
+def h264_nal_units(access_unit: bytes) -> list[bytes]:
+    """The NAL units of an Annex-B access unit (aiortc's splitter)."""
+    return list(H264Encoder._split_bitstream(access_unit))
+
+
+def h264_is_keyframe(access_unit: bytes) -> bool:
+    return any(nal and nal[0] & 0x1F == _NAL_IDR for nal in h264_nal_units(access_unit))
+
+
+def h264_dimensions(access_unit: bytes) -> tuple[int, int] | None:
+    """Width and height from the first SPS of an access unit (H.264 §7.3.2.1.1)."""
+    for nal in h264_nal_units(access_unit):
+        if nal and nal[0] & 0x1F == _NAL_SPS:
+            try:
+                return _sps_dimensions(nal)
+            except IndexError:
+                return None
+    return None
+
+
+class _BitReader:
+    def __init__(self, data: bytes) -> None:
+        # Emulation prevention bytes (00 00 03) are not part of the syntax.
+        self._data = data.replace(b"\x00\x00\x03", b"\x00\x00")
+        self._pos = 0
+
+    def u(self, n: int) -> int:
+        value = 0
+        for _ in range(n):
+            byte = self._data[self._pos >> 3]
+            value = (value << 1) | ((byte >> (7 - (self._pos & 7))) & 1)
+            self._pos += 1
+        return value
+
+    def ue(self) -> int:
+        zeros = 0
+        while self.u(1) == 0:
+            zeros += 1
+            if zeros > 31:
+                raise IndexError("bad exp-Golomb code")
+        return (1 << zeros) - 1 + self.u(zeros)
+
+    def se(self) -> int:
+        k = self.ue()
+        return (k + 1) // 2 if k & 1 else -(k // 2)
+
+
+_HIGH_PROFILES = {100, 110, 122, 244, 44, 83, 86, 118, 128, 138, 139, 134, 135}
+
+
+def _sps_dimensions(nal: bytes) -> tuple[int, int]:
+    r = _BitReader(nal[1:])
+    profile_idc = r.u(8)
+    r.u(16)  # constraint flags, level_idc
+    r.ue()  # seq_parameter_set_id
+    chroma_format_idc = 1
+    if profile_idc in _HIGH_PROFILES:
+        chroma_format_idc = r.ue()
+        if chroma_format_idc == 3:
+            r.u(1)  # separate_colour_plane_flag
+        r.ue()  # bit_depth_luma_minus8
+        r.ue()  # bit_depth_chroma_minus8
+        r.u(1)  # qpprime_y_zero_transform_bypass_flag
+        if r.u(1):  # seq_scaling_matrix_present_flag
+            for i in range(8 if chroma_format_idc != 3 else 12):
+                if r.u(1):
+                    last, nxt = 8, 8
+                    for _ in range(16 if i < 6 else 64):
+                        if nxt:
+                            nxt = (last + r.se() + 256) % 256
+                        last = nxt or last
+    r.ue()  # log2_max_frame_num_minus4
+    poc_type = r.ue()
+    if poc_type == 0:
+        r.ue()
+    elif poc_type == 1:
+        r.u(1)
+        r.se()
+        r.se()
+        for _ in range(r.ue()):
+            r.se()
+    r.ue()  # max_num_ref_frames
+    r.u(1)  # gaps_in_frame_num_value_allowed_flag
+    width_mbs = r.ue() + 1
+    height_units = r.ue() + 1
+    frame_mbs_only = r.u(1)
+    if not frame_mbs_only:
+        r.u(1)
+    r.u(1)  # direct_8x8_inference_flag
+    crop = (r.ue(), r.ue(), r.ue(), r.ue()) if r.u(1) else (0, 0, 0, 0)
+    sub_w, sub_h = {0: (1, 1), 1: (2, 2), 2: (2, 1)}.get(chroma_format_idc, (1, 1))
+    unit_x = 1 if chroma_format_idc == 0 else sub_w
+    unit_y = (2 - frame_mbs_only) * (1 if chroma_format_idc == 0 else sub_h)
+    width = width_mbs * 16 - unit_x * (crop[0] + crop[1])
+    height = (2 - frame_mbs_only) * height_units * 16 - unit_y * (crop[2] + crop[3])
+    return width, height
+
+
+@dataclass
+class _Assembly:
+    timestamp: int
+    payloads: list[bytes]
+    broken: bool
+    arrival: float
+
+
+class Depacketizer:
+    """Assembles one publication's RTP packets into :class:`EncodedFrame`.
+
+    Not thread-safe; one per publication. ``push`` never raises on bad input: a
+    malformed packet counts as lost.
+    """
+
+    def __init__(
+        self,
+        codec: RTCRtpCodecParameters,
+        *,
+        reorder_packets: int = 256,
+        reorder_delay_s: float = 0.5,
+    ) -> None:
+        mime = codec.mimeType.lower()
+        if mime not in ("video/vp8", "video/h264", "audio/opus"):
+            raise ValueError(f"cannot depacketize {codec.mimeType}")
+        self.mime = mime
+        self.clock_rate = codec.clockRate
+        self.is_video = mime.startswith("video/")
+        self._reorder_packets = reorder_packets
+        self._reorder_delay_s = reorder_delay_s
+        self._next_seq: int | None = None
+        """Extended sequence number of the next packet to release."""
+        self._pending: dict[int, tuple[RtpPacket, float]] = {}
+        self._current: _Assembly | None = None
+        self._need_keyframe = self.is_video
+        self._lost_since_report = 0
+        self._dropped_since_report = 0
+        self._sps: bytes | None = None
+        self._pps: bytes | None = None
+        # Counters for stats and tests.
+        self.packets_in = 0
+        self.duplicates = 0
+        self.late = 0
+        self.lost = 0
+        self.frames_out = 0
+        self.frames_dropped = 0
+
+    @property
+    def waiting_for_keyframe(self) -> bool:
+        return self._need_keyframe
+
+    def push(self, packet: RtpPacket, arrival: float) -> list[Event]:
+        """Take one packet; return what became complete."""
+        self.packets_in += 1
+        events: list[Event] = []
+        if self._next_seq is None:
+            self._next_seq = packet.sequence_number
+        delta = ((packet.sequence_number - self._next_seq + _SEQ_MOD // 2) % _SEQ_MOD) - _SEQ_MOD // 2
+        seq = self._next_seq + delta
+        if delta < 0:
+            self.late += 1
+            return events
+        if seq in self._pending:
+            self.duplicates += 1
+            return events
+        self._pending[seq] = (packet, arrival)
+        self._release(arrival, events)
+        return events
+
+    def flush(self, now: float) -> list[Event]:
+        """Release everything (end of the publication): missing packets count as lost."""
+        events: list[Event] = []
+        while self._pending:
+            self._skip_to_oldest(now, events)
+            self._release(now, events)
+        if self._current is not None:
+            current, self._current = self._current, None
+            self._finish(current, events, complete=False)
+        self._report(now, events)
+        return events
+
+    # -- ordering ----------------------------------------------------------------------
+
+    def _release(self, now: float, events: list[Event]) -> None:
+        assert self._next_seq is not None
+        while True:
+            item = self._pending.pop(self._next_seq, None)
+            if item is not None:
+                self._next_seq += 1
+                self._consume(item[0], item[1], events)
+                continue
+            if not self._pending:
+                break
+            newest = max(self._pending)
+            oldest_arrival = min(a for _, a in self._pending.values())
+            if newest - self._next_seq >= self._reorder_packets or now - oldest_arrival >= self._reorder_delay_s:
+                self._skip_to_oldest(now, events)
+                continue
+            break
+        self._report(now, events)
+
+    def _skip_to_oldest(self, now: float, events: list[Event]) -> None:
+        assert self._next_seq is not None
+        oldest = min(self._pending)
+        missing = oldest - self._next_seq
+        self._next_seq = oldest
+        if missing > 0:
+            self._on_loss(missing)
+
+    def _on_loss(self, missing: int) -> None:
+        self.lost += missing
+        self._lost_since_report += missing
+        if self.is_video:
+            if self._current is not None:
+                self._current.broken = True
+            self._need_keyframe = True
+
+    def _report(self, now: float, events: list[Event]) -> None:
+        if self._lost_since_report:
+            events.append(
+                Gap(
+                    lost_packets=self._lost_since_report,
+                    dropped_frames=self._dropped_since_report,
+                    needs_keyframe=self._need_keyframe,
+                    arrival=now,
+                )
+            )
+            self._lost_since_report = 0
+            self._dropped_since_report = 0
+
+    # -- assembly ----------------------------------------------------------------------
+
+    def _consume(self, packet: RtpPacket, arrival: float, events: list[Event]) -> None:
+        if not self.is_video:
+            if packet.payload:
+                self._emit(events, packet.payload, packet.timestamp, True, arrival)
+            return
+        try:
+            start, payload = self._depayload(packet.payload)
+        except ValueError as exc:
+            logger.debug("malformed %s payload seq=%d: %s", self.mime, packet.sequence_number, exc)
+            self._on_loss(1)
+            return
+        current = self._current
+        if current is not None and current.timestamp != packet.timestamp:
+            # A sender that forgot the marker: the timestamp change ends the frame.
+            self._current = None
+            self._finish(current, events, complete=not current.broken)
+            current = None
+        if current is None:
+            current = self._current = _Assembly(packet.timestamp, [], broken=not start, arrival=arrival)
+        current.payloads.append(payload)
+        current.arrival = arrival
+        if packet.marker:
+            self._current = None
+            self._finish(current, events, complete=not current.broken)
+
+    def _depayload(self, payload: bytes) -> tuple[bool, bytes]:
+        """(starts a frame, bytes to append) for one packet."""
+        if self.mime == "video/vp8":
+            descriptor, data = VpxPayloadDescriptor.parse(payload)
+            return bool(descriptor.partition_start and descriptor.partition_id == 0), data
+        h264_descriptor, data = H264PayloadDescriptor.parse(payload)
+        # Only the first FU-A fragment may begin an access unit; single NALs and STAP-A
+        # always start NAL units, which is as much as RTP tells us.
+        return bool(h264_descriptor.first_fragment), data
+
+    def _finish(self, assembly: _Assembly, events: list[Event], *, complete: bool) -> None:
+        data = b"".join(assembly.payloads)
+        if not complete or not data:
+            self._drop()
+            return
+        if self.mime == "video/vp8":
+            keyframe = vp8_is_keyframe(data)
+        else:
+            data, keyframe = self._complete_h264(data)
+        if self._need_keyframe and not keyframe:
+            self._drop()
+            return
+        self._need_keyframe = False
+        self._emit(events, data, assembly.timestamp, keyframe, assembly.arrival)
+
+    def _complete_h264(self, access_unit: bytes) -> tuple[bytes, bool]:
+        nals = h264_nal_units(access_unit)
+        types = {nal[0] & 0x1F for nal in nals if nal}
+        for nal in nals:
+            if nal and nal[0] & 0x1F == _NAL_SPS:
+                self._sps = nal
+            elif nal and nal[0] & 0x1F == _NAL_PPS:
+                self._pps = nal
+        keyframe = _NAL_IDR in types
+        if keyframe and not (_NAL_SPS in types and _NAL_PPS in types) and self._sps and self._pps:
+            # Browsers send SPS/PPS once in a while; a file needs them at each keyframe
+            # that a reader may start from.
+            access_unit = _START_CODE + self._sps + _START_CODE + self._pps + access_unit
+        return access_unit, keyframe
+
+    def _drop(self) -> None:
+        self.frames_dropped += 1
+        self._dropped_since_report += 1
+
+    def _emit(self, events: list[Event], data: bytes, timestamp: int, keyframe: bool, arrival: float) -> None:
+        self.frames_out += 1
+        events.append(EncodedFrame(data, timestamp, self.clock_rate, keyframe, arrival))

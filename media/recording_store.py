@@ -1,0 +1,411 @@
+"""Recordings and stills at rest: listing, export, verification, retention.
+
+Layout under ``ServerSettings.data_dir``::
+
+    recordings/<consultation_id>/manifest.json
+    recordings/<consultation_id>/<NN>-<source>-<publication>.webm|mkv (+ .key when sealed)
+    stills/<consultation_id>/<still_id>.bin (+ .key) and <still_id>.json
+
+Export remuxes every track into one Matroska file, each track shifted by its start offset
+so that they play in sync; nothing is decoded or encoded. Verification decodes
+everything (it is the one place that does) to prove the files are usable.
+"""
+
+from __future__ import annotations
+
+import fractions
+import hashlib
+import heapq
+import json
+import logging
+import os
+import secrets
+import statistics
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import av
+import av.error
+
+from media.crypto import IntegrityError, Vault
+from media.recorder import (
+    MANIFEST_NAME,
+    ErrorCallback,
+    Manifest,
+    RecordingSession,
+    TrackEntry,
+    check_id,
+    iter_packets,
+    read_manifest,
+    write_manifest,
+)
+
+logger = logging.getLogger(__name__)
+
+STILL_DEVICES = ("dermatoscope", "otoscope")
+STILL_MIMES = ("image/jpeg", "image/png", "image/tiff", "image/webp")
+
+
+class RecordingNotFound(KeyError):
+    """No recording (or no still) with that id."""
+
+
+@dataclass(frozen=True)
+class Gap:
+    """A hole in a track's timeline."""
+
+    at_s: float
+    """Where it starts, in seconds from the track's first frame."""
+    length_s: float
+
+
+@dataclass(frozen=True)
+class TrackReport:
+    """What :meth:`RecordingStore.verify` found in one track."""
+
+    publication_id: str
+    source: str
+    codec: str
+    file: str
+    frames_expected: int
+    """The manifest's count."""
+    packets: int
+    decoded_frames: int
+    duration_s: float
+    gaps: tuple[Gap, ...]
+    """Holes longer than two frame intervals."""
+    decode_errors: int
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.decode_errors == 0 and self.packets == self.frames_expected
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    consultation_id: str
+    tracks: tuple[TrackReport, ...]
+
+    @property
+    def ok(self) -> bool:
+        return all(t.ok for t in self.tracks)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "consultation_id": self.consultation_id,
+            "ok": self.ok,
+            "tracks": [{**asdict(t), "ok": t.ok} for t in self.tracks],
+        }
+
+
+@dataclass(frozen=True)
+class Shredded:
+    """A recording whose keys were destroyed by retention (for the journal)."""
+
+    consultation_id: str
+    files: tuple[str, ...]
+    stopped_at: float
+    shredded_at: float
+
+
+class RecordingStore:
+    """All consultations' recordings under one directory."""
+
+    def __init__(self, recordings_dir: Path, vault: Vault, *, retention_days: int = 30) -> None:
+        self.root = Path(recordings_dir)
+        self._vault = vault
+        self._retention_s = retention_days * 86400.0
+
+    @classmethod
+    def for_data_dir(cls, data_dir: str | Path, vault: Vault, *, retention_days: int = 30) -> RecordingStore:
+        return cls(Path(data_dir) / "recordings", vault, retention_days=retention_days)
+
+    def start_session(
+        self,
+        consultation_id: str,
+        *,
+        started_by: str,
+        flush_interval_s: float = 1.0,
+        on_error: ErrorCallback | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> RecordingSession:
+        return RecordingSession.start(
+            self.root,
+            consultation_id,
+            self._vault,
+            started_by=started_by,
+            flush_interval_s=flush_interval_s,
+            on_error=on_error,
+            clock=clock,
+        )
+
+    def list(self) -> list[Manifest]:
+        if not self.root.is_dir():
+            return []
+        out = []
+        for directory in sorted(self.root.iterdir()):
+            if (directory / MANIFEST_NAME).is_file():
+                try:
+                    out.append(read_manifest(directory))
+                except (OSError, ValueError, TypeError) as exc:
+                    logger.warning("recording %s: unreadable manifest: %s", directory.name, exc)
+        return out
+
+    def manifest(self, consultation_id: str) -> Manifest:
+        directory = self.root / check_id(consultation_id)
+        try:
+            return read_manifest(directory)
+        except FileNotFoundError:
+            raise RecordingNotFound(consultation_id) from None
+
+    def _readable_tracks(self, manifest: Manifest) -> list[TrackEntry]:
+        directory = self.root / manifest.consultation_id
+        return [t for t in manifest.tracks if t.frames > 0 and (directory / t.file).exists()]
+
+    def export(self, consultation_id: str, out_path: Path) -> Path:
+        """One Matroska file with every track, in sync, remuxed (not transcoded)."""
+        manifest = self.manifest(consultation_id)
+        if manifest.shredded_at is not None:
+            raise RecordingNotFound(f"{consultation_id} was shredded")
+        if manifest.stopped_at is None:
+            raise ValueError(f"recording {consultation_id} is still running")
+        directory = self.root / consultation_id
+        tracks = self._readable_tracks(manifest)
+        out_path = Path(out_path)
+        tmp = out_path.with_name(out_path.name + ".part")
+        readers = []
+        try:
+            with av.open(str(tmp), mode="w", format="matroska") as out:
+                sources: list[Iterator[tuple[float, int, av.Packet]]] = []
+                for index, track in enumerate(tracks):
+                    reader = self._vault.open_reader(directory / track.file)
+                    readers.append(reader)
+                    inp = av.open(reader, mode="r")
+                    readers.append(inp)
+                    src = inp.streams[0]
+                    ctx = src.codec_context
+                    if src.type == "video":
+                        dst = out.add_mux_stream(ctx.name, width=ctx.width, height=ctx.height)
+                    else:
+                        dst = out.add_mux_stream(ctx.name, rate=ctx.sample_rate or 48000)
+                    dst.time_base = fractions.Fraction(1, 1000)
+                    dst.metadata["title"] = track.source
+                    sources.append(_shifted(inp, dst, index, (track.start_offset_ms or 0.0) / 1000.0))
+                for _, _, packet in heapq.merge(*sources, key=lambda item: (item[0], item[1])):
+                    out.mux(packet)
+            os.replace(tmp, out_path)
+        finally:
+            for r in reversed(readers):
+                r.close()
+            tmp.unlink(missing_ok=True)
+        logger.info("recording %s exported (%d tracks)", consultation_id, len(tracks))
+        return out_path
+
+    def verify(self, consultation_id: str) -> VerifyReport:
+        """Decode every track and report frames, duration and gaps."""
+        manifest = self.manifest(consultation_id)
+        directory = self.root / consultation_id
+        return VerifyReport(
+            consultation_id,
+            tuple(_verify_track(self._vault, directory, track) for track in manifest.tracks),
+        )
+
+    def purge_expired(self, now: float | None = None) -> list[Shredded]:
+        """Crypto-shred the recordings stopped more than ``retention_days`` ago.
+
+        The manifest stays (marked ``shredded_at``) so that the audit trail can say what
+        existed; the keys and the data go. Running recordings are never touched.
+        """
+        now = time.time() if now is None else now
+        shredded = []
+        for manifest in self.list():
+            if manifest.stopped_at is None or manifest.shredded_at is not None:
+                continue
+            if now - manifest.stopped_at < self._retention_s:
+                continue
+            directory = self.root / manifest.consultation_id
+            files = []
+            for track in manifest.tracks:
+                if self._vault.shred(directory / track.file):
+                    files.append(track.file)
+            manifest = replace(manifest, shredded_at=now)
+            write_manifest(directory, manifest)
+            assert manifest.stopped_at is not None
+            shredded.append(Shredded(manifest.consultation_id, tuple(files), manifest.stopped_at, now))
+            logger.info("recording %s shredded (retention)", manifest.consultation_id)
+        return shredded
+
+
+def _shifted(
+    inp: av.container.InputContainer, dst: Any, index: int, offset_s: float
+) -> Iterator[tuple[float, int, av.Packet]]:
+    """The packets of ``inp`` moved to ``dst`` and shifted by the track's start offset."""
+    for packet in iter_packets(inp):
+        tb = packet.time_base
+        shift = round(offset_s / tb)
+        if packet.pts is not None:
+            packet.pts += shift
+        if packet.dts is not None:
+            packet.dts += shift
+        at = float((packet.dts if packet.dts is not None else packet.pts or 0) * tb)
+        packet.stream = dst
+        yield at, index, packet
+
+
+def _verify_track(vault: Vault, directory: Path, track: TrackEntry) -> TrackReport:
+    packets = decoded = errors = 0
+    times: list[float] = []
+    error: str | None = None
+    path = directory / track.file
+    try:
+        with vault.open_reader(path) as f, av.open(f, mode="r") as container:
+            stream = container.streams[0]
+            for packet in container.demux(stream):
+                if not packet.size:
+                    continue
+                packets += 1
+                if packet.pts is not None:
+                    times.append(float(packet.pts * packet.time_base))
+                try:
+                    decoded += len(packet.decode())
+                except av.error.FFmpegError:
+                    errors += 1
+            try:
+                for codec_packet in [None]:
+                    decoded += len(stream.codec_context.decode(codec_packet))
+            except av.error.FFmpegError:
+                pass
+    except FileNotFoundError:
+        error = "missing" if track.frames else None
+    except (IntegrityError, av.error.FFmpegError, OSError, ValueError) as exc:
+        error = f"{type(exc).__name__}: {exc}"
+    gaps: list[Gap] = []
+    duration = 0.0
+    if len(times) >= 2:
+        diffs = [b - a for a, b in zip(times, times[1:])]
+        interval = statistics.median(diffs) or 0.001
+        duration = times[-1] - times[0] + interval
+        gaps = [Gap(round(a - times[0], 3), round(d, 3)) for a, d in zip(times, diffs) if d > 2 * interval]
+    return TrackReport(
+        publication_id=track.publication_id,
+        source=track.source,
+        codec=track.codec,
+        file=track.file,
+        frames_expected=track.frames,
+        packets=packets,
+        decoded_frames=decoded,
+        duration_s=round(duration, 3),
+        gaps=tuple(gaps),
+        decode_errors=errors,
+        error=error,
+    )
+
+
+@dataclass(frozen=True)
+class StillMeta:
+    """A dermatoscope or otoscope still; the JSON next to the sealed image is this."""
+
+    still_id: str
+    consultation_id: str
+    device: str
+    mime: str
+    width: int
+    height: int
+    size: int
+    sha256: str
+    """Of the plaintext image, checked on every read."""
+    created: float
+    """Wall clock (Unix seconds)."""
+
+
+class StillStore:
+    """Stills under ``<stills_dir>/<consultation_id>/``, sealed like the recordings."""
+
+    def __init__(self, stills_dir: Path, vault: Vault, *, wall_clock: Callable[[], float] = time.time) -> None:
+        self.root = Path(stills_dir)
+        self._vault = vault
+        self._wall_clock = wall_clock
+
+    @classmethod
+    def for_data_dir(cls, data_dir: str | Path, vault: Vault) -> StillStore:
+        return cls(Path(data_dir) / "stills", vault)
+
+    def put(self, consultation_id: str, device: str, mime: str, data: bytes, width: int, height: int) -> StillMeta:
+        if device not in STILL_DEVICES:
+            raise ValueError(f"unknown still device {device!r}")
+        if mime not in STILL_MIMES:
+            raise ValueError(f"unsupported still type {mime!r}")
+        if width <= 0 or height <= 0 or not data:
+            raise ValueError("empty still")
+        directory = self.root / check_id(consultation_id)
+        directory.mkdir(parents=True, exist_ok=True)
+        meta = StillMeta(
+            still_id=secrets.token_hex(12),
+            consultation_id=consultation_id,
+            device=device,
+            mime=mime,
+            width=width,
+            height=height,
+            size=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
+            created=self._wall_clock(),
+        )
+        self._vault.write_bytes(directory / f"{meta.still_id}.bin", data)
+        # Metadata last: a still is listed only once its image is on disk.
+        tmp = directory / f"{meta.still_id}.json.tmp"
+        tmp.write_text(json.dumps(asdict(meta), sort_keys=True), encoding="utf-8")
+        os.replace(tmp, directory / f"{meta.still_id}.json")
+        logger.info("still %s stored for %s (%s)", meta.still_id, consultation_id, device)
+        return meta
+
+    def meta(self, consultation_id: str, still_id: str) -> StillMeta:
+        path = self.root / check_id(consultation_id) / f"{check_id(still_id, 'still id')}.json"
+        try:
+            return StillMeta(**json.loads(path.read_text(encoding="utf-8")))
+        except FileNotFoundError:
+            raise RecordingNotFound(still_id) from None
+
+    def get(self, consultation_id: str, still_id: str) -> tuple[StillMeta, bytes]:
+        meta = self.meta(consultation_id, still_id)
+        path = self.root / consultation_id / f"{still_id}.bin"
+        try:
+            data = self._vault.read_bytes(path)
+        except FileNotFoundError:
+            raise RecordingNotFound(still_id) from None
+        if hashlib.sha256(data).hexdigest() != meta.sha256:
+            raise IntegrityError(f"still {still_id}: content does not match its sha256")
+        return meta, data
+
+    def list(self, consultation_id: str) -> list[StillMeta]:
+        directory = self.root / check_id(consultation_id)
+        if not directory.is_dir():
+            return []
+        metas = [StillMeta(**json.loads(p.read_text(encoding="utf-8"))) for p in directory.glob("*.json")]
+        return sorted(metas, key=lambda m: (m.created, m.still_id))
+
+    def shred(self, consultation_id: str) -> list[str]:
+        """Destroy every still of a consultation (keys first); returns their ids."""
+        ids = []
+        for meta in self.list(consultation_id):
+            directory = self.root / consultation_id
+            self._vault.shred(directory / f"{meta.still_id}.bin")
+            (directory / f"{meta.still_id}.json").unlink(missing_ok=True)
+            ids.append(meta.still_id)
+        return ids
+
+    def purge_expired(self, retention_days: int, now: float | None = None) -> list[StillMeta]:
+        """Shred the stills older than ``retention_days``; returns what went."""
+        now = time.time() if now is None else now
+        gone = []
+        if not self.root.is_dir():
+            return gone
+        for directory in sorted(p for p in self.root.iterdir() if p.is_dir()):
+            for meta in self.list(directory.name):
+                if now - meta.created >= retention_days * 86400.0:
+                    self._vault.shred(directory / f"{meta.still_id}.bin")
+                    (directory / f"{meta.still_id}.json").unlink(missing_ok=True)
+                    gone.append(meta)
+        return gone

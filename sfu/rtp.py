@@ -1,0 +1,316 @@
+"""Sans-I/O RTP header work for packet-level forwarding.
+
+Everything here takes bytes (or ints) in and gives bytes (or ints) out; no
+sockets, no clocks of its own. The forwarding path per packet and subscription
+is: :func:`parse_header` once per packet, then per subscription
+:meth:`SequenceMapper.map` (sequence number and timestamp offsets, with
+wraparound), :meth:`ExtensionRewriter.rewrite` (extension ids of the
+subscriber's leg, its own ``mid``), :func:`rewrite` (the new header in front of
+the untouched payload), :meth:`PacketHistory.put` (to answer NACKs) and, on a
+NACK, :func:`wrap_rtx` (RFC 4588).
+
+Rules:
+
+* The payload is never touched: bytes in = bytes out (Opus in-band FEC, VP8
+  and H.264 payloads arrive as the publisher sent them).
+* Sequence numbers are 16 bits and timestamps 32 bits; all arithmetic is
+  modulo those, and "newer" is the RFC 3550 half-range comparison.
+* When the source behind a subscription changes (a publication replaced by a
+  new one of the same participant and source), :meth:`SequenceMapper.switch`
+  makes the outgoing stream continue: next sequence number, timestamp advanced
+  by the wall-clock time elapsed, so the subscriber sees one continuous stream.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+SEQ_MOD = 1 << 16
+TS_MOD = 1 << 32
+_HALF_SEQ = SEQ_MOD // 2
+_HALF_TS = TS_MOD // 2
+
+ONE_BYTE_PROFILE = 0xBEDE
+TWO_BYTE_PROFILE = 0x1000  # 0x100X: the low 4 bits are "appbits"
+
+_FIXED = struct.Struct("!BBHII")
+_SEQ = struct.Struct("!H")
+
+
+class RtpError(ValueError):
+    """A datagram that is not a well-formed RTP packet."""
+
+
+def seq_newer(a: int, b: int) -> bool:
+    """True when sequence number ``a`` comes after ``b`` (modulo 2^16)."""
+    return a != b and ((a - b) % SEQ_MOD) < _HALF_SEQ
+
+
+def ts_newer(a: int, b: int) -> bool:
+    """True when timestamp ``a`` comes after ``b`` (modulo 2^32)."""
+    return a != b and ((a - b) % TS_MOD) < _HALF_TS
+
+
+@dataclass(frozen=True, slots=True)
+class RtpHeader:
+    """The parsed header of one RTP packet (offsets into the datagram it came from)."""
+
+    marker: bool
+    payload_type: int
+    sequence_number: int
+    timestamp: int
+    ssrc: int
+    csrc_end: int
+    """Offset of the end of the CSRC list (12 + 4 * CC)."""
+    extension_profile: int
+    """0 when the packet has no header extension."""
+    extension_start: int
+    """Offset of the extension elements (after profile and length), or csrc_end."""
+    payload_start: int
+    payload_end: int
+    """Offset of the end of the payload (padding excluded)."""
+
+
+def parse_header(data: bytes) -> RtpHeader:
+    """Parse the header of ``data``; raise :class:`RtpError` when it is not RTP v2."""
+    if len(data) < 12:
+        raise RtpError("shorter than an RTP header")
+    first, second, seq, ts, ssrc = _FIXED.unpack_from(data)
+    if first >> 6 != 2:
+        raise RtpError("not RTP version 2")
+    cc = first & 0x0F
+    pos = 12 + 4 * cc
+    csrc_end = pos
+    profile = 0
+    ext_start = pos
+    if first & 0x10:
+        if len(data) < pos + 4:
+            raise RtpError("truncated header extension")
+        profile, words = struct.unpack_from("!HH", data, pos)
+        ext_start = pos + 4
+        pos = ext_start + 4 * words
+    end = len(data)
+    if first & 0x20:
+        if end <= pos:
+            raise RtpError("padding without payload")
+        end -= data[-1]
+    if pos > end:
+        raise RtpError("header longer than the packet")
+    return RtpHeader(marker=bool(second & 0x80), payload_type=second & 0x7F, sequence_number=seq,
+                     timestamp=ts, ssrc=ssrc, csrc_end=csrc_end, extension_profile=profile,
+                     extension_start=ext_start, payload_start=pos, payload_end=end)
+
+
+def payload(data: bytes, header: RtpHeader) -> bytes:
+    return data[header.payload_start:header.payload_end]
+
+
+def extension_elements(data: bytes, header: RtpHeader) -> list[tuple[int, bytes]]:
+    """(id, value) of each RFC 8285 element (one-byte or two-byte form)."""
+    if not header.extension_profile:
+        return []
+    out: list[tuple[int, bytes]] = []
+    pos, end = header.extension_start, header.payload_start
+    if header.extension_profile == ONE_BYTE_PROFILE:
+        while pos < end:
+            byte = data[pos]
+            if byte == 0:  # padding
+                pos += 1
+                continue
+            ext_id, length = byte >> 4, (byte & 0x0F) + 1
+            if ext_id == 15:
+                break
+            out.append((ext_id, data[pos + 1:pos + 1 + length]))
+            pos += 1 + length
+    elif header.extension_profile & 0xFFF0 == TWO_BYTE_PROFILE:
+        while pos + 1 < end:
+            ext_id = data[pos]
+            if ext_id == 0:
+                pos += 1
+                continue
+            length = data[pos + 1]
+            out.append((ext_id, data[pos + 2:pos + 2 + length]))
+            pos += 2 + length
+    return out
+
+
+def pack_extensions(elements: list[tuple[int, bytes]]) -> bytes:
+    """The header extension block (profile, length, elements, padding) for ``elements``."""
+    if not elements:
+        return b""
+    if all(1 <= i <= 14 and 1 <= len(v) <= 16 for i, v in elements):
+        profile = ONE_BYTE_PROFILE
+        body = b"".join(bytes([(i << 4) | (len(v) - 1)]) + v for i, v in elements)
+    else:
+        profile = TWO_BYTE_PROFILE
+        body = b"".join(bytes([i, len(v)]) + v for i, v in elements)
+    body += b"\x00" * (-len(body) % 4)
+    return struct.pack("!HH", profile, len(body) // 4) + body
+
+
+@dataclass(frozen=True)
+class ExtensionRewriter:
+    """Carries a publisher leg's header extensions over to one subscriber leg.
+
+    Extensions both legs negotiated are renumbered (``id_map``: publisher id ->
+    subscriber id); the publisher's ``mid`` is replaced by the subscriber's
+    own; anything else is dropped (it was negotiated for another leg).
+    """
+
+    id_map: dict[int, int]
+    mid_id: int = 0
+    """The subscriber leg's id for ``urn:ietf:params:rtp-hdrext:sdes:mid`` (0: none)."""
+    mid: bytes = b""
+
+    @classmethod
+    def between(cls, publisher: dict[str, int], subscriber: dict[str, int], mid: str) -> "ExtensionRewriter":
+        """From the uri -> id maps of both legs."""
+        mid_uri = "urn:ietf:params:rtp-hdrext:sdes:mid"
+        id_map = {pid: subscriber[uri] for uri, pid in publisher.items() if uri in subscriber and uri != mid_uri}
+        return cls(id_map=id_map, mid_id=subscriber.get(mid_uri, 0), mid=mid.encode())
+
+    def rewrite(self, data: bytes, header: RtpHeader) -> bytes:
+        elements = [(self.id_map[i], v) for i, v in extension_elements(data, header) if i in self.id_map]
+        if self.mid_id and self.mid:
+            elements.append((self.mid_id, self.mid))
+        return pack_extensions(elements)
+
+
+def rewrite(data: bytes, header: RtpHeader, *, ssrc: int, payload_type: int, sequence_number: int,
+            timestamp: int, extensions: bytes) -> bytes:
+    """``data`` with a new fixed header and extension block; CSRCs, payload and padding kept."""
+    first = data[0] & 0xEF  # version, padding, CC kept; X set below
+    if extensions:
+        first |= 0x10
+    second = (data[1] & 0x80) | payload_type
+    return b"".join((
+        _FIXED.pack(first, second, sequence_number, timestamp, ssrc),
+        data[12:header.csrc_end],
+        extensions,
+        data[header.payload_start:],
+    ))
+
+
+def wrap_rtx(data: bytes, *, payload_type: int, ssrc: int, sequence_number: int) -> bytes:
+    """The RFC 4588 retransmission of ``data`` (an already rewritten packet): the original
+    sequence number in front of the payload, the RTX stream's ssrc, type and sequence number."""
+    header = parse_header(data)
+    first = data[0] & 0xDF  # the retransmission carries no padding
+    second = (data[1] & 0x80) | payload_type
+    return b"".join((
+        _FIXED.pack(first, second, sequence_number, header.timestamp, ssrc),
+        data[12:header.payload_start],
+        _SEQ.pack(header.sequence_number),
+        data[header.payload_start:header.payload_end],
+    ))
+
+
+def unwrap_rtx(data: bytes, header: RtpHeader, *, payload_type: int, ssrc: int) -> tuple[bytes, RtpHeader]:
+    """The original packet inside an RFC 4588 retransmission (``header`` is the RTX one)."""
+    if header.payload_end - header.payload_start < 2:
+        raise RtpError("RTX packet without original sequence number")
+    (osn,) = _SEQ.unpack_from(data, header.payload_start)
+    first = data[0] & 0xDF
+    second = (data[1] & 0x80) | payload_type
+    original = b"".join((
+        _FIXED.pack(first, second, osn, header.timestamp, ssrc),
+        data[12:header.payload_start],
+        data[header.payload_start + 2:header.payload_end],
+    ))
+    return original, parse_header(original)
+
+
+class SequenceMapper:
+    """Input (sequence number, timestamp) of the current source -> output of one subscription.
+
+    Lifecycle: unstarted -> :meth:`start` (first forwarded packet, normally a
+    keyframe's first) -> :meth:`map` per packet -> :meth:`switch` when the
+    source changes (then :meth:`start` again on the new source's first packet).
+    """
+
+    def __init__(self, first_sequence_number: int, first_timestamp: int) -> None:
+        self._seq_offset = 0
+        self._ts_offset = 0
+        self._next_seq = first_sequence_number % SEQ_MOD
+        self._next_ts = first_timestamp % TS_MOD
+        self._start_seq: int | None = None
+        self.last_seq: int | None = None
+        """Highest output sequence number so far."""
+        self.last_ts: int | None = None
+        """Output timestamp of the packet with the highest sequence number."""
+
+    @property
+    def started(self) -> bool:
+        return self._start_seq is not None
+
+    def start(self, sequence_number: int, timestamp: int) -> None:
+        """Make input (``sequence_number``, ``timestamp``) come out as the next output values."""
+        self._seq_offset = (self._next_seq - sequence_number) % SEQ_MOD
+        self._ts_offset = (self._next_ts - timestamp) % TS_MOD
+        self._start_seq = sequence_number
+
+    def switch(self, timestamp_gap: int) -> None:
+        """The source is about to change: the next :meth:`start` continues after the last
+        output packet, ``timestamp_gap`` (>= 1) ticks later."""
+        if self.last_seq is not None and self.last_ts is not None:
+            self._next_seq = (self.last_seq + 1) % SEQ_MOD
+            self._next_ts = (self.last_ts + max(1, timestamp_gap)) % TS_MOD
+        self._start_seq = None
+
+    def map(self, sequence_number: int, timestamp: int) -> tuple[int, int] | None:
+        """Output values for an input packet, or None for a packet older than the start."""
+        if self._start_seq is None:
+            return None
+        if seq_newer(self._start_seq, sequence_number):
+            return None
+        seq = (sequence_number + self._seq_offset) % SEQ_MOD
+        ts = (timestamp + self._ts_offset) % TS_MOD
+        if self.last_seq is None or seq_newer(seq, self.last_seq):
+            self.last_seq = seq
+            self.last_ts = ts
+        return seq, ts
+
+
+class PacketHistory:
+    """The last ``size`` packets sent on one subscription, by output sequence number."""
+
+    def __init__(self, size: int) -> None:
+        if size < 1:
+            raise ValueError("history size must be >= 1")
+        self._size = size
+        self._slots: list[tuple[int, bytes] | None] = [None] * size
+
+    def put(self, sequence_number: int, data: bytes) -> None:
+        self._slots[sequence_number % self._size] = (sequence_number, data)
+
+    def get(self, sequence_number: int) -> bytes | None:
+        slot = self._slots[sequence_number % self._size]
+        if slot is not None and slot[0] == sequence_number:
+            return slot[1]
+        return None
+
+
+class LossCounter:
+    """Counts input packets missing from one source (gaps in sequence numbers, late arrivals
+    that fill a gap are subtracted)."""
+
+    def __init__(self) -> None:
+        self.highest: int | None = None
+        self.lost = 0
+
+    def add(self, sequence_number: int) -> int:
+        """Record a packet; returns how many more packets are now missing (may be negative
+        when a late packet fills a gap)."""
+        if self.highest is None:
+            self.highest = sequence_number
+            return 0
+        if seq_newer(sequence_number, self.highest):
+            gap = (sequence_number - self.highest - 1) % SEQ_MOD
+            self.highest = sequence_number
+            self.lost += gap
+            return gap
+        if sequence_number != self.highest and self.lost > 0:
+            self.lost -= 1
+            return -1
+        return 0

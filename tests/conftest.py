@@ -1,0 +1,62 @@
+"""Fixtures that start real components: the server, redis-server, Chromium.
+
+Every process a fixture starts is stopped by its PID. A fixture that cannot
+start its component fails the test (never skips it): CI must notice.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import AsyncIterator, Iterator
+
+import pytest
+
+from config.settings import Settings
+from tests.support import (CHROMIUM, CHROMIUM_ARGS, RedisProcess, RunningServer, spawn_redis, start_server,
+                           stop_process, loopback_settings)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return loopback_settings(tmp_path / "data")
+
+
+@pytest.fixture
+async def server(settings: Settings) -> AsyncIterator[RunningServer]:
+    """The real application on a free loopback port."""
+    running = await start_server(settings)
+    try:
+        yield running
+    finally:
+        await running.server.close()
+
+
+@pytest.fixture
+def redis_process(tmp_path: Path) -> Iterator[RedisProcess]:
+    """A real redis-server of this test's own, on a free loopback port."""
+    redis = spawn_redis(tmp_path / "redis")
+    try:
+        yield redis
+    finally:
+        stop_process(redis.process)
+
+
+@pytest.fixture
+def redis_url(redis_process: RedisProcess) -> str:
+    return redis_process.url
+
+
+@pytest.fixture
+async def chromium() -> AsyncIterator[object]:
+    """Headless system Chromium with fake camera/microphone, driven by Playwright."""
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(f"{CHROMIUM} is missing (the test command installs it: scripts/test.sh)")
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            await browser.close()

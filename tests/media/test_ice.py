@@ -1,0 +1,89 @@
+"""ICE scoping: bound/announced addresses, port range, remote networks; the aiortc hook it relies on."""
+
+import asyncio
+import ipaddress
+
+from aioice.candidate import Candidate
+from aiortc import RTCPeerConnection, RTCSessionDescription
+
+from media.ice import MediaNetwork, ScopedPeerConnection
+
+
+def candidates(sdp: str) -> list[str]:
+    return [line for line in sdp.splitlines() if line.startswith("a=candidate:")]
+
+
+async def test_host_candidate_is_the_configured_address_and_port_range() -> None:
+    network = MediaNetwork(listen_ip="127.0.0.1", announced_ip="203.0.113.7", port_min=42000, port_max=42003)
+    pc = ScopedPeerConnection(network)
+    pc.createDataChannel("x")
+    await pc.setLocalDescription(await pc.createOffer())
+    lines = candidates(pc.localDescription.sdp)
+    await pc.close()
+    assert len(lines) == 1
+    parts = lines[0].split()
+    assert parts[4] == "203.0.113.7" and 42000 <= int(parts[5]) <= 42003 and parts[7] == "host"
+
+
+async def test_port_range_exhaustion_is_reported() -> None:
+    network = MediaNetwork(listen_ip="127.0.0.1", port_min=42010, port_max=42010)
+    first = ScopedPeerConnection(network)
+    first.createDataChannel("x")
+    await first.setLocalDescription(await first.createOffer())
+    second = ScopedPeerConnection(network)
+    second.createDataChannel("x")
+    await second.setLocalDescription(await second.createOffer())
+    assert candidates(second.localDescription.sdp) == []  # no port left: no candidate, no crash
+    await first.close()
+    await second.close()
+
+
+async def test_never_uses_default_public_stun_server() -> None:
+    pc = ScopedPeerConnection()
+    pc.createDataChannel("x")
+    await pc.setLocalDescription(await pc.createOffer())
+    connection = pc.sctp.transport.transport.iceGatherer._connection
+    assert connection.stun_server is None and connection.turn_server is None
+    await pc.close()
+
+
+async def test_remote_candidates_outside_allowed_networks_are_ignored() -> None:
+    network = MediaNetwork(allowed_remote=(ipaddress.ip_network("127.0.0.0/8"),))
+    assert network.allows("127.0.0.5") and not network.allows("10.1.2.3")
+    assert not network.allows("abcd.local") and not network.allows("::1")
+    pc = ScopedPeerConnection(network)
+    pc.createDataChannel("x")
+    await pc.setLocalDescription(await pc.createOffer())
+    connection = pc.sctp.transport.transport.iceGatherer._connection
+    for host in ("10.1.2.3", "192.168.1.20", "127.0.0.1"):
+        await connection.add_remote_candidate(Candidate(
+            foundation="1", component=1, transport="udp", priority=1, host=host, port=9, type="host"))
+    assert [c.host for c in connection.remote_candidates] == ["127.0.0.1"]
+    await pc.close()
+
+
+async def test_scoped_peers_connect_on_loopback() -> None:
+    a = ScopedPeerConnection(MediaNetwork(port_min=42100, port_max=42199))
+    b = ScopedPeerConnection()
+    channel = a.createDataChannel("x")
+    received: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    b.on("datachannel", lambda dc: dc.on("message", received.set_result))
+    channel.on("open", lambda: channel.send("hello"))
+    await a.setLocalDescription(await a.createOffer())
+    await b.setRemoteDescription(a.localDescription)
+    await b.setLocalDescription(await b.createAnswer())
+    await a.setRemoteDescription(RTCSessionDescription(sdp=b.localDescription.sdp, type="answer"))
+    assert await asyncio.wait_for(received, 10) == "hello"
+    await a.close()
+    await b.close()
+
+
+def test_aiortc_still_creates_transports_through_the_hooked_method() -> None:
+    # ScopedPeerConnection overrides this name-mangled method; if aiortc renames it, fail loudly.
+    assert hasattr(RTCPeerConnection, "_RTCPeerConnection__createDtlsTransport")
+    import aioice
+
+    for name in ("get_component_candidates", "add_remote_candidate", "_protocols"):
+        assert hasattr(aioice.Connection, name) or name == "_protocols"
+    connection = aioice.Connection(ice_controlling=True)
+    assert isinstance(connection._protocols, list)

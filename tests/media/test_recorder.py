@@ -1,0 +1,195 @@
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import av
+import pytest
+
+from media.crypto import MasterKey, SealedWriter, Vault
+from media.recorder import RecordingSession, count_frames, read_manifest, recover
+
+from .conftest import H264, OPUS, VP8, Clip
+
+HERE = Path(__file__).parent
+
+
+def decode_all(vault: Vault, path: Path) -> tuple[int, int]:
+    """(packets, decoded frames) of a recorded file."""
+    with vault.open_reader(path) as f, av.open(f) as c:
+        packets = decoded = 0
+        for packet in c.demux():
+            if packet.size:
+                packets += 1
+                decoded += len(packet.decode())
+        return packets, decoded
+
+
+def feed_clip(session: RecordingSession, pub: str, clip: Clip, t0: float) -> None:
+    step = 1 / 30 if clip.codec.clockRate == 90000 else 0.02
+    for i, group in enumerate(clip.packets):
+        for p in group:
+            session.feed(pub, p, t0 + i * step)
+
+
+@pytest.mark.parametrize("encrypted", [True, False])
+def test_session_records_every_frame(
+    tmp_path: Path, vp8_clip: Clip, opus_clip: Clip, h264_clip: Clip, encrypted: bool
+) -> None:
+    vault = Vault(MasterKey.generate() if encrypted else None, fsync=False)
+    now = [100.0]
+    session = RecordingSession.start(
+        tmp_path, "c-1", vault, started_by="dr-a", clock=lambda: now[0], wall_clock=lambda: 1.7e9
+    )
+    session.add_track("cam", "nurse-1", "camera", VP8)
+    session.add_track("mic", "nurse-1", "microphone", OPUS)
+    session.add_track("oto", "agent-1", "otoscope", H264)
+    feed_clip(session, "cam", vp8_clip, 100.0)
+    feed_clip(session, "mic", opus_clip, 100.25)
+    feed_clip(session, "oto", h264_clip, 101.0)
+    manifest = session.stop("dr-a")
+    assert session.state == "stopped"
+    assert manifest == read_manifest(tmp_path / "c-1")
+    assert manifest.stopped_by == "dr-a" and manifest.stopped_reason == "stopped"
+    assert manifest.encrypted == encrypted
+    expected = {"cam": len(vp8_clip.frames), "mic": len(opus_clip.frames), "oto": len(h264_clip.frames)}
+    for track in manifest.tracks:
+        path = tmp_path / "c-1" / track.file
+        assert track.frames == expected[track.publication_id]
+        assert decode_all(vault, path) == (track.frames, track.frames)
+    offsets = {t.publication_id: t.start_offset_ms for t in manifest.tracks}
+    assert offsets == {"cam": 0.0, "mic": 250.0, "oto": 1000.0}
+    assert {t.source for t in manifest.tracks} == {"camera", "microphone", "otoscope"}
+    assert session.stop("dr-b").stopped_by == "dr-a"  # idempotent
+
+
+def test_video_starts_at_first_keyframe(tmp_path: Path, vp8_clip: Clip, plain_vault: Vault) -> None:
+    session = RecordingSession.start(tmp_path, "c-2", plain_vault, started_by="dr")
+    session.add_track("cam", "n", "camera", VP8)
+    needs = [session.feed("cam", p, 1.0) for g in vp8_clip.packets[5:] for p in g]
+    assert needs[0] and not needs[-1]
+    manifest = session.stop("dr")
+    assert manifest.tracks[0].frames == len(vp8_clip.frames) - 30
+
+
+class FailingVault(Vault):
+    """Disk full after a few bytes."""
+
+    def create(self, path: Path) -> SealedWriter:
+        writer = super().create(path)
+        original = writer.write
+        written = [0]
+
+        def write(data: bytes | bytearray | memoryview) -> int:
+            written[0] += len(data)
+            if written[0] > 5000:
+                raise OSError(28, "No space left on device")
+            return original(data)
+
+        writer.write = write  # type: ignore[method-assign]
+        return writer
+
+
+def test_write_error_stops_session_and_calls_back(tmp_path: Path, vp8_clip: Clip) -> None:
+    errors: list[tuple[str, BaseException]] = []
+    session = RecordingSession.start(
+        tmp_path, "c-3", FailingVault(None, fsync=False), started_by="dr", on_error=lambda c, e: errors.append((c, e))
+    )
+    session.add_track("cam", "n", "camera", VP8)
+    feed_clip(session, "cam", vp8_clip, 0.0)  # must not raise
+    assert session.state == "failed"
+    assert len(errors) == 1 and errors[0][0] == "c-3"
+    manifest = read_manifest(tmp_path / "c-3")
+    assert manifest.stopped_reason is not None and manifest.stopped_reason.startswith("error")
+    assert session.feed("cam", vp8_clip.packets[0][0]) is False
+
+
+def test_bad_ids_rejected(tmp_path: Path, plain_vault: Vault) -> None:
+    with pytest.raises(ValueError):
+        RecordingSession.start(tmp_path, "../x", plain_vault, started_by="dr")
+    session = RecordingSession.start(tmp_path, "c-4", plain_vault, started_by="dr")
+    with pytest.raises(ValueError):
+        session.add_track("p", "n", "webcam", VP8)
+    with pytest.raises(FileExistsError):
+        RecordingSession.start(tmp_path, "c-4", plain_vault, started_by="dr")
+
+
+CHILD = textwrap.dedent(
+    """
+    import sys, time
+    sys.path[:0] = [sys.argv[1], sys.argv[2]]
+    from aiortc.rtp import RtpPacket
+    from conftest import VP8, encode_video, packetize
+    from media.crypto import MasterKey, Vault
+    from media.recorder import RecordingSession
+    from pathlib import Path
+
+    clip = packetize(VP8, encode_video("libvpx", 90, gop=30))
+    vault = Vault(MasterKey(bytes.fromhex(sys.argv[4])), fsync=False)
+    speed = 10.0  # media runs 10x faster than the wall clock: 5 s of media = 0.5 s here
+    clock = lambda: time.monotonic() * speed
+    session = RecordingSession.start(Path(sys.argv[3]), "crash", vault, started_by="dr", clock=clock)
+    session.add_track("cam", "n", "camera", VP8)
+    seq, n, t0 = 0, 0, time.monotonic()
+    while True:
+        for i, group in enumerate(clip.packets):
+            for p in group:
+                q = RtpPacket(payload_type=96, marker=p.marker, sequence_number=seq % 65536,
+                              timestamp=(n * 3000) % (1 << 32), ssrc=1, payload=p.payload)
+                seq += 1
+                session.feed("cam", q, clock())
+            n += 1
+            print(n, flush=True)
+            # pace at 30 media frames per media second
+            delay = t0 + n / 30 / speed - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+    """
+)
+
+
+def test_sigkill_mid_recording_is_readable(tmp_path: Path) -> None:
+    key = MasterKey.generate()
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    root = str(Path(__file__).resolve().parents[2])
+    proc = subprocess.Popen(
+        [sys.executable, str(script), root, str(HERE), str(tmp_path), key.key.hex()],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    written = 0
+    deadline = time.monotonic() + 30
+    assert proc.stdout is not None
+    while written < 600 and time.monotonic() < deadline:  # 20 s of media
+        line = proc.stdout.readline()
+        if not line:
+            break
+        written = int(line)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    proc.stdout.close()
+    assert written >= 600
+    vault = Vault(key, fsync=False)
+    manifest = json.loads((tmp_path / "crash" / "manifest.json").read_text())
+    path = tmp_path / "crash" / manifest["tracks"][0]["file"]
+    with pytest.raises(Exception):
+        count_frames(path, vault)  # a normal read refuses a truncated file
+    readable = count_frames(path, vault, allow_truncated=True)
+    # Within 5 s of media (150 frames) of what the child had fed when it was killed.
+    assert written - 150 <= readable <= written, (written, readable)
+
+    assert recover(tmp_path, vault) == ["crash"]
+    recovered = read_manifest(tmp_path / "crash")
+    assert recovered.stopped_reason == "recovered"
+    track = recovered.tracks[0]
+    assert track.frames == readable
+    assert decode_all(vault, tmp_path / "crash" / track.file) == (readable, readable)
+    assert not path.exists()
+    assert recover(tmp_path, vault) == []

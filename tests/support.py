@@ -1,0 +1,148 @@
+"""Helpers shared by tests: free ports, settings for loopback, process control, polling."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from config.settings import Settings, load_settings
+from signalling.auth import TokenService
+from teleconsult import appkeys
+from teleconsult.app import create_app
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = Path(os.environ.get("TELECONSULT_ARTIFACTS", ROOT / "artifacts"))
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
+    "--allow-loopback-in-peer-connection",
+    # Real addresses instead of mDNS names, which nothing here can resolve.
+    "--disable-features=WebRtcHideLocalIpsWithMdns",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--autoplay-policy=no-user-gesture-required",
+]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def loopback_settings(data_dir: Path, **sections: dict[str, object]) -> Settings:
+    """Loopback settings for tests: media on 127.0.0.1, nothing outside it accepted."""
+    base = load_settings(None, env={})
+    changes: dict[str, dict[str, object]] = {
+        "server": {"host": "127.0.0.1", "port": 0, "data_dir": str(data_dir), "log_level": "INFO"},
+        "media": {"listen_ip": "127.0.0.1", "announced_ip": "", "allowed_remote_networks": ["127.0.0.0/8"]},
+    }
+    for name, values in sections.items():
+        changes.setdefault(name, {}).update(values)
+    return base.replace(**changes)
+
+
+
+
+
+@dataclass
+class RunningServer:
+    url: str
+    app: web.Application
+    settings: Settings
+    tokens: TokenService
+    server: TestServer
+
+    @property
+    def ws_url(self) -> str:
+        return self.url.replace("http", "ws", 1) + "/ws"
+
+
+async def start_server(settings: Settings) -> RunningServer:
+    app = create_app(settings)
+    server = TestServer(app, host="127.0.0.1", port=0)
+    await server.start_server()
+    url = str(server.make_url("")).rstrip("/")
+    return RunningServer(url=url, app=app, settings=settings, tokens=app[appkeys.TOKENS], server=server)
+
+
+@dataclass
+class RedisProcess:
+    url: str
+    port: int
+    process: subprocess.Popen[bytes]
+
+
+def spawn_redis(tmp: Path) -> RedisProcess:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed (the test command installs it: scripts/test.sh)")
+    port = free_port()
+    tmp.mkdir(parents=True, exist_ok=True)
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(tmp), "--daemonize", "no", "--logfile", str(tmp / "redis.log")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"redis-server exited at start: {(tmp / 'redis.log').read_text()[-500:]}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(16).startswith(b"+PONG"):
+                    return RedisProcess(url=f"redis://127.0.0.1:{port}/0", port=port, process=process)
+        except OSError:
+            time.sleep(0.05)
+    process.kill()
+    pytest.fail("redis-server did not answer within 10 s")
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
+async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05, what: str = "condition"):  # type: ignore[no-untyped-def]
+    """Poll ``predicate`` (sync or async) until truthy; fail with ``what`` after ``timeout``."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run the ``teleconsult`` command line of this checkout as a subprocess."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "teleconsult", *args], capture_output=True, text=True,
+                          timeout=timeout, env=full_env, cwd=ROOT)
+

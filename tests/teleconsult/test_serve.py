@@ -1,0 +1,73 @@
+"""`teleconsult serve` as a real process: URLs, signals, TLS."""
+
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from teleconsult.tls import write_self_signed
+from tests.support import ROOT, free_port, stop_process
+
+
+def start(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], str]:
+    full_env = {**os.environ, "TELECONSULT_SERVER__DATA_DIR": str(tmp_path / "data"), **(env or {})}
+    process = subprocess.Popen([sys.executable, "-m", "teleconsult", "serve", *args], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, env=full_env, cwd=ROOT)
+    assert process.stdout is not None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if line.startswith("teleconsult serving on "):
+            return process, line.split()[-1]
+        if not line and process.poll() is not None:
+            break
+    stop_process(process)  # type: ignore[arg-type]
+    raise AssertionError("server did not start")
+
+
+def get(url: str, context: ssl.SSLContext | None = None) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=5, context=context) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def test_serve_prints_urls_and_stops_on_sigterm(tmp_path: Path) -> None:
+    port = free_port()
+    process, url = start(tmp_path, "--port", str(port), "--media-address", "127.0.0.1")
+    try:
+        assert url == f"http://127.0.0.1:{port}"
+        assert get(url + "/healthz")[0] == 200
+        assert get(url + "/readyz")[0] == 200
+        status, body = get(url + "/metrics")
+        assert status == 200 and b"process_resident_memory_bytes" in body
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(15) == 0  # nothing live: draining ends at once
+    finally:
+        stop_process(process)  # type: ignore[arg-type]
+
+
+def test_serve_https(tmp_path: Path) -> None:
+    cert, key = write_self_signed(tmp_path / "tls", ["127.0.0.1"])
+    env = {"TELECONSULT_SERVER__TLS_CERT": str(cert), "TELECONSULT_SERVER__TLS_KEY": str(key)}
+    process, url = start(tmp_path, "--port", str(free_port()), env=env)
+    try:
+        assert url.startswith("https://")
+        context = ssl.create_default_context(cafile=str(cert))
+        assert get(url + "/healthz", context)[0] == 200
+    finally:
+        process.send_signal(signal.SIGINT)
+        assert process.wait(15) == 0
+        stop_process(process)  # type: ignore[arg-type]
+
+
+def test_tls_selfsigned_command(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "teleconsult", "tls-selfsigned", "--out", str(tmp_path),
+                             "--name", "localhost", "--name", "127.0.0.1"], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "cert.pem").exists() and (tmp_path / "key.pem").stat().st_mode & 0o777 == 0o600
