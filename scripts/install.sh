@@ -21,5 +21,10 @@ fi
 extras=${1:-}
 target="."
 [ -n "$extras" ] && target=".[$extras]"
-.venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q --disable-pip-version-check -e "$target"
+log=.venv/install.log
+if ! { .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip &&
+       .venv/bin/python -m pip install -q --disable-pip-version-check -e "$target"; } >"$log" 2>&1; then
+  cat "$log" >&2
+  echo "installing teleconsult failed (log above, also in $log)" >&2
+  exit 1
+fi
