@@ -168,14 +168,14 @@ class HeartRateEstimate:
 
 class HeartRateEstimator:
     """Heart rate from heart sounds: band-pass 25–150 Hz, 200 Hz energy envelope,
-    unbiased autocorrelation over the last 6 s, strongest peak between 40 and 180 bpm, refined by
+    unbiased autocorrelation over the last 8 s, strongest peak between 40 and 180 bpm, refined by
     parabolic interpolation. Estimates come every ``interval_s``."""
 
     ENVELOPE_RATE = 200
     MIN_BPM, MAX_BPM = 40.0, 180.0
-    HARMONIC_RATIO = 0.9
+    HARMONIC_RATIO = 0.84
 
-    def __init__(self, window_s: float = 6.0, interval_s: float = 2.0) -> None:
+    def __init__(self, window_s: float = 8.0, interval_s: float = 2.0) -> None:
         self._sos = signal.butter(2, [25, 150], btype="bandpass", fs=AUDIO_RATE, output="sos")
         self._zi = np.zeros((self._sos.shape[0], 2))
         self._block = AUDIO_RATE // self.ENVELOPE_RATE

@@ -10,6 +10,8 @@ Rules:
   nothing more is emitted until a keyframe (the decoder chain is broken). Opus: one
   packet is one frame, so only the lost packets are missing; a :class:`Gap` says how
   many.
+* The first packet received sets the sequence origin: a packet older than it is late.
+  Retransmissions must arrive with their original sequence numbers (RTX unwrapped).
 * Video frames end on the RTP marker bit (RFC 3550 / 7741 / 6184), or when the
   timestamp changes, and must start with a start-of-frame packet.
 * VP8 payloads keep their bytes exactly (RFC 7741 descriptor stripped); H.264 payloads
@@ -133,7 +135,7 @@ class _BitReader:
         return (k + 1) // 2 if k & 1 else -(k // 2)
 
 
-_HIGH_PROFILES = {100, 110, 122, 244, 44, 83, 86, 118, 128, 138, 139, 134, 135}
+_HIGH_PROFILES = frozenset({100, 110, 122, 244, 44, 83, 86, 118, 128, 138, 139, 134, 135})
 
 
 def _sps_dimensions(nal: bytes) -> tuple[int, int]:

@@ -127,7 +127,8 @@ class TrackRecorder:
         if self._container is None:
             if self.is_video and not frame.keyframe:
                 return False
-            self._open(frame)
+            if not self._open(frame):
+                return False
         assert self._container is not None
         ext = self._unwrap(frame.timestamp)
         assert self._first_ts is not None
@@ -176,7 +177,7 @@ class TrackRecorder:
             except Exception:  # the container's own write fails on the aborted writer
                 pass
 
-    def _open(self, frame: EncodedFrame) -> None:
+    def _open(self, frame: EncodedFrame) -> bool:
         container_format, _, codec_name = _FORMATS[self.mime]
         kwargs: dict[str, Any] = {}
         if self.mime == "video/vp8":
@@ -187,7 +188,9 @@ class TrackRecorder:
             dims = None
         if self.is_video:
             if dims is None:
-                raise ValueError(f"{self.path.name}: keyframe without dimensions")
+                # An IDR before any SPS: keep waiting for a keyframe that says its size.
+                logger.warning("%s: keyframe without dimensions, skipped", self.path.name)
+                return False
             kwargs = {"width": dims[0], "height": dims[1]}
         self._writer = self._vault.create(self.path)
         try:
@@ -205,6 +208,7 @@ class TrackRecorder:
         self._last_ext = frame.timestamp
         self.first_arrival = frame.arrival
         self._last_flush = self._clock()
+        return True
 
     def _unwrap(self, ts: int) -> int:
         delta = ((ts - self._last_ts32 + (1 << 31)) % (1 << 32)) - (1 << 31)
@@ -428,6 +432,17 @@ class RecordingSession:
         except Exception as exc:  # disk full, I/O error, muxer error: stop, tell, go on
             self._fail(exc)
             return False
+
+    def flush(self) -> None:
+        """Seal what every track has written so far (call it from a timer so that an
+        idle track is on disk too). Never raises."""
+        if self._state != "recording":
+            return
+        try:
+            for track in self._tracks.values():
+                track.recorder.flush()
+        except Exception as exc:
+            self._fail(exc)
 
     def remove_track(self, publication_id: str) -> None:
         """The publication ended: close its file (the manifest keeps it)."""

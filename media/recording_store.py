@@ -53,7 +53,7 @@ class RecordingNotFound(KeyError):
 
 
 @dataclass(frozen=True)
-class Gap:
+class TimelineGap:
     """A hole in a track's timeline."""
 
     at_s: float
@@ -74,7 +74,7 @@ class TrackReport:
     packets: int
     decoded_frames: int
     duration_s: float
-    gaps: tuple[Gap, ...]
+    gaps: tuple[TimelineGap, ...]
     """Holes longer than two frame intervals."""
     decode_errors: int
     error: str | None = None
@@ -274,21 +274,20 @@ def _verify_track(vault: Vault, directory: Path, track: TrackEntry) -> TrackRepo
                 except av.error.FFmpegError:
                     errors += 1
             try:
-                for codec_packet in [None]:
-                    decoded += len(stream.codec_context.decode(codec_packet))
+                decoded += len(stream.codec_context.decode(None))  # drain the decoder
             except av.error.FFmpegError:
                 pass
     except FileNotFoundError:
         error = "missing" if track.frames else None
     except (IntegrityError, av.error.FFmpegError, OSError, ValueError) as exc:
         error = f"{type(exc).__name__}: {exc}"
-    gaps: list[Gap] = []
+    gaps: list[TimelineGap] = []
     duration = 0.0
     if len(times) >= 2:
         diffs = [b - a for a, b in zip(times, times[1:])]
         interval = statistics.median(diffs) or 0.001
         duration = times[-1] - times[0] + interval
-        gaps = [Gap(round(a - times[0], 3), round(d, 3)) for a, d in zip(times, diffs) if d > 2 * interval]
+        gaps = [TimelineGap(round(a - times[0], 3), round(d, 3)) for a, d in zip(times, diffs) if d > 2 * interval]
     return TrackReport(
         publication_id=track.publication_id,
         source=track.source,

@@ -1,0 +1,251 @@
+"""Every aiortc internal the SFU touches, and nothing else.
+
+aiortc 1.16 is an endpoint library: it decodes what it receives and encodes
+what it sends. The SFU forwards RTP packets instead, so it reaches inside, per
+instance (never by patching classes or modules), in these places:
+
+* ``RTCDtlsTransport._handle_rtp_data`` (the decrypted RTP datagram, before
+  aiortc's router, jitter buffer and decoder): replaced on each SFU transport
+  by :func:`tap_transport`. RTCP keeps its normal path.
+* ``RTCRtpReceiver``'s private statistics and NACK generator: fed by
+  :func:`feed_receiver` so its receiver reports and NACKs upstream go on;
+  ``_send_rtcp_nack`` / ``_send_rtcp_pli`` send them. Its codec and RTX tables
+  are read by :func:`receiver_tables`. Its decoder queue is replaced by one
+  that counts what would be decoded (:func:`count_decodes`): the SFU never
+  puts anything there, and the transcode counter proves it.
+* ``RTCRtpSender``: its ``_handle_rtcp_packet`` is wrapped per instance so the
+  SFU answers NACKs from its own history and turns PLI/FIR into a request
+  upstream (:func:`intercept_sender_rtcp`); its private Sender Report counters
+  are advanced with what the SFU sends (:func:`note_sent`); its
+  ``_next_encoded_frame`` is wrapped to count any frame it would encode or
+  pack (:func:`count_encodes`); its track is :class:`SilentTrack`, which never
+  yields, so that aiortc's own RTP loop stays idle while its RTCP loop sends
+  Sender Reports.
+* ``RTCRtpTransceiver._set_mid`` / ``_set_mline_index``: the SFU creates the
+  transceivers of an offer itself, bound to their mids, so that codec
+  preferences apply before ``setRemoteDescription`` negotiates codecs
+  (:func:`bind_transceiver`).
+* ``RTCDtlsTransport._send_rtp`` (SRTP protect + send): :func:`send_rtp`.
+
+``tests/sfu/test_aiortc_patches.py`` checks each of these on real aiortc
+objects, so that an upgrade that changes them fails loudly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+from typing import Any, Awaitable, Callable
+
+from aiortc import RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
+from aiortc.codecs import is_rtx
+from aiortc.mediastreams import MediaStreamTrack
+from aiortc.rtcdtlstransport import RTCDtlsTransport
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.rtcrtpreceiver import StreamStatistics
+from aiortc.rtp import (RTCP_PSFB_APP, RTCP_PSFB_FIR, RTCP_PSFB_PLI, RTCP_RTPFB_NACK, RtcpPsfbPacket,
+                        RtcpRtpfbPacket)
+from aiortc import clock
+
+RtpTap = Callable[[bytes, int], Awaitable[None]]
+"""Called with each decrypted RTP datagram and its arrival time (ms)."""
+
+_TAPPED = "_sfu_tap"
+
+
+def tap_transport(transport: RTCDtlsTransport, on_rtp: RtpTap) -> bool:
+    """Route this transport's decrypted RTP to ``on_rtp`` instead of aiortc's router.
+    Returns False when it was already tapped (idempotent)."""
+    if getattr(transport, _TAPPED, None) is not None:
+        return False
+    setattr(transport, _TAPPED, on_rtp)
+    transport._handle_rtp_data = on_rtp  # type: ignore[method-assign]
+    return True
+
+
+def header_extension_ids(transport: RTCDtlsTransport) -> Any:
+    """aiortc's extension map of a transport (for ``RtpPacket.parse``)."""
+    return transport._rtp_header_extensions_map
+
+
+def route_by_aiortc(transport: RTCDtlsTransport, packet: Any) -> Any:
+    """aiortc's own routing decision (SSRC tables built from the SDP, then payload type)."""
+    return transport._rtp_router.route_rtp(packet)
+
+
+def receiver_tables(receiver: RTCRtpReceiver) -> tuple[dict[int, RTCRtpCodecParameters], dict[int, int]]:
+    """(payload type -> codec, RTX ssrc -> media ssrc) of a started receiver."""
+    codecs: dict[int, RTCRtpCodecParameters] = receiver._RTCRtpReceiver__codecs  # type: ignore[attr-defined]
+    rtx: dict[int, int] = receiver._RTCRtpReceiver__rtx_ssrc  # type: ignore[attr-defined]
+    return codecs, rtx
+
+
+class _Seen:
+    """What ``StreamStatistics.add`` and ``NackGenerator.add`` read from a packet."""
+
+    __slots__ = ("sequence_number", "timestamp", "ssrc")
+
+    def __init__(self, ssrc: int, sequence_number: int, timestamp: int) -> None:
+        self.ssrc = ssrc
+        self.sequence_number = sequence_number
+        self.timestamp = timestamp
+
+
+def feed_receiver(receiver: RTCRtpReceiver, ssrc: int, sequence_number: int, timestamp: int,
+                  clock_rate: int, *, count_stats: bool = True) -> list[int] | None:
+    """Account one media packet to the receiver's statistics (receiver reports) and NACK
+    generator; returns the sequence numbers to NACK upstream, if any went missing."""
+    seen = _Seen(ssrc, sequence_number, timestamp)
+    if count_stats:
+        streams: dict[int, StreamStatistics] = receiver._RTCRtpReceiver__remote_streams  # type: ignore[attr-defined]
+        stats = streams.get(ssrc)
+        if stats is None:
+            stats = streams[ssrc] = StreamStatistics(clock_rate)
+        stats.add(seen)  # type: ignore[arg-type]
+    nack = receiver._RTCRtpReceiver__nack_generator  # type: ignore[attr-defined]
+    if nack is not None and nack.add(seen):
+        return sorted(nack.missing)
+    return None
+
+
+def feed_receiver_rtx(receiver: RTCRtpReceiver, ssrc: int, sequence_number: int, timestamp: int,
+                      clock_rate: int) -> None:
+    """Account an RTX packet to the statistics of its own (RTX) ssrc, as aiortc does."""
+    streams: dict[int, StreamStatistics] = receiver._RTCRtpReceiver__remote_streams  # type: ignore[attr-defined]
+    stats = streams.get(ssrc)
+    if stats is None:
+        stats = streams[ssrc] = StreamStatistics(clock_rate)
+    stats.add(_Seen(ssrc, sequence_number, timestamp))  # type: ignore[arg-type]
+
+
+async def send_nack(receiver: RTCRtpReceiver, media_ssrc: int, lost: list[int]) -> None:
+    await receiver._send_rtcp_nack(media_ssrc, lost)
+
+
+async def send_pli(receiver: RTCRtpReceiver, media_ssrc: int) -> None:
+    await receiver._send_rtcp_pli(media_ssrc)
+
+
+class _CountingQueue(queue.Queue):  # type: ignore[type-arg]
+    def __init__(self, on_put: Callable[[], None]) -> None:
+        super().__init__()
+        self._on_put = on_put
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        if item is not None:
+            self._on_put()
+        super().put(item, block, timeout)
+
+
+def count_decodes(receiver: RTCRtpReceiver, on_decode: Callable[[], None]) -> None:
+    """Call ``on_decode`` for every frame the receiver would hand to its decoder.
+    Must run before the receiver starts (before the answer is applied)."""
+    receiver._RTCRtpReceiver__decoder_queue = _CountingQueue(on_decode)  # type: ignore[attr-defined]
+
+
+def count_encodes(sender: RTCRtpSender, on_encode: Callable[[], None]) -> None:
+    """Call ``on_encode`` for every frame the sender's own RTP loop would encode or pack."""
+    original = sender._next_encoded_frame
+
+    async def next_encoded_frame(codec: RTCRtpCodecParameters) -> Any:
+        frame = await original(codec)
+        if frame is not None:
+            on_encode()
+        return frame
+
+    sender._next_encoded_frame = next_encoded_frame  # type: ignore[method-assign]
+
+
+class SilentTrack(MediaStreamTrack):
+    """A track that never yields a frame: keeps a sender (and its RTCP) alive while the SFU
+    writes its RTP. ``id`` is the source label, which aiortc puts in ``a=msid``."""
+
+    def __init__(self, kind: str, track_id: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self._id = track_id
+        self._never: asyncio.Future[None] | None = None
+
+    async def recv(self) -> Any:
+        if self._never is None:
+            self._never = asyncio.get_running_loop().create_future()
+        await self._never
+        raise AssertionError("unreachable")
+
+    def stop(self) -> None:
+        super().stop()
+        if self._never is not None and not self._never.done():
+            self._never.cancel()
+
+
+NackHandler = Callable[[list[int]], Awaitable[None]]
+KeyframeHandler = Callable[[str], None]
+
+
+def intercept_sender_rtcp(sender: RTCRtpSender, on_nack: NackHandler, on_keyframe: KeyframeHandler) -> None:
+    """NACKs (``on_nack(lost)``) and PLI/FIR (``on_keyframe("pli"|"fir")``) received for this
+    sender go to the SFU; receiver reports and REMB keep aiortc's handling (statistics)."""
+    original = sender._handle_rtcp_packet
+
+    async def handle_rtcp_packet(packet: Any) -> None:
+        if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
+            await on_nack(list(packet.lost))
+        elif isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
+            on_keyframe("fir" if packet.fmt == RTCP_PSFB_FIR else "pli")
+        elif isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+            return  # REMB: no encoder to steer
+        else:
+            await original(packet)
+
+    sender._handle_rtcp_packet = handle_rtcp_packet  # type: ignore[method-assign]
+
+
+def sender_rtx_payload_type(sender: RTCRtpSender) -> int | None:
+    """The RTX payload type a started sender negotiated for its codec (None: no RTX)."""
+    value: int | None = sender._RTCRtpSender__rtx_payload_type  # type: ignore[attr-defined]
+    return value
+
+
+def sender_started(sender: RTCRtpSender) -> bool:
+    return bool(sender._RTCRtpSender__started)  # type: ignore[attr-defined]
+
+
+def note_sent(sender: RTCRtpSender, timestamp: int, payload_bytes: int) -> None:
+    """Advance the sender's Sender Report counters for one packet the SFU sent for it."""
+    sender._RTCRtpSender__ntp_timestamp = clock.current_ntp_time()  # type: ignore[attr-defined]
+    sender._RTCRtpSender__rtp_timestamp = timestamp  # type: ignore[attr-defined]
+    sender._RTCRtpSender__octet_count += payload_bytes  # type: ignore[attr-defined]
+    sender._RTCRtpSender__packet_count += 1  # type: ignore[attr-defined]
+
+
+def sender_report_counts(sender: RTCRtpSender) -> tuple[int, int, int]:
+    """(packets, octets, last RTP timestamp) the next Sender Report will carry."""
+    return (sender._RTCRtpSender__packet_count, sender._RTCRtpSender__octet_count,  # type: ignore[attr-defined]
+            sender._RTCRtpSender__rtp_timestamp)  # type: ignore[attr-defined]
+
+
+def bind_transceiver(transceiver: RTCRtpTransceiver, mid: str, mline_index: int) -> None:
+    """Bind a transceiver made with ``addTransceiver`` to the offer's m-line ``mid`` at
+    ``mline_index``, so that ``setRemoteDescription`` uses it (with its codec preferences)."""
+    transceiver._set_mid(mid)
+    transceiver._set_mline_index(mline_index)
+
+
+async def send_rtp(transport: RTCDtlsTransport, data: bytes) -> None:
+    """SRTP-protect and send one RTP or RTCP packet (raises ConnectionError when closed)."""
+    await transport._send_rtp(data)
+
+
+def transport_connected(transport: RTCDtlsTransport) -> bool:
+    return transport.state == "connected"
+
+
+def rtx_codec(codecs: list[RTCRtpCodecParameters], payload_type: int) -> RTCRtpCodecParameters | None:
+    for codec in codecs:
+        if is_rtx(codec) and codec.parameters.get("apt") == payload_type:
+            return codec
+    return None
+
+
+def now_ms() -> int:
+    return clock.current_ms()

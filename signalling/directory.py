@@ -1,0 +1,168 @@
+"""Who and where: assisted sites and clinicians.
+
+A directory is an immutable value (sites and clinicians by id) read from a
+JSON file (``signalling.directory_file``; empty: the development directory
+shipped in ``signalling/data/directory.json``) or replaced through the admin
+REST API. The service keeps the current one in the store so that every
+signalling process sees admin changes.
+
+File format::
+
+    {"sites": [{"id", "name", "kind", "region"}],
+     "clinicians": [{"id", "name", "specialties": [..], "languages": [..]}]}
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class SiteKind(str, enum.Enum):
+    CABIN = "cabin"
+    EHPAD = "ehpad"
+    PHARMACY = "pharmacy"
+    MOBILE_UNIT = "mobile_unit"
+    HOSPITAL = "hospital"
+
+
+class DirectoryError(ValueError):
+    """A directory document is invalid; the message says where."""
+
+
+@dataclass(frozen=True)
+class Site:
+    id: str
+    name: str
+    kind: SiteKind
+    region: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "kind": self.kind.value, "region": self.region}
+
+
+@dataclass(frozen=True)
+class Clinician:
+    id: str
+    name: str
+    specialties: tuple[str, ...]
+    languages: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "specialties": list(self.specialties),
+                "languages": list(self.languages)}
+
+
+def _str(obj: dict[str, Any], key: str, where: str, required: bool = True) -> str:
+    value = obj.get(key, None if required else "")
+    if not isinstance(value, str) or (required and not value):
+        raise DirectoryError(f"{where}.{key}: must be a non-empty string" if required else f"{where}.{key}: must be a string")
+    return value
+
+
+def _strs(obj: dict[str, Any], key: str, where: str) -> tuple[str, ...]:
+    value = obj.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise DirectoryError(f"{where}.{key}: must be a list of strings")
+    return tuple(dict.fromkeys(value))
+
+
+def parse_site(obj: Any, where: str = "site") -> Site:
+    if not isinstance(obj, dict):
+        raise DirectoryError(f"{where}: must be an object")
+    extra = set(obj) - {"id", "name", "kind", "region"}
+    if extra:
+        raise DirectoryError(f"{where}: unknown key(s) {sorted(extra)}")
+    sid = _str(obj, "id", where)
+    if not _ID.match(sid):
+        raise DirectoryError(f"{where}.id: letters, digits, '.', '_', '-' (at most 64)")
+    try:
+        kind = SiteKind(obj.get("kind"))
+    except ValueError:
+        raise DirectoryError(f"{where}.kind: one of {[k.value for k in SiteKind]}") from None
+    return Site(sid, _str(obj, "name", where), kind, _str(obj, "region", where, required=False))
+
+
+def parse_clinician(obj: Any, where: str = "clinician") -> Clinician:
+    if not isinstance(obj, dict):
+        raise DirectoryError(f"{where}: must be an object")
+    extra = set(obj) - {"id", "name", "specialties", "languages"}
+    if extra:
+        raise DirectoryError(f"{where}: unknown key(s) {sorted(extra)}")
+    cid = _str(obj, "id", where)
+    if not _ID.match(cid):
+        raise DirectoryError(f"{where}.id: letters, digits, '.', '_', '-' (at most 64)")
+    specialties = _strs(obj, "specialties", where)
+    if not specialties:
+        raise DirectoryError(f"{where}.specialties: at least one")
+    return Clinician(cid, _str(obj, "name", where), specialties, _strs(obj, "languages", where))
+
+
+@dataclass(frozen=True)
+class Directory:
+    sites: dict[str, Site] = field(default_factory=dict)
+    clinicians: dict[str, Clinician] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "Directory":
+        if not isinstance(data, dict) or set(data) - {"sites", "clinicians"}:
+            raise DirectoryError("directory: an object with 'sites' and 'clinicians'")
+        sites: dict[str, Site] = {}
+        for i, s in enumerate(data.get("sites", [])):
+            site = parse_site(s, f"sites[{i}]")
+            if site.id in sites:
+                raise DirectoryError(f"sites[{i}].id: duplicate {site.id!r}")
+            sites[site.id] = site
+        clinicians: dict[str, Clinician] = {}
+        for i, c in enumerate(data.get("clinicians", [])):
+            clinician = parse_clinician(c, f"clinicians[{i}]")
+            if clinician.id in clinicians:
+                raise DirectoryError(f"clinicians[{i}].id: duplicate {clinician.id!r}")
+            clinicians[clinician.id] = clinician
+        return cls(sites, clinicians)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"sites": [s.to_dict() for s in self.sites.values()],
+                "clinicians": [c.to_dict() for c in self.clinicians.values()]}
+
+    def specialties(self) -> list[str]:
+        return sorted({s for c in self.clinicians.values() for s in c.specialties})
+
+    def with_site(self, site: Site) -> "Directory":
+        return Directory({**self.sites, site.id: site}, self.clinicians)
+
+    def without_site(self, site_id: str) -> "Directory":
+        return Directory({k: v for k, v in self.sites.items() if k != site_id}, self.clinicians)
+
+    def with_clinician(self, clinician: Clinician) -> "Directory":
+        return Directory(self.sites, {**self.clinicians, clinician.id: clinician})
+
+    def without_clinician(self, clinician_id: str) -> "Directory":
+        return Directory(self.sites, {k: v for k, v in self.clinicians.items() if k != clinician_id})
+
+
+def load_directory(path: str = "") -> Directory:
+    """The directory of ``path``, or the development one shipped with the code."""
+    if path:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise DirectoryError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    else:
+        text = resources.files("signalling").joinpath("data/directory.json").read_text(encoding="utf-8")
+        path = "signalling/data/directory.json"
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise DirectoryError(f"{path}: not valid JSON: {exc}") from None
+    try:
+        return Directory.from_dict(data)
+    except DirectoryError as exc:
+        raise DirectoryError(f"{path}: {exc}") from None

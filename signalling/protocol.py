@@ -1,0 +1,781 @@
+"""The signalling WebSocket protocol, sans I/O: message classes, parsing, validation.
+
+Rules (docs/protocol.md is generated from this module, see :func:`render_reference`):
+
+* Every frame is one JSON object with a ``type``.
+* A client *request* carries an ``id`` (string or integer, chosen by the client);
+  the server answers it exactly once, either with ``<type>.ok`` and the same
+  ``id``, or with the one error shape ``{"type": "error", "id", "code",
+  "message"}``.
+* Server *events* carry no ``id``.
+* The first request must be ``hello`` with an access token; nothing else is
+  processed before the token is verified.
+* Unknown fields are refused (``bad_message``), so that a typo never silently
+  does nothing.
+
+Each request is a frozen dataclass registered with :func:`request`; each reply
+and event a frozen dataclass registered with :func:`reply` / :func:`event`.
+Field documentation lives in ``field(metadata={"doc": ...})``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Literal, TypeVar, Union
+
+PROTOCOL_VERSION = 1
+
+MessageId = Union[str, int]
+
+
+class ErrorCode(str, enum.Enum):
+    """Codes of the ``error`` message (stable: clients switch on them)."""
+
+    BAD_JSON = "bad_json"
+    """The frame is not a JSON object."""
+    BAD_MESSAGE = "bad_message"
+    """A field is missing, unknown, or has the wrong type or value."""
+    UNKNOWN_TYPE = "unknown_type"
+    """No such request type."""
+    UNSUPPORTED_VERSION = "unsupported_version"
+    """``hello.version`` is not one this server speaks."""
+    UNAUTHENTICATED = "unauthenticated"
+    """A request came before a successful ``hello``."""
+    AUTH_FAILED = "auth_failed"
+    """The token was refused (expired, wrong audience, bad signature...)."""
+    FORBIDDEN = "forbidden"
+    """The role or site of the caller may not do this."""
+    NOT_FOUND = "not_found"
+    """No such consultation (or not one the caller may see)."""
+    CONFLICT = "conflict"
+    """The consultation is not in a state that allows this (e.g. offer already taken)."""
+    RATE_LIMITED = "rate_limited"
+    """Too many messages per second on this connection; the message was dropped."""
+    TOO_LARGE = "too_large"
+    """A field is longer than allowed."""
+    UNAVAILABLE = "unavailable"
+    """The server is draining, or a dependency (SFU, store) failed; retry elsewhere or later."""
+    TOKEN_EXPIRED = "token_expired"
+    """The access token expired without ``auth.refresh``; the server closes the connection."""
+    SLOW_CONSUMER = "slow_consumer"
+    """The client read too slowly; the server closes the connection (resume is possible)."""
+    INTERNAL = "internal"
+    """A server bug; the connection goes on."""
+
+
+class ProtocolError(Exception):
+    """A request refused; becomes one ``error`` message."""
+
+    def __init__(self, code: ErrorCode, message: str, id: MessageId | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.id = id
+
+    def to_wire(self) -> dict[str, Any]:
+        return error_message(self.code, self.message, self.id)
+
+
+def error_message(code: ErrorCode, message: str, id: MessageId | None = None) -> dict[str, Any]:
+    return {"type": "error", "id": id, "code": code.value, "message": message}
+
+
+# -- enums used in messages --------------------------------------------------
+class Priority(str, enum.Enum):
+    ROUTINE = "routine"
+    URGENT = "urgent"
+    EMERGENCY = "emergency"
+
+    @property
+    def rank(self) -> int:
+        """Higher goes first."""
+        return _PRIORITY_RANK[self]
+
+
+_PRIORITY_RANK = {Priority.ROUTINE: 0, Priority.URGENT: 1, Priority.EMERGENCY: 2}
+
+
+class PresenceStatus(str, enum.Enum):
+    AVAILABLE = "available"
+    BUSY = "busy"
+    AWAY = "away"
+
+
+class PeerState(str, enum.Enum):
+    DROPPED = "dropped"
+    """The peer's socket died; it may come back within the resume grace."""
+    RESUMED = "resumed"
+    LOST = "lost"
+    """The grace passed without a resume."""
+
+
+class WithdrawReason(str, enum.Enum):
+    TIMEOUT = "timeout"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+    DECLINED = "declined"
+    VANISHED = "vanished"
+
+
+# -- registry ----------------------------------------------------------------
+Role = Literal["nurse", "physician", "agent", "admin"]
+ALL_ROLES: tuple[str, ...] = ("nurse", "physician", "agent", "admin")
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One message type: its name, class, and who may send it."""
+
+    type: str
+    cls: type
+    kind: Literal["request", "reply", "event"]
+    roles: tuple[str, ...] = ALL_ROLES
+
+
+REQUESTS: dict[str, Spec] = {}
+REPLIES: dict[str, Spec] = {}
+EVENTS: dict[str, Spec] = {}
+
+T = TypeVar("T")
+
+
+def request(type_: str, roles: tuple[str, ...] = ALL_ROLES) -> Callable[[type[T]], type[T]]:
+    def wrap(cls: type[T]) -> type[T]:
+        cls.TYPE = type_  # type: ignore[attr-defined]
+        REQUESTS[type_] = Spec(type_, cls, "request", roles)
+        return cls
+    return wrap
+
+
+def reply(type_: str) -> Callable[[type[T]], type[T]]:
+    def wrap(cls: type[T]) -> type[T]:
+        cls.TYPE = type_ + ".ok"  # type: ignore[attr-defined]
+        REPLIES[type_] = Spec(type_ + ".ok", cls, "reply")
+        return cls
+    return wrap
+
+
+def event(type_: str) -> Callable[[type[T]], type[T]]:
+    def wrap(cls: type[T]) -> type[T]:
+        cls.TYPE = type_  # type: ignore[attr-defined]
+        EVENTS[type_] = Spec(type_, cls, "event")
+        return cls
+    return wrap
+
+
+def doc(text: str, default: Any = dataclasses.MISSING, max_len: int = 0,
+        default_factory: Any = dataclasses.MISSING) -> Any:
+    meta = {"doc": text, "max_len": max_len}
+    if default_factory is not dataclasses.MISSING:
+        return field(default_factory=default_factory, metadata=meta)
+    if default is dataclasses.MISSING:
+        return field(metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+class Wire:
+    """Mixin: shallow conversion to a JSON-ready dict (nested dicts are passed through)."""
+
+    TYPE: ClassVar[str]
+
+    def to_wire(self, id: MessageId | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": self.TYPE}
+        if id is not None:
+            out["id"] = id
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if isinstance(value, enum.Enum):
+                value = value.value
+            out[f.name] = value
+        return out
+
+
+# -- requests (client -> server) ---------------------------------------------
+@request("hello")
+@dataclass(frozen=True)
+class Hello:
+    """First message on every connection. Access tokens only (a room token is refused)."""
+
+    version: int = doc("Protocol version; this server speaks 1.")
+    token: str = doc("Access token (ours, or the configured OpenID provider's).", max_len=8192)
+    resume: str | None = doc("Session id from a previous ``hello.ok`` to resume after a dropped socket.",
+                             None, max_len=64)
+
+
+@request("ping")
+@dataclass(frozen=True)
+class Ping:
+    """Application-level round trip (WebSocket pings are also sent by the server)."""
+
+
+@request("auth.refresh")
+@dataclass(frozen=True)
+class AuthRefresh:
+    """Replace the connection's access token before it expires (same subject, role and site)."""
+
+    token: str = doc("The new access token.", max_len=8192)
+
+
+@request("presence.set", roles=("physician",))
+@dataclass(frozen=True)
+class PresenceSet:
+    """A physician says whether offers may ring them."""
+
+    status: PresenceStatus = doc("available, busy or away.")
+
+
+@request("presence.list", roles=("nurse", "physician", "admin"))
+@dataclass(frozen=True)
+class PresenceList:
+    """Physicians online now, with their status."""
+
+
+@request("visit.request", roles=("nurse",))
+@dataclass(frozen=True)
+class VisitRequest:
+    """A nurse checks a patient in at the nurse's site; creates a consultation in state ``requested``."""
+
+    patient_ref: str = doc("Opaque patient reference of the site (never logged).", max_len=128)
+    reason: str = doc("Reason for the visit, free text (never logged).", max_len=2000)
+    specialty: str = doc("Specialty asked for (see GET /api/directory).", max_len=64)
+    priority: Priority = doc("routine, urgent or emergency.")
+    consent_teleconsultation: bool = doc("The patient consented to a teleconsultation; must be true.")
+    consent_recording: bool = doc("The patient consented to recording.", False)
+    ins: str | None = doc("National health identifier (INS), optional.", None, max_len=64)
+    language: str | None = doc("Language the physician must speak (e.g. ``fr``), optional.", None, max_len=16)
+
+
+@request("visit.cancel", roles=("nurse",))
+@dataclass(frozen=True)
+class VisitCancel:
+    """Withdraw a waiting (requested or offered) visit request of the nurse's site."""
+
+    consultation_id: str = doc("The consultation to cancel.", max_len=64)
+
+
+@request("queue.list", roles=("physician", "admin"))
+@dataclass(frozen=True)
+class QueueList:
+    """Waiting requests (ids, specialty, priority, site, waiting time; no patient data)."""
+
+
+@request("offer.accept", roles=("physician",))
+@dataclass(frozen=True)
+class OfferAccept:
+    """Accept the offer ringing this physician."""
+
+    consultation_id: str = doc("The offered consultation.", max_len=64)
+
+
+@request("offer.decline", roles=("physician",))
+@dataclass(frozen=True)
+class OfferDecline:
+    """Decline the offer ringing this physician; it goes to the next one."""
+
+    consultation_id: str = doc("The offered consultation.", max_len=64)
+
+
+@request("consultation.get", roles=("nurse", "physician", "agent", "admin"))
+@dataclass(frozen=True)
+class ConsultationGet:
+    """One consultation the caller is a party of (admins: any)."""
+
+    consultation_id: str = doc("The consultation.", max_len=64)
+
+
+@request("consultation.end", roles=("nurse", "physician"))
+@dataclass(frozen=True)
+class ConsultationEnd:
+    """End an accepted or active consultation (the physician at any time, the site's nurse when active)."""
+
+    consultation_id: str = doc("The consultation.", max_len=64)
+    reason: str = doc("A short code, e.g. ``completed``, ``patient_left`` (no clinical text).",
+                      "completed", max_len=32)
+
+
+@request("room.token", roles=("nurse", "physician", "agent"))
+@dataclass(frozen=True)
+class RoomToken:
+    """A fresh room token for the caller's seat in an active consultation."""
+
+    consultation_id: str = doc("The consultation.", max_len=64)
+
+
+@request("report.save", roles=("physician",))
+@dataclass(frozen=True)
+class ReportSave:
+    """The consultation's physician saves (replaces) the report."""
+
+    consultation_id: str = doc("The consultation.", max_len=64)
+    report: dict[str, Any] = doc("``{reason, findings, conclusion, prescriptions: [str], follow_up}``.")
+
+
+@request("report.get", roles=("nurse", "physician", "admin"))
+@dataclass(frozen=True)
+class ReportGet:
+    """Read a consultation's report back."""
+
+    consultation_id: str = doc("The consultation.", max_len=64)
+
+
+@request("media.offer", roles=("nurse", "physician", "agent"))
+@dataclass(frozen=True)
+class MediaOffer:
+    """Browser media through the SFU: an SDP offer for the caller's seat in the consultation's room."""
+
+    sdp: str = doc("The SDP offer.", max_len=60000)
+    consultation_id: str | None = doc("The consultation (or give room_token).", None, max_len=64)
+    room_token: str | None = doc("A room token (instead of consultation_id).", None, max_len=8192)
+    publish: dict[str, str] = doc("``{mid: source}`` for each sending transceiver.", default_factory=dict)
+    subscribe: dict[str, str] = doc("``{mid: publication_id}`` for each receiving transceiver.",
+                                    default_factory=dict)
+
+
+@request("media.leave", roles=("nurse", "physician", "agent"))
+@dataclass(frozen=True)
+class MediaLeave:
+    """Leave the consultation's room (closes the caller's peer connection on the SFU)."""
+
+    consultation_id: str = doc("The consultation.", max_len=64)
+
+
+# -- replies (server -> client, with the request's id) -----------------------
+@reply("hello")
+@dataclass(frozen=True)
+class HelloOk(Wire):
+    session: str = doc("Session id; send it as ``hello.resume`` after a dropped socket.")
+    resumed: bool = doc("True when an earlier session was resumed.")
+    principal: dict[str, Any] = doc("``{sub, role, site, specialties, name}`` from the token.")
+    ice_servers: list[dict[str, Any]] = doc("RTCIceServer dicts: STUN, and TURN with short-lived credentials.")
+    heartbeat_s: float = doc("The server pings this often; a silent connection is closed.")
+    token_expires_at: float = doc("Unix time the access token expires (``auth.expiring`` comes before).")
+    server_time: float = doc("Server's Unix time.")
+    state: dict[str, Any] = doc("``{presence, consultations: [consultation], offers: [offer.received bodies]}``: "
+                                "everything the client should show now.")
+
+
+@reply("ping")
+@dataclass(frozen=True)
+class PingOk(Wire):
+    server_time: float = doc("Server's Unix time.")
+
+
+@reply("auth.refresh")
+@dataclass(frozen=True)
+class AuthRefreshOk(Wire):
+    token_expires_at: float = doc("Unix time the new token expires.")
+
+
+@reply("presence.set")
+@dataclass(frozen=True)
+class PresenceSetOk(Wire):
+    status: str = doc("The status now.")
+
+
+@reply("presence.list")
+@dataclass(frozen=True)
+class PresenceListOk(Wire):
+    physicians: list[dict[str, Any]] = doc("``[{physician, name, status, specialties, languages}]``.")
+
+
+@reply("visit.request")
+@dataclass(frozen=True)
+class VisitRequestOk(Wire):
+    consultation: dict[str, Any] = doc("The new consultation (see *Consultation object*).")
+    position: int = doc("1-based place in the queue of its specialty.")
+    estimated_wait_s: float = doc("Rough estimate of the wait.")
+
+
+@reply("visit.cancel")
+@dataclass(frozen=True)
+class VisitCancelOk(Wire):
+    consultation: dict[str, Any] = doc("The consultation, now ``cancelled``.")
+
+
+@reply("queue.list")
+@dataclass(frozen=True)
+class QueueListOk(Wire):
+    waiting: list[dict[str, Any]] = doc("``[{consultation_id, site, specialty, priority, language, waiting_s, state}]`` "
+                                        "in matching order.")
+
+
+@reply("offer.accept")
+@dataclass(frozen=True)
+class OfferAcceptOk(Wire):
+    consultation: dict[str, Any] = doc("The consultation, now ``active``.")
+    room: str = doc("The SFU room (named after the consultation).")
+    room_token: str = doc("The physician's room token.")
+    grant: dict[str, Any] = doc("``{identity, role, publish, subscribe, command}`` of that token.")
+
+
+@reply("offer.decline")
+@dataclass(frozen=True)
+class OfferDeclineOk(Wire):
+    consultation_id: str = doc("The declined consultation.")
+
+
+@reply("consultation.get")
+@dataclass(frozen=True)
+class ConsultationGetOk(Wire):
+    consultation: dict[str, Any] = doc("The consultation.")
+
+
+@reply("consultation.end")
+@dataclass(frozen=True)
+class ConsultationEndOk(Wire):
+    consultation: dict[str, Any] = doc("The consultation, now ``ended``.")
+
+
+@reply("room.token")
+@dataclass(frozen=True)
+class RoomTokenOk(Wire):
+    room: str = doc("The room.")
+    room_token: str = doc("A fresh room token for the caller's seat.")
+    grant: dict[str, Any] = doc("Its grant.")
+
+
+@reply("report.save")
+@dataclass(frozen=True)
+class ReportSaveOk(Wire):
+    consultation_id: str = doc("The consultation.")
+    saved_at: float = doc("Unix time it was stored (durably).")
+
+
+@reply("report.get")
+@dataclass(frozen=True)
+class ReportGetOk(Wire):
+    consultation_id: str = doc("The consultation.")
+    report: dict[str, Any] | None = doc("The report, or null when none was saved yet.")
+    saved_at: float | None = doc("When it was saved.")
+    author: str | None = doc("The physician who saved it.")
+
+
+@reply("media.offer")
+@dataclass(frozen=True)
+class MediaOfferOk(Wire):
+    sdp: str = doc("The SFU's SDP answer.")
+    room: str = doc("The room.")
+    identity: str = doc("The caller's participant identity in the room.")
+
+
+@reply("media.leave")
+@dataclass(frozen=True)
+class MediaLeaveOk(Wire):
+    consultation_id: str = doc("The consultation.")
+
+
+# -- events (server -> client, no id) ----------------------------------------
+@event("auth.expiring")
+@dataclass(frozen=True)
+class AuthExpiring(Wire):
+    """The access token expires soon: send ``auth.refresh``, or the connection is closed at expiry."""
+
+    expires_at: float = doc("Unix time of expiry.")
+    in_s: float = doc("Seconds left.")
+
+
+@event("presence.changed")
+@dataclass(frozen=True)
+class PresenceChanged(Wire):
+    """A physician's status changed (``offline`` when the connection died or closed)."""
+
+    physician: str = doc("Physician id.")
+    status: str = doc("available, busy, away or offline.")
+    specialties: list[str] = doc("The physician's specialties.")
+
+
+@event("visit.position")
+@dataclass(frozen=True)
+class VisitPosition(Wire):
+    """To the site's nurses: the place of their waiting request changed."""
+
+    consultation_id: str = doc("The consultation.")
+    position: int = doc("1-based place in the queue of its specialty.")
+    estimated_wait_s: float = doc("Rough estimate of the wait.")
+
+
+@event("offer.received")
+@dataclass(frozen=True)
+class OfferReceived(Wire):
+    """To one physician: a request rings them until ``expires_at``; answer with ``offer.accept`` or ``offer.decline``."""
+
+    consultation: dict[str, Any] = doc("The consultation, with the visit's reason and patient reference.")
+    expires_at: float = doc("Unix time the offer passes to the next physician.")
+    timeout_s: float = doc("Seconds the offer rings.")
+
+
+@event("offer.withdrawn")
+@dataclass(frozen=True)
+class OfferWithdrawn(Wire):
+    """To the physician: the offer no longer rings them."""
+
+    consultation_id: str = doc("The consultation.")
+    reason: str = doc("timeout, cancelled, expired, declined or vanished.")
+
+
+@event("consultation.updated")
+@dataclass(frozen=True)
+class ConsultationUpdated(Wire):
+    """To the parties: the consultation changed state (offered, back to requested, accepted...)."""
+
+    consultation: dict[str, Any] = doc("The consultation (clinical fields only for the nurse and physician).")
+
+
+@event("consultation.started")
+@dataclass(frozen=True)
+class ConsultationStarted(Wire):
+    """To each party (site nurses, the physician, the site's device agent): the room is ready; join it."""
+
+    consultation: dict[str, Any] = doc("The consultation, ``active``.")
+    room: str = doc("The SFU room.")
+    room_token: str = doc("A room token for the receiver's seat.")
+    grant: dict[str, Any] = doc("``{identity, role, publish, subscribe, command}``: nurse publishes camera and "
+                                "microphone and subscribes; the agent publishes stethoscope, dermatoscope, "
+                                "otoscope; the physician publishes camera and microphone, subscribes and commands.")
+
+
+@event("consultation.ended")
+@dataclass(frozen=True)
+class ConsultationEnded(Wire):
+    """To the parties: the consultation is over (ended, cancelled, expired or failed)."""
+
+    consultation: dict[str, Any] = doc("The consultation in its final state, with ``end_reason``.")
+
+
+@event("peer.connection")
+@dataclass(frozen=True)
+class PeerConnection(Wire):
+    """To the other parties of an open consultation: a party's socket dropped, came back, or was lost."""
+
+    consultation_id: str = doc("The consultation.")
+    role: str = doc("The party's role (nurse, physician, agent).")
+    state: str = doc("dropped, resumed or lost.")
+
+
+@event("room.event")
+@dataclass(frozen=True)
+class RoomEvent(Wire):
+    """Relayed from the SFU to the room's sockets: participant.joined/left, publication.added/removed."""
+
+    consultation_id: str = doc("The consultation.")
+    room: str = doc("The room.")
+    event: str = doc("participant.joined, participant.left, publication.added or publication.removed.")
+    data: dict[str, Any] = doc("The SFU's description (identity, publication id, source, kind...).")
+
+
+# -- parsing -----------------------------------------------------------------
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    hints = _HINTS.get(cls)
+    if hints is None:
+        hints = typing.get_type_hints(cls)
+        _HINTS[cls] = hints
+    return hints
+
+
+def _check(name: str, value: Any, typ: Any, max_len: int) -> Any:
+    origin = typing.get_origin(typ)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(typ)
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _check(name, value, inner, max_len)
+    if isinstance(typ, type) and issubclass(typ, enum.Enum):
+        try:
+            return typ(value)
+        except ValueError:
+            allowed = ", ".join(m.value for m in typ)
+            raise ValueError(f"{name} must be one of: {allowed}") from None
+    if typ is bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be a boolean")
+        return value
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{name} must be an integer")
+        return value
+    if typ is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{name} must be a string")
+        if max_len and len(value) > max_len:
+            raise OverflowError(f"{name} is longer than {max_len} characters")
+        return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{name} must be an object")
+        key_t, val_t = typing.get_args(typ)
+        if val_t is str:
+            for k, v in value.items():
+                if not isinstance(v, str) or len(k) > 64 or len(v) > 256:
+                    raise ValueError(f"{name} must map short strings to short strings")
+            if len(value) > 32:
+                raise ValueError(f"{name} has too many entries")
+        return value
+    raise TypeError(f"unsupported field type {typ!r}")  # a programming error
+
+
+def parse_frame(text: str | bytes) -> dict[str, Any]:
+    """A frame's JSON object; ProtocolError(bad_json) otherwise."""
+    try:
+        data = json.loads(text)
+    except (ValueError, UnicodeDecodeError):
+        raise ProtocolError(ErrorCode.BAD_JSON, "frame is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise ProtocolError(ErrorCode.BAD_JSON, "frame must be a JSON object")
+    return data
+
+
+def parse_request(data: dict[str, Any]) -> tuple[MessageId, Any]:
+    """Validate one request object: its id and its message instance (raises ProtocolError)."""
+    mid = data.get("id")
+    if mid is not None and (isinstance(mid, bool) or not isinstance(mid, (str, int))
+                            or (isinstance(mid, str) and len(mid) > 64)):
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, "id must be a string (<= 64 chars) or an integer")
+    type_ = data.get("type")
+    if not isinstance(type_, str):
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, "type must be a string", mid)
+    spec = REQUESTS.get(type_)
+    if spec is None:
+        raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown request type {type_[:40]!r}", mid)
+    if mid is None:
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, "a request needs an id")
+    kwargs: dict[str, Any] = {}
+    hints = _hints(spec.cls)
+    known = set()
+    for f in dataclasses.fields(spec.cls):
+        known.add(f.name)
+        if f.name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ProtocolError(ErrorCode.BAD_MESSAGE, f"{type_}: missing field {f.name!r}", mid)
+            continue
+        try:
+            kwargs[f.name] = _check(f.name, data[f.name], hints[f.name], f.metadata.get("max_len", 0))
+        except OverflowError as exc:
+            raise ProtocolError(ErrorCode.TOO_LARGE, f"{type_}: {exc}", mid) from None
+        except ValueError as exc:
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, f"{type_}: {exc}", mid) from None
+    extra = set(data) - known - {"type", "id"}
+    if extra:
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"{type_}: unknown field(s) {', '.join(sorted(extra))[:80]}", mid)
+    return mid, spec.cls(**kwargs)
+
+
+REPORT_FIELDS = ("reason", "findings", "conclusion", "prescriptions", "follow_up")
+
+
+def validate_report(report: dict[str, Any]) -> dict[str, Any]:
+    """A report body: strings (<= 20000 chars), prescriptions a list of strings; raises ValueError."""
+    extra = set(report) - set(REPORT_FIELDS)
+    if extra:
+        raise ValueError(f"unknown report field(s): {', '.join(sorted(extra))[:80]}")
+    out: dict[str, Any] = {}
+    for name in REPORT_FIELDS:
+        value = report.get(name, [] if name == "prescriptions" else "")
+        if name == "prescriptions":
+            if not isinstance(value, list) or not all(isinstance(v, str) and len(v) <= 2000 for v in value) \
+                    or len(value) > 100:
+                raise ValueError("prescriptions must be a list of strings")
+        elif not isinstance(value, str) or len(value) > 20000:
+            raise ValueError(f"{name} must be a string of at most 20000 characters")
+        out[name] = value
+    return out
+
+
+# -- the reference (docs/protocol.md is checked against this) ----------------
+def _type_name(typ: Any) -> str:
+    origin = typing.get_origin(typ)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(typ) if a is not type(None)]
+        return " \\| ".join(_type_name(a) for a in args) + " \\| null"
+    if isinstance(typ, type) and issubclass(typ, enum.Enum):
+        return " \\| ".join(f"`{m.value}`" for m in typ)
+    if origin is dict:
+        return "object"
+    if origin is list:
+        return "array"
+    return {str: "string", int: "integer", bool: "boolean", float: "number"}.get(typ, str(typ))
+
+
+def _table(cls: type) -> list[str]:
+    fields = dataclasses.fields(cls)
+    if not fields:
+        return ["(no fields)", ""]
+    hints = _hints(cls)
+    lines = ["| field | type | required | meaning |", "|---|---|---|---|"]
+    for f in fields:
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        text = f.metadata.get("doc", "")
+        if f.metadata.get("max_len"):
+            text += f" (at most {f.metadata['max_len']} characters)"
+        lines.append(f"| `{f.name}` | {_type_name(hints[f.name])} "
+                     f"| {'yes' if required else 'no'} | {text} |")
+    lines.append("")
+    return lines
+
+
+def render_reference() -> str:
+    """The generated part of docs/protocol.md."""
+    out = ["## Requests (client → server)", ""]
+    for type_, spec in REQUESTS.items():
+        out += [f"### `{type_}`", "", (spec.cls.__doc__ or "").strip(), "",
+                f"Who: {', '.join(spec.roles)}.", ""]
+        out += _table(spec.cls)
+        rep = REPLIES.get(type_)
+        if rep is not None:
+            out += [f"Reply `{rep.type}`:", ""] + _table(rep.cls)
+    out += ["## Events (server → client, no id)", ""]
+    for type_, spec in EVENTS.items():
+        out += [f"### `{type_}`", "", (spec.cls.__doc__ or "").strip(), ""]
+        out += _table(spec.cls)
+    out += ["## Error codes", "", "| code | meaning |", "|---|---|"]
+    for code in ErrorCode:
+        out.append(f"| `{code.value}` | {_enum_doc(ErrorCode, code.name)} |")
+    out.append("")
+    return "\n".join(out)
+
+
+def _enum_doc(cls: type, name: str) -> str:
+    """The docstring under an enum member (read from the source)."""
+    import inspect
+
+    source = inspect.getsource(cls).splitlines()
+    for i, line in enumerate(source):
+        if line.strip().startswith(f"{name} ="):
+            nxt = source[i + 1].strip() if i + 1 < len(source) else ""
+            if nxt.startswith('"""'):
+                return nxt.strip('"')
+    return ""
+
+
+GENERATED_BEGIN = "<!-- BEGIN GENERATED: python -m signalling.protocol -->"
+GENERATED_END = "<!-- END GENERATED -->"
+
+
+def update_doc(path: str) -> bool:
+    """Rewrite the generated part of ``path``; True when it changed."""
+    from pathlib import Path
+
+    p = Path(path)
+    text = p.read_text(encoding="utf-8")
+    head, _, rest = text.partition(GENERATED_BEGIN)
+    _, _, tail = rest.partition(GENERATED_END)
+    new = f"{head}{GENERATED_BEGIN}\n\n{render_reference()}\n{GENERATED_END}{tail}"
+    if new != text:
+        p.write_text(new, encoding="utf-8")
+        return True
+    return False
+
+
+if __name__ == "__main__":  # pragma: no cover
+    import sys
+
+    changed = update_doc(sys.argv[1] if len(sys.argv) > 1 else "docs/protocol.md")
+    print("docs/protocol.md updated" if changed else "docs/protocol.md up to date")
