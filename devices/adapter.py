@@ -354,6 +354,9 @@ class DeviceAdapter(abc.ABC):
                     self._source.close()
             self._powered = on
 
+    async def start(self) -> None:
+        """Start background work, if the device has any (vitals); tracks need nothing."""
+
     async def close(self) -> None:
         """Release the source and end the track; idempotent."""
         if self._closed:

@@ -101,8 +101,9 @@ class ModeFilter:
 class SoftLimiter:
     """Gain, ramped across a frame when it changes, then a tanh knee above the threshold."""
 
-    def __init__(self, gain_db: float = 0.0, threshold: float = 0.7) -> None:
+    def __init__(self, gain_db: float = 0.0, threshold: float = 0.7, ceiling: float = 0.98) -> None:
         self.threshold = threshold
+        self.ceiling = ceiling
         self._gain = 10 ** (gain_db / 20)
         self._target = self._gain
 
@@ -120,8 +121,10 @@ class SoftLimiter:
         mag = np.abs(y)
         over = mag > t
         if over.any():
-            # Only the samples above the knee are bent; |y| never reaches 1.
-            y = np.where(over, np.sign(y) * (t + (1 - t) * np.tanh((mag - t) / (1 - t))), y)
+            # Only the samples above the knee are bent; |y| stays below the ceiling, so
+            # the s16 conversion never wraps.
+            room = self.ceiling - t
+            y = np.where(over, np.sign(y) * (t + room * np.tanh((mag - t) / room)), y)
         result: np.ndarray = y
         return result
 

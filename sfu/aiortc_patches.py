@@ -249,3 +249,11 @@ def rtx_codec(codecs: list[RTCRtpCodecParameters], payload_type: int) -> RTCRtpC
 
 def now_ms() -> int:
     return clock.current_ms()
+
+
+def codecs_compatible(a: object, b: object) -> bool:
+    """aiortc's own rule for two codecs being the same (mime type, clock rate, and for
+    H.264 packetization mode and profile)."""
+    from aiortc.rtcpeerconnection import is_codec_compatible
+
+    return bool(is_codec_compatible(a, b))  # type: ignore[arg-type]

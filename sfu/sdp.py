@@ -21,18 +21,16 @@ from aiortc import sdp as aiortc_sdp
 from aiortc.codecs import is_rtx
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
+from sfu.errors import SfuError
+
 MAX_SDP_BYTES = 64 * 1024
 MAX_MEDIA_SECTIONS = 32
 
 
-class SdpError(ValueError):
+class SdpError(SfuError):
     """An offer the SFU refuses; ``reason`` is safe to show the caller."""
 
-    def __init__(self, reason: str, status: int = 400, error: str = "bad_sdp") -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.status = status
-        self.error = error
+    error = "bad_sdp"
 
 
 @dataclass(frozen=True)
@@ -48,6 +46,10 @@ class MediaLine:
     codecs: tuple[RTCRtpCodecParameters, ...]
     rejected: bool
     """Port 0: the offerer removed this section."""
+    ssrcs: tuple[int, ...] = ()
+    """Media SSRCs the offer declares (a=ssrc), RTX ones excluded."""
+    rtx_ssrcs: tuple[tuple[int, int], ...] = ()
+    """(rtx ssrc, media ssrc) pairs of a=ssrc-group:FID."""
 
     @property
     def offers_media(self) -> bool:
@@ -109,8 +111,13 @@ def parse_offer(text: str) -> Offer:
             raise SdpError(f"unsupported media kind {media.kind!r}")
         if not media.rtcp_mux:
             raise SdpError("RTCP multiplexing (a=rtcp-mux) is required")
+        fid = tuple((int(g.items[1]), int(g.items[0])) for g in media.ssrc_group
+                    if g.semantic == "FID" and len(g.items) == 2)
+        rtx = {r for r, _ in fid}
+        ssrcs = tuple(s.ssrc for s in media.ssrc if s.ssrc not in rtx)
         lines.append(MediaLine(index=index, mid=mid, kind=media.kind, direction=media.direction or "sendrecv",
-                               codecs=tuple(media.rtp.codecs), rejected=media.port == 0))
+                               codecs=tuple(media.rtp.codecs), rejected=media.port == 0, ssrcs=ssrcs,
+                               rtx_ssrcs=fid))
     return Offer(sdp=text, media=tuple(lines), has_data_channel=has_data)
 
 

@@ -1,1 +1,76 @@
-"""signalling"""
+"""Signalling: who is online, who waits for whom, and the consultations between them.
+
+``setup(app)`` adds ``/ws`` and the REST endpoints, and runs one
+:class:`~signalling.service.SignallingService` (under ``appkeys.SIGNALLING``)
+on the store the settings choose (``appkeys.STORE``). Other packages use
+``app[appkeys.SIGNALLING].journal.append(...)`` and ``.records``.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from typing import AsyncIterator
+
+from aiohttp import web
+
+logger = logging.getLogger(__name__)
+
+
+def build_service(app: web.Application):  # type: ignore[no-untyped-def]
+    """The service for the app's settings (store, journal, records chosen together)."""
+    from signalling.journal import FileJournal, RedisJournal
+    from signalling.records import RedisRecords, SqliteRecords
+    from signalling.service import SignallingService
+    from signalling.store import open_store
+    from teleconsult import appkeys
+
+    settings = app[appkeys.SETTINGS]
+    proc = secrets.token_hex(6)
+    store = open_store(settings.store, proc)
+    if settings.store.backend == "redis":
+        journal = RedisJournal(store.redis, settings.store.key_prefix)  # type: ignore[attr-defined]
+        records = RedisRecords(store.redis, settings.store.key_prefix)  # type: ignore[attr-defined]
+    else:
+        journal = FileJournal(settings.server.data_dir)
+        records = SqliteRecords(settings.server.data_dir)
+    lifecycle = app[appkeys.LIFECYCLE]
+    return SignallingService(settings, store, app[appkeys.TOKENS], journal, records,
+                             sfu=lambda: app.get(appkeys.SFU), accepting=lambda: lifecycle.accepting,
+                             process_id=proc)
+
+
+def setup(app: web.Application) -> None:
+    from signalling import http, ws
+    from teleconsult import appkeys
+    from teleconsult.app import READY_PROBES
+
+    async def lifetime(app: web.Application) -> AsyncIterator[None]:
+        service = build_service(app)
+        await service.start()
+        if app[appkeys.SETTINGS].store.backend == "redis":
+            await _check_aof(service.store)
+        app[appkeys.SIGNALLING] = service
+        app[appkeys.STORE] = service.store
+        app[appkeys.LIFECYCLE].live_count.append(service.live_count)
+        yield
+        await service.close()
+
+    async def store_probe() -> tuple[str, bool]:
+        service = app.get(appkeys.SIGNALLING)
+        return "store", bool(service is not None and await service.store.ping())
+
+    app[ws.WS_METRICS] = ws.WsMetrics(app[appkeys.METRICS].registry)
+    app.cleanup_ctx.append(lifetime)
+    app[READY_PROBES].append(store_probe)
+    app.router.add_get("/ws", ws.websocket)
+    http.add_routes(app)
+
+
+async def _check_aof(store) -> None:  # type: ignore[no-untyped-def]
+    try:
+        config = await store.redis.config_get("appendonly")
+    except Exception:
+        return  # managed Redis may forbid CONFIG
+    if config.get("appendonly") != "yes":
+        logger.warning("redis runs without appendonly: journal and records are not durable")

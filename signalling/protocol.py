@@ -334,6 +334,7 @@ class MediaOffer:
     publish: dict[str, str] = doc("``{mid: source}`` for each sending transceiver.", default_factory=dict)
     subscribe: dict[str, str] = doc("``{mid: publication_id}`` for each receiving transceiver.",
                                     default_factory=dict)
+    """A second offer on the same socket re-negotiates the same peer connection (add or stop sections)."""
 
 
 @request("media.leave", roles=("nurse", "physician", "agent"))
@@ -461,6 +462,9 @@ class MediaOfferOk(Wire):
     sdp: str = doc("The SFU's SDP answer.")
     room: str = doc("The room.")
     identity: str = doc("The caller's participant identity in the room.")
+    media_session: str = doc("The SFU session (one peer connection); later offers of this socket re-negotiate it.")
+    publications: list[dict[str, Any]] = doc("Publications this negotiation created "
+                                             "(``{id, source, kind, codec, identity, ...}``).")
 
 
 @reply("media.leave")
@@ -564,7 +568,7 @@ class RoomEvent(Wire):
 
     consultation_id: str = doc("The consultation.")
     room: str = doc("The room.")
-    event: str = doc("participant.joined, participant.left, publication.added or publication.removed.")
+    event: str = doc("participant.joined, participant.left, publication.added, publication.removed or room.closed.")
     data: dict[str, Any] = doc("The SFU's description (identity, publication id, source, kind...).")
 
 

@@ -1,0 +1,106 @@
+"""Moving one publication's packets to its subscriptions.
+
+The forwarder decides; subscriptions write (LiveKit's split). Per packet from
+the publisher it works out once whether the packet starts a keyframe, hands the
+packet to each subscription in turn, and keeps the keyframe requests upstream
+flowing while some subscription still waits for one:
+
+* a new (ready) subscription, a subscriber's PLI/FIR, or a change of the
+  publisher's SSRC ask for a keyframe through :class:`KeyframeRequester`
+  (rate limit ``pli_interval_s``, except right after a keyframe arrived);
+* while a ready subscription waits, the request is repeated every interval.
+
+Nothing is buffered: each packet goes out to every subscription before the
+next one is read (no jitter buffer, no added latency).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Callable
+
+from sfu.keyframes import KeyframeRequester, keyframe_start
+from sfu.metrics import TrackCounts
+from sfu.rtp import RtpHeader
+
+if TYPE_CHECKING:
+    from sfu.subscription import Subscription
+
+logger = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+
+
+class Forwarder:
+    """Lifecycle: open -> (subscriptions added/removed, packets forwarded) -> closed."""
+
+    def __init__(self, publication_id: str, kind: str, codec: str, clock_rate: int, pli_interval: float,
+                 send_pli: Callable[[], None], counts: TrackCounts, clock: Clock = time.monotonic) -> None:
+        self.publication_id = publication_id
+        self.kind = kind
+        self.codec = codec.lower()
+        self.clock_rate = clock_rate
+        self.requester = KeyframeRequester(pli_interval)
+        self._send_pli = send_pli
+        self.counts = counts
+        self.clock = clock
+        self.subscriptions: list["Subscription"] = []
+        self.ssrc: int | None = None
+        self._last_keyframe_ts: int | None = None
+        self.closed = False
+
+    def add(self, subscription: "Subscription") -> None:
+        if subscription not in self.subscriptions:
+            self.subscriptions.append(subscription)
+        if subscription.ready:
+            self.keyframe_wanted("subscribe")
+
+    def remove(self, subscription: "Subscription") -> None:
+        if subscription in self.subscriptions:
+            self.subscriptions.remove(subscription)
+
+    def keyframe_wanted(self, reason: str) -> None:
+        """A subscriber needs a keyframe (new, PLI/FIR, source change)."""
+        if self.kind != "video" or self.closed:
+            return
+        if self.requester.request(self.clock()):
+            self.counts.pli_sent += 1
+            logger.debug("keyframe requested", extra={"publication": self.publication_id, "why": reason})
+            self._send_pli()
+
+    async def forward(self, data: bytes, header: RtpHeader) -> None:
+        """One media packet of the publisher (RTX already unwrapped)."""
+        counts = self.counts
+        counts.packets_in += 1
+        counts.bytes_in += len(data)
+        if self.kind == "video":
+            keyframe = keyframe_start(self.codec, data[header.payload_start:header.payload_end])
+            if header.marker:
+                counts.frames += 1
+            if keyframe:
+                self.requester.keyframe_arrived()
+                if header.timestamp != self._last_keyframe_ts:
+                    self._last_keyframe_ts = header.timestamp
+                    counts.keyframes += 1
+        else:
+            keyframe = True
+            counts.frames += 1
+        if header.ssrc != self.ssrc:
+            if self.ssrc is not None:
+                now = self.clock()
+                for subscription in self.subscriptions:
+                    subscription.source_changed(now)
+            self.ssrc = header.ssrc
+        waiting = False
+        for subscription in self.subscriptions:
+            if await subscription.send(data, header, keyframe):
+                waiting = True
+        if waiting and self.kind == "video" and self.requester.due(self.clock()):
+            self.keyframe_wanted("still waiting")
+
+    def close(self) -> list["Subscription"]:
+        """Stop; returns the subscriptions (for adoption by a replacement)."""
+        self.closed = True
+        subscriptions, self.subscriptions = self.subscriptions, []
+        return subscriptions

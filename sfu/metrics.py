@@ -1,0 +1,133 @@
+"""The SFU's Prometheus metrics: cheap counters on the packet path, exported at scrape time.
+
+The forwarding path adds to plain integers in a :class:`TrackCounts` shared by
+every track of one (kind, source); a collector registered on the application's
+registry turns them into counters when ``/metrics`` is read. Labels are
+room-free and bounded: kind (audio, video) x source (the known labels).
+
+Exported (all ``teleconsult_sfu_``):
+
+* ``packets_total`` / ``bytes_total`` {kind, source, direction=in|out}: RTP
+  received from publishers / sent to subscribers (bytes before SRTP);
+* ``frames_total`` {kind, source}, ``keyframes_total`` {kind, source};
+* ``pli_total`` {kind, source, direction=received|sent}: keyframe requests from
+  subscribers / sent upstream to publishers;
+* ``nack_total`` {kind, source, direction=received|sent}, ``retransmits_total``;
+* ``packets_lost_total`` {kind, source}: gaps in what publishers sent;
+* ``media_transcode_total`` {op=decode|encode}: frames aiortc decoded or
+  encoded in SFU peer connections: 0 by design;
+* ``rooms``, ``participants``, ``publications``, ``subscriptions`` (gauges).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Callable, Iterator
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+PREFIX = "teleconsult_sfu_"
+
+
+@dataclass(slots=True)
+class TrackCounts:
+    packets_in: int = 0
+    bytes_in: int = 0
+    packets_out: int = 0
+    bytes_out: int = 0
+    frames: int = 0
+    keyframes: int = 0
+    pli_received: int = 0
+    pli_sent: int = 0
+    nack_received: int = 0
+    nack_sent: int = 0
+    retransmits: int = 0
+    lost: int = 0
+
+
+@dataclass(frozen=True)
+class Gauges:
+    rooms: int
+    participants: int
+    publications: int
+    subscriptions: int
+
+
+@dataclass
+class SfuMetrics:
+    """Counters of one SFU service."""
+
+    tracks: dict[tuple[str, str], TrackCounts] = field(default_factory=dict)
+    transcodes: dict[str, int] = field(default_factory=lambda: {"decode": 0, "encode": 0})
+    gauges: Callable[[], Gauges] = lambda: Gauges(0, 0, 0, 0)
+
+    def track(self, kind: str, source: str) -> TrackCounts:
+        key = (kind, source)
+        counts = self.tracks.get(key)
+        if counts is None:
+            counts = self.tracks[key] = TrackCounts()
+        return counts
+
+    def decoded(self) -> None:
+        self.transcodes["decode"] += 1
+
+    def encoded(self) -> None:
+        self.transcodes["encode"] += 1
+
+    def register(self, registry: CollectorRegistry) -> None:
+        registry.register(_Collector(self))
+
+    def totals(self) -> TrackCounts:
+        total = TrackCounts()
+        for counts in self.tracks.values():
+            for f in fields(TrackCounts):
+                setattr(total, f.name, getattr(total, f.name) + getattr(counts, f.name))
+        return total
+
+
+class _Collector(Collector):
+    def __init__(self, metrics: SfuMetrics) -> None:
+        self.metrics = metrics
+
+    def describe(self) -> Iterator[CounterMetricFamily]:
+        return iter(())
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        m = self.metrics
+        packets = CounterMetricFamily(PREFIX + "packets", "RTP packets forwarded", labels=["kind", "source", "direction"])
+        octets = CounterMetricFamily(PREFIX + "bytes", "RTP bytes (before SRTP)", labels=["kind", "source", "direction"])
+        frames = CounterMetricFamily(PREFIX + "frames", "Frames received from publishers", labels=["kind", "source"])
+        keyframes = CounterMetricFamily(PREFIX + "keyframes", "Keyframes received from publishers",
+                                        labels=["kind", "source"])
+        pli = CounterMetricFamily(PREFIX + "pli", "Keyframe requests", labels=["kind", "source", "direction"])
+        nack = CounterMetricFamily(PREFIX + "nack", "NACK packets", labels=["kind", "source", "direction"])
+        retransmits = CounterMetricFamily(PREFIX + "retransmits", "Packets retransmitted to subscribers",
+                                          labels=["kind", "source"])
+        lost = CounterMetricFamily(PREFIX + "packets_lost", "Packets missing from publishers",
+                                   labels=["kind", "source"])
+        for (kind, source), c in sorted(m.tracks.items()):
+            packets.add_metric([kind, source, "in"], c.packets_in)
+            packets.add_metric([kind, source, "out"], c.packets_out)
+            octets.add_metric([kind, source, "in"], c.bytes_in)
+            octets.add_metric([kind, source, "out"], c.bytes_out)
+            frames.add_metric([kind, source], c.frames)
+            keyframes.add_metric([kind, source], c.keyframes)
+            pli.add_metric([kind, source, "received"], c.pli_received)
+            pli.add_metric([kind, source, "sent"], c.pli_sent)
+            nack.add_metric([kind, source, "received"], c.nack_received)
+            nack.add_metric([kind, source, "sent"], c.nack_sent)
+            retransmits.add_metric([kind, source], c.retransmits)
+            lost.add_metric([kind, source], max(0, c.lost))
+        transcode = CounterMetricFamily(PREFIX + "media_transcode", "Frames decoded or encoded by the SFU (0 by design)",
+                                        labels=["op"])
+        for op, value in sorted(m.transcodes.items()):
+            transcode.add_metric([op], value)
+        yield from (packets, octets, frames, keyframes, pli, nack, retransmits, lost, transcode)
+        g = m.gauges()
+        for name, value in (("rooms", g.rooms), ("participants", g.participants),
+                            ("publications", g.publications), ("subscriptions", g.subscriptions)):
+            gauge = GaugeMetricFamily(PREFIX + name, f"Live SFU {name}")
+            gauge.add_metric([], value)
+            yield gauge

@@ -1,0 +1,317 @@
+"""One peer connection to the SFU (a WHIP or WHEP session, or a browser's one connection).
+
+aiortc stays the answerer. For each media section of an offer the participant
+makes the transceiver itself, bound to the section's mid, before
+``setRemoteDescription`` negotiates codecs, so that codec preferences decide
+the answer:
+
+* a section the caller publishes on: ``recvonly``, narrowed to the first codec of
+  the offer the SFU forwards (VP8, H.264, Opus) plus RTX -> a :class:`Publication`;
+* a section the caller subscribes on: ``sendonly``, narrowed to the
+  publication's exact codec plus RTX -> a :class:`Subscription`;
+* anything else: ``inactive``.
+
+Re-offers (renegotiation) keep existing sections; new sections get new
+transceivers, sections no longer sending/receiving end their publication or
+subscription. Media sections are all BUNDLEd on one transport, whose decrypted
+RTP comes straight to :meth:`Participant.on_rtp` (demultiplexed by SSRC, then by
+the ``mid`` header extension, then by payload type).
+
+Data: a channel labelled ``room`` relays JSON messages through the room.
+
+Lifecycle: new -> negotiated (repeatable) -> closed (idempotent ``close()``;
+its publications end, its subscriptions close, the peer connection closes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any, Callable
+
+from aiortc import RTCConfiguration, RTCSessionDescription
+from aiortc.rtcconfiguration import RTCBundlePolicy
+
+from media.ice import MediaNetwork, ScopedPeerConnection
+from sfu import aiortc_patches as patches
+from sfu.errors import SfuError
+from sfu.events import ParticipantInfo, PublicationInfo
+from sfu.metrics import SfuMetrics
+from sfu.publication import Publication, new_publication_id, now, publisher_codec, subscriber_codec
+from sfu.rtp import RtpError, extension_elements, parse_header, unwrap_rtx
+from sfu.sdp import LegParameters, MediaLine, Offer, SdpError, label_answer, leg_parameters
+from sfu.subscription import Subscription
+from signalling.auth import RoomGrant
+
+if TYPE_CHECKING:
+    from sfu.room import Room
+
+logger = logging.getLogger(__name__)
+
+MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
+DATA_LABEL = "room"
+MAX_ROUTES = 64
+
+
+class Participant:
+    def __init__(self, session_id: str, grant: RoomGrant, room: "Room", network: MediaNetwork,
+                 metrics: SfuMetrics, history_size: int, pli_interval: float,
+                 on_gone: Callable[["Participant"], None]) -> None:
+        self.id = session_id
+        self.grant = grant
+        self.room = room
+        self.metrics = metrics
+        self.history_size = history_size
+        self.pli_interval = pli_interval
+        self.pc = ScopedPeerConnection(network, RTCConfiguration(bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
+        self.publications: dict[str, Publication] = {}
+        """mid -> publication."""
+        self.subscriptions: dict[str, Subscription] = {}
+        """mid -> subscription."""
+        self.routes: dict[int, tuple[Publication, int | None]] = {}
+        """ssrc -> (publication, media ssrc when this is its RTX stream)."""
+        self.channel: Any = None
+        self.closed = False
+        self._negotiating = asyncio.Lock()
+        self._on_gone = on_gone
+        self.pc.on("connectionstatechange", self._connection_state)
+        self.pc.on("datachannel", self._datachannel)
+
+    @property
+    def info(self) -> ParticipantInfo:
+        return ParticipantInfo(session_id=self.id, identity=self.grant.identity, role=self.grant.role.value)
+
+    # -- negotiation -------------------------------------------------------
+    async def negotiate(self, offer: Offer, publish: dict[str, str], subscribe: dict[str, Publication]) -> tuple[
+            str, list[Publication]]:
+        """Apply ``offer``; returns the (labelled) answer and the new publications."""
+        async with self._negotiating:
+            if self.closed:
+                raise SfuError("session closed", status=409, error="closed")
+            return await self._negotiate(offer, publish, subscribe)
+
+    async def _negotiate(self, offer: Offer, publish: dict[str, str], subscribe: dict[str, Publication]) -> tuple[
+            str, list[Publication]]:
+        existing = {t.mid for t in self.pc.getTransceivers() if t.mid is not None}
+        new_pubs: list[tuple[MediaLine, Any, str]] = []
+        new_subs: list[tuple[MediaLine, Any, Publication]] = []
+        ended: list[str] = []
+        plan: list[tuple[MediaLine, str, Any]] = []
+        for line in offer.media:
+            if line.mid in existing:
+                if line.mid in self.publications and not line.offers_media:
+                    ended.append(line.mid)
+                if line.mid in self.subscriptions and not line.wants_media:
+                    ended.append(line.mid)
+                continue
+            if line.mid in publish:
+                prefs = publisher_codec(line.kind, line.codecs)
+                if prefs is None:
+                    raise SdpError(f"m-line {line.mid}: no codec the SFU forwards (VP8, H.264, Opus)",
+                                   error="unsupported_codec")
+                plan.append((line, "publish", prefs))
+            elif line.mid in subscribe:
+                publication = subscribe[line.mid]
+                prefs = subscriber_codec(publication.codec)
+                if not prefs or not any(patches.codecs_compatible(c, publication.codec) for c in line.codecs):
+                    raise SdpError(f"m-line {line.mid} does not offer {publication.codec.mimeType}, "
+                                   f"the codec of publication {publication.id}", status=406, error="codec_mismatch")
+                plan.append((line, "subscribe", prefs))
+            else:
+                plan.append((line, "inactive", None))
+        # Everything checked: make the transceivers (no refusal after this point but aiortc's own).
+        for line, role, prefs in plan:
+            if role == "publish":
+                transceiver = self.pc.addTransceiver(line.kind, direction="recvonly")
+                transceiver.setCodecPreferences(prefs)
+                patches.count_decodes(transceiver.receiver, self.metrics.decoded)
+                new_pubs.append((line, transceiver, publish[line.mid]))
+            elif role == "subscribe":
+                publication = subscribe[line.mid]
+                track = patches.SilentTrack(line.kind, publication.info.source)
+                transceiver = self.pc.addTransceiver(track, direction="sendonly")
+                transceiver.setCodecPreferences(prefs)
+                patches.count_encodes(transceiver.sender, self.metrics.encoded)
+                new_subs.append((line, transceiver, publication))
+            else:
+                transceiver = self.pc.addTransceiver(line.kind, direction="inactive")
+            patches.bind_transceiver(transceiver, line.mid, line.index)
+        try:
+            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer.sdp, type="offer"))
+            answer = await self.pc.createAnswer()
+            await self.pc.setLocalDescription(answer)
+        except SfuError:
+            raise
+        except Exception as exc:
+            logger.info("negotiation failed", extra={"session": self.id, "error": type(exc).__name__})
+            raise SdpError(f"offer could not be negotiated: {exc}") from None
+        local = self.pc.localDescription.sdp
+        for transceiver in self.pc.getTransceivers():
+            patches.tap_transport(transceiver.receiver.transport, self.on_rtp)
+
+        for mid in ended:
+            self._end(mid)
+        labels: dict[str, tuple[str, str]] = {}
+        created: list[Publication] = []
+        for line, transceiver, source in new_pubs:
+            leg = leg_parameters(local, line.mid)
+            publication = self._publication(line, transceiver, source, leg)
+            self.publications[line.mid] = publication
+            for ssrc in line.ssrcs:
+                self.routes[ssrc] = (publication, None)
+            for rtx, media in line.rtx_ssrcs:
+                self.routes[rtx] = (publication, media)
+            created.append(publication)
+            labels[line.mid] = (self.grant.identity, source)
+        for line, transceiver, publication in new_subs:
+            leg = leg_parameters(local, line.mid)
+            subscription = Subscription(f"SU_{self.id}_{line.mid}", self.id, transceiver.sender,
+                                        transceiver.sender.transport, leg, publication.extensions,
+                                        self.history_size, publication.counts)
+            patches.intercept_sender_rtcp(transceiver.sender, subscription.on_nack, subscription.on_keyframe_request)
+            self.subscriptions[line.mid] = subscription
+            subscription.attach(publication.forwarder, publication.id, publication.extensions)
+            labels[line.mid] = (publication.info.identity, publication.info.source)
+        for publication in created:
+            self.room.add_publication(publication)
+        for mid, subscription in self.subscriptions.items():
+            if mid not in labels and subscription.publication_id is not None:
+                pub = self.room.publication(subscription.publication_id)
+                if pub is not None:
+                    labels[mid] = (pub.info.identity, pub.info.source)
+        for mid, publication in self.publications.items():
+            labels.setdefault(mid, (publication.info.identity, publication.info.source))
+        return label_answer(local, labels), created
+
+    def _publication(self, line: MediaLine, transceiver: Any, source: str, leg: LegParameters) -> Publication:
+        info = PublicationInfo(
+            id=new_publication_id(), room=self.room.name, identity=self.grant.identity,
+            role=self.grant.role.value, session_id=self.id, kind=line.kind, source=source,
+            codec=leg.codec.mimeType, published_at=now(),
+        )
+        return Publication(info, transceiver.receiver, leg, line.ssrcs, dict(line.rtx_ssrcs), self.pli_interval,
+                           self.metrics.track(line.kind, source), self.metrics.decoded)
+
+    def _end(self, mid: str) -> None:
+        publication = self.publications.pop(mid, None)
+        if publication is not None:
+            self.room.remove_publication(publication)
+            self.routes = {k: v for k, v in self.routes.items() if v[0] is not publication}
+        subscription = self.subscriptions.pop(mid, None)
+        if subscription is not None:
+            subscription.close()
+
+    # -- media -------------------------------------------------------------
+    async def on_rtp(self, data: bytes, arrival_time_ms: int) -> None:
+        """One decrypted RTP packet from this participant's transport."""
+        try:
+            header = parse_header(data)
+        except RtpError:
+            return
+        route = self.routes.get(header.ssrc)
+        if route is None:
+            route = self._learn(data, header)
+            if route is None:
+                return
+        publication, media_ssrc = route
+        if publication.closed:
+            return
+        receiver = publication.receiver
+        clock_rate = publication.codec.clockRate
+        if media_ssrc is not None:
+            if header.payload_type != publication.rtx_payload_type:
+                return
+            patches.feed_receiver_rtx(receiver, header.ssrc, header.sequence_number, header.timestamp, clock_rate)
+            try:
+                data, header = unwrap_rtx(data, header, payload_type=publication.payload_type, ssrc=media_ssrc)
+            except RtpError:
+                return  # padding-only RTX (bandwidth probing)
+            patches.feed_receiver(receiver, media_ssrc, header.sequence_number, header.timestamp, clock_rate,
+                                  count_stats=False)
+            publication.counts.lost += publication.loss.add(header.sequence_number)
+        else:
+            if header.payload_type != publication.payload_type:
+                return
+            lost = patches.feed_receiver(receiver, header.ssrc, header.sequence_number, header.timestamp,
+                                         clock_rate)
+            publication.counts.lost += publication.loss.add(header.sequence_number)
+            if lost:
+                publication.counts.nack_sent += 1
+                await patches.send_nack(receiver, header.ssrc, lost)
+        publication.media_ssrc = header.ssrc
+        await publication.forwarder.forward(data, header)
+
+    def _learn(self, data: bytes, header: Any) -> tuple[Publication, int | None] | None:
+        """Route a packet of an SSRC the offer did not declare: by mid extension, else by
+        payload type when only one publication uses it."""
+        publications = [p for p in self.publications.values() if not p.closed]
+        if not publications:
+            return None
+        route: tuple[Publication, int | None] | None = None
+        mid_id = publications[0].extensions.get(MID_URI)
+        if mid_id and header.extension_profile:
+            for ext_id, value in extension_elements(data, header):
+                if ext_id == mid_id:
+                    publication = self.publications.get(value.decode("utf-8", "replace"))
+                    if publication is not None:
+                        route = self._route_for(publication, header)
+                    break
+        if route is None:
+            matches = [p for p in publications if header.payload_type in (p.payload_type, p.rtx_payload_type)]
+            if len(matches) == 1:
+                route = self._route_for(matches[0], header)
+        if route is not None and len(self.routes) < MAX_ROUTES:
+            self.routes[header.ssrc] = route
+        return route
+
+    @staticmethod
+    def _route_for(publication: Publication, header: Any) -> tuple[Publication, int | None] | None:
+        if header.payload_type == publication.rtx_payload_type:
+            media = publication.rtx_ssrcs.get(header.ssrc) or publication.media_ssrc
+            if media is None:
+                return None
+            return (publication, media)
+        return (publication, None)
+
+    # -- events ------------------------------------------------------------
+    def _connection_state(self) -> None:
+        state = self.pc.connectionState
+        if state == "connected":
+            for subscription in self.subscriptions.values():
+                subscription.became_ready()
+        elif state in ("failed", "closed") and not self.closed:
+            logger.info("peer connection %s", state, extra={"session": self.id})
+            self._on_gone(self)
+
+    def _datachannel(self, channel: Any) -> None:
+        if channel.label != DATA_LABEL:
+            return
+        self.channel = channel
+
+        @channel.on("message")
+        def on_message(message: Any) -> None:
+            self.room.relay_data(self, message)
+
+    def send_data(self, text: str) -> bool:
+        channel = self.channel
+        if channel is None or channel.readyState != "open":
+            return False
+        channel.send(text)
+        return True
+
+    def check_ready_subscriptions(self) -> None:
+        for subscription in self.subscriptions.values():
+            subscription.became_ready()
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for subscription in self.subscriptions.values():
+            subscription.close()
+        for publication in list(self.publications.values()):
+            self.room.remove_publication(publication)
+        try:
+            await self.pc.close()
+        except Exception:  # closing must not fail halfway: log and go on
+            logger.exception("closing a peer connection failed", extra={"session": self.id})

@@ -1,0 +1,132 @@
+"""One incoming track: a participant's source (camera, microphone, stethoscope...) on the SFU.
+
+A publication owns the aiortc ``RTCRtpReceiver`` its packets arrive for (kept for
+its receiver reports and NACKs upstream, never for decoding) and the
+:class:`sfu.forwarder.Forwarder` that moves its packets to subscriptions.
+
+Lifecycle: live -> closed (publisher left, transceiver removed, or replaced by a
+new publication of the same identity and source, which adopts its subscriptions).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Callable
+
+from aiortc import RTCRtpCapabilities, RTCRtpCodecCapability, RTCRtpReceiver, RTCRtpSender
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+
+from sfu import aiortc_patches as patches
+from sfu.events import PublicationInfo
+from sfu.forwarder import Forwarder
+from sfu.metrics import TrackCounts
+from sfu.rtp import LossCounter
+from sfu.sdp import LegParameters
+
+logger = logging.getLogger(__name__)
+
+SOURCE_KINDS: dict[str, str] = {
+    "camera": "video",
+    "screen": "video",
+    "dermatoscope": "video",
+    "otoscope": "video",
+    "microphone": "audio",
+    "stethoscope": "audio",
+}
+"""Media sources and the kind of track each one is."""
+
+FORWARDED_CODECS = ("video/vp8", "video/h264", "audio/opus")
+"""Codecs the SFU forwards (it understands their keyframes, or they have none)."""
+
+
+def publisher_codec(kind: str, offered: tuple[RTCRtpCodecParameters, ...]) -> list[RTCRtpCodecCapability] | None:
+    """Codec preferences for a publisher's m-line: the first codec of the offer the SFU
+    forwards (the offerer's own order), with RTX; None when there is none."""
+    capabilities: RTCRtpCapabilities = RTCRtpSender.getCapabilities(kind)
+    rtx = next((c for c in capabilities.codecs if c.mimeType.lower().endswith("/rtx")), None)
+    for codec in offered:
+        if codec.mimeType.lower() not in FORWARDED_CODECS:
+            continue
+        for capability in capabilities.codecs:
+            if patches.codecs_compatible(capability, codec):
+                return [capability] + ([rtx] if rtx is not None and kind == "video" else [])
+    return None
+
+
+def subscriber_codec(codec: RTCRtpCodecParameters) -> list[RTCRtpCodecCapability]:
+    """Codec preferences for a subscriber's m-line: exactly the publication's codec (+ RTX)."""
+    capabilities = RTCRtpSender.getCapabilities(codec.mimeType.split("/")[0])
+    preferred = [c for c in capabilities.codecs if patches.codecs_compatible(c, codec)
+                 and c.parameters == codec.parameters][:1]
+    rtx = [c for c in capabilities.codecs if c.mimeType.lower().endswith("/rtx")]
+    if preferred and codec.mimeType.lower().startswith("video/"):
+        preferred += rtx[:1]
+    return preferred
+
+
+class Publication:
+    def __init__(self, info: PublicationInfo, receiver: RTCRtpReceiver, leg: LegParameters,
+                 media_ssrcs: tuple[int, ...], rtx_ssrcs: dict[int, int], pli_interval: float,
+                 counts: TrackCounts, on_decode: Callable[[], None]) -> None:
+        self.info = info
+        self.receiver = receiver
+        self.mid = leg.mid
+        self.codec = leg.codec
+        self.payload_type = leg.codec.payloadType
+        self.rtx_payload_type = leg.rtx_payload_type
+        self.extensions = leg.extensions
+        """Header extension uri -> id on the publisher's leg."""
+        self.declared_ssrcs = media_ssrcs
+        self.rtx_ssrcs = dict(rtx_ssrcs)
+        """RTX ssrc -> media ssrc, from the offer."""
+        self.media_ssrc: int | None = media_ssrcs[0] if media_ssrcs else None
+        self.counts = counts
+        self.loss = LossCounter()
+        self.forwarder = Forwarder(info.id, info.kind, leg.codec.mimeType.split("/")[1], leg.codec.clockRate,
+                                   pli_interval, self.send_pli, counts)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.closed = False
+
+    @property
+    def id(self) -> str:
+        return self.info.id
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """(identity, source): a new publication with the same key replaces this one."""
+        return (self.info.identity, self.info.source)
+
+    def send_pli(self) -> None:
+        ssrc = self.forwarder.ssrc or self.media_ssrc
+        if ssrc is None or self.closed:
+            return
+        self._spawn(patches.send_pli(self.receiver, ssrc))
+
+    def _spawn(self, coro: "asyncio.Future[None] | object") -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def received(self, data: bytes, header: "object") -> None:
+        await self.forwarder.forward(data, header)  # type: ignore[arg-type]
+
+    def close(self) -> list:  # type: ignore[type-arg]
+        """Stop forwarding; returns the subscriptions, for a replacement to adopt."""
+        if self.closed:
+            return []
+        self.closed = True
+        for task in self._tasks:
+            task.cancel()
+        return self.forwarder.close()
+
+
+def new_publication_id() -> str:
+    import secrets
+
+    return "PU_" + secrets.token_hex(6)
+
+
+def now() -> float:
+    return time.time()

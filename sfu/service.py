@@ -1,0 +1,287 @@
+"""The SFU of one node: rooms, sessions, and the API that WHIP/WHEP and signalling use.
+
+:class:`SfuService` is the stable Python API of the SFU (the signalling layer's
+WebSocket path codes against it)::
+
+    service.negotiate(grant, offer_sdp, *, session_id=None, publish=None, subscribe=None)
+        -> Negotiation(session_id, answer_sdp, publications)
+        One peer connection per session; aiortc answers. First call (session_id
+        None): a new session (participant) in room ``grant.room``. Later calls
+        with that session_id: a re-offer on the same peer connection (same
+        identity only). ``publish``: {mid: source} for the offer's sendonly
+        sections this call adds; ``subscribe``: {mid: publication_id} for the
+        recvonly sections it adds. Sections already negotiated keep their role;
+        one that stops sending (publish) or receiving (subscribe) ends it.
+        Sections in neither map are answered inactive. Raises SfuError
+        subclasses (``status``, ``error``, ``reason``): SdpError 400/406/413,
+        Forbidden 403 (grant), NotFound 404, Unavailable 503 (draining: new
+        sessions only).
+    service.whip(grant, offer_sdp, sources=()) / service.whep(grant, offer_sdp)
+        The WHIP/WHEP rules on top of negotiate (docs/whip-whep.md).
+    await service.leave(session_id) -> bool
+    service.publications(room) -> list[PublicationInfo]   (publication order)
+    service.on_room_event(room, callback) -> unsubscribe()  (callback(RoomEvent), sync)
+    service.create_room(room) / await service.close_room(room)   (idempotent)
+    service.rooms() -> list[str]
+    service.send_data(room, message) -> int   (server message on every ``room`` channel)
+    await service.close()                      (every room)
+
+Events (:class:`sfu.events.RoomEvent`): participant_joined / participant_left
+(ParticipantInfo), publication_added / publication_removed (PublicationInfo;
+a replacement is "removed" of the old, then "added" with ``replaces``), room_closed.
+Browsers use one peer connection per participant: data channel ``room``,
+sendonly sections for what they publish, recvonly ones for what they play,
+re-offering as publications come and go.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+from config.settings import Settings
+from media.ice import MediaNetwork
+from sfu.errors import Forbidden, NotFound, SfuError, Unavailable
+from sfu.events import PublicationInfo, RoomListener
+from sfu.metrics import Gauges, SfuMetrics
+from sfu.participant import Participant
+from sfu.publication import SOURCE_KINDS, Publication
+from sfu.room import Room
+from sfu.sdp import Offer, SdpError, parse_offer
+from signalling.auth import RoomGrant
+
+logger = logging.getLogger(__name__)
+
+MAX_SESSIONS_PER_ROOM = 32
+
+
+@dataclass(frozen=True)
+class Negotiation:
+    session_id: str
+    answer_sdp: str
+    publications: tuple[PublicationInfo, ...] = ()
+    """Publications this negotiation created."""
+
+
+class SfuService:
+    def __init__(self, settings: Settings, *, accepting: Callable[[], bool] = lambda: True,
+                 network: MediaNetwork | None = None) -> None:
+        self.settings = settings
+        self.network = network or MediaNetwork.from_settings(settings.media, settings.ice)
+        self.accepting = accepting
+        self.metrics = SfuMetrics()
+        self.metrics.gauges = self._gauges
+        self._rooms: dict[str, Room] = {}
+        self._sessions: dict[str, Participant] = {}
+        self.closed = False
+
+    # -- rooms -----------------------------------------------------------------
+    def rooms(self) -> list[str]:
+        return list(self._rooms)
+
+    def create_room(self, room: str) -> Room:
+        if not room:
+            raise SfuError("a room needs a name")
+        existing = self._rooms.get(room)
+        if existing is not None:
+            return existing
+        if not self.accepting() or self.closed:
+            raise Unavailable("this node is draining: no new rooms")
+        created = self._rooms[room] = Room(room)
+        logger.info("room created", extra={"room": room})
+        return created
+
+    async def close_room(self, room: str) -> None:
+        existing = self._rooms.pop(room, None)
+        if existing is None:
+            return
+        for participant in list(existing.participants.values()):
+            self._sessions.pop(participant.id, None)
+        await existing.close()
+        logger.info("room closed", extra={"room": room})
+
+    def publications(self, room: str) -> list[PublicationInfo]:
+        existing = self._rooms.get(room)
+        return existing.infos() if existing else []
+
+    def on_room_event(self, room: str, callback: RoomListener) -> Callable[[], None]:
+        """Listen to a room's events (the room is created if needed)."""
+        return self.create_room(room).listen(callback)
+
+    def send_data(self, room: str, message: Any) -> int:
+        existing = self._rooms.get(room)
+        return existing.send_data(message) if existing else 0
+
+    def live_rooms(self) -> int:
+        return sum(1 for r in self._rooms.values() if r.participants)
+
+    # -- sessions ----------------------------------------------------------------
+    async def negotiate(self, grant: RoomGrant, offer_sdp: str, *, session_id: str | None = None,
+                        publish: dict[str, str] | None = None,
+                        subscribe: dict[str, str] | None = None) -> Negotiation:
+        offer = parse_offer(offer_sdp)
+        publish = dict(publish or {})
+        subscribe = dict(subscribe or {})
+        if session_id is not None:
+            participant = self._sessions.get(session_id)
+            if participant is None or participant.room.name != grant.room:
+                raise NotFound("no such session in this room")
+            if participant.grant.identity != grant.identity:
+                raise Forbidden("this session belongs to another participant")
+            room = participant.room
+        else:
+            if not self.accepting() or self.closed:
+                raise Unavailable("this node is draining: no new sessions")
+            room = self.create_room(grant.room)
+            if len(room.participants) >= MAX_SESSIONS_PER_ROOM:
+                raise SfuError("room is full", status=409, error="room_full")
+            participant = None
+        lines = {line.mid: line for line in offer.media}
+        self._check_publish(grant, lines, publish)
+        targets = self._check_subscribe(grant, room, lines, subscribe)
+        new = participant is None
+        if participant is None:
+            participant = Participant(
+                "SE_" + secrets.token_hex(8), grant, room, self.network, self.metrics,
+                self.settings.media.nack_history, self.settings.media.pli_interval_s, self._gone)
+        try:
+            answer, created = await participant.negotiate(offer, publish, targets)
+        except BaseException:
+            if new:
+                await participant.close()
+            raise
+        if new:
+            if room.closed:
+                await participant.close()
+                raise NotFound("room closed")
+            self._sessions[participant.id] = participant
+            room.join(participant)
+        return Negotiation(participant.id, answer, tuple(p.info for p in created))
+
+    def _check_publish(self, grant: RoomGrant, lines: dict[str, Any], publish: dict[str, str]) -> None:
+        seen: set[str] = set()
+        for mid, source in publish.items():
+            line = lines.get(mid)
+            if line is None:
+                raise SdpError(f"publish names mid {mid!r}, which the offer does not have")
+            if source not in SOURCE_KINDS:
+                raise SfuError(f"unknown source {source!r}", error="unknown_source")
+            if not grant.may_publish(source):
+                raise Forbidden(f"the room token does not grant publishing {source!r}")
+            if SOURCE_KINDS[source] != line.kind:
+                raise SfuError(f"source {source!r} is {SOURCE_KINDS[source]}, m-line {mid} is {line.kind}",
+                               error="kind_mismatch")
+            if not line.offers_media:
+                raise SdpError(f"m-line {mid} does not send media (direction {line.direction})")
+            if source in seen:
+                raise SfuError(f"source {source!r} published twice in one offer", error="duplicate_source")
+            seen.add(source)
+
+    def _check_subscribe(self, grant: RoomGrant, room: Room, lines: dict[str, Any],
+                         subscribe: dict[str, str]) -> dict[str, Publication]:
+        if subscribe and not grant.subscribe:
+            raise Forbidden("the room token does not grant subscribing")
+        targets: dict[str, Publication] = {}
+        for mid, publication_id in subscribe.items():
+            line = lines.get(mid)
+            if line is None:
+                raise SdpError(f"subscribe names mid {mid!r}, which the offer does not have")
+            publication = room.publication(publication_id)
+            if publication is None:
+                raise NotFound(f"no publication {publication_id!r} in this room")
+            if publication.info.kind != line.kind:
+                raise SfuError(f"publication {publication_id} is {publication.info.kind}, m-line {mid} is "
+                               f"{line.kind}", error="kind_mismatch")
+            if not line.wants_media:
+                raise SdpError(f"m-line {mid} does not receive media (direction {line.direction})")
+            targets[mid] = publication
+        return targets
+
+    async def whip(self, grant: RoomGrant, offer_sdp: str, sources: Iterable[str] = ()) -> Negotiation:
+        """WHIP: one publication per media kind; each m-line's source is the one of ``sources``
+        of its kind, else the grant's only source of that kind."""
+        offer = parse_offer(offer_sdp)
+        wanted = list(sources)
+        for source in wanted:
+            if source not in SOURCE_KINDS:
+                raise SfuError(f"unknown source {source!r}", error="unknown_source")
+        publish: dict[str, str] = {}
+        kinds_seen: set[str] = set()
+        for line in offer.media:
+            if line.rejected:
+                continue
+            if line.kind in kinds_seen:
+                raise SdpError(f"WHIP takes one {line.kind} track per session")
+            kinds_seen.add(line.kind)
+            if not line.offers_media:
+                raise SdpError(f"WHIP m-line {line.mid} must be sendonly")
+            choices = [s for s in wanted if SOURCE_KINDS[s] == line.kind]
+            if not choices:
+                choices = [s for s in grant.publish if SOURCE_KINDS.get(s) == line.kind]
+                if not choices:
+                    raise Forbidden(f"the room token grants no {line.kind} source")
+            if len(choices) != 1:
+                raise SfuError(f"several {line.kind} sources possible ({', '.join(choices)}): name one with "
+                               f"?source=", error="ambiguous_source")
+            publish[line.mid] = choices[0]
+        if not publish:
+            raise SdpError("WHIP offer has no media to publish")
+        return await self.negotiate(grant, offer_sdp, publish=publish)
+
+    async def whep(self, grant: RoomGrant, offer_sdp: str) -> Negotiation:
+        """WHEP: the room's publications present now, in publication order, one per offered
+        m-line of their kind (first video m-line <- first video publication...)."""
+        if not grant.subscribe:
+            raise Forbidden("the room token does not grant subscribing")
+        offer = parse_offer(offer_sdp)
+        room = self._rooms.get(grant.room)
+        available = {"audio": [], "video": []}  # type: dict[str, list[PublicationInfo]]
+        if room is not None:
+            for info in room.infos():
+                available[info.kind].append(info)
+        subscribe: dict[str, str] = {}
+        for line in offer.media:
+            if not line.wants_media:
+                continue
+            queue = available.get(line.kind) or []
+            if queue:
+                subscribe[line.mid] = queue.pop(0).id
+        if not subscribe:
+            raise SfuError("nothing to play in this room yet", status=409, error="no_publications")
+        return await self.negotiate(grant, offer_sdp, subscribe=subscribe)
+
+    async def leave(self, session_id: str) -> bool:
+        participant = self._sessions.pop(session_id, None)
+        if participant is None:
+            return False
+        await participant.room.leave(participant)
+        return True
+
+    def session(self, session_id: str) -> Participant | None:
+        return self._sessions.get(session_id)
+
+    def _gone(self, participant: Participant) -> None:
+        """A peer connection failed or closed by itself."""
+        import asyncio
+
+        if participant.id in self._sessions:
+            task = asyncio.ensure_future(self.leave(participant.id))
+            task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+
+    def _gauges(self) -> Gauges:
+        rooms = list(self._rooms.values())
+        return Gauges(
+            rooms=len(rooms),
+            participants=sum(len(r.participants) for r in rooms),
+            publications=sum(len(r.publications) for r in rooms),
+            subscriptions=sum(len(p.subscriptions) for r in rooms for p in r.participants.values()),
+        )
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for room in list(self._rooms):
+            await self.close_room(room)

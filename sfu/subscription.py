@@ -1,0 +1,173 @@
+"""One outgoing copy of a publication to one participant (a "down track").
+
+A subscription owns an aiortc ``RTCRtpSender`` on the subscriber's peer
+connection, whose track never yields (:class:`sfu.aiortc_patches.SilentTrack`):
+aiortc keeps sending its Sender Reports, with packet/octet counts and RTP
+timestamps advanced for every packet the SFU writes, while the SFU writes RTP
+itself on the subscriber's DTLS transport:
+
+* the packet's header is rewritten (SSRC and payload type of this leg,
+  sequence number and timestamp through a :class:`sfu.rtp.SequenceMapper`,
+  header extensions renumbered for this leg with its own ``mid``); the payload
+  is untouched;
+* it starts on a keyframe, and again after its source changed (a replaced
+  publication or a new publisher SSRC), with sequence numbers and timestamps
+  continuing where they were;
+* NACKs from the subscriber are answered from its :class:`sfu.rtp.PacketHistory`
+  as RTX when negotiated, else as plain retransmissions;
+* PLI/FIR from the subscriber go to the forwarder, which asks the publisher.
+
+Lifecycle: waiting (transport not connected) -> ready, waiting for a keyframe ->
+forwarding -> closed (idempotent ``close()``).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from typing import TYPE_CHECKING, Callable
+
+from aiortc import RTCDtlsTransport, RTCRtpSender
+
+from sfu import aiortc_patches as patches
+from sfu.metrics import TrackCounts
+from sfu.rtp import ExtensionRewriter, PacketHistory, RtpHeader, SequenceMapper, rewrite, wrap_rtx
+from sfu.sdp import LegParameters
+
+if TYPE_CHECKING:
+    from sfu.forwarder import Forwarder
+
+logger = logging.getLogger(__name__)
+
+
+class Subscription:
+    def __init__(self, subscription_id: str, session_id: str, sender: RTCRtpSender, transport: RTCDtlsTransport,
+                 leg: LegParameters, publisher_extensions: dict[str, int], history_size: int,
+                 counts: TrackCounts, clock: Callable[[], float] = time.monotonic) -> None:
+        if leg.ssrc is None:
+            raise ValueError("a subscription leg needs a sending SSRC")
+        self.id = subscription_id
+        self.session_id = session_id
+        self.sender = sender
+        self.transport = transport
+        self.mid = leg.mid
+        self.kind = leg.kind
+        self.ssrc = leg.ssrc
+        self.payload_type = leg.codec.payloadType
+        self.clock_rate = leg.codec.clockRate
+        self.rtx_payload_type = leg.rtx_payload_type if leg.rtx_ssrc is not None else None
+        self.rtx_ssrc = leg.rtx_ssrc
+        self._rtx_seq = random.randrange(1 << 15)
+        self.leg_extensions = leg.extensions
+        self.rewriter = ExtensionRewriter.between(publisher_extensions, leg.extensions, leg.mid)
+        self.mapper = SequenceMapper(random.randrange(1 << 15), random.randrange(1 << 32))
+        self.history = PacketHistory(history_size)
+        self.counts = counts
+        self.clock = clock
+        self.forwarder: "Forwarder | None" = None
+        self.publication_id: str | None = None
+        self._ready = False
+        self._last_sent: float | None = None
+        self.first_packet_at: float | None = None
+        self.closed = False
+
+    # -- state -----------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        """Transport connected and sender started: packets can go."""
+        if not self._ready and not self.closed:
+            self._ready = patches.transport_connected(self.transport) and patches.sender_started(self.sender)
+        return self._ready
+
+    def attach(self, forwarder: "Forwarder", publication_id: str, publisher_extensions: dict[str, int]) -> None:
+        """Follow ``forwarder`` (a new subscription, or the replacement of the publication)."""
+        if self.forwarder is not None and self.forwarder is not forwarder:
+            self.forwarder.remove(self)
+            self.source_changed(self.clock())
+        self.forwarder = forwarder
+        self.publication_id = publication_id
+        self.rewriter = ExtensionRewriter.between(publisher_extensions, self.leg_extensions, self.mid)
+        self.counts = forwarder.counts
+        forwarder.add(self)
+
+    def became_ready(self) -> None:
+        """The subscriber's transport connected: ask for the keyframe to start on."""
+        if self.ready and self.forwarder is not None:
+            self.forwarder.keyframe_wanted("connected")
+
+    def source_changed(self, now: float) -> None:
+        """The packets that follow come from another source: continue the sequence and wait
+        for a keyframe."""
+        gap = 1
+        if self._last_sent is not None:
+            gap = max(1, int((now - self._last_sent) * self.clock_rate))
+        self.mapper.switch(gap)
+
+    # -- packet path -------------------------------------------------------
+    async def send(self, data: bytes, header: RtpHeader, keyframe: bool) -> bool:
+        """Forward one packet; returns True while this subscription waits for a keyframe."""
+        if self.closed:
+            return False
+        if not self._ready:
+            if not self.ready:
+                return False
+            if self.forwarder is not None:  # just became ready: the keyframe to start on
+                self.forwarder.keyframe_wanted("ready")
+        mapper = self.mapper
+        if not mapper.started:
+            if not keyframe:
+                return True
+            mapper.start(header.sequence_number, header.timestamp)
+        mapped = mapper.map(header.sequence_number, header.timestamp)
+        if mapped is None:
+            return False
+        seq, ts = mapped
+        packet = rewrite(data, header, ssrc=self.ssrc, payload_type=self.payload_type, sequence_number=seq,
+                         timestamp=ts, extensions=self.rewriter.rewrite(data, header) if header.extension_profile
+                         or self.rewriter.mid_id else b"")
+        self.history.put(seq, packet)
+        try:
+            await patches.send_rtp(self.transport, packet)
+        except ConnectionError:
+            self._ready = False
+            return False
+        now = self.clock()
+        if self.first_packet_at is None:
+            self.first_packet_at = now
+        self._last_sent = now
+        patches.note_sent(self.sender, ts, header.payload_end - header.payload_start)
+        counts = self.counts
+        counts.packets_out += 1
+        counts.bytes_out += len(packet)
+        return False
+
+    async def on_nack(self, lost: list[int]) -> None:
+        """The subscriber reports these (output) sequence numbers lost."""
+        self.counts.nack_received += 1
+        for seq in lost[:64]:
+            packet = self.history.get(seq)
+            if packet is None:
+                continue
+            if self.rtx_payload_type is not None and self.rtx_ssrc is not None:
+                packet = wrap_rtx(packet, payload_type=self.rtx_payload_type, ssrc=self.rtx_ssrc,
+                                  sequence_number=self._rtx_seq)
+                self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
+            try:
+                await patches.send_rtp(self.transport, packet)
+            except ConnectionError:
+                return
+            self.counts.retransmits += 1
+
+    def on_keyframe_request(self, kind: str) -> None:
+        self.counts.pli_received += 1
+        if self.forwarder is not None:
+            self.forwarder.keyframe_wanted(kind)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.forwarder is not None:
+            self.forwarder.remove(self)
+            self.forwarder = None

@@ -1,0 +1,73 @@
+"""Delivery of events to the connections of this process.
+
+Every event is an envelope ``{"t": [[kind, key], ...], "m": message}`` published
+through the store, so that it reaches connections on every process. Target
+kinds: ``user`` (a subject), ``site`` (``<site>/<role>``: the nurses or the
+agent of a site), ``role`` (everyone of a role), ``session``. The message is
+serialised once and queued on each matching connection (never awaited: a
+slow client cannot stall the others).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Iterable, Protocol
+
+
+class Outbox(Protocol):
+    """What the hub needs of a connection."""
+
+    session_id: str
+    subject: str
+    role: str
+    site: str | None
+
+    def send_text(self, text: str) -> None: ...
+
+
+Target = tuple[str, str]
+
+
+def targets_of(conn: Outbox) -> list[Target]:
+    out = [("user", conn.subject), ("role", conn.role), ("session", conn.session_id)]
+    if conn.site:
+        out.append(("site", f"{conn.site}/{conn.role}"))
+    return out
+
+
+class Hub:
+    def __init__(self) -> None:
+        self._index: dict[Target, set[Outbox]] = {}
+        self.sent = 0
+
+    def add(self, conn: Outbox) -> None:
+        for t in targets_of(conn):
+            self._index.setdefault(t, set()).add(conn)
+
+    def remove(self, conn: Outbox) -> None:
+        for t in targets_of(conn):
+            members = self._index.get(t)
+            if members is not None:
+                members.discard(conn)
+                if not members:
+                    del self._index[t]
+
+    def local(self, kind: str, key: str) -> set[Outbox]:
+        return set(self._index.get((kind, key), ()))
+
+    def __len__(self) -> int:
+        return sum(len(v) for (k, _), v in self._index.items() if k == "session")
+
+    def deliver(self, targets: Iterable[Iterable[str]], message: dict[str, Any]) -> int:
+        conns: set[Outbox] = set()
+        for kind, key in targets:
+            members = self._index.get((kind, key))
+            if members:
+                conns |= members
+        if not conns:
+            return 0
+        text = json.dumps(message, separators=(",", ":"))
+        for conn in conns:
+            conn.send_text(text)
+        self.sent += len(conns)
+        return len(conns)

@@ -1,0 +1,92 @@
+"""The store interface (what the service needs of shared state), backend-neutral.
+
+Consultations are JSON documents with a version; every change is a
+compare-and-set (:meth:`Store.update_consultation`) that also keeps the
+waiting queue, the offer deadlines, the per-party indexes (``site:<id>``,
+``user:<physician>``) and the physician's offer lock consistent, in one atomic
+step. :meth:`Store.claim_offer` additionally checks, atomically, that the
+physician is available and has no other offer ringing: this is what keeps a
+request from ringing two physicians and a physician from getting two offers,
+across processes.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Protocol
+
+Envelope = dict[str, Any]
+"""An event between processes: ``{"t": [[kind, key], ...], "m": message}``, or a
+control note (``{"kick": 1}``: run the matcher; ``{"directory": 1}``: reload)."""
+
+
+@dataclass(frozen=True)
+class Versioned:
+    doc: dict[str, Any]
+    version: int
+
+
+class QueueOp(str, enum.Enum):
+    KEEP = "keep"
+    ADD = "add"
+    """Put (or replace) the consultation's entry in the waiting queue."""
+    REMOVE = "del"
+
+
+class Store(Protocol):
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+    async def ping(self) -> bool: ...
+
+    # -- consultations -------------------------------------------------------
+    async def create_consultation(self, cid: str, doc: dict[str, Any], queue_entry: dict[str, Any],
+                                  parties: Iterable[str]) -> None: ...
+    async def get_consultation(self, cid: str) -> Versioned | None: ...
+    async def get_consultations(self, cids: Iterable[str]) -> list[Versioned]: ...
+    async def update_consultation(
+        self, cid: str, version: int, doc: dict[str, Any], *,
+        queue: QueueOp = QueueOp.KEEP, queue_entry: dict[str, Any] | None = None,
+        parties_remove: Iterable[str] = (), parties_add: Iterable[str] = (),
+        release_lock_of: str | None = None, clear_offer: bool = False, delete: bool = False,
+    ) -> int | None:
+        """Compare-and-set; the new version, or None when ``version`` is stale."""
+        ...
+
+    async def claim_offer(self, cid: str, version: int, doc: dict[str, Any], physician: str,
+                          expires_at: float, lock_ttl_s: float) -> int | None:
+        """Offer ``cid`` to ``physician`` if the version holds, the physician is
+        available and has no offer ringing; the new version, or None."""
+        ...
+
+    async def release_offer_lock(self, physician: str, cid: str) -> None: ...
+    async def offer_locks(self, physicians: Iterable[str]) -> set[str]:
+        """Those of ``physicians`` with an offer ringing."""
+        ...
+
+    async def open_for(self, party: str) -> list[str]: ...
+    async def waiting(self) -> list[dict[str, Any]]: ...
+    async def due_offers(self, now: float) -> list[str]: ...
+
+    # -- presence (physicians online) ---------------------------------------
+    async def set_presence(self, physician: str, entry: dict[str, Any]) -> None: ...
+    async def remove_presence(self, physician: str, session: str | None = None) -> bool:
+        """Remove (only if still owned by ``session`` when given); True if removed."""
+        ...
+
+    async def presences(self) -> dict[str, dict[str, Any]]: ...
+    async def touch_process(self, ttl_s: float) -> None: ...
+    async def live_processes(self, procs: Iterable[str]) -> set[str]: ...
+
+    # -- sessions (for resume on any process) -------------------------------
+    async def put_session(self, sid: str, data: dict[str, Any], ttl_s: float) -> None: ...
+    async def get_session(self, sid: str) -> dict[str, Any] | None: ...
+    async def delete_session(self, sid: str) -> None: ...
+
+    # -- directory -----------------------------------------------------------
+    async def get_directory(self) -> dict[str, Any] | None: ...
+    async def put_directory(self, data: dict[str, Any]) -> None: ...
+
+    # -- events --------------------------------------------------------------
+    async def publish(self, envelope: Envelope) -> None: ...
+    def subscribe(self, callback: Callable[[Envelope], None]) -> None: ...

@@ -1,0 +1,170 @@
+"""The in-process store: dicts, atomic because nothing awaits inside an operation."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Iterable
+
+from signalling.store.base import Envelope, QueueOp, Versioned
+
+
+class MemoryStore:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self._docs: dict[str, Versioned] = {}
+        self._queue: dict[str, dict[str, Any]] = {}
+        self._offers: dict[str, float] = {}
+        self._locks: dict[str, tuple[str, float]] = {}
+        self._index: dict[str, set[str]] = {}
+        self._presence: dict[str, dict[str, Any]] = {}
+        self._sessions: dict[str, tuple[dict[str, Any], float]] = {}
+        self._directory: dict[str, Any] | None = None
+        self._subscribers: list[Callable[[Envelope], None]] = []
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        self._subscribers.clear()
+
+    async def ping(self) -> bool:
+        return True
+
+    # -- consultations -------------------------------------------------------
+    async def create_consultation(self, cid: str, doc: dict[str, Any], queue_entry: dict[str, Any],
+                                  parties: Iterable[str]) -> None:
+        if cid in self._docs:
+            raise KeyError(f"consultation {cid} exists")
+        self._docs[cid] = Versioned(doc, 1)
+        self._queue[cid] = queue_entry
+        for p in parties:
+            self._index.setdefault(p, set()).add(cid)
+
+    async def get_consultation(self, cid: str) -> Versioned | None:
+        return self._docs.get(cid)
+
+    async def get_consultations(self, cids: Iterable[str]) -> list[Versioned]:
+        return [v for v in (self._docs.get(c) for c in cids) if v is not None]
+
+    async def update_consultation(
+        self, cid: str, version: int, doc: dict[str, Any], *,
+        queue: QueueOp = QueueOp.KEEP, queue_entry: dict[str, Any] | None = None,
+        parties_remove: Iterable[str] = (), parties_add: Iterable[str] = (),
+        release_lock_of: str | None = None, clear_offer: bool = False, delete: bool = False,
+    ) -> int | None:
+        current = self._docs.get(cid)
+        if current is None or current.version != version:
+            return None
+        new = version + 1
+        if delete:
+            del self._docs[cid]
+        else:
+            self._docs[cid] = Versioned(doc, new)
+        if queue is QueueOp.ADD:
+            assert queue_entry is not None
+            self._queue[cid] = queue_entry
+        elif queue is QueueOp.REMOVE:
+            self._queue.pop(cid, None)
+        if release_lock_of is not None:
+            self._release(release_lock_of, cid)
+        if clear_offer:
+            self._offers.pop(cid, None)
+        for p in parties_remove:
+            members = self._index.get(p)
+            if members is not None:
+                members.discard(cid)
+                if not members:
+                    del self._index[p]
+        for p in parties_add:
+            self._index.setdefault(p, set()).add(cid)
+        return new
+
+    def _release(self, physician: str, cid: str) -> None:
+        lock = self._locks.get(physician)
+        if lock is not None and lock[0] == cid:
+            del self._locks[physician]
+
+    async def claim_offer(self, cid: str, version: int, doc: dict[str, Any], physician: str,
+                          expires_at: float, lock_ttl_s: float) -> int | None:
+        current = self._docs.get(cid)
+        if current is None or current.version != version:
+            return None
+        lock = self._locks.get(physician)
+        if lock is not None and lock[1] > self.clock():
+            return None
+        presence = self._presence.get(physician)
+        if presence is None or presence.get("status") != "available":
+            return None
+        self._docs[cid] = Versioned(doc, version + 1)
+        self._locks[physician] = (cid, self.clock() + lock_ttl_s)
+        self._queue.pop(cid, None)
+        self._offers[cid] = expires_at
+        self._index.setdefault(f"user:{physician}", set()).add(cid)
+        return version + 1
+
+    async def release_offer_lock(self, physician: str, cid: str) -> None:
+        self._release(physician, cid)
+
+    async def offer_locks(self, physicians: Iterable[str]) -> set[str]:
+        now = self.clock()
+        return {ph for ph in physicians if ph in self._locks and self._locks[ph][1] > now}
+
+    async def open_for(self, party: str) -> list[str]:
+        return list(self._index.get(party, ()))
+
+    async def waiting(self) -> list[dict[str, Any]]:
+        return list(self._queue.values())
+
+    async def due_offers(self, now: float) -> list[str]:
+        return [cid for cid, at in self._offers.items() if at <= now]
+
+    # -- presence ------------------------------------------------------------
+    async def set_presence(self, physician: str, entry: dict[str, Any]) -> None:
+        self._presence[physician] = entry
+
+    async def remove_presence(self, physician: str, session: str | None = None) -> bool:
+        entry = self._presence.get(physician)
+        if entry is None or (session is not None and entry.get("session") != session):
+            return False
+        del self._presence[physician]
+        return True
+
+    async def presences(self) -> dict[str, dict[str, Any]]:
+        return dict(self._presence)
+
+    async def touch_process(self, ttl_s: float) -> None:
+        pass
+
+    async def live_processes(self, procs: Iterable[str]) -> set[str]:
+        return set(procs)
+
+    # -- sessions ------------------------------------------------------------
+    async def put_session(self, sid: str, data: dict[str, Any], ttl_s: float) -> None:
+        self._sessions[sid] = (data, self.clock() + ttl_s)
+
+    async def get_session(self, sid: str) -> dict[str, Any] | None:
+        item = self._sessions.get(sid)
+        if item is None:
+            return None
+        if item[1] < self.clock():
+            del self._sessions[sid]
+            return None
+        return item[0]
+
+    async def delete_session(self, sid: str) -> None:
+        self._sessions.pop(sid, None)
+
+    # -- directory -----------------------------------------------------------
+    async def get_directory(self) -> dict[str, Any] | None:
+        return self._directory
+
+    async def put_directory(self, data: dict[str, Any]) -> None:
+        self._directory = data
+
+    # -- events --------------------------------------------------------------
+    async def publish(self, envelope: Envelope) -> None:
+        for callback in list(self._subscribers):
+            callback(envelope)
+
+    def subscribe(self, callback: Callable[[Envelope], None]) -> None:
+        self._subscribers.append(callback)

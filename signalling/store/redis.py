@@ -1,0 +1,280 @@
+"""The Redis store: several signalling processes share queue, presence, consultations and events.
+
+Layout (all keys under the configured prefix ``P``):
+
+* ``P c:<id>``      hash ``v`` (version) and ``doc`` (JSON) of a consultation
+* ``P queue``       hash id -> waiting entry (JSON) of requests not ringing anyone
+* ``P offers``      sorted set id -> offer deadline
+* ``P lock:<phys>`` string: the consultation ringing that physician (with a TTL)
+* ``P open:<party>`` set of open consultation ids of ``site:<id>`` / ``user:<phys>``
+* ``P presence``    hash physician -> entry (JSON: status, session, proc, ...)
+* ``P proc:<id>``   a live process (TTL refreshed by the process)
+* ``P sess:<id>``   a resumable session (TTL)
+* ``P directory``   the directory (JSON)
+* ``P events``      pub/sub channel of envelopes
+
+Transitions and claims are Lua scripts: a compare-and-set of the version plus
+every index change, in one atomic step (Redis runs a script alone).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any, Callable, Iterable
+
+import redis.asyncio as aioredis
+
+from signalling.store.base import Envelope, QueueOp, Versioned
+
+logger = logging.getLogger(__name__)
+
+_CLAIM = """
+local v = redis.call('HGET', KEYS[1], 'v')
+if v ~= ARGV[1] then return 0 end
+if redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
+local p = redis.call('HGET', KEYS[5], ARGV[3])
+if not p then return 0 end
+if cjson.decode(p)['status'] ~= 'available' then return 0 end
+local nv = tonumber(v) + 1
+redis.call('HSET', KEYS[1], 'v', nv, 'doc', ARGV[2])
+redis.call('SET', KEYS[4], ARGV[6], 'PX', ARGV[4])
+redis.call('HDEL', KEYS[2], ARGV[6])
+redis.call('ZADD', KEYS[3], ARGV[5], ARGV[6])
+redis.call('SADD', KEYS[6], ARGV[6])
+return nv
+"""
+
+_UPDATE = """
+local v = redis.call('HGET', KEYS[1], 'v')
+if v ~= ARGV[1] then return 0 end
+local nv = tonumber(v) + 1
+if ARGV[9] == '1' then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('HSET', KEYS[1], 'v', nv, 'doc', ARGV[2])
+end
+if ARGV[3] == 'add' then
+  redis.call('HSET', KEYS[2], ARGV[6], ARGV[4])
+elseif ARGV[3] == 'del' then
+  redis.call('HDEL', KEYS[2], ARGV[6])
+end
+if ARGV[5] == '1' and redis.call('GET', KEYS[4]) == ARGV[6] then
+  redis.call('DEL', KEYS[4])
+end
+if ARGV[8] == '1' then redis.call('ZREM', KEYS[3], ARGV[6]) end
+local nr = tonumber(ARGV[7])
+for i = 5, 4 + nr do redis.call('SREM', KEYS[i], ARGV[6]) end
+for i = 5 + nr, #KEYS do redis.call('SADD', KEYS[i], ARGV[6]) end
+return nv
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+_REMOVE_PRESENCE = """
+local p = redis.call('HGET', KEYS[1], ARGV[1])
+if not p then return 0 end
+if ARGV[2] ~= '' and cjson.decode(p)['session'] ~= ARGV[2] then return 0 end
+return redis.call('HDEL', KEYS[1], ARGV[1])
+"""
+
+_CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'v', 1, 'doc', ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[3], ARGV[2])
+for i = 3, #KEYS do redis.call('SADD', KEYS[i], ARGV[3]) end
+return 1
+"""
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"))
+
+
+class RedisStore:
+    def __init__(self, url: str, prefix: str, process_id: str) -> None:
+        self.url = url
+        self.prefix = prefix
+        self.process_id = process_id
+        self.redis: aioredis.Redis = aioredis.from_url(url, decode_responses=True,
+                                                       health_check_interval=10)
+        self._subscribers: list[Callable[[Envelope], None]] = []
+        self._reader: asyncio.Task[None] | None = None
+        self._ready = asyncio.Event()
+        self._claim = self.redis.register_script(_CLAIM)
+        self._update = self.redis.register_script(_UPDATE)
+        self._release_script = self.redis.register_script(_RELEASE)
+        self._remove_presence = self.redis.register_script(_REMOVE_PRESENCE)
+        self._create = self.redis.register_script(_CREATE)
+
+    def k(self, name: str) -> str:
+        return self.prefix + name
+
+    async def start(self) -> None:
+        await self.redis.ping()
+        self._reader = asyncio.create_task(self._read_events(), name="redis-events")
+        await asyncio.wait_for(self._ready.wait(), 10)
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            try:
+                await self._reader
+            except (asyncio.CancelledError, Exception):
+                pass
+            self._reader = None
+        await self.redis.aclose()
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await asyncio.wait_for(self.redis.ping(), 2))
+        except Exception:
+            return False
+
+    # -- consultations -------------------------------------------------------
+    async def create_consultation(self, cid: str, doc: dict[str, Any], queue_entry: dict[str, Any],
+                                  parties: Iterable[str]) -> None:
+        keys = [self.k(f"c:{cid}"), self.k("queue")] + [self.k(f"open:{p}") for p in parties]
+        if not await self._create(keys=keys, args=[_dumps(doc), _dumps(queue_entry), cid]):
+            raise KeyError(f"consultation {cid} exists")
+
+    async def get_consultation(self, cid: str) -> Versioned | None:
+        v, doc = await self.redis.hmget(self.k(f"c:{cid}"), ["v", "doc"])
+        if v is None or doc is None:
+            return None
+        return Versioned(json.loads(doc), int(v))
+
+    async def get_consultations(self, cids: Iterable[str]) -> list[Versioned]:
+        cids = list(cids)
+        if not cids:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for cid in cids:
+                pipe.hmget(self.k(f"c:{cid}"), ["v", "doc"])
+            rows = await pipe.execute()
+        return [Versioned(json.loads(doc), int(v)) for v, doc in rows if v is not None and doc is not None]
+
+    async def update_consultation(
+        self, cid: str, version: int, doc: dict[str, Any], *,
+        queue: QueueOp = QueueOp.KEEP, queue_entry: dict[str, Any] | None = None,
+        parties_remove: Iterable[str] = (), parties_add: Iterable[str] = (),
+        release_lock_of: str | None = None, clear_offer: bool = False, delete: bool = False,
+    ) -> int | None:
+        remove = [self.k(f"open:{p}") for p in parties_remove]
+        add = [self.k(f"open:{p}") for p in parties_add]
+        keys = [self.k(f"c:{cid}"), self.k("queue"), self.k("offers"),
+                self.k(f"lock:{release_lock_of or '-'}")] + remove + add
+        args = [str(version), _dumps(doc), queue.value, _dumps(queue_entry or {}),
+                "1" if release_lock_of else "0", cid, str(len(remove)), "1" if clear_offer else "0",
+                "1" if delete else "0"]
+        result = await self._update(keys=keys, args=args)
+        return int(result) or None
+
+    async def claim_offer(self, cid: str, version: int, doc: dict[str, Any], physician: str,
+                          expires_at: float, lock_ttl_s: float) -> int | None:
+        keys = [self.k(f"c:{cid}"), self.k("queue"), self.k("offers"), self.k(f"lock:{physician}"),
+                self.k("presence"), self.k(f"open:user:{physician}")]
+        args = [str(version), _dumps(doc), physician, str(int(lock_ttl_s * 1000)), repr(expires_at), cid]
+        result = await self._claim(keys=keys, args=args)
+        return int(result) or None
+
+    async def release_offer_lock(self, physician: str, cid: str) -> None:
+        await self._release_script(keys=[self.k(f"lock:{physician}")], args=[cid])
+
+    async def offer_locks(self, physicians: Iterable[str]) -> set[str]:
+        physicians = list(physicians)
+        if not physicians:
+            return set()
+        values = await self.redis.mget([self.k(f"lock:{ph}") for ph in physicians])
+        return {ph for ph, v in zip(physicians, values) if v is not None}
+
+    async def open_for(self, party: str) -> list[str]:
+        return list(await self.redis.smembers(self.k(f"open:{party}")))
+
+    async def waiting(self) -> list[dict[str, Any]]:
+        return [json.loads(v) for v in (await self.redis.hvals(self.k("queue")))]
+
+    async def due_offers(self, now: float) -> list[str]:
+        return list(await self.redis.zrangebyscore(self.k("offers"), "-inf", repr(now)))
+
+    # -- presence ------------------------------------------------------------
+    async def set_presence(self, physician: str, entry: dict[str, Any]) -> None:
+        await self.redis.hset(self.k("presence"), physician, _dumps(entry))
+
+    async def remove_presence(self, physician: str, session: str | None = None) -> bool:
+        return bool(await self._remove_presence(keys=[self.k("presence")], args=[physician, session or ""]))
+
+    async def presences(self) -> dict[str, dict[str, Any]]:
+        raw = await self.redis.hgetall(self.k("presence"))
+        return {k: json.loads(v) for k, v in raw.items()}
+
+    async def touch_process(self, ttl_s: float) -> None:
+        await self.redis.set(self.k(f"proc:{self.process_id}"), "1", px=int(ttl_s * 1000))
+
+    async def live_processes(self, procs: Iterable[str]) -> set[str]:
+        procs = list(dict.fromkeys(procs))
+        if not procs:
+            return set()
+        values = await self.redis.mget([self.k(f"proc:{p}") for p in procs])
+        return {p for p, v in zip(procs, values) if v is not None}
+
+    # -- sessions ------------------------------------------------------------
+    async def put_session(self, sid: str, data: dict[str, Any], ttl_s: float) -> None:
+        await self.redis.set(self.k(f"sess:{sid}"), _dumps(data), px=max(1, int(ttl_s * 1000)))
+
+    async def get_session(self, sid: str) -> dict[str, Any] | None:
+        raw = await self.redis.get(self.k(f"sess:{sid}"))
+        return json.loads(raw) if raw else None
+
+    async def delete_session(self, sid: str) -> None:
+        await self.redis.delete(self.k(f"sess:{sid}"))
+
+    # -- directory -----------------------------------------------------------
+    async def get_directory(self) -> dict[str, Any] | None:
+        raw = await self.redis.get(self.k("directory"))
+        return json.loads(raw) if raw else None
+
+    async def put_directory(self, data: dict[str, Any]) -> None:
+        await self.redis.set(self.k("directory"), _dumps(data))
+
+    # -- events --------------------------------------------------------------
+    async def publish(self, envelope: Envelope) -> None:
+        await self.redis.publish(self.k("events"), _dumps(envelope))
+
+    def subscribe(self, callback: Callable[[Envelope], None]) -> None:
+        self._subscribers.append(callback)
+
+    async def _read_events(self) -> None:
+        """Deliver the channel's envelopes to subscribers; reconnects after errors."""
+        while True:
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.k("events"))
+                self._ready.set()
+                while True:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is None:
+                        continue
+                    try:
+                        envelope = json.loads(message["data"])
+                    except ValueError:
+                        continue
+                    for callback in list(self._subscribers):
+                        try:
+                            callback(envelope)
+                        except Exception:
+                            logger.exception("event subscriber failed")
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.warning("redis event channel lost, reconnecting: %s", exc)
+                await asyncio.sleep(0.5)
+            finally:
+                try:
+                    await pubsub.aclose()
+                except Exception:
+                    pass

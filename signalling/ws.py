@@ -1,0 +1,203 @@
+"""The WebSocket endpoint ``/ws``: the I/O around the protocol and the service.
+
+Per connection: the Origin is checked before upgrading; aiohttp's heartbeat
+pings (a dead peer is dropped, its presence with it) and ``max_msg_size`` are
+set; a token bucket limits messages per second; a bounded send queue drained
+by one writer task decouples the service from the socket (a client that does
+not read is disconnected, never waited for). Requests of one connection are
+handled in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any
+
+from aiohttp import WSMsgType, web
+from prometheus_client import Counter, Gauge
+
+from signalling import protocol as p
+from signalling.protocol import ErrorCode, ProtocolError
+from signalling.service import Session, SignallingService
+from teleconsult import appkeys
+
+logger = logging.getLogger(__name__)
+
+HELLO_TIMEOUT_S = 10.0
+CLOSE_AUTH = 4401
+CLOSE_SLOW = 4408
+
+
+class TokenBucket:
+    def __init__(self, rate: float, burst: float, clock: Any = time.monotonic) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.clock = clock
+        self.at = clock()
+
+    def take(self) -> bool:
+        now = self.clock()
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+class Connection:
+    """One socket of a session: what the hub sends to."""
+
+    def __init__(self, ws: web.WebSocketResponse, session: Session, queue_size: int) -> None:
+        self.ws = ws
+        self.session_id = session.id
+        self.subject = session.sub
+        self.role = session.role.value
+        self.site = session.principal.site
+        self.queue: asyncio.Queue[str] = asyncio.Queue(maxsize=queue_size)
+        self.closing = False
+        self.writer = asyncio.create_task(self._write())
+
+    def send_text(self, text: str) -> None:
+        if self.closing:
+            return
+        try:
+            self.queue.put_nowait(text)
+        except asyncio.QueueFull:
+            logger.warning("slow consumer disconnected", extra={"session": self.session_id})
+            self.close_soon(CLOSE_SLOW, "slow_consumer")
+
+    def close_soon(self, code: int, reason: str) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        self.writer.cancel()
+        asyncio.ensure_future(self._close(code, reason))
+
+    async def _close(self, code: int, reason: str) -> None:
+        try:
+            await self.ws.close(code=code, message=reason.encode())
+        except Exception:
+            pass
+
+    async def _write(self) -> None:
+        try:
+            while True:
+                text = await self.queue.get()
+                await self.ws.send_str(text)
+        except (ConnectionError, RuntimeError):
+            pass  # the socket is gone; the reader notices
+
+    def stop(self) -> None:
+        self.closing = True
+        self.writer.cancel()
+
+
+def origin_allowed(request: web.Request) -> bool:
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True  # not a browser (device agent, bench): tokens still apply
+    settings = request.app[appkeys.SETTINGS]
+    own = {f"{request.scheme}://{request.host}", settings.base_url}
+    return origin.rstrip("/") in own or origin.rstrip("/") in {o.rstrip("/") for o in settings.server.allowed_origins}
+
+
+class WsMetrics:
+    def __init__(self, registry: Any) -> None:
+        self.connections = Gauge("teleconsult_signalling_connections", "Open signalling sockets",
+                                 registry=registry)
+        self.messages = Counter("teleconsult_signalling_messages", "Requests received by type",
+                                ["type"], registry=registry)
+        self.errors = Counter("teleconsult_signalling_errors", "Error replies by code", ["code"],
+                              registry=registry)
+
+
+WS_METRICS = web.AppKey("signalling_ws_metrics", WsMetrics)
+
+
+async def websocket(request: web.Request) -> web.StreamResponse:
+    from teleconsult.app import json_error
+
+    if not origin_allowed(request):
+        return json_error(403, "forbidden", "origin not allowed")
+    service: SignallingService = request.app[appkeys.SIGNALLING]
+    metrics = request.app[WS_METRICS]
+    sig = service.sig
+    ws = web.WebSocketResponse(heartbeat=sig.heartbeat_s, max_msg_size=sig.max_message_bytes)
+    await ws.prepare(request)
+    metrics.connections.inc()
+    bucket = TokenBucket(sig.max_messages_per_s, sig.max_messages_per_s * 2)
+    session: Session | None = None
+    conn: Connection | None = None
+    hello_timer = asyncio.get_running_loop().call_later(
+        HELLO_TIMEOUT_S, lambda: asyncio.ensure_future(ws.close(code=CLOSE_AUTH, message=b"no hello")))
+
+    async def send(message: dict[str, Any]) -> None:
+        if conn is not None:
+            conn.send_text(json.dumps(message, separators=(",", ":")))
+        else:
+            await ws.send_str(json.dumps(message, separators=(",", ":")))
+
+    async def send_error(exc: ProtocolError) -> None:
+        metrics.errors.labels(exc.code.value).inc()
+        await send(exc.to_wire())
+
+    try:
+        async for frame in ws:
+            if frame.type is WSMsgType.BINARY:
+                await send_error(ProtocolError(ErrorCode.BAD_JSON, "frames are JSON text"))
+                continue
+            if frame.type is not WSMsgType.TEXT:
+                break
+            if not bucket.take():
+                await send_error(ProtocolError(ErrorCode.RATE_LIMITED, "too many messages; this one was dropped"))
+                continue
+            try:
+                data = p.parse_frame(frame.data)
+                mid, req = p.parse_request(data)
+            except ProtocolError as exc:
+                metrics.messages.labels("invalid").inc()
+                await send_error(exc)
+                continue
+            type_ = data["type"]
+            metrics.messages.labels(type_).inc()
+            if session is None:
+                if type_ != "hello":
+                    await send_error(ProtocolError(ErrorCode.UNAUTHENTICATED, "say hello first", mid))
+                    continue
+                try:
+                    def factory(s: Session) -> Connection:
+                        return Connection(ws, s, sig.send_queue_size)
+                    session, reply = await service.hello(factory, req)
+                except ProtocolError as exc:
+                    exc.id = mid
+                    await send_error(exc)
+                    await ws.close(code=CLOSE_AUTH, message=exc.code.value.encode())
+                    break
+                hello_timer.cancel()
+                assert isinstance(session.conn, Connection)
+                conn = session.conn
+                await send(reply.to_wire(mid))
+                continue
+            if conn is None or session.conn is not conn:
+                break  # taken over by a newer socket
+            try:
+                result = await service.handle(session, type_, req)
+                await send(result.to_wire(mid))
+            except ProtocolError as exc:
+                exc.id = mid
+                await send_error(exc)
+            except Exception:
+                logger.exception("request failed", extra={"type": type_, "session": session.id})
+                await send_error(ProtocolError(ErrorCode.INTERNAL, "internal error", mid))
+    finally:
+        hello_timer.cancel()
+        metrics.connections.dec()
+        if conn is not None and session is not None:
+            conn.stop()
+            await service.detach(session, conn)
+    return ws

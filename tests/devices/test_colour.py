@@ -1,0 +1,102 @@
+import numpy as np
+import pytest
+
+from devices.colour import (
+    COLORCHECKER_SRGB,
+    ColourCorrection,
+    ciede2000,
+    linear_to_srgb8,
+    patch_means,
+    srgb8_to_lab,
+    srgb8_to_linear,
+)
+from devices.simulated import DermatoscopeScene
+
+# Sharma, Wu, Dalal (2005), "The CIEDE2000 color-difference formula: implementation
+# notes, supplementary test data, and mathematical observations", table 1.
+SHARMA_PAIRS = [
+    (50.0000, 2.6772, -79.7751, 50.0000, 0.0000, -82.7485, 2.0425),
+    (50.0000, 3.1571, -77.2803, 50.0000, 0.0000, -82.7485, 2.8615),
+    (50.0000, 2.8361, -74.0200, 50.0000, 0.0000, -82.7485, 3.4412),
+    (50.0000, -1.3802, -84.2814, 50.0000, 0.0000, -82.7485, 1.0000),
+    (50.0000, -1.1848, -84.8006, 50.0000, 0.0000, -82.7485, 1.0000),
+    (50.0000, -0.9009, -85.5211, 50.0000, 0.0000, -82.7485, 1.0000),
+    (50.0000, 0.0000, 0.0000, 50.0000, -1.0000, 2.0000, 2.3669),
+    (50.0000, -1.0000, 2.0000, 50.0000, 0.0000, 0.0000, 2.3669),
+    (50.0000, 2.4900, -0.0010, 50.0000, -2.4900, 0.0009, 7.1792),
+    (50.0000, 2.4900, -0.0010, 50.0000, -2.4900, 0.0010, 7.1792),
+    (50.0000, 2.4900, -0.0010, 50.0000, -2.4900, 0.0011, 7.2195),
+    (50.0000, 2.4900, -0.0010, 50.0000, -2.4900, 0.0012, 7.2195),
+    (50.0000, -0.0010, 2.4900, 50.0000, 0.0009, -2.4900, 4.8045),
+    (50.0000, -0.0010, 2.4900, 50.0000, 0.0010, -2.4900, 4.8045),
+    (50.0000, -0.0010, 2.4900, 50.0000, 0.0011, -2.4900, 4.7461),
+    (50.0000, 2.5000, 0.0000, 50.0000, 0.0000, -2.5000, 4.3065),
+    (50.0000, 2.5000, 0.0000, 73.0000, 25.0000, -18.0000, 27.1492),
+    (50.0000, 2.5000, 0.0000, 61.0000, -5.0000, 29.0000, 22.8977),
+    (50.0000, 2.5000, 0.0000, 56.0000, -27.0000, -3.0000, 31.9030),
+    (50.0000, 2.5000, 0.0000, 58.0000, 24.0000, 15.0000, 19.4535),
+    (50.0000, 2.5000, 0.0000, 50.0000, 3.1736, 0.5854, 1.0000),
+    (50.0000, 2.5000, 0.0000, 50.0000, 3.2972, 0.0000, 1.0000),
+    (50.0000, 2.5000, 0.0000, 50.0000, 1.8634, 0.5757, 1.0000),
+    (50.0000, 2.5000, 0.0000, 50.0000, 3.2592, 0.3350, 1.0000),
+    (60.2574, -34.0099, 36.2677, 60.4626, -34.1751, 39.4387, 1.2644),
+    (63.0109, -31.0961, -5.8663, 62.8187, -29.7946, -4.0864, 1.2630),
+    (61.2901, 3.7196, -5.3901, 61.4292, 2.2480, -4.9620, 1.8731),
+    (35.0831, -44.1164, 3.7933, 35.0232, -40.0716, 1.5901, 1.8645),
+    (22.7233, 20.0904, -46.6940, 23.0331, 14.9730, -42.5619, 2.0373),
+    (36.4612, 47.8580, 18.3852, 36.2715, 50.5065, 21.2231, 1.4146),
+    (90.8027, -2.0831, 1.4410, 91.1528, -1.6435, 0.0447, 1.4441),
+    (90.9257, -0.5406, -0.9208, 88.6381, -0.8985, -0.7239, 1.5381),
+    (6.7747, -0.2908, -2.4247, 5.8714, -0.0985, -2.2286, 0.6377),
+    (2.0776, 0.0795, -1.1350, 0.9033, -0.0636, -0.5514, 0.9082),
+]
+
+
+def test_ciede2000_matches_sharma_reference_pairs_vectorised() -> None:
+    data = np.array(SHARMA_PAIRS)
+    result = ciede2000(data[:, 0:3], data[:, 3:6])
+    np.testing.assert_allclose(result, data[:, 6], atol=1e-4)
+    # Symmetric, and zero for identical colours.
+    np.testing.assert_allclose(ciede2000(data[:, 3:6], data[:, 0:3]), data[:, 6], atol=1e-4)
+    assert np.all(ciede2000(data[:, 0:3], data[:, 0:3]) == 0)
+
+
+def test_srgb_round_trip_and_lab_of_white() -> None:
+    values = np.arange(256)
+    assert np.array_equal(linear_to_srgb8(srgb8_to_linear(values)), values)
+    np.testing.assert_allclose(srgb8_to_lab(np.array([255, 255, 255])), [100, 0, 0], atol=1e-3)
+
+
+@pytest.fixture(scope="module")
+def scene() -> DermatoscopeScene:
+    return DermatoscopeScene(1920, 1080, seed=1)
+
+
+def test_calibration_brings_chart_within_three_delta_e(scene: DermatoscopeScene) -> None:
+    frame = scene.read()
+    reference = srgb8_to_lab(COLORCHECKER_SRGB)
+    before = ciede2000(srgb8_to_lab(patch_means(frame, scene.chart_patch_boxes)), reference)
+    correction = ColourCorrection.fit(patch_means(frame, scene.chart_patch_boxes))
+    # Per frame (the fast path) on a different noise variant than the one fitted on.
+    corrected = correction.apply(scene.read())
+    after = ciede2000(srgb8_to_lab(patch_means(corrected, scene.chart_patch_boxes)), reference)
+    assert np.median(before) >= 10
+    assert np.median(after) <= 3
+    exact = correction.apply_exact(frame)
+    after_still = ciede2000(srgb8_to_lab(patch_means(exact, scene.chart_patch_boxes)), reference)
+    assert np.median(after_still) <= 3
+
+
+def test_fast_path_within_one_level_of_exact(scene: DermatoscopeScene) -> None:
+    correction = ColourCorrection(np.array([[1.1, 0.1, -0.05, 0.01], [0.0, 0.9, 0.1, 0.0], [0.02, -0.1, 1.3, -0.01]]))
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    diff = np.abs(correction.apply(image).astype(int) - correction.apply_exact(image))
+    assert diff.max() <= 1
+    identity = ColourCorrection.identity()
+    assert np.abs(identity.apply(image).astype(int) - image).max() <= 1
+
+
+def test_fit_refuses_a_clipped_chart() -> None:
+    with pytest.raises(ValueError, match="unclipped"):
+        ColourCorrection.fit(np.full((24, 3), 255.0))

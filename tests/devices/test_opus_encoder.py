@@ -1,0 +1,120 @@
+import asyncio
+import fractions
+
+import av
+import numpy as np
+import pytest
+from aiortc import RTCPeerConnection
+from aiortc.codecs.opus import OpusDecoder, OpusEncoder
+from aiortc.jitterbuffer import JitterFrame
+
+from devices.opus_encoder import (
+    OpusApplication,
+    OpusConfig,
+    StethoscopeOpusEncoder,
+    sender_encoder,
+    use_stethoscope_encoder,
+)
+from devices.sdp import opus_fmtp, set_opus_fmtp
+from devices.simulated import PhonocardiogramSimulator, make_multitone
+from devices.stethoscope import StethoscopeAdapter
+
+LOW = [25.0, 30.0, 35.0, 40.0]
+REFERENCE = [300.0, 1000.0]
+
+
+def _round_trip(encoder: object, signal: np.ndarray) -> np.ndarray:
+    decoder = OpusDecoder()
+    pcm = np.clip(np.rint(signal * 32767), -32768, 32767).astype(np.int16)
+    out = []
+    timestamp = 0
+    for start in range(0, len(pcm) - 959, 960):
+        chunk = np.repeat(pcm[start : start + 960, None], 2, axis=1).reshape(1, -1)
+        frame = av.AudioFrame.from_ndarray(chunk, format="s16", layout="stereo")
+        frame.sample_rate, frame.pts, frame.time_base = 48000, start, fractions.Fraction(1, 48000)
+        payloads, _ = encoder.encode(frame)  # type: ignore[attr-defined]
+        for payload in payloads:
+            for decoded in decoder.decode(JitterFrame(data=payload, timestamp=timestamp)):
+                out.append(decoded.to_ndarray().reshape(-1, 2)[:, 0])
+            timestamp += 960
+    return np.concatenate(out).astype(np.float64) / 32767
+
+
+def _tone_gain_db(signal: np.ndarray, freq: float, amplitude: float) -> float:
+    t = np.arange(len(signal)) / 48000
+    measured = 2 * abs(np.mean(signal * np.exp(-2j * np.pi * freq * t)))
+    return float(20 * np.log10(measured / amplitude))
+
+
+def test_low_frequencies_survive_our_encoder_but_not_stock_voip() -> None:
+    amplitude = 0.08
+    signal = make_multitone(LOW + REFERENCE, 2.0, amplitude)
+    ours = _round_trip(StethoscopeOpusEncoder(), signal)[-48000:]
+    stock = _round_trip(OpusEncoder(), signal)[-48000:]
+    ours_db = [_tone_gain_db(ours, f, amplitude) for f in LOW]
+    stock_db = [_tone_gain_db(stock, f, amplitude) for f in LOW]
+    assert all(abs(g) <= 3 for g in ours_db), ours_db
+    # The stock encoder (application=voip) high-passes: 25 Hz loses far more than 3 dB.
+    assert stock_db[0] < -6 and min(stock_db) < -3, stock_db
+    for f in REFERENCE:
+        assert abs(_tone_gain_db(ours, f, amplitude)) <= 1
+        assert abs(_tone_gain_db(stock, f, amplitude)) <= 1
+
+
+def test_config_is_what_libopus_gets() -> None:
+    encoder = StethoscopeOpusEncoder(OpusConfig(bitrate=96000, application=OpusApplication.LOWDELAY))
+    assert encoder.codec.options["application"] == "lowdelay"
+    assert encoder.codec.options["dtx"] == "0" and encoder.codec.options["fec"] == "1"
+    assert encoder.codec.bit_rate == 96000 and encoder.codec.layout.name == "stereo"
+    with pytest.raises(ValueError):
+        OpusConfig(bitrate=32000)
+
+
+async def test_sender_hook_in_a_real_loopback_call() -> None:
+    """If an aiortc upgrade breaks the hook, this fails: the sender must use our encoder."""
+    adapter = StethoscopeAdapter(PhonocardiogramSimulator(70, channels=2, seed=1), channels=2)
+    caller, callee = RTCPeerConnection(), RTCPeerConnection()
+    received = asyncio.Event()
+    frames: list[av.AudioFrame] = []
+
+    @callee.on("track")
+    def on_track(track: object) -> None:
+        async def pull() -> None:
+            while len(frames) < 10:
+                frames.append(await track.recv())  # type: ignore[attr-defined]
+            received.set()
+
+        asyncio.ensure_future(pull())
+
+    try:
+        track = adapter.track
+        assert track is not None and track.source == "stethoscope"  # type: ignore[attr-defined]
+        transceiver = caller.addTransceiver(track, direction="sendonly")
+        encoder = use_stethoscope_encoder(transceiver.sender)
+        await caller.setLocalDescription(await caller.createOffer())
+        mid = transceiver.mid
+        assert mid is not None
+        offer = set_opus_fmtp(caller.localDescription.sdp, mid)
+        await callee.setRemoteDescription(type(caller.localDescription)(sdp=offer, type="offer"))
+        await callee.setLocalDescription(await callee.createAnswer())
+        await caller.setRemoteDescription(callee.localDescription)
+        async with asyncio.timeout(20):
+            await received.wait()
+        assert sender_encoder(transceiver.sender) is encoder
+        assert encoder.first_packet_pts is not None  # it really encoded
+        assert opus_fmtp(offer, mid)["stereo"] == "1"
+    finally:
+        await caller.close()
+        await callee.close()
+        await adapter.close()
+
+
+async def test_hook_refuses_a_started_sender() -> None:
+    pc = RTCPeerConnection()
+    try:
+        transceiver = pc.addTransceiver("audio")
+        setattr(transceiver.sender, "_RTCRtpSender__encoder", OpusEncoder())
+        with pytest.raises(RuntimeError, match="already"):
+            use_stethoscope_encoder(transceiver.sender)
+    finally:
+        await pc.close()

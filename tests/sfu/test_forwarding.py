@@ -1,0 +1,65 @@
+"""Packet forwarding through the real server with real aiortc peers (loopback)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import pytest
+from aiortc.mediastreams import AudioStreamTrack
+
+from sfu.keyframes import keyframe_start
+from teleconsult import appkeys
+from tests.sfu.clients import FlatVideoTrack, play, publish, record_received, record_sent
+from tests.support import wait_for
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _match(sent, received, kind_pt):
+    """Every received media packet's payload is byte-identical to a sent one, in order."""
+    by_payload = {}
+    for i, p in enumerate(sent):
+        by_payload.setdefault(p.payload, i)
+    positions = []
+    for r in received:
+        if r.payload_type != kind_pt:
+            continue
+        assert r.payload in by_payload, "a forwarded payload differs from every sent one"
+        positions.append(by_payload[r.payload])
+    return positions
+
+
+@pytest.mark.parametrize("codec", ["video/VP8", "video/H264", "audio/opus"])
+async def test_bytes_in_equal_bytes_out(server, codec):
+    kind = codec.split("/")[0]
+    source = "camera" if kind == "video" else "microphone"
+    tokens = server.tokens
+    pub_token = tokens.issue_room("r1", "cabin", role="nurse", publish=[source])
+    sub_token = tokens.issue_room("r1", "doc", role="physician", subscribe=True)
+    track = FlatVideoTrack() if kind == "video" else AudioStreamTrack()
+    async with aiohttp.ClientSession() as http:
+        pub = await publish(http, server.url, "r1", pub_token, [track], codecs={kind: codec})
+        sent = record_sent(pub.pc)
+        sub = None
+        try:
+            await wait_for(lambda: server.app[appkeys.SFU].publications("r1"), what="publication")
+            sub = await play(http, server.url, "r1", sub_token, [kind], codecs={kind: codec})
+            received = record_received(sub.pc)
+            await wait_for(lambda: len([r for r in received]) >= 30, timeout=15, what="30 packets forwarded")
+            media_pt = received[0].payload_type
+            positions = _match(sent, received, media_pt)
+            assert positions == sorted(positions)
+            assert len(set(r.ssrc for r in received if r.payload_type == media_pt)) == 1
+            if kind == "video":
+                first = next(r for r in received if r.payload_type == media_pt)
+                assert keyframe_start(codec.split("/")[1].lower(), first.payload), "did not start on a keyframe"
+            # a real aiortc receiver decodes what it gets
+            track_in = sub.transceivers[0].receiver.track
+            frame = await asyncio.wait_for(track_in.recv(), 10)
+            if kind == "video":
+                assert (frame.width, frame.height) == (320, 240)
+        finally:
+            if sub:
+                await sub.close()
+            await pub.close()

@@ -1,0 +1,83 @@
+"""Serve the browser pages: ``/`` (landing), ``/nurse``, ``/physician``, ``/admin``, ``/static/``.
+
+The pages are static files under ``web_client/static``: one HTML shell per page
+and plain ES modules (no build step). Sign-in happens in the page: a
+development link carries the access token in the URL fragment (never sent to
+the server); in production the page asks ``GET /api/auth/config`` where the
+OpenID provider is and sends the person there.
+
+Every page response carries a strict Content-Security-Policy: scripts and
+styles only from this origin, media and sockets only to this origin.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aiohttp import web
+
+from teleconsult import appkeys
+
+STATIC = Path(__file__).resolve().parent / "static"
+
+PAGES = {
+    "/": "index.html",
+    "/nurse": "nurse.html",
+    "/physician": "physician.html",
+    "/admin": "admin.html",
+}
+
+CSP = "; ".join([
+    "default-src 'self'",
+    "script-src 'self'",
+    "style-src 'self'",
+    "img-src 'self' data: blob:",
+    "media-src 'self' blob:",
+    "connect-src 'self' ws: wss:",
+    "object-src 'none'",
+    "base-uri 'none'",
+    "frame-ancestors 'none'",
+    "form-action 'self'",
+])
+
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Permissions-Policy": "camera=(self), microphone=(self), geolocation=()",
+    # The pages change with the server; ES modules are small: always revalidate.
+    "Cache-Control": "no-cache",
+}
+
+
+def _page(filename: str):  # type: ignore[no-untyped-def]
+    path = STATIC / filename
+
+    async def handler(request: web.Request) -> web.FileResponse:
+        return web.FileResponse(path, headers=SECURITY_HEADERS)
+
+    return handler
+
+
+async def auth_config(request: web.Request) -> web.Response:
+    """Where the pages send people to sign in; empty strings when no OpenID provider is set."""
+    auth = request.app[appkeys.SETTINGS].auth
+    return web.json_response({
+        "oidc_authorize_url": auth.oidc_authorize_url if auth.oidc_issuer or auth.oidc_authorize_url else "",
+        "oidc_client_id": auth.oidc_client_id,
+        "issuer": auth.oidc_issuer,
+    }, headers={"Cache-Control": "no-store"})
+
+
+async def _static_headers(request: web.Request, response: web.StreamResponse) -> None:
+    if request.path.startswith("/static/"):
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Cache-Control", "no-cache")
+
+
+def setup(app: web.Application) -> None:
+    for route, filename in PAGES.items():
+        app.router.add_get(route, _page(filename))
+    app.router.add_get("/api/auth/config", auth_config)
+    app.router.add_static("/static/", STATIC, show_index=False, follow_symlinks=False)
+    app.on_response_prepare.append(_static_headers)

@@ -1,0 +1,297 @@
+// One consultation's media: one RTCPeerConnection to the SFU per page.
+//
+// The page publishes its camera and microphone (sendonly transceivers) and
+// subscribes to the other participants' publications (one recvonly
+// transceiver each), learned from `room.event` messages. Every change is a
+// new offer sent as `media.offer` on the signalling socket, with the maps
+// `publish: {mid: source}` and `subscribe: {mid: publication_id}`; the SFU
+// answers. The room data channel (label "room") carries device commands and
+// device messages; the SFU wraps what it relays as {from, role, data}.
+//
+// Events (CustomEvent detail): "track" {publication, track},
+// "track-removed" {publication}, "message" {from, role, data},
+// "participants" {participants}, "state" {state}, "channel" {state}.
+import { gatheringComplete } from "./precheck.js";
+
+const AUDIO_SOURCES = new Set(["microphone", "stethoscope"]);
+
+/** {mid: {stream, track}} from the a=msid lines of an SDP. */
+export function msidByMid(sdp) {
+  const out = {};
+  for (const section of sdp.split(/\r?\nm=/).slice(1)) {
+    const mid = /\na=mid:(\S+)/.exec("\n" + section)?.[1];
+    const msid = /\na=msid:(\S+)(?: (\S+))?/.exec("\n" + section);
+    if (mid && msid) out[mid] = { stream: msid[1], track: msid[2] || "" };
+  }
+  return out;
+}
+
+/** A publication from a room event's data, whatever the SFU names its id. */
+export function publicationFrom(data) {
+  const id = data.publication_id ?? data.publication ?? data.id ?? data.track_id;
+  const source = data.source || data.label || "";
+  return {
+    id: id === undefined ? undefined : String(id),
+    identity: data.identity ?? data.participant ?? "",
+    role: data.role || "",
+    source,
+    kind: data.kind || (AUDIO_SOURCES.has(source) ? "audio" : "video"),
+  };
+}
+
+export class Call extends EventTarget {
+  constructor(signalling, { consultationId, identity, publish = [], stream = null, iceServers = [] }) {
+    super();
+    this.signalling = signalling;
+    this.consultationId = consultationId;
+    this.identity = identity;
+    this.grantPublish = publish;
+    this.stream = stream;
+    this.iceServers = iceServers;
+    this.publications = new Map(); // id -> publication
+    this.subscriptions = new Map(); // publication id -> {publication, transceiver, announced, msid}
+    this.participants = new Map(); // identity -> {identity, role, state}
+    this.sending = []; // {source, transceiver}
+    this.commandSeq = 0;
+    this.commands = new Map(); // command id -> {device, action}
+    this.closed = false;
+    this.chain = Promise.resolve();
+    this.dirty = false;
+    this.previousStats = new Map();
+    this.onSignal = (event) => this._roomEvent(event.detail);
+    signalling.addEventListener("room.event", this.onSignal);
+  }
+
+  _emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+
+  /** Create the peer connection, publish, open the data channel, negotiate. */
+  async start() {
+    this._buildPeerConnection();
+    await this.negotiate();
+  }
+
+  _buildPeerConnection() {
+    const pc = new RTCPeerConnection({ iceServers: this.iceServers, bundlePolicy: "max-bundle" });
+    this.pc = pc;
+    this.channel = pc.createDataChannel("room");
+    this.channel.addEventListener("message", (event) => this._channelMessage(event.data));
+    this.channel.addEventListener("open", () => this._emit("channel", { state: "open" }));
+    this.channel.addEventListener("close", () => this._emit("channel", { state: "closed" }));
+    this.sending = [];
+    for (const source of this.grantPublish) {
+      const track = source === "camera" ? this.stream?.getVideoTracks()[0]
+        : source === "microphone" ? this.stream?.getAudioTracks()[0] : null;
+      if (!track) continue;
+      const transceiver = pc.addTransceiver(track, { direction: "sendonly", streams: [this.stream] });
+      this.sending.push({ source, transceiver });
+    }
+    for (const sub of this.subscriptions.values()) {
+      sub.transceiver = pc.addTransceiver(sub.publication.kind, { direction: "recvonly" });
+      sub.announced = false;
+    }
+    pc.addEventListener("connectionstatechange", () => {
+      this._emit("state", { state: pc.connectionState });
+      if (pc.connectionState === "failed" && !this.closed && this.pc === pc) this.restart();
+    });
+  }
+
+  /** A new peer connection (aiortc has no ICE restart): after a failure. */
+  async restart() {
+    const old = this.pc;
+    for (const sub of this.subscriptions.values()) {
+      if (sub.announced) this._emit("track-removed", { publication: sub.publication });
+    }
+    this._buildPeerConnection();
+    old.close();
+    await this.negotiate();
+  }
+
+  /** Offer what we publish and subscribe to now; serialized, coalesced. */
+  negotiate() {
+    this.dirty = true;
+    this.chain = this.chain.then(async () => {
+      if (!this.dirty || this.closed) return;
+      this.dirty = false;
+      try {
+        await this._negotiateOnce();
+      } catch (error) {
+        this._emit("error", { error });
+        if (error.code === "disconnected" && !this.closed) {
+          await this.signalling.whenOpen();
+          this.dirty = true;
+          this.negotiate();
+        }
+      }
+    });
+    return this.chain;
+  }
+
+  async _negotiateOnce() {
+    const pc = this.pc;
+    await pc.setLocalDescription(await pc.createOffer());
+    await gatheringComplete(pc);
+    const publish = {};
+    for (const { source, transceiver } of this.sending) if (transceiver.mid) publish[transceiver.mid] = source;
+    const subscribe = {};
+    for (const [id, sub] of this.subscriptions) {
+      if (sub.transceiver.mid && sub.transceiver.direction !== "inactive") subscribe[sub.transceiver.mid] = id;
+    }
+    const reply = await this.signalling.request("media.offer", {
+      consultation_id: this.consultationId, sdp: pc.localDescription.sdp, publish, subscribe,
+    }, { timeoutMs: 20000 });
+    if (pc !== this.pc || this.closed) return;
+    if (reply.identity) this.identity = reply.identity;
+    await pc.setRemoteDescription({ type: "answer", sdp: reply.sdp });
+    const msids = msidByMid(reply.sdp);
+    for (const pub of reply.publications || []) this.addPublication(publicationFrom(pub));
+    for (const sub of this.subscriptions.values()) {
+      const mid = sub.transceiver.mid;
+      if (mid && msids[mid]) {
+        sub.msid = msids[mid];
+        // a=msid:<identity> <source>: fills what the room event did not say.
+        sub.publication.identity ||= msids[mid].stream;
+        sub.publication.source ||= msids[mid].track;
+      }
+      const receiving = sub.transceiver.currentDirection === "recvonly" || sub.transceiver.currentDirection === "sendrecv";
+      if (receiving && !sub.announced) {
+        sub.announced = true;
+        this._emit("track", { publication: sub.publication, track: sub.transceiver.receiver.track });
+      }
+    }
+  }
+
+  _roomEvent(message) {
+    if (message.consultation_id && message.consultation_id !== this.consultationId) return;
+    const data = message.data || {};
+    switch (message.event) {
+      case "publication.added":
+        this.addPublication(publicationFrom(data));
+        break;
+      case "publication.removed":
+        this.removePublication(publicationFrom(data).id);
+        break;
+      case "participant.joined":
+      case "participant.left": {
+        const identity = data.identity ?? data.participant;
+        if (!identity) break;
+        if (message.event === "participant.joined") {
+          this.participants.set(identity, { identity, role: data.role || identity, state: "connected" });
+        } else {
+          this.participants.delete(identity);
+          for (const [id, pub] of this.publications) if (pub.identity === identity) this.removePublication(id);
+        }
+        this._emit("participants", { participants: [...this.participants.values()] });
+        break;
+      }
+      default:
+        break;
+    }
+  }
+
+  addPublication(publication) {
+    if (!publication.id || this.closed) return;
+    if (publication.identity && publication.identity === this.identity) return; // our own
+    if (this.subscriptions.has(publication.id)) return;
+    this.publications.set(publication.id, publication);
+    if (publication.source === "vitals") return; // data channel only
+    if (publication.identity && !this.participants.has(publication.identity)) {
+      this.participants.set(publication.identity,
+        { identity: publication.identity, role: publication.role || publication.identity, state: "connected" });
+      this._emit("participants", { participants: [...this.participants.values()] });
+    }
+    // Reuse an idle transceiver of the same kind before adding m-lines.
+    let transceiver = this.pc.getTransceivers().find((tr) => tr.direction === "inactive"
+      && tr.receiver.track.kind === publication.kind && !tr.stopped
+      && ![...this.subscriptions.values()].some((s) => s.transceiver === tr));
+    if (transceiver) transceiver.direction = "recvonly";
+    else transceiver = this.pc.addTransceiver(publication.kind, { direction: "recvonly" });
+    this.subscriptions.set(publication.id, { publication, transceiver, announced: false, msid: null });
+    this.negotiate();
+  }
+
+  removePublication(id) {
+    if (id === undefined) return;
+    this.publications.delete(id);
+    const sub = this.subscriptions.get(id);
+    if (!sub) return;
+    this.subscriptions.delete(id);
+    sub.transceiver.direction = "inactive";
+    this._emit("track-removed", { publication: sub.publication });
+    this.negotiate();
+  }
+
+  _channelMessage(text) {
+    let message;
+    try {
+      message = JSON.parse(text);
+    } catch (_) {
+      return;
+    }
+    // Relayed messages are {from, role, data}; accept bare ones too.
+    const wrapped = message && typeof message === "object" && "data" in message && "from" in message;
+    this._emit("message", wrapped ? message : { from: "", role: "", data: message });
+  }
+
+  /** Send a JSON message on the room channel; false when it is not open. */
+  send(data) {
+    if (this.channel?.readyState !== "open") return false;
+    this.channel.send(JSON.stringify(data));
+    return true;
+  }
+
+  /** A device command ({device, action, ...}); returns its id, or null when the channel is closed. */
+  command(device, action, fields = {}) {
+    this.commandSeq += 1;
+    const id = `c${this.commandSeq}`;
+    if (!this.send({ type: "command", id, device, action, ...fields })) return null;
+    this.commands.set(id, { device, action });
+    return id;
+  }
+
+  /** Per received track: bitrate (kbit/s), loss (%), fps, frames decoded, audio level. */
+  async quality() {
+    const out = [];
+    const now = performance.now();
+    for (const [id, sub] of this.subscriptions) {
+      if (!sub.announced) continue;
+      let inbound = null;
+      const report = await sub.transceiver.receiver.getStats();
+      report.forEach((s) => { if (s.type === "inbound-rtp") inbound = s; });
+      if (!inbound) continue;
+      const prev = this.previousStats.get(id);
+      const bytes = inbound.bytesReceived || 0;
+      const bitrate = prev ? ((bytes - prev.bytes) * 8) / Math.max(1, now - prev.at) : null; // kbit/s
+      const lost = inbound.packetsLost || 0;
+      const received = inbound.packetsReceived || 0;
+      const lossDelta = prev ? Math.max(0, lost - prev.lost) : lost;
+      const recvDelta = prev ? Math.max(0, received - prev.received) : received;
+      this.previousStats.set(id, { bytes, lost, received, at: now });
+      out.push({
+        publication: sub.publication,
+        kind: inbound.kind,
+        bitrate_kbps: bitrate === null ? null : Math.round(bitrate),
+        loss_pct: lossDelta + recvDelta > 0 ? (100 * lossDelta) / (lossDelta + recvDelta) : 0,
+        fps: inbound.framesPerSecond ?? null,
+        frames_decoded: inbound.framesDecoded ?? null,
+        width: inbound.frameWidth ?? null,
+        height: inbound.frameHeight ?? null,
+        jitter_ms: inbound.jitter !== undefined ? Math.round(inbound.jitter * 1000) : null,
+      });
+    }
+    return out;
+  }
+
+  async close({ leave = true } = {}) {
+    if (this.closed) return;
+    this.closed = true;
+    this.signalling.removeEventListener("room.event", this.onSignal);
+    if (leave) {
+      try {
+        await this.signalling.request("media.leave", { consultation_id: this.consultationId }, { timeoutMs: 3000 });
+      } catch (_) { /* the consultation may already be over */ }
+    }
+    this.pc?.close();
+  }
+}
