@@ -46,6 +46,8 @@ class Forwarder:
         self.counts = counts
         self.clock = clock
         self.subscriptions: list["Subscription"] = []
+        self.packet_listeners: list[Callable[[bytes], None]] = []
+        """Taps (recording) that see each media packet before the subscriptions; must not raise."""
         self.ssrc: int | None = None
         self._last_keyframe_ts: int | None = None
         self.closed = False
@@ -92,6 +94,8 @@ class Forwarder:
                 for subscription in self.subscriptions:
                     subscription.source_changed(now)
             self.ssrc = header.ssrc
+        for listener in self.packet_listeners:
+            listener(data)
         waiting = False
         for subscription in self.subscriptions:
             if await subscription.send(data, header, keyframe):

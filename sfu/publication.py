@@ -98,6 +98,12 @@ class Publication:
         """(identity, source): a new publication with the same key replaces this one."""
         return (self.info.identity, self.info.source)
 
+    def add_packet_listener(self, listener: Callable[[bytes], None]) -> Callable[[], None]:
+        """Tap this publication's media packets (RTX unwrapped); returns the remover."""
+        listeners = self.forwarder.packet_listeners
+        listeners.append(listener)
+        return lambda: listeners.remove(listener) if listener in listeners else None
+
     def send_pli(self) -> None:
         ssrc = self.forwarder.ssrc or self.media_ssrc
         if ssrc is None or self.closed:

@@ -121,6 +121,8 @@ class SfuService:
     async def negotiate(self, grant: RoomGrant, offer_sdp: str, *, session_id: str | None = None,
                         publish: dict[str, str] | None = None,
                         subscribe: dict[str, str] | None = None) -> Negotiation:
+        if session_id is None:
+            self._check_accepting()
         offer = parse_offer(offer_sdp)
         publish = dict(publish or {})
         subscribe = dict(subscribe or {})
@@ -202,6 +204,7 @@ class SfuService:
     async def whip(self, grant: RoomGrant, offer_sdp: str, sources: Iterable[str] = ()) -> Negotiation:
         """WHIP: one publication per media kind; each m-line's source is the one of ``sources``
         of its kind, else the grant's only source of that kind."""
+        self._check_accepting()
         offer = parse_offer(offer_sdp)
         wanted = list(sources)
         for source in wanted:
@@ -231,16 +234,19 @@ class SfuService:
         return await self.negotiate(grant, offer_sdp, publish=publish)
 
     async def whep(self, grant: RoomGrant, offer_sdp: str) -> Negotiation:
-        """WHEP: the room's publications present now, in publication order, one per offered
-        m-line of their kind (first video m-line <- first video publication...)."""
+        """WHEP: the room's publications present now (other identities' only), in publication
+        order, one per offered m-line of their kind (first video m-line <- first video
+        publication...); m-lines left over are answered inactive."""
         if not grant.subscribe:
             raise Forbidden("the room token does not grant subscribing")
+        self._check_accepting()
         offer = parse_offer(offer_sdp)
         room = self._rooms.get(grant.room)
         available = {"audio": [], "video": []}  # type: dict[str, list[PublicationInfo]]
         if room is not None:
             for info in room.infos():
-                available[info.kind].append(info)
+                if info.identity != grant.identity:  # one does not play one's own tracks
+                    available[info.kind].append(info)
         subscribe: dict[str, str] = {}
         for line in offer.media:
             if not line.wants_media:
@@ -251,6 +257,10 @@ class SfuService:
         if not subscribe:
             raise SfuError("nothing to play in this room yet", status=409, error="no_publications")
         return await self.negotiate(grant, offer_sdp, subscribe=subscribe)
+
+    def _check_accepting(self) -> None:
+        if not self.accepting() or self.closed:
+            raise Unavailable("this node is draining: no new sessions")
 
     async def leave(self, session_id: str) -> bool:
         participant = self._sessions.pop(session_id, None)

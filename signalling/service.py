@@ -569,6 +569,8 @@ class SignallingService:
                 kw.update(release_lock_of=c.offered_to, clear_offer=True, queue=QueueOp.REMOVE)
             if await self._commit(c, version, new, **kw) is None:
                 continue
+            if c.state in LIVE:
+                await self._after_live(new)  # free the physician first: the next offer need not wait
             act = {State.CANCELLED: "consultation.cancel", State.EXPIRED: "consultation.expire",
                    State.ENDED: "consultation.end", State.FAILED: "consultation.fail"}[target]
             await self.journal.append(act, actor=actor, consultation_id=cid, end_reason=reason,
@@ -578,8 +580,6 @@ class SignallingService:
                 why = WithdrawReason.CANCELLED if target is State.CANCELLED else WithdrawReason.EXPIRED
                 await self.emit([self.user(c.offered_to)],
                                 p.OfferWithdrawn(consultation_id=cid, reason=why.value).to_wire())
-            if c.state in LIVE:
-                await self._after_live(new)
             await self.emit([self.nurses(c.site)], p.ConsultationEnded(consultation=new.view(True)).to_wire())
             if c.physician:
                 await self.emit([self.user(c.physician)], p.ConsultationEnded(consultation=new.view(True)).to_wire())
@@ -657,11 +657,10 @@ class SignallingService:
             return 0
         locked = await self.store.offer_locks([pr.physician for pr in available])
         candidates = [pr.candidate() for pr in available if pr.physician not in locked]
-        made = 0
-        for pairing in plan(entries, candidates):
-            if await self._offer(pairing.consultation_id, pairing.physician):
-                made += 1
-        return made
+        # Concurrently: the journal's group commit makes one fsync for the whole round.
+        results = await asyncio.gather(*(self._offer(x.consultation_id, x.physician)
+                                         for x in plan(entries, candidates)))
+        return sum(1 for ok in results if ok)
 
     async def _offer(self, cid: str, physician: str) -> bool:
         got = await self._get(cid)
@@ -951,7 +950,9 @@ class SignallingService:
             if e.specialty not in online:
                 online[e.specialty] = sum(1 for pr in presences
                                           if e.specialty in pr["specialties"] and pr["status"] != "away")
-        for e in entries:
+        for i, e in enumerate(entries):
+            if i % 200 == 199:
+                await asyncio.sleep(0)  # a long queue never stalls the loop in one burst
             if e.site not in local_sites:
                 continue
             position = pos[e.consultation_id]

@@ -69,12 +69,19 @@ class Connection:
             self.queue.put_nowait(text)
         except asyncio.QueueFull:
             logger.warning("slow consumer disconnected", extra={"session": self.session_id})
-            self.close_soon(CLOSE_SLOW, "slow_consumer")
+            self.close_soon(CLOSE_SLOW, "slow_consumer", drain=False)
 
-    def close_soon(self, code: int, reason: str) -> None:
+    def close_soon(self, code: int, reason: str, drain: bool = True) -> None:
+        """Close after what is queued went out (``drain``), or now (a slow consumer)."""
         if self.closing:
             return
         self.closing = True
+        if drain:
+            try:
+                self.queue.put_nowait((code, reason))  # type: ignore[arg-type]
+                return
+            except asyncio.QueueFull:
+                pass
         self.writer.cancel()
         asyncio.ensure_future(self._close(code, reason))
 
@@ -87,8 +94,11 @@ class Connection:
     async def _write(self) -> None:
         try:
             while True:
-                text = await self.queue.get()
-                await self.ws.send_str(text)
+                item = await self.queue.get()
+                if isinstance(item, tuple):
+                    await self._close(*item)
+                    return
+                await self.ws.send_str(item)
         except (ConnectionError, RuntimeError):
             pass  # the socket is gone; the reader notices
 
@@ -153,11 +163,14 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                 continue
             if frame.type is not WSMsgType.TEXT:
                 break
-            if not bucket.take():
-                await send_error(ProtocolError(ErrorCode.RATE_LIMITED, "too many messages; this one was dropped"))
-                continue
+            limited = not bucket.take()
             try:
                 data = p.parse_frame(frame.data)
+                if limited:
+                    mid = data.get("id") if isinstance(data.get("id"), (str, int)) else None
+                    await send_error(ProtocolError(ErrorCode.RATE_LIMITED, "too many messages; this one was dropped",
+                                                   mid))
+                    continue
                 mid, req = p.parse_request(data)
             except ProtocolError as exc:
                 metrics.messages.labels("invalid").inc()

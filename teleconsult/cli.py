@@ -198,6 +198,30 @@ def build_parser() -> argparse.ArgumentParser:
 _EXTENSIONS: list[Callable[[argparse._SubParsersAction], None]] = []  # type: ignore[type-arg]
 
 
+def _recording_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from media.recording_service import add_commands
+
+    add_commands(sub)
+
+
+_EXTENSIONS.append(_recording_commands)
+
+
+def _agent_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from devices.agent import add_agent_command
+
+    add_agent_command(sub)
+
+
+def _demo_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from teleconsult.demo import add_demo_command
+
+    add_demo_command(sub)
+
+
+_EXTENSIONS.extend([_agent_command, _demo_command])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -11,7 +11,17 @@ import aiohttp
 from aiortc import RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack, VideoStreamTrack
 
+from aiortc import RTCConfiguration
+from aiortc.rtcconfiguration import RTCBundlePolicy
+
 from media.ice import ScopedPeerConnection
+
+
+def client_pc() -> ScopedPeerConnection:
+    """A loopback client peer connection. MAX_BUNDLE: with aiortc's default (BALANCED) policy,
+    a second m-line of the second kind stays on a transport that BUNDLE then stops (aiortc
+    1.16 client-side bug: its receiver never starts)."""
+    return ScopedPeerConnection(configuration=RTCConfiguration(bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
 from sfu.rtp import RtpError, parse_header
 
 
@@ -40,7 +50,7 @@ def prefer(transceiver: Any, mime: str) -> None:
 
 async def publish(http: aiohttp.ClientSession, base: str, room: str, token: str, tracks: list[MediaStreamTrack],
                   *, sources: list[str] = (), codecs: dict[str, str] | None = None) -> Session:
-    pc = ScopedPeerConnection()
+    pc = client_pc()
     transceivers = []
     for track in tracks:
         t = pc.addTransceiver(track, direction="sendonly")
@@ -61,7 +71,7 @@ async def publish(http: aiohttp.ClientSession, base: str, room: str, token: str,
 
 async def play(http: aiohttp.ClientSession, base: str, room: str, token: str, kinds: list[str],
                *, codecs: dict[str, str] | None = None) -> Session:
-    pc = ScopedPeerConnection()
+    pc = client_pc()
     transceivers = []
     for kind in kinds:
         t = pc.addTransceiver(kind, direction="recvonly")

@@ -8,6 +8,7 @@ import aiohttp
 import pytest
 from aiortc.mediastreams import AudioStreamTrack
 
+from sfu.aiortc_patches import sender_report_counts
 from sfu.keyframes import keyframe_start
 from teleconsult import appkeys
 from tests.sfu.clients import FlatVideoTrack, play, publish, record_received, record_sent
@@ -54,6 +55,12 @@ async def test_bytes_in_equal_bytes_out(server, codec):
             if kind == "video":
                 first = next(r for r in received if r.payload_type == media_pt)
                 assert keyframe_start(codec.split("/")[1].lower(), first.payload), "did not start on a keyframe"
+            # Sender Reports count what the SFU wrote on this leg
+            (participant,) = [p for p in server.app[appkeys.SFU]._rooms["r1"].participants.values() if p.subscriptions]
+            (subscription,) = participant.subscriptions.values()
+            packets, octets, _ = sender_report_counts(subscription.sender)
+            media = [r for r in received if r.payload_type == media_pt]
+            assert packets >= len(media) and octets >= sum(len(r.payload) for r in media)
             # a real aiortc receiver decodes what it gets
             track_in = sub.transceivers[0].receiver.track
             frame = await asyncio.wait_for(track_in.recv(), 10)

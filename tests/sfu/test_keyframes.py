@@ -11,7 +11,8 @@ def test_vp8():
     assert not vp8_keyframe_start(bytes([0x00, 0x00]))  # not the start of a partition
     assert vp8_keyframe_start(bytes([0x90, 0x80, 0x81, 0x23, 0x00]))  # X, I with 15-bit picture id
     assert not vp8_keyframe_start(bytes([0x90, 0x80, 0x81, 0x23, 0x01]))
-    assert vp8_keyframe_start(bytes([0x90, 0xE0, 0x05, 0x01, 0x00]))  # I (7 bit), L; T/K absent
+    assert vp8_keyframe_start(bytes([0x90, 0xC0, 0x05, 0x01, 0x00]))  # I (7 bit), L; T/K absent
+    assert vp8_keyframe_start(bytes([0x90, 0xE0, 0x05, 0x01, 0x40, 0x00]))  # I, L, T: TID byte
     assert not vp8_keyframe_start(b"")
 
 

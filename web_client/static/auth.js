@@ -138,3 +138,9 @@ export async function showSignInProblem(error, role) {
   }
   main.replaceChildren(box);
 }
+
+// A new sign-in link pasted into a tab already on this page changes only the
+// fragment, which does not reload: take it as a fresh sign-in.
+window.addEventListener("hashchange", () => {
+  if (/(^#|&)(access_)?token=/.test(location.hash)) location.reload();
+});

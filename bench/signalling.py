@@ -1,0 +1,351 @@
+"""Signalling bench: simulated nurses and physicians over real WebSockets.
+
+    python -m bench.signalling --clients N --requests N --seconds S --json FILE
+                               [--server URL] [--store memory|redis] [--physicians P]
+
+Without ``--server`` it starts its own server on loopback in a subprocess
+(and its own redis-server for ``--store redis``), signing tokens with a key it
+gives that server. Phases:
+
+1. idle: ``--clients`` connections say hello and stay open (device agents);
+2. queue: nurses check in ``--requests`` visit requests while no physician is available;
+3. match: ``--physicians`` physicians come online; each accepts its offer, ends
+   the consultation at once and waits for the next. Decision latency: from the
+   moment a physician is free (presence.set / consultation.end sent) to its next
+   ``offer.received``;
+4. throughput: for ``--seconds``, request/reply pings on the active sockets.
+
+JSON keys (a contract): ``requests``, ``matched``, ``double_assigned`` (must be
+0), ``decision_latency_ms_p50``, ``decision_latency_ms_p99``,
+``messages_per_second``, ``cpu_us_per_message`` (server process),
+``messages_per_core_second``, ``idle_clients_held``, plus details.
+Targets: 1000 waiting requests matched with decision p99 <= 50 ms; 5000 idle
+clients on one process; >= 2000 messages/s per core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from config.settings import AuthSettings
+from signalling.auth import TokenService
+
+KEY = "bench-signing-key-" + "x" * 32
+SPECIALTY = "general"
+
+
+def raise_fd_limit() -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError):
+        return float("nan")
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+class Server:
+    """Our own server (and redis-server) in subprocesses, stopped by PID."""
+
+    def __init__(self, store: str) -> None:
+        self.store = store
+        self.tmp = Path(tempfile.mkdtemp(prefix="bench-signalling-"))
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.url = ""
+        self.pid = 0
+
+    def start(self) -> None:
+        env = {**os.environ, "TELECONSULT_SERVER__DATA_DIR": str(self.tmp / "data"),
+               "TELECONSULT_AUTH__SIGNING_KEY": KEY, "TELECONSULT_SERVER__LOG_LEVEL": "WARNING",
+               "TELECONSULT_SIGNALLING__MAX_MESSAGES_PER_S": "100000",
+               "TELECONSULT_SIGNALLING__SEND_QUEUE_SIZE": "4096",
+               "TELECONSULT_SIGNALLING__HEARTBEAT_S": "30"}
+        if self.store == "redis":
+            port = free_port()
+            redis = subprocess.Popen([shutil.which("redis-server") or "redis-server", "--port", str(port),
+                                      "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                                      "--dir", str(self.tmp)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+            self.procs.append(redis)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                try:
+                    socket.create_connection(("127.0.0.1", port), 0.2).close()
+                    break
+                except OSError:
+                    time.sleep(0.05)
+            env.update(TELECONSULT_STORE__BACKEND="redis", TELECONSULT_STORE__REDIS_URL=f"redis://127.0.0.1:{port}/0")
+        server = subprocess.Popen([sys.executable, "-m", "teleconsult", "serve", "--port", "0"], env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                  preexec_fn=raise_fd_limit)
+        self.procs.append(server)
+        self.pid = server.pid
+        assert server.stdout is not None
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            line = server.stdout.readline().decode()
+            if not line and server.poll() is not None:
+                raise RuntimeError("the server exited at start")
+            if "serving on" in line:
+                self.url = line.split("serving on", 1)[1].strip()
+                break
+        if not self.url:
+            raise RuntimeError("the server did not start within 30 s")
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+                try:
+                    proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    proc.send_signal(signal.SIGINT)
+                    try:
+                        proc.wait(5)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                        proc.wait()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class Client:
+    """One socket: requests by id (futures), events into a queue."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, counter: list[int]) -> None:
+        self.ws = ws
+        self.counter = counter
+        self.next_id = 0
+        self.pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self.reader = asyncio.ensure_future(self._read())
+
+    async def _read(self) -> None:
+        async for msg in self.ws:
+            if msg.type is not aiohttp.WSMsgType.TEXT:
+                break
+            self.counter[0] += 1
+            data = json.loads(msg.data)
+            mid = data.get("id")
+            if mid is not None and mid in self.pending:
+                self.pending.pop(mid).set_result(data)
+            else:
+                self.events.put_nowait(data)
+
+    async def call(self, type_: str, **fields: Any) -> dict[str, Any]:
+        self.next_id += 1
+        mid = self.next_id
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self.pending[mid] = fut
+        await self.ws.send_str(json.dumps({"type": type_, "id": mid, **fields}))
+        self.counter[0] += 1
+        return await asyncio.wait_for(fut, 30)
+
+    async def next_event(self, type_: str, timeout: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise asyncio.TimeoutError
+            event = await asyncio.wait_for(self.events.get(), left)
+            if event["type"] == type_:
+                return event
+
+
+async def connect(http: aiohttp.ClientSession, url: str, token: str, counter: list[int]) -> Client:
+    ws = await http.ws_connect(url, heartbeat=None, autoping=True, max_msg_size=0)
+    client = Client(ws, counter)
+    reply = await client.call("hello", version=1, token=token)
+    if reply["type"] != "hello.ok":
+        raise RuntimeError(f"hello refused: {reply}")
+    return client
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    raise_fd_limit()
+    server = None
+    base = args.server
+    if not base:
+        server = Server(args.store)
+        server.start()
+        base = server.url
+    ws_url = base.replace("http", "ws", 1).rstrip("/") + "/ws"
+    tokens = TokenService(AuthSettings(signing_key=KEY), tempfile.gettempdir())
+    counter = [0]
+    result: dict[str, Any] = {"store": args.store, "server": "own" if server else base}
+    connector = aiohttp.TCPConnector(limit=0)
+    try:
+        async with aiohttp.ClientSession(connector=connector) as http:
+            # 1. idle clients
+            idle: list[Client] = []
+            started = time.monotonic()
+            for chunk in range(0, args.clients, 200):
+                batch = await asyncio.gather(*(connect(http, ws_url, tokens.issue_access(
+                    "agent", f"idle-{i}", site="ehpad-demo"), counter)
+                    for i in range(chunk, min(chunk + 200, args.clients))), return_exceptions=True)
+                idle += [c for c in batch if isinstance(c, Client)]
+            result["idle_connect_s"] = round(time.monotonic() - started, 2)
+            # 2. queue: requests waiting
+            # Each nurse at a site of its own (as in the field: a cabin has one nurse).
+            n_nurses = min(20, max(1, args.requests))
+            admin = {"Authorization": f"Bearer {tokens.issue_access('admin', 'bench-admin')}"}
+            for i in range(n_nurses):
+                async with http.put(f"{base.rstrip('/')}/api/directory/sites/bench-site-{i}", headers=admin,
+                                    json={"name": f"bench {i}", "kind": "cabin"}) as r:
+                    if r.status != 200:
+                        raise RuntimeError(f"cannot add bench sites: {r.status} {await r.text()}")
+            nurses = [await connect(http, ws_url, tokens.issue_access("nurse", f"bench-nurse-{i}",
+                                                                      site=f"bench-site-{i}"), counter)
+                      for i in range(n_nurses)]
+            visit = {"patient_ref": "bench", "reason": "bench", "specialty": SPECIALTY, "consent_teleconsultation": True}
+            priorities = ["routine", "urgent", "emergency"]
+
+            async def nurse_work(k: int) -> None:
+                for j in range(k, args.requests, len(nurses)):
+                    reply = await nurses[k].call("visit.request", priority=priorities[j % 3], **visit)
+                    if reply["type"] != "visit.request.ok":
+                        raise RuntimeError(f"visit.request refused: {reply}")
+            started = time.monotonic()
+            await asyncio.gather(*(nurse_work(k) for k in range(len(nurses))))
+            result["checkin_s"] = round(time.monotonic() - started, 2)
+            # 3. match
+            accepted: dict[str, str] = {}
+            double = 0
+            latencies: list[float] = []
+            physicians = [await connect(http, ws_url, tokens.issue_access(
+                "physician", f"bench-dr-{i}", specialties=[SPECIALTY]), counter) for i in range(args.physicians)]
+            cpu0 = cpu_seconds(server.pid) if server else float("nan")
+            msgs0 = counter[0]
+            started = time.monotonic()
+
+            async def physician_work(c: Client) -> None:
+                nonlocal double
+                free_at = time.perf_counter()
+                await c.call("presence.set", status="available")
+                while len(accepted) < args.requests:
+                    try:
+                        offer = await c.next_event("offer.received", 5)
+                    except asyncio.TimeoutError:
+                        continue
+                    latencies.append(time.perf_counter() - free_at)
+                    cid = offer["consultation"]["id"]
+                    reply = await c.call("offer.accept", consultation_id=cid)
+                    if reply["type"] != "offer.accept.ok":
+                        continue
+                    if cid in accepted:
+                        double += 1
+                    accepted[cid] = "x"
+                    free_at = time.perf_counter()
+                    await c.call("consultation.end", consultation_id=cid)
+            work = [asyncio.ensure_future(physician_work(c)) for c in physicians]
+            deadline = time.monotonic() + max(60.0, args.requests * 0.2)
+            while len(accepted) < args.requests and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            match_s = time.monotonic() - started
+            for w in work:
+                w.cancel()
+            match_msgs = counter[0] - msgs0
+            match_cpu = (cpu_seconds(server.pid) - cpu0) if server else float("nan")
+            result.update(requests=args.requests, matched=len(accepted), double_assigned=double,
+                          match_s=round(match_s, 3),
+                          decision_latency_ms_p50=round(pct(latencies, 50) * 1000, 2),
+                          decision_latency_ms_p99=round(pct(latencies, 99) * 1000, 2),
+                          match_messages=match_msgs,
+                          match_cpu_us_per_message=round(match_cpu / max(match_msgs, 1) * 1e6, 1))
+            # 4. throughput: pings on the active sockets
+            active = nurses + physicians
+            for c in physicians:
+                while not c.events.empty():
+                    c.events.get_nowait()
+            stop_at = time.monotonic() + args.seconds
+            msgs0 = counter[0]
+            cpu0 = cpu_seconds(server.pid) if server else float("nan")
+            rtts: list[float] = []
+
+            async def pinger(c: Client) -> None:
+                while time.monotonic() < stop_at:
+                    t = time.perf_counter()
+                    await c.call("ping")
+                    rtts.append(time.perf_counter() - t)
+            started = time.monotonic()
+            await asyncio.gather(*(pinger(c) for c in active))
+            elapsed = time.monotonic() - started
+            msgs = counter[0] - msgs0
+            cpu = (cpu_seconds(server.pid) - cpu0) if server else float("nan")
+            result.update(messages_per_second=round(msgs / elapsed, 1),
+                          cpu_us_per_message=round(cpu / max(msgs, 1) * 1e6, 1),
+                          messages_per_core_second=round(msgs / cpu, 1) if cpu and cpu == cpu else None,
+                          ping_rtt_ms_p50=round(pct(rtts, 50) * 1000, 2),
+                          ping_rtt_ms_p99=round(pct(rtts, 99) * 1000, 2))
+            # idle clients still held?
+            result["idle_clients_held"] = sum(1 for c in idle if not c.ws.closed)
+            result["idle_clients_asked"] = args.clients
+            for c in idle + active:
+                c.reader.cancel()
+                await c.ws.close()
+    finally:
+        if server is not None:
+            server.stop()
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.signalling", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, default=100, help="idle connections held open")
+    parser.add_argument("--requests", type=int, default=100, help="visit requests queued then matched")
+    parser.add_argument("--seconds", type=float, default=3.0, help="ping throughput phase")
+    parser.add_argument("--physicians", type=int, default=5,
+                        help="physicians in a closed accept/end loop (more: a saturation test)")
+    parser.add_argument("--json", metavar="FILE", help="write the figures here")
+    parser.add_argument("--server", metavar="URL", help="use this server (tokens must be signed with the bench key)")
+    parser.add_argument("--store", choices=["memory", "redis"], default="memory")
+    args = parser.parse_args(argv)
+    result = asyncio.run(run(args))
+    print(json.dumps(result, indent=2))
+    ok_match = result["matched"] == result["requests"] and result["double_assigned"] == 0
+    print(f"target: {result['requests']} waiting requests matched ({result['matched']}), "
+          f"decision p99 {result['decision_latency_ms_p99']} ms (<= 50 ms) "
+          f"{'OK' if ok_match and result['decision_latency_ms_p99'] <= 50 else 'MISSED'}")
+    print(f"target: idle clients held {result['idle_clients_held']} of {result['idle_clients_asked']} (5000 on one process)")
+    mpc = result.get("messages_per_core_second")
+    print(f"target: >= 2000 messages/s per core: {mpc} {'OK' if mpc and mpc >= 2000 else 'MISSED'}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0 if ok_match else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

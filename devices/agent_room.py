@@ -1,0 +1,362 @@
+"""One consultation's room, seen from the device agent: a WHIP session per device track,
+the room data channel, commands, measurements and stills.
+
+:class:`WhipPublisher` lifecycle::
+
+    new ──start()──▶ publishing ──(connected)──▶ published
+                        ▲                          │ connection failed/closed by the far end
+                        └────── backoff ◀──────────┘
+    any ──close()──▶ closed (DELETE of the WHIP session, peer connection closed; idempotent)
+
+A refused POST (401/403/404: token expired, room gone) stops republishing: the owner
+learns it through ``on_refused`` and may give a fresh token (site mode) or leave.
+
+:class:`RoomLink` lifecycle: new → started (publishers run, channel messages handled)
+→ closed (publishers closed, adapters closed; idempotent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Callable, Optional
+
+import aiohttp
+from aiortc import RTCConfiguration, RTCRtpSender, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamTrack
+from aiortc.rtcconfiguration import RTCBundlePolicy
+
+from media.ice import MediaNetwork, ScopedPeerConnection
+
+from .adapter import DeviceAdapter, MediaKind
+from .agent_messages import (Command, CommandRefused, device_status_message, dumps, make_preview,
+                             measurement_message, parse_command, parse_envelope, result_error, result_ok)
+from .errors import DeviceCommandError
+from .measurements import Measurement
+from .opus_encoder import OpusConfig, use_stethoscope_encoder
+from .sdp import set_opus_fmtp, stethoscope_opus_params
+
+logger = logging.getLogger(__name__)
+
+DATA_LABEL = "room"
+CONNECT_TIMEOUT_S = 15.0
+HTTP_TIMEOUT_S = 15.0
+MAX_BACKOFF_S = 10.0
+MAX_CONSECUTIVE_FAILURES = 30
+"""About five minutes of retries at the capped backoff, then the publisher gives up."""
+MAX_PENDING_COMMANDS = 8
+STATUS_CHANGING_ACTIONS = frozenset({"power", "set_mode", "set_gain", "calibrate"})
+
+
+class WhipRefused(Exception):
+    def __init__(self, status: int, body: str) -> None:
+        super().__init__(f"WHIP {status}")
+        self.status = status
+        self.body = body[:200]
+
+
+class WhipPublisher:
+    """Publishes one track over WHIP and keeps it published across network drops."""
+
+    def __init__(self, link: "RoomLink", source: str, track: MediaStreamTrack, *, data_channel: bool) -> None:
+        self.link = link
+        self.source = source
+        self.track = track
+        self.data_channel = data_channel
+        self.pc: Optional[ScopedPeerConnection] = None
+        self.channel: Any = None
+        self.location: Optional[str] = None
+        self.publishes = 0
+        """How many times a session was made (1 + reconnections)."""
+        self.connected = asyncio.Event()
+        self._lost = asyncio.Event()
+        self._closing = False
+        self._task: Optional[asyncio.Task[None]] = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"whip-{self.source}")
+
+    async def _run(self) -> None:
+        failures = 0
+        while not self._closing and failures < MAX_CONSECUTIVE_FAILURES:
+            try:
+                await self._publish()
+                failures = 0
+                await self._lost.wait()
+                if not self._closing:
+                    logger.warning("whip %s: connection lost; publishing again", self.source,
+                                   extra={"room": self.link.room})
+            except WhipRefused as exc:
+                logger.warning("whip %s: refused (%d)", self.source, exc.status, extra={"room": self.link.room})
+                if exc.status in (401, 403, 404):
+                    await self._teardown(delete=False)
+                    self.link.publisher_refused(self, exc.status)
+                    return
+                failures += 1
+            except (aiohttp.ClientError, OSError, asyncio.TimeoutError, ValueError) as exc:
+                failures += 1
+                logger.warning("whip %s: publish failed (%s), attempt %d", self.source, type(exc).__name__,
+                               failures, extra={"room": self.link.room})
+            if self._closing:
+                break
+            await self._teardown(delete=True)
+            await asyncio.sleep(min(MAX_BACKOFF_S, 0.25 * 2 ** min(failures, 6)))
+        if not self._closing:
+            logger.error("whip %s: giving up after %d failures", self.source, failures,
+                         extra={"room": self.link.room})
+
+    async def _publish(self) -> None:
+        self._lost.clear()
+        self.connected.clear()
+        pc = ScopedPeerConnection(self.link.network, RTCConfiguration(bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
+        self.pc = pc
+        transceiver = pc.addTransceiver(self.track, direction="sendonly")
+        stethoscope = self.source == "stethoscope"
+        if stethoscope:
+            opus = [c for c in RTCRtpSender.getCapabilities("audio").codecs if c.mimeType.lower() == "audio/opus"]
+            transceiver.setCodecPreferences(opus)
+            # Not VOIP: see devices/opus_encoder.py (the VOIP high-pass eats S1/S2).
+            use_stethoscope_encoder(transceiver.sender, OpusConfig())
+        if self.data_channel:
+            channel = pc.createDataChannel(DATA_LABEL)
+            self.channel = channel
+            channel.on("open", self.link.channel_open)
+            channel.on("message", self.link.channel_message)
+
+        @pc.on("connectionstatechange")
+        def on_state() -> None:
+            state = pc.connectionState
+            if state == "connected":
+                self.connected.set()
+            elif state in ("failed", "closed") and pc is self.pc:
+                self._lost.set()
+
+        await pc.setLocalDescription(await pc.createOffer())
+        offer = pc.localDescription.sdp
+        if stethoscope:
+            # Tell the far end what the encoder sends: stereo, FEC, no DTX, >= 64 kbit/s.
+            offer = set_opus_fmtp(offer, transceiver.mid, stethoscope_opus_params(OpusConfig().bitrate))
+        url = f"{self.link.base_url}/whip/{self.link.room}?source={self.source}"
+        headers = {"Authorization": f"Bearer {self.link.token}", "Content-Type": "application/sdp"}
+        timeout = aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S)
+        async with self.link.http.post(url, data=offer, headers=headers, timeout=timeout) as response:
+            body = await response.text()
+            if response.status != 201:
+                raise WhipRefused(response.status, body)
+            self.location = response.headers.get("Location")
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
+        await asyncio.wait_for(self.connected.wait(), CONNECT_TIMEOUT_S)
+        self.publishes += 1
+        logger.info("whip %s: published", self.source,
+                    extra={"room": self.link.room, "session": (self.location or "").rsplit("/", 1)[-1]})
+
+    async def _teardown(self, *, delete: bool) -> None:
+        pc, self.pc = self.pc, None
+        location, self.location = self.location, None
+        self.channel = None if self.data_channel else self.channel
+        if delete and location:
+            try:
+                timeout = aiohttp.ClientTimeout(total=5)
+                async with self.link.http.delete(f"{self.link.base_url}{location}", timeout=timeout,
+                                                 headers={"Authorization": f"Bearer {self.link.token}"}):
+                    pass
+            except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
+                pass  # the server may be gone: the session dies with it
+        if pc is not None:
+            await pc.close()
+
+    def drop(self) -> None:
+        """Act as if the network dropped this session (tests, diagnostics)."""
+        self._lost.set()
+
+    async def close(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._lost.set()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        await self._teardown(delete=True)
+
+
+class RoomLink:
+    """The agent's presence in one consultation's room."""
+
+    def __init__(self, *, http: aiohttp.ClientSession, base_url: str, consultation_id: str, room: str, token: str,
+                 adapters: dict[str, DeviceAdapter], network: MediaNetwork,
+                 on_refused: Optional[Callable[["RoomLink", int], None]] = None) -> None:
+        self.http = http
+        self.base_url = base_url.rstrip("/")
+        self.consultation_id = consultation_id
+        self.room = room
+        self.token = token
+        self.adapters = adapters
+        self.network = network
+        self.publishers: dict[str, WhipPublisher] = {}
+        self.closed = False
+        self._on_refused = on_refused
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._listeners: list[tuple[DeviceAdapter, Callable[[Measurement], None]]] = []
+
+    # -- life ------------------------------------------------------------------------
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        for adapter in self.adapters.values():
+            await adapter.start()
+
+            def listener(measurement: Measurement) -> None:
+                # Video chains run in executor threads: hop back to the loop to send.
+                loop.call_soon_threadsafe(self._measurement, measurement)
+
+            adapter.add_measurement_listener(listener)
+            self._listeners.append((adapter, listener))
+        first = True
+        for name, adapter in self.adapters.items():
+            if adapter.kind is MediaKind.DATA:
+                continue
+            track = adapter.track
+            assert track is not None
+            publisher = WhipPublisher(self, name, track, data_channel=first)
+            first = False
+            self.publishers[name] = publisher
+            publisher.start()
+        logger.info("joined room with %d tracks", len(self.publishers),
+                    extra={"consultation": self.consultation_id, "room": self.room})
+
+    async def wait_published(self, timeout: float) -> None:
+        await asyncio.wait_for(asyncio.gather(*(p.connected.wait() for p in self.publishers.values())), timeout)
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for adapter, listener in self._listeners:
+            adapter.remove_measurement_listener(listener)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*(p.close() for p in self.publishers.values()), return_exceptions=True)
+        for adapter in self.adapters.values():
+            await adapter.close()
+        logger.info("left room", extra={"consultation": self.consultation_id, "room": self.room})
+
+    def publisher_refused(self, publisher: WhipPublisher, status: int) -> None:
+        if self._on_refused is not None and not self.closed:
+            self._on_refused(self, status)
+
+    def republish(self, token: str) -> None:
+        """A fresh room token after a refusal (site mode): restart stopped publishers."""
+        self.token = token
+        for name, publisher in list(self.publishers.items()):
+            if publisher._task is not None and publisher._task.done() and not self.closed:
+                fresh = WhipPublisher(self, name, publisher.track, data_channel=publisher.data_channel)
+                self.publishers[name] = fresh
+                fresh.start()
+
+    # -- the data channel -----------------------------------------------------------------
+    @property
+    def channel(self) -> Any:
+        for publisher in self.publishers.values():
+            if publisher.data_channel:
+                return publisher.channel
+        return None
+
+    def send(self, message: dict[str, Any]) -> bool:
+        channel = self.channel
+        if channel is None or channel.readyState != "open":
+            return False
+        channel.send(dumps(message))
+        return True
+
+    def announce(self) -> None:
+        """Every device's status (at join, and when someone joins later)."""
+        for adapter in self.adapters.values():
+            self.send(device_status_message(adapter))
+
+    def channel_open(self) -> None:
+        self.announce()
+
+    def channel_message(self, text: Any) -> None:
+        envelope = parse_envelope(text)
+        if envelope is None:
+            return
+        if envelope.get("from") == "sfu":
+            data = envelope.get("data")
+            logger.info("sfu notice on the room channel: %s", data.get("type") if isinstance(data, dict) else "?",
+                        extra={"room": self.room})
+            return
+        data = envelope.get("data")
+        if isinstance(data, dict) and data.get("type") == "status_request":
+            self.announce()
+            return
+        try:
+            command = parse_command(envelope, set(self.adapters))
+        except CommandRefused as exc:
+            logger.info("command refused: %s", exc.reason if exc.device else "bad command",
+                        extra={"room": self.room, "command": exc.id, "sender_role": envelope.get("role")})
+            self.send(result_error(exc.id, exc.device, exc.reason))
+            return
+        if command is None:
+            return
+        if len(self._tasks) >= MAX_PENDING_COMMANDS:
+            self.send(result_error(command.id, command.device, "busy: too many commands in progress",
+                                   command.action))
+            return
+        task = asyncio.create_task(self._run_command(command))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_command(self, command: Command) -> None:
+        adapter = self.adapters[command.device]
+        try:
+            reply = await adapter.handle_command(command.fields)
+        except DeviceCommandError as exc:
+            logger.info("command %s on %s refused", command.action, command.device,
+                        extra={"room": self.room, "command": command.id})
+            self.send(result_error(command.id, command.device, str(exc), command.action))
+            return
+        logger.info("command %s on %s done", command.action, command.device,
+                    extra={"room": self.room, "command": command.id})
+        if command.action == "still":
+            await self._deliver_still(command, adapter, reply)
+            return
+        self.send(result_ok(command, adapter, reply))
+        if command.action in STATUS_CHANGING_ACTIONS:
+            self.send(device_status_message(adapter))
+
+    async def _deliver_still(self, command: Command, adapter: DeviceAdapter, reply: dict[str, Any]) -> None:
+        still = adapter.take_still(reply["still_id"])
+        url = f"{self.base_url}/api/consultations/{self.consultation_id}/stills"
+        headers = {"Authorization": f"Bearer {self.token}", "Content-Type": still.mime, "X-Device": adapter.name}
+        try:
+            async with self.http.post(url, data=still.data, headers=headers,
+                                      timeout=aiohttp.ClientTimeout(total=60)) as response:
+                body = await response.json(content_type=None) if response.status == 201 else None
+                status = response.status
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError, ValueError) as exc:
+            logger.warning("still upload failed (%s)", type(exc).__name__, extra={"room": self.room})
+            self.send(result_error(command.id, command.device, "still upload failed", command.action))
+            return
+        if body is None:
+            logger.warning("still upload refused (%d)", status, extra={"room": self.room})
+            self.send(result_error(command.id, command.device, f"still upload refused ({status})", command.action))
+            return
+        preview = await asyncio.get_running_loop().run_in_executor(None, make_preview, still.data)
+        logger.info("still %s uploaded", body["still_id"], extra={"room": self.room, "command": command.id})
+        self.send(result_ok(command, adapter, {"still_id": body["still_id"], "width": body["width"],
+                                               "height": body["height"], "mime": body["mime"]}))
+        self.send({"type": "still_ready", "id": command.id, "device": adapter.name, "still_id": body["still_id"],
+                   "width": body["width"], "height": body["height"], "mime": body["mime"], "url": body["url"],
+                   "preview": preview})
+
+    # -- measurements ------------------------------------------------------------------------
+    def _measurement(self, measurement: Measurement) -> None:
+        if self.closed:
+            return
+        message = measurement_message(measurement)
+        if message is not None:
+            self.send(message)

@@ -1,0 +1,254 @@
+"""REST for recordings: start/stop by the physician, and access to what was recorded.
+
+* ``POST /api/consultations/{id}/recording`` ``{"action": "start"|"stop"}``: the
+  consultation's physician only (access token).
+* ``GET /api/recordings``: the caller's recordings (a physician: those of their
+  consultations; an admin: all, with a reason).
+* ``GET /api/recordings/{consultation_id}``: the manifest.
+* ``GET /api/recordings/{consultation_id}/tracks/{file}``: one track, decrypted.
+* ``GET /api/recordings/{consultation_id}/export``: every track in one Matroska file
+  (remuxed, in sync).
+
+Access rules: the consultation's physician, or an admin who gives a reason
+(``X-Access-Reason`` header or ``?reason=``; refused with 403 before anything is
+looked up). Anyone else, and any recording that does not exist, gets the same 404:
+the answer never tells whether a recording exists. Every access is journaled
+(``recording.access``: who, role, what, the admin's reason); refusals too
+(``recording.denied``), so that probing shows in the audit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from media.recorder import Manifest, check_id
+from media.recording_service import RECORDING, RecordingRefused, RecordingService
+from media.recording_store import RecordingNotFound
+from signalling.auth import Principal, Role, bearer_token
+from teleconsult import appkeys
+
+logger = logging.getLogger(__name__)
+
+REASON_MIN, REASON_MAX = 4, 128
+_MIME = {".webm": "video/webm", ".mkv": "video/x-matroska"}
+
+
+def _error(status: int, error: str, reason: str) -> web.Response:
+    from teleconsult.app import json_error
+
+    return json_error(status, error, reason)
+
+
+class _Denied(Exception):
+    def __init__(self, response: web.Response) -> None:
+        super().__init__(response.status)
+        self.response = response
+
+
+def _not_found() -> _Denied:
+    return _Denied(_error(404, "not_found", "no such recording"))
+
+
+def _service(request: web.Request) -> RecordingService:
+    return request.app[RECORDING]
+
+
+async def _principal(request: web.Request) -> Principal:
+    return await request.app[appkeys.TOKENS].verify_access(bearer_token(request.headers.get("Authorization")))
+
+
+def _access_reason(request: web.Request) -> str | None:
+    text = (request.headers.get("X-Access-Reason") or request.query.get("reason") or "").strip()
+    if not (REASON_MIN <= len(text) <= REASON_MAX) or not text.isprintable():
+        return None
+    return text
+
+
+async def _journal(request: web.Request, act: str, principal: Principal, consultation_id: str | None,
+                   **ids: Any) -> None:
+    sig = request.app.get(appkeys.SIGNALLING)
+    if sig is None:
+        raise _Denied(_error(503, "unavailable", "no journal in this process"))
+    await sig.journal.append(act, actor=principal.subject, consultation_id=consultation_id,
+                             role=principal.role.value, **ids)
+
+
+async def _owner(request: web.Request, manifest: Manifest) -> str:
+    """The consultation's physician (the consultation record says; else who started it)."""
+    sig = request.app.get(appkeys.SIGNALLING)
+    c = await sig.get_any(manifest.consultation_id) if sig is not None else None
+    return str(c.physician) if c is not None and c.physician else manifest.started_by
+
+
+async def _authorize(request: web.Request, op: str) -> tuple[Principal, Manifest, str | None]:
+    """Who may see this recording; journals the refusal when not."""
+    principal = await _principal(request)
+    cid = request.match_info["consultation_id"]
+    reason: str | None = None
+    if principal.role is Role.ADMIN:
+        reason = _access_reason(request)
+        if reason is None:
+            await _journal(request, "recording.denied", principal, None, op=op, why="no_access_reason")
+            raise _Denied(_error(403, "reason_required", "admins give a reason: X-Access-Reason header or ?reason="))
+    try:
+        check_id(cid)
+        manifest = _service(request).store.manifest(cid)
+    except (ValueError, RecordingNotFound):
+        await _journal(request, "recording.denied", principal, None, op=op, why="not_found")
+        raise _not_found() from None
+    if manifest.shredded_at is not None:
+        await _journal(request, "recording.denied", principal, cid, op=op, why="shredded")
+        raise _not_found()
+    if principal.role is not Role.ADMIN:
+        if principal.role is not Role.PHYSICIAN or await _owner(request, manifest) != principal.subject:
+            await _journal(request, "recording.denied", principal, cid, op=op, why="not_owner")
+            raise _not_found()
+    return principal, manifest, reason
+
+
+def _denied_to_response(handler: Any) -> Any:
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except _Denied as denied:
+            return denied.response
+
+    wrapped.__name__ = handler.__name__
+    wrapped.__doc__ = handler.__doc__
+    return wrapped
+
+
+@_denied_to_response
+async def post_recording(request: web.Request) -> web.Response:
+    """Start or stop the recording of a consultation (its physician only)."""
+    principal = await _principal(request)
+    try:
+        body = await request.json()
+    except ValueError:
+        return _error(400, "bad_request", "body is not JSON")
+    action = body.get("action") if isinstance(body, dict) else None
+    if action not in ("start", "stop") or set(body) - {"action"}:
+        return _error(400, "bad_request", 'body must be {"action": "start"} or {"action": "stop"}')
+    cid = request.match_info["id"]
+    if principal.role is not Role.PHYSICIAN:
+        return _error(403, "forbidden", "only the consultation's physician starts or stops a recording")
+    service = _service(request)
+    try:
+        if action == "start":
+            manifest = await service.start(cid, principal.subject)
+        else:
+            manifest = await service.stop_for(cid, principal.subject)
+    except RecordingRefused as refused:
+        return _error(refused.status, refused.error, refused.reason)
+    return web.json_response({"consultation_id": cid, "recording": action == "start",
+                              "manifest": manifest.to_dict()})
+
+
+@_denied_to_response
+async def list_recordings(request: web.Request) -> web.Response:
+    principal = await _principal(request)
+    reason: str | None = None
+    if principal.role is Role.ADMIN:
+        reason = _access_reason(request)
+        if reason is None:
+            await _journal(request, "recording.denied", principal, None, op="list", why="no_access_reason")
+            return _error(403, "reason_required", "admins give a reason: X-Access-Reason header or ?reason=")
+    elif principal.role is not Role.PHYSICIAN:
+        return web.json_response({"recordings": []})
+    manifests = await asyncio.to_thread(_service(request).store.list)
+    out = []
+    for manifest in manifests:
+        if principal.role is Role.ADMIN or await _owner(request, manifest) == principal.subject:
+            out.append(_summary(manifest))
+    await _journal(request, "recording.access", principal, None, op="list", count=len(out), access_reason=reason)
+    return web.json_response({"recordings": out})
+
+
+def _summary(m: Manifest) -> dict[str, Any]:
+    return {"consultation_id": m.consultation_id, "started_at": m.started_at, "stopped_at": m.stopped_at,
+            "started_by": m.started_by, "stopped_reason": m.stopped_reason, "shredded_at": m.shredded_at,
+            "encrypted": m.encrypted, "tracks": len(m.tracks)}
+
+
+@_denied_to_response
+async def get_manifest(request: web.Request) -> web.Response:
+    principal, manifest, reason = await _authorize(request, "manifest")
+    await _journal(request, "recording.access", principal, manifest.consultation_id, op="manifest",
+                   access_reason=reason)
+    return web.json_response(manifest.to_dict())
+
+
+@_denied_to_response
+async def get_track(request: web.Request) -> web.StreamResponse:
+    principal, manifest, reason = await _authorize(request, "track")
+    name = request.match_info["file"]
+    entry = next((t for t in manifest.tracks if t.file == name), None)
+    if entry is None:  # only files the manifest names: nothing else under the directory is served
+        return _error(404, "not_found", "no such track")
+    if manifest.stopped_at is None:
+        return _error(409, "conflict", "still recording")
+    service = _service(request)
+    path = service.store.root / manifest.consultation_id / entry.file
+    if not path.exists():
+        return _error(404, "not_found", "no such track")
+    await _journal(request, "recording.access", principal, manifest.consultation_id, op="track", file=entry.file,
+                   access_reason=reason)
+    chunks = service.vault.read_chunks(path)
+    response = web.StreamResponse(headers={"Content-Type": _MIME.get(path.suffix, "application/octet-stream"),
+                                           "Content-Disposition": f'attachment; filename="{entry.file}"'})
+    await response.prepare(request)
+    while True:
+        # Decryption (and the tag check of each chunk) off the event loop.
+        chunk = await asyncio.to_thread(next, chunks, None)
+        if chunk is None:
+            break
+        await response.write(chunk)
+    await response.write_eof()
+    return response
+
+
+@_denied_to_response
+async def get_export(request: web.Request) -> web.StreamResponse:
+    principal, manifest, reason = await _authorize(request, "export")
+    if manifest.stopped_at is None:
+        return _error(409, "conflict", "still recording")
+    service = _service(request)
+    await _journal(request, "recording.access", principal, manifest.consultation_id, op="export",
+                   access_reason=reason)
+    # The muxer needs a seekable file: a temporary one next to the recordings, unlinked
+    # as soon as it is open so that no plaintext copy outlives the response.
+    tmp_dir = Path(service.settings.server.data_dir) / "tmp"
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_dir / f"export-{secrets.token_hex(8)}.mkv"
+    try:
+        await asyncio.to_thread(service.store.export, manifest.consultation_id, tmp)
+        f = open(tmp, "rb")
+    finally:
+        tmp.unlink(missing_ok=True)
+    try:
+        size = os.fstat(f.fileno()).st_size
+        response = web.StreamResponse(headers={
+            "Content-Type": "video/x-matroska", "Content-Length": str(size),
+            "Content-Disposition": f'attachment; filename="{manifest.consultation_id}.mkv"'})
+        await response.prepare(request)
+        while block := await asyncio.to_thread(f.read, 1 << 16):
+            await response.write(block)
+        await response.write_eof()
+    finally:
+        f.close()
+    return response
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/api/consultations/{id}/recording", post_recording)
+    app.router.add_get("/api/recordings", list_recordings)
+    app.router.add_get("/api/recordings/{consultation_id}", get_manifest)
+    app.router.add_get("/api/recordings/{consultation_id}/tracks/{file}", get_track)
+    app.router.add_get("/api/recordings/{consultation_id}/export", get_export)

@@ -1,0 +1,481 @@
+"""Recording of consultations, wired to the SFU and to signalling.
+
+:class:`RecordingService` (one per process, under :data:`RECORDING`) records every
+publication of a consultation's room while the consultation's physician wants it and
+the patient consented at check-in:
+
+* ``start(consultation_id, principal)``: refused unless the caller is the
+  consultation's physician, the consultation is active and ``consent_recording`` is
+  true. Every publication present is tapped (``Publication.add_packet_listener``),
+  later ones are added on ``publication_added``, ended ones closed on
+  ``publication_removed``. Video tracks start at their first keyframe: a PLI goes
+  upstream at start and again (rate-limited) whenever the recorder says it waits
+  for one (after a loss broke the chain).
+* ``stop(consultation_id, actor, reason)``: the physician, the room closing (the
+  consultation ended), or the server shutting down.
+* A write error (disk full) fails the recording (``recording.failed`` to the
+  parties, journaled); forwarding goes on untouched: the taps never raise.
+* Background work (``cleanup_ctx``): recover recordings a crash left open at
+  startup, flush every ``recording.flush_interval_s``, crypto-shred expired
+  recordings daily, stop everything at shutdown.
+
+Events to the consultation's nurses and physician (signalling socket):
+``recording.started`` / ``recording.stopped`` / ``recording.failed``. Journal acts:
+``recording.start``, ``recording.stop``, ``recording.fail``, ``recording.recover``,
+``recording.shred``, ``recording.access`` (see :mod:`media.recording_http`).
+
+Lifecycle of one consultation's recording: recording -> stopped | failed (one
+recording per consultation: the files are named after it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import errno
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Callable, Protocol
+
+from aiohttp import web
+
+from config.settings import Settings
+from media.crypto import Vault
+from media.recorder import Manifest, RecordingSession, recover
+from media.recording_store import RecordingStore
+
+logger = logging.getLogger(__name__)
+
+DAY_S = 86400.0
+
+
+class RecordingRefused(Exception):
+    """A start or stop that may not happen; ``status`` and ``error`` for HTTP."""
+
+    def __init__(self, status: int, error: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.error = error
+        self.reason = reason
+
+
+class Signalling(Protocol):
+    """What the recording needs of :class:`signalling.service.SignallingService`."""
+
+    journal: Any
+
+    async def get_any(self, cid: str) -> Any: ...
+
+    async def emit(self, targets: Any, message: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class _Active:
+    """One consultation being recorded."""
+
+    consultation_id: str
+    room: str
+    site: str
+    physician: str
+    session: RecordingSession
+    taps: dict[str, Callable[[], None]] = field(default_factory=dict)
+    """publication id -> remover of its packet listener."""
+    last_pli: dict[str, float] = field(default_factory=dict)
+    unlisten: Callable[[], None] | None = None
+
+
+class RecordingService:
+    def __init__(self, settings: Settings, store: RecordingStore, vault: Vault, *,
+                 sfu: Callable[[], Any], signalling: Callable[[], Signalling | None],
+                 clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.store = store
+        self.vault = vault
+        self._sfu = sfu
+        self._signalling = signalling
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._pli_interval = settings.media.pli_interval_s
+        self._active: dict[str, _Active] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closing = False
+
+    # -- queries ---------------------------------------------------------------
+    def recording(self, consultation_id: str) -> bool:
+        return consultation_id in self._active
+
+    def session(self, consultation_id: str) -> RecordingSession | None:
+        active = self._active.get(consultation_id)
+        return active.session if active else None
+
+    # -- start / stop ------------------------------------------------------------
+    async def start(self, consultation_id: str, physician: str) -> Manifest:
+        """Start recording for ``physician`` (checked against the consultation)."""
+        sig = self._signalling()
+        sfu = self._sfu()
+        if sig is None or sfu is None:
+            raise RecordingRefused(503, "unavailable", "no signalling or media server in this process")
+        c = await sig.get_any(consultation_id)
+        # Someone else's consultation looks like no consultation (no existence oracle).
+        if c is None or c.physician != physician:
+            raise RecordingRefused(404, "not_found", "no such consultation")
+        if getattr(c.state, "value", c.state) != "active":
+            raise RecordingRefused(409, "conflict", "only an active consultation can be recorded")
+        if not c.consent_recording:
+            raise RecordingRefused(403, "no_consent", "the patient did not consent to recording at check-in")
+        if self._closing:
+            raise RecordingRefused(503, "unavailable", "the server is shutting down")
+        if consultation_id in self._active:
+            raise RecordingRefused(409, "conflict", "already recording")
+        room_name = c.room or c.id
+        try:
+            session = self.store.start_session(
+                consultation_id, started_by=physician, flush_interval_s=self.settings.recording.flush_interval_s,
+                on_error=self._on_error, clock=self._clock)
+        except FileExistsError:
+            raise RecordingRefused(409, "conflict", "this consultation was already recorded") from None
+        except OSError as exc:
+            logger.error("recording %s could not start: %s", consultation_id, exc)
+            raise RecordingRefused(507 if exc.errno == errno.ENOSPC else 500, "storage",
+                                   "the recording could not be created") from None
+        active = _Active(consultation_id, room_name, c.site, physician, session)
+        self._active[consultation_id] = active
+        try:
+            await sig.journal.append("recording.start", actor=physician, consultation_id=consultation_id,
+                                     room=room_name, encrypted=self.vault.encrypted)
+        except Exception:
+            # No recording without its journal entry.
+            self._active.pop(consultation_id, None)
+            session.stop("system", "journal_failed")
+            raise RecordingRefused(503, "unavailable", "the journal could not be written") from None
+        if self._active.get(consultation_id) is not active:
+            raise RecordingRefused(409, "conflict", "the consultation ended meanwhile")
+        room = sfu.create_room(room_name)
+        active.unlisten = room.listen(lambda event: self._on_room_event(active, event))
+        for publication in list(room.publications.values()):
+            self._tap(active, publication)
+        await self._announce(active, {"type": "recording.started", "consultation_id": consultation_id,
+                                      "by": physician, "at": session.manifest.started_at,
+                                      "encrypted": self.vault.encrypted})
+        return session.manifest
+
+    async def stop(self, consultation_id: str, actor: str, reason: str = "stopped") -> Manifest:
+        """Stop (``actor`` checked by the caller); raises RecordingRefused when not recording."""
+        active = self._active.get(consultation_id)
+        if active is None:
+            raise RecordingRefused(409, "conflict", "not recording")
+        manifest = self._stop_now(active, actor, reason)
+        await self._announce_stop(active, manifest, actor, reason)
+        return manifest
+
+    async def stop_for(self, consultation_id: str, physician: str) -> Manifest:
+        """The physician's stop: same answer as start for someone else's consultation."""
+        active = self._active.get(consultation_id)
+        if active is None or active.physician != physician:
+            sig = self._signalling()
+            c = await sig.get_any(consultation_id) if sig is not None else None
+            if c is None or c.physician != physician:
+                raise RecordingRefused(404, "not_found", "no such consultation")
+            raise RecordingRefused(409, "conflict", "not recording")
+        return await self.stop(consultation_id, physician, "stopped")
+
+    def _stop_now(self, active: _Active, actor: str, reason: str) -> Manifest:
+        """Synchronous part: untap and close the files (safe inside an SFU callback)."""
+        self._active.pop(active.consultation_id, None)
+        self._untap_all(active)
+        return active.session.stop(actor, reason)
+
+    async def _announce_stop(self, active: _Active, manifest: Manifest, actor: str, reason: str) -> None:
+        sig = self._signalling()
+        if sig is not None:
+            try:
+                await sig.journal.append("recording.stop", actor=actor, consultation_id=active.consultation_id,
+                                         stop_reason=reason, tracks=len(manifest.tracks),
+                                         frames=sum(t.frames for t in manifest.tracks))
+            except Exception:
+                logger.exception("recording %s: journal entry for stop failed", active.consultation_id)
+        if active.session.state == "failed":
+            await self._announce_failure(active, active.session.error)
+            return
+        await self._announce(active, {"type": "recording.stopped", "consultation_id": active.consultation_id,
+                                      "by": actor, "at": manifest.stopped_at, "stop_reason": reason,
+                                      "tracks": len(manifest.tracks)})
+
+    # -- taps ------------------------------------------------------------------
+    def _tap(self, active: _Active, publication: Any) -> None:
+        info = publication.info
+        if info.id in active.taps or publication.closed:
+            return
+        try:
+            active.session.add_track(info.id, info.identity, info.source, publication.codec)
+        except ValueError as exc:  # a source or codec the recorder does not keep (screen...)
+            logger.info("recording %s: publication %s not recorded: %s", active.consultation_id, info.id, exc)
+            return
+        except OSError as exc:
+            active.session._fail(exc)  # the manifest could not be saved: same as a write error
+            return
+        session = active.session
+        pid = info.id
+        wants_keyframe = info.kind == "video"
+        parse = _rtp_parser()
+        clock = self._clock
+
+        def on_packet(data: bytes) -> None:
+            # In the forwarding path: never raise, do as little as possible.
+            try:
+                packet = parse(data)
+            except Exception:
+                return
+            if session.feed(pid, packet, clock()) and wants_keyframe:
+                self._keyframe(active, publication)
+
+        active.taps[pid] = publication.add_packet_listener(on_packet)
+        if wants_keyframe:
+            self._keyframe(active, publication)
+        logger.info("recording %s: track %s (%s) added", active.consultation_id, pid, info.source)
+
+    def _keyframe(self, active: _Active, publication: Any) -> None:
+        now = self._clock()
+        pid = publication.info.id
+        if now - active.last_pli.get(pid, -1e9) < self._pli_interval:
+            return
+        active.last_pli[pid] = now
+        try:
+            publication.forwarder.keyframe_wanted("recording")
+        except Exception:
+            logger.exception("recording %s: keyframe request failed", active.consultation_id)
+
+    def _untap(self, active: _Active, publication_id: str) -> None:
+        remove = active.taps.pop(publication_id, None)
+        if remove is not None:
+            remove()
+
+    def _untap_all(self, active: _Active) -> None:
+        for pid in list(active.taps):
+            self._untap(active, pid)
+        if active.unlisten is not None:
+            active.unlisten()
+            active.unlisten = None
+
+    def _on_room_event(self, active: _Active, event: Any) -> None:
+        """SFU room callback (sync)."""
+        if self._active.get(active.consultation_id) is not active:
+            return
+        kind = getattr(event.type, "value", str(event.type))
+        if kind == "publication_added" and event.publication is not None:
+            sfu = self._sfu()
+            room = sfu.create_room(active.room) if sfu is not None else None
+            publication = room.publication(event.publication.id) if room is not None else None
+            if publication is not None:
+                self._tap(active, publication)
+        elif kind == "publication_removed" and event.publication is not None:
+            self._untap(active, event.publication.id)
+            active.session.remove_track(event.publication.id)
+        elif kind == "room_closed":
+            manifest = self._stop_now(active, "system", "consultation_ended")
+            self._spawn(self._announce_stop(active, manifest, "system", "consultation_ended"))
+
+    # -- failures ----------------------------------------------------------------
+    def _on_error(self, consultation_id: str, exc: BaseException) -> None:
+        """From the recorder (sync, maybe inside a packet tap): untap, then tell."""
+        active = self._active.pop(consultation_id, None)
+        if active is None:
+            return
+        self._untap_all(active)
+        self._spawn(self._announce_failure(active, exc, journal=True))
+
+    async def _announce_failure(self, active: _Active, exc: BaseException | None, journal: bool = False) -> None:
+        reason = _failure_reason(exc)
+        sig = self._signalling()
+        if journal and sig is not None:
+            try:
+                await sig.journal.append("recording.fail", actor="system", consultation_id=active.consultation_id,
+                                         error=reason)
+            except Exception:
+                logger.exception("recording %s: journal entry for failure failed", active.consultation_id)
+        await self._announce(active, {"type": "recording.failed", "consultation_id": active.consultation_id,
+                                      "at": self._wall_clock(), "error": reason})
+
+    async def _announce(self, active: _Active, message: dict[str, Any]) -> None:
+        sig = self._signalling()
+        if sig is None:
+            return
+        targets = [("site", f"{active.site}/nurse"), ("user", active.physician)]
+        try:
+            await sig.emit(targets, message)
+        except Exception:
+            logger.exception("recording %s: event %s not sent", active.consultation_id, message.get("type"))
+
+    # -- background ---------------------------------------------------------------
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def recover(self) -> list[str]:
+        """Close what a crash left open; journaled."""
+        ids = await asyncio.to_thread(recover, self.store.root, self.vault)
+        sig = self._signalling()
+        for cid in ids:
+            if sig is not None:
+                await sig.journal.append("recording.recover", actor="system", consultation_id=cid)
+        return ids
+
+    async def purge(self, now: float | None = None) -> list[str]:
+        """Crypto-shred recordings past retention; journaled."""
+        shredded = await asyncio.to_thread(self.store.purge_expired, now)
+        sig = self._signalling()
+        for item in shredded:
+            if sig is not None:
+                await sig.journal.append("recording.shred", actor="retention", consultation_id=item.consultation_id,
+                                         files=len(item.files), stopped_at=item.stopped_at)
+        return [item.consultation_id for item in shredded]
+
+    async def _flush_loop(self) -> None:
+        interval = self.settings.recording.flush_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            for active in list(self._active.values()):
+                active.session.flush()  # never raises; errors come back through _on_error
+
+    async def _purge_loop(self) -> None:
+        while True:
+            try:
+                await self.purge()
+            except Exception:
+                logger.exception("recording retention purge failed")
+            await asyncio.sleep(DAY_S)
+
+    async def run(self) -> None:
+        """Start the background work (after :meth:`recover`)."""
+        self._spawn(self._flush_loop())
+        self._spawn(self._purge_loop())
+
+    async def close(self) -> None:
+        """Stop every recording (server shutdown), then the background work."""
+        self._closing = True
+        for active in list(self._active.values()):
+            manifest = self._stop_now(active, "system", "shutdown")
+            await self._announce_stop(active, manifest, "system", "shutdown")
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
+
+
+def _failure_reason(exc: BaseException | None) -> str:
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return "disk_full"
+    if isinstance(exc, OSError):
+        return "write_error"
+    return "recorder_error" if exc is not None else "unknown"
+
+
+def _rtp_parser() -> Callable[[bytes], Any]:
+    from aiortc.rtp import RtpPacket
+
+    return RtpPacket.parse
+
+
+# -- application ----------------------------------------------------------------
+RECORDING = web.AppKey("recording", RecordingService)
+
+
+def build(settings: Settings, *, sfu: Callable[[], Any], signalling: Callable[[], Any]) -> RecordingService:
+    vault = Vault.from_settings(settings.recording)
+    store = RecordingStore.for_data_dir(settings.server.data_dir, vault,
+                                        retention_days=settings.recording.retention_days)
+    return RecordingService(settings, store, vault, sfu=sfu, signalling=signalling)
+
+
+def setup(app: web.Application) -> None:
+    """Routes and background work; goes after ``sfu`` and ``signalling`` in the app."""
+    from media import recording_http
+    from teleconsult import appkeys
+
+    settings = app[appkeys.SETTINGS]
+    service = build(settings, sfu=lambda: app.get(appkeys.SFU), signalling=lambda: app.get(appkeys.SIGNALLING))
+    app[RECORDING] = service
+
+    async def lifetime(app: web.Application) -> AsyncIterator[None]:
+        recovered = await service.recover()
+        if recovered:
+            logger.info("recovered %d unfinished recordings", len(recovered))
+        await service.run()
+        yield
+        await service.close()
+
+    app.cleanup_ctx.append(lifetime)
+    recording_http.add_routes(app)
+
+
+# -- command line -----------------------------------------------------------------
+def add_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """``teleconsult recording export|verify`` (a contract: options are added, never renamed)."""
+    rec = sub.add_parser("recording", help="recordings under server.data_dir: export, verify")
+    rec_sub = rec.add_subparsers(dest="recording_command", required=True)
+    export = rec_sub.add_parser("export", help="one multi-track Matroska file (remux, no transcoding)")
+    export.add_argument("consultation_id")
+    export.add_argument("--out", required=True, metavar="FILE")
+    export.set_defaults(func=cmd_export)
+    verify = rec_sub.add_parser("verify", help="decode every track; frames, duration and gaps (exit 1 if not ok)")
+    verify.add_argument("consultation_id")
+    verify.add_argument("--json", action="store_true", help="print the report as JSON")
+    verify.set_defaults(func=cmd_verify)
+
+
+def _cli_store(settings: Settings) -> RecordingStore:
+    vault = Vault.from_settings(settings.recording)
+    return RecordingStore.for_data_dir(settings.server.data_dir, vault,
+                                       retention_days=settings.recording.retention_days)
+
+
+def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
+    import sys
+    from pathlib import Path
+
+    from media.recording_store import RecordingNotFound
+
+    try:
+        store = _cli_store(settings)
+        out = store.export(args.consultation_id, Path(args.out))
+    except RecordingNotFound:
+        print(f"no recording {args.consultation_id}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        print(f"export failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"exported {args.consultation_id} to {out}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
+    import json
+    import sys
+
+    from media.recording_store import RecordingNotFound
+
+    try:
+        report = _cli_store(settings).verify(args.consultation_id)
+    except RecordingNotFound:
+        print(f"no recording {args.consultation_id}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        print(f"verify failed: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(f"recording {report.consultation_id}: {'ok' if report.ok else 'NOT OK'}")
+        for t in report.tracks:
+            print(f"  {t.file}  {t.source}  {t.codec}  frames {t.decoded_frames} decoded / {t.packets} packets / "
+                  f"{t.frames_expected} expected  duration {t.duration_s:.3f} s  gaps {len(t.gaps)}"
+                  f"{'  decode errors ' + str(t.decode_errors) if t.decode_errors else ''}"
+                  f"{'  ERROR ' + t.error if t.error else ''}  {'ok' if t.ok else 'NOT OK'}")
+            for gap in t.gaps:
+                print(f"    gap at {gap.at_s:.3f} s: {gap.length_s:.3f} s")
+    return 0 if report.ok else 1

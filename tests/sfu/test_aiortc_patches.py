@@ -1,0 +1,76 @@
+"""The aiortc internals sfu/aiortc_patches.py relies on: an aiortc upgrade that changes any
+of them fails here, loudly, before it silently breaks forwarding."""
+
+from __future__ import annotations
+
+import inspect
+
+import aiortc
+import pytest
+from aiortc import RTCRtpReceiver, RTCRtpSender
+from aiortc.rtcdtlstransport import RTCDtlsTransport
+from aiortc.rtcpeerconnection import RTCPeerConnection
+
+from media.ice import ScopedPeerConnection
+from sfu import aiortc_patches as patches
+
+
+def test_pinned_version():
+    assert aiortc.__version__.startswith("1.16."), "re-check sfu/aiortc_patches.py against this aiortc"
+
+
+def test_the_datagram_path_goes_through_the_tapped_method():
+    source = inspect.getsource(RTCDtlsTransport._recv_next)
+    assert "await self._handle_rtp_data(data, arrival_time_ms=arrival_time_ms)" in source
+    assert "self._rx_srtp.unprotect(data)" in source
+    assert "self._tx_srtp.protect(data)" in inspect.getsource(RTCDtlsTransport._send_rtp)
+
+
+def test_sender_internals():
+    assert "self._send_keyframe()" in inspect.getsource(RTCRtpSender._handle_rtcp_packet)
+    assert "self.__encoder = get_encoder(codec)" in inspect.getsource(RTCRtpSender._next_encoded_frame)
+    assert "await self._next_encoded_frame(codec)" in inspect.getsource(RTCRtpSender._run_rtp)
+    sr = inspect.getsource(RTCRtpSender._run_rtcp)
+    for name in ("__ntp_timestamp", "__rtp_timestamp", "__packet_count", "__octet_count"):
+        assert f"self.{name}" in sr
+
+
+def test_receiver_internals():
+    source = inspect.getsource(RTCRtpReceiver._handle_rtp_packet)
+    assert "self.__remote_streams[packet.ssrc].add(packet)" in source
+    assert "self.__nack_generator.add(packet)" in source
+    assert "self.__decoder_queue.put((codec, encoded_frame))" in source
+    assert "self.__decoder_queue" in inspect.getsource(RTCRtpReceiver.receive)
+
+
+def test_transceiver_matching_by_mid():
+    source = inspect.getsource(RTCPeerConnection.setRemoteDescription)
+    assert "t.mid in [None, media.rtp.muxId]" in source
+    assert "transceiver._preferred_codecs" in source
+
+
+async def test_objects_have_the_attributes_used():
+    pc = ScopedPeerConnection()
+    try:
+        t = pc.addTransceiver("video", direction="sendonly")
+        receiver, sender = t.receiver, t.sender
+        codecs, rtx = patches.receiver_tables(receiver)
+        assert codecs == {} and rtx == {}
+        assert patches.feed_receiver(receiver, 1, 10, 0, 90000) is None
+        assert patches.feed_receiver(receiver, 1, 13, 0, 90000) == [11, 12]
+        patches.note_sent(sender, 1234, 100)
+        assert patches.sender_report_counts(sender) == (1, 100, 1234)
+        assert patches.sender_rtx_payload_type(sender) is None and not patches.sender_started(sender)
+        decodes = []
+        patches.count_decodes(receiver, lambda: decodes.append(1))
+        receiver._RTCRtpReceiver__decoder_queue.put(("codec", "frame"))
+        assert decodes == [1]
+        patches.bind_transceiver(t, "7", 3)
+        assert t.mid == "7" and t._get_mline_index() == 3
+        transport = receiver.transport
+        assert patches.tap_transport(transport, patches.send_rtp) and not patches.tap_transport(
+            transport, patches.send_rtp)
+        with pytest.raises(ConnectionError):
+            await patches.send_rtp(transport, b"\x80" * 12)
+    finally:
+        await pc.close()

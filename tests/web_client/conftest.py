@@ -1,0 +1,61 @@
+"""Helpers for the browser pages' tests: Chromium contexts per language, a
+Chromium that denies camera and microphone, screenshots under ARTIFACTS."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import AsyncIterator
+
+import pytest
+
+from tests.support import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
+
+SCREENSHOTS = ARTIFACTS / "screenshots"
+
+
+@pytest.fixture
+async def denied_chromium() -> AsyncIterator[object]:
+    """Chromium whose permission prompts for camera and microphone are answered "deny"."""
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(f"{CHROMIUM} is missing (the test command installs it: scripts/test.sh)")
+    from playwright.async_api import async_playwright
+
+    args = ["--use-fake-ui-for-media-stream=deny" if a == "--use-fake-ui-for-media-stream" else a
+            for a in CHROMIUM_ARGS]
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+class Console:
+    """Everything a page printed, to check that no patient data reaches the console."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.errors: list[str] = []
+
+    def text(self) -> str:
+        return "\n".join(self.lines + self.errors)
+
+
+async def open_page(browser, url: str, *, locale: str = "en-US", console: Console | None = None,
+                    viewport: dict[str, int] | None = None):  # type: ignore[no-untyped-def]
+    """A new context (own sessionStorage, own language) and a page at ``url``."""
+    context = await browser.new_context(locale=locale, viewport=viewport or {"width": 1400, "height": 900})
+    page = await context.new_page()
+    if console is not None:
+        page.on("console", lambda m: console.lines.append(m.text))
+        page.on("pageerror", lambda e: console.errors.append(str(e)))
+    await page.goto(url)
+    return page
+
+
+async def screenshot(page, name: str, *, full_page: bool = True) -> Path:  # type: ignore[no-untyped-def]
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / name
+    await page.screenshot(path=str(path), full_page=full_page)
+    return path

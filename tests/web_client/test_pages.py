@@ -1,0 +1,127 @@
+"""The pages load in French and English, sign in from a link, and say clearly
+when the session expired or the page is the wrong one."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import aiohttp
+import jwt
+
+from tests.support import RunningServer, loopback_settings, start_server
+from tests.web_client.conftest import Console, open_page, screenshot
+
+
+async def test_landing_in_english_then_french_by_switch(server: RunningServer, chromium) -> None:  # type: ignore[no-untyped-def]
+    page = await open_page(chromium, server.url + "/", locale="en-US")
+    await page.wait_for_function("document.querySelector('h1').textContent === 'Teleconsultation'")
+    assert await page.get_attribute("html", "lang") == "en"
+    await screenshot(page, "landing-en.png")
+    switch = page.locator("#lang-switch")
+    assert await switch.text_content() == "Français"
+    await switch.focus()
+    await page.keyboard.press("Enter")  # keyboard-usable
+    await page.wait_for_function("document.querySelector('h1').textContent === 'Téléconsultation'")
+    assert await page.get_attribute("html", "lang") == "fr"
+    assert await page.locator("#link-nurse").text_content() == "Infirmier·e"
+    await page.context.close()
+
+
+async def test_pages_follow_the_browser_language(server: RunningServer, chromium) -> None:  # type: ignore[no-untyped-def]
+    token = server.tokens.issue_access("nurse", "nurse-fr", site="cabin-demo")
+    page = await open_page(chromium, f"{server.url}/nurse#token={token}", locale="fr-FR")
+    await page.wait_for_function("document.querySelector('#checkin-title').textContent === 'Enregistrer un patient'")
+    assert await page.locator("label[for=patient-ref]").text_content() == "Référence du patient"
+    assert await page.get_attribute("html", "lang") == "fr"
+    await page.context.close()
+    page = await open_page(chromium, f"{server.url}/nurse#token={token}", locale="en-GB")
+    await page.wait_for_function("document.querySelector('#checkin-title').textContent === 'Check a patient in'")
+    await page.context.close()
+
+
+async def test_sign_in_from_a_link_keeps_the_token_out_of_the_url(server: RunningServer, chromium) -> None:  # type: ignore[no-untyped-def]
+    token = server.tokens.issue_access("physician", "dr-demo", specialties=["general", "cardiology"])
+    page = await open_page(chromium, f"{server.url}/physician#token={token}")
+    await page.wait_for_function("document.querySelector('#who').textContent === 'dr-demo'")
+    assert page.url == server.url + "/physician"
+    assert "token" not in await page.evaluate("location.href + history.state")
+    assert await page.evaluate("sessionStorage.getItem('tc.token.physician')") == token
+    assert await page.locator("#my-specialties").text_content() == "General medicine, Cardiology"
+    await page.reload()  # the tab remembers the sign-in
+    await page.wait_for_function("document.querySelector('#who').textContent === 'dr-demo'")
+    await page.context.close()
+
+
+async def test_expired_token_shows_sign_in_again(server: RunningServer, chromium) -> None:  # type: ignore[no-untyped-def]
+    now = int(time.time())
+    expired = jwt.encode({"iss": "teleconsult", "aud": "teleconsult", "sub": "nurse-1", "typ": "access",
+                          "role": "nurse", "site": "cabin-demo", "iat": now - 100, "exp": now - 50},
+                         server.tokens._keys.signing, algorithm="HS256")
+    page = await open_page(chromium, f"{server.url}/nurse#token={expired}")
+    problem = page.locator("#signin-problem[data-kind=expired]")
+    await problem.wait_for(timeout=10000)
+    assert "Session expired" in await problem.text_content()
+    assert await page.evaluate("sessionStorage.getItem('tc.token.nurse')") is None
+    assert page.url == server.url + "/nurse"
+    await screenshot(page, "session-expired.png")
+    await page.context.close()
+
+
+async def test_no_token_and_wrong_role(server: RunningServer, chromium) -> None:  # type: ignore[no-untyped-def]
+    page = await open_page(chromium, f"{server.url}/physician")
+    await page.locator("#signin-problem[data-kind=signed_out]").wait_for(timeout=10000)
+    assert "teleconsult token access --role physician" in await page.locator("#signin-problem code").text_content()
+    nurse = server.tokens.issue_access("nurse", "nurse-1", site="cabin-demo")
+    await page.goto(f"{server.url}/physician#token={nurse}")
+    await page.locator("#signin-problem[data-kind=wrong_role]").wait_for(timeout=10000)
+    assert await page.locator("#signin-problem a").get_attribute("href") == "/nurse"
+    await page.context.close()
+
+
+async def test_auth_config_and_openid_redirect(tmp_path: Path, chromium) -> None:  # type: ignore[no-untyped-def]
+    settings = loopback_settings(tmp_path / "data", auth={
+        "oidc_authorize_url": "https://sso.example.test/authorize", "oidc_client_id": "teleconsult-web"})
+    running = await start_server(settings)
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(running.url + "/api/auth/config") as r:
+                assert await r.json() == {"oidc_authorize_url": "https://sso.example.test/authorize",
+                                          "oidc_client_id": "teleconsult-web", "issuer": ""}
+        context = await chromium.new_context()
+        page = await context.new_page()
+        requested: list[str] = []
+
+        async def provider(route) -> None:  # type: ignore[no-untyped-def]
+            # Intercepted in the browser: nothing leaves the machine.
+            requested.append(route.request.url)
+            await route.fulfill(body="the provider's sign-in page", content_type="text/plain")
+
+        await page.route("https://sso.example.test/**", provider)
+        await page.goto(running.url + "/physician")
+        await page.wait_for_url("https://sso.example.test/**", timeout=10000)
+        url = requested[0]
+        assert "response_type=token" in url and "client_id=teleconsult-web" in url
+        assert "redirect_uri=" + running.url.replace(":", "%3A").replace("/", "%2F") + "%2Fphysician" in url
+        state = url.split("state=")[1].split("&")[0]
+        # The provider sends the person back with the token in the fragment.
+        token = running.tokens.issue_access("physician", "dr-sso", specialties=["general"])
+        await page.goto(f"{running.url}/physician#access_token={token}&token_type=Bearer&state={state}")
+        await page.wait_for_function("document.querySelector('#who').textContent === 'dr-sso'")
+        assert page.url == running.url + "/physician"
+        await context.close()
+    finally:
+        await running.server.close()
+
+
+async def test_auth_config_empty_without_provider(server: RunningServer) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(server.url + "/api/auth/config") as r:
+            assert await r.json() == {"oidc_authorize_url": "", "oidc_client_id": "", "issuer": ""}
+        async with http.get(server.url + "/nurse") as r:
+            assert r.status == 200
+            assert "script-src 'self'" in r.headers["Content-Security-Policy"]
+        async with http.get(server.url + "/static/nurse.js") as r:
+            assert r.status == 200 and "javascript" in r.content_type
+        async with http.get(server.url + "/static/") as r:
+            assert r.status in (403, 404)
