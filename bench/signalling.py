@@ -161,7 +161,9 @@ class Client:
             data = json.loads(msg.data)
             mid = data.get("id")
             if mid is not None and mid in self.pending:
-                self.pending.pop(mid).set_result(data)
+                fut = self.pending.pop(mid)
+                if not fut.done():  # a call cancelled at the end of a phase
+                    fut.set_result(data)
             else:
                 self.events.put_nowait(data)
 

@@ -121,4 +121,4 @@ def create_app(settings: Settings, *, tokens: TokenService | None = None) -> web
 
 
 # Packages that add routes and background work to the app, in order.
-_COMPONENTS: list[str] = ["web_client", "sfu", "signalling", "media.recording_service", "media.stills_http"]
+_COMPONENTS: list[str] = ["sfu", "signalling", "media.recording_service", "media.stills_http", "web_client"]

@@ -43,9 +43,14 @@ class Console:
 
 
 async def open_page(browser, url: str, *, locale: str = "en-US", console: Console | None = None,
-                    viewport: dict[str, int] | None = None):  # type: ignore[no-untyped-def]
-    """A new context (own sessionStorage, own language) and a page at ``url``."""
-    context = await browser.new_context(locale=locale, viewport=viewport or {"width": 1400, "height": 900})
+                    viewport: dict[str, int] | None = None, enforce_csp: bool = False):  # type: ignore[no-untyped-def]
+    """A new context (own sessionStorage, own language) and a page at ``url``.
+
+    Playwright's polling predicates are evaluated with ``eval``, which the pages'
+    Content-Security-Policy forbids: tests bypass it unless ``enforce_csp``.
+    """
+    context = await browser.new_context(locale=locale, viewport=viewport or {"width": 1400, "height": 900},
+                                        bypass_csp=not enforce_csp)
     page = await context.new_page()
     if console is not None:
         page.on("console", lambda m: console.lines.append(m.text))

@@ -14,7 +14,8 @@ from tests.web_client.conftest import Console, open_page, screenshot
 
 
 async def test_landing_in_english_then_french_by_switch(server: RunningServer, chromium) -> None:  # type: ignore[no-untyped-def]
-    page = await open_page(chromium, server.url + "/", locale="en-US")
+    console = Console()
+    page = await open_page(chromium, server.url + "/", locale="en-US", console=console, enforce_csp=True)
     await page.wait_for_function("document.querySelector('h1').textContent === 'Teleconsultation'")
     assert await page.get_attribute("html", "lang") == "en"
     await screenshot(page, "landing-en.png")
@@ -25,6 +26,7 @@ async def test_landing_in_english_then_french_by_switch(server: RunningServer, c
     await page.wait_for_function("document.querySelector('h1').textContent === 'Téléconsultation'")
     assert await page.get_attribute("html", "lang") == "fr"
     assert await page.locator("#link-nurse").text_content() == "Infirmier·e"
+    assert not console.errors and "Content Security Policy" not in console.text(), console.text()
     await page.context.close()
 
 

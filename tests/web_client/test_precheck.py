@@ -3,9 +3,7 @@ and microphone, says clearly when the camera is denied or the media path blocked
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from tests.support import RunningServer, loopback_settings, start_server
+from tests.support import RunningServer
 from tests.web_client.conftest import open_page, screenshot
 
 
@@ -42,19 +40,15 @@ async def test_precheck_camera_denied(server: RunningServer, denied_chromium) ->
     await page.context.close()
 
 
-async def test_precheck_media_path_blocked(tmp_path: Path, chromium) -> None:  # type: ignore[no-untyped-def]
-    # The SFU accepts media only from a network the browser is not on: ICE cannot succeed.
-    settings = loopback_settings(tmp_path / "data", media={"allowed_remote_networks": ["192.0.2.0/24"]})
-    running = await start_server(settings)
-    try:
-        token = running.tokens.issue_access("nurse", "nurse-1", site="cabin-demo")
-        page = await open_page(chromium, f"{running.url}/nurse#token={token}")
-        await page.locator("#precheck[data-verdict=problem]").wait_for(timeout=30000)
-        assert await page.get_attribute("[data-check=network]", "data-state") == "fail"
-        assert await page.locator("#verdict-network").text_content() == "blocked"
-        assert "firewall" in await page.locator("#precheck-advice").text_content()
-        assert await page.get_attribute("[data-check=camera]", "data-state") == "ok"
-        await screenshot(page, "nurse-precheck-blocked.png")
-        await page.context.close()
-    finally:
-        await running.server.close()
+async def test_precheck_media_path_blocked(server: RunningServer, chromium) -> None:  # type: ignore[no-untyped-def]
+    # ?ice=relay: media only through a TURN relay, and this server offers none, as
+    # behind a firewall that drops UDP: the media path cannot open.
+    token = server.tokens.issue_access("nurse", "nurse-1", site="cabin-demo")
+    page = await open_page(chromium, f"{server.url}/nurse?ice=relay#token={token}")
+    await page.locator("#precheck[data-verdict=problem]").wait_for(timeout=30000)
+    assert await page.get_attribute("[data-check=network]", "data-state") == "fail"
+    assert await page.locator("#verdict-network").text_content() == "blocked"
+    assert "firewall" in await page.locator("#precheck-advice").text_content()
+    assert await page.get_attribute("[data-check=camera]", "data-state") == "ok"
+    await screenshot(page, "nurse-precheck-blocked.png")
+    await page.context.close()

@@ -11,7 +11,7 @@
 // Events (CustomEvent detail): "track" {publication, track},
 // "track-removed" {publication}, "message" {from, role, data},
 // "participants" {participants}, "state" {state}, "channel" {state}.
-import { gatheringComplete } from "./precheck.js";
+import { gatheringComplete, iceTransportPolicy } from "./precheck.js";
 
 const AUDIO_SOURCES = new Set(["microphone", "stethoscope"]);
 
@@ -26,21 +26,57 @@ export function msidByMid(sdp) {
   return out;
 }
 
-/** A publication from a room event's data, whatever the SFU names its id. */
+/** A publication from a room event's data ({publication: {...}}) or a media.offer.ok entry. */
 export function publicationFrom(data) {
-  const id = data.publication_id ?? data.publication ?? data.id ?? data.track_id;
-  const source = data.source || data.label || "";
+  const info = data.publication && typeof data.publication === "object" ? data.publication : data;
+  const id = info.id ?? info.publication_id;
+  const source = info.source || "";
   return {
     id: id === undefined ? undefined : String(id),
-    identity: data.identity ?? data.participant ?? "",
-    role: data.role || "",
+    identity: info.identity ?? "",
+    role: info.role || "",
     source,
-    kind: data.kind || (AUDIO_SOURCES.has(source) ? "audio" : "video"),
+    kind: info.kind || (AUDIO_SOURCES.has(source) ? "audio" : "video"),
+    codec: info.codec || "",
+    replaces: info.replaces || null,
   };
 }
 
+/** The participant of a room event's data ({participant: {session_id, identity, role}}). */
+export function participantFrom(data) {
+  const info = data.participant && typeof data.participant === "object" ? data.participant : data;
+  return { identity: info.identity ?? "", role: info.role || "", session: info.session_id || "" };
+}
+
+/**
+ * The publications of each consultation's room, from every room.event since the
+ * page loaded (a Call starts from it: events may come before the call exists).
+ */
+export class RoomTracker {
+  constructor(signalling) {
+    this.rooms = new Map(); // consultation id -> Map(publication id -> publication)
+    signalling.addEventListener("room.event", (event) => {
+      const m = event.detail;
+      const room = this.rooms.get(m.consultation_id) || new Map();
+      this.rooms.set(m.consultation_id, room);
+      if (m.event === "publication.added") {
+        const pub = publicationFrom(m.data || {});
+        if (pub.id) room.set(pub.id, pub);
+      } else if (m.event === "publication.removed") {
+        room.delete(publicationFrom(m.data || {}).id);
+      } else if (m.event === "room.closed") {
+        this.rooms.delete(m.consultation_id);
+      }
+    });
+  }
+
+  publications(consultationId) {
+    return [...(this.rooms.get(consultationId)?.values() || [])];
+  }
+}
+
 export class Call extends EventTarget {
-  constructor(signalling, { consultationId, identity, publish = [], stream = null, iceServers = [] }) {
+  constructor(signalling, { consultationId, identity, publish = [], stream = null, iceServers = [], known = [] }) {
     super();
     this.signalling = signalling;
     this.consultationId = consultationId;
@@ -60,6 +96,7 @@ export class Call extends EventTarget {
     this.previousStats = new Map();
     this.onSignal = (event) => this._roomEvent(event.detail);
     signalling.addEventListener("room.event", this.onSignal);
+    this.known = known;
   }
 
   _emit(type, detail) {
@@ -69,11 +106,13 @@ export class Call extends EventTarget {
   /** Create the peer connection, publish, open the data channel, negotiate. */
   async start() {
     this._buildPeerConnection();
+    for (const publication of this.known) this.addPublication(publication);
     await this.negotiate();
   }
 
   _buildPeerConnection() {
-    const pc = new RTCPeerConnection({ iceServers: this.iceServers, bundlePolicy: "max-bundle" });
+    const pc = new RTCPeerConnection({ iceServers: this.iceServers, bundlePolicy: "max-bundle",
+      iceTransportPolicy: iceTransportPolicy() });
     this.pc = pc;
     this.channel = pc.createDataChannel("room");
     this.channel.addEventListener("message", (event) => this._channelMessage(event.data));
@@ -85,11 +124,12 @@ export class Call extends EventTarget {
         : source === "microphone" ? this.stream?.getAudioTracks()[0] : null;
       if (!track) continue;
       const transceiver = pc.addTransceiver(track, { direction: "sendonly", streams: [this.stream] });
-      this.sending.push({ source, transceiver });
+      this.sending.push({ source, transceiver, negotiated: false });
     }
     for (const sub of this.subscriptions.values()) {
       sub.transceiver = pc.addTransceiver(sub.publication.kind, { direction: "recvonly" });
       sub.announced = false;
+      sub.negotiated = false;
     }
     pc.addEventListener("connectionstatechange", () => {
       this._emit("state", { state: pc.connectionState });
@@ -103,6 +143,8 @@ export class Call extends EventTarget {
     for (const sub of this.subscriptions.values()) {
       if (sub.announced) this._emit("track-removed", { publication: sub.publication });
     }
+    // aiortc has no ICE restart: leave the SFU session, the next offer opens a new one.
+    await this.signalling.request("media.leave", { consultation_id: this.consultationId }).catch(() => {});
     this._buildPeerConnection();
     old.close();
     await this.negotiate();
@@ -132,11 +174,21 @@ export class Call extends EventTarget {
     const pc = this.pc;
     await pc.setLocalDescription(await pc.createOffer());
     await gatheringComplete(pc);
+    // The SFU wants the sections this offer adds; negotiated ones keep their role.
     const publish = {};
-    for (const { source, transceiver } of this.sending) if (transceiver.mid) publish[transceiver.mid] = source;
+    const adding = [];
+    for (const sending of this.sending) {
+      if (sending.transceiver.mid && !sending.negotiated) {
+        publish[sending.transceiver.mid] = sending.source;
+        adding.push(sending);
+      }
+    }
     const subscribe = {};
     for (const [id, sub] of this.subscriptions) {
-      if (sub.transceiver.mid && sub.transceiver.direction !== "inactive") subscribe[sub.transceiver.mid] = id;
+      if (sub.transceiver.mid && !sub.negotiated) {
+        subscribe[sub.transceiver.mid] = id;
+        adding.push(sub);
+      }
     }
     const reply = await this.signalling.request("media.offer", {
       consultation_id: this.consultationId, sdp: pc.localDescription.sdp, publish, subscribe,
@@ -144,8 +196,10 @@ export class Call extends EventTarget {
     if (pc !== this.pc || this.closed) return;
     if (reply.identity) this.identity = reply.identity;
     await pc.setRemoteDescription({ type: "answer", sdp: reply.sdp });
+    for (const item of adding) item.negotiated = true;
+    this.mediaSession = reply.media_session;
     const msids = msidByMid(reply.sdp);
-    for (const pub of reply.publications || []) this.addPublication(publicationFrom(pub));
+    this.ownPublications = (reply.publications || []).map(publicationFrom).concat(this.ownPublications || []);
     for (const sub of this.subscriptions.values()) {
       const mid = sub.transceiver.mid;
       if (mid && msids[mid]) {
@@ -174,10 +228,10 @@ export class Call extends EventTarget {
         break;
       case "participant.joined":
       case "participant.left": {
-        const identity = data.identity ?? data.participant;
-        if (!identity) break;
+        const { identity, role } = participantFrom(data);
+        if (!identity || identity === this.identity) break;
         if (message.event === "participant.joined") {
-          this.participants.set(identity, { identity, role: data.role || identity, state: "connected" });
+          this.participants.set(identity, { identity, role: role || identity, state: "connected" });
         } else {
           this.participants.delete(identity);
           for (const [id, pub] of this.publications) if (pub.identity === identity) this.removePublication(id);
@@ -201,13 +255,9 @@ export class Call extends EventTarget {
         { identity: publication.identity, role: publication.role || publication.identity, state: "connected" });
       this._emit("participants", { participants: [...this.participants.values()] });
     }
-    // Reuse an idle transceiver of the same kind before adding m-lines.
-    let transceiver = this.pc.getTransceivers().find((tr) => tr.direction === "inactive"
-      && tr.receiver.track.kind === publication.kind && !tr.stopped
-      && ![...this.subscriptions.values()].some((s) => s.transceiver === tr));
-    if (transceiver) transceiver.direction = "recvonly";
-    else transceiver = this.pc.addTransceiver(publication.kind, { direction: "recvonly" });
-    this.subscriptions.set(publication.id, { publication, transceiver, announced: false, msid: null });
+    // A new m-line each time: the SFU keeps a negotiated section's role for good.
+    const transceiver = this.pc.addTransceiver(publication.kind, { direction: "recvonly" });
+    this.subscriptions.set(publication.id, { publication, transceiver, announced: false, negotiated: false, msid: null });
     this.negotiate();
   }
 

@@ -9,7 +9,7 @@ import { DeviceBoard, DEVICE_SOURCES } from "./devices.js";
 const QUALITY_INTERVAL_MS = 2000;
 
 export class CallView extends EventTarget {
-  constructor(container, { signalling, consultation, grant, stream, token, role, iceServers }) {
+  constructor(container, { signalling, consultation, grant, stream, token, role, iceServers, known }) {
     super();
     this.container = container;
     this.signalling = signalling;
@@ -19,6 +19,7 @@ export class CallView extends EventTarget {
     this.token = token;
     this.role = role;
     this.iceServers = iceServers || [];
+    this.known = known || [];
     this.peers = new Map(); // role -> state (from peer.connection and room events)
     this.listeners = [];
     this.lastQuality = [];
@@ -71,6 +72,7 @@ export class CallView extends EventTarget {
       publish: (this.grant.publish || ["camera", "microphone"]).filter((s) => s === "camera" || s === "microphone"),
       stream: this.stream,
       iceServers: this.iceServers,
+      known: this.known,
     });
     this.call = call;
     this.board = new DeviceBoard(this.devices, call, { control: Boolean(this.grant.command), token: this.token });

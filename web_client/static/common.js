@@ -36,7 +36,8 @@ export async function joinCall(container, { signalling, token, role, consultatio
   await precheck.running?.catch(() => {});
   const stream = precheck.takeStream();
   const iceServers = signalling.hello?.ice_servers || [];
-  const view = new CallView(container, { signalling, consultation, grant, stream, token, role, iceServers }).mount();
+  const known = window.teleconsult.rooms?.publications(consultation.id) || [];
+  const view = new CallView(container, { signalling, consultation, grant, stream, token, role, iceServers, known }).mount();
   window.teleconsult.view = view;
   view.start().catch(() => {});
   return view;

@@ -5,6 +5,7 @@ import { $, announce } from "./dom.js";
 import { t, translate, mountLanguageSwitch, onLanguageChange } from "./i18n.js";
 import { signIn, showSignInProblem, SignInError, forgetToken } from "./auth.js";
 import { Signalling } from "./signalling.js";
+import { RoomTracker } from "./call.js";
 
 export function startChrome() {
   translate();
@@ -83,9 +84,10 @@ export async function startPage(role) {
   });
   renderState();
   // A handle for people debugging the page and for the tests (no patient data is logged).
-  window.teleconsult = { role, principal, signalling };
+  const rooms = new RoomTracker(signalling);
+  window.teleconsult = { role, principal, signalling, rooms };
   signalling.connect().catch(() => {});
-  return { token, principal, signalling };
+  return { token, principal, signalling, rooms };
 }
 
 /** Seconds since ``created_at`` (server Unix time), with the server's clock. */

@@ -3,7 +3,7 @@
 // through POST /api/echo (a data channel ping for the round trip, and the
 // server's count of media frames received).
 import { h } from "./dom.js";
-import { t, onLanguageChange } from "./i18n.js";
+import { t, onLanguageChange, translate } from "./i18n.js";
 
 const ECHO_OPEN_TIMEOUT_MS = 10000;
 const PINGS = 5;
@@ -118,10 +118,15 @@ export class LevelMeter {
   }
 }
 
+/** ``?ice=relay`` on a page's URL: media only through a TURN relay (to test a site's relay path). */
+export function iceTransportPolicy() {
+  return new URLSearchParams(location.search).get("ice") === "relay" ? "relay" : "all";
+}
+
 /** Data channel round trips and media to the echo endpoint. */
 export async function checkNetwork(token, stream) {
   const result = { verdict: "blocked", rtt_ms: null, frames: null, reason: "" };
-  const pc = new RTCPeerConnection({ iceServers: await iceServers(token) });
+  const pc = new RTCPeerConnection({ iceServers: await iceServers(token), iceTransportPolicy: iceTransportPolicy() });
   let location = null;
   try {
     const channel = pc.createDataChannel("check");
@@ -213,6 +218,7 @@ export class PreCheck extends EventTarget {
           h("ul", { class: "checks" }, row("camera"), row("microphone", this.level), row("network")),
           this.advice, this.again)));
     container.replaceChildren(this.card);
+    translate(this.card);
     onLanguageChange(() => this.render());
     return this.card;
   }

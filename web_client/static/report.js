@@ -1,6 +1,7 @@
 // The consultation report: written by the physician, saved to the
-// consultation (report.save on the socket) and read back from the server
-// (GET /api/consultations/{id}/report, else report.get) to show what is stored.
+// consultation (PUT /api/consultations/{id}/report; report.save on the socket
+// when REST is out of reach) and read back from the server (GET, else
+// report.get) to show what is stored.
 import { h } from "./dom.js";
 import { t } from "./i18n.js";
 
@@ -70,8 +71,26 @@ export class ReportForm {
         if (body && typeof body === "object" && "report" in body) return body;
         return { report: body, saved_at: null };
       }
+      if (response.status === 404) return { report: null, saved_at: null };
     } catch (_) { /* fall back to the socket */ }
     return this.signalling.request("report.get", { consultation_id: this.consultation.id });
+  }
+
+  async put(report) {
+    const id = encodeURIComponent(this.consultation.id);
+    let response;
+    try {
+      response = await fetch(`/api/consultations/${id}/report`, {
+        method: "PUT", body: JSON.stringify(report),
+        headers: { Authorization: `Bearer ${this.token}`, "Content-Type": "application/json" } });
+    } catch (_) {
+      return this.signalling.request("report.save", { consultation_id: this.consultation.id, report });
+    }
+    if (!response.ok) {
+      const body = await response.json().catch(() => ({}));
+      throw new Error(body.reason || `HTTP ${response.status}`);
+    }
+    return response.json();
   }
 
   async load() {
@@ -96,7 +115,7 @@ export class ReportForm {
     button.disabled = true;
     this.status.textContent = t("report.saving");
     try {
-      await this.signalling.request("report.save", { consultation_id: this.consultation.id, report: this.value() });
+      await this.put(this.value());
       // Read back what the server stored, and show that.
       const stored = await this.fetchStored();
       this.fill(stored.report);

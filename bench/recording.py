@@ -1,0 +1,392 @@
+"""CPU cost of recording, on top of forwarding, in the server process.
+
+    python -m bench.recording --json FILE [--seconds S]
+
+A real server runs in a child process (the production ``serve`` path, uvloop). The
+bench opens a consultation through the signalling socket (consent to recording),
+publishes ~1.5 Mbit/s of pre-encoded VP8 (640x480, 30 fps, a keyframe every second)
+plus 64 kbit/s Opus over WHIP, and plays them over WHEP (the player does not decode:
+only the server's CPU is measured). The child's CPU time (``/proc/<pid>/stat``) is
+sampled over S seconds with recording off, then on; once with a plain vault, once
+with an encrypted one (a second child).
+
+Figures (JSON keys are a contract):
+
+* ``cpu_pct_per_recorded_mbps`` / ``cpu_pct_per_recorded_mbps_encrypted``: (CPU % of one
+  core with recording on - with it off) / recorded Mbit/s (media payload).
+* ``frames_recorded`` (manifest), ``frames_forwarded`` (SFU frame counter while
+  recording), summed over both runs; the recording starts at the next keyframe, so
+  up to a GOP fewer are recorded than forwarded.
+
+Target: <= 0.3 % of one core per recorded Mbit/s with encryption.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import fractions
+import itertools
+import json
+import os
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+TARGET_PCT_PER_MBPS = 0.3
+VIDEO_BITRATE = 1_500_000
+WIDTH, HEIGHT, FPS = 640, 480, 30
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# -- media ---------------------------------------------------------------------------
+def encode_vp8(frames: int = FPS) -> list[tuple[bytes, bool]]:
+    """One second of VP8 at ~1.5 Mbit/s starting with a keyframe (it loops seamlessly)."""
+    import av
+    import numpy as np
+
+    ctx = av.CodecContext.create("libvpx", "w")
+    ctx.width, ctx.height, ctx.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+    ctx.time_base = fractions.Fraction(1, FPS)
+    ctx.framerate = fractions.Fraction(FPS, 1)
+    ctx.bit_rate = VIDEO_BITRATE
+    ctx.gop_size = frames
+    ctx.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"}
+    rng = np.random.default_rng(7)
+    base = np.zeros((HEIGHT, WIDTH, 3), np.uint8)
+    base[:, :, 0] = np.linspace(0, 255, WIDTH)[None, :]
+    out: list[tuple[bytes, bool]] = []
+    for i in range(frames):
+        # A gradient with light noise: what libvpx encodes at about the target bitrate.
+        img = base.copy()
+        img[:, :, 1] = (i * 8) % 255
+        img = (img.astype(np.int16) + rng.integers(0, 32, size=img.shape)).clip(0, 255).astype(np.uint8)
+        frame = av.VideoFrame.from_ndarray(img, format="rgb24").reformat(format="yuv420p")
+        frame.pts = i
+        frame.time_base = ctx.time_base
+        for packet in ctx.encode(frame):
+            out.append((bytes(packet), bool(packet.is_keyframe)))
+    for packet in ctx.encode(None):
+        out.append((bytes(packet), bool(packet.is_keyframe)))
+    out = out[:frames]
+    out[0] = (out[0][0], True)
+    return out
+
+
+def encode_opus(frames: int = 50) -> list[bytes]:
+    import av
+    import numpy as np
+
+    ctx = av.CodecContext.create("libopus", "w")
+    ctx.sample_rate, ctx.layout, ctx.format = 48000, "stereo", "s16"
+    ctx.bit_rate = 64000
+    out: list[bytes] = []
+    for i in range(frames + 4):
+        t = (np.arange(960) + i * 960) / 48000
+        tone = (np.sin(2 * np.pi * 220 * t) * 6000).astype(np.int16)
+        samples = np.repeat(tone, 2).reshape(1, -1)
+        frame = av.AudioFrame.from_ndarray(samples, format="s16", layout="stereo")
+        frame.sample_rate, frame.pts = 48000, i * 960
+        out.extend(bytes(p) for p in ctx.encode(frame))
+    return out[:frames]
+
+
+def packet_track(kind: str, payloads: list[bytes], interval: float, step: int, clock_rate: int) -> Any:
+    """A track of pre-encoded packets, paced in real time (aiortc packetizes, never encodes)."""
+    import av
+    from aiortc.mediastreams import MediaStreamTrack
+
+    class PacketTrack(MediaStreamTrack):
+        def __init__(self) -> None:
+            super().__init__()
+            self.kind = kind
+            self.sent = 0
+            self.bytes = 0
+            self._start: float | None = None
+
+        async def recv(self) -> av.Packet:
+            if self._start is None:
+                self._start = time.monotonic()
+            await asyncio.sleep(max(0.0, self._start + self.sent * interval - time.monotonic()))
+            data = payloads[self.sent % len(payloads)]
+            packet = av.Packet(data)
+            packet.pts = self.sent * step
+            packet.time_base = fractions.Fraction(1, clock_rate)
+            self.sent += 1
+            self.bytes += len(data)
+            return packet
+
+    return PacketTrack()
+
+
+def null_decoders() -> None:
+    """The player's receivers must not decode (its CPU is not what is measured)."""
+    import aiortc.rtcrtpreceiver as receiver
+
+    class NullDecoder:
+        def decode(self, encoded_frame: Any) -> list[Any]:
+            return []
+
+    receiver.get_decoder = lambda codec: NullDecoder()  # type: ignore[assignment]
+
+
+# -- server child ------------------------------------------------------------------------
+def write_config(directory: Path, encrypt: bool) -> Path:
+    config = directory / "bench.toml"
+    config.write_text(f"""
+[server]
+host = "127.0.0.1"
+port = 0
+data_dir = "{directory / 'data'}"
+drain_timeout_s = 0.5
+log_level = "WARNING"
+[media]
+listen_ip = "127.0.0.1"
+allowed_remote_networks = ["127.0.0.0/8"]
+[auth]
+signing_key = "{'b' * 40}"
+[recording]
+encrypt = {'true' if encrypt else 'false'}
+master_key_env = "TC_BENCH_MASTER_KEY"
+flush_interval_s = 1.0
+""")
+    return config
+
+
+def child_main(config: str) -> int:
+    """``--serve CONFIG``: the server as ``teleconsult serve`` runs it."""
+    import uvloop
+
+    from config.settings import load_settings
+    from teleconsult import logs
+    from teleconsult.cli import serve
+
+    settings = load_settings(config)
+    logs.configure(settings.server.log_format, settings.server.log_level)
+    return uvloop.run(serve(settings))
+
+
+@dataclass
+class Child:
+    process: subprocess.Popen[str]
+    url: str
+
+    def cpu_s(self) -> float:
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        for _ in range(2):  # first signal drains, the second stops now
+            if self.process.poll() is None:
+                self.process.send_signal(signal.SIGTERM)
+                try:
+                    self.process.wait(5)
+                except subprocess.TimeoutExpired:
+                    continue
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(5)
+
+
+def start_child(config: Path, env: dict[str, str]) -> Child:
+    process = subprocess.Popen([sys.executable, "-m", "bench.recording", "--serve", str(config)], cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                               env={**os.environ, **env})
+    assert process.stdout is not None
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        found = re.search(r"serving on (\S+)", line)
+        if found:
+            return Child(process, found.group(1))
+    process.kill()
+    raise RuntimeError("the server child did not start")
+
+
+# -- signalling client ---------------------------------------------------------------
+class Socket:
+    def __init__(self, http: Any, ws: Any) -> None:
+        self.http, self.ws = http, ws
+        self.ids = itertools.count(1)
+        self.events: list[dict[str, Any]] = []
+
+    @classmethod
+    async def connect(cls, http: Any, url: str, token: str) -> Socket:
+        sock = cls(http, await http.ws_connect(url.replace("http", "ws", 1) + "/ws"))
+        await sock.request("hello", version=1, token=token)
+        return sock
+
+    async def request(self, type_: str, **fields: Any) -> dict[str, Any]:
+        mid = next(self.ids)
+        await self.ws.send_json({"type": type_, "id": mid, **fields})
+        while True:
+            msg = await asyncio.wait_for(self.ws.receive_json(), 20)
+            if msg.get("id") == mid:
+                if msg["type"] != f"{type_}.ok":
+                    raise RuntimeError(f"{type_}: {msg}")
+                return msg
+            self.events.append(msg)
+
+    async def event(self, type_: str) -> dict[str, Any]:
+        while True:
+            for e in self.events:
+                if e["type"] == type_:
+                    self.events.remove(e)
+                    return e
+            self.events.append(await asyncio.wait_for(self.ws.receive_json(), 20))
+
+
+async def frames_total(http: Any, url: str) -> float:
+    async with http.get(f"{url}/metrics") as r:
+        text = await r.text()
+    return sum(float(m.group(1)) for m in re.finditer(r'^teleconsult_sfu_frames_total\{[^}]*\} (\S+)$', text, re.M))
+
+
+async def whip_or_whep(http: Any, url: str, token: str, pc: Any) -> None:
+    from aiortc import RTCSessionDescription
+
+    await pc.setLocalDescription(await pc.createOffer())
+    async with http.post(url, data=pc.localDescription.sdp,
+                         headers={"Authorization": f"Bearer {token}", "Content-Type": "application/sdp"}) as r:
+        answer = await r.text()
+        if r.status != 201:
+            raise RuntimeError(f"{url}: {r.status} {answer}")
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+
+
+async def measure(child: Child, settings: Any, vp8: list[tuple[bytes, bool]], opus: list[bytes],
+                  seconds: float) -> dict[str, float]:
+    import aiohttp
+
+    from media.ice import MediaNetwork, ScopedPeerConnection
+    from signalling.auth import TokenService
+
+    tokens = TokenService(settings.auth, settings.server.data_dir)
+    network = MediaNetwork.from_settings(settings.media, settings.ice)
+    url = child.url
+    async with aiohttp.ClientSession() as http:
+        nurse = await Socket.connect(http, url, tokens.issue_access("nurse", "bench-nurse", site="cabin-demo"))
+        doctor = await Socket.connect(http, url, tokens.issue_access("physician", "dr-demo"))
+        await doctor.request("presence.set", status="available")
+        cid = (await nurse.request("visit.request", patient_ref="bench", reason="bench", specialty="general",
+                                   priority="routine", consent_teleconsultation=True,
+                                   consent_recording=True))["consultation"]["id"]
+        await doctor.event("offer.received")
+        accepted = await doctor.request("offer.accept", consultation_id=cid)
+        started = await nurse.event("consultation.started")
+        video = packet_track("video", [d for d, _ in vp8], 1 / FPS, 90000 // FPS, 90000)
+        audio = packet_track("audio", opus, 0.02, 960, 48000)
+        publisher = ScopedPeerConnection(network)
+        publisher.addTransceiver(video, direction="sendonly")
+        publisher.addTransceiver(audio, direction="sendonly")
+        player = ScopedPeerConnection(network)
+        player.addTransceiver("video", direction="recvonly")
+        player.addTransceiver("audio", direction="recvonly")
+        doctor_access = tokens.issue_access("physician", "dr-demo")
+        try:
+            await whip_or_whep(http, f"{url}/whip/{cid}", started["room_token"], publisher)
+            await asyncio.sleep(0.5)
+            await whip_or_whep(http, f"{url}/whep/{cid}", accepted["room_token"], player)
+            for pc in (publisher, player):
+                for _ in range(200):
+                    if pc.connectionState == "connected":
+                        break
+                    await asyncio.sleep(0.05)
+            await asyncio.sleep(2.0)  # warm up: bitrate and first keyframes settle
+
+            cpu0, wall0, bytes0 = child.cpu_s(), time.monotonic(), video.bytes + audio.bytes
+            await asyncio.sleep(seconds)
+            cpu_off = (child.cpu_s() - cpu0) / (time.monotonic() - wall0) * 100
+
+            headers = {"Authorization": f"Bearer {doctor_access}"}
+            frames0 = await frames_total(http, url)
+            async with http.post(f"{url}/api/consultations/{cid}/recording", json={"action": "start"},
+                                 headers=headers) as r:
+                if r.status != 200:
+                    raise RuntimeError(f"recording start: {r.status} {await r.text()}")
+            await asyncio.sleep(1.0)  # first keyframe, files created
+            cpu0, wall0, bytes0 = child.cpu_s(), time.monotonic(), video.bytes + audio.bytes
+            await asyncio.sleep(seconds)
+            wall = time.monotonic() - wall0
+            cpu_on = (child.cpu_s() - cpu0) / wall * 100
+            mbps = (video.bytes + audio.bytes - bytes0) * 8 / wall / 1e6
+            async with http.post(f"{url}/api/consultations/{cid}/recording", json={"action": "stop"},
+                                 headers=headers) as r:
+                manifest = (await r.json())["manifest"]
+            frames1 = await frames_total(http, url)
+        finally:
+            await publisher.close()
+            await player.close()
+            await http.close()
+    return {"cpu_off": cpu_off, "cpu_on": cpu_on, "mbps": mbps,
+            "frames_recorded": sum(t["frames"] for t in manifest["tracks"]), "frames_forwarded": frames1 - frames0}
+
+
+async def run(seconds: float) -> dict[str, Any]:
+    from config.settings import load_settings
+
+    null_decoders()
+    vp8, opus = encode_vp8(), encode_opus()
+    results: dict[str, dict[str, float]] = {}
+    key = base64.b64encode(secrets.token_bytes(32)).decode()
+    for encrypt in (False, True):
+        with tempfile.TemporaryDirectory(prefix="bench-recording-") as tmp:
+            config = write_config(Path(tmp), encrypt)
+            env = {"TC_BENCH_MASTER_KEY": key}
+            settings = load_settings(config, env=env)
+            child = start_child(config, env)
+            try:
+                results["encrypted" if encrypt else "plain"] = await measure(child, settings, vp8, opus, seconds)
+            finally:
+                child.stop()
+
+    def per_mbps(r: dict[str, float]) -> float:
+        return round(max(r["cpu_on"] - r["cpu_off"], 0.0) / r["mbps"], 4)
+
+    plain, enc = results["plain"], results["encrypted"]
+    return {
+        "cpu_pct_per_recorded_mbps": per_mbps(plain),
+        "cpu_pct_per_recorded_mbps_encrypted": per_mbps(enc),
+        "frames_recorded": int(plain["frames_recorded"] + enc["frames_recorded"]),
+        "frames_forwarded": int(plain["frames_forwarded"] + enc["frames_forwarded"]),
+        "recorded_mbps": round((plain["mbps"] + enc["mbps"]) / 2, 3),
+        "cpu_pct_forwarding_only": round((plain["cpu_off"] + enc["cpu_off"]) / 2, 2),
+        "cpu_pct_recording_plain": round(plain["cpu_on"], 2),
+        "cpu_pct_recording_encrypted": round(enc["cpu_on"], 2),
+        "seconds": seconds,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.recording", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", metavar="FILE", help="write the figures here")
+    parser.add_argument("--seconds", type=float, default=10.0, help="measurement window per phase")
+    parser.add_argument("--serve", metavar="CONFIG", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve:
+        return child_main(args.serve)
+    figures = asyncio.run(run(args.seconds))
+    print(f"recorded {figures['recorded_mbps']} Mbit/s; server CPU: forwarding only "
+          f"{figures['cpu_pct_forwarding_only']} %, + recording {figures['cpu_pct_recording_plain']} %, "
+          f"+ encrypted recording {figures['cpu_pct_recording_encrypted']} % of one core")
+    print(f"cpu_pct_per_recorded_mbps            {figures['cpu_pct_per_recorded_mbps']}")
+    print(f"cpu_pct_per_recorded_mbps_encrypted  {figures['cpu_pct_per_recorded_mbps_encrypted']}  "
+          f"(target <= {TARGET_PCT_PER_MBPS})")
+    print(f"frames recorded {figures['frames_recorded']} / forwarded while recording {figures['frames_forwarded']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""A whole consultation through the pages, real server, real Chromium: the
+nurse checks a patient in, the physician sees the request, accepts the offer,
+both see and hear each other, the report is saved and read back, the call ends
+on both pages; a dropped socket comes back by itself."""
+
+from __future__ import annotations
+
+import aiohttp
+
+from tests.support import RunningServer, wait_for
+from tests.web_client.conftest import Console, open_page, screenshot
+
+PATIENT_REF = "PAT-7731-XQ"
+REASON = "Chest pain since this morning, zqv-marker"
+
+FRAMES_DECODED = """
+async () => {
+  const pc = window.teleconsult.call.pc;
+  let frames = 0;
+  (await pc.getStats()).forEach((s) => { if (s.type === "inbound-rtp" && s.kind === "video") frames += s.framesDecoded || 0; });
+  return frames;
+}
+"""
+
+
+async def signed_in(server: RunningServer, browser, role: str, console: Console, **claims):  # type: ignore[no-untyped-def]
+    token = server.tokens.issue_access(role, claims.pop("sub"), **claims)
+    page = await open_page(browser, f"{server.url}/{role}#token={token}", console=console)
+    await page.wait_for_function("window.teleconsult && window.teleconsult.signalling.state === 'open'", timeout=15000)
+    return page, token
+
+
+async def decoded_frames_grow(page) -> int:  # type: ignore[no-untyped-def]
+    first = await page.evaluate(FRAMES_DECODED)
+    await page.wait_for_function(f"({FRAMES_DECODED})().then((n) => n > {first} + 10)", timeout=15000, polling=250)
+    return int(await page.evaluate(FRAMES_DECODED))
+
+
+async def check_in(nurse, priority: str = "urgent") -> None:  # type: ignore[no-untyped-def]
+    await nurse.fill("#patient-ref", PATIENT_REF)
+    await nurse.fill("#reason", REASON)
+    await nurse.wait_for_function("document.querySelectorAll('#specialty option').length > 1")
+    await nurse.select_option("#specialty", "general")
+    await nurse.click(f"label[for=priority-{priority}]")
+    await nurse.check("#consent-tele")
+    await nurse.click("#checkin-submit")
+    await nurse.locator("#waiting").wait_for(timeout=10000)
+
+
+async def test_consultation_from_check_in_to_end(server: RunningServer, chromium) -> None:  # type: ignore[no-untyped-def]
+    console = Console()
+    physician, dr_token = await signed_in(server, chromium, "physician", console, sub="dr-demo",
+                                          specialties=["general", "cardiology", "dermatology"])
+    await physician.click("label[for=presence-busy]")
+    await physician.wait_for_function("document.querySelector('#presence').dataset.status === 'busy'")
+    nurse, _ = await signed_in(server, chromium, "nurse", console, sub="nurse-1", site="cabin-demo")
+    await nurse.locator("#precheck[data-verdict=ok]").wait_for(timeout=30000)
+
+    # Check in while the physician is busy: the request waits in the queue.
+    await check_in(nurse)
+    assert await nurse.locator("#queue-position").text_content() == "1"
+    row = physician.locator("#queue-body tr[data-priority=urgent]")
+    await row.wait_for(timeout=10000)
+    assert "cabin-demo" in await row.text_content() and "General medicine" in await row.text_content()
+    await screenshot(nurse, "nurse-waiting.png")
+    await screenshot(physician, "physician-queue.png")
+
+    # Available: the offer rings, with a countdown; accept with the keyboard.
+    await physician.click("label[for=presence-available]")
+    offer = physician.locator("#offer")
+    await offer.wait_for(timeout=10000)
+    assert REASON in await offer.text_content()
+    assert int(await physician.locator("#offer-countdown").text_content()) > 0
+    assert await physician.evaluate("document.activeElement.id") == "offer-accept"
+    await screenshot(physician, "physician-offer.png", full_page=False)
+    await physician.keyboard.press("Enter")
+
+    # Both pages in the call; each decodes the other's camera.
+    await physician.locator("#call").wait_for(timeout=15000)
+    await nurse.locator("#call").wait_for(timeout=15000)
+    for page in (physician, nurse):
+        await page.wait_for_function("document.querySelector('#remote-video').videoWidth > 0", timeout=20000)
+        await decoded_frames_grow(page)
+    await physician.wait_for_function(
+        "document.querySelector('#remote-audio').srcObject !== null", timeout=10000)
+    await physician.wait_for_function("document.querySelector('#participants [data-role=nurse]') !== null",
+                                      timeout=10000)
+    await physician.locator("#quality summary").click()
+    await physician.wait_for_function("document.querySelectorAll('#quality tbody tr').length >= 2", timeout=10000)
+    await screenshot(nurse, "nurse-call.png")
+    await screenshot(physician, "physician-call.png")
+
+    # The report: saved to the consultation, read back from the server.
+    consultation_id = await physician.evaluate("window.teleconsult.view.consultation.id")
+    assert await physician.input_value("#report-reason") == REASON
+    await physician.fill("#report-findings", "Regular rhythm, no murmur.")
+    await physician.fill("#report-conclusion", "Non-cardiac chest pain.")
+    await physician.fill("#report-prescriptions", "Paracetamol 1 g\nRest")
+    await physician.fill("#report-follow-up", "GP in one week.")
+    await physician.click("#report-save")
+    await physician.wait_for_function("document.querySelector('#report-form').dataset.saved", timeout=10000)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{server.url}/api/consultations/{consultation_id}/report",
+                            headers={"Authorization": f"Bearer {dr_token}"}) as r:
+            stored = await r.json()
+    assert stored["report"]["prescriptions"] == ["Paracetamol 1 g", "Rest"]
+    assert stored["report"]["findings"] == "Regular rhythm, no murmur."
+
+    # End: both pages leave the call.
+    await physician.click("#end-call")
+    await physician.locator("#ended").wait_for(timeout=10000)
+    await nurse.locator("#ended").wait_for(timeout=10000)
+    assert await nurse.get_attribute("#ended", "data-state") == "ended"
+    assert await physician.locator("#report-form").is_visible()  # still editable after the end
+    await screenshot(nurse, "nurse-ended.png")
+
+    # Patient data never reaches the console.
+    assert PATIENT_REF not in console.text() and "zqv-marker" not in console.text()
+    assert not console.errors, console.errors
+    await nurse.context.close()
+    await physician.context.close()
