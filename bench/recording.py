@@ -7,8 +7,9 @@ bench opens a consultation through the signalling socket (consent to recording),
 publishes ~1.5 Mbit/s of pre-encoded VP8 (640x480, 30 fps, a keyframe every second)
 plus 64 kbit/s Opus over WHIP, and plays them over WHEP (the player does not decode:
 only the server's CPU is measured). The child's CPU time (``/proc/<pid>/stat``) is
-sampled over S seconds with recording off, then on; once with a plain vault, once
-with an encrypted one (a second child).
+sampled over S seconds with recording off, on, then off again (the baseline is the
+mean of the two off windows); once with a plain vault, once with an encrypted one (a
+second child).
 
 Figures (JSON keys are a contract):
 
@@ -139,7 +140,7 @@ def null_decoders() -> None:
 
 
 # -- server child ------------------------------------------------------------------------
-def write_config(directory: Path, encrypt: bool) -> Path:
+def write_config(directory: Path, encrypt: bool, flush_interval_s: float = 1.0) -> Path:
     config = directory / "bench.toml"
     config.write_text(f"""
 [server]
@@ -156,7 +157,7 @@ signing_key = "{'b' * 40}"
 [recording]
 encrypt = {'true' if encrypt else 'false'}
 master_key_env = "TC_BENCH_MASTER_KEY"
-flush_interval_s = 1.0
+flush_interval_s = {flush_interval_s}
 """)
     return config
 
@@ -324,6 +325,12 @@ async def measure(child: Child, settings: Any, vp8: list[tuple[bytes, bool]], op
                                  headers=headers) as r:
                 manifest = (await r.json())["manifest"]
             frames1 = await frames_total(http, url)
+            # A second window without recording after the stop: the baseline is the mean of
+            # the windows around the recording, which cancels a slow drift of the machine.
+            await asyncio.sleep(0.5)
+            cpu0, wall0 = child.cpu_s(), time.monotonic()
+            await asyncio.sleep(seconds)
+            cpu_off = (cpu_off + (child.cpu_s() - cpu0) / (time.monotonic() - wall0) * 100) / 2
         finally:
             await publisher.close()
             await player.close()
@@ -332,7 +339,7 @@ async def measure(child: Child, settings: Any, vp8: list[tuple[bytes, bool]], op
             "frames_recorded": sum(t["frames"] for t in manifest["tracks"]), "frames_forwarded": frames1 - frames0}
 
 
-async def run(seconds: float) -> dict[str, Any]:
+async def run(seconds: float, flush_interval_s: float = 1.0) -> dict[str, Any]:
     from config.settings import load_settings
 
     null_decoders()
@@ -341,7 +348,7 @@ async def run(seconds: float) -> dict[str, Any]:
     key = base64.b64encode(secrets.token_bytes(32)).decode()
     for encrypt in (False, True):
         with tempfile.TemporaryDirectory(prefix="bench-recording-") as tmp:
-            config = write_config(Path(tmp), encrypt)
+            config = write_config(Path(tmp), encrypt, flush_interval_s)
             env = {"TC_BENCH_MASTER_KEY": key}
             settings = load_settings(config, env=env)
             child = start_child(config, env)
@@ -364,6 +371,7 @@ async def run(seconds: float) -> dict[str, Any]:
         "cpu_pct_recording_plain": round(plain["cpu_on"], 2),
         "cpu_pct_recording_encrypted": round(enc["cpu_on"], 2),
         "seconds": seconds,
+        "flush_interval_s": flush_interval_s,
     }
 
 
@@ -371,11 +379,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.recording", description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", metavar="FILE", help="write the figures here")
     parser.add_argument("--seconds", type=float, default=10.0, help="measurement window per phase")
+    parser.add_argument("--flush-interval", type=float, default=1.0, metavar="S",
+                        help="recording.flush_interval_s of the server (crash-safety window; each flush fsyncs)")
     parser.add_argument("--serve", metavar="CONFIG", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
         return child_main(args.serve)
-    figures = asyncio.run(run(args.seconds))
+    figures = asyncio.run(run(args.seconds, args.flush_interval))
     print(f"recorded {figures['recorded_mbps']} Mbit/s; server CPU: forwarding only "
           f"{figures['cpu_pct_forwarding_only']} %, + recording {figures['cpu_pct_recording_plain']} %, "
           f"+ encrypted recording {figures['cpu_pct_recording_encrypted']} % of one core")

@@ -42,13 +42,14 @@ class FilterMode(str, enum.Enum):
     DIAPHRAGM = "diaphragm"
     """100–1000 Hz: lung sounds, high-pitched murmurs."""
     WIDE = "wide"
-    """20–2000 Hz: everything."""
+    """15–2000 Hz: everything (the lower edge below 20 Hz keeps 20 Hz within half a dB;
+    at exactly 20 Hz a Butterworth edge would already be 3 dB down)."""
 
 
 FILTER_BANDS: dict[FilterMode, tuple[float, float]] = {
     FilterMode.BELL: (20.0, 200.0),
     FilterMode.DIAPHRAGM: (100.0, 1000.0),
-    FilterMode.WIDE: (20.0, 2000.0),
+    FilterMode.WIDE: (15.0, 2000.0),
 }
 
 GAIN_CONTROL = Control(name="gain_db", unit="dB", minimum=-20.0, maximum=30.0, step=0.5, default=0.0)

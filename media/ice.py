@@ -120,7 +120,9 @@ def _scope_connection(connection: aioice.Connection, network: MediaNetwork,
     async def get_component_candidates(component: int, addresses: list[str], timeout: int = 5
                                        ) -> list[Candidate]:
         candidates: list[Candidate] = []
-        for address in network.bind_addresses():
+        # The relay transport policy gathers no host candidates (RFC 9429 section 3.5.3), as aioice's own.
+        relay_only = connection._transport_policy == aioice.ice.TransportPolicy.RELAY
+        for address in ([] if relay_only else network.bind_addresses()):
             try:
                 transport, protocol = await allocator.bind(address, lambda: aioice.ice.StunProtocol(connection))
             except OSError as exc:

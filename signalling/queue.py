@@ -27,3 +27,14 @@ def waiting(e: dict[str, Any]) -> Waiting:
     return Waiting(consultation_id=e["id"], specialty=e["specialty"], priority=Priority(e["priority"]),
                    since=float(e["since"]), site=e.get("site", ""), language=e.get("language"),
                    tried=frozenset(e.get("tried") or ()))
+
+
+def score(e: dict[str, Any]) -> float:
+    """The entry's place in its specialty's ordered queue (lower goes first), as the matcher's
+    :meth:`~signalling.matcher.Waiting.order_key` orders: priority, then since; equal scores
+    order by id (a Redis sorted set orders equal scores by member)."""
+    return -Priority(e["priority"]).rank * 1e10 + float(e["since"])
+
+
+def order_key(e: dict[str, Any]) -> tuple[float, str]:
+    return (score(e), e["id"])

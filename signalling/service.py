@@ -19,7 +19,7 @@ import re
 import secrets
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Awaitable, Callable, Iterable
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterable
 
 from config.settings import Settings
 from signalling import queue as queue_mod
@@ -28,7 +28,7 @@ from signalling.consultation import (LIVE, WAITING, Consultation, InvalidTransit
 from signalling.directory import Directory, load_directory
 from signalling.hub import Hub, Outbox
 from signalling.journal import Journal
-from signalling.matcher import estimated_wait_s, plan, positions
+from signalling.matcher import Candidate, Waiting, eligible, estimated_wait_s, plan, positions, queue_order
 from signalling.presence import Presence
 from signalling import protocol as p
 from signalling.protocol import ErrorCode, PresenceStatus, ProtocolError, WithdrawReason
@@ -48,6 +48,10 @@ SEATS: dict[Role, dict[str, Any]] = {
 """Room grants per seat (default deny: only what is listed)."""
 
 SWEEP_INTERVAL_S = 1.0
+FULL_ROUND_INTERVAL_S = 5.0
+"""The whole matcher runs this often anyway (a safety net under incremental matching)."""
+MAX_CLAIM_TRIES = 5
+QUEUE_PAGE = 32
 POSITION_INTERVAL_S = 0.5
 TOKEN_WARNING_S = 60.0
 _SUB_SAFE = re.compile(r"[^A-Za-z0-9._-]")
@@ -103,8 +107,14 @@ class SignallingService:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._offer_timers: dict[str, asyncio.TimerHandle] = {}
         self._kick = asyncio.Event()
+        self._full_round = True
+        """Run the whole matcher at the next wake-up (start, periodic safety net, lost hints)."""
+        self._hint_physicians: set[str] = set()
+        self._hint_requests: set[str] = set()
+        self._last_full_round = 0.0
         self._positions_dirty = True
         self._last_positions: dict[str, int] = {}
+        self._queue_sites: dict[str, str] = {}
         self._live_local: set[str] = set()
         self._closing = False
         self.decision_latency: list[float] = []
@@ -176,13 +186,30 @@ class SignallingService:
     async def emit(self, targets: Iterable[tuple[str, str]], message: dict[str, Any]) -> None:
         await self.store.publish({"t": [list(t) for t in targets], "m": message})
 
-    async def kick(self) -> None:
-        """Ask every process to run a matching round (and refresh positions)."""
-        await self.store.publish({"kick": 1})
+    async def kick(self, *, physicians: Iterable[str] = (), requests: Iterable[str] = (),
+                   full: bool = False) -> None:
+        """Something changed for matching: match incrementally here, refresh positions everywhere.
+
+        ``physicians`` became free (available, or an offer lock released), ``requests`` entered
+        the queue: this process matches just those (``_match_hints``). ``full``: every process
+        runs the whole matcher (the periodic sweep also does, as a safety net)."""
+        if full:
+            await self.store.publish({"kick": 1})
+            return
+        self._hint_physicians.update(physicians)
+        self._hint_requests.update(requests)
+        self._kick_at = self._kick_at or self.clock()
+        self._kick.set()
+        self._positions_dirty = True
+        await self.store.publish({"positions": 1})
 
     def _on_envelope(self, envelope: dict[str, Any]) -> None:
+        if "positions" in envelope:
+            self._positions_dirty = True
+            return
         if "kick" in envelope:
             self._kick_at = self._kick_at or self.clock()
+            self._full_round = True
             self._kick.set()
             self._positions_dirty = True
             return
@@ -422,7 +449,7 @@ class SignallingService:
                         p.PresenceChanged(physician=s.sub, status=s.status.value,
                                           specialties=list(entry.specialties)).to_wire())
         if s.status is PresenceStatus.AVAILABLE:
-            await self.kick()
+            await self.kick(physicians=[s.sub])
 
     async def presence_set(self, s: Session, msg: p.PresenceSet) -> p.PresenceSetOk:
         if msg.status is PresenceStatus.AVAILABLE:
@@ -468,12 +495,12 @@ class SignallingService:
         position, wait = await self._position_of(c)
         self._last_positions[c.id] = position
         await self.emit([self.nurses(site)], p.ConsultationUpdated(consultation=c.view(True)).to_wire())
-        await self.kick()
+        await self.kick(requests=[c.id])
         return p.VisitRequestOk(consultation=c.view(True), position=position, estimated_wait_s=wait)
 
     async def _position_of(self, c: Consultation) -> tuple[int, float]:
-        entries = [queue_mod.waiting(e) for e in await self.store.waiting()]
-        pos = positions(entries).get(c.id, 1)
+        rank = await self.store.queue_rank(c.id, c.specialty)
+        pos = 1 if rank is None else rank + 1
         online = await self._online_for(c.specialty)
         return pos, estimated_wait_s(pos, online)
 
@@ -494,8 +521,6 @@ class SignallingService:
         if s.role is Role.PHYSICIAN:
             mine = set(self._specialties(s.principal))
             entries = [e for e in entries if e.specialty in mine]
-        from signalling.matcher import queue_order
-
         return p.QueueListOk(waiting=[
             {"consultation_id": e.consultation_id, "site": e.site, "specialty": e.specialty,
              "priority": e.priority.value, "language": e.language, "waiting_s": round(now - e.since, 1),
@@ -585,7 +610,7 @@ class SignallingService:
                 await self.emit([self.user(c.physician)], p.ConsultationEnded(consultation=new.view(True)).to_wire())
             if c.state in LIVE:
                 await self.emit([self.agents(c.site)], p.ConsultationEnded(consultation=new.view(False)).to_wire())
-            await self.kick()
+            await self.kick(physicians=[ph for ph in (c.offered_to, c.physician) if ph])
             return new
         raise _err(ErrorCode.CONFLICT, "the consultation changed too often; retry")
 
@@ -632,13 +657,21 @@ class SignallingService:
             self._kick.clear()
             kicked_at = self._kick_at or self.clock()
             self._kick_at = None
+            full, self._full_round = self._full_round, False
+            physicians, self._hint_physicians = self._hint_physicians, set()
+            requests, self._hint_requests = self._hint_requests, set()
             if not self.accepting():
                 continue
             try:
-                made = await self.match_round()
+                if full:
+                    self._last_full_round = self.clock()
+                    made = await self.match_round()
+                else:
+                    made = await self._match_hints(requests, physicians)
             except Exception:
                 logger.exception("matching round failed")
                 await asyncio.sleep(0.2)
+                self._full_round = True
                 self._kick.set()
                 continue
             if made:
@@ -647,7 +680,7 @@ class SignallingService:
                     del self.decision_latency[:5000]
 
     async def match_round(self) -> int:
-        """One pass of the pure matcher over the store; returns the offers made."""
+        """One pass of the pure matcher over the whole store; returns the offers made."""
         entries = [queue_mod.waiting(e) for e in await self.store.waiting()]
         if not entries:
             return 0
@@ -661,6 +694,81 @@ class SignallingService:
         results = await asyncio.gather(*(self._offer(x.consultation_id, x.physician)
                                          for x in plan(entries, candidates)))
         return sum(1 for ok in results if ok)
+
+    async def _match_hints(self, requests: set[str], physicians: set[str]) -> int:
+        """Incremental matching: only the new requests and the freed physicians.
+
+        After a full round no eligible pair is left unmatched, so a new request's best
+        physician is the longest-available eligible one, and a freed physician's best request
+        is the first eligible one in queue order: the same pairs the full plan would make,
+        without loading the whole queue. Claims stay atomic in the store; a claim that keeps
+        failing asks for a full round."""
+        made = 0
+        if requests:
+            entries = await self.store.queue_entries(sorted(requests))
+            for w in queue_order(queue_mod.waiting(e) for e in entries):
+                made += await self._match_request(w)
+        for physician in sorted(physicians):
+            made += await self._match_physician(physician)
+        return made
+
+    async def _free_candidates(self, physicians: Iterable[str] | None = None) -> list[Candidate]:
+        presences = await self.store.presences()
+        wanted = presences if physicians is None else {ph: presences[ph] for ph in physicians if ph in presences}
+        available = [Presence.from_dict(e) for e in wanted.values() if e.get("status") == "available"]
+        locked = await self.store.offer_locks([pr.physician for pr in available])
+        return sorted((pr.candidate() for pr in available if pr.physician not in locked),
+                      key=lambda c: (c.available_since, c.physician))
+
+    async def _match_request(self, w: Waiting) -> int:
+        tries = 0
+        for candidate in await self._free_candidates():
+            if not eligible(w, candidate):
+                continue
+            if await self._offer(w.consultation_id, candidate.physician):
+                return 1
+            tries += 1
+            if tries >= MAX_CLAIM_TRIES or await self.store.get_consultation(w.consultation_id) is None:
+                break
+        return 0
+
+    async def _match_physician(self, physician: str) -> int:
+        found = await self._free_candidates([physician])
+        if not found:
+            return 0
+        candidate = found[0]
+        tries = 0
+        async for w in self._in_queue_order(sorted(candidate.specialties)):
+            if not eligible(w, candidate):
+                continue
+            if await self._offer(w.consultation_id, physician):
+                return 1
+            tries += 1
+            if tries >= MAX_CLAIM_TRIES or await self.store.offer_locks([physician]):
+                break
+        if tries >= MAX_CLAIM_TRIES:
+            self._full_round = True
+            self._kick.set()
+        return 0
+
+    async def _in_queue_order(self, specialties: list[str]) -> AsyncIterator[Waiting]:
+        """Waiting requests of ``specialties``, merged in queue order, read page by page."""
+        offsets = dict.fromkeys(specialties, 0)
+        buffers: dict[str, list[Waiting]] = {sp: [] for sp in specialties}
+        done: set[str] = set()
+        while True:
+            for sp in specialties:
+                if not buffers[sp] and sp not in done:
+                    ids = await self.store.queue_ids(sp, offsets[sp], offsets[sp] + QUEUE_PAGE - 1)
+                    offsets[sp] += len(ids)
+                    if len(ids) < QUEUE_PAGE:
+                        done.add(sp)
+                    entries = await self.store.queue_entries(ids)
+                    buffers[sp] = [queue_mod.waiting(e) for e in reversed(entries)]
+            heads = [(buffers[sp][-1].order_key(), sp) for sp in specialties if buffers[sp]]
+            if not heads:
+                return
+            yield buffers[min(heads)[1]].pop()
 
     async def _offer(self, cid: str, physician: str) -> bool:
         got = await self._get(cid)
@@ -713,7 +821,7 @@ class SignallingService:
                                       consultation_id=cid, physician=physician, offer_seq=seq)
             await self.emit([self.user(physician)], p.OfferWithdrawn(consultation_id=cid, reason=why.value).to_wire())
             await self.emit([self.nurses(c.site)], p.ConsultationUpdated(consultation=new.view(True)).to_wire())
-            await self.kick()
+            await self.kick(physicians=[physician], requests=[cid])
             return True
         return False
 
@@ -913,6 +1021,9 @@ class SignallingService:
     async def sweep(self) -> None:
         now = self.clock()
         await self.store.touch_process(self.sig.heartbeat_s * 3)
+        if now - self._last_full_round >= FULL_ROUND_INTERVAL_S:
+            self._full_round = True
+            self._kick.set()
         for cid in await self.store.due_offers(now - 1.0):
             got = await self._get(cid)
             if got and got[0].state is State.OFFERED:
@@ -939,32 +1050,38 @@ class SignallingService:
                 logger.exception("positions failed")
 
     async def send_positions(self) -> None:
+        """Each waiting request's place in its specialty's queue, to the nurses of its site on this
+        process, when it changed. Reads the ordered ids only; sites are cached (they never change)."""
         local_sites = {k.split("/", 1)[0] for (kind, k) in self.hub._index if kind == "site" and k.endswith("/nurse")}
         if not local_sites:
             return
-        entries = [queue_mod.waiting(e) for e in await self.store.waiting()]
-        pos = positions(entries)
         presences = list((await self.store.presences()).values())
-        online: dict[str, int] = {}
-        for e in entries:
-            if e.specialty not in online:
-                online[e.specialty] = sum(1 for pr in presences
-                                          if e.specialty in pr["specialties"] and pr["status"] != "away")
-        for i, e in enumerate(entries):
-            if i % 200 == 199:
-                await asyncio.sleep(0)  # a long queue never stalls the loop in one burst
-            if e.site not in local_sites:
+        seen: set[str] = set()
+        for specialty in sorted(self.directory.specialties()):
+            ids = await self.store.queue_ids(specialty)
+            if not ids:
                 continue
-            position = pos[e.consultation_id]
-            if self._last_positions.get(e.consultation_id) == position:
-                continue
-            self._last_positions[e.consultation_id] = position
-            self.hub.deliver([self.nurses(e.site)], p.VisitPosition(
-                consultation_id=e.consultation_id, position=position,
-                estimated_wait_s=estimated_wait_s(position, online[e.specialty])).to_wire())
-        live = {e.consultation_id for e in entries}
-        for cid in [c for c in self._last_positions if c not in live]:
-            del self._last_positions[cid]
+            unknown = [cid for cid in ids if cid not in self._queue_sites]
+            for e in await self.store.queue_entries(unknown):
+                self._queue_sites[e["id"]] = e.get("site", "")
+            online = sum(1 for pr in presences if specialty in pr["specialties"] and pr["status"] != "away")
+            for i, cid in enumerate(ids):
+                if i % 200 == 199:
+                    await asyncio.sleep(0)  # a long queue never stalls the loop in one burst
+                seen.add(cid)
+                site = self._queue_sites.get(cid)
+                if site not in local_sites:
+                    continue
+                position = i + 1
+                if self._last_positions.get(cid) == position:
+                    continue
+                self._last_positions[cid] = position
+                self.hub.deliver([self.nurses(site)], p.VisitPosition(
+                    consultation_id=cid, position=position,
+                    estimated_wait_s=estimated_wait_s(position, online)).to_wire())
+        for cache in (self._last_positions, self._queue_sites):
+            for cid in [c for c in cache if c not in seen]:
+                del cache[cid]
 
     # -- dispatch ------------------------------------------------------------------------
     HANDLERS: dict[str, str] = {

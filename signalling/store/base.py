@@ -66,6 +66,19 @@ class Store(Protocol):
 
     async def open_for(self, party: str) -> list[str]: ...
     async def waiting(self) -> list[dict[str, Any]]: ...
+    async def queue_ids(self, specialty: str, start: int = 0, stop: int = -1) -> list[str]:
+        """Ids waiting for ``specialty`` in queue order (``signalling.queue.order_key``),
+        ``start..stop`` inclusive (``-1``: to the end)."""
+        ...
+
+    async def queue_entries(self, cids: Iterable[str]) -> list[dict[str, Any]]:
+        """The waiting entries of those of ``cids`` still in the queue, in the same order."""
+        ...
+
+    async def queue_rank(self, cid: str, specialty: str) -> int | None:
+        """0-based place of ``cid`` in its specialty's queue, or None."""
+        ...
+
     async def due_offers(self, now: float) -> list[str]: ...
 
     # -- presence (physicians online) ---------------------------------------

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import bisect
 import time
 from typing import Any, Callable, Iterable
 
+from signalling.queue import order_key
 from signalling.store.base import Envelope, QueueOp, Versioned
 
 
@@ -13,6 +15,8 @@ class MemoryStore:
         self.clock = clock
         self._docs: dict[str, Versioned] = {}
         self._queue: dict[str, dict[str, Any]] = {}
+        self._ordered: dict[str, list[tuple[float, str]]] = {}
+        """specialty -> sorted (score, id): the queue in matcher order, kept on every change."""
         self._offers: dict[str, float] = {}
         self._locks: dict[str, tuple[str, float]] = {}
         self._index: dict[str, set[str]] = {}
@@ -36,7 +40,7 @@ class MemoryStore:
         if cid in self._docs:
             raise KeyError(f"consultation {cid} exists")
         self._docs[cid] = Versioned(doc, 1)
-        self._queue[cid] = queue_entry
+        self._queue_put(cid, queue_entry)
         for p in parties:
             self._index.setdefault(p, set()).add(cid)
 
@@ -62,9 +66,9 @@ class MemoryStore:
             self._docs[cid] = Versioned(doc, new)
         if queue is QueueOp.ADD:
             assert queue_entry is not None
-            self._queue[cid] = queue_entry
+            self._queue_put(cid, queue_entry)
         elif queue is QueueOp.REMOVE:
-            self._queue.pop(cid, None)
+            self._queue_pop(cid)
         if release_lock_of is not None:
             self._release(release_lock_of, cid)
         if clear_offer:
@@ -78,6 +82,21 @@ class MemoryStore:
         for p in parties_add:
             self._index.setdefault(p, set()).add(cid)
         return new
+
+    def _queue_put(self, cid: str, entry: dict[str, Any]) -> None:
+        self._queue_pop(cid)
+        self._queue[cid] = entry
+        bisect.insort(self._ordered.setdefault(entry["specialty"], []), order_key(entry))
+
+    def _queue_pop(self, cid: str) -> None:
+        entry = self._queue.pop(cid, None)
+        if entry is None:
+            return
+        ordered = self._ordered[entry["specialty"]]
+        key = order_key(entry)
+        i = bisect.bisect_left(ordered, key)
+        if i < len(ordered) and ordered[i] == key:
+            del ordered[i]
 
     def _release(self, physician: str, cid: str) -> None:
         lock = self._locks.get(physician)
@@ -97,7 +116,7 @@ class MemoryStore:
             return None
         self._docs[cid] = Versioned(doc, version + 1)
         self._locks[physician] = (cid, self.clock() + lock_ttl_s)
-        self._queue.pop(cid, None)
+        self._queue_pop(cid)
         self._offers[cid] = expires_at
         self._index.setdefault(f"user:{physician}", set()).add(cid)
         return version + 1
@@ -114,6 +133,19 @@ class MemoryStore:
 
     async def waiting(self) -> list[dict[str, Any]]:
         return list(self._queue.values())
+
+    async def queue_ids(self, specialty: str, start: int = 0, stop: int = -1) -> list[str]:
+        ordered = self._ordered.get(specialty, [])
+        return [cid for _, cid in ordered[start:None if stop == -1 else stop + 1]]
+
+    async def queue_entries(self, cids: Iterable[str]) -> list[dict[str, Any]]:
+        return [e for e in (self._queue.get(c) for c in cids) if e is not None]
+
+    async def queue_rank(self, cid: str, specialty: str) -> int | None:
+        entry = self._queue.get(cid)
+        if entry is None or entry["specialty"] != specialty:
+            return None
+        return bisect.bisect_left(self._ordered[specialty], order_key(entry))
 
     async def due_offers(self, now: float) -> list[str]:
         return [cid for cid, at in self._offers.items() if at <= now]

@@ -4,6 +4,8 @@ Layout (all keys under the configured prefix ``P``):
 
 * ``P c:<id>``      hash ``v`` (version) and ``doc`` (JSON) of a consultation
 * ``P queue``       hash id -> waiting entry (JSON) of requests not ringing anyone
+* ``P qz:<spec>``   sorted set id -> ``signalling.queue.score``: the queue of one specialty in
+  matcher order (kept by the same scripts as ``queue``)
 * ``P offers``      sorted set id -> offer deadline
 * ``P lock:<phys>`` string: the consultation ringing that physician (with a TTL)
 * ``P open:<party>`` set of open consultation ids of ``site:<id>`` / ``user:<phys>``
@@ -26,6 +28,7 @@ from typing import Any, Callable, Iterable
 
 import redis.asyncio as aioredis
 
+from signalling.queue import score as queue_score
 from signalling.store.base import Envelope, QueueOp, Versioned
 
 logger = logging.getLogger(__name__)
@@ -43,6 +46,7 @@ redis.call('SET', KEYS[4], ARGV[6], 'PX', ARGV[4])
 redis.call('HDEL', KEYS[2], ARGV[6])
 redis.call('ZADD', KEYS[3], ARGV[5], ARGV[6])
 redis.call('SADD', KEYS[6], ARGV[6])
+redis.call('ZREM', KEYS[7], ARGV[6])
 return nv
 """
 
@@ -57,16 +61,18 @@ else
 end
 if ARGV[3] == 'add' then
   redis.call('HSET', KEYS[2], ARGV[6], ARGV[4])
+  redis.call('ZADD', KEYS[5], ARGV[10], ARGV[6])
 elseif ARGV[3] == 'del' then
   redis.call('HDEL', KEYS[2], ARGV[6])
+  redis.call('ZREM', KEYS[5], ARGV[6])
 end
 if ARGV[5] == '1' and redis.call('GET', KEYS[4]) == ARGV[6] then
   redis.call('DEL', KEYS[4])
 end
 if ARGV[8] == '1' then redis.call('ZREM', KEYS[3], ARGV[6]) end
 local nr = tonumber(ARGV[7])
-for i = 5, 4 + nr do redis.call('SREM', KEYS[i], ARGV[6]) end
-for i = 5 + nr, #KEYS do redis.call('SADD', KEYS[i], ARGV[6]) end
+for i = 6, 5 + nr do redis.call('SREM', KEYS[i], ARGV[6]) end
+for i = 6 + nr, #KEYS do redis.call('SADD', KEYS[i], ARGV[6]) end
 return nv
 """
 
@@ -86,7 +92,8 @@ _CREATE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'v', 1, 'doc', ARGV[1])
 redis.call('HSET', KEYS[2], ARGV[3], ARGV[2])
-for i = 3, #KEYS do redis.call('SADD', KEYS[i], ARGV[3]) end
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[3])
+for i = 4, #KEYS do redis.call('SADD', KEYS[i], ARGV[3]) end
 return 1
 """
 
@@ -138,8 +145,10 @@ class RedisStore:
     # -- consultations -------------------------------------------------------
     async def create_consultation(self, cid: str, doc: dict[str, Any], queue_entry: dict[str, Any],
                                   parties: Iterable[str]) -> None:
-        keys = [self.k(f"c:{cid}"), self.k("queue")] + [self.k(f"open:{p}") for p in parties]
-        if not await self._create(keys=keys, args=[_dumps(doc), _dumps(queue_entry), cid]):
+        keys = [self.k(f"c:{cid}"), self.k("queue"), self.k(f"qz:{queue_entry['specialty']}")] + \
+            [self.k(f"open:{p}") for p in parties]
+        if not await self._create(keys=keys, args=[_dumps(doc), _dumps(queue_entry), cid,
+                                                   repr(queue_score(queue_entry))]):
             raise KeyError(f"consultation {cid} exists")
 
     async def get_consultation(self, cid: str) -> Versioned | None:
@@ -167,17 +176,17 @@ class RedisStore:
         remove = [self.k(f"open:{p}") for p in parties_remove]
         add = [self.k(f"open:{p}") for p in parties_add]
         keys = [self.k(f"c:{cid}"), self.k("queue"), self.k("offers"),
-                self.k(f"lock:{release_lock_of or '-'}")] + remove + add
+                self.k(f"lock:{release_lock_of or '-'}"), self.k(f"qz:{doc.get('specialty', '')}")] + remove + add
         args = [str(version), _dumps(doc), queue.value, _dumps(queue_entry or {}),
                 "1" if release_lock_of else "0", cid, str(len(remove)), "1" if clear_offer else "0",
-                "1" if delete else "0"]
+                "1" if delete else "0", repr(queue_score(queue_entry)) if queue_entry else "0"]
         result = await self._update(keys=keys, args=args)
         return int(result) or None
 
     async def claim_offer(self, cid: str, version: int, doc: dict[str, Any], physician: str,
                           expires_at: float, lock_ttl_s: float) -> int | None:
         keys = [self.k(f"c:{cid}"), self.k("queue"), self.k("offers"), self.k(f"lock:{physician}"),
-                self.k("presence"), self.k(f"open:user:{physician}")]
+                self.k("presence"), self.k(f"open:user:{physician}"), self.k(f"qz:{doc.get('specialty', '')}")]
         args = [str(version), _dumps(doc), physician, str(int(lock_ttl_s * 1000)), repr(expires_at), cid]
         result = await self._claim(keys=keys, args=args)
         return int(result) or None
@@ -197,6 +206,19 @@ class RedisStore:
 
     async def waiting(self) -> list[dict[str, Any]]:
         return [json.loads(v) for v in (await self.redis.hvals(self.k("queue")))]
+
+    async def queue_ids(self, specialty: str, start: int = 0, stop: int = -1) -> list[str]:
+        return list(await self.redis.zrange(self.k(f"qz:{specialty}"), start, stop))
+
+    async def queue_entries(self, cids: Iterable[str]) -> list[dict[str, Any]]:
+        cids = list(cids)
+        if not cids:
+            return []
+        return [json.loads(v) for v in await self.redis.hmget(self.k("queue"), cids) if v is not None]
+
+    async def queue_rank(self, cid: str, specialty: str) -> int | None:
+        rank = await self.redis.zrank(self.k(f"qz:{specialty}"), cid)
+        return None if rank is None else int(rank)
 
     async def due_offers(self, now: float) -> list[str]:
         return list(await self.redis.zrangebyscore(self.k("offers"), "-inf", repr(now)))

@@ -62,5 +62,7 @@ async def open_page(browser, url: str, *, locale: str = "en-US", console: Consol
 async def screenshot(page, name: str, *, full_page: bool = True) -> Path:  # type: ignore[no-untyped-def]
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOTS / name
+    if full_page:
+        await page.evaluate("window.scrollTo(0, 0)")  # the sticky header at the top, where it belongs
     await page.screenshot(path=str(path), full_page=full_page)
     return path

@@ -36,13 +36,15 @@ async def decoded_frames_grow(page) -> int:  # type: ignore[no-untyped-def]
     return int(await page.evaluate(FRAMES_DECODED))
 
 
-async def check_in(nurse, priority: str = "urgent") -> None:  # type: ignore[no-untyped-def]
+async def check_in(nurse, priority: str = "urgent", record: bool = False) -> None:  # type: ignore[no-untyped-def]
     await nurse.fill("#patient-ref", PATIENT_REF)
     await nurse.fill("#reason", REASON)
     await nurse.wait_for_function("document.querySelectorAll('#specialty option').length > 1")
     await nurse.select_option("#specialty", "general")
     await nurse.click(f"label[for=priority-{priority}]")
     await nurse.check("#consent-tele")
+    if record:
+        await nurse.check("#consent-rec")
     await nurse.click("#checkin-submit")
     await nurse.locator("#waiting").wait_for(timeout=10000)
 
@@ -57,7 +59,7 @@ async def test_consultation_from_check_in_to_end(server: RunningServer, chromium
     await nurse.locator("#precheck[data-verdict=ok]").wait_for(timeout=30000)
 
     # Check in while the physician is busy: the request waits in the queue.
-    await check_in(nurse)
+    await check_in(nurse, record=True)
     assert await nurse.locator("#queue-position").text_content() == "1"
     row = physician.locator("#queue-body tr[data-priority=urgent]")
     await row.wait_for(timeout=10000)
@@ -87,8 +89,15 @@ async def test_consultation_from_check_in_to_end(server: RunningServer, chromium
                                       timeout=10000)
     await physician.locator("#quality summary").click()
     await physician.wait_for_function("document.querySelectorAll('#quality tbody tr').length >= 2", timeout=10000)
+    # The patient consented to recording: the physician starts it, both pages show it.
+    await physician.click("#record")
+    for page in (physician, nurse):
+        await page.locator("#recording").wait_for(timeout=10000)
+    assert await physician.get_attribute("#record", "aria-pressed") == "true"
     await screenshot(nurse, "nurse-call.png")
     await screenshot(physician, "physician-call.png")
+    await physician.click("#record")
+    await nurse.locator("#recording").wait_for(state="hidden", timeout=10000)
 
     # The report: saved to the consultation, read back from the server.
     consultation_id = await physician.evaluate("window.teleconsult.view.consultation.id")
@@ -119,3 +128,74 @@ async def test_consultation_from_check_in_to_end(server: RunningServer, chromium
     assert not console.errors, console.errors
     await nurse.context.close()
     await physician.context.close()
+
+
+async def into_call(server: RunningServer, chromium, console: Console):  # type: ignore[no-untyped-def]
+    """A nurse and an available physician in an active consultation."""
+    physician, _ = await signed_in(server, chromium, "physician", console, sub="dr-demo",
+                                   specialties=["general"])
+    await physician.click("label[for=presence-available]")
+    await physician.wait_for_function("document.querySelector('#presence').dataset.status === 'available'")
+    nurse, _ = await signed_in(server, chromium, "nurse", console, sub="nurse-1", site="cabin-demo")
+    await check_in(nurse, "routine")
+    await physician.locator("#offer").wait_for(timeout=10000)
+    await physician.click("#offer-accept")
+    for page in (physician, nurse):
+        await page.locator("#call").wait_for(timeout=15000)
+        await page.wait_for_function("document.querySelector('#remote-video').videoWidth > 0", timeout=20000)
+    return nurse, physician
+
+
+RECORD_BANNER = """
+() => {
+  window.__banners = [];
+  new MutationObserver(() => {
+    const b = document.querySelector('#banner');
+    if (!b.hidden) window.__banners.push(b.dataset.key);
+  }).observe(document.querySelector('#banner'), {attributes: true, childList: true, characterData: true});
+}
+"""
+
+
+async def test_dropped_socket_shows_banner_and_resumes(server: RunningServer, chromium) -> None:  # type: ignore[no-untyped-def]
+    console = Console()
+    nurse, physician = await into_call(server, chromium, console)
+    session = await nurse.evaluate("window.teleconsult.signalling.session")
+    await nurse.evaluate(RECORD_BANNER)
+    await physician.evaluate("window.__peer = []; window.teleconsult.signalling.addEventListener("
+                             "'peer.connection', (e) => window.__peer.push(e.detail.state))")
+    await nurse.evaluate("window.teleconsult.signalling.ws.close(4000, 'test drop')")
+    await nurse.wait_for_function("window.__banners.includes('conn.banner.lost')", timeout=5000)
+    await nurse.wait_for_function("document.querySelector('#banner').dataset.key === 'conn.banner.back'",
+                                  timeout=15000)
+    assert await nurse.locator("#banner").text_content() == "Connection restored."
+    assert await nurse.evaluate("window.teleconsult.signalling.session") == session  # resumed, not new
+    assert await nurse.evaluate("window.teleconsult.signalling.hello.resumed") is True
+    # The physician saw the nurse drop and come back; the call goes on.
+    await physician.wait_for_function("window.__peer.includes('dropped') && window.__peer.includes('resumed')",
+                                      timeout=10000)
+    assert await physician.get_attribute("#participants [data-role=nurse]", "data-state") == "resumed"
+    assert await nurse.locator("#call").is_visible()
+    await decoded_frames_grow(physician)
+    await decoded_frames_grow(nurse)
+    # Still a working socket: the nurse may end the consultation.
+    await nurse.click("#end-call")
+    await physician.locator("#ended").wait_for(timeout=10000)
+    await nurse.locator("#ended").wait_for(timeout=10000)
+    await nurse.context.close()
+    await physician.context.close()
+
+
+async def test_nurse_cancels_a_waiting_request(server: RunningServer, chromium) -> None:  # type: ignore[no-untyped-def]
+    console = Console()
+    nurse, _ = await signed_in(server, chromium, "nurse", console, sub="nurse-2", site="ehpad-demo", )
+    await check_in(nurse, "emergency")
+    assert await nurse.get_attribute("#waiting-state", "data-state") == "requested"
+    assert await nurse.locator("#queue-wait").text_content() != "–"
+    await nurse.click("#cancel-visit")
+    await nurse.locator("#ended[data-state=cancelled]").wait_for(timeout=10000)
+    assert await nurse.locator("#ended-text").text_content() == "The request was cancelled."
+    await nurse.click("#new-checkin")
+    assert await nurse.locator("#checkin").is_visible()
+    assert await nurse.evaluate("document.activeElement.id") == "patient-ref"
+    await nurse.context.close()

@@ -9,21 +9,26 @@ from pathlib import Path
 import aiohttp
 import jwt
 
-from tests.support import RunningServer, loopback_settings, start_server
+from tests.support import RunningServer, loopback_settings, start_server, wait_for
 from tests.web_client.conftest import Console, open_page, screenshot
+
+
+async def _text_is(page, selector: str, text: str) -> bool:  # type: ignore[no-untyped-def]
+    return bool(await page.locator(selector).text_content() == text)
 
 
 async def test_landing_in_english_then_french_by_switch(server: RunningServer, chromium) -> None:  # type: ignore[no-untyped-def]
     console = Console()
     page = await open_page(chromium, server.url + "/", locale="en-US", console=console, enforce_csp=True)
-    await page.wait_for_function("document.querySelector('h1').textContent === 'Teleconsultation'")
+    # Polled from Python: Playwright's in-page predicates need eval, which this page's CSP forbids.
+    await wait_for(lambda: _text_is(page, "h1", "Teleconsultation"), what="English title")
     assert await page.get_attribute("html", "lang") == "en"
     await screenshot(page, "landing-en.png")
     switch = page.locator("#lang-switch")
     assert await switch.text_content() == "Français"
     await switch.focus()
     await page.keyboard.press("Enter")  # keyboard-usable
-    await page.wait_for_function("document.querySelector('h1').textContent === 'Téléconsultation'")
+    await wait_for(lambda: _text_is(page, "h1", "Téléconsultation"), what="French title")
     assert await page.get_attribute("html", "lang") == "fr"
     assert await page.locator("#link-nurse").text_content() == "Infirmier·e"
     assert not console.errors and "Content Security Policy" not in console.text(), console.text()
@@ -90,7 +95,7 @@ async def test_auth_config_and_openid_redirect(tmp_path: Path, chromium) -> None
             async with http.get(running.url + "/api/auth/config") as r:
                 assert await r.json() == {"oidc_authorize_url": "https://sso.example.test/authorize",
                                           "oidc_client_id": "teleconsult-web", "issuer": ""}
-        context = await chromium.new_context()
+        context = await chromium.new_context(bypass_csp=True)
         page = await context.new_page()
         requested: list[str] = []
 
@@ -127,3 +132,18 @@ async def test_auth_config_empty_without_provider(server: RunningServer) -> None
             assert r.status == 200 and "javascript" in r.content_type
         async with http.get(server.url + "/static/") as r:
             assert r.status in (403, 404)
+
+
+async def test_token_expiring_during_the_session_shows_sign_in_again(server: RunningServer, chromium) -> None:  # type: ignore[no-untyped-def]
+    token = server.tokens.issue_access("physician", "dr-demo", specialties=["general"], ttl=3)
+    page = await open_page(chromium, f"{server.url}/physician#token={token}")
+    await page.wait_for_function("window.teleconsult && window.teleconsult.signalling.state === 'open'",
+                                 timeout=10000)
+    # auth.expiring, then token_expired and the socket closed by the server (4401).
+    problem = page.locator("#signin-problem[data-kind=expired]")
+    await problem.wait_for(timeout=20000)
+    await page.wait_for_function("window.teleconsult.signalling.state === 'closed'", timeout=5000)
+    assert await page.evaluate("sessionStorage.getItem('tc.token.physician')") is None
+    await page.wait_for_timeout(1500)  # and it does not try to reconnect with the dead token
+    assert await page.evaluate("window.teleconsult.signalling.state") == "closed"
+    await page.context.close()

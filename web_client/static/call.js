@@ -116,7 +116,11 @@ export class Call extends EventTarget {
     this.pc = pc;
     this.channel = pc.createDataChannel("room");
     this.channel.addEventListener("message", (event) => this._channelMessage(event.data));
-    this.channel.addEventListener("open", () => this._emit("channel", { state: "open" }));
+    this.channel.addEventListener("open", () => {
+      // Devices announce themselves when they start; who joins later asks.
+      this.send({ type: "status_request" });
+      this._emit("channel", { state: "open" });
+    });
     this.channel.addEventListener("close", () => this._emit("channel", { state: "closed" }));
     this.sending = [];
     for (const source of this.grantPublish) {

@@ -51,6 +51,13 @@ export class CallView extends EventTarget {
         ...["quality.track", "quality.bitrate", "quality.loss", "quality.fps", "quality.size"].map(
           (key) => h("th", { scope: "col", "data-i18n": key }, t(key))))), this.qualityBody));
     this.extra = h("div", { class: "call-extra" });
+    // The physician starts and stops the recording, only with the patient's consent.
+    this.recordButton = null;
+    if (this.role === "physician" && this.consultation.consent_recording) {
+      this.recordButton = h("button", { type: "button", id: "record", "aria-pressed": "false",
+        "data-i18n": "call.record.start", onclick: () => this.toggleRecording() }, t("call.record.start"));
+    }
+    this.recordError = h("p", { class: "error", id: "record-error", role: "alert", hidden: true });
     this.element = h("section", { class: "call", id: "call", "aria-label": t("call.title") },
       h("div", { class: "call-main" },
         h("div", { class: "stage" }, this.remoteVideo, this.placeholder, this.remoteAudio,
@@ -58,7 +65,7 @@ export class CallView extends EventTarget {
         h("aside", { class: "call-side card" },
           h("h2", { "data-i18n": "call.title" }, t("call.title")),
           h("h3", { "data-i18n": "call.connected" }, t("call.connected")), this.participantsList,
-          this.endButton)),
+          this.recordButton, this.recordError, this.endButton)),
       this.devices, this.extra, this.quality);
     this.container.replaceChildren(this.element);
     onLanguageChange(() => this.renderParticipants());
@@ -89,10 +96,11 @@ export class CallView extends EventTarget {
       announce(t(`peer.${m.state}`, { role: t(`role.${m.role}`) }));
       this.renderParticipants();
     });
-    for (const type of ["recording.started", "recording.stopped"]) {
+    for (const type of ["recording.started", "recording.stopped", "recording.failed"]) {
       this._listen(type, (m) => {
         if (m.consultation_id && m.consultation_id !== this.consultation.id) return;
         this.setRecording(type === "recording.started");
+        if (type === "recording.failed") this.showRecordError(t("call.record.failed"));
       });
     }
     this.setRecording(Boolean(this.consultation.recording));
@@ -103,10 +111,38 @@ export class CallView extends EventTarget {
   }
 
   setRecording(on) {
+    this.recording = on;
     const badge = $("#recording");
-    if (!badge) return;
-    badge.hidden = !on;
+    if (badge) badge.hidden = !on;
     if (on) announce(t("call.recording"));
+    if (this.recordButton) {
+      const key = on ? "call.record.stop" : "call.record.start";
+      this.recordButton.dataset.i18n = key;
+      this.recordButton.textContent = t(key);
+      this.recordButton.setAttribute("aria-pressed", String(on));
+    }
+  }
+
+  showRecordError(text) {
+    this.recordError.textContent = text;
+    this.recordError.hidden = !text;
+  }
+
+  async toggleRecording() {
+    this.recordButton.disabled = true;
+    this.showRecordError("");
+    try {
+      const response = await fetch(`/api/consultations/${encodeURIComponent(this.consultation.id)}/recording`, {
+        method: "POST", body: JSON.stringify({ action: this.recording ? "stop" : "start" }),
+        headers: { Authorization: `Bearer ${this.token}`, "Content-Type": "application/json" } });
+      const body = await response.json().catch(() => ({}));
+      if (!response.ok) throw new Error(body.reason || `HTTP ${response.status}`);
+      this.setRecording(Boolean(body.recording)); // the socket event confirms it too
+    } catch (error) {
+      this.showRecordError(t("call.record.refused", { message: error.message }));
+    } finally {
+      this.recordButton.disabled = false;
+    }
   }
 
   onTrack({ publication, track }) {

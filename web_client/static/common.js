@@ -39,6 +39,7 @@ export async function joinCall(container, { signalling, token, role, consultatio
   const known = window.teleconsult.rooms?.publications(consultation.id) || [];
   const view = new CallView(container, { signalling, consultation, grant, stream, token, role, iceServers, known }).mount();
   window.teleconsult.view = view;
+  document.addEventListener("tc-signed-out", () => view.close(), { once: true });
   view.start().catch(() => {});
   return view;
 }

@@ -2,11 +2,20 @@
 // they arrive, and the remote control of the site's devices over the room
 // data channel (physicians only: the grant's `command`).
 import { h } from "./dom.js";
-import { t, onLanguageChange } from "./i18n.js";
+import { t, onLanguageChange, language } from "./i18n.js";
 import { Phonocardiogram } from "./phonocardiogram.js";
 
 export const DEVICE_SOURCES = ["stethoscope", "dermatoscope", "otoscope"];
 const STETHOSCOPE_MODES = ["bell", "diaphragm", "wide"];
+const UNITS = { Cel: "°C", "[degF]": "°F", "mm[Hg]": "mmHg", "/min": "/min", "%": "%" };
+const NOT_VITALS = new Set(["level_rms", "level_peak"]);
+
+/** A measurement's value for people: one decimal at most, UCUM units written as usual. */
+export function formatMeasurement(value, unit) {
+  const number = typeof value === "number" ? Number(value.toFixed(1)).toLocaleString(language()) : String(value);
+  const shown = UNITS[unit] ?? unit ?? "";
+  return `${number} ${shown}`.trim();
+}
 
 function statusLine() {
   return h("p", { class: "device-status muted", role: "status" });
@@ -212,9 +221,9 @@ export class VitalsPanel extends Panel {
     }
     const label = t(`vitals.${message.name}`);
     row.children[0].textContent = label.startsWith("vitals.") ? message.name : label;
-    row.children[1].textContent = `${message.value} ${message.unit || ""}`.trim();
+    row.children[1].textContent = formatMeasurement(message.value, message.unit);
     const when = message.ts ? new Date(message.ts * 1000) : new Date();
-    row.children[2].textContent = when.toLocaleTimeString();
+    row.children[2].textContent = when.toLocaleTimeString(language());
     this.table.hidden = false;
     this.empty.hidden = true;
   }
@@ -287,7 +296,7 @@ export class DeviceBoard {
         break;
       case "measurement":
         if (data.device === "stethoscope" && panel) panel.measurement(data);
-        this._vitalsPanel().measurement(data);
+        if (!NOT_VITALS.has(data.name)) this._vitalsPanel().measurement(data);
         break;
       case "still_ready":
         if (panel instanceof CameraDevicePanel) panel.stillReady(data);

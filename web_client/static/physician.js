@@ -101,7 +101,7 @@ async function main() {
     document.body.classList.add("ringing");
     ringer.start();
     const tick = () => {
-      const left = Math.max(0, message.expires_at - signalling.serverNow());
+      const left = Math.min(message.timeout_s || Infinity, Math.max(0, message.expires_at - signalling.serverNow()));
       $("#offer-countdown").textContent = String(Math.ceil(left));
       $("#offer-progress").value = message.timeout_s ? left / message.timeout_s : 0;
       if (left <= 0) hideOffer();

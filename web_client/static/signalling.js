@@ -97,8 +97,12 @@ export class Signalling extends EventTarget {
       for (const [, waiter] of this.pending) waiter.reject(new RequestError("disconnected", "connection lost"));
       this.pending.clear();
       if (event.code === 4401) {
+        const already = this.stopped;
         this.stopped = true;
-        this.dispatchEvent(new CustomEvent("auth-failed", { detail: { code: "token_expired", message: event.reason } }));
+        this._setState("closed");
+        if (!already) {
+          this.dispatchEvent(new CustomEvent("auth-failed", { detail: { code: "token_expired", message: event.reason } }));
+        }
         reject?.(new RequestError("auth_failed", event.reason));
         return;
       }
