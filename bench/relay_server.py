@@ -44,8 +44,8 @@ from sfu import aiortc_patches as patches
 class RelayRooms:
     def __init__(self) -> None:
         self.relay = MediaRelay()
-        self.tracks: dict[str, list[tuple[MediaStreamTrack, str, str]]] = {}
-        """room -> (remote track, mime type, label) in publication order."""
+        self.tracks: dict[str, list[tuple[MediaStreamTrack, str, str, str]]] = {}
+        """room -> (remote track, mime type, source label, publisher identity) in publication order."""
         self.pcs: dict[str, Any] = {}
         self.sinks: list[MediaBlackhole] = []
         self._ids = itertools.count(1)
@@ -55,6 +55,7 @@ class RelayRooms:
         offer = await request.text()
         parsed = aiortc_sdp.SessionDescription.parse(offer)
         sources = request.query.getall("source", [])
+        identity = _identity(request)
         pc = client_pc()
         pending: list[tuple[Any, str, str]] = []
         for index, media in enumerate(parsed.media):
@@ -75,7 +76,7 @@ class RelayRooms:
         def on_track(track: MediaStreamTrack) -> None:
             for transceiver, mime, label in pending:
                 if transceiver.receiver.track is track:
-                    self.tracks.setdefault(room, []).append((track, mime, label))
+                    self.tracks.setdefault(room, []).append((track, mime, label, identity))
                     sink = MediaBlackhole()
                     sink.addTrack(self.relay.subscribe(track, buffered=False))
                     self.sinks.append(sink)
@@ -89,7 +90,9 @@ class RelayRooms:
         room = request.match_info["room"]
         offer = await request.text()
         parsed = aiortc_sdp.SessionDescription.parse(offer)
-        available = {k: [t for t in self.tracks.get(room, []) if t[0].kind == k] for k in ("audio", "video")}
+        identity = _identity(request)
+        available = {k: [t for t in self.tracks.get(room, []) if t[0].kind == k and t[3] != identity]
+                     for k in ("audio", "video")}
         if not any(available.values()):
             return web.json_response({"error": "no_publications", "reason": "nothing to play"}, status=409)
         pc = client_pc()
@@ -100,10 +103,11 @@ class RelayRooms:
                 continue
             queue = available[media.kind]
             if media.direction in ("recvonly", "sendrecv") and queue:
-                track, mime, label = queue.pop(0)
+                track, mime, label, owner = queue.pop(0)
                 proxy = self.relay.subscribe(track, buffered=False)
                 proxy._id = label  # the answer's msid names the source, as ours does
                 transceiver = pc.addTransceiver(proxy, direction="sendonly")
+                transceiver.sender._stream_id = owner  # msid "<identity> <source>", as ours
                 prefer(transceiver, mime)
             else:
                 transceiver = pc.addTransceiver(media.kind, direction="inactive")
@@ -129,6 +133,19 @@ class RelayRooms:
             await sink.stop()
         for pc in list(self.pcs.values()):
             await pc.close()
+
+
+def _identity(request: web.Request) -> str:
+    """The room token's identity, unverified (the baseline checks nothing; it only keeps a
+    participant from playing its own tracks, as ours does)."""
+    import jwt
+
+    header = request.headers.get("Authorization", "")
+    try:
+        return str(jwt.decode(header.removeprefix("Bearer ").strip(), options={"verify_signature": False})
+                   .get("sub", ""))
+    except jwt.PyJWTError:
+        return ""
 
 
 def _kind(source: str) -> str:

@@ -427,6 +427,8 @@ class StreamRecord:
     kind: str
     label: str
     clock_rate: int
+    owner: str = ""
+    """The msid's stream id: the publisher's identity on our SFU."""
     frames: dict[int, float] = field(default_factory=dict)
     """RTP timestamp -> arrival of the frame's last packet (video: marker; audio: the packet)."""
     packets: int = 0
@@ -477,12 +479,14 @@ class Player:
             for c in codecs:
                 self._media_pts.add(c.payloadType)
             rtx = {int(s) for g in media.ssrc_group if g.semantic == "FID" for s in g.items[1:]}
-            label = (media.msid or "").split(" ")[-1] or media.kind
+            msid = (media.msid or "").split(" ")
+            label = msid[-1] or media.kind
+            owner = msid[0] if len(msid) > 1 else ""
             for ssrc in media.ssrc:
                 if ssrc.ssrc in rtx:
-                    self.streams[ssrc.ssrc] = StreamRecord(media.kind, label + "/rtx", codecs[0].clockRate)
+                    self.streams[ssrc.ssrc] = StreamRecord(media.kind, label + "/rtx", codecs[0].clockRate, owner)
                 else:
-                    self.streams[ssrc.ssrc] = StreamRecord(media.kind, label, codecs[0].clockRate)
+                    self.streams[ssrc.ssrc] = StreamRecord(media.kind, label, codecs[0].clockRate, owner)
 
     async def _on_rtp(self, data: bytes, arrival_time_ms: int) -> None:
         now = time.monotonic()
@@ -517,7 +521,7 @@ class Player:
     def summary(self) -> dict[str, Any]:
         """Picklable results (for the parent process)."""
         return {"name": self.name, "offer_at": self.offer_at,
-                "streams": [{"ssrc": s, "kind": r.kind, "label": r.label, "clock_rate": r.clock_rate,
+                "streams": [{"ssrc": s, "kind": r.kind, "label": r.label, "owner": r.owner, "clock_rate": r.clock_rate,
                              "frames": r.frames, "packets": r.packets, "bytes_window": r.bytes_window,
                              "first_frame_at": r.first_frame_at}
                             for s, r in self.streams.items() if not r.label.endswith("/rtx")

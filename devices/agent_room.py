@@ -166,6 +166,11 @@ class WhipPublisher:
         if pc is not None:
             await pc.close()
 
+    @property
+    def stopped(self) -> bool:
+        """The publishing loop ended (refused, or gave up) without close()."""
+        return self._task is not None and self._task.done() and not self._closing
+
     def drop(self) -> None:
         """Act as if the network dropped this session (tests, diagnostics)."""
         self._lost.set()
@@ -252,7 +257,7 @@ class RoomLink:
         """A fresh room token after a refusal (site mode): restart stopped publishers."""
         self.token = token
         for name, publisher in list(self.publishers.items()):
-            if publisher._task is not None and publisher._task.done() and not self.closed:
+            if publisher.stopped and not self.closed:
                 fresh = WhipPublisher(self, name, publisher.track, data_channel=publisher.data_channel)
                 self.publishers[name] = fresh
                 fresh.start()

@@ -194,9 +194,16 @@ export class Call extends EventTarget {
         adding.push(sub);
       }
     }
-    const reply = await this.signalling.request("media.offer", {
-      consultation_id: this.consultationId, sdp: pc.localDescription.sdp, publish, subscribe,
-    }, { timeoutMs: 20000 });
+    let reply;
+    try {
+      reply = await this.signalling.request("media.offer", {
+        consultation_id: this.consultationId, sdp: pc.localDescription.sdp, publish, subscribe,
+      }, { timeoutMs: 20000 });
+    } catch (error) {
+      // Back to stable so that the next negotiation starts clean.
+      if (pc.signalingState === "have-local-offer") await pc.setLocalDescription({ type: "rollback" }).catch(() => {});
+      throw error;
+    }
     if (pc !== this.pc || this.closed) return;
     if (reply.identity) this.identity = reply.identity;
     await pc.setRemoteDescription({ type: "answer", sdp: reply.sdp });

@@ -56,7 +56,10 @@ export class StethoscopePanel extends Panel {
     this.volume = h("input", { type: "range", id: "steth-volume", min: 0, max: 1, step: 0.05, value: 0.8,
       "data-i18n-aria-label": "steth.volume", "aria-label": t("steth.volume") });
     this.volume.addEventListener("input", () => { this.audio.volume = Number(this.volume.value); });
-    this.audio.volume = 0.8;
+    // At the cabin the stethoscope is in the room: silent by default there (no feedback
+    // into the nurse's microphone), the trace still drawn.
+    this.volume.value = this.control ? 0.8 : 0;
+    this.audio.volume = Number(this.volume.value);
     const controls = h("div", { class: "controls" });
     const volumeLabel = h("label", { for: "steth-volume", "data-i18n": "steth.volume" }, t("steth.volume"));
     controls.append(h("div", { class: "control" }, volumeLabel, this.volume));
