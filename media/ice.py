@@ -9,7 +9,8 @@ send a connectivity check outside the networks it serves.
 :class:`ScopedPeerConnection` is an ``RTCPeerConnection`` whose ICE transports
 follow a :class:`MediaNetwork`. It is the one place that touches aiortc's and
 aioice's internals for this (``RTCPeerConnection.__createDtlsTransport`` and
-``aioice.Connection``'s candidate lists); ``tests/media/test_ice.py`` checks
+``aioice.Connection``'s candidate gathering, remote candidates and incoming
+checks); ``tests/media/test_ice.py`` checks
 them so that an upgrade that changes them fails loudly.
 """
 
@@ -157,8 +158,19 @@ def _scope_connection(connection: aioice.Connection, network: MediaNetwork,
             return
         await original_add_remote(remote)
 
+    original_request_received = connection.request_received
+
+    def request_received(message: Any, addr: tuple[str, int], protocol: Any) -> None:
+        # A connectivity check from an address we were not told about makes a
+        # peer-reflexive candidate: without this, the allowed networks could be
+        # bypassed by simply sending checks. Dropped silently: no answer leaves.
+        if not network.allows(addr[0]):
+            return
+        original_request_received(message, addr, protocol)
+
     connection.get_component_candidates = get_component_candidates  # type: ignore[method-assign]
     connection.add_remote_candidate = add_remote_candidate  # type: ignore[method-assign]
+    connection.request_received = request_received  # type: ignore[method-assign]
 
 
 class ScopedPeerConnection(RTCPeerConnection):

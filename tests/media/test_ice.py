@@ -78,12 +78,30 @@ async def test_scoped_peers_connect_on_loopback() -> None:
     await b.close()
 
 
+async def test_checks_from_outside_the_allowed_networks_are_ignored() -> None:
+    # B knows A's candidate and sends checks from 127.0.0.1, which A does not allow:
+    # no peer-reflexive candidate may appear at A, and the connection must not come up.
+    a = ScopedPeerConnection(MediaNetwork(allowed_remote=(ipaddress.ip_network("192.0.2.0/24"),)))
+    b = ScopedPeerConnection()
+    a.createDataChannel("x")
+    await a.setLocalDescription(await a.createOffer())
+    await b.setRemoteDescription(a.localDescription)
+    await b.setLocalDescription(await b.createAnswer())
+    await a.setRemoteDescription(RTCSessionDescription(sdp=b.localDescription.sdp, type="answer"))
+    await asyncio.sleep(2.0)  # a window in which a check would have succeeded many times over
+    connection = a.sctp.transport.transport.iceGatherer._connection
+    assert connection.remote_candidates == []
+    assert a.connectionState != "connected"
+    await a.close()
+    await b.close()
+
+
 def test_aiortc_still_creates_transports_through_the_hooked_method() -> None:
     # ScopedPeerConnection overrides this name-mangled method; if aiortc renames it, fail loudly.
     assert hasattr(RTCPeerConnection, "_RTCPeerConnection__createDtlsTransport")
     import aioice
 
-    for name in ("get_component_candidates", "add_remote_candidate", "_protocols"):
-        assert hasattr(aioice.Connection, name) or name == "_protocols"
+    for name in ("get_component_candidates", "add_remote_candidate", "request_received"):
+        assert callable(getattr(aioice.Connection, name)), name
     connection = aioice.Connection(ice_controlling=True)
     assert isinstance(connection._protocols, list)
