@@ -95,6 +95,7 @@ async def _subscribers(base: str, direct_url: str, n: int, codec: str, warmup: f
     token = _tokens().issue_room(ROOM, "doc", role="physician", subscribe=True)
     kinds = [("video", f"video/{codec}"), ("audio", "audio/opus")]
     players: list[Player] = []
+    direct: Player | None = None
     async with aiohttp.ClientSession() as http:
         try:
             for i in range(n):
@@ -125,7 +126,7 @@ async def _subscribers(base: str, direct_url: str, n: int, codec: str, warmup: f
         finally:
             for p in players:
                 await p.close(http)
-            if players and 'direct' in locals():
+            if direct is not None:
                 await direct.close(http)
 
 

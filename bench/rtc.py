@@ -191,6 +191,23 @@ class TickStats:
     max_late: float = 0.0
 
 
+def marked(index: int) -> bool:
+    """About one frame in four, pseudo-randomly, gets its timestamp shifted by half a frame
+    period: a pattern that only the right timestamp origin lines up with, even when the path
+    is slower than several frame periods (see :func:`match_frames`)."""
+    return _MARKS[index % len(_MARKS)]
+
+
+def _marks() -> tuple[bool, ...]:
+    import random
+
+    rng = random.Random(20240607)
+    return tuple(rng.random() < 0.25 for _ in range(4096))
+
+
+_MARKS = _marks()
+
+
 class Source:
     """One clip paced at its frame rate, fanned out to tracks."""
 
@@ -206,6 +223,8 @@ class Source:
         self._want_keyframe = False
         self._task: asyncio.Task[None] | None = None
         self.started_at = 0.0
+        self.marks = clip.kind == "video"
+        """Shift some frames' timestamps by half a frame (see :func:`marked`)."""
 
     def start(self) -> None:
         if self._task is None:
@@ -250,7 +269,7 @@ class Source:
                 self._want_keyframe = False
                 data = clip.intra[k]
                 self.keyframes_sent += 1
-            pts = index * clip.pts_step
+            pts = index * clip.pts_step + (clip.pts_step // 2 if self.marks and marked(index) else 0)
             self.sent[pts] = time.monotonic()
             for track in self.tracks:
                 track.push(data, pts, time_base)
@@ -542,21 +561,24 @@ class Player:
 # -- analysis -------------------------------------------------------------------------
 def match_frames(frames: dict[int, float], sent: dict[int, float], step: int) -> dict[int, float]:
     """pts -> arrival, for a subscriber's ``frames`` (RTP ts -> arrival) of a source whose
-    frames went out at ``sent`` (pts -> time, pts multiples of ``step``). The leg's timestamp
-    origin is unknown (and a transcoding leg may round timestamps by a tick or two): of the
-    candidate origins (the first frame received is one of the frames sent in the 3 s before
-    it), the right one is the latest for which no frame arrives before it was sent."""
+    frames went out at ``sent`` (pts -> time; ``step`` ticks apart, some shifted by half a step
+    when the source marks them). The leg's timestamp origin is unknown (and a transcoding leg
+    may round timestamps by a tick or two): of the candidate origins (the first frame received
+    is one of the frames sent in the 3 s before it), the right one is the latest under which
+    the received timestamps line up with the sent ones (90 %) and no frame arrives before it
+    was sent."""
     if not frames or not sent:
         return {}
     items = sorted(frames.items(), key=lambda kv: kv[1])
     ts0, t0 = items[0]
-    sample = items[:150]
-    tolerance = step // 4
+    sample = items[:200]
 
     def to_pts(ts: int, offset: int) -> int | None:
         rel = (ts - offset) % TS_MOD
-        pts = (rel + step // 2) // step * step
-        return pts if abs(rel - pts) <= tolerance else None
+        for d in (0, 1, -1, 2, -2):
+            if rel + d in sent:
+                return rel + d
+        return None
 
     candidates = sorted((pts for pts, t in sent.items() if t0 - 3.0 <= t <= t0 + 0.0005), reverse=True)
     for pts0 in candidates:
@@ -565,18 +587,17 @@ def match_frames(frames: dict[int, float], sent: dict[int, float], step: int) ->
         mapped = 0
         for ts, t in sample:
             pts = to_pts(ts, offset)
-            s = sent.get(pts) if pts is not None else None
-            if s is None:
+            if pts is None:
                 continue
             mapped += 1
-            if t - s < -0.0005:
+            if t - sent[pts] < -0.0005:
                 ok = False
                 break
-        if ok and mapped >= 0.8 * len(sample):
+        if ok and mapped >= 0.9 * len(sample):
             out: dict[int, float] = {}
             for ts, t in items:
                 pts = to_pts(ts, offset)
-                if pts is not None and pts in sent and pts not in out:
+                if pts is not None and pts not in out:
                     out[pts] = t
             return out
     return {}

@@ -35,6 +35,7 @@ import logging
 import os
 import secrets
 import struct
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Iterator, Mapping
@@ -170,6 +171,9 @@ class SealedWriter:
         self._header = b""
         self._prefix = b""
         self.bytes_in = 0
+        self._flushed_bytes = 0
+        self._sync_pending: Future[None] | None = None
+        self._sync_error: BaseException | None = None
         if master is not None:
             file_id = secrets.token_bytes(FILE_ID_SIZE)
             data_key = AESGCM.generate_key(bit_length=256)
@@ -203,21 +207,65 @@ class SealedWriter:
             del self._buffer[: self._chunk_size]
         return n
 
-    def flush(self) -> None:
-        """Put everything written so far on disk as complete chunks (crash-safe point)."""
+    @property
+    def dirty(self) -> bool:
+        """Bytes were written since the last :meth:`flush`."""
+        return self.bytes_in != self._flushed_bytes
+
+    def flush(self, executor: Executor | None = None) -> None:
+        """Put everything written so far on disk as complete chunks (crash-safe point).
+
+        The sealed chunks are handed to the OS before this returns, so a killed process
+        loses nothing flushed. The fsync (``fdatasync``: the data and the file size, what
+        an append-only file needs; against power loss) runs inline, or on ``executor``
+        (off the event loop) on a duplicate of the descriptor, so that a ``close`` meanwhile
+        is harmless. A background fsync error is raised by the next ``flush``/``close``;
+        while one is still running, the next flush does not queue another (its data is
+        synced by the next flush after that one finished).
+        """
         if self._closed:
             return
+        self._raise_sync_error()
         if self._aead is not None and self._buffer:
             self._seal(bytes(self._buffer), last=False)
             self._buffer.clear()
         self._file.flush()
-        if self._fsync:
-            os.fsync(self._file.fileno())
+        self._flushed_bytes = self.bytes_in
+        if not self._fsync:
+            return
+        if executor is None:
+            os.fdatasync(self._file.fileno())
+            return
+        pending = self._sync_pending
+        if pending is not None and not pending.done():
+            self._flushed_bytes = -1  # still owed: the next flush syncs it
+            return
+        fd = os.dup(self._file.fileno())
+        try:
+            self._sync_pending = executor.submit(self._sync_fd, fd)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def _sync_fd(self, fd: int) -> None:
+        """In the executor's thread."""
+        try:
+            os.fdatasync(fd)
+        except OSError as exc:
+            self._sync_error = exc
+        finally:
+            os.close(fd)
+
+    def _raise_sync_error(self) -> None:
+        error, self._sync_error = self._sync_error, None
+        if error is not None:
+            raise error
 
     def close(self) -> None:
         if self._closed:
             return
         try:
+            self._raise_sync_error()
             if self._aead is not None:
                 # The final chunk carries the last flag; it may be empty.
                 self._seal(bytes(self._buffer), last=True)

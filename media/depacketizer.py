@@ -18,19 +18,25 @@ Rules:
   become Annex-B access units (RFC 6184 single NAL, STAP-A, FU-A), and a keyframe
   without SPS/PPS gets the last seen ones put in front.
 
-The payload descriptors come from aiortc's own codecs (``VpxPayloadDescriptor``,
-``H264PayloadDescriptor``), so sender and receiver agree by construction.
+The H.264 payload descriptor comes from aiortc's own codec (``H264PayloadDescriptor``),
+so sender and receiver agree by construction; the VP8 one is read in place
+(:func:`vp8_descriptor_end`, the rules of aiortc's ``VpxPayloadDescriptor``, checked
+against it by the tests) because it is on the per-packet path.
+
+Two entry points: :meth:`Depacketizer.push` takes an aiortc ``RtpPacket``;
+:meth:`Depacketizer.push_rtp` takes the datagram and a header the SFU already parsed
+(offsets), and costs no per-packet object in the common case (in order, nothing
+waiting).
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Union
+from typing import Protocol, Union
 
 from aiortc import RTCRtpCodecParameters
 from aiortc.codecs.h264 import H264Encoder, H264PayloadDescriptor
-from aiortc.codecs.vpx import VpxPayloadDescriptor
 from aiortc.rtp import RtpPacket
 
 logger = logging.getLogger(__name__)
@@ -186,12 +192,63 @@ def _sps_dimensions(nal: bytes) -> tuple[int, int]:
     return width, height
 
 
-@dataclass
+@dataclass(slots=True)
 class _Assembly:
     timestamp: int
     payloads: list[bytes]
     broken: bool
     arrival: float
+
+
+class RtpHeaderLike(Protocol):
+    """What :meth:`Depacketizer.push_rtp` reads of a parsed header (``sfu.rtp.RtpHeader``):
+    offsets into the datagram, so that the payload is sliced once, without re-parsing."""
+
+    sequence_number: int
+    timestamp: int
+    marker: bool
+    payload_start: int
+    payload_end: int
+
+
+# A packet waiting in the reorder window: (datagram, payload start, payload end,
+# timestamp, marker, arrival). Plain tuples: one allocation per out-of-order packet.
+_Pending = tuple[bytes, int, int, int, bool, float]
+_NO_EVENTS: tuple[Event, ...] = ()
+
+
+def vp8_descriptor_end(data: bytes, start: int, end: int) -> tuple[bool, int]:
+    """(starts a frame, offset of the VP8 bytes) of the RFC 7741 payload descriptor at
+    ``data[start:end]``; the same rules (and errors) as aiortc's ``VpxPayloadDescriptor``,
+    without building one."""
+    if end - start < 1:
+        raise ValueError("VPX descriptor is too short")
+    octet = data[start]
+    pos = start + 1
+    if octet & 0x80:
+        if end < pos + 1:
+            raise ValueError("VPX descriptor has truncated extended bits")
+        ext = data[pos]
+        pos += 1
+        if ext & 0x80:  # I: picture id
+            if end < pos + 1:
+                raise ValueError("VPX descriptor has truncated PictureID")
+            if data[pos] & 0x80:
+                if end < pos + 2:
+                    raise ValueError("VPX descriptor has truncated long PictureID")
+                pos += 2
+            else:
+                pos += 1
+        if ext & 0x40:  # L: TL0PICIDX
+            if end < pos + 1:
+                raise ValueError("VPX descriptor has truncated TL0PICIDX")
+            pos += 1
+        if ext & 0x30:  # T or K
+            if end < pos + 1:
+                raise ValueError("VPX descriptor has truncated T/K")
+            pos += 1
+    # Partition start (S) of partition 0.
+    return (octet & 0x1F) == 0x10, pos
 
 
 class Depacketizer:
@@ -218,7 +275,8 @@ class Depacketizer:
         self._reorder_delay_s = reorder_delay_s
         self._next_seq: int | None = None
         """Extended sequence number of the next packet to release."""
-        self._pending: dict[int, tuple[RtpPacket, float]] = {}
+        self._pending: dict[int, _Pending] = {}
+        self._vp8 = mime == "video/vp8"
         self._current: _Assembly | None = None
         self._need_keyframe = self.is_video
         self._lost_since_report = 0
@@ -239,21 +297,44 @@ class Depacketizer:
 
     def push(self, packet: RtpPacket, arrival: float) -> list[Event]:
         """Take one packet; return what became complete."""
+        payload = packet.payload
+        return list(
+            self._push(payload, 0, len(payload), packet.sequence_number, packet.timestamp,
+                       bool(packet.marker), arrival)
+        )
+
+    def push_rtp(self, data: bytes, header: RtpHeaderLike, arrival: float) -> list[Event] | tuple[Event, ...]:
+        """Take one RTP datagram whose header is already parsed (the SFU's); return what
+        became complete (an empty tuple, not a list, when nothing did)."""
+        return self._push(data, header.payload_start, header.payload_end, header.sequence_number,
+                          header.timestamp, header.marker, arrival)
+
+    def _push(self, data: bytes, start: int, end: int, seq16: int, timestamp: int, marker: bool,
+              arrival: float) -> list[Event] | tuple[Event, ...]:
         self.packets_in += 1
-        events: list[Event] = []
-        if self._next_seq is None:
-            self._next_seq = packet.sequence_number
-        delta = ((packet.sequence_number - self._next_seq + _SEQ_MOD // 2) % _SEQ_MOD) - _SEQ_MOD // 2
-        seq = self._next_seq + delta
+        next_seq = self._next_seq
+        if next_seq is None:
+            next_seq = self._next_seq = seq16
+        delta = ((seq16 - next_seq + _SEQ_MOD // 2) & (_SEQ_MOD - 1)) - _SEQ_MOD // 2
+        if delta == 0 and not self._pending:
+            # In order, nothing waiting: the common case, straight to assembly.
+            self._next_seq = next_seq + 1
+            events: list[Event] = []
+            self._consume(data, start, end, timestamp, marker, seq16, arrival, events)
+            if self._lost_since_report:
+                self._report(arrival, events)
+            return events or _NO_EVENTS
         if delta < 0:
             self.late += 1
-            return events
+            return _NO_EVENTS
+        seq = next_seq + delta
         if seq in self._pending:
             self.duplicates += 1
-            return events
-        self._pending[seq] = (packet, arrival)
+            return _NO_EVENTS
+        self._pending[seq] = (data, start, end, timestamp, marker, arrival)
+        events = []
         self._release(arrival, events)
-        return events
+        return events or _NO_EVENTS
 
     def flush(self, now: float) -> list[Event]:
         """Release everything (end of the publication): missing packets count as lost."""
@@ -274,13 +355,14 @@ class Depacketizer:
         while True:
             item = self._pending.pop(self._next_seq, None)
             if item is not None:
+                seq16 = self._next_seq & (_SEQ_MOD - 1)
                 self._next_seq += 1
-                self._consume(item[0], item[1], events)
+                self._consume(item[0], item[1], item[2], item[3], item[4], seq16, item[5], events)
                 continue
             if not self._pending:
                 break
             newest = max(self._pending)
-            oldest_arrival = min(a for _, a in self._pending.values())
+            oldest_arrival = min(p[5] for p in self._pending.values())
             if newest - self._next_seq >= self._reorder_packets or now - oldest_arrival >= self._reorder_delay_s:
                 self._skip_to_oldest(now, events)
                 continue
@@ -318,48 +400,55 @@ class Depacketizer:
 
     # -- assembly ----------------------------------------------------------------------
 
-    def _consume(self, packet: RtpPacket, arrival: float, events: list[Event]) -> None:
+    def _consume(self, data: bytes, start: int, end: int, timestamp: int, marker: bool, seq16: int,
+                 arrival: float, events: list[Event]) -> None:
         if not self.is_video:
-            if packet.payload:
-                self._emit(events, packet.payload, packet.timestamp, True, arrival)
+            if end > start:
+                payload = data if start == 0 and end == len(data) else data[start:end]
+                self._emit(events, payload, timestamp, True, arrival)
             return
         try:
-            start, payload = self._depayload(packet.payload)
+            if self._vp8:
+                begins, pos = vp8_descriptor_end(data, start, end)
+                payload = data[pos:end]
+            else:
+                begins, payload = self._depayload(data[start:end])
         except ValueError as exc:
-            logger.debug("malformed %s payload seq=%d: %s", self.mime, packet.sequence_number, exc)
+            logger.debug("malformed %s payload seq=%d: %s", self.mime, seq16, exc)
             self._on_loss(1)
             return
         current = self._current
-        if current is not None and current.timestamp != packet.timestamp:
+        if current is not None and current.timestamp != timestamp:
             # A sender that forgot the marker: the timestamp change ends the frame.
             self._current = None
             self._finish(current, events, complete=not current.broken)
             current = None
         if current is None:
-            current = self._current = _Assembly(packet.timestamp, [], broken=not start, arrival=arrival)
+            current = self._current = _Assembly(timestamp, [], not begins, arrival)
         current.payloads.append(payload)
         current.arrival = arrival
-        if packet.marker:
+        if marker:
             self._current = None
             self._finish(current, events, complete=not current.broken)
 
     def _depayload(self, payload: bytes) -> tuple[bool, bytes]:
         """(starts a frame, bytes to append) for one packet."""
         if self.mime == "video/vp8":
-            descriptor, data = VpxPayloadDescriptor.parse(payload)
-            return bool(descriptor.partition_start and descriptor.partition_id == 0), data
+            begins, pos = vp8_descriptor_end(payload, 0, len(payload))
+            return begins, payload[pos:]
         h264_descriptor, data = H264PayloadDescriptor.parse(payload)
         # Only the first FU-A fragment may begin an access unit; single NALs and STAP-A
         # always start NAL units, which is as much as RTP tells us.
         return bool(h264_descriptor.first_fragment), data
 
     def _finish(self, assembly: _Assembly, events: list[Event], *, complete: bool) -> None:
-        data = b"".join(assembly.payloads)
+        payloads = assembly.payloads
+        data = payloads[0] if len(payloads) == 1 else b"".join(payloads)
         if not complete or not data:
             self._drop()
             return
-        if self.mime == "video/vp8":
-            keyframe = vp8_is_keyframe(data)
+        if self._vp8:
+            keyframe = not data[0] & 0x01
         else:
             data, keyframe = self._complete_h264(data)
         if self._need_keyframe and not keyframe:

@@ -26,6 +26,7 @@ import logging
 import os
 import re
 import time
+from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -36,7 +37,7 @@ from aiortc import RTCRtpCodecParameters
 from aiortc.rtp import RtpPacket
 
 from media.crypto import SealedWriter, Vault, key_path
-from media.depacketizer import Depacketizer, EncodedFrame, h264_dimensions, vp8_dimensions
+from media.depacketizer import Depacketizer, EncodedFrame, RtpHeaderLike, h264_dimensions, vp8_dimensions
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +93,7 @@ class TrackRecorder:
         *,
         flush_interval_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        sync_executor: Executor | None = None,
     ) -> None:
         mime = mime_type.lower()
         if mime not in _FORMATS:
@@ -102,6 +104,7 @@ class TrackRecorder:
         self._vault = vault
         self._flush_interval_s = flush_interval_s
         self._clock = clock
+        self._sync_executor = sync_executor
         self._writer: SealedWriter | None = None
         self._container: av.container.OutputContainer | None = None
         self._stream: Any = None
@@ -110,6 +113,7 @@ class TrackRecorder:
         self._last_ext = 0
         self._last_pts = -1
         self._last_flush = 0.0
+        self._time_base: fractions.Fraction | None = None
         self._closed = False
         self.frames_written = 0
         self.first_arrival: float | None = None
@@ -134,25 +138,47 @@ class TrackRecorder:
         assert self._first_ts is not None
         # The depacketizer releases frames in sequence order; a timestamp going
         # backwards (sender bug) is clamped because the muxer refuses it.
-        pts = max(ext - self._first_ts, self._last_pts)
+        pts = ext - self._first_ts
+        if pts < self._last_pts:
+            pts = self._last_pts
         packet = av.Packet(frame.data)
         packet.pts = packet.dts = pts
-        packet.time_base = fractions.Fraction(1, frame.clock_rate)
+        packet.time_base = self._time_base
         packet.stream = self._stream
         packet.is_keyframe = frame.keyframe
         self._container.mux(packet)
         self._last_pts = pts
         self.duration_ts = pts
         self.frames_written += 1
+        # Seal and sync once the interval is over and the muxer handed something over
+        # (it does so per cluster): at most one fsync per interval per track.
         now = self._clock()
-        if now - self._last_flush >= self._flush_interval_s:
-            self.flush()
+        if now - self._last_flush >= self._flush_interval_s and self._writer is not None and self._writer.dirty:
+            self._flush(now)
         return True
 
     def flush(self) -> None:
+        """Seal what was written so far (and sync it)."""
         if self._writer is not None and not self._closed:
-            self._writer.flush()
-            self._last_flush = self._clock()
+            self._flush(self._clock())
+
+    def flush_if_stale(self, now: float | None = None) -> bool:
+        """The timer's flush: only when something was written and the track did not
+        flush itself during the last half interval (so an active track is synced about
+        once per interval, by whichever comes first, and an idle one within 1.5
+        intervals). Returns whether it flushed."""
+        if self._writer is None or self._closed or not self._writer.dirty:
+            return False
+        now = self._clock() if now is None else now
+        if now - self._last_flush < self._flush_interval_s / 2:
+            return False
+        self._flush(now)
+        return True
+
+    def _flush(self, now: float) -> None:
+        assert self._writer is not None
+        self._writer.flush(self._sync_executor)
+        self._last_flush = now
 
     def close(self) -> None:
         """Write the end of the container and seal the file."""
@@ -203,6 +229,7 @@ class TrackRecorder:
         except Exception:
             self._writer.abort()
             raise
+        self._time_base = fractions.Fraction(1, frame.clock_rate)
         self._first_ts = frame.timestamp
         self._last_ts32 = frame.timestamp
         self._last_ext = frame.timestamp
@@ -315,8 +342,10 @@ class RecordingSession:
         on_error: ErrorCallback | None,
         clock: Callable[[], float],
         wall_clock: Callable[[], float],
+        sync_executor: Executor | None = None,
     ) -> None:
         self.directory = directory
+        self._sync_executor = sync_executor
         self._manifest = manifest
         self._vault = vault
         self._flush_interval_s = flush_interval_s
@@ -340,10 +369,13 @@ class RecordingSession:
         on_error: ErrorCallback | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        sync_executor: Executor | None = None,
     ) -> RecordingSession:
         """Create ``<recordings_dir>/<consultation_id>/`` and its manifest.
 
         Raises ``FileExistsError`` when that consultation already has a recording.
+        ``sync_executor``: where the media files' periodic fsyncs run (off the event
+        loop); inline when None. The manifest is always synced inline.
         """
         directory = Path(recordings_dir) / check_id(consultation_id)
         directory.parent.mkdir(parents=True, exist_ok=True)
@@ -364,6 +396,7 @@ class RecordingSession:
             on_error=on_error,
             clock=clock,
             wall_clock=wall_clock,
+            sync_executor=sync_executor,
         )
 
     @property
@@ -408,7 +441,12 @@ class RecordingSession:
             added_at=self._wall_clock(),
         )
         recorder = TrackRecorder(
-            self.directory / name, mime, self._vault, flush_interval_s=self._flush_interval_s, clock=self._clock
+            self.directory / name,
+            mime,
+            self._vault,
+            flush_interval_s=self._flush_interval_s,
+            clock=self._clock,
+            sync_executor=self._sync_executor,
         )
         self._tracks[publication_id] = _Track(entry, Depacketizer(codec), recorder)
         self._manifest = replace(self._manifest, tracks=self._manifest.tracks + (entry,))
@@ -433,9 +471,25 @@ class RecordingSession:
             self._fail(exc)
             return False
 
+    def feed_rtp(self, publication_id: str, data: bytes, header: RtpHeaderLike, arrival: float) -> bool:
+        """:meth:`feed` for a datagram whose header the SFU already parsed (the tap's
+        path: no second parse, no packet object). Never raises; same answer."""
+        track = self._tracks.get(publication_id)
+        if track is None or self._state != "recording":
+            return False
+        try:
+            events = track.depacketizer.push_rtp(data, header, arrival)
+            if events:
+                for event in events:
+                    if type(event) is EncodedFrame:
+                        self._write(track, event)
+            return track.depacketizer.waiting_for_keyframe
+        except Exception as exc:  # disk full, I/O error, muxer error: stop, tell, go on
+            self._fail(exc)
+            return False
+
     def flush(self) -> None:
-        """Seal what every track has written so far (call it from a timer so that an
-        idle track is on disk too). Never raises."""
+        """Seal what every track has written so far. Never raises."""
         if self._state != "recording":
             return
         try:
@@ -443,6 +497,21 @@ class RecordingSession:
                 track.recorder.flush()
         except Exception as exc:
             self._fail(exc)
+
+    def flush_stale(self) -> int:
+        """The timer's flush (so that an idle track is on disk too): only the tracks
+        that wrote something and did not flush themselves lately
+        (:meth:`TrackRecorder.flush_if_stale`). Never raises; returns how many flushed."""
+        if self._state != "recording":
+            return 0
+        flushed = 0
+        try:
+            now = self._clock()
+            for track in self._tracks.values():
+                flushed += track.recorder.flush_if_stale(now)
+        except Exception as exc:
+            self._fail(exc)
+        return flushed
 
     def remove_track(self, publication_id: str) -> None:
         """The publication ended: close its file (the manifest keeps it)."""

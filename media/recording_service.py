@@ -16,13 +16,14 @@ the patient consented at check-in:
 * A write error (disk full) fails the recording (``recording.failed`` to the
   parties, journaled); forwarding goes on untouched: the taps never raise.
 * Background work (``cleanup_ctx``): recover recordings a crash left open at
-  startup, flush every ``recording.flush_interval_s``, crypto-shred expired
-  recordings daily, stop everything at shutdown.
+  startup, flush every ``recording.flush_interval_s`` the tracks that did not flush
+  themselves (the fsyncs run on one background thread, off the event loop),
+  crypto-shred expired recordings and stills daily, stop everything at shutdown.
 
 Events to the consultation's nurses and physician (signalling socket):
 ``recording.started`` / ``recording.stopped`` / ``recording.failed``. Journal acts:
 ``recording.start``, ``recording.stop``, ``recording.fail``, ``recording.recover``,
-``recording.shred``, ``recording.access`` (see :mod:`media.recording_http`).
+``recording.shred``, ``still.shred``, ``recording.access`` (see :mod:`media.recording_http`).
 
 Lifecycle of one consultation's recording: recording -> stopped | failed (one
 recording per consultation: the files are named after it).
@@ -35,6 +36,7 @@ import asyncio
 import errno
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable, Protocol
 
@@ -43,7 +45,7 @@ from aiohttp import web
 from config.settings import Settings
 from media.crypto import Vault
 from media.recorder import Manifest, RecordingSession, recover
-from media.recording_store import RecordingStore
+from media.recording_store import RecordingStore, StillStore
 
 logger = logging.getLogger(__name__)
 
@@ -88,9 +90,12 @@ class _Active:
 class RecordingService:
     def __init__(self, settings: Settings, store: RecordingStore, vault: Vault, *,
                  sfu: Callable[[], Any], signalling: Callable[[], Signalling | None],
-                 clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time,
+                 stills: StillStore | None = None) -> None:
         self.settings = settings
         self.store = store
+        self.stills = stills
+        """Stills past ``recording.retention_days`` are shredded by the daily purge too."""
         self.vault = vault
         self._sfu = sfu
         self._signalling = signalling
@@ -100,6 +105,13 @@ class RecordingService:
         self._active: dict[str, _Active] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._closing = False
+        self._sync_executor: ThreadPoolExecutor | None = None
+
+    def _executor(self) -> ThreadPoolExecutor:
+        """One thread for the media files' fsyncs: off the event loop, in order."""
+        if self._sync_executor is None:
+            self._sync_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recording-sync")
+        return self._sync_executor
 
     # -- queries ---------------------------------------------------------------
     def recording(self, consultation_id: str) -> bool:
@@ -132,7 +144,7 @@ class RecordingService:
         try:
             session = self.store.start_session(
                 consultation_id, started_by=physician, flush_interval_s=self.settings.recording.flush_interval_s,
-                on_error=self._on_error, clock=self._clock)
+                on_error=self._on_error, clock=self._clock, sync_executor=self._executor())
         except FileExistsError:
             raise RecordingRefused(409, "conflict", "this consultation was already recorded") from None
         except OSError as exc:
@@ -215,19 +227,15 @@ class RecordingService:
         except OSError as exc:
             active.session._fail(exc)  # the manifest could not be saved: same as a write error
             return
-        session = active.session
+        feed = active.session.feed_rtp
         pid = info.id
         wants_keyframe = info.kind == "video"
-        parse = _rtp_parser()
         clock = self._clock
 
-        def on_packet(data: bytes) -> None:
-            # In the forwarding path: never raise, do as little as possible.
-            try:
-                packet = parse(data)
-            except Exception:
-                return
-            if session.feed(pid, packet, clock()) and wants_keyframe:
+        def on_packet(data: bytes, header: Any) -> None:
+            # In the forwarding path: never raise, do as little as possible. The header
+            # is the SFU's (sfu.rtp.RtpHeader, RTX unwrapped): no second parse.
+            if feed(pid, data, header, clock()) and wants_keyframe:
                 self._keyframe(active, publication)
 
         active.taps[pid] = publication.add_packet_listener(on_packet)
@@ -323,21 +331,42 @@ class RecordingService:
         return ids
 
     async def purge(self, now: float | None = None) -> list[str]:
-        """Crypto-shred recordings past retention; journaled."""
+        """Crypto-shred recordings past retention; journaled. Then the stills past the
+        same retention (``purge_stills``); their failure does not undo the recordings'."""
         shredded = await asyncio.to_thread(self.store.purge_expired, now)
         sig = self._signalling()
         for item in shredded:
             if sig is not None:
                 await sig.journal.append("recording.shred", actor="retention", consultation_id=item.consultation_id,
                                          files=len(item.files), stopped_at=item.stopped_at)
+        try:
+            await self.purge_stills(now)
+        except Exception:
+            logger.exception("stills retention purge failed")
         return [item.consultation_id for item in shredded]
+
+    async def purge_stills(self, now: float | None = None) -> list[str]:
+        """Shred the stills older than ``recording.retention_days``; each one journaled as
+        ``still.shred`` (actor ``retention``, ids only). Returns their still ids."""
+        if self.stills is None:
+            return []
+        gone = await asyncio.to_thread(self.stills.purge_expired, self.settings.recording.retention_days,
+                                       self._wall_clock() if now is None else now)
+        sig = self._signalling()
+        for meta in gone:
+            if sig is not None:
+                await sig.journal.append("still.shred", actor="retention", consultation_id=meta.consultation_id,
+                                         still_id=meta.still_id, device=meta.device, created=meta.created)
+        return [meta.still_id for meta in gone]
 
     async def _flush_loop(self) -> None:
         interval = self.settings.recording.flush_interval_s
         while True:
             await asyncio.sleep(interval)
             for active in list(self._active.values()):
-                active.session.flush()  # never raises; errors come back through _on_error
+                # Only the tracks that did not flush themselves in the meantime; never
+                # raises (errors come back through _on_error).
+                active.session.flush_stale()
 
     async def _purge_loop(self) -> None:
         while True:
@@ -365,6 +394,9 @@ class RecordingService:
                 await task
             except (asyncio.CancelledError, Exception):
                 pass
+        if self._sync_executor is not None:
+            executor, self._sync_executor = self._sync_executor, None
+            await asyncio.to_thread(executor.shutdown, wait=True)
 
 
 def _failure_reason(exc: BaseException | None) -> str:
@@ -375,12 +407,6 @@ def _failure_reason(exc: BaseException | None) -> str:
     return "recorder_error" if exc is not None else "unknown"
 
 
-def _rtp_parser() -> Callable[[bytes], Any]:
-    from aiortc.rtp import RtpPacket
-
-    return RtpPacket.parse
-
-
 # -- application ----------------------------------------------------------------
 RECORDING = web.AppKey("recording", RecordingService)
 
@@ -389,7 +415,8 @@ def build(settings: Settings, *, sfu: Callable[[], Any], signalling: Callable[[]
     vault = Vault.from_settings(settings.recording)
     store = RecordingStore.for_data_dir(settings.server.data_dir, vault,
                                         retention_days=settings.recording.retention_days)
-    return RecordingService(settings, store, vault, sfu=sfu, signalling=signalling)
+    stills = StillStore.for_data_dir(settings.server.data_dir, vault)
+    return RecordingService(settings, store, vault, sfu=sfu, signalling=signalling, stills=stills)
 
 
 def setup(app: web.Application) -> None:

@@ -22,6 +22,7 @@ import os
 import secrets
 import statistics
 import time
+from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -131,6 +132,7 @@ class RecordingStore:
         flush_interval_s: float = 1.0,
         on_error: ErrorCallback | None = None,
         clock: Callable[[], float] = time.monotonic,
+        sync_executor: Executor | None = None,
     ) -> RecordingSession:
         return RecordingSession.start(
             self.root,
@@ -139,6 +141,7 @@ class RecordingStore:
             started_by=started_by,
             flush_interval_s=flush_interval_s,
             on_error=on_error,
+            sync_executor=sync_executor,
             clock=clock,
         )
 

@@ -25,7 +25,10 @@ instance (never by patching classes or modules), in these places:
   transceivers of an offer itself, bound to their mids, so that codec
   preferences apply before ``setRemoteDescription`` negotiates codecs
   (:func:`bind_transceiver`).
-* ``RTCDtlsTransport._send_rtp`` (SRTP protect + send): :func:`send_rtp`.
+* ``RTCDtlsTransport._send_rtp`` (SRTP protect + send): :func:`send_rtp`; on the
+  forwarding path :func:`send_rtp_now` does the same synchronously, through the
+  transport's SRTP session and aioice's nominated pair (``Connection._nominated``,
+  ``CandidatePair.protocol.transport`` / ``remote_addr``).
 
 ``tests/sfu/test_aiortc_patches.py`` checks each of these on real aiortc
 objects, so that an upgrade that changes them fails loudly.
@@ -41,6 +44,7 @@ from aiortc import RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
 from aiortc.codecs import is_rtx
 from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtcdtlstransport import RTCDtlsTransport
+from aiortc.rtcdtlstransport import State as DtlsState
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtcrtpreceiver import StreamStatistics
 from aiortc.rtp import (RTCP_PSFB_APP, RTCP_PSFB_FIR, RTCP_PSFB_PLI, RTCP_RTPFB_NACK, RtcpPsfbPacket,
@@ -124,6 +128,15 @@ async def send_nack(receiver: RTCRtpReceiver, media_ssrc: int, lost: list[int]) 
 
 async def send_pli(receiver: RTCRtpReceiver, media_ssrc: int) -> None:
     await receiver._send_rtcp_pli(media_ssrc)
+
+
+def reset_nack_generator(receiver: RTCRtpReceiver) -> None:
+    """Forget the sequence numbers the NACK generator tracks (the publisher's SSRC changed:
+    its new numbering is no gap to NACK)."""
+    nack = receiver._RTCRtpReceiver__nack_generator  # type: ignore[attr-defined]
+    if nack is not None:
+        nack.max_seq = None
+        nack.missing.clear()
 
 
 class _CountingQueue(queue.Queue):  # type: ignore[type-arg]
@@ -211,9 +224,12 @@ def sender_started(sender: RTCRtpSender) -> bool:
 
 
 def note_sent(sender: RTCRtpSender, timestamp: int, payload_bytes: int) -> None:
-    """Advance the sender's Sender Report counters for one packet the SFU sent for it."""
-    sender._RTCRtpSender__ntp_timestamp = clock.current_ntp_time()  # type: ignore[attr-defined]
-    sender._RTCRtpSender__rtp_timestamp = timestamp  # type: ignore[attr-defined]
+    """Advance the sender's Sender Report counters for one packet the SFU sent for it.
+    The (NTP time, RTP timestamp) pair moves on the first packet of each frame only: every
+    packet of a frame has its timestamp, and reading the wall clock per packet costs."""
+    if sender._RTCRtpSender__rtp_timestamp != timestamp:  # type: ignore[attr-defined]
+        sender._RTCRtpSender__ntp_timestamp = clock.current_ntp_time()  # type: ignore[attr-defined]
+        sender._RTCRtpSender__rtp_timestamp = timestamp  # type: ignore[attr-defined]
     sender._RTCRtpSender__octet_count += payload_bytes  # type: ignore[attr-defined]
     sender._RTCRtpSender__packet_count += 1  # type: ignore[attr-defined]
 
@@ -234,6 +250,26 @@ def bind_transceiver(transceiver: RTCRtpTransceiver, mid: str, mline_index: int)
 async def send_rtp(transport: RTCDtlsTransport, data: bytes) -> None:
     """SRTP-protect and send one RTP or RTCP packet (raises ConnectionError when closed)."""
     await transport._send_rtp(data)
+
+
+_CONNECTED = DtlsState.CONNECTED
+
+
+def send_rtp_now(transport: RTCDtlsTransport, data: bytes) -> None:
+    """SRTP-protect and send one RTP packet (not RTCP) at once: what
+    ``RTCDtlsTransport._send_rtp`` does, without its four levels of coroutines
+    (``_send_rtp`` -> ``RTCIceTransport._send`` -> ``Connection.sendto`` ->
+    ``StunProtocol.send_data``, none of which waits for anything). The forwarding hot
+    path: one call per packet and subscriber. Raises ConnectionError when not connected."""
+    if transport._state is not _CONNECTED:
+        raise ConnectionError("Cannot send encrypted RTP, not connected")
+    protected = transport._tx_srtp.protect(data)
+    pair = transport.transport._connection._nominated.get(1)
+    if pair is None:
+        raise ConnectionError("Cannot send data, not connected")
+    pair.protocol.transport.sendto(protected, pair.remote_addr)
+    transport._RTCDtlsTransport__tx_bytes += len(protected)  # type: ignore[attr-defined]
+    transport._RTCDtlsTransport__tx_packets += 1  # type: ignore[attr-defined]
 
 
 def transport_connected(transport: RTCDtlsTransport) -> bool:

@@ -46,8 +46,9 @@ class Forwarder:
         self.counts = counts
         self.clock = clock
         self.subscriptions: list["Subscription"] = []
-        self.packet_listeners: list[Callable[[bytes], None]] = []
-        """Taps (recording) that see each media packet before the subscriptions; must not raise."""
+        self.packet_listeners: list[Callable[[bytes, RtpHeader], None]] = []
+        """Taps (recording) that see each media packet (and its parsed header) before the
+        subscriptions; must not raise."""
         self.ssrc: int | None = None
         self._last_keyframe_ts: int | None = None
         self.closed = False
@@ -93,9 +94,12 @@ class Forwarder:
                 now = self.clock()
                 for subscription in self.subscriptions:
                     subscription.source_changed(now)
+                self.ssrc = header.ssrc
+                if not keyframe and self.subscriptions:
+                    self.keyframe_wanted("ssrc changed")  # to the new ssrc
             self.ssrc = header.ssrc
         for listener in self.packet_listeners:
-            listener(data)
+            listener(data, header)
         waiting = False
         for subscription in self.subscriptions:
             if await subscription.send(data, header, keyframe):

@@ -39,7 +39,8 @@ from sfu.events import ParticipantInfo, PublicationInfo
 from sfu.metrics import SfuMetrics
 from sfu.publication import Publication, new_publication_id, now, publisher_codec, subscriber_codec
 from sfu.rtp import RtpError, extension_elements, parse_header, unwrap_rtx
-from sfu.sdp import LegParameters, MediaLine, Offer, SdpError, label_answer, leg_parameters
+from sfu.sdp import (LegParameters, MediaLine, Offer, SdpError, bundle_candidates, label_answer, leg_parameters,
+                     reject_sections)
 from sfu.subscription import Subscription
 from signalling.auth import RoomGrant
 
@@ -137,7 +138,8 @@ class Participant:
                 transceiver = self.pc.addTransceiver(line.kind, direction="inactive")
             patches.bind_transceiver(transceiver, line.mid, line.index)
         try:
-            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=offer.sdp, type="offer"))
+            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=bundle_candidates(offer.sdp),
+                                                                     type="offer"))
             answer = await self.pc.createAnswer()
             await self.pc.setLocalDescription(answer)
         except SfuError:
@@ -181,7 +183,7 @@ class Participant:
                     labels[mid] = (pub.info.identity, pub.info.source)
         for mid, publication in self.publications.items():
             labels.setdefault(mid, (publication.info.identity, publication.info.source))
-        return label_answer(local, labels), created
+        return reject_sections(label_answer(local, labels), {line.mid for line in offer.media if line.rejected}), created
 
     def _publication(self, line: MediaLine, transceiver: Any, source: str, leg: LegParameters) -> Publication:
         info = PublicationInfo(
@@ -221,6 +223,8 @@ class Participant:
         if media_ssrc is not None:
             if header.payload_type != publication.rtx_payload_type:
                 return
+            if publication.media_ssrc is not None and media_ssrc != publication.media_ssrc:
+                return  # a retransmission for a source the publisher no longer sends
             patches.feed_receiver_rtx(receiver, header.ssrc, header.sequence_number, header.timestamp, clock_rate)
             try:
                 data, header = unwrap_rtx(data, header, payload_type=publication.payload_type, ssrc=media_ssrc)
@@ -232,13 +236,14 @@ class Participant:
         else:
             if header.payload_type != publication.payload_type:
                 return
+            if not publication.accept_media_ssrc(header.ssrc, arrival_time_ms):
+                return
             lost = patches.feed_receiver(receiver, header.ssrc, header.sequence_number, header.timestamp,
                                          clock_rate)
             publication.counts.lost += publication.loss.add(header.sequence_number)
             if lost:
                 publication.counts.nack_sent += 1
                 await patches.send_nack(receiver, header.ssrc, lost)
-        publication.media_ssrc = header.ssrc
         await publication.forwarder.forward(data, header)
 
     def _learn(self, data: bytes, header: Any) -> tuple[Publication, int | None] | None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Callable
+from typing import Any, Callable
 
 from aiortc import RTCRtpCapabilities, RTCRtpCodecCapability, RTCRtpReceiver, RTCRtpSender
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
@@ -36,6 +36,9 @@ SOURCE_KINDS: dict[str, str] = {
     "stethoscope": "audio",
 }
 """Media sources and the kind of track each one is."""
+
+SSRC_SWITCH_GRACE_MS = 2000
+"""After a publisher's SSRC changed, packets of the old one are late ones for this long."""
 
 FORWARDED_CODECS = ("video/vp8", "video/h264", "audio/opus")
 """Codecs the SFU forwards (it understands their keyframes, or they have none)."""
@@ -84,6 +87,8 @@ class Publication:
         self.media_ssrc: int | None = media_ssrcs[0] if media_ssrcs else None
         self.counts = counts
         self.loss = LossCounter()
+        self._previous_ssrc: int | None = None
+        self._switched_at_ms = 0
         self.forwarder = Forwarder(info.id, info.kind, leg.codec.mimeType.split("/")[1], leg.codec.clockRate,
                                    pli_interval, self.send_pli, counts)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -98,11 +103,31 @@ class Publication:
         """(identity, source): a new publication with the same key replaces this one."""
         return (self.info.identity, self.info.source)
 
-    def add_packet_listener(self, listener: Callable[[bytes], None]) -> Callable[[], None]:
-        """Tap this publication's media packets (RTX unwrapped); returns the remover."""
+    def add_packet_listener(self, listener: Callable[[bytes, Any], None]) -> Callable[[], None]:
+        """Tap this publication's media packets (RTX unwrapped) with their parsed header
+        (:class:`sfu.rtp.RtpHeader`); returns the remover."""
         listeners = self.forwarder.packet_listeners
         listeners.append(listener)
         return lambda: listeners.remove(listener) if listener in listeners else None
+
+    def accept_media_ssrc(self, ssrc: int, now_ms: int) -> bool:
+        """A media packet of ``ssrc`` (not RTX) arrived. A new SSRC (an encoder restarted)
+        becomes the source: loss and NACK accounting start afresh. False for a late packet of
+        the source it replaced (within ``SSRC_SWITCH_GRACE_MS``): drop it, or subscribers
+        would switch back and wait for a keyframe again."""
+        current = self.media_ssrc
+        if ssrc == current:
+            return True
+        if current is not None:
+            if ssrc == self._previous_ssrc and now_ms - self._switched_at_ms < SSRC_SWITCH_GRACE_MS:
+                return False
+            self._previous_ssrc = current
+            self._switched_at_ms = now_ms
+            self.loss = LossCounter()
+            patches.reset_nack_generator(self.receiver)
+            logger.info("publisher ssrc changed", extra={"publication": self.id})
+        self.media_ssrc = ssrc
+        return True
 
     def send_pli(self) -> None:
         ssrc = self.forwarder.ssrc or self.media_ssrc

@@ -6,6 +6,10 @@ The one place that reads or edits SDP text:
   parseable, no ICE credentials, several media sections without BUNDLE,
   duplicate or missing mids) with an :class:`SdpError` whose ``reason`` can be
   shown to the caller;
+* :func:`bundle_candidates` gives aiortc an offer whose every bundled section
+  carries the candidates of the BUNDLE-tagged (first) section: the one
+  transport the SFU shares between them is the offerer's tagged one (RFC 8843),
+  while aiortc would take the candidates of the *last* section it reads;
 * :func:`leg_parameters` reads, from the SFU's own answer, what one media
   section negotiated (payload types, SSRCs, header extension ids);
 * :func:`label_answer` puts ``a=msid:<publisher identity> <source>`` on each
@@ -45,7 +49,7 @@ class MediaLine:
     """As written in the offer (the offerer's point of view)."""
     codecs: tuple[RTCRtpCodecParameters, ...]
     rejected: bool
-    """Port 0: the offerer removed this section."""
+    """Port 0 without ``a=bundle-only``: the offerer removed this section."""
     ssrcs: tuple[int, ...] = ()
     """Media SSRCs the offer declares (a=ssrc), RTX ones excluded."""
     rtx_ssrcs: tuple[tuple[int, int], ...] = ()
@@ -88,6 +92,7 @@ def parse_offer(text: str) -> Offer:
         raise SdpError(f"SDP offer has more than {MAX_MEDIA_SECTIONS} media sections")
     bundle = next((g for g in description.group if g.semantic == "BUNDLE"), None)
     bundled = set(bundle.items) if bundle else set()
+    bundle_only = [any(a.strip() == "a=bundle-only" for a in attributes) for attributes in _sections(text)]
     lines: list[MediaLine] = []
     mids: set[str] = set()
     has_data = False
@@ -102,8 +107,11 @@ def parse_offer(text: str) -> Offer:
             raise SdpError("ICE username fragment or password missing")
         if not media.dtls or not media.dtls.fingerprints:
             raise SdpError("DTLS fingerprint missing")
-        if len(description.media) > 1 and mid not in bundled:
-            raise SdpError("offers with several media sections must BUNDLE them all")
+        rejected = media.port == 0 and not (index < len(bundle_only) and bundle_only[index])
+        if len(description.media) > 1 and mid not in bundled and not rejected:
+            # Separate transports per section are not supported: refused, never half-negotiated.
+            raise SdpError("offers with several media sections must BUNDLE them all (bundle policy "
+                           "max-bundle or balanced; separate transports per section are not supported)")
         if media.kind == "application":
             has_data = True
             continue
@@ -116,7 +124,7 @@ def parse_offer(text: str) -> Offer:
         rtx = {r for r, _ in fid}
         ssrcs = tuple(s.ssrc for s in media.ssrc if s.ssrc not in rtx)
         lines.append(MediaLine(index=index, mid=mid, kind=media.kind, direction=media.direction or "sendrecv",
-                               codecs=tuple(media.rtp.codecs), rejected=media.port == 0, ssrcs=ssrcs,
+                               codecs=tuple(media.rtp.codecs), rejected=rejected, ssrcs=ssrcs,
                                rtx_ssrcs=fid))
     return Offer(sdp=text, media=tuple(lines), has_data_channel=has_data)
 
@@ -160,6 +168,62 @@ def leg_parameters(answer: str, mid: str) -> LegParameters:
 _M_LINE = re.compile(r"^m=")
 
 
+def _sections(text: str) -> list[list[str]]:
+    """The lines of each media section (the m= line first), in order."""
+    sections: list[list[str]] = []
+    for line in text.splitlines():
+        if _M_LINE.match(line):
+            sections.append([])
+        if sections:
+            sections[-1].append(line)
+    return sections
+
+
+def bundle_candidates(text: str) -> str:
+    """``text`` (an offer) with the ``a=candidate`` / ``a=end-of-candidates`` lines of its
+    BUNDLE-tagged section (the first mid of the group) in every section of the group.
+
+    aiortc adds to a shared transport the candidates of the last section it reads; a
+    balanced-policy offer (or a client that lists candidates in the tagged section only)
+    would then send the SFU's checks to a transport the offerer drops once BUNDLE is
+    agreed. Unchanged when there is no group or the tagged section lists no candidate."""
+    newline = "\r\n" if "\r\n" in text else "\n"
+    head: list[str] = []
+    sections: list[list[str]] = []
+    for line in text.split(newline):
+        if _M_LINE.match(line):
+            sections.append([])
+        (sections[-1] if sections else head).append(line)
+    group = next((line.split()[1:] for line in head if line.startswith("a=group:BUNDLE")), [])
+    if len(group) < 2 or len(sections) < 2:
+        return text
+
+    def mid_of(section: list[str]) -> str | None:
+        return next((line[6:].strip() for line in section if line.startswith("a=mid:")), None)
+
+    def is_candidate(line: str) -> bool:
+        return line.startswith("a=candidate:") or line.startswith("a=end-of-candidates")
+
+    tagged = next((s for s in sections if mid_of(s) == group[0]), None)
+    if tagged is None:
+        return text
+    candidates = [line for line in tagged if is_candidate(line)]
+    if not any(line.startswith("a=candidate:") for line in candidates):
+        return text
+    members = set(group)
+    out = list(head)
+    for section in sections:
+        if section is tagged or mid_of(section) not in members:
+            out.extend(section)
+            continue
+        kept = [line for line in section if not is_candidate(line)]
+        while kept and kept[-1] == "":
+            kept.pop()
+        trailing = len(section) - len(kept) - sum(1 for line in section if is_candidate(line))
+        out.extend(kept + candidates + [""] * max(0, trailing))
+    return newline.join(out)
+
+
 def label_answer(answer: str, labels: dict[str, tuple[str, str]]) -> str:
     """``answer`` with ``a=msid:<stream> <track>`` set for each ``mid -> (stream, track)``
     (and ``a=ssrc:... msid:`` lines, if any, made to agree)."""
@@ -189,6 +253,34 @@ def label_answer(answer: str, labels: dict[str, tuple[str, str]]) -> str:
         at = next(i for i, line in enumerate(lines) if line.startswith("a=mid:")) + 1
         lines.insert(at, f"a=msid:{msid}")
         out.extend(lines)
+    return newline.join(out)
+
+
+def reject_sections(answer: str, mids: set[str]) -> str:
+    """``answer`` with the sections of ``mids`` (those the offer removed: port 0) rejected too:
+    port 0 and out of the BUNDLE group, as JSEP answers them (aiortc would answer them like
+    live ones, and a browser would take a removed section as the BUNDLE tag)."""
+    if not mids:
+        return answer
+    newline = "\r\n" if "\r\n" in answer else "\n"
+    out: list[str] = []
+    head: list[str] = []
+    sections: list[list[str]] = []
+    for line in answer.split(newline):
+        if _M_LINE.match(line):
+            sections.append([])
+        (sections[-1] if sections else head).append(line)
+    for line in head:
+        if line.startswith("a=group:BUNDLE"):
+            kept = [m for m in line.split()[1:] if m not in mids]
+            line = " ".join(["a=group:BUNDLE", *kept])
+        out.append(line)
+    for section in sections:
+        mid = next((line[6:].strip() for line in section if line.startswith("a=mid:")), None)
+        if mid in mids:
+            parts = section[0].split(" ")
+            section = [" ".join([parts[0], "0", *parts[2:]]), *section[1:]]
+        out.extend(section)
     return newline.join(out)
 
 

@@ -128,7 +128,7 @@ class Subscription:
                          or self.rewriter.mid_id else b"")
         self.history.put(seq, packet)
         try:
-            await patches.send_rtp(self.transport, packet)
+            patches.send_rtp_now(self.transport, packet)
         except ConnectionError:
             self._ready = False
             return False

@@ -51,6 +51,8 @@ SWEEP_INTERVAL_S = 1.0
 FULL_ROUND_INTERVAL_S = 5.0
 """The whole matcher runs this often anyway (a safety net under incremental matching)."""
 MAX_CLAIM_TRIES = 5
+DROPPED_RECORD_MARGIN_S = 60.0
+"""A dropped session's record outlives its grace by this much, for the sweeper that ends it."""
 QUEUE_PAGE = 32
 POSITION_INTERVAL_S = 0.5
 TOKEN_WARNING_S = 60.0
@@ -148,6 +150,8 @@ class SignallingService:
             s.cancel_timers()
             if s.grace:
                 s.grace.cancel()
+            if s.conn is not None:
+                await self._safe(self._mark_dropped(s))  # its client may resume on another process
             if s.role is Role.PHYSICIAN:
                 await self._safe(self.store.remove_presence(s.sub, s.id))
         for task in list(self._tasks):
@@ -266,6 +270,9 @@ class SignallingService:
         self.hub.add(conn)
         await self.store.put_session(session.id, self._session_record(session, "live"),
                                      max(principal.expires_at - self.clock(), 1) + self.sig.resume_grace_s)
+        await self.store.own_session(session.id)
+        if resumed:
+            await self.store.clear_dropped(session.id)
         self._arm_token_timers(session)
         if session.role is Role.PHYSICIAN:
             await self._publish_presence(session)
@@ -350,7 +357,7 @@ class SignallingService:
         s.cancel_timers()
         if self._closing:
             return
-        await self._safe(self.store.put_session(s.id, self._session_record(s, "dropped"), self.sig.resume_grace_s))
+        await self._safe(self._mark_dropped(s))
         if s.role is Role.PHYSICIAN:
             if await self._safe(self.store.remove_presence(s.sub, s.id)):
                 await self._safe(self.emit(self._presence_targets(),
@@ -361,8 +368,53 @@ class SignallingService:
                     await self._safe(self._withdraw(c.id, c.offer_seq, WithdrawReason.VANISHED))
         await self._safe(self._peer_notice(s, p.PeerState.DROPPED))
         s.grace = asyncio.get_running_loop().call_later(self.sig.resume_grace_s,
-                                                        lambda: self._spawn(self._grace_over(s)))
+                                                        lambda: self._spawn(self._grace_timer(s)))
         logger.info("session dropped", extra={"session": s.id, "role": s.role.value})
+
+    async def _mark_dropped(self, s: Session) -> None:
+        """The store's deadline for ``s``: any process ends it when it passes (this one's timer,
+        or another's sweep if this process dies meanwhile)."""
+        await self.store.put_session(s.id, self._session_record(s, "dropped"),
+                                     self.sig.resume_grace_s + DROPPED_RECORD_MARGIN_S)
+        await self.store.disown_session(s.id)
+        await self.store.mark_dropped(s.id, self.clock() + self.sig.resume_grace_s)
+
+    async def _grace_timer(self, s: Session) -> None:
+        s.grace = None
+        if s.conn is not None:
+            return
+        if await self.store.clear_dropped(s.id):
+            await self._grace_over(s)
+        else:
+            self.sessions.pop(s.id, None)  # resumed, or ended by another process's sweep
+
+    def _session_from_record(self, sid: str, record: dict[str, Any]) -> Session:
+        """A session this process never held (its process died): enough to end it."""
+        principal = Principal(subject=record["sub"], role=Role(record["role"]), site=record.get("site"))
+        return Session(id=sid, principal=principal, status=PresenceStatus(record.get("status", "away")))
+
+    async def _sweep_sessions(self) -> None:
+        """Sessions of dead processes start their grace; sessions whose grace passed end, here or
+        on whichever process claims them first."""
+        for sid in await self.store.orphans():
+            record = await self.store.get_session(sid)
+            if record is None or record.get("state") != "live" or record.get("proc") == self.proc:
+                continue
+            s = self._session_from_record(sid, record)
+            await self._mark_dropped(s)
+            await self._safe(self._peer_notice(s, p.PeerState.DROPPED))
+            logger.info("session of a dead process dropped", extra={"session": sid, "proc": record.get("proc")})
+        for sid in await self.store.claim_due_dropped(self.clock()):
+            local = self.sessions.get(sid)
+            if local is not None:
+                if local.grace is not None:
+                    local.grace.cancel()
+                    local.grace = None
+                await self._grace_over(local)
+                continue
+            record = await self.store.get_session(sid)
+            if record is not None and record.get("state") == "dropped":
+                await self._grace_over(self._session_from_record(sid, record))
 
     async def _grace_over(self, s: Session) -> None:
         s.grace = None
@@ -376,6 +428,9 @@ class SignallingService:
         await self.store.delete_session(s.id)
         if any(o.conn is not None and o.sub == s.sub for o in self.sessions.values()):
             return  # the same person is back on a new session
+        if s.role is Role.PHYSICIAN and (await self.store.presences()).get(s.sub) is not None:
+            return  # back on a new session on another process
+        logger.info("session lost", extra={"session": s.id, "role": s.role.value})
         await self._peer_notice(s, p.PeerState.LOST)
         for c in await self._open_of(s):
             if s.role is Role.NURSE and c.requested_by == s.sub and c.state in WAITING:
@@ -570,6 +625,8 @@ class SignallingService:
         new_p = set() if new.state.final else new.parties()
         ver = await self.store.update_consultation(old.id, version, new.to_dict(), parties_remove=old_p - new_p,
                                                    parties_add=new_p - old_p, **kw)
+        if ver is not None and new.state.final and old.state in LIVE:
+            await self._after_live(new)  # free the physician first: the next offer need not wait for records
         if ver is not None and new.state.final:
             await self.records.save_consultation(new.to_dict())
             await self.store.update_consultation(new.id, ver, new.to_dict(), delete=True)
@@ -594,8 +651,6 @@ class SignallingService:
                 kw.update(release_lock_of=c.offered_to, clear_offer=True, queue=QueueOp.REMOVE)
             if await self._commit(c, version, new, **kw) is None:
                 continue
-            if c.state in LIVE:
-                await self._after_live(new)  # free the physician first: the next offer need not wait
             act = {State.CANCELLED: "consultation.cancel", State.EXPIRED: "consultation.expire",
                    State.ENDED: "consultation.end", State.FAILED: "consultation.fail"}[target]
             await self.journal.append(act, actor=actor, consultation_id=cid, end_reason=reason,
@@ -615,7 +670,13 @@ class SignallingService:
         raise _err(ErrorCode.CONFLICT, "the consultation changed too often; retry")
 
     async def _after_live(self, c: Consultation) -> None:
-        """A live consultation is over: close the room, free the physician."""
+        """A live consultation is over: free the physician (the next offer need not wait), close the room."""
+        if c.physician:
+            for s in list(self.sessions.values()):
+                if s.sub == c.physician and s.role is Role.PHYSICIAN and s.conn is not None \
+                        and s.status is PresenceStatus.BUSY:
+                    s.status = PresenceStatus.AVAILABLE
+                    await self._publish_presence(s)
         unlisten = self._room_listeners.pop(c.id, None)
         if unlisten is not None:
             unlisten()
@@ -627,12 +688,6 @@ class SignallingService:
                 await sfu.close_room(c.room)
             except Exception as exc:
                 logger.warning("closing the room failed: %s", exc, extra={"consultation": c.id})
-        if c.physician:
-            for s in self.sessions.values():
-                if s.sub == c.physician and s.role is Role.PHYSICIAN and s.conn is not None \
-                        and s.status is PresenceStatus.BUSY:
-                    s.status = PresenceStatus.AVAILABLE
-                    await self._publish_presence(s)
 
     async def consultation_end(self, s: Session, msg: p.ConsultationEnd) -> p.ConsultationEndOk:
         c = await self._load_visible(s, msg.consultation_id)
@@ -1021,6 +1076,7 @@ class SignallingService:
     async def sweep(self) -> None:
         now = self.clock()
         await self.store.touch_process(self.sig.heartbeat_s * 3)
+        await self._sweep_sessions()
         if now - self._last_full_round >= FULL_ROUND_INTERVAL_S:
             self._full_round = True
             self._kick.set()

@@ -22,6 +22,7 @@ class MemoryStore:
         self._index: dict[str, set[str]] = {}
         self._presence: dict[str, dict[str, Any]] = {}
         self._sessions: dict[str, tuple[dict[str, Any], float]] = {}
+        self._dropped: dict[str, float] = {}
         self._directory: dict[str, Any] | None = None
         self._subscribers: list[Callable[[Envelope], None]] = []
 
@@ -185,6 +186,28 @@ class MemoryStore:
 
     async def delete_session(self, sid: str) -> None:
         self._sessions.pop(sid, None)
+
+    # -- resume grace (one process: its own timers suffice; kept for one interface) --
+    async def own_session(self, sid: str) -> None:
+        pass
+
+    async def disown_session(self, sid: str) -> None:
+        pass
+
+    async def mark_dropped(self, sid: str, deadline: float) -> None:
+        self._dropped[sid] = deadline
+
+    async def clear_dropped(self, sid: str) -> bool:
+        return self._dropped.pop(sid, None) is not None
+
+    async def claim_due_dropped(self, now: float, limit: int = 100) -> list[str]:
+        due = sorted((at, sid) for sid, at in self._dropped.items() if at <= now)[:limit]
+        for _, sid in due:
+            del self._dropped[sid]
+        return [sid for _, sid in due]
+
+    async def orphans(self) -> list[str]:
+        return []
 
     # -- directory -----------------------------------------------------------
     async def get_directory(self) -> dict[str, Any] | None:

@@ -12,6 +12,9 @@ Layout (all keys under the configured prefix ``P``):
 * ``P presence``    hash physician -> entry (JSON: status, session, proc, ...)
 * ``P proc:<id>``   a live process (TTL refreshed by the process)
 * ``P sess:<id>``   a resumable session (TTL)
+* ``P owned:<proc>`` set of the session ids whose socket a process holds
+* ``P procs``       set of process ids that own sessions (to find dead ones)
+* ``P dropped``     sorted set session id -> resume deadline (any process ends it; ZREM claims)
 * ``P directory``   the directory (JSON)
 * ``P events``      pub/sub channel of envelopes
 
@@ -98,6 +101,21 @@ return 1
 """
 
 
+_CLAIM_DUE = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+for _, sid in ipairs(due) do redis.call('ZREM', KEYS[1], sid) end
+return due
+"""
+
+_TAKE_OWNED = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return {} end
+local sids = redis.call('SMEMBERS', KEYS[2])
+redis.call('DEL', KEYS[2])
+redis.call('SREM', KEYS[3], ARGV[1])
+return sids
+"""
+
+
 def _dumps(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"))
 
@@ -117,6 +135,8 @@ class RedisStore:
         self._release_script = self.redis.register_script(_RELEASE)
         self._remove_presence = self.redis.register_script(_REMOVE_PRESENCE)
         self._create = self.redis.register_script(_CREATE)
+        self._claim_due = self.redis.register_script(_CLAIM_DUE)
+        self._take_owned = self.redis.register_script(_TAKE_OWNED)
 
     def k(self, name: str) -> str:
         return self.prefix + name
@@ -254,6 +274,34 @@ class RedisStore:
 
     async def delete_session(self, sid: str) -> None:
         await self.redis.delete(self.k(f"sess:{sid}"))
+
+    # -- resume grace across processes ----------------------------------------
+    async def own_session(self, sid: str) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.sadd(self.k(f"owned:{self.process_id}"), sid)
+            pipe.sadd(self.k("procs"), self.process_id)
+            await pipe.execute()
+
+    async def disown_session(self, sid: str) -> None:
+        await self.redis.srem(self.k(f"owned:{self.process_id}"), sid)
+
+    async def mark_dropped(self, sid: str, deadline: float) -> None:
+        await self.redis.zadd(self.k("dropped"), {sid: deadline})
+
+    async def clear_dropped(self, sid: str) -> bool:
+        return bool(await self.redis.zrem(self.k("dropped"), sid))
+
+    async def claim_due_dropped(self, now: float, limit: int = 100) -> list[str]:
+        return list(await self._claim_due(keys=[self.k("dropped")], args=[repr(now), str(limit)]))
+
+    async def orphans(self) -> list[str]:
+        procs = [p for p in await self.redis.smembers(self.k("procs")) if p != self.process_id]
+        out: list[str] = []
+        for proc in procs:
+            # Atomic: only while proc:<id> is absent (dead), and only one caller gets the set.
+            out += await self._take_owned(keys=[self.k(f"proc:{proc}"), self.k(f"owned:{proc}"), self.k("procs")],
+                                          args=[proc])
+        return out
 
     # -- directory -----------------------------------------------------------
     async def get_directory(self) -> dict[str, Any] | None:

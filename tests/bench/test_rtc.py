@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.rtc import TS_MOD, match_frames, pct
+from bench.rtc import TS_MOD, marked, match_frames, pct
 
 
 def test_match_frames_finds_the_leg_origin() -> None:
@@ -17,10 +17,12 @@ def test_match_frames_finds_the_leg_origin() -> None:
 
 
 def test_match_frames_slow_path_is_not_mistaken_for_a_later_frame() -> None:
-    sent = {k * 960: 10.0 + k * 0.02 for k in range(500)}
-    frames = {(77 + pts) % TS_MOD: t + 0.05 for pts, t in sent.items() if pts >= 960 * 10}  # 50 ms > a period
-    matched = match_frames(frames, sent, 960)
-    assert abs(matched[960 * 20] - sent[960 * 20] - 0.05) < 1e-9
+    """A path slower than several frame periods: the marked frames decide the origin."""
+    sent = {k * 3000 + (1500 if marked(k) else 0): 10.0 + k / 30 for k in range(500)}
+    frames = {(77 + pts) % TS_MOD: t + 0.250 for pts, t in sent.items() if pts >= 3000 * 10}  # 250 ms
+    matched = match_frames(frames, sent, 3000)
+    assert len(matched) == 490
+    assert all(abs(matched[pts] - sent[pts] - 0.250) < 1e-9 for pts in matched)
 
 
 def test_pct() -> None:

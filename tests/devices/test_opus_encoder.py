@@ -4,7 +4,7 @@ import fractions
 import av
 import numpy as np
 import pytest
-from aiortc import RTCPeerConnection
+from media.ice import ScopedPeerConnection
 from aiortc.codecs.opus import OpusDecoder, OpusEncoder
 from aiortc.jitterbuffer import JitterFrame
 
@@ -73,7 +73,7 @@ def test_config_is_what_libopus_gets() -> None:
 async def test_sender_hook_in_a_real_loopback_call() -> None:
     """If an aiortc upgrade breaks the hook, this fails: the sender must use our encoder."""
     adapter = StethoscopeAdapter(PhonocardiogramSimulator(70, channels=2, seed=1), channels=2)
-    caller, callee = RTCPeerConnection(), RTCPeerConnection()
+    caller, callee = ScopedPeerConnection(), ScopedPeerConnection()
     received = asyncio.Event()
     frames: list[av.AudioFrame] = []
 
@@ -110,7 +110,7 @@ async def test_sender_hook_in_a_real_loopback_call() -> None:
 
 
 async def test_hook_refuses_a_started_sender() -> None:
-    pc = RTCPeerConnection()
+    pc = ScopedPeerConnection()
     try:
         transceiver = pc.addTransceiver("audio")
         setattr(transceiver.sender, "_RTCRtpSender__encoder", OpusEncoder())

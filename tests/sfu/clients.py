@@ -19,8 +19,9 @@ from media.ice import ScopedPeerConnection
 
 def client_pc() -> ScopedPeerConnection:
     """A loopback client peer connection. MAX_BUNDLE: with aiortc's default (BALANCED) policy,
-    a second m-line of the second kind stays on a transport that BUNDLE then stops (aiortc
-    1.16 client-side bug: its receiver never starts)."""
+    a second section of a kind other than the first section's stays on a transport that BUNDLE
+    then stops, and its packets go to the other track of its kind (aiortc 1.16 client bug,
+    docs/whip-whep.md; tests/sfu/test_bundling.py)."""
     return ScopedPeerConnection(configuration=RTCConfiguration(bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
 from sfu.rtp import RtpError, parse_header
 

@@ -74,3 +74,30 @@ async def test_objects_have_the_attributes_used():
             await patches.send_rtp(transport, b"\x80" * 12)
     finally:
         await pc.close()
+
+
+def test_the_send_path_send_rtp_now_shortcuts():
+    """send_rtp_now does what _send_rtp -> RTCIceTransport._send -> Connection.sendto ->
+    StunProtocol.send_data do, synchronously: each of them must still be just that."""
+    import aioice.ice
+    from aiortc.rtcicetransport import RTCIceTransport
+
+    assert "self._tx_srtp.protect(data)" in inspect.getsource(RTCDtlsTransport._send_rtp)
+    assert "await self.transport._send(data)" in inspect.getsource(RTCDtlsTransport._send_rtp)
+    assert "self.__tx_bytes += len(data)" in inspect.getsource(RTCDtlsTransport._send_rtp)
+    assert "self._send = self._connection.send" in inspect.getsource(RTCIceTransport)
+    assert "await self.sendto(data, 1)" in inspect.getsource(aioice.ice.Connection.send)
+    sendto = inspect.getsource(aioice.ice.Connection.sendto)
+    assert "active_pair = self._nominated.get(component)" in sendto
+    assert "await active_pair.protocol.send_data(data, active_pair.remote_addr)" in sendto
+    assert "self.transport.sendto(data, addr)" in inspect.getsource(aioice.ice.StunProtocol.send_data)
+
+
+async def test_send_rtp_now_refuses_when_not_connected():
+    pc = ScopedPeerConnection()
+    try:
+        t = pc.addTransceiver("video", direction="sendonly")
+        with pytest.raises(ConnectionError):
+            patches.send_rtp_now(t.sender.transport, b"\x80" * 12)
+    finally:
+        await pc.close()

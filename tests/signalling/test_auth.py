@@ -50,7 +50,7 @@ def test_identity_must_be_msid_safe(tmp_path: Path) -> None:
 def claims(**over: object) -> dict[str, object]:
     now = int(time.time())
     body: dict[str, object] = {"iss": "teleconsult", "aud": "teleconsult", "sub": "d1", "iat": now,
-                               "exp": now + 60, "typ": "access", "role": "physician"}
+                               "exp": now + 3600, "typ": "access", "role": "physician"}
     body.update(over)
     return {k: v for k, v in body.items() if v is not None}
 
