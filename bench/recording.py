@@ -362,21 +362,19 @@ async def measure(child: Child, settings: Any, vp8: list[tuple[bytes, bool]], op
 def rtp_stream(vp8: list[tuple[bytes, bool]], opus: list[bytes], seconds: float) -> list[tuple[float, str, bytes]]:
     """(media time, "video" | "audio", RTP datagram) of ``seconds`` of the bench's media,
     packetized by aiortc's own packetizers, in arrival order."""
-    from aiortc import RTCRtpCodecParameters
+    import av
     from aiortc.codecs import get_encoder
     from aiortc.rtp import RtpPacket
 
+    video_codec, audio_codec = replay_codecs()
     out: list[tuple[float, str, bytes]] = []
     for kind, codec, payloads, rate, step in (
-        ("video", REPLAY_VP8, [d for d, _ in vp8], FPS, 90000 // FPS),
-        ("audio", REPLAY_OPUS, opus, 50, 960),
+        ("video", video_codec, [d for d, _ in vp8], FPS, 90000 // FPS),
+        ("audio", audio_codec, opus, 50, 960),
     ):
-        assert isinstance(codec, RTCRtpCodecParameters)
         encoder = get_encoder(codec)
         seq = 0
         for i in range(int(seconds * rate)):
-            import av
-
             frame = av.Packet(payloads[i % len(payloads)])
             frame.pts, frame.time_base = i * step, fractions.Fraction(1, codec.clockRate)
             chunks, timestamp = encoder.pack(frame)
@@ -390,15 +388,11 @@ def rtp_stream(vp8: list[tuple[bytes, bool]], opus: list[bytes], seconds: float)
     return out
 
 
-def _replay_codecs() -> tuple[Any, Any]:
+def replay_codecs() -> tuple[Any, Any]:
     from aiortc import RTCRtpCodecParameters
 
     return (RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96),
             RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2, payloadType=111))
-
-
-REPLAY_VP8: Any = None
-REPLAY_OPUS: Any = None
 
 
 def replay_once(stream: list[tuple[float, str, bytes]], media_seconds: float, encrypt: bool, directory: Path,
@@ -413,6 +407,7 @@ def replay_once(stream: list[tuple[float, str, bytes]], media_seconds: float, en
     from media.recorder import RecordingSession
     from sfu.rtp import parse_header
 
+    video_codec, audio_codec = replay_codecs()
     items = [(t, kind, data, parse_header(data)) for t, kind, data in stream]
     mbits = sum(len(data) for _, _, data, _ in items) * 8 / 1e6
     vault = Vault(MasterKey.generate() if encrypt else None)
@@ -422,8 +417,8 @@ def replay_once(stream: list[tuple[float, str, bytes]], media_seconds: float, en
                                      started_by="bench", flush_interval_s=flush_interval_s,
                                      clock=lambda: media_now[0], sync_executor=executor)
     try:
-        session.add_track("video", "bench", "camera", REPLAY_VP8)
-        session.add_track("audio", "bench", "microphone", REPLAY_OPUS)
+        session.add_track("video", "bench", "camera", video_codec)
+        session.add_track("audio", "bench", "microphone", audio_codec)
         feed = session.feed_rtp
         next_flush = flush_interval_s
         start = time.process_time()
@@ -437,14 +432,13 @@ def replay_once(stream: list[tuple[float, str, bytes]], media_seconds: float, en
         executor.shutdown(wait=True)
         cpu = time.process_time() - start
     finally:
+        session.stop("bench")
         executor.shutdown(wait=True)
     return cpu / media_seconds * 100 / (mbits / media_seconds)
 
 
 def replay(vp8: list[tuple[bytes, bool]], opus: list[bytes], flush_interval_s: float, runs: int = 5,
            media_seconds: float = 30.0) -> dict[str, Any]:
-    global REPLAY_VP8, REPLAY_OPUS
-    REPLAY_VP8, REPLAY_OPUS = _replay_codecs()
     stream = rtp_stream(vp8, opus, media_seconds)
     figures: dict[str, list[float]] = {"plain": [], "encrypted": []}
     with tempfile.TemporaryDirectory(prefix="bench-recording-replay-") as tmp:
