@@ -23,6 +23,7 @@ import pickle
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import av
 import numpy as np
@@ -74,7 +75,7 @@ def _picture(i: int, width: int, height: int, rng: np.random.Generator, noise: n
 def _encode_video(codec: str, width: int, height: int, fps: int, seconds: float, bitrate: int,
                   gop: int) -> list[bytes]:
     name = {"vp8": "libvpx", "h264": "libx264"}[codec]
-    ctx = av.CodecContext.create(name, "w")
+    ctx: Any = av.CodecContext.create(name, "w")
     ctx.width, ctx.height = width, height
     ctx.pix_fmt = "yuv420p"
     ctx.time_base = fractions.Fraction(1, fps)
@@ -106,7 +107,7 @@ def _encode_video(codec: str, width: int, height: int, fps: int, seconds: float,
 
 
 def _encode_opus(seconds: float, bitrate: int, stereo: bool) -> list[bytes]:
-    ctx = av.CodecContext.create("libopus", "w")
+    ctx: Any = av.CodecContext.create("libopus", "w")
     ctx.sample_rate = AUDIO_CLOCK
     ctx.layout = "stereo" if stereo else "mono"
     ctx.format = "s16"
@@ -135,7 +136,7 @@ def _encode_opus(seconds: float, bitrate: int, stereo: bool) -> list[bytes]:
     return out[:n]
 
 
-def _cached(key: str, make: "callable[[], Clip]") -> Clip:  # type: ignore[valid-type]
+def _cached(key: str, make: Callable[[], Clip]) -> Clip:
     CACHE.mkdir(parents=True, exist_ok=True)
     path = CACHE / (hashlib.sha256(key.encode()).hexdigest()[:16] + ".pkl")
     if path.exists():

@@ -133,19 +133,26 @@ class Consultation:
         room = seats["room"]
         s = self.sources
         mime = f"video/{codec}"
-        # publication order decides WHEP's assignment: nurse, physician, then the devices
-        for identity, keys in (("nurse", ["nurse camera", "nurse microphone"]),
-                               ("physician", ["physician camera", "physician microphone"]),
-                               ("agent", ["agent dermatoscope", "agent stethoscope"])):
-            self.publishers.append(await publish(http, base, room, seats[identity], [s[k] for k in keys],
-                                                 [TRACKS[k][1] for k in keys]))
+        # The three seats are three machines: they publish at once, then play. Publication
+        # order decides WHEP's assignment, so the nurse's WHEP (which must get the
+        # physician's camera, not the dermatoscope) waits for the physician's publication.
+        seats_tracks = (("nurse", ["nurse camera", "nurse microphone"]),
+                        ("physician", ["physician camera", "physician microphone"]),
+                        ("agent", ["agent dermatoscope", "agent stethoscope"]))
+
+        async def seat(identity: str, keys: list[str]) -> Publisher:
+            return await publish(http, base, room, seats[identity], [s[k] for k in keys],
+                                 [TRACKS[k][1] for k in keys])
+        self.publishers += await asyncio.gather(*(seat(i, k) for i, k in seats_tracks[:2]))
+        self.publishers.append(await seat(*seats_tracks[2]))
         doctor = Player(f"c{self.index}-physician")
         self.players["physician"] = doctor
-        await doctor.play(http, base, room, seats["physician"],
-                          [("video", mime), ("video", mime), ("audio", "audio/opus"), ("audio", "audio/opus")])
         nurse = Player(f"c{self.index}-nurse")
         self.players["nurse"] = nurse
-        await nurse.play(http, base, room, seats["nurse"], [("video", mime), ("audio", "audio/opus")])
+        await asyncio.gather(
+            doctor.play(http, base, room, seats["physician"],
+                        [("video", mime), ("video", mime), ("audio", "audio/opus"), ("audio", "audio/opus")]),
+            nurse.play(http, base, room, seats["nurse"], [("video", mime), ("audio", "audio/opus")]))
 
     def joined_at(self) -> float | None:
         """Both sides have a first video frame: the later of the two."""
@@ -153,9 +160,10 @@ class Consultation:
         for player in self.players.values():
             video = [r.first_frame_at for r in player.streams.values() if r.kind == "video" and not
                      r.label.endswith("/rtx")]
-            if not video or any(t is None for t in video):
+            arrived = [t for t in video if t is not None]
+            if not video or len(arrived) < len(video):
                 return None
-            times.append(max(video))  # type: ignore[type-var]
+            times.append(max(arrived))
         return max(times) if len(times) == 2 else None
 
     async def close(self, http: aiohttp.ClientSession) -> None:
@@ -437,6 +445,7 @@ def run_step(base: str, server_pid: int | None, n: int, offset: int, args: argpa
         "client_cpu_pct": rounded(client_cpu_pct, 1), "client_capacity_pct": capacity,
         "client_late_fraction": rounded(late, 4), "client_skipped_fraction": rounded(skipped, 4),
         "errors": [e for r in results for e in r["errors"]][:5],
+        "loadavg_1min": round(os.getloadavg()[0], 2),
     }
     step["client_saturated"] = bool(client_cpu_pct > 0.85 * capacity or late > 0.05 or skipped > 0.005
                                     or len(results) < workers)
@@ -459,10 +468,15 @@ def run_ramp(args: argparse.Namespace, baseline: bool) -> dict[str, Any]:
         base = server.url
     pid = server.pid if server else None
     steps: list[dict[str, Any]] = []
+    idle_cpu: float | None = None
     try:
         if not baseline:
             _setup_directory(base, sum(ramp))
         idle_rss = rss_mb(pid) if pid else float("nan")
+        if pid:
+            c0 = cpu_seconds(pid)
+            time.sleep(3.0)
+            idle_cpu = round((cpu_seconds(pid) - c0) / 3.0 * 100, 2)
         offset = 0
         for n in ramp:
             step = run_step(base, pid, n, offset, args, baseline, client_cpus)
@@ -491,9 +505,24 @@ def run_ramp(args: argparse.Namespace, baseline: bool) -> dict[str, Any]:
     projected = None
     if best and best["sfu_cpu_pct_per_consultation"]:
         projected = round(100.0 / best["sfu_cpu_pct_per_consultation"], 1)
+    # The marginal cost: a least-squares line through the clean steps' CPU (the intercept is
+    # what does not grow with consultations: timers, sockets of the idle server).
+    marginal = None
+    points = [(s["consultations"], s["sfu_cpu_pct"]) for s in steps if s["clean"] and s["sfu_cpu_pct"] is not None]
+    if len(points) >= 2:
+        mx = sum(x for x, _ in points) / len(points)
+        my = sum(y for _, y in points) / len(points)
+        sxx = sum((x - mx) ** 2 for x, _ in points)
+        if sxx > 0:
+            slope = sum((x - mx) * (y - my) for x, y in points) / sxx
+            intercept = my - slope * mx
+            if slope > 0:
+                marginal = {"cpu_pct_per_consultation": round(slope, 2), "fixed_cpu_pct": round(intercept, 2),
+                            "projected_consultations_per_core": round((100.0 - max(0.0, intercept)) / slope, 1)}
     return {"steps": steps, "consultations_per_core": per_core, "projected_consultations_per_core": projected,
             "projection_basis": (f"100 % / SFU CPU per consultation at {best['consultations']} consultations"
                                  if best else None),
+            "projection_marginal": marginal, "sfu_idle_cpu_pct": idle_cpu,
             "client_saturated": client_saturated, "highest_clean_step": best["consultations"] if best else None}
 
 
@@ -521,6 +550,11 @@ def report(result: dict[str, Any]) -> None:
     if projected is not None:
         print(f"projected_consultations_per_core: {projected} (PROJECTION from {result['projection_basis']}; "
               f">= 25) {'OK' if projected >= 25 else 'MISSED'}")
+    marginal = result.get("projection_marginal")
+    if marginal:
+        print(f"  marginal: {marginal['cpu_pct_per_consultation']} % per consultation over a fixed "
+              f"{marginal['fixed_cpu_pct']} % (idle server: {result.get('sfu_idle_cpu_pct')} %) -> "
+              f"{marginal['projected_consultations_per_core']} per core (PROJECTION, linear fit of the clean steps)")
     best = next((s for s in result["steps"] if s["consultations"] == result.get("highest_clean_step")), None)
     if best:
         v = best["cpu_pct_per_mbps"]

@@ -29,6 +29,7 @@ import argparse
 import asyncio
 import json
 import multiprocessing as mp
+import os
 import sys
 import tempfile
 import time
@@ -120,7 +121,7 @@ async def _subscribers(base: str, direct_url: str, n: int, codec: str, warmup: f
             w1 = time.monotonic()
             cpu1, own1 = cpu_seconds(server_pid), own_cpu_seconds()
             await asyncio.sleep(0.3)  # frames in flight at the end of the window
-            out.put(("done", {"w0": w0, "w1": w1, "server_cpu_s": cpu1 - cpu0, "client_cpu_s": own1 - own0,
+            out.put(("done", {"w0": w0, "w1": w1, "loadavg": round(os.getloadavg()[0], 2), "server_cpu_s": cpu1 - cpu0, "client_cpu_s": own1 - own0,
                               "server_rss_mb": rss0, "players": [p.summary() for p in players],
                               "direct": direct.summary()}))
         finally:
@@ -247,6 +248,7 @@ def figures(mode: str, n: int, result: dict[str, Any], sent: dict[str, dict[int,
         "frames_expected": want, "frames_delivered": delivered, "window_s": round(span, 2),
         "client_cpu_pct": rounded(result["client_cpu_s"] / span * 100, 1),
         "server_rss_mb": rounded(result["server_rss_mb"], 1),
+        "loadavg_1min": result.get("loadavg"),
         "publisher": pub_stats,
     }
 

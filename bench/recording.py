@@ -229,10 +229,16 @@ def start_child(config: Path, env: dict[str, str]) -> Child:
 
 # -- signalling client ---------------------------------------------------------------
 class Socket:
+    """A signalling client whose socket is read all the time (by a task), so that the
+    server's pings are answered during the long measurement windows."""
+
     def __init__(self, http: Any, ws: Any) -> None:
         self.http, self.ws = http, ws
         self.ids = itertools.count(1)
         self.events: list[dict[str, Any]] = []
+        self._replies: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._arrived = asyncio.Event()
+        self._reader = asyncio.ensure_future(self._read())
 
     @classmethod
     async def connect(cls, http: Any, url: str, token: str) -> Socket:
@@ -240,24 +246,43 @@ class Socket:
         await sock.request("hello", version=1, token=token)
         return sock
 
+    async def _read(self) -> None:
+        import aiohttp
+
+        async for message in self.ws:  # answers pings as it goes
+            if message.type != aiohttp.WSMsgType.TEXT:
+                continue
+            msg = json.loads(message.data)
+            reply = self._replies.pop(msg.get("id"), None) if msg.get("id") is not None else None
+            if reply is not None and not reply.done():
+                reply.set_result(msg)
+            else:
+                self.events.append(msg)
+                self._arrived.set()
+
     async def request(self, type_: str, **fields: Any) -> dict[str, Any]:
         mid = next(self.ids)
+        reply: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._replies[mid] = reply
         await self.ws.send_json({"type": type_, "id": mid, **fields})
-        while True:
-            msg = await asyncio.wait_for(self.ws.receive_json(), 20)
-            if msg.get("id") == mid:
-                if msg["type"] != f"{type_}.ok":
-                    raise RuntimeError(f"{type_}: {msg}")
-                return msg
-            self.events.append(msg)
+        msg = await asyncio.wait_for(reply, 20)
+        if msg["type"] != f"{type_}.ok":
+            raise RuntimeError(f"{type_}: {msg}")
+        return msg
 
     async def event(self, type_: str) -> dict[str, Any]:
+        deadline = time.monotonic() + 20
         while True:
             for e in self.events:
                 if e["type"] == type_:
                     self.events.remove(e)
                     return e
-            self.events.append(await asyncio.wait_for(self.ws.receive_json(), 20))
+            self._arrived.clear()
+            await asyncio.wait_for(self._arrived.wait(), max(0.0, deadline - time.monotonic()))
+
+    async def close(self) -> None:
+        self._reader.cancel()
+        await self.ws.close()
 
 
 async def frames_total(http: Any, url: str) -> float:
@@ -344,17 +369,20 @@ async def measure(child: Child, settings: Any, vp8: list[tuple[bytes, bool]], op
             await asyncio.sleep(0.5)
             cpu0, wall0 = child.cpu_s(), time.monotonic()
             await asyncio.sleep(seconds)
+            cpu_off1 = cpu_off
             cpu_off2 = (child.cpu_s() - cpu0) / (time.monotonic() - wall0) * 100
-            cpu_off = (cpu_off + cpu_off2) / 2
+            cpu_off = (cpu_off1 + cpu_off2) / 2
         finally:
             await publisher.close()
             await player.close()
             try:
                 await doctor.request("consultation.end", consultation_id=cid, reason="completed")
-            except Exception:  # the next repetition opens its own consultation anyway
-                pass
+            except Exception as exc:  # the next repetition would find the physician busy
+                print(f"consultation.end: {exc!r}", file=sys.stderr)
+            for sock in (nurse, doctor):
+                await sock.close()
             await http.close()
-    return {"cpu_off": cpu_off, "cpu_on": cpu_on, "mbps": mbps,
+    return {"cpu_off": cpu_off, "cpu_off_before": cpu_off1, "cpu_off_after": cpu_off2, "cpu_on": cpu_on, "mbps": mbps,
             "frames_recorded": sum(t["frames"] for t in manifest["tracks"]), "frames_forwarded": frames1 - frames0}
 
 

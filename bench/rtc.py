@@ -352,7 +352,7 @@ class Publisher:
 
 
 async def publish(http: aiohttp.ClientSession, base: str, room: str, token: str, sources: list[Source],
-                  names: list[str] = ()) -> Publisher:
+                  names: Iterable[str] = ()) -> Publisher:
     """WHIP-publish one track per source (one video, one audio at most)."""
     pc = client_pc()
     for source in sources:
@@ -496,7 +496,8 @@ class Player:
                 continue
             codecs = [c for c in media.rtp.codecs if not c.mimeType.lower().endswith("/rtx")]
             for c in codecs:
-                self._media_pts.add(c.payloadType)
+                if c.payloadType is not None:
+                    self._media_pts.add(c.payloadType)
             rtx = {int(s) for g in media.ssrc_group if g.semantic == "FID" for s in g.items[1:]}
             msid = (media.msid or "").split(" ")
             label = msid[-1] or media.kind

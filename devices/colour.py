@@ -1,20 +1,28 @@
 """Colour science for the dermatoscope: sRGB transfer, CIELAB, CIEDE2000, chart calibration.
 
 The correction is a 3x4 affine matrix fitted by least squares in *linear* RGB (camera →
-reference). Applying it per frame stays in 8/16-bit integer OpenCV operations, with
-every buffer allocated once:
+reference). Applying it per frame takes five OpenCV passes, in blocks of rows small
+enough for the intermediates to stay in cache, with every buffer allocated once:
 
-1. ``cv2.LUT``: 8-bit sRGB → 12-bit linear (uint16);
-2. ``cv2.transform``: the 3x4 matrix on uint16 (saturating);
-3. back to 8-bit sRGB with two 8-bit LUTs: one indexed by ``linear >> 4`` for the bright
-   part, one indexed by the low byte for the darks (< 1/16 of full scale), where the
-   sRGB curve is steep; their maximum is the result, within one level of the exact
-   encoding.
+1. ``cv2.LUT``: 8-bit sRGB → linear float32;
+2. ``cv2.transform``: the 3x4 matrix;
+3. ``cv2.sqrt``: a compander close to the sRGB curve, so that 256 steps of it are enough
+   (a step spans at most 1.4 sRGB codes, where 256 steps of *linear* light would span up
+   to 13 in the darks);
+4. ``cv2.convertScaleAbs``: → 8-bit index (negative light, a NaN after the square root,
+   saturates to 0);
+5. ``cv2.LUT``: index → 8-bit sRGB, within one level of the exact encoding.
+
+Large frames are split in two row bands, one of them handed to a persistent worker
+thread (OpenCV releases the GIL), the other done by the calling thread.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -50,8 +58,27 @@ _SRGB_TO_XYZ = np.array(
 )
 _D65_WHITE = _SRGB_TO_XYZ.sum(axis=1)
 
-_LINEAR_BITS = 12
-_LINEAR_MAX = (1 << _LINEAR_BITS) - 1
+_BLOCK_ELEMENTS = 1 << 18
+"""Channel values per block of rows: two float32 intermediates of 1 MiB each."""
+_MAX_LANES = 2
+"""Row bands per large frame: the calling thread plus one worker."""
+_PARALLEL_ELEMENTS = 1 << 20
+"""Frames smaller than this (about 350k pixels) are done by the calling thread alone."""
+
+_pool_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
+
+
+def _worker_pool() -> ThreadPoolExecutor:
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max_workers=_MAX_LANES - 1, thread_name_prefix="colour")
+        return _pool
+
+
+def _lanes() -> int:
+    return max(1, min(_MAX_LANES, os.cpu_count() or 1))
 
 
 def srgb_to_linear(v: np.ndarray) -> np.ndarray:
@@ -155,22 +182,48 @@ def fit_affine(measured_linear: np.ndarray, reference_linear: np.ndarray) -> np.
     return matrix
 
 
+def _srgb8_from_sqrt_index() -> np.ndarray:
+    """Table from ``rint(255 * sqrt(linear))`` to 8-bit sRGB.
+
+    Each entry is the code that most of its step of linear light rounds to, among
+    those within one level of every value of the step.
+    """
+    samples = 256
+    index = np.arange(256)[:, None]
+    u = np.clip((index + (np.arange(samples) + 0.5) / samples - 0.5) / 255, 0.0, 1.0)
+    codes = linear_to_srgb8(u * u).astype(np.int16)
+    table = np.empty(256, np.uint8)
+    for i, step in enumerate(codes):
+        candidates = np.arange(int(step.max()) - 1, int(step.min()) + 2)
+        counts = [(int(np.count_nonzero(step == c)), int(c)) for c in candidates]
+        table[i] = max(counts)[1]
+    return table
+
+
+class _Scratch:
+    """Intermediate buffers for one block of rows (one per lane)."""
+
+    def __init__(self, rows: int, width: int) -> None:
+        self.linear = np.empty((rows, width, 3), np.float32)
+        self.corrected = np.empty((rows, width, 3), np.float32)
+        self.index = np.empty((rows, width, 3), np.uint8)
+
+
 class ColourCorrection:
     """A fitted correction, applied to whole 8-bit RGB frames with precomputed LUTs."""
 
+    _TO_SRGB8: np.ndarray | None = None
+
     def __init__(self, matrix: np.ndarray) -> None:
         self.matrix = np.asarray(matrix, dtype=np.float64).reshape(3, 4)
-        # The matrix works on 12-bit linear codes: the offset scales with them.
-        scaled = self.matrix.copy()
-        scaled[:, 3] *= _LINEAR_MAX
-        self._m = scaled.astype(np.float32)
-        self._to_linear = np.rint(srgb8_to_linear(np.arange(256)) * _LINEAR_MAX).astype(np.uint16).reshape(256, 1)
-        hi = np.arange(256)
-        self._hi_lut = np.where(hi >= 16, linear_to_srgb8(np.minimum(hi * 16, _LINEAR_MAX) / _LINEAR_MAX), 0).astype(np.uint8)
-        lo = np.arange(256)
-        self._lo_lut = linear_to_srgb8(lo / _LINEAR_MAX)
-        self._lo_lut[255] = 0  # saturated: the bright part takes over
-        self._shape: tuple[int, ...] = ()
+        self._m = self.matrix.astype(np.float32)
+        self._to_linear = srgb8_to_linear(np.arange(256)).astype(np.float32).reshape(256, 1)
+        if ColourCorrection._TO_SRGB8 is None:
+            ColourCorrection._TO_SRGB8 = _srgb8_from_sqrt_index()
+        self._to_srgb8 = ColourCorrection._TO_SRGB8
+        self._lock = threading.Lock()
+        self._scratch: list[_Scratch] = []
+        self._scratch_key: tuple[int, int] = (0, 0)
 
     @classmethod
     def fit(cls, measured_srgb8: np.ndarray, reference_srgb8: np.ndarray = COLORCHECKER_SRGB) -> "ColourCorrection":
@@ -189,28 +242,59 @@ class ColourCorrection:
     def identity(cls) -> "ColourCorrection":
         return cls(np.hstack([np.eye(3), np.zeros((3, 1))]))
 
-    def _buffers(self, shape: tuple[int, ...]) -> None:
-        if shape != self._shape:
-            self._shape = shape
-            self._lin = np.empty(shape, np.uint16)
-            self._out_lin = np.empty(shape, np.uint16)
-            self._hi = np.empty(shape, np.uint8)
-            self._lo = np.empty(shape, np.uint8)
-            self._hi8 = np.empty(shape, np.uint8)
-            self._lo8 = np.empty(shape, np.uint8)
+    def _block_rows(self, width: int) -> int:
+        return max(1, _BLOCK_ELEMENTS // (3 * width))
+
+    def _scratch_for(self, lanes: int, width: int) -> list[_Scratch]:
+        rows = self._block_rows(width)
+        if self._scratch_key != (rows, width):
+            self._scratch, self._scratch_key = [], (rows, width)
+        while len(self._scratch) < lanes:
+            self._scratch.append(_Scratch(rows, width))
+        return self._scratch[:lanes]
+
+    def _apply_rows(self, scratch: _Scratch, frame: np.ndarray, out: np.ndarray, start: int, stop: int) -> None:
+        step = scratch.index.shape[0]
+        for r0 in range(start, stop, step):
+            r1 = min(r0 + step, stop)
+            n = r1 - r0
+            linear, corrected, index = scratch.linear[:n], scratch.corrected[:n], scratch.index[:n]
+            cv2.LUT(frame[r0:r1], self._to_linear, dst=linear)
+            cv2.transform(linear, self._m, dst=corrected)
+            cv2.sqrt(corrected, dst=corrected)
+            cv2.convertScaleAbs(corrected, dst=index, alpha=255.0)
+            cv2.LUT(index, self._to_srgb8, dst=out[r0:r1])
 
     def apply(self, frame: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Corrected copy of an 8-bit RGB frame (into ``out`` when given)."""
-        self._buffers(frame.shape)
+        if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+            raise ValueError("expected an 8-bit RGB frame shaped (height, width, 3)")
         if out is None:
             out = np.empty_like(frame)
-        cv2.LUT(frame, self._to_linear, dst=self._lin)
-        cv2.transform(self._lin, self._m, dst=self._out_lin)
-        cv2.convertScaleAbs(self._out_lin, dst=self._hi, alpha=1 / 16)
-        cv2.convertScaleAbs(self._out_lin, dst=self._lo)
-        cv2.LUT(self._hi, self._hi_lut, dst=self._hi8)
-        cv2.LUT(self._lo, self._lo_lut, dst=self._lo8)
-        cv2.max(self._hi8, self._lo8, dst=out)
+        elif out.shape != frame.shape or out.dtype != np.uint8:
+            raise ValueError("out must be an 8-bit array shaped like the frame")
+        # OpenCV writes into dst only when it is one block of memory per row.
+        target = out if out.flags.c_contiguous else np.empty(frame.shape, np.uint8)
+        height, width, _ = frame.shape
+        lanes = _lanes() if frame.size >= _PARALLEL_ELEMENTS else 1
+        with self._lock:
+            scratch = self._scratch_for(lanes, width)
+            if lanes == 1:
+                self._apply_rows(scratch[0], frame, target, 0, height)
+            else:
+                bounds = [height * i // lanes for i in range(lanes + 1)]
+                pool = _worker_pool()
+                futures: list[Future[None]] = [
+                    pool.submit(self._apply_rows, scratch[i], frame, target, bounds[i], bounds[i + 1])
+                    for i in range(1, lanes)
+                ]
+                try:
+                    self._apply_rows(scratch[0], frame, target, bounds[0], bounds[1])
+                finally:
+                    for future in futures:
+                        future.result()
+        if target is not out:
+            np.copyto(out, target)
         return out
 
     def apply_exact(self, frame: np.ndarray) -> np.ndarray:

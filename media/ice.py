@@ -36,8 +36,63 @@ logger = logging.getLogger(__name__)
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 DatagramHook = Callable[[bytes, tuple[Any, ...]], bool]
-"""Called with each datagram a peer connection is about to send or has received;
-returning False drops it (fault injection in tests: loss, blackholing)."""
+"""Called with each datagram a peer connection is about to send or has received (and the
+remote address); returning False drops it (fault injection in tests: loss, blackholing).
+Host candidates only (not a TURN relay's)."""
+
+
+@dataclass
+class RandomLoss:
+    """A :data:`DatagramHook` that drops SRTP/SRTCP datagrams (first byte 128-191, RFC 7983)
+    with ``probability``, either way; ICE and DTLS go through, so the connection sets up.
+    Seeded: the same drops in every run."""
+
+    probability: float
+    seed: int = 0
+    seen: int = 0
+    dropped: int = 0
+    _rng: random.Random = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.probability <= 1.0:
+            raise ValueError("probability must be within [0, 1]")
+        self._rng = random.Random(self.seed)
+
+    def __call__(self, data: bytes, addr: tuple[Any, ...]) -> bool:
+        if not data or not 128 <= data[0] <= 191:
+            return True
+        self.seen += 1
+        if self._rng.random() < self.probability:
+            self.dropped += 1
+            return False
+        return True
+
+
+class _HookedTransport:
+    """A datagram transport whose ``sendto`` asks a :data:`DatagramHook` first (every send path,
+    aioice's and the SFU's direct one, goes through ``protocol.transport.sendto``)."""
+
+    def __init__(self, transport: asyncio.DatagramTransport, hook: DatagramHook) -> None:
+        self._transport = transport
+        self._hook = hook
+
+    def sendto(self, data: bytes, addr: Any = None) -> None:
+        if self._hook(data, addr):
+            self._transport.sendto(data, addr)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+def _hook_protocol(protocol: Any, hook: DatagramHook) -> None:
+    protocol.transport = _HookedTransport(protocol.transport, hook)
+    received = protocol.datagram_received
+
+    def datagram_received(data: bytes, addr: tuple[Any, ...]) -> None:
+        if hook(data, addr):
+            received(data, addr)
+
+    protocol.datagram_received = datagram_received
 
 
 @dataclass(frozen=True)
@@ -113,7 +168,7 @@ class PortAllocator:
 
 
 def _scope_connection(connection: aioice.Connection, network: MediaNetwork,
-                      allocator: PortAllocator) -> None:
+                      allocator: PortAllocator, hook: DatagramHook | None = None) -> None:
     """Replace host gathering and remote-candidate intake of one aioice connection."""
     original_component = connection.get_component_candidates
     original_add_remote = connection.add_remote_candidate
@@ -144,6 +199,8 @@ def _scope_connection(connection: aioice.Connection, network: MediaNetwork,
                 type="host",
             )
             protocol.local_candidate = candidate  # type: ignore[attr-defined]
+            if hook is not None:
+                _hook_protocol(protocol, hook)
             connection._protocols.append(protocol)
             candidates.append(candidate)
         if connection.turn_server is not None:
@@ -177,12 +234,16 @@ class ScopedPeerConnection(RTCPeerConnection):
     """An RTCPeerConnection whose ICE follows a :class:`MediaNetwork`.
 
     Never uses aiortc's default ICE servers (a public STUN server): only those
-    of the network, none by default.
+    of the network, none by default. ``datagram_hook`` (tests) may drop any datagram
+    it sends or receives, e.g. :class:`RandomLoss`.
     """
 
     def __init__(self, network: MediaNetwork | None = None,
-                 configuration: RTCConfiguration | None = None) -> None:
+                 configuration: RTCConfiguration | None = None, *,
+                 datagram_hook: DatagramHook | None = None) -> None:
         self.network = network or MediaNetwork.loopback()
+        self.datagram_hook = datagram_hook
+        """Sees every datagram of this connection's host candidates (tests: loss injection)."""
         if configuration is None:
             configuration = RTCConfiguration(iceServers=list(self.network.ice_servers))
         elif configuration.iceServers is None:
@@ -192,5 +253,6 @@ class ScopedPeerConnection(RTCPeerConnection):
 
     def _RTCPeerConnection__createDtlsTransport(self) -> RTCDtlsTransport:  # noqa: N802
         dtls: RTCDtlsTransport = RTCPeerConnection._RTCPeerConnection__createDtlsTransport(self)  # type: ignore[attr-defined]
-        _scope_connection(dtls.transport.iceGatherer._connection, self.network, self._allocator)
+        _scope_connection(dtls.transport.iceGatherer._connection, self.network, self._allocator,
+                          self.datagram_hook)
         return dtls

@@ -12,10 +12,13 @@ the answer:
 * anything else: ``inactive``.
 
 Re-offers (renegotiation) keep existing sections; new sections get new
-transceivers, sections no longer sending/receiving end their publication or
-subscription. Media sections are all BUNDLEd on one transport, whose decrypted
-RTP comes straight to :meth:`Participant.on_rtp` (demultiplexed by SSRC, then by
-the ``mid`` header extension, then by payload type).
+transceivers, sections no longer sending/receiving (direction, or removed: port
+0, answered rejected) end their publication or subscription. Media sections are
+all BUNDLEd on one transport, whatever their order (the offerer's tagged
+section's candidates; docs/whip-whep.md), whose decrypted RTP comes straight to
+:meth:`Participant.on_rtp` (demultiplexed by SSRC, then by the ``mid`` header
+extension, then by payload type). A publisher's new SSRC (an encoder restart)
+becomes its publication's source; late packets of the old one are dropped.
 
 Data: a channel labelled ``room`` relays JSON messages through the room.
 

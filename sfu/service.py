@@ -115,7 +115,10 @@ class SfuService:
         return existing.send_data(message) if existing else 0
 
     def live_rooms(self) -> int:
-        return sum(1 for r in self._rooms.values() if r.participants)
+        """Rooms with media going on (some publication): the work a draining node waits for.
+        Subscribers alone keep nothing alive: with no publisher left there is nothing to
+        forward, and during draining a new publisher can only come through a re-offer."""
+        return sum(1 for r in self._rooms.values() if r.participants and r.publications)
 
     # -- sessions ----------------------------------------------------------------
     async def negotiate(self, grant: RoomGrant, offer_sdp: str, *, session_id: str | None = None,

@@ -60,6 +60,9 @@ class ErrorCode(str, enum.Enum):
     """A field is longer than allowed."""
     UNAVAILABLE = "unavailable"
     """The server is draining, or a dependency (SFU, store) failed; retry elsewhere or later."""
+    WRONG_NODE = "wrong_node"
+    """The consultation's room is on another media node: use its ``sfu_url`` (WHIP/WHEP, or ``media.offer``
+    on a socket to that URL)."""
     TOKEN_EXPIRED = "token_expired"
     """The access token expired without ``auth.refresh``; the server closes the connection."""
     SLOW_CONSUMER = "slow_consumer"
@@ -412,6 +415,7 @@ class OfferAcceptOk(Wire):
     room: str = doc("The SFU room (named after the consultation).")
     room_token: str = doc("The physician's room token.")
     grant: dict[str, Any] = doc("``{identity, role, publish, subscribe, command}`` of that token.")
+    sfu_url: str | None = doc("Base URL of the media node hosting the room (null: no SFU).", None)
 
 
 @reply("offer.decline")
@@ -438,6 +442,7 @@ class RoomTokenOk(Wire):
     room: str = doc("The room.")
     room_token: str = doc("A fresh room token for the caller's seat.")
     grant: dict[str, Any] = doc("Its grant.")
+    sfu_url: str | None = doc("Base URL of the media node hosting the room.", None)
 
 
 @reply("report.save")
@@ -541,6 +546,21 @@ class ConsultationStarted(Wire):
     grant: dict[str, Any] = doc("``{identity, role, publish, subscribe, command}``: nurse publishes camera and "
                                 "microphone and subscribes; the agent publishes stethoscope, dermatoscope, "
                                 "otoscope; the physician publishes camera and microphone, subscribes and commands.")
+    sfu_url: str | None = doc("Base URL of the media node hosting the room: its ``/whip/{room}``, "
+                              "``/whep/{room}``, or ``media.offer`` on its ``/ws`` (null: no SFU).", None)
+
+
+@event("room.moved")
+@dataclass(frozen=True)
+class RoomMoved(Wire):
+    """To each party: the room's media node stopped heartbeating; the room is now on another node. Media
+    sessions on the old node are gone: publish and subscribe again at ``sfu_url``."""
+
+    consultation: dict[str, Any] = doc("The consultation, ``active``.")
+    room: str = doc("The room (same name).")
+    room_token: str = doc("A room token for the receiver's seat.")
+    grant: dict[str, Any] = doc("Its grant.")
+    sfu_url: str | None = doc("Base URL of the room's new media node.", None)
 
 
 @event("consultation.ended")

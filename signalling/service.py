@@ -28,13 +28,14 @@ from signalling.consultation import (LIVE, WAITING, Consultation, InvalidTransit
 from signalling.directory import Directory, load_directory
 from signalling.hub import Hub, Outbox
 from signalling.journal import Journal
-from signalling.matcher import Candidate, Waiting, eligible, estimated_wait_s, plan, positions, queue_order
+from signalling.matcher import Candidate, Waiting, eligible, estimated_wait_s, plan, queue_order
 from signalling.presence import Presence
 from signalling import protocol as p
 from signalling.protocol import ErrorCode, PresenceStatus, ProtocolError, WithdrawReason
 from signalling.records import Records
 from signalling.store import QueueOp, Store, Versioned
 from signalling.turn import ice_servers
+from sfu.node import NodeInfo, choose_node
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +126,10 @@ class SignallingService:
         self._kick_at: float | None = None
         self._room_listeners: dict[str, Callable[[], None]] = {}
         self._media_sessions: dict[tuple[str, str], str] = {}
+        self.node_id = self.proc
+        """This process's SFU node id (when it runs an SFU)."""
+        self.node_url = settings.server.public_url.rstrip("/") or settings.base_url
+        """This node's base URL for clients (``teleconsult serve`` sets the bound one)."""
 
     # -- life ----------------------------------------------------------------
     async def start(self) -> None:
@@ -137,6 +142,7 @@ class SignallingService:
         else:
             self.directory = Directory.from_dict(stored)
         await self.store.touch_process(self.sig.heartbeat_s * 3)
+        await self.heartbeat_node()
         self._spawn(self._match_loop(), "match")
         self._spawn(self._sweep_loop(), "sweep")
         self._spawn(self._position_loop(), "positions")
@@ -188,7 +194,11 @@ class SignallingService:
 
     # -- events ----------------------------------------------------------------
     async def emit(self, targets: Iterable[tuple[str, str]], message: dict[str, Any]) -> None:
-        await self.store.publish({"t": [list(t) for t in targets], "m": message})
+        """Deliver to this process's sockets now, and to the other processes' through the store
+        (which skip nothing: this process skips its own envelope, marked ``o``)."""
+        wire = [list(t) for t in targets]
+        self.hub.deliver(wire, message)
+        await self.store.publish({"t": wire, "m": message, "o": self.proc})
 
     async def kick(self, *, physicians: Iterable[str] = (), requests: Iterable[str] = (),
                    full: bool = False) -> None:
@@ -220,12 +230,22 @@ class SignallingService:
         if "directory" in envelope:
             self._spawn(self._reload_directory())
             return
+        if "place" in envelope:
+            if envelope.get("node") == self.node_id:
+                self._open_local_room(str(envelope["place"]))
+            return
+        if "close_room" in envelope:
+            if envelope.get("node") == self.node_id:
+                self._spawn(self._close_local_room(str(envelope["close_room"])))
+            return
         if "ended" in envelope:
             self._live_local.discard(envelope["ended"])
             timer = self._offer_timers.pop(envelope["ended"], None)
             if timer:
                 timer.cancel()
             return
+        if envelope.get("o") == self.proc:
+            return  # delivered locally when emitted
         self.hub.deliver(envelope.get("t", ()), envelope.get("m", {}))
 
     async def _reload_directory(self) -> None:
@@ -481,7 +501,7 @@ class SignallingService:
                 state["offers"].append({"consultation": c.view(True), "expires_at": c.offer_expires_at,
                                         "timeout_s": self.sig.offer_timeout_s})
             if c.state is State.ACTIVE and c.room and self._seat(s, c):
-                state["rooms"][c.id] = self._room_grant(c, s.role)
+                state["rooms"][c.id] = self._room_grant(c, s.role, await self._sfu_url(c.room))
         return state
 
     # -- presence --------------------------------------------------------------
@@ -677,17 +697,15 @@ class SignallingService:
                         and s.status is PresenceStatus.BUSY:
                     s.status = PresenceStatus.AVAILABLE
                     await self._publish_presence(s)
-        unlisten = self._room_listeners.pop(c.id, None)
-        if unlisten is not None:
-            unlisten()
         for key in [k for k in self._media_sessions if k[1] == c.id]:
             del self._media_sessions[key]
-        sfu = self.sfu()
-        if sfu is not None and c.room:
-            try:
-                await sfu.close_room(c.room)
-            except Exception as exc:
-                logger.warning("closing the room failed: %s", exc, extra={"consultation": c.id})
+        if c.room:
+            node = await self._safe(self.store.room_node(c.room))
+            await self._safe(self.store.unplace_room(c.room))
+            if node is None or node == self.node_id:
+                await self._close_local_room(c.room)
+            else:
+                await self._safe(self.store.publish({"close_room": c.room, "node": node}))
 
     async def consultation_end(self, s: Session, msg: p.ConsultationEnd) -> p.ConsultationEndOk:
         c = await self._load_visible(s, msg.consultation_id)
@@ -913,15 +931,14 @@ class SignallingService:
         await self.journal.append("offer.accept", actor=s.sub, consultation_id=c.id, physician=s.sub)
         # The room, then room tokens for each seat.
         room = c.id
-        sfu = self.sfu()
-        if sfu is not None:
-            try:
-                self._open_room(sfu, room)
-            except Exception as exc:
-                logger.error("SFU room could not be made: %s", exc, extra={"consultation": c.id})
-                self._live_local.discard(c.id)
-                await self._finish_failed(c.id, s)
-                raise _err(ErrorCode.UNAVAILABLE, "the media server could not open the room") from None
+        try:
+            node = await self._place_room(room)
+        except Exception as exc:
+            logger.error("SFU room could not be placed: %s", exc, extra={"consultation": c.id})
+            self._live_local.discard(c.id)
+            await self._finish_failed(c.id, s)
+            raise _err(ErrorCode.UNAVAILABLE, "no media node could open the room") from None
+        sfu_url = node.url if node else None
         got = await self._get(c.id)
         assert got is not None
         accepted, version = got
@@ -931,23 +948,24 @@ class SignallingService:
         await self.records.save_consultation(active.to_dict())
         await self.journal.append("consultation.start", actor=s.sub, consultation_id=c.id, room=room,
                                   site=c.site)
-        logger.info("consultation started", extra={"consultation": c.id, "room": room})
+        logger.info("consultation started", extra={"consultation": c.id, "room": room,
+                                                   "node": node.id if node else None})
         for role, target in ((Role.NURSE, self.nurses(c.site)), (Role.AGENT, self.agents(c.site)),
                              (Role.PHYSICIAN, self.user(s.sub))):
-            grant = self._room_grant(active, role)
+            grant = self._room_grant(active, role, sfu_url)
             await self.emit([target], p.ConsultationStarted(consultation=active.view(role is not Role.AGENT),
                                                             **grant).to_wire())
-        grant = self._room_grant(active, Role.PHYSICIAN)
+        grant = self._room_grant(active, Role.PHYSICIAN, sfu_url)
         return p.OfferAcceptOk(consultation=active.view(True), **grant)
 
     async def _finish_failed(self, cid: str, s: Session) -> None:
         await self._safe(self._finish(cid, State.FAILED, actor="sfu", reason="room_failed"))
 
-    def _room_grant(self, c: Consultation, role: Role) -> dict[str, Any]:
+    def _room_grant(self, c: Consultation, role: Role, sfu_url: str | None = None) -> dict[str, Any]:
         seat = SEATS[role]
         token = self.tokens.issue_room(c.id, seat["identity"], role=role, publish=seat["publish"],
                                        subscribe=seat["subscribe"], command=seat["command"])
-        return {"room": c.id, "room_token": token,
+        return {"room": c.id, "room_token": token, "sfu_url": sfu_url,
                 "grant": {"identity": seat["identity"], "role": role.value, "publish": list(seat["publish"]),
                           "subscribe": seat["subscribe"], "command": seat["command"]}}
 
@@ -955,7 +973,7 @@ class SignallingService:
         c = await self._load_visible(s, msg.consultation_id)
         if c.state is not State.ACTIVE or not self._seat(s, c):
             raise _err(ErrorCode.CONFLICT, "no seat of yours in an active consultation")
-        return p.RoomTokenOk(**self._room_grant(c, s.role))
+        return p.RoomTokenOk(**self._room_grant(c, s.role, await self._sfu_url(c.id)))
 
     # -- reports -------------------------------------------------------------------
     async def report_save(self, s: Session, msg: p.ReportSave) -> p.ReportSaveOk:
@@ -992,6 +1010,104 @@ class SignallingService:
         if room not in self._room_listeners and hasattr(sfu, "on_room_event"):
             self._room_listeners[room] = sfu.on_room_event(room, self.on_room_event)
 
+    def _open_local_room(self, room: str) -> None:
+        sfu = self.sfu()
+        if sfu is None:
+            return
+        try:
+            self._open_room(sfu, room)
+        except Exception as exc:
+            logger.error("room could not be opened on this node: %s", exc, extra={"room": room})
+
+    async def _close_local_room(self, room: str) -> None:
+        unlisten = self._room_listeners.pop(room, None)
+        if unlisten is not None:
+            unlisten()
+        sfu = self.sfu()
+        if sfu is not None:
+            try:
+                await sfu.close_room(room)
+            except Exception as exc:
+                logger.warning("closing the room failed: %s", exc, extra={"room": room})
+
+    # -- nodes (sfu.node) ----------------------------------------------------------------
+    async def heartbeat_node(self) -> None:
+        """Register this process's SFU as a node (url, load, draining), alive for 3 heartbeats."""
+        sfu = self.sfu()
+        if sfu is None:
+            return
+        gauges = sfu.metrics.gauges()
+        info = NodeInfo(self.node_id, self.node_url, rooms=gauges.rooms, participants=gauges.participants,
+                        draining=not self.accepting())
+        await self.store.register_node(self.node_id, info.to_dict(), self.sig.heartbeat_s * 3)
+
+    async def _live_nodes(self) -> list[NodeInfo]:
+        return [NodeInfo.from_dict(nid, d) for nid, d in (await self.store.nodes()).items()]
+
+    async def _place_room(self, room: str) -> NodeInfo | None:
+        """Put the room on the least loaded live node; None when no node exists at all (no SFU)."""
+        nodes = await self._live_nodes()
+        if not nodes:
+            if self.sfu() is not None:
+                raise RuntimeError("this process's node is not registered")
+            return None
+        placed: dict[str, int] = {}
+        for node_id in (await self.store.placements()).values():
+            placed[node_id] = placed.get(node_id, 0) + 1
+        chosen = choose_node(nodes, placed)
+        if chosen is None:
+            raise RuntimeError("no live media node accepts rooms")
+        await self.store.place_room(room, chosen.id)
+        if chosen.id == self.node_id:
+            sfu = self.sfu()
+            assert sfu is not None
+            self._open_room(sfu, room)
+        else:
+            await self.store.publish({"place": room, "node": chosen.id})
+        return chosen
+
+    async def _sfu_url(self, room: str) -> str | None:
+        node_id = await self.store.room_node(room)
+        if node_id is None:
+            return None
+        info = (await self.store.nodes()).get(node_id)
+        return str(info["url"]) if info else None
+
+    async def _sweep_nodes(self) -> None:
+        """Nodes whose heartbeat expired lose their rooms: re-placed, parties told (room.moved)."""
+        dead = [n for n in await self._live_nodes() if not n.alive]
+        if not dead:
+            return
+        placements = await self.store.placements()
+        for node in dead:
+            if not await self.store.forget_node(node.id):
+                continue  # another process took it
+            logger.warning("media node lost", extra={"node": node.id})
+            for room in [r for r, nid in placements.items() if nid == node.id]:
+                await self._safe(self._move_room(room, node.id))
+
+    async def _move_room(self, room: str, from_node: str) -> None:
+        got = await self._get(room)
+        if got is None or got[0].state is not State.ACTIVE:
+            await self.store.unplace_room(room)
+            return
+        c = got[0]
+        try:
+            node = await self._place_room(room)
+        except Exception:
+            await self.store.unplace_room(room)
+            await self._finish(c.id, State.FAILED, actor="sfu", reason="media_node_lost")
+            return
+        sfu_url = node.url if node else None
+        await self.journal.append("room.move", actor="sfu", consultation_id=c.id, from_node=from_node,
+                                  to_node=node.id if node else None)
+        targets = [(Role.NURSE, self.nurses(c.site)), (Role.AGENT, self.agents(c.site))]
+        if c.physician:
+            targets.append((Role.PHYSICIAN, self.user(c.physician)))
+        for role, target in targets:
+            await self.emit([target], p.RoomMoved(consultation=c.view(role is not Role.AGENT),
+                                                  **self._room_grant(c, role, sfu_url)).to_wire())
+
     async def media_offer(self, s: Session, msg: p.MediaOffer) -> p.MediaOfferOk:
         sfu = self.sfu()
         if sfu is None or not hasattr(sfu, "negotiate"):
@@ -1013,6 +1129,9 @@ class SignallingService:
             raise _err(ErrorCode.BAD_MESSAGE, "give consultation_id or room_token")
         if c.state is not State.ACTIVE:
             raise _err(ErrorCode.CONFLICT, "the consultation is not active")
+        node = await self.store.room_node(c.id)
+        if node is not None and node != self.node_id:
+            raise _err(ErrorCode.WRONG_NODE, "the room is on another media node: use the consultation's sfu_url")
         key = (s.id, c.id)
         try:
             result = await sfu.negotiate(grant, msg.sdp, session_id=self._media_sessions.get(key),
@@ -1076,6 +1195,8 @@ class SignallingService:
     async def sweep(self) -> None:
         now = self.clock()
         await self.store.touch_process(self.sig.heartbeat_s * 3)
+        await self.heartbeat_node()
+        await self._sweep_nodes()
         await self._sweep_sessions()
         if now - self._last_full_round >= FULL_ROUND_INTERVAL_S:
             self._full_round = True

@@ -78,6 +78,10 @@ async def serve(settings: Settings, ready: Callable[[str], None] | None = None) 
     scheme = "https" if settings.server.tls_cert else "http"
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     base = settings.server.public_url.rstrip("/") or f"{scheme}://{shown}:{port}"
+    signalling = app.get(appkeys.SIGNALLING)
+    if signalling is not None:  # the SFU node's URL is the bound one (port 0 picks it now)
+        signalling.node_url = base
+        await signalling.heartbeat_node()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lifecycle.signal)

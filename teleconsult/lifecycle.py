@@ -57,6 +57,10 @@ class Lifecycle:
                 await asyncio.wait_for(self._stop.wait(), poll)
             except asyncio.TimeoutError:
                 pass
+        if self.phase is Phase.DRAINING:
+            live = self.live()
+            logger.info("drain timeout: stopping with live work" if live else "drained: nothing live",
+                        extra={"live": live})
         self.phase = Phase.STOPPING
         self._stop.set()
 

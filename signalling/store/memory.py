@@ -23,6 +23,8 @@ class MemoryStore:
         self._presence: dict[str, dict[str, Any]] = {}
         self._sessions: dict[str, tuple[dict[str, Any], float]] = {}
         self._dropped: dict[str, float] = {}
+        self._nodes: dict[str, tuple[dict[str, Any], float]] = {}
+        self._placements: dict[str, str] = {}
         self._directory: dict[str, Any] | None = None
         self._subscribers: list[Callable[[Envelope], None]] = []
 
@@ -208,6 +210,33 @@ class MemoryStore:
 
     async def orphans(self) -> list[str]:
         return []
+
+    # -- media nodes (one process: the one implicit node) ----------------------
+    async def register_node(self, node_id: str, info: dict[str, Any], ttl_s: float) -> None:
+        self._nodes[node_id] = (info, self.clock() + ttl_s)
+
+    async def nodes(self) -> dict[str, dict[str, Any]]:
+        now = self.clock()
+        return {nid: {**info, "alive": at > now} for nid, (info, at) in self._nodes.items()}
+
+    async def forget_node(self, node_id: str) -> bool:
+        item = self._nodes.get(node_id)
+        if item is None or item[1] > self.clock():
+            return False
+        del self._nodes[node_id]
+        return True
+
+    async def place_room(self, room: str, node_id: str) -> None:
+        self._placements[room] = node_id
+
+    async def room_node(self, room: str) -> str | None:
+        return self._placements.get(room)
+
+    async def unplace_room(self, room: str) -> None:
+        self._placements.pop(room, None)
+
+    async def placements(self) -> dict[str, str]:
+        return dict(self._placements)
 
     # -- directory -----------------------------------------------------------
     async def get_directory(self) -> dict[str, Any] | None:

@@ -15,6 +15,9 @@ Layout (all keys under the configured prefix ``P``):
 * ``P owned:<proc>`` set of the session ids whose socket a process holds
 * ``P procs``       set of process ids that own sessions (to find dead ones)
 * ``P dropped``     sorted set session id -> resume deadline (any process ends it; ZREM claims)
+* ``P nodes``       hash node id -> info (JSON: url, load, draining) of SFU nodes
+* ``P node:<id>``   a live node (TTL refreshed by its heartbeat)
+* ``P roomnode``    hash room -> node id: where each consultation's room is placed
 * ``P directory``   the directory (JSON)
 * ``P events``      pub/sub channel of envelopes
 
@@ -116,6 +119,12 @@ return sids
 """
 
 
+_FORGET_NODE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+return redis.call('HDEL', KEYS[2], ARGV[1])
+"""
+
+
 def _dumps(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"))
 
@@ -137,6 +146,7 @@ class RedisStore:
         self._create = self.redis.register_script(_CREATE)
         self._claim_due = self.redis.register_script(_CLAIM_DUE)
         self._take_owned = self.redis.register_script(_TAKE_OWNED)
+        self._forget_node = self.redis.register_script(_FORGET_NODE)
 
     def k(self, name: str) -> str:
         return self.prefix + name
@@ -302,6 +312,37 @@ class RedisStore:
             out += await self._take_owned(keys=[self.k(f"proc:{proc}"), self.k(f"owned:{proc}"), self.k("procs")],
                                           args=[proc])
         return out
+
+    # -- media nodes -------------------------------------------------------------
+    async def register_node(self, node_id: str, info: dict[str, Any], ttl_s: float) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self.k("nodes"), node_id, _dumps(info))
+            pipe.set(self.k(f"node:{node_id}"), "1", px=max(1, int(ttl_s * 1000)))
+            await pipe.execute()
+
+    async def nodes(self) -> dict[str, dict[str, Any]]:
+        raw = await self.redis.hgetall(self.k("nodes"))
+        if not raw:
+            return {}
+        ids = list(raw)
+        alive = await self.redis.mget([self.k(f"node:{nid}") for nid in ids])
+        return {nid: {**json.loads(raw[nid]), "alive": a is not None} for nid, a in zip(ids, alive)}
+
+    async def forget_node(self, node_id: str) -> bool:
+        return bool(await self._forget_node(keys=[self.k(f"node:{node_id}"), self.k("nodes")], args=[node_id]))
+
+    async def place_room(self, room: str, node_id: str) -> None:
+        await self.redis.hset(self.k("roomnode"), room, node_id)
+
+    async def room_node(self, room: str) -> str | None:
+        value = await self.redis.hget(self.k("roomnode"), room)
+        return str(value) if value is not None else None
+
+    async def unplace_room(self, room: str) -> None:
+        await self.redis.hdel(self.k("roomnode"), room)
+
+    async def placements(self) -> dict[str, str]:
+        return dict(await self.redis.hgetall(self.k("roomnode")))
 
     # -- directory -----------------------------------------------------------
     async def get_directory(self) -> dict[str, Any] | None:

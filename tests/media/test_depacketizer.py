@@ -140,3 +140,53 @@ def test_malformed_payload_is_a_loss() -> None:
     bad = RtpPacket(payload_type=102, sequence_number=1, timestamp=1, marker=1, payload=b"\x1e\x00")
     assert frames_of(dep.push(bad, 0.0)) == []
     assert dep.lost == 1
+
+
+def test_vp8_descriptor_reader_agrees_with_aiortc() -> None:
+    from aiortc.codecs.vpx import VpxPayloadDescriptor
+
+    from media.depacketizer import vp8_descriptor_end
+
+    rng = random.Random(3)
+    for _ in range(3000):
+        payload = bytes(rng.randrange(256) for _ in range(rng.randrange(0, 8)))
+        if payload and rng.random() < 0.7:
+            payload = bytes([payload[0] | 0x80]) + payload[1:]  # extended bits more often
+        try:
+            descriptor, data = VpxPayloadDescriptor.parse(payload)
+        except ValueError:
+            try:
+                vp8_descriptor_end(b"xx" + payload + b"yy", 2, 2 + len(payload))
+            except ValueError:
+                continue
+            raise AssertionError(f"accepted {payload.hex()}")
+        begins, pos = vp8_descriptor_end(b"xx" + payload + b"yy", 2, 2 + len(payload))
+        assert begins == bool(descriptor.partition_start and descriptor.partition_id == 0), payload.hex()
+        assert (b"xx" + payload)[pos:] == data, payload.hex()
+
+
+def test_push_rtp_with_parsed_headers_equals_push(vp8_clip: Clip, opus_clip: Clip) -> None:
+    """The SFU tap's path (datagram + its parsed header) gives what push() gives,
+    reordering, duplicates and loss included."""
+    from sfu.rtp import parse_header
+
+    for clip, codec in ((vp8_clip, VP8), (opus_clip, OPUS)):
+        packets = clip.flat()
+        rng = random.Random(11)
+        mixed = packets[:1]
+        for i in range(1, len(packets), 6):
+            block = packets[i : i + 6]
+            rng.shuffle(block)
+            mixed += block
+        del mixed[40]  # a loss
+        mixed.insert(60, mixed[50])  # a duplicate
+        a, b = Depacketizer(codec, reorder_packets=16), Depacketizer(codec, reorder_packets=16)
+        expected, got = [], []
+        for i, p in enumerate(mixed):
+            expected += a.push(p, i * 0.001)
+            data = p.serialize()
+            got += b.push_rtp(data, parse_header(data), i * 0.001)
+        expected += a.flush(10.0)
+        got += b.flush(10.0)
+        assert got == expected and frames_of(got)
+        assert (b.lost, b.duplicates, b.late, b.frames_dropped) == (a.lost, a.duplicates, a.late, a.frames_dropped)

@@ -193,3 +193,94 @@ def test_sigkill_mid_recording_is_readable(tmp_path: Path) -> None:
     assert decode_all(vault, tmp_path / "crash" / track.file) == (readable, readable)
     assert not path.exists()
     assert recover(tmp_path, vault) == []
+
+
+class CountingVault(Vault):
+    """Counts the flushes that reached the files (each one an fsync in production)."""
+
+    def __init__(self, master: MasterKey | None) -> None:
+        super().__init__(master, fsync=False)
+        self.flushes: list[str] = []
+
+    def create(self, path: Path) -> SealedWriter:
+        writer = super().create(path)
+        original = writer.flush
+
+        def flush(executor: object = None) -> None:
+            self.flushes.append(path.name)
+            original(executor)  # type: ignore[arg-type]
+
+        writer.flush = flush  # type: ignore[method-assign]
+        return writer
+
+
+def test_one_flush_per_interval_and_track_whoever_does_it(tmp_path: Path, vp8_clip: Clip, opus_clip: Clip) -> None:
+    """The recorder flushes on write once an interval is over; the timer only flushes
+    the tracks that did not (idle ones), and never a track with nothing new."""
+    vault = CountingVault(MasterKey.generate())
+    now = [0.0]
+    session = RecordingSession.start(tmp_path, "c-f", vault, started_by="dr", clock=lambda: now[0])
+    session.add_track("cam", "n", "camera", VP8)
+    session.add_track("mic", "n", "microphone", OPUS)
+    video, audio = vp8_clip.packets, opus_clip.packets  # 3 s of video, 3 s of audio
+    timer_flushes = 0
+    for tick in range(300):  # 10 ms steps over 3 s, the timer every second
+        now[0] = tick / 100
+        if tick and tick % 100 == 0:
+            timer_flushes += session.flush_stale()
+        if tick % 2 == 0 and tick // 2 < len(opus_clip.packets):
+            for p in audio[tick // 2]:
+                session.feed("mic", p, now[0])
+        if tick % 10 == 0 and tick // 10 * 3 < len(vp8_clip.packets):
+            for i in range(3):  # 30 fps in bursts of 3
+                for p in video[tick // 10 * 3 + i]:
+                    session.feed("cam", p, now[0])
+    per_track = {name: vault.flushes.count(name) for name in set(vault.flushes)}
+    assert len(per_track) == 2 and all(1 <= n <= 3 for n in per_track.values()), per_track
+    # Idle now: the timer seals what the muxer handed over since, once; then nothing.
+    now[0] = 10.0
+    before = len(vault.flushes)
+    session.flush_stale()
+    session.flush_stale()
+    assert len(vault.flushes) - before <= 2
+    now[0] = 20.0
+    assert session.flush_stale() == 0
+    manifest = session.stop("dr")
+    assert [t.frames for t in manifest.tracks] == [len(video), len(audio)]
+    assert timer_flushes <= 2 * 2
+
+
+def test_background_fsync_off_the_caller_and_its_errors_surface(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    synced: list[int] = []
+    real = os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        synced.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    vault = Vault(MasterKey.generate())
+    with ThreadPoolExecutor(max_workers=1) as executor:
+        writer = vault.create(tmp_path / "a.webm")
+        writer.write(b"x" * 1000)
+        assert writer.dirty
+        writer.flush(executor)
+        assert not writer.dirty
+        executor.submit(lambda: None).result()  # the sync ran (in order) on the executor
+        assert len(synced) == 1
+        # The fsync ran on a duplicate of the descriptor, closed after: the file's own is open.
+        writer.write(b"y" * 1000)
+
+        def failing(fd: int) -> None:
+            raise OSError(5, "Input/output error")
+
+        monkeypatch.setattr(os, "fdatasync", failing)
+        writer.flush(executor)
+        executor.submit(lambda: None).result()
+        with pytest.raises(OSError):
+            writer.flush(executor)  # the background error comes back to the recorder
+        monkeypatch.setattr(os, "fdatasync", fdatasync)
+        writer.close()
+    assert b"".join(vault.read_chunks(tmp_path / "a.webm")) == b"x" * 1000 + b"y" * 1000

@@ -302,3 +302,50 @@ async def test_consent_roles_keyframe_on_start_and_stop_on_end(server: RunningSe
             assert manifest["stopped_reason"] == "consultation_ended"
         finally:
             await close_all(c, sessions)
+
+
+class _Journal:
+    def __init__(self) -> None:
+        self.entries: list[tuple[str, dict[str, Any]]] = []
+
+    async def append(self, act: str, **fields: Any) -> None:
+        self.entries.append((act, fields))
+
+
+class _Signalling:
+    def __init__(self) -> None:
+        self.journal = _Journal()
+
+
+async def test_daily_purge_shreds_expired_stills_too_and_journals_them(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from config.settings import RecordingSettings, ServerSettings, Settings
+    from media.crypto import MasterKey, Vault
+    from media.recording_service import RecordingService
+    from media.recording_store import RecordingStore, StillStore
+
+    settings = replace(Settings(), server=replace(ServerSettings(), data_dir=str(tmp_path)),
+                       recording=RecordingSettings(retention_days=30))
+    vault = Vault(MasterKey.generate(), fsync=False)
+    clock = [1.7e9]
+    stills = StillStore(tmp_path / "stills", vault, wall_clock=lambda: clock[0])
+    image = b"\xff\xd8" + bytes(range(256)) * 8
+    old = stills.put("c-old", "dermatoscope", "image/jpeg", image, 640, 480)
+    clock[0] += 20 * 86400
+    young = stills.put("c-young", "otoscope", "image/jpeg", image, 640, 480)
+    sig = _Signalling()
+    service = RecordingService(settings, RecordingStore.for_data_dir(tmp_path, vault), vault, sfu=lambda: None,
+                               signalling=lambda: sig, wall_clock=lambda: clock[0], stills=stills)
+    now = old.created + 31 * 86400  # the old one is 31 days old, the young one 11
+    assert await service.purge(now) == []  # no recordings to shred
+    assert stills.list("c-old") == [] and stills.list("c-young") == [young]
+    assert not (tmp_path / "stills" / "c-old" / f"{old.still_id}.bin").exists()
+    assert not (tmp_path / "stills" / "c-old" / f"{old.still_id}.bin.key").exists()
+    assert sig.journal.entries == [("still.shred", {"actor": "retention", "consultation_id": "c-old",
+                                                    "still_id": old.still_id, "device": "dermatoscope",
+                                                    "created": old.created})]
+    # The daily task's clock is the service's wall clock.
+    clock[0] = young.created + 30 * 86400
+    assert await service.purge_stills() == [young.still_id]
+    assert [act for act, _ in sig.journal.entries] == ["still.shred", "still.shred"]

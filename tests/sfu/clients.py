@@ -12,17 +12,19 @@ from aiortc import RTCRtpSender, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack, VideoStreamTrack
 
 from aiortc import RTCConfiguration
+from aiortc import sdp as aiortc_sdp
 from aiortc.rtcconfiguration import RTCBundlePolicy
 
-from media.ice import ScopedPeerConnection
+from media.ice import DatagramHook, ScopedPeerConnection
 
 
-def client_pc() -> ScopedPeerConnection:
+def client_pc(hook: DatagramHook | None = None) -> ScopedPeerConnection:
     """A loopback client peer connection. MAX_BUNDLE: with aiortc's default (BALANCED) policy,
     a second section of a kind other than the first section's stays on a transport that BUNDLE
     then stops, and its packets go to the other track of its kind (aiortc 1.16 client bug,
     docs/whip-whep.md; tests/sfu/test_bundling.py)."""
-    return ScopedPeerConnection(configuration=RTCConfiguration(bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
+    return ScopedPeerConnection(configuration=RTCConfiguration(bundlePolicy=RTCBundlePolicy.MAX_BUNDLE),
+                                datagram_hook=hook)
 from sfu.rtp import RtpError, parse_header
 
 
@@ -71,8 +73,8 @@ async def publish(http: aiohttp.ClientSession, base: str, room: str, token: str,
 
 
 async def play(http: aiohttp.ClientSession, base: str, room: str, token: str, kinds: list[str],
-               *, codecs: dict[str, str] | None = None) -> Session:
-    pc = client_pc()
+               *, codecs: dict[str, str] | None = None, hook: DatagramHook | None = None) -> Session:
+    pc = client_pc(hook)
     transceivers = []
     for kind in kinds:
         t = pc.addTransceiver(kind, direction="recvonly")
@@ -87,6 +89,18 @@ async def play(http: aiohttp.ClientSession, base: str, room: str, token: str, ki
         raise AssertionError(f"WHEP {response.status}: {text}")
     await pc.setRemoteDescription(RTCSessionDescription(sdp=text, type="answer"))
     return Session(pc, response.headers["Location"], text, transceivers)
+
+
+def sending_ssrcs(sdp: str) -> dict[str, int]:
+    """mid -> the media SSRC a description declares for it (FID's first, else the first)."""
+    out: dict[str, int] = {}
+    for media in aiortc_sdp.SessionDescription.parse(sdp).media:
+        fid = [g for g in media.ssrc_group if g.semantic == "FID"]
+        if fid:
+            out[media.rtp.muxId] = int(fid[0].items[0])
+        elif media.ssrc:
+            out[media.rtp.muxId] = media.ssrc[0].ssrc
+    return out
 
 
 @dataclass

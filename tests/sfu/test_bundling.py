@@ -15,31 +15,21 @@ from typing import Any
 import aiohttp
 import pytest
 from aiortc import RTCConfiguration, RTCSessionDescription
-from aiortc import sdp as aiortc_sdp
 from aiortc.mediastreams import AudioStreamTrack
+from aiortc import sdp as aiortc_sdp
 from aiortc.rtcconfiguration import RTCBundlePolicy
 
 from media.ice import ScopedPeerConnection
+from sfu.participant import MID_URI
+from sfu.rtp import extension_elements, parse_header
 from sfu.sdp import bundle_candidates, msids, parse_offer
 from teleconsult import appkeys
-from tests.sfu.clients import FlatVideoTrack, post_offer, publish
+from tests.sfu.clients import FlatVideoTrack, post_offer, publish, sending_ssrcs
 from tests.support import RunningServer, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
 SIZES = {"camera": (160, 120), "dermatoscope": (320, 240)}
-
-
-def sending_ssrcs(sdp: str) -> dict[str, int]:
-    """mid -> the media SSRC a description declares for it (FID's first, else the first)."""
-    out: dict[str, int] = {}
-    for media in aiortc_sdp.SessionDescription.parse(sdp).media:
-        fid = [g for g in media.ssrc_group if g.semantic == "FID"]
-        if fid:
-            out[media.rtp.muxId] = int(fid[0].items[0])
-        elif media.ssrc:
-            out[media.rtp.muxId] = media.ssrc[0].ssrc
-    return out
 
 
 def record_ssrcs_per_receiver(pc: Any) -> dict[str, set[int]]:
@@ -56,6 +46,26 @@ def record_ssrcs_per_receiver(pc: Any) -> dict[str, set[int]]:
 
         receiver._handle_rtp_packet = handle
     return seen
+
+
+def record_mid_extension(transport: Any, answer: str) -> dict[int, set[str]]:
+    """ssrc -> the values of the ``mid`` header extension (the answer's id, the same in every
+    bundled section) on the packets a transport receives."""
+    ids = {ext.id for media in aiortc_sdp.SessionDescription.parse(answer).media
+           for ext in media.rtp.headerExtensions if ext.uri == MID_URI}
+    assert len(ids) == 1, f"the answer's sections disagree on the mid extension id: {ids}"
+    (mid_id,) = ids
+    values: dict[int, set[str]] = {}
+    original = transport._handle_rtp_data
+
+    async def handle(data: bytes, arrival_time_ms: int) -> None:
+        header = parse_header(data)
+        mids = {v.decode() for i, v in extension_elements(data, header) if i == mid_id}
+        values.setdefault(header.ssrc, set()).update(mids or {""})
+        await original(data, arrival_time_ms)
+
+    transport._handle_rtp_data = handle
+    return values
 
 
 async def four_publications(http: aiohttp.ClientSession, server: RunningServer, room: str) -> list[Any]:
@@ -86,17 +96,20 @@ async def check_viewer(http: aiohttp.ClientSession, server: RunningServer, room:
         answer = await response.text()
         assert response.status == 201, answer
         seen = record_ssrcs_per_receiver(pc)
+        mid_values = record_mid_extension(pc.getTransceivers()[0].receiver.transport, answer)
         await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
         expected = sending_ssrcs(answer)
         labels = msids(answer)
         transceivers = pc.getTransceivers()
         assert len(expected) == len(transceivers) == len(kinds)
+        assert len({t.receiver.transport for t in transceivers}) == 1, "sections left off the BUNDLE transport"
         await wait_for(lambda: all(expected[t.mid] in seen.get(t.mid, set()) for t in transceivers), timeout=15,
                        what=f"every section receiving its stream ({ {t.mid: seen.get(t.mid) for t in transceivers} })")
         for t in transceivers:
             others = {ssrc for mid, ssrc in expected.items() if mid != t.mid}
             assert not seen[t.mid] & others, f"mid {t.mid} got another section's packets"
-        assert len({t.receiver.transport for t in transceivers}) == 1, "sections left off the BUNDLE transport"
+            # browsers demultiplex by the mid header extension first: each stream carries its own
+            assert mid_values.get(expected[t.mid]) == {t.mid}, (t.mid, mid_values.get(expected[t.mid]))
         for t in transceivers:
             if t.kind == "video":
                 source = labels[t.mid].split()[1]

@@ -1,0 +1,147 @@
+"""Media scale-out (DESIGN §5): SFU nodes in the store, rooms placed on the least loaded live node.
+
+Two apps on one real Redis: the room goes to the least loaded node, whose URL
+the parties get as ``sfu_url``; a socket on the other process is told
+``wrong_node`` and uses that node's WHIP/WHEP; room events cross processes; a
+draining node gets no new rooms; a node that stops heartbeating (killed) loses
+its rooms to a live node and the parties are told (``room.moved``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from sfu.node import NodeInfo, choose_node
+from tests.sfu.clients import FlatVideoTrack, play, publish
+from tests.signalling.client import SigClient
+from tests.signalling.conftest import sig_settings
+from tests.signalling.procs import spawn_server, stop
+from tests.signalling.test_flow import VISIT
+from tests.support import RunningServer, start_server, wait_for
+from teleconsult import appkeys
+
+
+def test_choose_node_least_loaded_live_not_draining() -> None:
+    nodes = [NodeInfo("a", "http://a", participants=9), NodeInfo("b", "http://b"),
+             NodeInfo("c", "http://c", draining=True), NodeInfo("d", "http://d", alive=False)]
+    assert choose_node(nodes, {"a": 0, "b": 1}).id == "a"
+    assert choose_node(nodes, {"a": 1, "b": 1}).id == "b"  # then fewer participants
+    assert choose_node(nodes, {"a": 5, "b": 5, "c": 0, "d": 0}).id == "b"  # never draining or dead ones
+    assert choose_node([NodeInfo("c", "", draining=True)], {}) is None
+
+
+async def _app(tmp_path: Path, redis_url: str, name: str) -> RunningServer:
+    running = await start_server(sig_settings(tmp_path, "redis", redis_url, name=name, heartbeat_s=1.0))
+    service = running.app[appkeys.SIGNALLING]
+    service.node_url = running.url  # as `teleconsult serve` does with the bound address
+    await service.heartbeat_node()
+    return running
+
+
+async def _started(sig: RunningServer, site: str, nurse: str, physician: str) -> tuple[SigClient, SigClient, str]:
+    n = await SigClient.connect(sig.ws_url, sig.tokens.issue_access("nurse", nurse, site=site))
+    d = await SigClient.connect(sig.ws_url, sig.tokens.issue_access("physician", physician))
+    await d.request("presence.set", status="available")
+    cid = (await n.request("visit.request", **VISIT))["consultation"]["id"]
+    await d.event("offer.received", consultation__id=cid)
+    await d.request("offer.accept", consultation_id=cid)
+    return n, d, cid
+
+
+async def _media_flows(base: str, cid: str, nurse_token: str, physician_token: str) -> list[Any]:
+    """The nurse publishes a camera by WHIP at ``base``, the physician plays it by WHEP: a frame arrives."""
+    async with aiohttp.ClientSession() as http:
+        pub = await publish(http, base, cid, nurse_token, [FlatVideoTrack(160, 120)])
+        sub = await play(http, base, cid, physician_token, ["video"])
+    frame = await asyncio.wait_for(sub.transceivers[0].receiver.track.recv(), 15)
+    assert frame.width == 160
+    return [pub, sub]
+
+
+async def test_rooms_go_to_the_least_loaded_node_and_clients_follow_sfu_url(tmp_path: Path, redis_url: str) -> None:
+    a = await _app(tmp_path, redis_url, "a")
+    b = await _app(tmp_path, redis_url, "b")
+    svc_a, svc_b = a.app[appkeys.SIGNALLING], b.app[appkeys.SIGNALLING]
+    clients: list[SigClient] = []
+    peers: list[Any] = []
+    try:
+        nodes = await svc_b.store.nodes()
+        assert {nodes[svc_a.node_id]["url"], nodes[svc_b.node_id]["url"]} == {a.url, b.url}
+        await svc_b.store.place_room("busy-elsewhere", svc_b.node_id)  # b is the more loaded node
+        n, d, cid = await _started(b, "cabin-demo", "n1", "dr-cardio")
+        clients += [n, d]
+        started = await n.event("consultation.started")
+        assert started["sfu_url"] == a.url
+        assert cid in a.app[appkeys.SFU].rooms() and cid not in b.app[appkeys.SFU].rooms()
+        # The socket's process is not the room's node: wrong_node, then that node's WHIP/WHEP.
+        await n.error("media.offer", "wrong_node", consultation_id=cid, sdp="v=0")
+        d_started = await d.event("consultation.started")
+        peers += await _media_flows(started["sfu_url"], cid, started["room_token"], d_started["room_token"])
+        # Room events of node a reach the sockets on process b.
+        await d.event("room.event", event="publication.added", data__publication__source="camera")
+        # A fresh room token says where the room is too.
+        assert (await d.request("room.token", consultation_id=cid))["sfu_url"] == a.url
+        await d.request("consultation.end", consultation_id=cid)
+        await wait_for(lambda: cid not in a.app[appkeys.SFU].rooms(), 10, what="room closed on its node")
+        assert await svc_b.store.room_node(cid) is None
+
+        # Node a drains (SIGTERM): new rooms go to b although b is more loaded.
+        a.app[appkeys.LIFECYCLE].signal()
+        await svc_a.heartbeat_node()
+        assert (await svc_b.store.nodes())[svc_a.node_id]["draining"] is True
+        await d.event("presence.changed", physician="dr-cardio", status="available")
+        cid2 = (await n.request("visit.request", **VISIT))["consultation"]["id"]
+        await d.event("offer.received", consultation__id=cid2)
+        accepted = await d.request("offer.accept", consultation_id=cid2)
+        assert accepted["sfu_url"] == b.url and cid2 in b.app[appkeys.SFU].rooms()
+        await d.request("consultation.end", consultation_id=cid2)
+    finally:
+        for peer in peers:
+            await peer.close()
+        for c in clients:
+            await c.close()
+        await a.server.close()
+        await b.server.close()
+
+
+async def test_a_dead_node_loses_its_rooms_to_a_live_one(tmp_path: Path, redis_url: str) -> None:
+    b = await _app(tmp_path, redis_url, "b")
+    svc_b = b.app[appkeys.SIGNALLING]
+    a = spawn_server(tmp_path / "a", redis_url, heartbeat_s=1.0)
+    clients: list[SigClient] = []
+    peers: list[Any] = []
+    try:
+        await wait_for(lambda: _alive_urls(svc_b, a.url), 15, what="node a registered with its URL")
+        await svc_b.store.place_room("busy-elsewhere", svc_b.node_id)
+        n, d, cid = await _started(b, "cabin-demo", "n1", "dr-cardio")
+        clients += [n, d]
+        started = await n.event("consultation.started")
+        d_started = await d.event("consultation.started")
+        assert started["sfu_url"] == a.url
+        peers += await _media_flows(a.url, cid, started["room_token"], d_started["room_token"])
+
+        stop(a)  # SIGKILL: the node stops heartbeating
+        moved_n = await n.event("room.moved", timeout=15, room=cid)
+        moved_d = await d.event("room.moved", timeout=5, room=cid)
+        assert moved_n["sfu_url"] == moved_d["sfu_url"] == b.url
+        assert await svc_b.store.room_node(cid) == svc_b.node_id and cid in b.app[appkeys.SFU].rooms()
+        # The parties rejoin at the new node with the new tokens.
+        peers += await _media_flows(b.url, cid, moved_n["room_token"], moved_d["room_token"])
+        acts = [e["act"] for e in await svc_b.journal.read(cid)]
+        assert "room.move" in acts
+        await d.request("consultation.end", consultation_id=cid)
+    finally:
+        for peer in peers:
+            await peer.close()
+        for c in clients:
+            await c.close()
+        stop(a)
+        await b.server.close()
+
+
+async def _alive_urls(service: Any, url: str) -> bool:
+    return any(info["alive"] and info["url"] == url for info in (await service.store.nodes()).values())
