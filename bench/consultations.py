@@ -25,8 +25,8 @@ of measurement, teardown.
 A step is *clean* when delivery >= 99 % and p95 added latency <= 20 ms. The
 ramp stops at the first unclean step; ``consultations_per_core`` is the largest
 clean step when the SFU itself reached its limit (its core near full). When the
-clients saturate first (their CPU near their cores' capacity, or their frames
-going out late), ``client_saturated`` is true and
+clients saturate first (their CPU near their cores' capacity, or a step that
+fails while their own frames went out late), ``client_saturated`` is true and
 ``projected_consultations_per_core`` = 100 % / (SFU CPU % per consultation at
 the highest clean step): a projection, not a measurement.
 
@@ -61,6 +61,7 @@ from bench.rtc import (KEY, DirectServer, Player, Publisher, ServerProcess, Sour
 TARGETS = {"consultations_per_core": 25, "cpu_pct_per_mbps": 1.0, "join_ms_p95": 500.0, "rss_mb_per_consultation": 30.0,
            "delivery": 0.99, "latency_ms_p95": 20.0}
 GRACE = 0.25
+DEFAULT_RAMP = [1, 2, 4, 6, 8, 12, 16, 24, 32]
 TRACKS = {
     # source key -> (identity, source, clip parameters)
     "nurse camera": ("nurse", "camera"),
@@ -93,6 +94,8 @@ class Consultation:
         self.publishers: list[Publisher] = []
         self.players: dict[str, Player] = {}
         self.accepted_at = 0.0
+        self.marks: dict[str, float] = {}
+        """Join milestones: tokens (every seat has its room token), published (WHIP answered)."""
         self.sockets: list[Any] = []
         self.consultation_id = ""
         self.physician: Any = None
@@ -145,6 +148,7 @@ class Consultation:
                                  [TRACKS[k][1] for k in keys])
         self.publishers += await asyncio.gather(*(seat(i, k) for i, k in seats_tracks[:2]))
         self.publishers.append(await seat(*seats_tracks[2]))
+        self.marks["published"] = time.monotonic()
         doctor = Player(f"c{self.index}-physician")
         self.players["physician"] = doctor
         nurse = Player(f"c{self.index}-nurse")
@@ -217,6 +221,7 @@ async def _worker(base: str, indexes: list[int], codec: str, baseline: bool, go:
                         c.accepted_at = time.monotonic()
                     else:
                         seats = await c.signal(http, ws_url)
+                    c.marks["tokens"] = time.monotonic()
                     await c.join(http, base, seats, codec)
                 except Exception as exc:  # noqa: BLE001 - reported, the step is then unclean
                     c.error = f"{type(exc).__name__}: {exc}"[:300]
@@ -276,11 +281,16 @@ def analyse(consultations: list[Consultation], direct_player: Player, direct_sou
     delivered = {"video": 0, "audio": 0}
     raw: list[float] = []
     joins: list[float] = []
+    phases: dict[str, list[float]] = {"tokens": [], "publish": [], "play": []}
     fwd_bytes = 0
     for c in consultations:
         joined = c.joined_at()
         if joined is not None:
             joins.append((joined - c.accepted_at) * 1000)
+            if "tokens" in c.marks and "published" in c.marks:
+                phases["tokens"].append((c.marks["tokens"] - c.accepted_at) * 1000)
+                phases["publish"].append((c.marks["published"] - c.marks["tokens"]) * 1000)
+                phases["play"].append((joined - c.marks["published"]) * 1000)
         wanted = {"physician": ["nurse camera", "nurse microphone", "agent dermatoscope", "agent stethoscope"],
                   "nurse": ["physician camera", "physician microphone"]}
         for who, keys in wanted.items():
@@ -302,7 +312,7 @@ def analyse(consultations: list[Consultation], direct_player: Player, direct_sou
                 if source.kind == "video":
                     raw += [matched[p] - source.sent[p] for p in got]
     return {"sent": sent, "delivered": delivered, "raw_latency": raw, "direct_p50": direct_p50,
-            "direct_samples": len(direct_lat), "joins": joins, "fwd_bytes": fwd_bytes,
+            "direct_samples": len(direct_lat), "joins": joins, "phases": phases, "fwd_bytes": fwd_bytes,
             "joined": sum(1 for c in consultations if c.joined_at() is not None)}
 
 
@@ -373,7 +383,7 @@ def run_step(base: str, server_pid: int | None, n: int, offset: int, args: argpa
                 continue
             if message[0] == "joined":
                 joined += 1
-        print(f"warm-up {args.warmup:.0f} s, measuring {args.seconds:.0f} s ", end="", file=sys.stderr, flush=True)
+        print(f"warm-up {args.warmup:g} s, measuring {args.seconds:.0f} s ", end="", file=sys.stderr, flush=True)
         w0 = time.monotonic() + args.warmup
         window.value = w0
         go.set()
@@ -440,6 +450,8 @@ def run_step(base: str, server_pid: int | None, n: int, offset: int, args: argpa
         "direct_path_ms_p50": rounded(sum(r["direct_p50"] for r in results) / len(results) * 1000) if results
         else None,
         "join_ms_p50": rounded(pct(joins, 50)), "join_ms_p95": rounded(pct(joins, 95)),
+        "join_phases_ms_p50": {name: rounded(pct([v for r in results for v in r["phases"][name]], 50))
+                               for name in ("tokens", "publish", "play")},
         "upstream_loss": rounded(lost / pk_in, 5) if pk_in else None,
         "sfu_rss_mb": rounded(rss, 1),
         "client_cpu_pct": rounded(client_cpu_pct, 1), "client_capacity_pct": capacity,
@@ -447,15 +459,23 @@ def run_step(base: str, server_pid: int | None, n: int, offset: int, args: argpa
         "errors": [e for r in results for e in r["errors"]][:5],
         "loadavg_1min": round(os.getloadavg()[0], 2),
     }
-    step["client_saturated"] = bool(client_cpu_pct > 0.85 * capacity or late > 0.05 or skipped > 0.005
-                                    or len(results) < workers)
     step["clean"] = bool(delivery is not None and delivery >= TARGETS["delivery"] and step["latency_ms_p95"] is not None
                          and step["latency_ms_p95"] <= TARGETS["latency_ms_p95"] and not step["errors"])
+    # The clients are the limit when their cores are nearly full, or when a step fails while
+    # their own frames went out late (on a shared machine a clean step may see some lateness
+    # from other work: that alone does not stop the ramp).
+    step["client_saturated"] = bool(client_cpu_pct > 0.85 * capacity or len(results) < workers
+                                    or (not step["clean"] and (late > 0.05 or skipped > 0.005)))
     return step
 
 
 def run_ramp(args: argparse.Namespace, baseline: bool) -> dict[str, Any]:
-    ramp = [int(x) for x in args.ramp.split(",") if x.strip()] if args.ramp else [args.rooms]
+    if args.ramp:
+        ramp = [int(x) for x in args.ramp.split(",") if x.strip()]
+    elif args.rooms:
+        ramp = [args.rooms]
+    else:
+        ramp = DEFAULT_RAMP
     cores = os.cpu_count() or 1
     server_cpus = [0] if args.pin and cores > 1 else None
     client_cpus = list(range(1, cores)) if server_cpus else None
@@ -610,9 +630,9 @@ def plot(result: dict[str, Any], path: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.consultations", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rooms", type=int, default=4, help="consultations (one step) when --ramp is not given")
-    parser.add_argument("--ramp", default="1,2,4,6,8,12,16,24,32",
-                        help="comma-separated consultation counts; stops at the first unclean step ('' : --rooms)")
+    parser.add_argument("--rooms", type=int, help="one step of this many consultations (instead of the ramp)")
+    parser.add_argument("--ramp", help="comma-separated consultation counts, ascending; stops at the first "
+                        f"unclean or client-saturated step (default {','.join(map(str, DEFAULT_RAMP))})")
     parser.add_argument("--seconds", type=float, default=8.0, help="measurement window per step")
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--workers", type=int, default=3, help="client processes")

@@ -194,6 +194,20 @@ class Child:
     url: str
 
     def cpu_s(self) -> float:
+        """CPU time of every thread of the child: nanoseconds from ``schedstat`` (the
+        10 ms ticks of ``stat`` are 0.1 % of a core over a 10 s window, a third of the
+        quantity measured), else ``stat``."""
+        try:
+            total = 0
+            for task in Path(f"/proc/{self.process.pid}/task").iterdir():
+                try:
+                    total += int((task / "schedstat").read_text().split()[0])
+                except (OSError, ValueError, IndexError):
+                    continue  # a thread that just ended
+            if total:
+                return total / 1e9
+        except OSError:
+            pass
         fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 

@@ -7,7 +7,10 @@ Without ``--server`` it starts its own server on loopback in a subprocess
 (and its own redis-server for ``--store redis``), signing tokens with a key it
 gives that server. Phases:
 
-1. idle: ``--clients`` connections say hello and stay open (device agents);
+1. idle: ``--clients`` connections say hello and stay open (device agents),
+   held by a child process of the bench (``--idle-in-process``: by the
+   measuring process itself, whose own event loop and GC then weigh on the
+   latencies it measures);
 2. queue: nurses check in ``--requests`` visit requests while no physician is available;
 3. match: ``--physicians`` physicians come online; each accepts its offer, ends
    the consultation at once and waits for the next. Decision latency: from the
@@ -196,6 +199,60 @@ async def connect(http: aiohttp.ClientSession, url: str, token: str, counter: li
     return client
 
 
+async def connect_idle(http: aiohttp.ClientSession, ws_url: str, tokens: TokenService, n: int,
+                       counter: list[int]) -> list[Client]:
+    idle: list[Client] = []
+    for chunk in range(0, n, 200):
+        batch = await asyncio.gather(*(connect(http, ws_url, tokens.issue_access(
+            "agent", f"idle-{i}", site="ehpad-demo"), counter)
+            for i in range(chunk, min(chunk + 200, n))), return_exceptions=True)
+        idle += [c for c in batch if isinstance(c, Client)]
+    return idle
+
+
+class IdleHolder:
+    """A child process that holds the idle connections (stdin ``held`` -> count, EOF -> stop)."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+
+    @classmethod
+    async def start(cls, ws_url: str, n: int) -> "IdleHolder":
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bench.signalling", "--idle-child", ws_url, "--clients", str(n),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, preexec_fn=raise_fd_limit)
+        holder = cls(proc)
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 300)
+        if not line.startswith(b"ready"):
+            raise RuntimeError("the idle-connection holder did not start")
+        return holder
+
+    async def held(self) -> int:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(b"held\n")
+        await self.proc.stdin.drain()
+        return int((await asyncio.wait_for(self.proc.stdout.readline(), 30)).split()[1])
+
+    def stop(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.kill()
+
+
+async def idle_child(ws_url: str, n: int) -> None:
+    raise_fd_limit()
+    tokens = TokenService(AuthSettings(signing_key=KEY), tempfile.gettempdir())
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+        idle = await connect_idle(http, ws_url, tokens, n, [0])
+        print(f"ready {len(idle)}", flush=True)
+        loop = asyncio.get_running_loop()
+        while True:
+            line = await loop.run_in_executor(None, sys.stdin.readline)
+            if not line:
+                return
+            print(f"held {sum(1 for c in idle if not c.ws.closed)}", flush=True)
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     raise_fd_limit()
     server = None
@@ -213,12 +270,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         async with aiohttp.ClientSession(connector=connector) as http:
             # 1. idle clients
             idle: list[Client] = []
+            holder: IdleHolder | None = None
             started = time.monotonic()
-            for chunk in range(0, args.clients, 200):
-                batch = await asyncio.gather(*(connect(http, ws_url, tokens.issue_access(
-                    "agent", f"idle-{i}", site="ehpad-demo"), counter)
-                    for i in range(chunk, min(chunk + 200, args.clients))), return_exceptions=True)
-                idle += [c for c in batch if isinstance(c, Client)]
+            if args.idle_in_process:
+                idle = await connect_idle(http, ws_url, tokens, args.clients, counter)
+            else:
+                holder = await IdleHolder.start(ws_url, args.clients)
             result["idle_connect_s"] = round(time.monotonic() - started, 2)
             # 2. queue: requests waiting
             # Each nurse at a site of its own (as in the field: a cabin has one nurse).
@@ -313,7 +370,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                           ping_rtt_ms_p50=round(pct(rtts, 50) * 1000, 2),
                           ping_rtt_ms_p99=round(pct(rtts, 99) * 1000, 2))
             # idle clients still held?
-            result["idle_clients_held"] = sum(1 for c in idle if not c.ws.closed)
+            result["idle_clients_held"] = (await holder.held() if holder is not None
+                                           else sum(1 for c in idle if not c.ws.closed))
+            if holder is not None:
+                holder.stop()
             result["idle_clients_asked"] = args.clients
             for c in idle + active:
                 c.reader.cancel()
@@ -334,7 +394,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="FILE", help="write the figures here")
     parser.add_argument("--server", metavar="URL", help="use this server (tokens must be signed with the bench key)")
     parser.add_argument("--store", choices=["memory", "redis"], default="memory")
+    parser.add_argument("--idle-in-process", action="store_true",
+                        help="hold the idle connections in the measuring process (the old way)")
+    parser.add_argument("--idle-child", metavar="WS_URL", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.idle_child:
+        asyncio.run(idle_child(args.idle_child, args.clients))
+        return 0
     result = asyncio.run(run(args))
     print(json.dumps(result, indent=2))
     ok_match = result["matched"] == result["requests"] and result["double_assigned"] == 0

@@ -306,8 +306,21 @@ class Depacketizer:
     def push_rtp(self, data: bytes, header: RtpHeaderLike, arrival: float) -> list[Event] | tuple[Event, ...]:
         """Take one RTP datagram whose header is already parsed (the SFU's); return what
         became complete (an empty tuple, not a list, when nothing did)."""
-        return self._push(data, header.payload_start, header.payload_end, header.sequence_number,
-                          header.timestamp, header.marker, arrival)
+        seq16 = header.sequence_number
+        next_seq = self._next_seq
+        if next_seq is not None and not self._pending and seq16 == next_seq & (_SEQ_MOD - 1):
+            # In order, nothing waiting (the common case): straight to assembly. The
+            # same as _push, one call less on the forwarding path.
+            self.packets_in += 1
+            self._next_seq = next_seq + 1
+            events: list[Event] = []
+            self._consume(data, header.payload_start, header.payload_end, header.timestamp, header.marker, seq16,
+                          arrival, events)
+            if self._lost_since_report:
+                self._report(arrival, events)
+            return events or _NO_EVENTS
+        return self._push(data, header.payload_start, header.payload_end, seq16, header.timestamp, header.marker,
+                          arrival)
 
     def _push(self, data: bytes, start: int, end: int, seq16: int, timestamp: int, marker: bool,
               arrival: float) -> list[Event] | tuple[Event, ...]:

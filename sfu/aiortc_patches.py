@@ -6,7 +6,10 @@ instance (never by patching classes or modules), in these places:
 
 * ``RTCDtlsTransport._handle_rtp_data`` (the decrypted RTP datagram, before
   aiortc's router, jitter buffer and decoder): replaced on each SFU transport
-  by :func:`tap_transport`. RTCP keeps its normal path.
+  by :func:`tap_transport`. RTCP keeps its normal path. Once the transport is
+  connected, SRTP datagrams skip aioice's queue and the DTLS receive coroutine:
+  aioice's ``Connection.data_received`` unprotects them with the transport's
+  ``_rx_srtp`` and calls the tap at once.
 * ``RTCRtpReceiver``'s private statistics and NACK generator: fed by
   :func:`feed_receiver` so its receiver reports and NACKs upstream go on;
   ``_send_rtcp_nack`` / ``_send_rtcp_pli`` send them. Its codec and RTX tables
@@ -37,8 +40,12 @@ objects, so that an upgrade that changes them fails loudly.
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
-from typing import Any, Awaitable, Callable
+import time
+from typing import Any, Awaitable, Callable, Coroutine
+
+import pylibsrtp
 
 from aiortc import RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
 from aiortc.codecs import is_rtx
@@ -50,6 +57,9 @@ from aiortc.rtcrtpreceiver import StreamStatistics
 from aiortc.rtp import (RTCP_PSFB_APP, RTCP_PSFB_FIR, RTCP_PSFB_PLI, RTCP_RTPFB_NACK, RtcpPsfbPacket,
                         RtcpRtpfbPacket)
 from aiortc import clock
+from aiortc.rtp import is_rtcp
+
+logger = logging.getLogger(__name__)
 
 RtpTap = Callable[[bytes, int], Awaitable[None]]
 """Called with each decrypted RTP datagram and its arrival time (ms)."""
@@ -63,8 +73,79 @@ def tap_transport(transport: RTCDtlsTransport, on_rtp: RtpTap) -> bool:
     if getattr(transport, _TAPPED, None) is not None:
         return False
     setattr(transport, _TAPPED, on_rtp)
-    transport._handle_rtp_data = on_rtp  # type: ignore[method-assign]
+    transport._handle_rtp_data = on_rtp  # type: ignore[method-assign,assignment]
+    _receive_srtp_directly(transport, on_rtp)
     return True
+
+
+_NTP_EPOCH_OFFSET_S = 2208988800
+"""Seconds from 1900 (NTP) to 1970 (Unix): aiortc's ``clock.current_ms()`` counts from 1900."""
+
+
+def _receive_srtp_directly(transport: RTCDtlsTransport, on_rtp: Callable[[bytes, int], Any]) -> None:
+    """SRTP datagrams of a connected transport go from aioice's datagram callback
+    (``Connection.data_received``) straight to unprotect and ``on_rtp``, instead of
+    through aioice's queue, ``RTCIceTransport._recv`` and ``RTCDtlsTransport._recv_next``
+    (a task wake-up and three coroutines per packet). ``on_rtp`` is run synchronously
+    and finishes without suspending on the forwarding path; if it ever does suspend, a
+    task finishes it. DTLS, RTCP and anything before the handshake completes keep
+    aiortc's path (the queue)."""
+    connection = transport.transport._connection
+    queued = connection.data_received
+    pending: set[asyncio.Task[None]] = set()
+
+    def data_received(data: bytes, component: int) -> None:
+        srtp = transport._rx_srtp
+        if (srtp is None or transport._state is not _CONNECTED or not 127 < data[0] < 192
+                or is_rtcp(data)):
+            queued(data, component)
+            return
+        transport._RTCDtlsTransport__rx_bytes += len(data)  # type: ignore[attr-defined]
+        transport._RTCDtlsTransport__rx_packets += 1  # type: ignore[attr-defined]
+        try:
+            plain = srtp.unprotect(data)
+        except pylibsrtp.Error:
+            return
+        run_now(on_rtp(plain, int((time.time() + _NTP_EPOCH_OFFSET_S) * 1000)), pending)
+
+    connection.data_received = data_received  # type: ignore[method-assign]
+
+
+def run_now(coro: Coroutine[Any, Any, None], pending: set["asyncio.Task[None]"]) -> None:
+    """Run ``coro`` up to its first suspension now; if it suspends, a task (kept in
+    ``pending`` until done) finishes it. Exceptions are logged, never raised into the
+    datagram callback."""
+    try:
+        yielded = coro.send(None)
+    except StopIteration:
+        return
+    except Exception:  # noqa: BLE001 - a packet must not break the transport
+        logger.exception("RTP handler failed")
+        return
+    task = asyncio.ensure_future(_finish(coro, yielded))
+    pending.add(task)
+    task.add_done_callback(pending.discard)
+
+
+async def _finish(coro: Coroutine[Any, Any, None], yielded: Any) -> None:
+    """Drive a coroutine that suspended on ``yielded`` (a future, or None for a bare yield)
+    as a task would."""
+    while True:
+        if yielded is None:
+            await asyncio.sleep(0)
+        else:
+            yielded._asyncio_future_blocking = False  # taken over, as Task.__step does
+            try:
+                await yielded
+            except BaseException:  # noqa: BLE001 - the coroutine sees it when resumed
+                pass
+        try:
+            yielded = coro.send(None)
+        except StopIteration:
+            return
+        except Exception:  # noqa: BLE001
+            logger.exception("RTP handler failed")
+            return
 
 
 def header_extension_ids(transport: RTCDtlsTransport) -> Any:

@@ -10,7 +10,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_recording_bench_runs_briefly_and_writes_the_keys(tmp_path: Path) -> None:
     out = tmp_path / "recording.json"
-    result = subprocess.run([sys.executable, "-m", "bench.recording", "--json", str(out), "--seconds", "3"],
+    result = subprocess.run([sys.executable, "-m", "bench.recording", "--json", str(out), "--seconds", "3",
+                             "--reps", "1"],
                             cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     figures = json.loads(out.read_text())

@@ -8,14 +8,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-from aiortc import RTCRtpSender, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamTrack, VideoStreamTrack
-
-from aiortc import RTCConfiguration
+from aiortc import RTCConfiguration, RTCRtpSender, RTCSessionDescription
 from aiortc import sdp as aiortc_sdp
+from aiortc.mediastreams import MediaStreamTrack, VideoStreamTrack
 from aiortc.rtcconfiguration import RTCBundlePolicy
 
 from media.ice import DatagramHook, ScopedPeerConnection
+from sfu.rtp import RtpError, parse_header
 
 
 def client_pc(hook: DatagramHook | None = None) -> ScopedPeerConnection:
@@ -25,7 +24,6 @@ def client_pc(hook: DatagramHook | None = None) -> ScopedPeerConnection:
     docs/whip-whep.md; tests/sfu/test_bundling.py)."""
     return ScopedPeerConnection(configuration=RTCConfiguration(bundlePolicy=RTCBundlePolicy.MAX_BUNDLE),
                                 datagram_hook=hook)
-from sfu.rtp import RtpError, parse_header
 
 
 @dataclass

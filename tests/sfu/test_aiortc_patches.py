@@ -101,3 +101,45 @@ async def test_send_rtp_now_refuses_when_not_connected():
             patches.send_rtp_now(t.sender.transport, b"\x80" * 12)
     finally:
         await pc.close()
+
+
+def test_the_receive_path_tap_transport_shortcuts():
+    """tap_transport takes connected SRTP datagrams at aioice's Connection.data_received
+    (which otherwise only queues them for RTCDtlsTransport._recv_next)."""
+    import aioice.ice
+
+    assert "self._queue.put_nowait((data, component))" in inspect.getsource(aioice.ice.Connection.data_received)
+    assert "self.receiver.data_received(data, self.local_candidate.component)" in inspect.getsource(
+        aioice.ice.StunProtocol.datagram_received)
+    recv = inspect.getsource(RTCDtlsTransport._recv_next)
+    assert "data = await self.transport._recv()" in recv
+    assert "elif first_byte > 127 and first_byte < 192 and self._rx_srtp:" in recv
+    assert "self.__rx_bytes += len(data)" in recv
+
+
+async def test_run_now_finishes_what_suspends():
+    import asyncio
+
+    done = []
+
+    async def quick() -> None:
+        done.append("quick")
+
+    async def slow() -> None:
+        await asyncio.sleep(0.01)
+        done.append("slow")
+
+    async def broken() -> None:
+        raise ValueError("boom")
+
+    pending: set = set()
+    patches.run_now(quick(), pending)
+    assert done == ["quick"] and not pending
+    patches.run_now(slow(), pending)
+    assert done == ["quick"] and len(pending) == 1
+    patches.run_now(broken(), pending)  # logged, not raised
+    for _ in range(100):
+        if not pending:
+            break
+        await asyncio.sleep(0.01)
+    assert done == ["quick", "slow"] and not pending

@@ -27,7 +27,9 @@ def serve(tmp_path: Path) -> tuple[subprocess.Popen[bytes], str, TokenService]:
     would fill up and block it)."""
     data = tmp_path / "data"
     log = tmp_path / "serve.log"
-    env = {**os.environ, "TELECONSULT_SERVER__DATA_DIR": str(data)}
+    # Default settings on both sides (the tokens this test signs must verify there).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TELECONSULT_")}
+    env["TELECONSULT_SERVER__DATA_DIR"] = str(data)
     with open(log, "wb") as out:
         process = subprocess.Popen([sys.executable, "-m", "teleconsult", "serve", "--port", str(free_port()),
                                     "--media-address", "127.0.0.1"], stdout=out, stderr=subprocess.STDOUT,

@@ -1,6 +1,7 @@
-"""Loss on one subscriber leg is repaired on that leg (NACK -> RTX from the subscription's own
-history), while another leg stays clean and the publisher is never asked. Loss is injected in
-process by a datagram hook on the lossy subscriber's peer connection (media.ice.RandomLoss)."""
+"""Loss on one subscriber leg: video is repaired on that leg (NACK -> RTX from the subscription's
+own history), while another leg stays clean and the publisher is never asked; Opus, which has no
+NACK, reaches the lossy leg with its in-band FEC untouched. Loss is injected in process by a
+datagram hook on the lossy subscriber's peer connection (media.ice.RandomLoss)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,18 @@ import asyncio
 import struct
 
 import aiohttp
+import numpy as np
 import pytest
+from aiortc import RTCSessionDescription
 from aiortc import sdp as aiortc_sdp
+from aiortc.mediastreams import AudioStreamTrack
+
+from devices.opus_encoder import OpusConfig, use_stethoscope_encoder
 
 from media.ice import RandomLoss
 from teleconsult import appkeys
-from tests.sfu.clients import FlatVideoTrack, Recorded, play, publish, record_received
+from tests.sfu.clients import (FlatVideoTrack, Recorded, client_pc, play, post_offer, publish, record_received,
+                               record_sent)
 from tests.support import wait_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -75,3 +82,68 @@ async def test_nack_rtx_repairs_loss_on_the_lossy_leg_only(server):
         finally:
             for s in sessions:
                 await s.close()
+
+
+class ToneTrack(AudioStreamTrack):
+    """aiortc's paced audio track, with a 440 Hz tone instead of silence."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._samples = 0
+
+    async def recv(self):  # type: ignore[no-untyped-def]
+        frame = await super().recv()
+        n = frame.samples
+        t = (np.arange(n) + self._samples) / frame.sample_rate
+        self._samples += n
+        frame.planes[0].update((np.sin(2 * np.pi * 440 * t) * 8000).astype(np.int16).tobytes())
+        return frame
+
+
+async def test_opus_in_band_fec_crosses_a_lossy_leg_untouched(server):
+    """Opus legs have no NACK/RTX (aiortc negotiates none): loss on a leg is left to the Opus
+    decoder's in-band FEC, so every packet must reach it as the encoder made it."""
+    sfu = server.app[appkeys.SFU]
+    tokens = server.tokens
+    loss = RandomLoss(0.1, seed=3)
+    pc = client_pc()
+    sessions = []
+    try:
+        transceiver = pc.addTransceiver(ToneTrack(), direction="sendonly")
+        # In-band FEC exists in SILK and hybrid packets only. libopus keeps a tone (music to its
+        # classifier) out of CELT for FEC only above ~8 % expected loss (at 5 %, the stethoscope
+        # default, it goes CELT within half a second, and FEC with it).
+        use_stethoscope_encoder(transceiver.sender, OpusConfig(expected_loss_pct=10))
+        sent = record_sent(pc)
+        await pc.setLocalDescription(await pc.createOffer())
+        async with aiohttp.ClientSession() as http:
+            response = await post_offer(http, f"{server.url}/whip/fec", tokens.issue_room(
+                "fec", "cabin", role="nurse", publish=["stethoscope"]), pc.localDescription.sdp)
+            answer = await response.text()
+            assert response.status == 201, answer
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+            await wait_for(lambda: sfu.publications("fec"), what="publication")
+            viewer = tokens.issue_room("fec", "doc", role="physician", subscribe=True)
+            lossy = await play(http, server.url, "fec", viewer, ["audio"], hook=loss)
+            clean = await play(http, server.url, "fec", viewer, ["audio"])
+        sessions += [lossy, clean]
+        got_lossy, got_clean = record_received(lossy.pc), record_received(clean.pc)
+        await wait_for(lambda: loss.dropped >= 10 and len(got_lossy) > 80, timeout=30, what="loss on the audio leg")
+        for session in (lossy, clean):
+            (media,) = aiortc_sdp.SessionDescription.parse(session.answer).media
+            assert [c.mimeType for c in media.rtp.codecs] == ["audio/opus"]
+            assert not any(fb.type == "nack" for c in media.rtp.codecs for fb in c.rtcpFeedback)
+        payloads = {p.payload for p in sent}
+        assert all(r.payload in payloads for r in got_lossy + got_clean), "an Opus payload was altered"
+        assert all((r.payload[0] >> 3) < 16 for r in got_lossy), "not SILK/hybrid: no in-band FEC to recover with"
+        lossy_seqs = {r.sequence_number for r in got_lossy}
+        assert len(span(lossy_seqs)) - len(lossy_seqs) >= 3, "no audio lost on the lossy leg"
+        assert len({r.ssrc for r in got_lossy}) == 1, "an audio retransmission (Opus has no NACK here)"
+        clean_seqs = {r.sequence_number for r in got_clean}
+        assert len(span(clean_seqs)) == len(clean_seqs)
+        (publication,) = sfu._rooms["fec"].publications.values()
+        assert publication.counts.retransmits == 0 and publication.counts.nack_sent == 0
+    finally:
+        for session in sessions:
+            await session.close()
+        await pc.close()
