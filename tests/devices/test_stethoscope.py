@@ -8,6 +8,7 @@ from devices.simulated import PhonocardiogramSimulator
 from devices.stethoscope import (
     FilterMode,
     HeartRateEstimate,
+    HeartRateEstimator,
     LevelMeter,
     ModeFilter,
     SoftLimiter,
@@ -27,6 +28,32 @@ def test_heart_rate_within_3_bpm(bpm: int) -> None:
     assert len(estimates) == 2
     for estimate in estimates:
         assert abs(estimate.bpm - bpm) <= 3, estimates
+
+
+@pytest.mark.parametrize("bpm", range(40, 181, 5))
+def test_heart_rate_grid_with_and_without_murmur_and_lung_sounds(bpm: int) -> None:
+    """40–180 bpm, three seeds, each with and without murmur and lung sounds: every
+    estimate (at 8 s and 10 s) within 3 bpm, never a half, a double or S1→S2."""
+    for seed in range(3):
+        for murmur in (False, True):
+            for lungs in (False, True):
+                sim = PhonocardiogramSimulator(bpm, murmur=murmur, lung_sounds=lungs, seed=seed)
+                estimator = HeartRateEstimator()
+                estimates = [e for e in (estimator.process(sim.read()[0]) for _ in range(10 * 50)) if e is not None]
+                assert len(estimates) == 2
+                for estimate in estimates:
+                    assert abs(estimate.bpm - bpm) <= 3, (seed, murmur, lungs, estimates)
+
+
+def test_heart_rate_silence_and_noise_give_no_crash() -> None:
+    estimator = HeartRateEstimator()
+    assert [e for e in (estimator.process(np.zeros(AUDIO_FRAME_SAMPLES)) for _ in range(10 * 50)) if e] == []
+    rng = np.random.default_rng(0)
+    noisy = HeartRateEstimator()
+    for _ in range(10 * 50):
+        estimate = noisy.process(0.1 * rng.standard_normal(AUDIO_FRAME_SAMPLES))
+        if estimate is not None:
+            assert np.isfinite(estimate.bpm) and 0 <= estimate.confidence <= 1
 
 
 def _tone(freq: float, seconds: float) -> np.ndarray:
