@@ -13,16 +13,19 @@ enough for the intermediates to stay in cache, with every buffer allocated once:
    saturates to 0);
 5. ``cv2.LUT``: index → 8-bit sRGB, within one level of the exact encoding.
 
-Large frames are split in two row bands, one of them handed to a persistent worker
-thread (OpenCV releases the GIL), the other done by the calling thread.
+On large frames the blocks are shared between the calling thread and a persistent worker
+thread (OpenCV releases the GIL), each taking the next block when it is free, so that a
+worker that a busy machine does not schedule delays the frame by one block at most.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 import logging
 import os
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -61,7 +64,7 @@ _D65_WHITE = _SRGB_TO_XYZ.sum(axis=1)
 _BLOCK_ELEMENTS = 1 << 18
 """Channel values per block of rows: two float32 intermediates of 1 MiB each."""
 _MAX_LANES = 2
-"""Row bands per large frame: the calling thread plus one worker."""
+"""Threads sharing a large frame's blocks: the calling thread plus one worker."""
 _PARALLEL_ELEMENTS = 1 << 20
 """Frames smaller than this (about 350k pixels) are done by the calling thread alone."""
 
@@ -182,6 +185,7 @@ def fit_affine(measured_linear: np.ndarray, reference_linear: np.ndarray) -> np.
     return matrix
 
 
+@functools.lru_cache(maxsize=1)
 def _srgb8_from_sqrt_index() -> np.ndarray:
     """Table from ``rint(255 * sqrt(linear))`` to 8-bit sRGB.
 
@@ -209,18 +213,59 @@ class _Scratch:
         self.index = np.empty((rows, width, 3), np.uint8)
 
 
+class _SharedBlocks:
+    """The blocks of one frame, taken one at a time by the calling thread and the workers.
+
+    Whichever thread gets the CPU does the work: on a busy machine the caller does not
+    wait for a worker that has not been scheduled yet, only for the block a worker holds.
+    """
+
+    def __init__(self, owner: "ColourCorrection", frame: np.ndarray, out: np.ndarray, blocks: list[tuple[int, int]]) -> None:
+        self._owner = owner
+        self._frame = frame
+        self._out = out
+        self._blocks = blocks
+        self._next = itertools.count()
+        self._done = 0
+        self._error: BaseException | None = None
+        self._cond = threading.Condition()
+
+    def _lane(self, scratch: _Scratch) -> None:
+        while True:
+            i = next(self._next)  # atomic under the GIL
+            if i >= len(self._blocks):
+                return
+            try:
+                self._owner._apply_block(scratch, self._frame, self._out, *self._blocks[i])
+            except BaseException as exc:  # handed to the caller
+                self._error = exc
+            with self._cond:
+                self._done += 1
+                if self._done == len(self._blocks):
+                    self._cond.notify_all()
+
+    def run(self, scratch: list[_Scratch]) -> None:
+        pool = _worker_pool()
+        for lane in scratch[1:]:
+            try:
+                pool.submit(self._lane, lane)
+            except RuntimeError:  # interpreter shutting down: the caller does it all
+                break
+        self._lane(scratch[0])
+        with self._cond:
+            self._cond.wait_for(lambda: self._done == len(self._blocks))
+        if self._error is not None:
+            raise self._error
+
+
 class ColourCorrection:
     """A fitted correction, applied to whole 8-bit RGB frames with precomputed LUTs."""
-
-    _TO_SRGB8: np.ndarray | None = None
 
     def __init__(self, matrix: np.ndarray) -> None:
         self.matrix = np.asarray(matrix, dtype=np.float64).reshape(3, 4)
         self._m = self.matrix.astype(np.float32)
         self._to_linear = srgb8_to_linear(np.arange(256)).astype(np.float32).reshape(256, 1)
-        if ColourCorrection._TO_SRGB8 is None:
-            ColourCorrection._TO_SRGB8 = _srgb8_from_sqrt_index()
-        self._to_srgb8 = ColourCorrection._TO_SRGB8
+        self._to_srgb8 = _srgb8_from_sqrt_index()
         self._lock = threading.Lock()
         self._scratch: list[_Scratch] = []
         self._scratch_key: tuple[int, int] = (0, 0)
@@ -253,17 +298,14 @@ class ColourCorrection:
             self._scratch.append(_Scratch(rows, width))
         return self._scratch[:lanes]
 
-    def _apply_rows(self, scratch: _Scratch, frame: np.ndarray, out: np.ndarray, start: int, stop: int) -> None:
-        step = scratch.index.shape[0]
-        for r0 in range(start, stop, step):
-            r1 = min(r0 + step, stop)
-            n = r1 - r0
-            linear, corrected, index = scratch.linear[:n], scratch.corrected[:n], scratch.index[:n]
-            cv2.LUT(frame[r0:r1], self._to_linear, dst=linear)
-            cv2.transform(linear, self._m, dst=corrected)
-            cv2.sqrt(corrected, dst=corrected)
-            cv2.convertScaleAbs(corrected, dst=index, alpha=255.0)
-            cv2.LUT(index, self._to_srgb8, dst=out[r0:r1])
+    def _apply_block(self, scratch: _Scratch, frame: np.ndarray, out: np.ndarray, r0: int, r1: int) -> None:
+        n = r1 - r0
+        linear, corrected, index = scratch.linear[:n], scratch.corrected[:n], scratch.index[:n]
+        cv2.LUT(frame[r0:r1], self._to_linear, dst=linear)
+        cv2.transform(linear, self._m, dst=corrected)
+        cv2.sqrt(corrected, dst=corrected)
+        cv2.convertScaleAbs(corrected, dst=index, alpha=255.0)
+        cv2.LUT(index, self._to_srgb8, dst=out[r0:r1])
 
     def apply(self, frame: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """Corrected copy of an 8-bit RGB frame (into ``out`` when given)."""
@@ -279,20 +321,13 @@ class ColourCorrection:
         lanes = _lanes() if frame.size >= _PARALLEL_ELEMENTS else 1
         with self._lock:
             scratch = self._scratch_for(lanes, width)
+            step = self._block_rows(width)
+            blocks = [(r0, min(r0 + step, height)) for r0 in range(0, height, step)]
             if lanes == 1:
-                self._apply_rows(scratch[0], frame, target, 0, height)
+                for r0, r1 in blocks:
+                    self._apply_block(scratch[0], frame, target, r0, r1)
             else:
-                bounds = [height * i // lanes for i in range(lanes + 1)]
-                pool = _worker_pool()
-                futures: list[Future[None]] = [
-                    pool.submit(self._apply_rows, scratch[i], frame, target, bounds[i], bounds[i + 1])
-                    for i in range(1, lanes)
-                ]
-                try:
-                    self._apply_rows(scratch[0], frame, target, bounds[0], bounds[1])
-                finally:
-                    for future in futures:
-                        future.result()
+                _SharedBlocks(self, frame, target, blocks).run(scratch)
         if target is not out:
             np.copyto(out, target)
         return out

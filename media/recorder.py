@@ -488,6 +488,27 @@ class RecordingSession:
             self._fail(exc)
             return False
 
+    def feed_rtp_batch(self, publication_id: str, batch: list[tuple[bytes, RtpHeaderLike, float]]) -> bool:
+        """:meth:`feed_rtp` for several (datagram, header, arrival) in order; the answer
+        is the one after the last. Never raises."""
+        track = self._tracks.get(publication_id)
+        if track is None or self._state != "recording":
+            return False
+        push = track.depacketizer.push_rtp
+        try:
+            for data, header, arrival in batch:
+                events = push(data, header, arrival)
+                if events:
+                    for event in events:
+                        if type(event) is EncodedFrame:
+                            self._write(track, event)
+                    if self._state != "recording":  # a write error failed the session
+                        return False
+            return track.depacketizer.waiting_for_keyframe
+        except Exception as exc:  # disk full, I/O error, muxer error: stop, tell, go on
+            self._fail(exc)
+            return False
+
     def flush(self) -> None:
         """Seal what every track has written so far. Never raises."""
         if self._state != "recording":

@@ -109,6 +109,23 @@ def _receive_srtp_directly(transport: RTCDtlsTransport, on_rtp: Callable[[bytes,
         run_now(on_rtp(plain, int((time.time() + _NTP_EPOCH_OFFSET_S) * 1000)), pending)
 
     connection.data_received = data_received  # type: ignore[method-assign]
+    # aioice tries to parse every datagram as STUN first (an exception per media packet);
+    # a first byte of 128-191 is RTP/RTCP, never STUN (whose first two bits are 0).
+    for protocol in list(connection._protocols):
+        _skip_stun_parse(protocol, data_received)
+
+
+def _skip_stun_parse(protocol: Any, data_received: Callable[[bytes, int], None]) -> None:
+    parse_first = protocol.datagram_received
+    component = protocol.local_candidate.component
+
+    def datagram_received(data: bytes, addr: tuple[Any, ...]) -> None:
+        if data and 127 < data[0] < 192:
+            data_received(data, component)
+        else:
+            parse_first(data, addr)
+
+    protocol.datagram_received = datagram_received
 
 
 def run_now(coro: Coroutine[Any, Any, None], pending: set["asyncio.Task[None]"]) -> None:

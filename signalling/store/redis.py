@@ -125,6 +125,12 @@ return redis.call('HDEL', KEYS[2], ARGV[1])
 """
 
 
+MAX_CONNECTIONS = 64
+"""Connections to Redis per process (pub/sub reader and pipelines included); Redis runs one
+command at a time, so more would only queue there instead of here."""
+POOL_WAIT_S = 20.0
+
+
 def _dumps(obj: Any) -> str:
     return json.dumps(obj, separators=(",", ":"))
 
@@ -134,8 +140,12 @@ class RedisStore:
         self.url = url
         self.prefix = prefix
         self.process_id = process_id
-        self.redis: aioredis.Redis = aioredis.from_url(url, decode_responses=True,
-                                                       health_check_interval=10)
+        # A blocking pool: a burst (hundreds of hellos at once) waits for a connection instead of
+        # failing with MaxConnectionsError, redis-py's default beyond 100 connections.
+        pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=MAX_CONNECTIONS, timeout=POOL_WAIT_S,
+                                                        decode_responses=True, health_check_interval=10)
+        self._pool = pool
+        self.redis: aioredis.Redis = aioredis.Redis(connection_pool=pool)
         self._subscribers: list[Callable[[Envelope], None]] = []
         self._reader: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
@@ -165,6 +175,7 @@ class RedisStore:
                 pass
             self._reader = None
         await self.redis.aclose()
+        await self._pool.disconnect()
 
     async def ping(self) -> bool:
         try:

@@ -100,3 +100,34 @@ def test_fast_path_within_one_level_of_exact(scene: DermatoscopeScene) -> None:
 def test_fit_refuses_a_clipped_chart() -> None:
     with pytest.raises(ValueError, match="unclipped"):
         ColourCorrection.fit(np.full((24, 3), 255.0))
+
+
+def test_fast_path_saturates_negative_and_over_range_light() -> None:
+    # Strong cross terms: part of the frame goes below 0 or above 1 in linear light.
+    correction = ColourCorrection(np.array([[2.5, -1.2, 0.3, -0.05], [-0.8, 1.9, -0.4, 0.02], [0.1, -0.9, 2.2, 0.0]]))
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)
+    fast = correction.apply(image)
+    exact = correction.apply_exact(image)
+    assert np.abs(fast.astype(int) - exact).max() <= 1
+    linear = srgb8_to_linear(image) @ correction.matrix[:, :3].T + correction.matrix[:, 3]
+    below, above = linear < 0, linear > 1
+    assert below.mean() > 0.05 and above.mean() > 0.05
+    assert np.all(fast[below] == 0) and np.all(fast[above] == 255)
+
+
+def test_large_frame_shared_between_threads_matches_row_by_row() -> None:
+    """A 1080p frame goes through the worker thread too: same bytes as small pieces done
+    by the calling thread alone, and within one level of the exact encoding."""
+    correction = ColourCorrection(np.array([[1.1, 0.1, -0.05, 0.01], [0.0, 0.9, 0.1, 0.0], [0.02, -0.1, 1.3, -0.01]]))
+    rng = np.random.default_rng(4)
+    frame = rng.integers(0, 256, (1080, 1920, 3), dtype=np.uint8)
+    whole = correction.apply(frame)
+    pieces = np.concatenate([correction.apply(frame[r : r + 60]) for r in range(0, 1080, 60)])
+    assert np.array_equal(whole, pieces)
+    sample = frame[::7, ::7]
+    assert np.abs(correction.apply(sample).astype(int) - correction.apply_exact(sample)).max() <= 1
+    # Into a strided view (not one block per row): still written.
+    backing = np.zeros((1080, 1920, 4), np.uint8)
+    assert correction.apply(frame, out=backing[..., :3]) is not None
+    assert np.array_equal(backing[..., :3], whole)

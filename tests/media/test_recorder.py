@@ -284,3 +284,21 @@ def test_background_fsync_off_the_caller_and_its_errors_surface(tmp_path: Path, 
         monkeypatch.setattr(os, "fdatasync", fdatasync)
         writer.close()
     assert b"".join(vault.read_chunks(tmp_path / "a.webm")) == b"x" * 1000 + b"y" * 1000
+
+
+def test_feed_rtp_batches_with_sfu_headers_record_the_same(tmp_path: Path, vp8_clip: Clip, opus_clip: Clip) -> None:
+    """The service's tap path: datagrams with the SFU's parsed headers, in batches."""
+    from sfu.rtp import parse_header
+
+    vault = Vault(MasterKey.generate(), fsync=False)
+    session = RecordingSession.start(tmp_path, "c-b", vault, started_by="dr", clock=lambda: 5.0)
+    session.add_track("cam", "n", "camera", VP8)
+    session.add_track("mic", "n", "microphone", OPUS)
+    for pub, clip in (("cam", vp8_clip), ("mic", opus_clip)):
+        items = [(d, parse_header(d), 5.0) for d in (p.serialize() for p in clip.flat())]
+        for i in range(0, len(items), 7):
+            session.feed_rtp_batch(pub, items[i : i + 7])
+    manifest = session.stop("dr")
+    assert [t.frames for t in manifest.tracks] == [len(vp8_clip.frames), len(opus_clip.frames)]
+    for track in manifest.tracks:
+        assert decode_all(vault, tmp_path / "c-b" / track.file) == (track.frames, track.frames)

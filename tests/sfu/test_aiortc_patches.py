@@ -109,8 +109,9 @@ def test_the_receive_path_tap_transport_shortcuts():
     import aioice.ice
 
     assert "self._queue.put_nowait((data, component))" in inspect.getsource(aioice.ice.Connection.data_received)
-    assert "self.receiver.data_received(data, self.local_candidate.component)" in inspect.getsource(
-        aioice.ice.StunProtocol.datagram_received)
+    datagram = inspect.getsource(aioice.ice.StunProtocol.datagram_received)
+    assert "message = stun.parse_message(data)" in datagram
+    assert "self.receiver.data_received(data, self.local_candidate.component)" in datagram
     recv = inspect.getsource(RTCDtlsTransport._recv_next)
     assert "data = await self.transport._recv()" in recv
     assert "elif first_byte > 127 and first_byte < 192 and self._rx_srtp:" in recv

@@ -113,3 +113,25 @@ async def test_events_cross_processes_and_resume_elsewhere(tmp_path: Path, redis
     finally:
         await a.server.close()
         await b.server.close()
+
+
+async def test_a_burst_of_hellos_on_redis_all_get_answers(tmp_path: Path, redis_url: str) -> None:
+    """More simultaneous hellos than redis-py's default pool (100) allows: they queue, none fails."""
+    import json
+
+    import aiohttp
+
+    a = await start_server(sig_settings(tmp_path, "redis", redis_url, name="a"))
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+            async def hello(i: int) -> str:
+                ws = await http.ws_connect(a.ws_url)
+                token = a.tokens.issue_access("agent", f"burst-{i}", site="ehpad-demo")
+                await ws.send_str(json.dumps({"type": "hello", "id": 1, "version": 1, "token": token}))
+                reply = json.loads((await ws.receive(timeout=20)).data)
+                await ws.close()
+                return str(reply["type"])
+            replies = await asyncio.gather(*(hello(i) for i in range(160)))
+        assert replies == ["hello.ok"] * 160
+    finally:
+        await a.server.close()
