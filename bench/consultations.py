@@ -62,6 +62,12 @@ TARGETS = {"consultations_per_core": 25, "cpu_pct_per_mbps": 1.0, "join_ms_p95":
            "delivery": 0.99, "latency_ms_p95": 20.0}
 GRACE = 0.25
 DEFAULT_RAMP = [1, 2, 4, 6, 8, 12, 16, 24, 32]
+SFU_FULL_PCT = 85.0
+"""The SFU is the limit of a step that fails while its process uses this much of its core."""
+CLIENT_LATE = 0.02
+CLIENT_SKIPPED = 0.001
+"""A step that fails while more than these fractions of the clients' frames went out over
+5 ms late / were skipped failed because of the clients (clean steps stay under 1 %)."""
 TRACKS = {
     # source key -> (identity, source, clip parameters)
     "nurse camera": ("nurse", "camera"),
@@ -234,7 +240,10 @@ async def _worker(base: str, indexes: list[int], codec: str, baseline: bool, go:
             while time.monotonic() < deadline and not all(c.joined_at() or c.error for c in consultations):
                 await asyncio.sleep(0.05)
             out.put(("joined", len(indexes)))
+            give_up = time.monotonic() + 180  # the orchestrator is gone: stop by ourselves
             while not go.is_set():
+                if time.monotonic() > give_up:
+                    raise RuntimeError("no go from the orchestrator within 180 s")
                 await asyncio.sleep(0.02)
             w0 = window.value
             w1 = w0 + seconds
@@ -465,7 +474,7 @@ def run_step(base: str, server_pid: int | None, n: int, offset: int, args: argpa
     # their own frames went out late (on a shared machine a clean step may see some lateness
     # from other work: that alone does not stop the ramp).
     step["client_saturated"] = bool(client_cpu_pct > 0.85 * capacity or len(results) < workers
-                                    or (not step["clean"] and (late > 0.05 or skipped > 0.005)))
+                                    or (not step["clean"] and (late > CLIENT_LATE or skipped > CLIENT_SKIPPED)))
     return step
 
 
@@ -524,21 +533,32 @@ def run_ramp(args: argparse.Namespace, baseline: bool) -> dict[str, Any]:
     finally:
         if server is not None:
             server.stop()
-    clean = [s for s in steps if s["clean"] and not s["client_saturated"]] or [s for s in steps if s["clean"]]
+    return summarise(steps, idle_cpu)
+
+
+def summarise(steps: list[dict[str, Any]], idle_cpu: float | None) -> dict[str, Any]:
+    """The ramp's outcome: what limited it, consultations per core (only when the SFU was the
+    limit), and the projections from the clean steps."""
+    clean = [s for s in steps if s["clean"]]
     best = clean[-1] if clean else None
+    failed = next((s for s in steps if not s["clean"]), None)
     client_saturated = any(s["client_saturated"] for s in steps)
-    sfu_limit = next((s for s in steps if s["sfu_cpu_pct"] and s["sfu_cpu_pct"] >= 85 and not s["client_saturated"]),
-                     None)
-    per_core = None
-    if sfu_limit is not None or (steps and not steps[-1]["clean"] and not client_saturated):
-        per_core = best["consultations"] if best else 0
+    if failed is not None and failed["sfu_cpu_pct"] is not None and failed["sfu_cpu_pct"] >= SFU_FULL_PCT:
+        limit = "sfu"
+    elif client_saturated:
+        limit = "clients"
+    elif failed is not None:
+        limit = "unattributed"  # neither the SFU's core nor the clients' was full: interference
+    else:
+        limit = "ramp_end"
+    per_core = (best["consultations"] if best else 0) if limit == "sfu" else None
     projected = None
     if best and best["sfu_cpu_pct_per_consultation"]:
         projected = round(100.0 / best["sfu_cpu_pct_per_consultation"], 1)
     # The marginal cost: a least-squares line through the clean steps' CPU (the intercept is
     # what does not grow with consultations: timers, sockets of the idle server).
     marginal = None
-    points = [(s["consultations"], s["sfu_cpu_pct"]) for s in steps if s["clean"] and s["sfu_cpu_pct"] is not None]
+    points = [(s["consultations"], s["sfu_cpu_pct"]) for s in clean if s["sfu_cpu_pct"] is not None]
     if len(points) >= 2:
         mx = sum(x for x, _ in points) / len(points)
         my = sum(y for _, y in points) / len(points)
@@ -552,7 +572,7 @@ def run_ramp(args: argparse.Namespace, baseline: bool) -> dict[str, Any]:
     return {"steps": steps, "consultations_per_core": per_core, "projected_consultations_per_core": projected,
             "projection_basis": (f"100 % / SFU CPU per consultation at {best['consultations']} consultations"
                                  if best else None),
-            "projection_marginal": marginal, "sfu_idle_cpu_pct": idle_cpu,
+            "projection_marginal": marginal, "sfu_idle_cpu_pct": idle_cpu, "limit": limit,
             "client_saturated": client_saturated, "highest_clean_step": best["consultations"] if best else None}
 
 
@@ -573,10 +593,11 @@ def report(result: dict[str, Any]) -> None:
     per_core = result["consultations_per_core"]
     projected = result["projected_consultations_per_core"]
     t = TARGETS
+    print(f"limit: {result.get('limit')}")
     if per_core is not None:
         print(f"target consultations per core: {per_core} (>= 25) {'OK' if per_core >= 25 else 'MISSED'}")
     else:
-        print("consultations per core: not reached (the SFU was not the limit)")
+        print("consultations per core: null (the ramp did not reach the SFU's limit)")
     if projected is not None:
         print(f"projected_consultations_per_core: {projected} (PROJECTION from {result['projection_basis']}; "
               f">= 25) {'OK' if projected >= 25 else 'MISSED'}")

@@ -113,6 +113,18 @@ def machine() -> dict[str, Any]:
     }
 
 
+def _die_with_parent() -> None:
+    """Linux: this (child) process gets SIGTERM when the bench that started it dies, even
+    by SIGKILL, so that no server outlives its bench."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 class ServerProcess:
     """A server command in its own process (stopped by its PID), with its URL from the line
     ``... serving on URL`` it prints."""
@@ -138,6 +150,7 @@ class ServerProcess:
         cpus = self.cpus
 
         def pin() -> None:
+            _die_with_parent()
             if cpus:
                 os.sched_setaffinity(0, cpus)
         self.proc = subprocess.Popen(self.argv, env=self.env, stdout=subprocess.PIPE,

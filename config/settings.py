@@ -207,12 +207,17 @@ class SignallingSettings:
     """Messages queued to one client before it is considered too slow and disconnected."""
     directory_file: str = ""
     """Sites and clinicians (JSON); empty: the development directory shipped with the code."""
+    max_session_s: float = 12 * 3600.0
+    """``auth.renew`` mints fresh access tokens until this long after the first token of the chain
+    was issued; then the person signs in again (a bound on what a stolen token can be stretched to)."""
 
     def validate(self) -> list[tuple[str, str]]:
         errors = []
         for name in ("offer_timeout_s", "resume_grace_s", "heartbeat_s", "max_messages_per_s"):
             if getattr(self, name) <= 0:
                 errors.append((name, "must be > 0"))
+        if not 60 <= self.max_session_s <= 7 * 86400:
+            errors.append(("max_session_s", "must be between 60 and 604800 (7 days)"))
         if self.max_message_bytes < 1024:
             errors.append(("max_message_bytes", "must be >= 1024"))
         if self.send_queue_size < 1:

@@ -98,6 +98,9 @@ class Consultation:
     updated_at: float = 0.0
     ended_at: float | None = None
     end_reason: str | None = None
+    recording: dict[str, Any] | None = None
+    """``{active, started_by, started_at, stopped_at, stop_reason, error}`` once a recording started
+    (kept from the ``recording.*`` events, see ``SignallingService.note_recording``); None before."""
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -112,12 +115,14 @@ class Consultation:
         values["priority"] = Priority(values["priority"])
         values["state"] = State(values["state"])
         values["tried"] = tuple(values.get("tried") or ())
-        return cls(**values)
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
 
     def view(self, clinical: bool) -> dict[str, Any]:
         """The wire form; ``clinical`` adds patient_ref, ins and reason."""
         out = self.to_dict()
         del out["tried"], out["offer_seq"], out["requested_by"]
+        out["recording"] = recording_view(self.recording)
         if not clinical:
             for name in CLINICAL_FIELDS:
                 del out[name]
@@ -130,6 +135,29 @@ class Consultation:
             if user:
                 out.add(f"user:{user}")
         return out
+
+
+def recording_view(state: dict[str, Any] | None) -> dict[str, Any]:
+    """The wire form of a consultation's recording: ``{active, started_by, started_at, ...}``."""
+    if not state:
+        return {"active": False, "started_by": None, "started_at": None}
+    return dict(state)
+
+
+def recording_state(current: dict[str, Any] | None, event: dict[str, Any]) -> dict[str, Any] | None:
+    """The recording state after one ``recording.*`` event (None: the event changes nothing)."""
+    kind = event.get("type")
+    if kind == "recording.started":
+        return {"active": True, "started_by": event.get("by"), "started_at": event.get("at"),
+                "encrypted": bool(event.get("encrypted"))}
+    base = dict(current or {"active": False, "started_by": None, "started_at": None})
+    if kind == "recording.stopped":
+        base.update(active=False, stopped_at=event.get("at"), stop_reason=event.get("stop_reason"))
+        return base
+    if kind == "recording.failed":
+        base.update(active=False, stopped_at=event.get("at"), error=event.get("error"))
+        return base
+    return None
 
 
 def transition(c: Consultation, target: State, now: float, **changes: Any) -> Consultation:
@@ -145,4 +173,4 @@ def transition(c: Consultation, target: State, now: float, **changes: Any) -> Co
 
 
 __all__ = ["State", "TRANSITIONS", "FINAL", "WAITING", "LIVE", "InvalidTransition", "Consultation",
-           "transition", "CLINICAL_FIELDS"]
+           "transition", "CLINICAL_FIELDS", "recording_view", "recording_state"]

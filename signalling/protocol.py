@@ -125,6 +125,10 @@ class WithdrawReason(str, enum.Enum):
     VANISHED = "vanished"
 
 
+PUBLICATIONS_DOC = ("The room's publications now: ``[{id, identity, role, source, kind, codec, published_at, "
+                    "replaces}]`` (*Publication object*). Empty when the room is hosted by another process's "
+                    "media node (ask ``room.publications`` on a socket of that node, or play its WHEP).")
+
 # -- registry ----------------------------------------------------------------
 Role = Literal["nurse", "physician", "agent", "admin"]
 ALL_ROLES: tuple[str, ...] = ("nurse", "physician", "agent", "admin")
@@ -222,6 +226,24 @@ class AuthRefresh:
     """Replace the connection's access token before it expires (same subject, role and site)."""
 
     token: str = doc("The new access token.", max_len=8192)
+
+
+@request("auth.renew")
+@dataclass(frozen=True)
+class AuthRenew:
+    """Ask the server for a fresh access token (same subject, role, site, specialties) while the
+    connection's token is still valid; it also becomes the connection's token (no ``auth.refresh``
+    needed). Only tokens this server issued are renewed (an OpenID provider's: renew there), and
+    only until ``signalling.max_session_s`` after the first token of the chain was issued: then
+    ``forbidden``, sign in again."""
+
+
+@request("room.publications", roles=("nurse", "physician", "agent"))
+@dataclass(frozen=True)
+class RoomPublications:
+    """The publications of the consultation's room now (for a page that joins or reloads mid-call)."""
+
+    consultation_id: str = doc("The consultation (active, with a seat of the caller).", max_len=64)
 
 
 @request("presence.set", roles=("physician",))
@@ -359,7 +381,8 @@ class HelloOk(Wire):
     heartbeat_s: float = doc("The server pings this often; a silent connection is closed.")
     token_expires_at: float = doc("Unix time the access token expires (``auth.expiring`` comes before).")
     server_time: float = doc("Server's Unix time.")
-    state: dict[str, Any] = doc("``{presence, consultations: [consultation], offers: [offer.received bodies]}``: "
+    state: dict[str, Any] = doc("``{presence, consultations: [consultation], offers: [offer.received bodies], "
+                                "rooms: {consultation_id: {room, room_token, grant, sfu_url, publications}}}``: "
                                 "everything the client should show now.")
 
 
@@ -373,6 +396,22 @@ class PingOk(Wire):
 @dataclass(frozen=True)
 class AuthRefreshOk(Wire):
     token_expires_at: float = doc("Unix time the new token expires.")
+
+
+@reply("auth.renew")
+@dataclass(frozen=True)
+class AuthRenewOk(Wire):
+    token: str = doc("The new access token; use it for REST calls and the next ``hello``.")
+    token_expires_at: float = doc("Unix time it expires (never later than the session's maximum age).")
+    session_expires_at: float = doc("Unix time after which no renewal is granted (sign in again).")
+
+
+@reply("room.publications")
+@dataclass(frozen=True)
+class RoomPublicationsOk(Wire):
+    consultation_id: str = doc("The consultation.")
+    room: str = doc("The room.")
+    publications: list[dict[str, Any]] = doc(PUBLICATIONS_DOC)
 
 
 @reply("presence.set")
@@ -443,6 +482,7 @@ class RoomTokenOk(Wire):
     room_token: str = doc("A fresh room token for the caller's seat.")
     grant: dict[str, Any] = doc("Its grant.")
     sfu_url: str | None = doc("Base URL of the media node hosting the room.", None)
+    publications: list[dict[str, Any]] = doc(PUBLICATIONS_DOC, default_factory=list)
 
 
 @reply("report.save")
@@ -470,6 +510,9 @@ class MediaOfferOk(Wire):
     media_session: str = doc("The SFU session (one peer connection); later offers of this socket re-negotiate it.")
     publications: list[dict[str, Any]] = doc("Publications this negotiation created "
                                              "(``{id, source, kind, codec, identity, ...}``).")
+    room_publications: list[dict[str, Any]] = doc("Every publication of the room now, the caller's own "
+                                                  "included (subscribe to the others' in the next offer).",
+                                                  default_factory=list)
 
 
 @reply("media.leave")
@@ -548,6 +591,7 @@ class ConsultationStarted(Wire):
                                 "otoscope; the physician publishes camera and microphone, subscribes and commands.")
     sfu_url: str | None = doc("Base URL of the media node hosting the room: its ``/whip/{room}``, "
                               "``/whep/{room}``, or ``media.offer`` on its ``/ws`` (null: no SFU).", None)
+    publications: list[dict[str, Any]] = doc(PUBLICATIONS_DOC, default_factory=list)
 
 
 @event("room.moved")
@@ -561,6 +605,7 @@ class RoomMoved(Wire):
     room_token: str = doc("A room token for the receiver's seat.")
     grant: dict[str, Any] = doc("Its grant.")
     sfu_url: str | None = doc("Base URL of the room's new media node.", None)
+    publications: list[dict[str, Any]] = doc(PUBLICATIONS_DOC, default_factory=list)
 
 
 @event("consultation.ended")
@@ -590,6 +635,40 @@ class RoomEvent(Wire):
     room: str = doc("The room.")
     event: str = doc("participant.joined, participant.left, publication.added, publication.removed or room.closed.")
     data: dict[str, Any] = doc("The SFU's description (identity, publication id, source, kind...).")
+
+
+@event("recording.started")
+@dataclass(frozen=True)
+class RecordingStarted(Wire):
+    """To the site's nurses and the physician: the consultation is being recorded (docs/recording.md).
+    The consultation object's ``recording`` says the same to whoever loads it later."""
+
+    consultation_id: str = doc("The consultation.")
+    by: str = doc("The physician who started it.")
+    at: float = doc("Unix time it started.")
+    encrypted: bool = doc("The files are encrypted at rest.")
+
+
+@event("recording.stopped")
+@dataclass(frozen=True)
+class RecordingStopped(Wire):
+    """To the site's nurses and the physician: the recording stopped."""
+
+    consultation_id: str = doc("The consultation.")
+    by: str = doc("Who stopped it: the physician, or ``system``.")
+    at: float = doc("Unix time it stopped.")
+    stop_reason: str = doc("``stopped`` (the physician), ``consultation_ended``, ``shutdown``...")
+    tracks: int = doc("Tracks recorded.")
+
+
+@event("recording.failed")
+@dataclass(frozen=True)
+class RecordingFailed(Wire):
+    """To the site's nurses and the physician: the recording failed (disk full...); the call goes on."""
+
+    consultation_id: str = doc("The consultation.")
+    at: float = doc("Unix time of the failure.")
+    error: str = doc("A short code, e.g. ``disk_full``, ``write_error``.")
 
 
 # -- parsing -----------------------------------------------------------------

@@ -24,7 +24,8 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Iterable
 from config.settings import Settings
 from signalling import queue as queue_mod
 from signalling.auth import AuthError, Principal, Role, TokenService
-from signalling.consultation import (LIVE, WAITING, Consultation, InvalidTransition, State, transition)
+from signalling.consultation import (LIVE, WAITING, Consultation, InvalidTransition, State, recording_state,
+                                     transition)
 from signalling.directory import Directory, load_directory
 from signalling.hub import Hub, Outbox
 from signalling.journal import Journal
@@ -61,6 +62,11 @@ FAR_POSITION_INTERVAL_S = 5.0
 """Beyond ``NEAR_POSITION`` a request's position goes out at most this often (a long queue shifts
 every request at each match: without this, 1000 waiting requests mean ~2000 messages a second)."""
 TOKEN_WARNING_S = 60.0
+RENEW_CHAIN_PREFIX = "renew:"
+"""Store key prefix (session records' keyspace) of a renewed token's ``jti`` -> the chain's first ``iat``."""
+RENEW_MIN_TTL_S = 60
+"""A renewal that would leave less than this is refused: sign in again."""
+PUBLICATION_FIELDS = ("id", "identity", "role", "source", "kind", "codec", "published_at", "replaces")
 _SUB_SAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
@@ -78,6 +84,8 @@ class Session:
     status: PresenceStatus = PresenceStatus.AWAY
     timers: list[asyncio.TimerHandle] = field(default_factory=list)
     grace: asyncio.TimerHandle | None = None
+    token: str | None = None
+    """The connection's access token (hello, auth.refresh, auth.renew): what ``auth.renew`` renews."""
 
     @property
     def sub(self) -> str:
@@ -200,10 +208,32 @@ class SignallingService:
     # -- events ----------------------------------------------------------------
     async def emit(self, targets: Iterable[tuple[str, str]], message: dict[str, Any]) -> None:
         """Deliver to this process's sockets now, and to the other processes' through the store
-        (which skip nothing: this process skips its own envelope, marked ``o``)."""
+        (which skip nothing: this process skips its own envelope, marked ``o``).
+
+        ``recording.*`` events (from media.recording_service) are first kept in the consultation
+        (``recording``), so that a page loaded later knows too."""
+        if str(message.get("type", "")).startswith("recording."):
+            await self._safe(self.note_recording(message))
         wire = [list(t) for t in targets]
         self.hub.deliver(wire, message)
         await self.store.publish({"t": wire, "m": message, "o": self.proc})
+
+    async def note_recording(self, event: dict[str, Any]) -> bool:
+        """Keep a ``recording.*`` event's outcome in the consultation (CAS); False when it is over."""
+        cid = str(event.get("consultation_id") or "")
+        for _ in range(5):
+            got = await self._get(cid)
+            if got is None:
+                return False
+            c, version = got
+            state = recording_state(c.recording, event)
+            if state is None or c.state.final:
+                return False
+            new = replace(c, recording=state, updated_at=self.clock())
+            if await self.store.update_consultation(cid, version, new.to_dict()) is not None:
+                return True
+        logger.warning("recording state not kept", extra={"consultation": cid})
+        return False
 
     async def kick(self, *, physicians: Iterable[str] = (), requests: Iterable[str] = (),
                    full: bool = False) -> None:
@@ -290,6 +320,7 @@ class SignallingService:
             session = Session(id=secrets.token_urlsafe(16), principal=principal)
             self.sessions[session.id] = session
         session.principal = principal
+        session.token = msg.token
         conn = conn_factory(session)
         session.conn = conn
         self.hub.add(conn)
@@ -370,8 +401,42 @@ class SignallingService:
         if (principal.subject, principal.role, principal.site) != (s.sub, s.role, s.principal.site):
             raise _err(ErrorCode.FORBIDDEN, "the new token must be for the same subject, role and site")
         s.principal = principal
+        s.token = msg.token
         self._arm_token_timers(s)
         return p.AuthRefreshOk(token_expires_at=principal.expires_at)
+
+    async def renew(self, s: Session, msg: p.AuthRenew) -> p.AuthRenewOk:
+        """A fresh access token for the session's principal, bounded by ``signalling.max_session_s``
+        from the first token of the chain (its ``iat``, carried from renewal to renewal in the store)."""
+        import jwt
+
+        now = self.clock()
+        principal = s.principal
+        token = s.token
+        if token is None or principal.expires_at <= now:
+            raise _err(ErrorCode.TOKEN_EXPIRED, "the connection's token has expired")
+        if principal.issuer != self.settings.auth.issuer:
+            raise _err(ErrorCode.FORBIDDEN, "tokens of the identity provider are renewed there")
+        claims = jwt.decode(token, options={"verify_signature": False})
+        jti, iat = str(claims.get("jti") or ""), float(claims.get("iat") or now)
+        chain = await self.store.get_session(RENEW_CHAIN_PREFIX + jti) if jti else None
+        origin = float(chain["origin"]) if chain else iat
+        session_ends = origin + self.sig.max_session_s
+        ttl = int(min(self.settings.auth.access_ttl_s, session_ends - now))
+        if ttl < RENEW_MIN_TTL_S:
+            raise _err(ErrorCode.FORBIDDEN, "the session reached its maximum age: sign in again")
+        new_token = self.tokens.issue_access(principal.role, principal.subject, site=principal.site,
+                                             specialties=principal.specialties, name=principal.name, ttl=ttl)
+        new_claims = jwt.decode(new_token, options={"verify_signature": False})
+        await self.store.put_session(RENEW_CHAIN_PREFIX + str(new_claims["jti"]), {"origin": origin},
+                                     max(session_ends - now, 1.0))
+        s.principal = await self._verify(new_token)
+        s.token = new_token
+        self._arm_token_timers(s)
+        await self.journal.append("auth.renew", actor=principal.subject, role=principal.role.value)
+        logger.info("access token renewed", extra={"session": s.id, "role": principal.role.value})
+        return p.AuthRenewOk(token=new_token, token_expires_at=s.principal.expires_at,
+                             session_expires_at=session_ends)
 
     async def detach(self, s: Session, conn: Outbox) -> None:
         """The socket closed or died: keep the session for the resume grace."""
@@ -506,7 +571,7 @@ class SignallingService:
                 state["offers"].append({"consultation": c.view(True), "expires_at": c.offer_expires_at,
                                         "timeout_s": self.sig.offer_timeout_s})
             if c.state is State.ACTIVE and c.room and self._seat(s, c):
-                state["rooms"][c.id] = self._room_grant(c, s.role, await self._sfu_url(c.room))
+                state["rooms"][c.id] = await self._room_join(c, s.role)
         return state
 
     # -- presence --------------------------------------------------------------
@@ -959,6 +1024,7 @@ class SignallingService:
                              (Role.PHYSICIAN, self.user(s.sub))):
             grant = self._room_grant(active, role, sfu_url)
             await self.emit([target], p.ConsultationStarted(consultation=active.view(role is not Role.AGENT),
+                                                            publications=await self.room_publications(room),
                                                             **grant).to_wire())
         grant = self._room_grant(active, Role.PHYSICIAN, sfu_url)
         return p.OfferAcceptOk(consultation=active.view(True), **grant)
@@ -978,7 +1044,34 @@ class SignallingService:
         c = await self._load_visible(s, msg.consultation_id)
         if c.state is not State.ACTIVE or not self._seat(s, c):
             raise _err(ErrorCode.CONFLICT, "no seat of yours in an active consultation")
-        return p.RoomTokenOk(**self._room_grant(c, s.role, await self._sfu_url(c.id)))
+        return p.RoomTokenOk(**await self._room_join(c, s.role))
+
+    async def _room_join(self, c: Consultation, role: Role) -> dict[str, Any]:
+        """What a party needs to join the room now: grant, token, node URL, current publications."""
+        room = c.room or c.id
+        return {**self._room_grant(c, role, await self._sfu_url(room)),
+                "publications": await self.room_publications(room)}
+
+    async def room_publications(self, room: str) -> list[dict[str, Any]]:
+        """The room's publications when this process's SFU hosts it; [] otherwise (another node:
+        its own socket or WHEP knows them)."""
+        sfu = self.sfu()
+        if sfu is None or not hasattr(sfu, "publications"):
+            return []
+        node = await self.store.room_node(room)
+        if node is not None and node != self.node_id:
+            return []
+        return [_publication(info) for info in sfu.publications(room)]
+
+    async def room_publications_request(self, s: Session, msg: p.RoomPublications) -> p.RoomPublicationsOk:
+        c = await self._load_visible(s, msg.consultation_id)
+        if c.state is not State.ACTIVE or not self._seat(s, c):
+            raise _err(ErrorCode.CONFLICT, "no seat of yours in an active consultation")
+        room = c.room or c.id
+        node = await self.store.room_node(room)
+        if node is not None and node != self.node_id:
+            raise _err(ErrorCode.WRONG_NODE, "the room is on another media node: use the consultation's sfu_url")
+        return p.RoomPublicationsOk(consultation_id=c.id, room=room, publications=await self.room_publications(room))
 
     # -- reports -------------------------------------------------------------------
     async def report_save(self, s: Session, msg: p.ReportSave) -> p.ReportSaveOk:
@@ -1111,6 +1204,7 @@ class SignallingService:
             targets.append((Role.PHYSICIAN, self.user(c.physician)))
         for role, target in targets:
             await self.emit([target], p.RoomMoved(consultation=c.view(role is not Role.AGENT),
+                                                  publications=await self.room_publications(room),
                                                   **self._room_grant(c, role, sfu_url)).to_wire())
 
     async def media_offer(self, s: Session, msg: p.MediaOffer) -> p.MediaOfferOk:
@@ -1146,7 +1240,8 @@ class SignallingService:
         self._media_sessions[key] = result.session_id
         return p.MediaOfferOk(sdp=result.answer_sdp, room=c.id, identity=grant.identity,
                               media_session=result.session_id,
-                              publications=[_info(pub) for pub in getattr(result, "publications", ())])
+                              publications=[_info(pub) for pub in getattr(result, "publications", ())],
+                              room_publications=await self.room_publications(c.room or c.id))
 
     @staticmethod
     def _sfu_error(exc: Exception) -> ProtocolError:
@@ -1273,7 +1368,8 @@ class SignallingService:
 
     # -- dispatch ------------------------------------------------------------------------
     HANDLERS: dict[str, str] = {
-        "auth.refresh": "refresh", "presence.set": "presence_set", "presence.list": "presence_list",
+        "auth.refresh": "refresh", "auth.renew": "renew", "room.publications": "room_publications_request",
+        "presence.set": "presence_set", "presence.list": "presence_list",
         "visit.request": "visit_request", "visit.cancel": "visit_cancel", "queue.list": "queue_list",
         "offer.accept": "offer_accept", "offer.decline": "offer_decline", "consultation.get": "consultation_get",
         "consultation.end": "consultation_end", "room.token": "room_token", "report.save": "report_save",
@@ -1299,6 +1395,12 @@ def _info(obj: Any) -> dict[str, Any]:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return dataclasses.asdict(obj)
     return dict(obj) if isinstance(obj, dict) else {"value": str(obj)}
+
+
+def _publication(info: Any) -> dict[str, Any]:
+    """A publication's wire form (the *Publication object* of docs/protocol.md)."""
+    full = _info(info)
+    return {name: full.get(name) for name in PUBLICATION_FIELDS}
 
 
 def _dumps(obj: Any) -> str:

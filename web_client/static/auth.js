@@ -65,6 +65,11 @@ export function forgetToken(role) {
   sessionStorage.removeItem(storageKey(role));
 }
 
+/** Keep a renewed token for this tab (auth.renew), so that a reload signs in with it. */
+export function saveToken(role, token) {
+  sessionStorage.setItem(storageKey(role), token);
+}
+
 export function currentToken(role) {
   return sessionStorage.getItem(storageKey(role));
 }

@@ -14,6 +14,7 @@
 import { gatheringComplete, iceTransportPolicy } from "./precheck.js";
 
 const AUDIO_SOURCES = new Set(["microphone", "stethoscope"]);
+const MAX_RESYNCS = 3; // in a row, without a successful negotiation in between
 
 /** {mid: {stream, track}} from the a=msid lines of an SDP. */
 export function msidByMid(sdp) {
@@ -49,12 +50,23 @@ export function participantFrom(data) {
 }
 
 /**
- * The publications of each consultation's room, from every room.event since the
- * page loaded (a Call starts from it: events may come before the call exists).
+ * The publications of each consultation's room: what the server listed when we
+ * joined (hello.ok state, consultation.started, room.token.ok, room.moved), then
+ * every room.event (a Call starts from it: events may come before the call exists,
+ * and a page that reloads mid-call has seen none).
  */
 export class RoomTracker {
   constructor(signalling) {
     this.rooms = new Map(); // consultation id -> Map(publication id -> publication)
+    signalling.addEventListener("ready", (event) => {
+      for (const [id, room] of Object.entries(event.detail.state?.rooms || {})) this.seed(id, room.publications);
+    });
+    for (const type of ["consultation.started", "room.moved"]) {
+      signalling.addEventListener(type, (event) => {
+        const m = event.detail;
+        if (m.consultation?.id) this.seed(m.consultation.id, m.publications, type === "room.moved");
+      });
+    }
     signalling.addEventListener("room.event", (event) => {
       const m = event.detail;
       const room = this.rooms.get(m.consultation_id) || new Map();
@@ -68,6 +80,17 @@ export class RoomTracker {
         this.rooms.delete(m.consultation_id);
       }
     });
+  }
+
+  /** The server's list of a room's publications (``replace``: forget what we knew, the room is new). */
+  seed(consultationId, publications, replace = false) {
+    if (!Array.isArray(publications)) return;
+    const room = replace ? new Map() : this.rooms.get(consultationId) || new Map();
+    for (const item of publications) {
+      const pub = publicationFrom(item);
+      if (pub.id) room.set(pub.id, pub);
+    }
+    this.rooms.set(consultationId, room);
   }
 
   publications(consultationId) {
@@ -91,6 +114,7 @@ export class Call extends EventTarget {
     this.commandSeq = 0;
     this.commands = new Map(); // command id -> {device, action}
     this.closed = false;
+    this.resyncs = 0;
     this.chain = Promise.resolve();
     this.dirty = false;
     this.previousStats = new Map();
@@ -141,6 +165,27 @@ export class Call extends EventTarget {
     });
   }
 
+  /**
+   * The room moved to another media node (room.moved: the old node died): everything
+   * negotiated there is gone. Start over on a new peer connection with the room's
+   * publications as the server lists them now (room.event tells the rest).
+   */
+  async moved(publications = []) {
+    if (this.closed) return;
+    const old = this.pc;
+    for (const sub of this.subscriptions.values()) {
+      if (sub.announced) this._emit("track-removed", { publication: sub.publication });
+    }
+    this.subscriptions.clear();
+    this.publications.clear();
+    this.ownPublications = [];
+    await this.signalling.request("media.leave", { consultation_id: this.consultationId }).catch(() => {});
+    this._buildPeerConnection();
+    old?.close();
+    for (const publication of publications) this.addPublication(publication);
+    await this.negotiate();
+  }
+
   /** A new peer connection (aiortc has no ICE restart): after a failure. */
   async restart() {
     const old = this.pc;
@@ -162,8 +207,15 @@ export class Call extends EventTarget {
       this.dirty = false;
       try {
         await this._negotiateOnce();
+        this.resyncs = 0;
       } catch (error) {
         this._emit("error", { error });
+        // A publication we asked for is gone (the list we started from was stale: a
+        // reload, room.moved): start over from the room's list now. Not awaited: it
+        // queues its own negotiation behind this one.
+        if (error.code === "not_found" && /publication/.test(error.message || "") && !this.closed) {
+          this._resync();
+        }
         if (error.code === "disconnected" && !this.closed) {
           await this.signalling.whenOpen();
           this.dirty = true;
@@ -211,6 +263,11 @@ export class Call extends EventTarget {
     this.mediaSession = reply.media_session;
     const msids = msidByMid(reply.sdp);
     this.ownPublications = (reply.publications || []).map(publicationFrom).concat(this.ownPublications || []);
+    // Every publication of the room now: subscribe to those we did not know (a reload, a late join).
+    for (const item of reply.room_publications || []) {
+      const pub = publicationFrom(item);
+      if (pub.identity !== this.identity && !this.subscriptions.has(pub.id)) this.addPublication(pub);
+    }
     for (const sub of this.subscriptions.values()) {
       const mid = sub.transceiver.mid;
       if (mid && msids[mid]) {
@@ -225,6 +282,27 @@ export class Call extends EventTarget {
         this._emit("track", { publication: sub.publication, track: sub.transceiver.receiver.track });
       }
     }
+  }
+
+  /** Drop subscriptions the room no longer has, add those it has, on a new peer connection. */
+  async _resync() {
+    if (this.closed || this.resyncs >= MAX_RESYNCS) return;
+    this.resyncs += 1;
+    let listed = [];
+    try {
+      const reply = await this.signalling.request("room.publications", { consultation_id: this.consultationId });
+      listed = (reply.publications || []).map(publicationFrom);
+    } catch (_) { /* keep what the room events said */ }
+    const live = new Set(listed.map((p) => p.id));
+    for (const [id, sub] of this.subscriptions) {
+      if (live.has(id)) continue;
+      this.subscriptions.delete(id);
+      this.publications.delete(id);
+      if (sub.announced) this._emit("track-removed", { publication: sub.publication });
+      sub.announced = false;
+    }
+    await this.restart();
+    for (const pub of listed) this.addPublication(pub);
   }
 
   _roomEvent(message) {

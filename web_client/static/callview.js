@@ -16,13 +16,18 @@ export class CallView extends EventTarget {
     this.consultation = consultation;
     this.grant = grant || {};
     this.stream = stream;
-    this.token = token;
+    this.initialToken = token;
     this.role = role;
     this.iceServers = iceServers || [];
     this.known = known || [];
     this.peers = new Map(); // role -> state (from peer.connection and room events)
     this.listeners = [];
     this.lastQuality = [];
+  }
+
+  /** The access token now (auth.renew replaces it on the socket). */
+  get token() {
+    return this.signalling.token || this.initialToken;
   }
 
   _listen(type, fn) {
@@ -103,7 +108,15 @@ export class CallView extends EventTarget {
         if (type === "recording.failed") this.showRecordError(t("call.record.failed"));
       });
     }
-    this.setRecording(Boolean(this.consultation.recording));
+    // The room moved to another node (the old one died): new room token, new peer connection.
+    this._listen("room.moved", (m) => {
+      if (m.consultation?.id !== this.consultation.id || !this.call) return;
+      this.grant = m.grant || this.grant;
+      this.element.dataset.moved = String(Number(this.element.dataset.moved || 0) + 1);
+      this.call.moved(m.publications || []).catch(() => {});
+    });
+    // A page loaded mid-recording: the consultation object says so.
+    this.setRecording(Boolean(this.consultation.recording?.active));
     this.renderParticipants();
     this.qualityTimer = setInterval(() => this.updateQuality(), QUALITY_INTERVAL_MS);
     window.teleconsult.call = call;

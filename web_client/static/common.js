@@ -44,8 +44,10 @@ export async function joinCall(container, { signalling, token, role, consultatio
   return view;
 }
 
-/** A room token for our seat when we come back to an active consultation (reload, resume). */
+/** A room token for our seat when we come back to an active consultation (reload, resume);
+ * the room's publications it lists go to the page's RoomTracker, where the call starts from. */
 export async function rejoinGrant(signalling, consultationId) {
   const reply = await signalling.request("room.token", { consultation_id: consultationId });
+  window.teleconsult.rooms?.seed(consultationId, reply.publications);
   return reply.grant;
 }

@@ -117,7 +117,7 @@ export class CameraDevicePanel extends Panel {
   constructor(source, track, call, options) {
     super(source, options);
     this.call = call;
-    this.token = options.token;
+    this.initialToken = options.token;
     this.video = h("video", { autoplay: true, muted: true, playsInline: true,
       "aria-label": t(`device.${source}`) });
     this.video.srcObject = new MediaStream([track]);
@@ -148,6 +148,11 @@ export class CameraDevicePanel extends Panel {
   deviceStatus(message) {
     if (this.power && typeof message.on === "boolean") this.power.checked = message.on;
     this.setStatus(message.on === false ? t("device.off") : t("device.on"));
+  }
+
+  /** The access token now (renewed by auth.renew on the signalling socket). */
+  get token() {
+    return this.call.signalling?.token || this.initialToken;
   }
 
   /** A full-resolution still: preview at once, then the file fetched with the access token. */

@@ -158,7 +158,10 @@ async function main() {
       return;
     }
     if (open.state === "active" || open.state === "accepted") {
-      if (view && view.consultation.id === open.id) return;
+      if (view && view.consultation.id === open.id) {
+        view.setRecording(Boolean(open.recording?.active)); // it may have changed while we were away
+        return;
+      }
       try {
         await startCall(open, await rejoinGrant(signalling, open.id));
       } catch (_) { showWaiting(open); }

@@ -3,7 +3,7 @@
 // "session expired" screen when the token is refused.
 import { $, announce } from "./dom.js";
 import { t, translate, mountLanguageSwitch, onLanguageChange } from "./i18n.js";
-import { signIn, showSignInProblem, SignInError, forgetToken } from "./auth.js";
+import { signIn, showSignInProblem, SignInError, forgetToken, saveToken } from "./auth.js";
 import { Signalling } from "./signalling.js";
 import { RoomTracker } from "./call.js";
 
@@ -79,8 +79,23 @@ export async function startPage(role) {
     showSignInProblem(new SignInError("expired"), role);
     hideBanner();
   });
-  signalling.on("auth.expiring", (message) => {
-    showBanner("warn", "signin.expiring", { minutes: Math.max(1, Math.round(message.in_s / 60)) });
+  // Before the token expires the server mints a fresh one (auth.renew, up to the session's
+  // maximum age); only when it refuses does the page warn that the session ends.
+  let renewing = false;
+  signalling.on("auth.expiring", async (message) => {
+    if (renewing) return;
+    renewing = true;
+    try {
+      const reply = await signalling.request("auth.renew");
+      signalling.token = reply.token;
+      saveToken(role, reply.token);
+      if ($("#banner").dataset.key === "signin.expiring") hideBanner();
+      signalling.dispatchEvent(new CustomEvent("token-renewed", { detail: { expires_at: reply.token_expires_at } }));
+    } catch (_) {
+      showBanner("warn", "signin.expiring", { minutes: Math.max(1, Math.round(message.in_s / 60)) });
+    } finally {
+      renewing = false;
+    }
   });
   renderState();
   // A handle for people debugging the page and for the tests (no patient data is logged).

@@ -19,9 +19,12 @@ export class Phonocardiogram {
     this.scale = 1;
     this.running = true;
     this.context.resume().catch(() => {});
-    const resume = () => this.context.resume();
-    document.addEventListener("pointerdown", resume, { once: true });
-    document.addEventListener("keydown", resume, { once: true });
+    // Autoplay policy: resume on the first gesture, unless this panel closed meanwhile.
+    this.resumeOnGesture = () => {
+      if (this.context.state !== "closed") this.context.resume().catch(() => {});
+    };
+    document.addEventListener("pointerdown", this.resumeOnGesture, { once: true });
+    document.addEventListener("keydown", this.resumeOnGesture, { once: true });
     this._frame = this._frame.bind(this);
     requestAnimationFrame(this._frame);
   }
@@ -95,6 +98,8 @@ export class Phonocardiogram {
 
   close() {
     this.running = false;
+    document.removeEventListener("pointerdown", this.resumeOnGesture);
+    document.removeEventListener("keydown", this.resumeOnGesture);
     this.source.disconnect();
     this.context.close().catch(() => {});
   }

@@ -189,7 +189,9 @@ async function main() {
     const state = hello.state || {};
     if (state.presence) renderPresence(state.presence);
     const active = (state.consultations || []).find((c) => c.state === "active" || c.state === "accepted");
-    if (active && !(view && view.consultation.id === active.id)) {
+    if (active && view && view.consultation.id === active.id) {
+      view.setRecording(Boolean(active.recording?.active)); // it may have changed while we were away
+    } else if (active) {
       try {
         await startCall(active, await rejoinGrant(signalling, active.id));
       } catch (_) { /* shown in the lobby */ }

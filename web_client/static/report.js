@@ -10,8 +10,13 @@ const FIELDS = ["reason", "findings", "conclusion", "prescriptions", "follow_up"
 export class ReportForm {
   constructor(signalling, token, consultation) {
     this.signalling = signalling;
-    this.token = token;
+    this.initialToken = token;
     this.consultation = consultation;
+  }
+
+  /** The access token now (auth.renew replaces it on the socket). */
+  get token() {
+    return this.signalling.token || this.initialToken;
   }
 
   mount(container) {
