@@ -330,7 +330,22 @@ class DeviceAgent:
                 # Someone came in after the join announcement: tell them the devices' state.
                 self._spawn(self._announce_soon(link))
         elif kind == "auth.expiring":
-            logger.warning("the site token expires in %s s: restart the agent with a fresh one", data.get("in_s"))
+            self._spawn(self._renew(data.get("in_s")))
+
+    async def _renew(self, in_s: Any) -> None:
+        """Site mode: a fresh site token from the server (``auth.renew``) before this one expires;
+        when refused (the session's maximum age, an OpenID provider's token), a fresh one is needed."""
+        try:
+            reply = await self._request("auth.renew")
+        except (ConnectionError, asyncio.TimeoutError) as exc:
+            logger.warning("site token renewal failed (%s)", type(exc).__name__)
+            return
+        if reply.get("type") == "auth.renew.ok" and isinstance(reply.get("token"), str):
+            self.config = dataclasses.replace(self.config, site_token=reply["token"])
+            logger.info("site token renewed", extra={"expires_at": reply.get("token_expires_at")})
+        else:
+            logger.warning("the site token expires in %s s and was not renewed (%s): restart the agent "
+                           "with a fresh one", in_s, reply.get("code"))
 
     async def _announce_soon(self, link: RoomLink) -> None:
         # The newcomer's channel opens just after it joins; give it a moment, bounded.

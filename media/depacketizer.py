@@ -204,11 +204,20 @@ class RtpHeaderLike(Protocol):
     """What :meth:`Depacketizer.push_rtp` reads of a parsed header (``sfu.rtp.RtpHeader``):
     offsets into the datagram, so that the payload is sliced once, without re-parsing."""
 
-    sequence_number: int
-    timestamp: int
-    marker: bool
-    payload_start: int
-    payload_end: int
+    @property
+    def sequence_number(self) -> int: ...
+
+    @property
+    def timestamp(self) -> int: ...
+
+    @property
+    def marker(self) -> bool: ...
+
+    @property
+    def payload_start(self) -> int: ...
+
+    @property
+    def payload_end(self) -> int: ...
 
 
 # A packet waiting in the reorder window: (datagram, payload start, payload end,

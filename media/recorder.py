@@ -113,7 +113,7 @@ class TrackRecorder:
         self._last_ext = 0
         self._last_pts = -1
         self._last_flush = 0.0
-        self._time_base: fractions.Fraction | None = None
+        self._time_base = fractions.Fraction(1, 90000)  # set from the first frame in _open
         self._closed = False
         self.frames_written = 0
         self.first_arrival: float | None = None

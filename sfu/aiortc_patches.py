@@ -373,6 +373,81 @@ def send_rtp_now(transport: RTCDtlsTransport, data: bytes) -> None:
     transport._RTCDtlsTransport__tx_packets += 1  # type: ignore[attr-defined]
 
 
+class RtpWriter:
+    """:func:`send_rtp_now` for one transport, with what it looks up per packet resolved once:
+    the transport's SRTP session (protect through libsrtp directly, reusing one length cell,
+    instead of ``Session.protect``'s checks and allocation per call) and aioice's nominated
+    pair (re-read per packet from the connection's dict, re-resolved when it changes).
+    The forwarding hot path: one call per packet and subscriber. Raises ConnectionError when
+    not connected, like :func:`send_rtp_now`; the bytes sent are the same."""
+
+    __slots__ = ("transport", "_session", "_protect", "_nominated", "_pair", "_sendto", "_addr")
+
+    def __init__(self, transport: RTCDtlsTransport) -> None:
+        self.transport = transport
+        self._session: Any = None
+        self._protect: Callable[[bytes], bytes] = _unbound
+        self._nominated: dict[int, Any] | None = None
+        self._pair: Any = None
+        self._sendto: Callable[[bytes, Any], None] = _unbound_sendto
+        self._addr: Any = None
+
+    def __call__(self, data: bytes) -> None:
+        transport = self.transport
+        if transport._state is not _CONNECTED:
+            raise ConnectionError("Cannot send encrypted RTP, not connected")
+        if transport._tx_srtp is not self._session:
+            self._session = transport._tx_srtp
+            self._protect = srtp_protector(self._session)
+        protected = self._protect(data)
+        nominated = self._nominated
+        if nominated is None:
+            nominated = self._nominated = transport.transport._connection._nominated
+        pair = nominated.get(1)
+        if pair is not self._pair:
+            if pair is None:
+                raise ConnectionError("Cannot send data, not connected")
+            self._pair = pair
+            self._sendto = pair.protocol.transport.sendto
+            self._addr = pair.remote_addr
+        self._sendto(protected, self._addr)
+        transport._RTCDtlsTransport__tx_bytes += len(protected)  # type: ignore[attr-defined]
+        transport._RTCDtlsTransport__tx_packets += 1  # type: ignore[attr-defined]
+
+
+def _unbound(data: bytes) -> bytes:
+    raise AssertionError("unreachable")
+
+
+def _unbound_sendto(data: bytes, addr: Any) -> None:
+    raise AssertionError("unreachable")
+
+
+def srtp_protector(session: pylibsrtp.Session) -> Callable[[bytes], bytes]:
+    """``session.protect`` without its per-call type check and ``int *`` allocation: the
+    same libsrtp call on the session's own buffer (pylibsrtp 1.0's ``Session.__process``),
+    the same bytes out, the same errors."""
+    ffi, lib = pylibsrtp._binding.ffi, pylibsrtp._binding.lib
+    cdata, buffer, srtp = session._cdata, session._buffer, session._srtp
+    limit = len(cdata) - pylibsrtp.SRTP_MAX_TRAILER_LEN
+    length = ffi.new("int *")
+    protect = lib.srtp_protect
+    check = pylibsrtp._srtp_assert
+
+    def protect_now(data: bytes) -> bytes:
+        n = len(data)
+        if n > limit:
+            raise ValueError("packet is too long")
+        length[0] = n
+        buffer[0:n] = data
+        rc = protect(srtp[0], cdata, length)
+        if rc:
+            check(rc)
+        return buffer[0:length[0]]
+
+    return protect_now
+
+
 def transport_connected(transport: RTCDtlsTransport) -> bool:
     return transport.state == "connected"
 

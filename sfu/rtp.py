@@ -24,7 +24,8 @@ Rules:
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
 
 SEQ_MOD = 1 << 16
 TS_MOD = 1 << 32
@@ -36,6 +37,7 @@ TWO_BYTE_PROFILE = 0x1000  # 0x100X: the low 4 bits are "appbits"
 
 _FIXED = struct.Struct("!BBHII")
 _SEQ = struct.Struct("!H")
+_HH = struct.Struct("!HH")
 
 
 class RtpError(ValueError):
@@ -52,9 +54,12 @@ def ts_newer(a: int, b: int) -> bool:
     return a != b and ((a - b) % TS_MOD) < _HALF_TS
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RtpHeader:
-    """The parsed header of one RTP packet (offsets into the datagram it came from)."""
+    """The parsed header of one RTP packet (offsets into the datagram it came from).
+
+    Read-only by convention (not ``frozen``: a frozen dataclass's ``__init__`` costs a
+    ``object.__setattr__`` per field, and one is made per packet)."""
 
     marker: bool
     payload_type: int
@@ -87,7 +92,7 @@ def parse_header(data: bytes) -> RtpHeader:
     if first & 0x10:
         if len(data) < pos + 4:
             raise RtpError("truncated header extension")
-        profile, words = struct.unpack_from("!HH", data, pos)
+        profile, words = _HH.unpack_from(data, pos)
         ext_start = pos + 4
         pos = ext_start + 4 * words
     end = len(data)
@@ -97,9 +102,7 @@ def parse_header(data: bytes) -> RtpHeader:
         end -= data[-1]
     if pos > end:
         raise RtpError("header longer than the packet")
-    return RtpHeader(marker=bool(second & 0x80), payload_type=second & 0x7F, sequence_number=seq,
-                     timestamp=ts, ssrc=ssrc, csrc_end=csrc_end, extension_profile=profile,
-                     extension_start=ext_start, payload_start=pos, payload_end=end)
+    return RtpHeader(second > 127, second & 0x7F, seq, ts, ssrc, csrc_end, profile, ext_start, pos, end)
 
 
 def payload(data: bytes, header: RtpHeader) -> bytes:
@@ -149,6 +152,76 @@ def pack_extensions(elements: list[tuple[int, bytes]]) -> bytes:
     return struct.pack("!HH", profile, len(body) // 4) + body
 
 
+Layout = tuple[tuple[int, int, int], ...]
+"""(id, value start, value end) of each header extension element of one packet, offsets
+into the datagram: what an :class:`ExtensionRewriter` needs to know of a packet, worked
+out once per packet (:func:`extension_layout`) for all its subscriptions."""
+
+
+def extension_layout(data: bytes, header: RtpHeader) -> Layout:
+    """The :data:`Layout` of ``data`` (empty without header extension); the same elements
+    as :func:`extension_elements`, as offsets."""
+    profile = header.extension_profile
+    if not profile:
+        return ()
+    out: list[tuple[int, int, int]] = []
+    pos, end = header.extension_start, header.payload_start
+    size = len(data)  # an element running past the block is cut where the datagram ends, as slicing does
+    if profile == ONE_BYTE_PROFILE:
+        while pos < end:
+            byte = data[pos]
+            if byte == 0:  # padding
+                pos += 1
+                continue
+            ext_id = byte >> 4
+            if ext_id == 15:
+                break
+            start = pos + 1
+            pos = start + (byte & 0x0F) + 1
+            out.append((ext_id, start, min(pos, size)))
+    elif profile & 0xFFF0 == TWO_BYTE_PROFILE:
+        while pos + 1 < end:
+            ext_id = data[pos]
+            if ext_id == 0:
+                pos += 1
+                continue
+            start = pos + 2
+            pos = start + data[pos + 1]
+            out.append((ext_id, start, min(pos, size)))
+    return tuple(out)
+
+
+BlockBuilder = Callable[[bytes], bytes]
+
+
+def _compile_block(pieces: list[bytes | tuple[int, int]]) -> BlockBuilder:
+    """A function of the datagram that joins ``pieces``: constant bytes, and (start, end)
+    slices of the datagram; adjacent constants are merged."""
+    merged: list[bytes | tuple[int, int]] = []
+    for piece in pieces:
+        if isinstance(piece, bytes) and merged and isinstance(merged[-1], bytes):
+            merged[-1] = merged[-1] + piece
+        elif piece != b"":
+            merged.append(piece)
+    spans = [p for p in merged if isinstance(p, tuple)]
+    if not spans:
+        constant = b"".join(p for p in merged if isinstance(p, bytes))
+        return lambda data: constant
+    if len(merged) == 3 and isinstance(merged[0], bytes) and isinstance(merged[2], bytes):
+        c0, (s0, e0), c1 = merged  # type: ignore[misc]
+        return lambda data: b"".join((c0, data[s0:e0], c1))
+    if len(merged) == 5 and isinstance(merged[0], bytes) and isinstance(merged[2], bytes) \
+            and isinstance(merged[4], bytes):
+        c0, (s0, e0), c1, (s1, e1), c2 = merged  # type: ignore[misc]
+        return lambda data: b"".join((c0, data[s0:e0], c1, data[s1:e1], c2))
+    parts = tuple(slice(*p) if isinstance(p, tuple) else p for p in merged)
+    return lambda data: b"".join([data[p] if p.__class__ is slice else p for p in parts])  # type: ignore[misc]
+
+
+_MAX_PLANS = 64
+"""Layouts an :class:`ExtensionRewriter` keeps compiled (a publisher uses one or a few)."""
+
+
 @dataclass(frozen=True)
 class ExtensionRewriter:
     """Carries a publisher leg's header extensions over to one subscriber leg.
@@ -162,6 +235,7 @@ class ExtensionRewriter:
     mid_id: int = 0
     """The subscriber leg's id for ``urn:ietf:params:rtp-hdrext:sdes:mid`` (0: none)."""
     mid: bytes = b""
+    _plans: dict[Layout, BlockBuilder] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def between(cls, publisher: dict[str, int], subscriber: dict[str, int], mid: str) -> "ExtensionRewriter":
@@ -171,25 +245,60 @@ class ExtensionRewriter:
         return cls(id_map=id_map, mid_id=subscriber.get(mid_uri, 0), mid=mid.encode())
 
     def rewrite(self, data: bytes, header: RtpHeader) -> bytes:
-        elements = [(self.id_map[i], v) for i, v in extension_elements(data, header) if i in self.id_map]
+        """The extension block of this leg for ``data``: :func:`pack_extensions` of the kept,
+        renumbered elements plus this leg's ``mid``."""
+        return self.block(data, extension_layout(data, header))
+
+    def block(self, data: bytes, layout: Layout) -> bytes:
+        """:meth:`rewrite` with the packet's :func:`extension_layout` already worked out.
+        Per layout, the block is compiled once into constants and slices of the datagram."""
+        builder = self._plans.get(layout)
+        if builder is None:
+            builder = self._compile(layout)
+        return builder(data)
+
+    def _compile(self, layout: Layout) -> BlockBuilder:
+        id_map = self.id_map
+        kept = [(id_map[i], start, end) for i, start, end in layout if i in id_map]
+        lengths = [end - start for _, start, end in kept]
         if self.mid_id and self.mid:
-            elements.append((self.mid_id, self.mid))
-        return pack_extensions(elements)
+            kept.append((self.mid_id, -1, -1))
+            lengths.append(len(self.mid))
+        if not kept:
+            builder: BlockBuilder = lambda data: b""  # noqa: E731
+        else:
+            one_byte = all(1 <= i <= 14 and 1 <= n <= 16 for (i, _, _), n in zip(kept, lengths))
+            body: list[bytes | tuple[int, int]] = []
+            for (ext_id, start, end), n in zip(kept, lengths):
+                body.append(bytes([(ext_id << 4) | (n - 1)]) if one_byte else bytes([ext_id, n]))
+                body.append(self.mid if start < 0 else (start, end))
+            size = (1 if one_byte else 2) * len(kept) + sum(lengths)
+            padding = -size % 4
+            profile = ONE_BYTE_PROFILE if one_byte else TWO_BYTE_PROFILE
+            builder = _compile_block([_HH.pack(profile, (size + padding) // 4), *body, b"\x00" * padding])
+        if len(self._plans) >= _MAX_PLANS:
+            self._plans.clear()
+        self._plans[layout] = builder
+        return builder
 
 
 def rewrite(data: bytes, header: RtpHeader, *, ssrc: int, payload_type: int, sequence_number: int,
             timestamp: int, extensions: bytes) -> bytes:
     """``data`` with a new fixed header and extension block; CSRCs, payload and padding kept."""
-    first = data[0] & 0xEF  # version, padding, CC kept; X set below
-    if extensions:
-        first |= 0x10
-    second = (data[1] & 0x80) | payload_type
-    return b"".join((
-        _FIXED.pack(first, second, sequence_number, timestamp, ssrc),
-        data[12:header.csrc_end],
-        extensions,
-        data[header.payload_start:],
-    ))
+    return rewrite_packet(data, header.csrc_end, header.payload_start, ssrc, payload_type, sequence_number,
+                          timestamp, extensions)
+
+
+def rewrite_packet(data: bytes, csrc_end: int, payload_start: int, ssrc: int, payload_type: int,
+                   sequence_number: int, timestamp: int, extensions: bytes) -> bytes:
+    """:func:`rewrite` with positional arguments (the forwarding path: once per packet and
+    subscription)."""
+    # version, padding, CC kept; X set when there are extensions
+    first = (data[0] & 0xEF) | 0x10 if extensions else data[0] & 0xEF
+    fixed = _FIXED.pack(first, (data[1] & 0x80) | payload_type, sequence_number, timestamp, ssrc)
+    if csrc_end == 12:
+        return b"".join((fixed, extensions, data[payload_start:]))
+    return b"".join((fixed, data[12:csrc_end], extensions, data[payload_start:]))
 
 
 def wrap_rtx(data: bytes, *, payload_type: int, ssrc: int, sequence_number: int) -> bytes:
@@ -260,13 +369,15 @@ class SequenceMapper:
 
     def map(self, sequence_number: int, timestamp: int) -> tuple[int, int] | None:
         """Output values for an input packet, or None for a packet older than the start."""
-        if self._start_seq is None:
+        start = self._start_seq
+        if start is None:
             return None
-        if seq_newer(self._start_seq, sequence_number):
-            return None
-        seq = (sequence_number + self._seq_offset) % SEQ_MOD
-        ts = (timestamp + self._ts_offset) % TS_MOD
-        if self.last_seq is None or seq_newer(seq, self.last_seq):
+        if start != sequence_number and (start - sequence_number) & 0xFFFF < _HALF_SEQ:
+            return None  # older than the start
+        seq = (sequence_number + self._seq_offset) & 0xFFFF
+        ts = (timestamp + self._ts_offset) & 0xFFFFFFFF
+        last = self.last_seq
+        if last is None or (last != seq and (seq - last) & 0xFFFF < _HALF_SEQ):
             self.last_seq = seq
             self.last_ts = ts
         return seq, ts
@@ -279,15 +390,18 @@ class PacketHistory:
         if size < 1:
             raise ValueError("history size must be >= 1")
         self._size = size
-        self._slots: list[tuple[int, bytes] | None] = [None] * size
+        self._seqs: list[int] = [-1] * size
+        self._data: list[bytes | None] = [None] * size
 
     def put(self, sequence_number: int, data: bytes) -> None:
-        self._slots[sequence_number % self._size] = (sequence_number, data)
+        i = sequence_number % self._size
+        self._seqs[i] = sequence_number
+        self._data[i] = data
 
     def get(self, sequence_number: int) -> bytes | None:
-        slot = self._slots[sequence_number % self._size]
-        if slot is not None and slot[0] == sequence_number:
-            return slot[1]
+        i = sequence_number % self._size
+        if self._seqs[i] == sequence_number:
+            return self._data[i]
         return None
 
 

@@ -25,7 +25,7 @@ from tests.sfu.clients import FlatVideoTrack, client_pc
 from tests.signalling.client import SigClient
 from tests.signalling.conftest import sig_settings
 from tests.signalling.test_flow import VISIT, nurse, physician
-from tests.support import RunningServer, start_server
+from tests.support import RunningServer, start_server, wait_for
 from teleconsult import appkeys
 
 PUBLICATION_KEYS = {"id", "identity", "role", "source", "kind", "codec", "published_at", "replaces"}
@@ -163,4 +163,26 @@ async def test_auth_renew_is_bounded_by_the_session_age(tmp_path: Path) -> None:
     finally:
         for c in clients:
             await c.close()
+        await sig.server.close()
+
+
+async def test_device_agent_renews_its_site_token(tmp_path: Path) -> None:
+    from devices.agent import AgentConfig, DeviceAgent
+
+    sig = await start_server(sig_settings(tmp_path, "memory", None))
+    short = sig.tokens.issue_access("agent", "agent-cabin-demo", site="cabin-demo", ttl=8)
+    agent = DeviceAgent(sig.settings, AgentConfig(server=sig.url, devices=("stethoscope",), simulate=True,
+                                                  site_token=short))
+    task = asyncio.create_task(agent.run())
+    try:
+        await asyncio.wait_for(agent.connected.wait(), 10)
+        # auth.expiring comes 0.8 s before expiry; the agent renews and keeps the new token.
+        await wait_for(lambda: agent.config.site_token != short, 12, 0.1, what="the agent renewed its token")
+        renewed = sig.tokens.verify_access_local(str(agent.config.site_token))
+        assert (renewed.subject, renewed.site) == ("agent-cabin-demo", "cabin-demo")
+        await asyncio.sleep(1.5)  # past the first token's expiry: the socket is still the same
+        assert agent.connected.is_set() and agent.sockets_opened == 1
+    finally:
+        agent.stop()
+        await asyncio.wait_for(task, 10)
         await sig.server.close()

@@ -182,7 +182,14 @@ export class Call extends EventTarget {
     await this.signalling.request("media.leave", { consultation_id: this.consultationId }).catch(() => {});
     this._buildPeerConnection();
     old?.close();
-    for (const publication of publications) this.addPublication(publication);
+    // The list in room.moved predates the other parties' own re-joins: ask the room now
+    // (room.event tells what changes after), else start from that list.
+    let listed = publications;
+    try {
+      const reply = await this.signalling.request("room.publications", { consultation_id: this.consultationId });
+      listed = reply.publications || [];
+    } catch (_) { /* another node's room, or a dropped socket */ }
+    for (const item of listed) this.addPublication(publicationFrom(item));
     await this.negotiate();
   }
 

@@ -95,9 +95,12 @@ export class LevelMeter {
     this.samples = new Float32Array(this.analyser.fftSize);
     this.peak = 0;
     this.timer = setInterval(() => this.update(), 100);
-    const resume = () => this.context.resume();
-    document.addEventListener("pointerdown", resume, { once: true });
-    document.addEventListener("keydown", resume, { once: true });
+    // Autoplay policy: resume on the first gesture, unless the meter closed meanwhile.
+    this.resumeOnGesture = () => {
+      if (this.context.state !== "closed") this.context.resume().catch(() => {});
+    };
+    document.addEventListener("pointerdown", this.resumeOnGesture, { once: true });
+    document.addEventListener("keydown", this.resumeOnGesture, { once: true });
     this.context.resume().catch(() => {});
   }
 
@@ -114,6 +117,8 @@ export class LevelMeter {
 
   close() {
     clearInterval(this.timer);
+    document.removeEventListener("pointerdown", this.resumeOnGesture);
+    document.removeEventListener("keydown", this.resumeOnGesture);
     this.context.close().catch(() => {});
   }
 }
