@@ -203,7 +203,11 @@ class Setup:
             participant.publications[mid] = pub
             participant.routes[ssrc] = (pub, None)
             self.publications.append(pub)
-        patches.tap_transport(publisher_dtls, participant.on_rtp)  # type: ignore[arg-type]
+        participant._sending = set()
+        if hasattr(participant, "on_rtp_now"):
+            patches.tap_transport(publisher_dtls, participant.on_rtp, participant.on_rtp_now)  # type: ignore
+        else:  # the code before on_rtp_now (A/B runs)
+            patches.tap_transport(publisher_dtls, participant.on_rtp)  # type: ignore[arg-type]
         self.data_received = connection.data_received
         self.sinks: list[socket.socket] = []
         self.subscriptions = []

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Callable
 
 from sfu.keyframes import KeyframeRequester, keyframe_start
 from sfu.metrics import TrackCounts
-from sfu.rtp import RtpHeader
+from sfu.rtp import RtpHeader, extension_layout
 
 if TYPE_CHECKING:
     from sfu.subscription import Subscription
@@ -74,11 +74,18 @@ class Forwarder:
 
     async def forward(self, data: bytes, header: RtpHeader) -> None:
         """One media packet of the publisher (RTX already unwrapped)."""
+        self.forward_now(data, header)
+
+    def forward_now(self, data: bytes, header: RtpHeader) -> None:
+        """:meth:`forward`, synchronously (nothing on the forwarding path waits)."""
         counts = self.counts
         counts.packets_in += 1
         counts.bytes_in += len(data)
         if self.kind == "video":
-            keyframe = keyframe_start(self.codec, data[header.payload_start:header.payload_end])
+            start, end = header.payload_start, header.payload_end
+            if self.codec == "vp8":  # its keyframe test reads the first 7 bytes at most
+                end = min(end, start + 16)
+            keyframe = keyframe_start(self.codec, data[start:end])
             if header.marker:
                 counts.frames += 1
             if keyframe:
@@ -101,9 +108,11 @@ class Forwarder:
         for listener in self.packet_listeners:
             listener(data, header)
         waiting = False
-        for subscription in self.subscriptions:
-            if await subscription.send(data, header, keyframe):
-                waiting = True
+        if self.subscriptions:
+            layout = extension_layout(data, header)  # once per packet, for every subscription
+            for subscription in self.subscriptions:
+                if subscription.send(data, header, keyframe, layout):
+                    waiting = True
         if waiting and self.kind == "video" and self.requester.due(self.clock()):
             self.keyframe_wanted("still waiting")
 

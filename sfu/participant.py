@@ -75,6 +75,8 @@ class Participant:
         self.routes: dict[int, tuple[Publication, int | None]] = {}
         """ssrc -> (publication, media ssrc when this is its RTX stream)."""
         self.channel: Any = None
+        self._sending: set[asyncio.Task[None]] = set()
+        """NACKs upstream that had to wait (``patches.run_now``)."""
         self.closed = False
         self._negotiating = asyncio.Lock()
         self._on_gone = on_gone
@@ -152,7 +154,7 @@ class Participant:
             raise SdpError(f"offer could not be negotiated: {exc}") from None
         local = self.pc.localDescription.sdp
         for transceiver in self.pc.getTransceivers():
-            patches.tap_transport(transceiver.receiver.transport, self.on_rtp)
+            patches.tap_transport(transceiver.receiver.transport, self.on_rtp, self.on_rtp_now)
 
         for mid in ended:
             self._end(mid)
@@ -209,6 +211,11 @@ class Participant:
     # -- media -------------------------------------------------------------
     async def on_rtp(self, data: bytes, arrival_time_ms: int) -> None:
         """One decrypted RTP packet from this participant's transport."""
+        self.on_rtp_now(data, arrival_time_ms)
+
+    def on_rtp_now(self, data: bytes, arrival_time_ms: int) -> None:
+        """:meth:`on_rtp`, synchronously (the direct receive path calls it per packet): a NACK
+        upstream goes out before the packet is forwarded, as when it was awaited here."""
         try:
             header = parse_header(data)
         except RtpError:
@@ -233,21 +240,19 @@ class Participant:
                 data, header = unwrap_rtx(data, header, payload_type=publication.payload_type, ssrc=media_ssrc)
             except RtpError:
                 return  # padding-only RTX (bandwidth probing)
-            patches.feed_receiver(receiver, media_ssrc, header.sequence_number, header.timestamp, clock_rate,
-                                  count_stats=False)
+            patches.feed_receiver_packet(receiver, header, clock_rate, count_stats=False)  # header.ssrc: media
             publication.counts.lost += publication.loss.add(header.sequence_number)
         else:
             if header.payload_type != publication.payload_type:
                 return
             if not publication.accept_media_ssrc(header.ssrc, arrival_time_ms):
                 return
-            lost = patches.feed_receiver(receiver, header.ssrc, header.sequence_number, header.timestamp,
-                                         clock_rate)
+            lost = patches.feed_receiver_packet(receiver, header, clock_rate)
             publication.counts.lost += publication.loss.add(header.sequence_number)
             if lost:
                 publication.counts.nack_sent += 1
-                await patches.send_nack(receiver, header.ssrc, lost)
-        await publication.forwarder.forward(data, header)
+                patches.run_now(patches.send_nack(receiver, header.ssrc, lost), self._sending)
+        publication.forwarder.forward_now(data, header)
 
     def _learn(self, data: bytes, header: Any) -> tuple[Publication, int | None] | None:
         """Route a packet of an SSRC the offer did not declare: by mid extension, else by

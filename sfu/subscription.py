@@ -32,7 +32,8 @@ from aiortc import RTCDtlsTransport, RTCRtpSender
 
 from sfu import aiortc_patches as patches
 from sfu.metrics import TrackCounts
-from sfu.rtp import ExtensionRewriter, PacketHistory, RtpHeader, SequenceMapper, rewrite, wrap_rtx
+from sfu.rtp import (ExtensionRewriter, Layout, PacketHistory, RtpHeader, SequenceMapper, extension_layout,
+                     rewrite_packet, wrap_rtx)
 from sfu.sdp import LegParameters
 
 if TYPE_CHECKING:
@@ -51,6 +52,7 @@ class Subscription:
         self.session_id = session_id
         self.sender = sender
         self.transport = transport
+        self._write = patches.RtpWriter(transport)
         self.mid = leg.mid
         self.kind = leg.kind
         self.ssrc = leg.ssrc
@@ -105,8 +107,10 @@ class Subscription:
         self.mapper.switch(gap)
 
     # -- packet path -------------------------------------------------------
-    async def send(self, data: bytes, header: RtpHeader, keyframe: bool) -> bool:
-        """Forward one packet; returns True while this subscription waits for a keyframe."""
+    def send(self, data: bytes, header: RtpHeader, keyframe: bool, layout: Layout | None = None) -> bool:
+        """Forward one packet; returns True while this subscription waits for a keyframe.
+        ``layout``: the packet's :func:`sfu.rtp.extension_layout` (the forwarder works it out
+        once for all subscriptions). Synchronous: nothing on this path waits."""
         if self.closed:
             return False
         if not self._ready:
@@ -123,12 +127,13 @@ class Subscription:
         if mapped is None:
             return False
         seq, ts = mapped
-        packet = rewrite(data, header, ssrc=self.ssrc, payload_type=self.payload_type, sequence_number=seq,
-                         timestamp=ts, extensions=self.rewriter.rewrite(data, header) if header.extension_profile
-                         or self.rewriter.mid_id else b"")
+        if layout is None:
+            layout = extension_layout(data, header)
+        packet = rewrite_packet(data, header.csrc_end, header.payload_start, self.ssrc, self.payload_type, seq, ts,
+                                self.rewriter.block(data, layout))
         self.history.put(seq, packet)
         try:
-            patches.send_rtp_now(self.transport, packet)
+            self._write(packet)
         except ConnectionError:
             self._ready = False
             return False

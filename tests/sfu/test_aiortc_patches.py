@@ -144,3 +144,107 @@ async def test_run_now_finishes_what_suspends():
             break
         await asyncio.sleep(0.01)
     assert done == ["quick", "slow"] and not pending
+
+
+def _srtp_sessions():
+    import os
+
+    from aiortc.rtcdtlstransport import SRTP_PROFILES
+    from pylibsrtp import Policy, Session
+
+    out = []
+    for profile in SRTP_PROFILES:
+        key = os.urandom(profile.key_length + profile.salt_length)
+        pair = []
+        for ssrc_type in (Policy.SSRC_ANY_OUTBOUND, Policy.SSRC_ANY_INBOUND):
+            policy = Policy(key=key, ssrc_type=ssrc_type, srtp_profile=profile.libsrtp_profile)
+            policy.allow_repeat_tx = True
+            policy.window_size = 1024
+            pair.append(Session(policy))
+        out.append(pair)
+    return out
+
+
+def test_srtp_protector_and_unprotector_are_the_sessions_own():
+    """The direct libsrtp calls give the bytes Session.protect / unprotect give (and the same
+    refusals), on every profile aiortc negotiates; pylibsrtp's internals they use are still there."""
+    import struct
+
+    import pylibsrtp
+
+    source = inspect.getsource(pylibsrtp.Session)
+    assert "self._buffer[0 : len(data)] = data" in source and "func(self._srtp[0], self._cdata, len_p)" in source
+    for tx, rx in _srtp_sessions():
+        tx2, rx2 = _srtp_sessions()[0]  # unrelated keys
+        protect, unprotect = patches.srtp_protector(tx), patches.srtp_unprotector(rx)
+        for seq in range(1, 40):
+            plain = struct.pack("!BBHII", 0x80, 96, seq, seq * 3000, 4242) + bytes([seq]) * (seq * 30)
+            protected = protect(plain)
+            assert protected == tx.protect(plain)  # allow_repeat_tx: the same packet again, same bytes
+            assert unprotect(protected) == plain
+            assert unprotect(protected) is None  # replay: refused, as rx.unprotect raises
+            with pytest.raises(pylibsrtp.Error):
+                rx.unprotect(protected)
+        assert patches.srtp_unprotector(rx2)(protected) is None  # authentication fails
+        with pytest.raises(ValueError):
+            protect(b"\x80" * 1500)
+        with pytest.raises(ValueError):
+            unprotect(b"\x80" * 1501)
+
+
+def test_ntp_now_is_aiortcs_clock():
+    import datetime
+
+    from aiortc import clock
+
+    for unix_ns in (0, 1_764_000_000_123_456_789, 1_764_000_000_999_999_999, 1_764_000_001_000_000_000):
+        seconds, ns = divmod(unix_ns, 1_000_000_000)
+        dt = datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).replace(microsecond=ns // 1000)
+        assert patches.ntp_from_unix_ns(unix_ns) == clock.datetime_to_ntp(dt)
+    before, now, after = clock.current_ntp_time(), patches.ntp_now(), clock.current_ntp_time()
+    assert before <= now <= after
+
+
+async def test_rtp_writer_sends_what_send_rtp_now_sends():
+    """RtpWriter: the same protected bytes to the nominated pair's address and the same transport
+    counters as send_rtp_now, re-resolving the pair when it changes; refuses when not connected."""
+    from types import SimpleNamespace
+
+    sent = []
+
+    class Udp:
+        def __init__(self, name):
+            self.name = name
+
+        def sendto(self, data, addr):
+            sent.append((self.name, data, addr))
+
+    def pair(name, addr):
+        return SimpleNamespace(protocol=SimpleNamespace(transport=Udp(name)), remote_addr=addr)
+
+    (tx, rx), = _srtp_sessions()[:1]
+    nominated = {1: pair("a", ("127.0.0.1", 1))}
+    transport = SimpleNamespace(_state=patches._CONNECTED, _tx_srtp=tx,
+                                transport=SimpleNamespace(_connection=SimpleNamespace(_nominated=nominated)),
+                                _RTCDtlsTransport__tx_bytes=0, _RTCDtlsTransport__tx_packets=0)
+    write = patches.RtpWriter(transport)  # type: ignore[arg-type]
+    packets = [b"\x80\x60" + bytes([0, i]) + b"\x00" * 8 + bytes([i]) * 100 for i in range(4)]
+    write(packets[0])
+    write(packets[1])
+    nominated[1] = pair("b", ("127.0.0.1", 2))
+    write(packets[2])
+    assert [(n, a) for n, _, a in sent] == [("a", ("127.0.0.1", 1)), ("a", ("127.0.0.1", 1)), ("b", ("127.0.0.1", 2))]
+    assert [rx.unprotect(d) for _, d, _ in sent] == packets[:3]
+    assert transport._RTCDtlsTransport__tx_packets == 3
+    assert transport._RTCDtlsTransport__tx_bytes == sum(len(d) for _, d, _ in sent)
+    sent.clear()
+    patches.send_rtp_now(transport, packets[3])  # type: ignore[arg-type]
+    by_send_rtp_now = sent.pop()
+    write(packets[3])  # allow_repeat_tx: the same bytes again
+    assert sent.pop() == by_send_rtp_now
+    nominated.clear()
+    with pytest.raises(ConnectionError):
+        write(packets[0])
+    transport._state = None
+    with pytest.raises(ConnectionError):
+        write(packets[0])

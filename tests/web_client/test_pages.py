@@ -3,6 +3,7 @@ when the session expired or the page is the wrong one."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -10,7 +11,9 @@ import aiohttp
 import jwt
 
 from tests.support import RunningServer, loopback_settings, start_server, wait_for
+from teleconsult import appkeys
 from tests.web_client.conftest import Console, open_page, screenshot
+from tests.web_client.test_consultation import RECORD_BANNER
 
 
 async def _text_is(page, selector: str, text: str) -> bool:  # type: ignore[no-untyped-def]
@@ -135,13 +138,18 @@ async def test_auth_config_empty_without_provider(server: RunningServer) -> None
 
 
 async def test_token_expiring_during_the_session_shows_sign_in_again(server: RunningServer, chromium) -> None:  # type: ignore[no-untyped-def]
+    # The session is at its maximum age: auth.renew is refused (the renewal itself: test_rejoin.py).
+    service = server.app[appkeys.SIGNALLING]
+    service.sig = dataclasses.replace(service.sig, max_session_s=30.0)
     token = server.tokens.issue_access("physician", "dr-demo", specialties=["general"], ttl=3)
     page = await open_page(chromium, f"{server.url}/physician#token={token}")
     await page.wait_for_function("window.teleconsult && window.teleconsult.signalling.state === 'open'",
                                  timeout=10000)
-    # auth.expiring, then token_expired and the socket closed by the server (4401).
+    await page.evaluate(RECORD_BANNER)
+    # auth.expiring, renewal refused: the warning; then token_expired and the socket closed (4401).
     problem = page.locator("#signin-problem[data-kind=expired]")
     await problem.wait_for(timeout=20000)
+    assert "signin.expiring" in await page.evaluate("window.__banners")
     await page.wait_for_function("window.teleconsult.signalling.state === 'closed'", timeout=5000)
     assert await page.evaluate("sessionStorage.getItem('tc.token.physician')") is None
     await page.wait_for_timeout(1500)  # and it does not try to reconnect with the dead token

@@ -291,6 +291,24 @@ export class Call extends EventTarget {
     }
   }
 
+  /**
+   * After a socket resume (room events may have been missed while it was down): subscribe
+   * to the publications the room has and we lack, drop those it no longer has.
+   */
+  async reconcile() {
+    if (this.closed || !this.pc) return;
+    let listed;
+    try {
+      const reply = await this.signalling.request("room.publications", { consultation_id: this.consultationId });
+      listed = (reply.publications || []).map(publicationFrom);
+    } catch (_) {
+      return; // another node's room, or the socket dropped again: room events go on
+    }
+    const live = new Set(listed.map((p) => p.id));
+    for (const id of [...this.subscriptions.keys()]) if (!live.has(id)) this.removePublication(id);
+    for (const pub of listed) this.addPublication(pub);
+  }
+
   /** Drop subscriptions the room no longer has, add those it has, on a new peer connection. */
   async _resync() {
     if (this.closed || this.resyncs >= MAX_RESYNCS) return;

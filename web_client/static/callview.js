@@ -115,6 +115,10 @@ export class CallView extends EventTarget {
       this.element.dataset.moved = String(Number(this.element.dataset.moved || 0) + 1);
       this.call.moved(m.publications || []).catch(() => {});
     });
+    // Back after a dropped socket: room events may have been missed meanwhile.
+    this._listen("ready", (hello) => {
+      if (hello.resumed) this.call?.reconcile().catch(() => {});
+    });
     // A page loaded mid-recording: the consultation object says so.
     this.setRecording(Boolean(this.consultation.recording?.active));
     this.renderParticipants();
