@@ -67,6 +67,7 @@ class Traffic:
         self.vts, self.ats = 123456, 654321
         self.frame = 0
         self.payloads = [self.rng.randbytes(1200) for _ in range(16)]
+        self.pending: list[bytes] = []
 
     def _video_frame(self) -> list[bytes]:
         keyframe = self.frame % 60 == 0
@@ -98,7 +99,7 @@ class Traffic:
 
     def next(self, n: int) -> list[bytes]:
         """The next ``n`` packets in arrival order (per 100 ms: 3 video frames, 5 audio packets)."""
-        out: list[bytes] = []
+        out, self.pending = self.pending, []
         while len(out) < n:
             for _ in range(3):
                 out.extend(self._video_frame())
@@ -106,8 +107,8 @@ class Traffic:
                 if self.frame % 3 == 0:
                     out.append(self._audio())
             out.append(self._audio())
-        del out[n:]
-        return out
+        self.pending = out[n:]  # the rest of the last frame: next time, none is lost
+        return out[:n]
 
 
 def _srtp_pair() -> tuple[Any, Any]:

@@ -11,6 +11,11 @@
   ``consultation.started`` brings its room token, leaves on ``consultation.ended``;
   after a dropped socket it reconnects with ``hello.resume`` and reconciles with the
   open consultations ``hello.ok`` lists (asking ``room.token`` for those it must join).
+  It publishes at the room's media node (``sfu_url``); on ``room.moved`` (the node died,
+  the room was re-placed) it deletes its WHIP sessions and publishes every device again
+  at the new ``sfu_url`` with the new room token (:meth:`devices.agent_room.RoomLink.move`).
+  On ``auth.expiring`` it renews its site token (``auth.renew``), which the server grants
+  until ``signalling.max_session_s`` after the first token was issued.
 
 Each join is a :class:`devices.agent_room.RoomLink`: fresh adapters (a real device is
 opened only while a consultation uses it), one WHIP session per track, the room data
@@ -103,6 +108,7 @@ def _ice_servers(raw: Any) -> tuple[RTCIceServer, ...]:
 class _Pending:
     room: str
     token: str
+    sfu_url: Optional[str] = None
 
 
 @dataclass
@@ -162,21 +168,22 @@ class DeviceAgent:
         return self._stopping.is_set()
 
     # -- rooms -----------------------------------------------------------------------
-    async def _join(self, consultation_id: str, room: str, token: str) -> None:
+    async def _join(self, consultation_id: str, room: str, token: str, sfu_url: Optional[str] = None) -> None:
         async with self._lock:
             if self._stopping.is_set() or consultation_id in self.links:
                 return
             if self.links:
                 logger.info("devices busy in another consultation; this one waits",
                             extra={"consultation": consultation_id})
-                self._pending[consultation_id] = _Pending(room, token)
+                self._pending[consultation_id] = _Pending(room, token, sfu_url)
                 return
             assert self.http is not None and self._network is not None
             adapters: dict[str, DeviceAdapter] = await asyncio.to_thread(
                 make_adapters, self.config.devices, self.settings.devices, self.config.simulate,
                 seed=self.config.seed, stethoscope_signal=self.config.stethoscope_signal)
             link = RoomLink(http=self.http, base_url=self.config.server, consultation_id=consultation_id, room=room,
-                            token=token, adapters=adapters, network=self._network, on_refused=self._refused)
+                            token=token, adapters=adapters, network=self._network, sfu_url=sfu_url,
+                            on_refused=self._refused)
             self.links[consultation_id] = link
             await link.start()
 
@@ -190,7 +197,19 @@ class DeviceAgent:
         if waiting is not None and not self._stopping.is_set():
             cid, pending = waiting
             self._pending.pop(cid, None)
-            await self._join(cid, pending.room, pending.token)
+            await self._join(cid, pending.room, pending.token, pending.sfu_url)
+
+    async def _move(self, consultation_id: str, room: str, token: str, sfu_url: Optional[str]) -> None:
+        """``room.moved``: follow the room to its new node (a waiting one just keeps the new token)."""
+        async with self._lock:
+            pending = self._pending.get(consultation_id)
+            if pending is not None:
+                self._pending[consultation_id] = _Pending(room, token, sfu_url)
+                return
+            link = self.links.get(consultation_id)
+            if link is None or self._stopping.is_set():
+                return
+            await link.move(room, token, sfu_url)
 
     async def _leave_all(self) -> None:
         self._pending.clear()
@@ -211,7 +230,7 @@ class DeviceAgent:
         except (ConnectionError, asyncio.TimeoutError):
             return  # the socket is down: the reconciliation after resume handles it
         if reply.get("type") == "room.token.ok":
-            link.republish(reply["room_token"])
+            link.republish(reply["room_token"], reply.get("sfu_url"))
         else:
             await self._leave(link.consultation_id)
 
@@ -318,7 +337,12 @@ class DeviceAgent:
             cid = consultation.get("id")
             if isinstance(cid, str) and isinstance(data.get("room_token"), str):
                 logger.info("consultation started", extra={"consultation": cid})
-                self._spawn(self._join(cid, data.get("room") or cid, data["room_token"]))
+                self._spawn(self._join(cid, data.get("room") or cid, data["room_token"], data.get("sfu_url")))
+        elif kind == "room.moved":
+            cid = (data.get("consultation") or {}).get("id")
+            if isinstance(cid, str) and isinstance(data.get("room_token"), str):
+                logger.info("room moved", extra={"consultation": cid, "sfu_url": data.get("sfu_url")})
+                self._spawn(self._move(cid, data.get("room") or cid, data["room_token"], data.get("sfu_url")))
         elif kind == "consultation.ended":
             cid = (data.get("consultation") or {}).get("id")
             if isinstance(cid, str):
@@ -361,6 +385,13 @@ class DeviceAgent:
                   if isinstance(c, dict) and c.get("state") == "active" and isinstance(c.get("id"), str)}
         for cid in [c for c in self.links if c not in active]:
             await self._leave(cid)
+        rooms = state.get("rooms") if isinstance(state.get("rooms"), dict) else {}
+        for cid, link in list(self.links.items()):
+            seat = rooms.get(cid)
+            # A room.moved missed while the socket was down: the node changed.
+            if (isinstance(seat, dict) and isinstance(seat.get("room_token"), str) and seat.get("sfu_url")
+                    and str(seat["sfu_url"]).rstrip("/") != link.sfu_url):
+                await self._move(cid, seat.get("room") or cid, seat["room_token"], seat["sfu_url"])
         for cid in active:
             if cid in self.links or cid in self._pending:
                 continue
@@ -369,7 +400,7 @@ class DeviceAgent:
             except (ConnectionError, asyncio.TimeoutError):
                 return
             if reply.get("type") == "room.token.ok":
-                await self._join(cid, reply["room"], reply["room_token"])
+                await self._join(cid, reply["room"], reply["room_token"], reply.get("sfu_url"))
 
 
 class _HelloRefused(Exception):

@@ -11,8 +11,14 @@ the room data channel, commands, measurements and stills.
 A refused POST (401/403/404: token expired, room gone) stops republishing: the owner
 learns it through ``on_refused`` and may give a fresh token (site mode) or leave.
 
+WHIP goes to the room's media node (``sfu_url`` of ``consultation.started``,
+``room.token.ok``, ``room.moved``), or to the server's base URL when there is none
+(room-token mode); the session's DELETE goes to the node that made it.
+
 :class:`RoomLink` lifecycle: new → started (publishers run, channel messages handled)
-→ closed (publishers closed, adapters closed; idempotent).
+→ [moved (``room.moved``: every WHIP session deleted, every device published again with
+the new token at the new node; adapters and their tracks kept)]* → closed (publishers
+closed, adapters closed; idempotent).
 """
 
 from __future__ import annotations
@@ -20,10 +26,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from typing import Any, Callable, Optional
+from urllib.parse import urljoin
 
 import aiohttp
 from aiortc import RTCConfiguration, RTCRtpSender, RTCSessionDescription
-from aiortc.mediastreams import MediaStreamTrack
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcconfiguration import RTCBundlePolicy
 
 from media.ice import MediaNetwork, ScopedPeerConnection
@@ -55,6 +62,24 @@ class WhipRefused(Exception):
         self.body = body[:200]
 
 
+class SessionTrack(MediaStreamTrack):
+    """One WHIP session's view of a device track. aiortc stops a sender's track when the
+    sender stops (any ``pc.close()``): publishing the device track itself would end it with
+    the first session, and every later session (a reconnection, a fresh token, ``room.moved``)
+    would send nothing. This proxy ends instead; the device track lives on until its adapter
+    closes. One session reads the device track at a time (the previous one is torn down first)."""
+
+    def __init__(self, source: MediaStreamTrack) -> None:
+        super().__init__()
+        self.kind = source.kind
+        self._source = source
+
+    async def recv(self) -> Any:
+        if self.readyState != "live":
+            raise MediaStreamError
+        return await self._source.recv()
+
+
 class WhipPublisher:
     """Publishes one track over WHIP and keeps it published across network drops."""
 
@@ -66,6 +91,8 @@ class WhipPublisher:
         self.pc: Optional[ScopedPeerConnection] = None
         self.channel: Any = None
         self.location: Optional[str] = None
+        self.session_url: Optional[str] = None
+        """The WHIP session's absolute URL (on the node that made it), for its DELETE."""
         self.publishes = 0
         """How many times a session was made (1 + reconnections)."""
         self.connected = asyncio.Event()
@@ -111,7 +138,7 @@ class WhipPublisher:
         self.connected.clear()
         pc = ScopedPeerConnection(self.link.network, RTCConfiguration(bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
         self.pc = pc
-        transceiver = pc.addTransceiver(self.track, direction="sendonly")
+        transceiver = pc.addTransceiver(SessionTrack(self.track), direction="sendonly")
         stethoscope = self.source == "stethoscope"
         if stethoscope:
             opus = [c for c in RTCRtpSender.getCapabilities("audio").codecs if c.mimeType.lower() == "audio/opus"]
@@ -137,7 +164,8 @@ class WhipPublisher:
         if stethoscope:
             # Tell the far end what the encoder sends: stereo, FEC, no DTX, >= 64 kbit/s.
             offer = set_opus_fmtp(offer, transceiver.mid, stethoscope_opus_params(OpusConfig().bitrate))
-        url = f"{self.link.base_url}/whip/{self.link.room}?source={self.source}"
+        whip_base = self.link.whip_base
+        url = f"{whip_base}/whip/{self.link.room}?source={self.source}"
         headers = {"Authorization": f"Bearer {self.link.token}", "Content-Type": "application/sdp"}
         timeout = aiohttp.ClientTimeout(total=HTTP_TIMEOUT_S)
         async with self.link.http.post(url, data=offer, headers=headers, timeout=timeout) as response:
@@ -145,6 +173,7 @@ class WhipPublisher:
             if response.status != 201:
                 raise WhipRefused(response.status, body)
             self.location = response.headers.get("Location")
+            self.session_url = urljoin(whip_base + "/", self.location) if self.location else None
         await pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
         await asyncio.wait_for(self.connected.wait(), CONNECT_TIMEOUT_S)
         self.publishes += 1
@@ -153,12 +182,13 @@ class WhipPublisher:
 
     async def _teardown(self, *, delete: bool) -> None:
         pc, self.pc = self.pc, None
-        location, self.location = self.location, None
+        location, self.location = self.session_url, None
+        self.session_url = None
         self.channel = None if self.data_channel else self.channel
         if delete and location:
             try:
                 timeout = aiohttp.ClientTimeout(total=5)
-                async with self.link.http.delete(f"{self.link.base_url}{location}", timeout=timeout,
+                async with self.link.http.delete(location, timeout=timeout,
                                                  headers={"Authorization": f"Bearer {self.link.token}"}):
                     pass
             except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
@@ -193,13 +223,18 @@ class RoomLink:
     """The agent's presence in one consultation's room."""
 
     def __init__(self, *, http: aiohttp.ClientSession, base_url: str, consultation_id: str, room: str, token: str,
-                 adapters: dict[str, DeviceAdapter], network: MediaNetwork,
+                 adapters: dict[str, DeviceAdapter], network: MediaNetwork, sfu_url: Optional[str] = None,
                  on_refused: Optional[Callable[["RoomLink", int], None]] = None) -> None:
         self.http = http
         self.base_url = base_url.rstrip("/")
+        """The teleconsult server: REST (stills), and WHIP when there is no ``sfu_url``."""
         self.consultation_id = consultation_id
         self.room = room
         self.token = token
+        self.sfu_url = sfu_url.rstrip("/") if sfu_url else None
+        """The room's media node (WHIP), when signalling gave one."""
+        self.moves = 0
+        """How many ``room.moved`` were followed."""
         self.adapters = adapters
         self.network = network
         self.publishers: dict[str, WhipPublisher] = {}
@@ -253,14 +288,43 @@ class RoomLink:
         if self._on_refused is not None and not self.closed:
             self._on_refused(self, status)
 
-    def republish(self, token: str) -> None:
+    @property
+    def whip_base(self) -> str:
+        return self.sfu_url or self.base_url
+
+    def republish(self, token: str, sfu_url: Optional[str] = None) -> None:
         """A fresh room token after a refusal (site mode): restart stopped publishers."""
         self.token = token
+        if sfu_url:
+            self.sfu_url = sfu_url.rstrip("/")
         for name, publisher in list(self.publishers.items()):
             if publisher.stopped and not self.closed:
                 fresh = WhipPublisher(self, name, publisher.track, data_channel=publisher.data_channel)
                 self.publishers[name] = fresh
                 fresh.start()
+
+    async def move(self, room: str, token: str, sfu_url: Optional[str]) -> None:
+        """``room.moved``: the room was re-placed (its node died). Delete every WHIP session
+        (on the old node, with the old token; a dead node just fails the DELETE), then
+        publish every device again at ``sfu_url`` with the new token. Adapters and tracks
+        stay; the data channel comes back with the first publisher (a new SCTP channel:
+        commands in flight while it is down get no reply)."""
+        if self.closed:
+            return
+        old = dict(self.publishers)
+        await asyncio.gather(*(p.close() for p in old.values()), return_exceptions=True)
+        if self.closed:
+            return
+        self.room = room
+        self.token = token
+        self.sfu_url = sfu_url.rstrip("/") if sfu_url else None
+        self.moves += 1
+        for name, publisher in old.items():
+            fresh = WhipPublisher(self, name, publisher.track, data_channel=publisher.data_channel)
+            self.publishers[name] = fresh
+            fresh.start()
+        logger.info("room moved: publishing %d tracks again", len(self.publishers),
+                    extra={"consultation": self.consultation_id, "room": self.room, "sfu_url": self.whip_base})
 
     # -- the data channel -----------------------------------------------------------------
     @property

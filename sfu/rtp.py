@@ -207,12 +207,12 @@ def _compile_block(pieces: list[bytes | tuple[int, int]]) -> BlockBuilder:
     if not spans:
         constant = b"".join(p for p in merged if isinstance(p, bytes))
         return lambda data: constant
-    if len(merged) == 3 and isinstance(merged[0], bytes) and isinstance(merged[2], bytes):
-        c0, (s0, e0), c1 = merged  # type: ignore[misc]
+    consts = [p for p in merged if isinstance(p, bytes)]
+    if len(merged) == 3 and len(consts) == 2 and isinstance(merged[1], tuple):  # const, span, const
+        (c0, c1), ((s0, e0),) = consts, spans
         return lambda data: b"".join((c0, data[s0:e0], c1))
-    if len(merged) == 5 and isinstance(merged[0], bytes) and isinstance(merged[2], bytes) \
-            and isinstance(merged[4], bytes):
-        c0, (s0, e0), c1, (s1, e1), c2 = merged  # type: ignore[misc]
+    if len(merged) == 5 and len(consts) == 3 and isinstance(merged[1], tuple) and isinstance(merged[3], tuple):
+        (c0, c1, c2), ((s0, e0), (s1, e1)) = consts, spans
         return lambda data: b"".join((c0, data[s0:e0], c1, data[s1:e1], c2))
     parts = tuple(slice(*p) if isinstance(p, tuple) else p for p in merged)
     return lambda data: b"".join([data[p] if p.__class__ is slice else p for p in parts])  # type: ignore[misc]

@@ -34,10 +34,27 @@ def settings(tmp_path: Path) -> Settings:
 @pytest.fixture
 async def server(settings: Settings) -> AsyncIterator[RunningServer]:
     running = await start_server(settings)
+    service = running.app[appkeys.SIGNALLING]
+    service.node_url = running.url  # the bound address, as `teleconsult serve` does: sfu_url
+    await service.heartbeat_node()
     try:
         yield running
     finally:
         await running.server.close()
+
+
+def forwarded(server: RunningServer, source: str) -> int:
+    """Packets of ``source`` the SFU has forwarded to subscribers so far (all publications)."""
+    counts = server.app[appkeys.SFU].metrics.tracks.get(("audio" if source == "stethoscope" else "video", source))
+    return 0 if counts is None else int(counts.packets_out)
+
+
+async def media_flows_again(server: RunningServer, sources: tuple[str, ...]) -> None:
+    """Call once the old publications are gone: the new ones' packets reach the viewers."""
+    base = {s: forwarded(server, s) for s in sources}
+    for source in sources:
+        await wait_for(lambda: forwarded(server, source) > base[source] + 10, 20,
+                       what=f"{source} packets forwarded to the viewers")
 
 
 def agent_room_token(server: RunningServer, cid: str) -> str:
@@ -163,6 +180,9 @@ async def test_room_token_agent_publishes_obeys_the_physician_and_sends_stills(s
         await wait_for(lambda: publisher.publishes >= 2, 30, what="the otoscope published again")
         again = await wait_publications(server, c.id, AGENT_SOURCES)
         assert again["otoscope"].id != old
+        # ... with its media: the device track outlives the dropped session (tests/sfu: the
+        # viewers' subscriptions follow the new publication).
+        await media_flows_again(server, ("otoscope",))
 
         # Stopping deletes every WHIP session.
         await stop_agent(agent, task)
@@ -211,5 +231,74 @@ async def test_site_agent_joins_when_its_consultation_starts_and_leaves_when_it_
             await other.close()
     finally:
         await stop_agent(agent, task)
+        if c is not None:
+            await c.close()
+
+
+async def test_site_agent_follows_room_moved_to_the_new_node(server: RunningServer) -> None:
+    """room.moved (the node died, the room re-placed): the agent deletes its WHIP sessions and
+    publishes every device again at the new sfu_url with the new room token; the physician's
+    viewer keeps receiving the devices' tracks and can still command them."""
+    token = server.tokens.issue_access("agent", "agent-cabin-demo", site="cabin-demo")
+    agent = DeviceAgent(server.settings, AgentConfig(server=server.url, devices=AGENT_SOURCES, simulate=True,
+                                                     site_token=token))
+    task = await run_agent(agent)
+    http = aiohttp.ClientSession()
+    viewers: list[Any] = []
+    c: Consultation | None = None
+    try:
+        await asyncio.wait_for(agent.connected.wait(), 15)
+        c = await start_consultation(server)
+        before = await wait_publications(server, c.id, AGENT_SOURCES)
+        link = agent.links[c.id]
+        assert link.sfu_url == server.url
+        await link.wait_published(30)
+        physician = await view(http, server, c.id, c.physician_room_token)
+        viewers.append(physician)
+        for label in physician.tracks:
+            await asyncio.wait_for(physician.tracks[label].recv(), 20)
+
+        # Re-place the room on a node with another URL (the same process, reached as localhost).
+        service = server.app[appkeys.SIGNALLING]
+        sfu = server.app[appkeys.SFU]
+        port = server.url.rsplit(":", 1)[1]
+        moved_url = f"http://localhost:{port}"
+        service.node_url = moved_url
+        await service.heartbeat_node()
+        first_token = link.token
+        old_sessions = {p.session_id for p in before.values()}
+        await service._move_room(c.id, service.node_id)
+        await wait_for(lambda: link.moves == 1, 15, what="the agent followed room.moved")
+        assert link.sfu_url == moved_url and link.token != first_token
+        await link.wait_published(30)
+        after = await wait_publications(server, c.id, AGENT_SOURCES)
+        assert all(after[s].id != before[s].id for s in AGENT_SOURCES), "every device published again"
+        assert all(p.session_url and p.session_url.startswith(moved_url + "/whip/")
+                   for p in link.publishers.values())
+        # The old WHIP sessions were deleted, not left behind.
+        await wait_for(lambda: not old_sessions & {p.session_id for p in sfu.publications(c.id)}, 10,
+                       what="the old WHIP sessions gone")
+        assert len([p for p in sfu.publications(c.id) if p.identity == "agent"]) == len(AGENT_SOURCES)
+
+        # The physician's viewer keeps receiving every device (its subscriptions follow the new
+        # publications), and the data channel is back: a command works.
+        await media_flows_again(server, AGENT_SOURCES)
+        for track in physician.tracks.values():
+            for _ in range(3):
+                await asyncio.wait_for(track.recv(), 20)
+        steth = link.adapters["stethoscope"]
+        result = await physician.command("stethoscope", "set_mode", mode="bell", timeout=20)
+        assert result["ok"] is True and result["status"]["mode"] == "bell", result
+        assert steth.mode == "bell"
+
+        await c.end()
+        await wait_for(lambda: not agent.links, 15, what="the agent left")
+        await wait_for(lambda: not [p for p in sfu.publications(c.id) if p.identity == "agent"], 10,
+                       what="no agent publication left")
+    finally:
+        for v in viewers:
+            await v.close()
+        await stop_agent(agent, task)
+        await http.close()
         if c is not None:
             await c.close()
