@@ -198,17 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# Later subcommands (agent, demo, recording) register themselves here.
-_EXTENSIONS: list[Callable[[argparse._SubParsersAction], None]] = []  # type: ignore[type-arg]
-
-
+# Subcommands owned by other packages, imported only when the parser is built.
 def _recording_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     from media.recording_service import add_commands
 
     add_commands(sub)
-
-
-_EXTENSIONS.append(_recording_commands)
 
 
 def _agent_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -223,7 +217,8 @@ def _demo_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
     add_demo_command(sub)
 
 
-_EXTENSIONS.extend([_agent_command, _demo_command])
+_EXTENSIONS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (  # type: ignore[type-arg]
+    _recording_commands, _agent_command, _demo_command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
