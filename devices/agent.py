@@ -36,6 +36,7 @@ import logging
 import signal
 from dataclasses import dataclass, field
 from typing import Any, Optional
+from urllib.parse import urlsplit
 
 import aiohttp
 import jwt
@@ -93,6 +94,25 @@ def client_network(settings: Settings, ice_servers: tuple[RTCIceServer, ...] = (
     (a client needs no port range), nothing announced."""
     base = MediaNetwork.from_settings(settings.media, settings.ice, ice_servers)
     return dataclasses.replace(base, announced_ip="", port_min=0, port_max=0)
+
+
+def media_node_url(raw: Any) -> Optional[str]:
+    """The ``sfu_url`` signalling gave, when the agent can publish there; None: publish at
+    ``--server``. A URL with port 0 is a server that advertises its configured port 0 instead
+    of the bound one (``teleconsult serve`` advertises the bound one; an app started
+    otherwise may not): unusable, so ignored."""
+    if not isinstance(raw, str) or not raw:
+        return None
+    try:
+        parsed = urlsplit(raw)
+        port = parsed.port
+    except ValueError:
+        port = 0
+        parsed = None
+    if parsed is None or parsed.scheme not in ("http", "https") or not parsed.hostname or port == 0:
+        logger.warning("unusable sfu_url %r: publishing at the server's URL", raw)
+        return None
+    return raw.rstrip("/")
 
 
 def _ice_servers(raw: Any) -> tuple[RTCIceServer, ...]:
@@ -230,7 +250,7 @@ class DeviceAgent:
         except (ConnectionError, asyncio.TimeoutError):
             return  # the socket is down: the reconciliation after resume handles it
         if reply.get("type") == "room.token.ok":
-            link.republish(reply["room_token"], reply.get("sfu_url"))
+            link.republish(reply["room_token"], media_node_url(reply.get("sfu_url")))
         else:
             await self._leave(link.consultation_id)
 
@@ -337,12 +357,14 @@ class DeviceAgent:
             cid = consultation.get("id")
             if isinstance(cid, str) and isinstance(data.get("room_token"), str):
                 logger.info("consultation started", extra={"consultation": cid})
-                self._spawn(self._join(cid, data.get("room") or cid, data["room_token"], data.get("sfu_url")))
+                self._spawn(self._join(cid, data.get("room") or cid, data["room_token"],
+                                       media_node_url(data.get("sfu_url"))))
         elif kind == "room.moved":
             cid = (data.get("consultation") or {}).get("id")
             if isinstance(cid, str) and isinstance(data.get("room_token"), str):
                 logger.info("room moved", extra={"consultation": cid, "sfu_url": data.get("sfu_url")})
-                self._spawn(self._move(cid, data.get("room") or cid, data["room_token"], data.get("sfu_url")))
+                self._spawn(self._move(cid, data.get("room") or cid, data["room_token"],
+                                       media_node_url(data.get("sfu_url"))))
         elif kind == "consultation.ended":
             cid = (data.get("consultation") or {}).get("id")
             if isinstance(cid, str):
@@ -388,10 +410,12 @@ class DeviceAgent:
         rooms = state.get("rooms") if isinstance(state.get("rooms"), dict) else {}
         for cid, link in list(self.links.items()):
             seat = rooms.get(cid)
-            # A room.moved missed while the socket was down: the node changed.
-            if (isinstance(seat, dict) and isinstance(seat.get("room_token"), str) and seat.get("sfu_url")
-                    and str(seat["sfu_url"]).rstrip("/") != link.sfu_url):
-                await self._move(cid, seat.get("room") or cid, seat["room_token"], seat["sfu_url"])
+            if not isinstance(seat, dict) or not isinstance(seat.get("room_token"), str):
+                continue
+            node = media_node_url(seat.get("sfu_url"))
+            # A room.moved missed while the socket was down: the room is on another node.
+            if node is not None and node != link.sfu_url:
+                await self._move(cid, seat.get("room") or cid, seat["room_token"], node)
         for cid in active:
             if cid in self.links or cid in self._pending:
                 continue
@@ -400,7 +424,7 @@ class DeviceAgent:
             except (ConnectionError, asyncio.TimeoutError):
                 return
             if reply.get("type") == "room.token.ok":
-                await self._join(cid, reply["room"], reply["room_token"], reply.get("sfu_url"))
+                await self._join(cid, reply["room"], reply["room_token"], media_node_url(reply.get("sfu_url")))
 
 
 class _HelloRefused(Exception):

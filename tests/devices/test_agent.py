@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from config.settings import Settings
-from devices.agent import AgentConfig, DeviceAgent, room_of
+from devices.agent import AgentConfig, DeviceAgent, media_node_url, room_of
 from devices.agent_messages import PREVIEW_MAX_CHARS
 from devices.registry import DEVICE_NAMES
 from teleconsult import appkeys
@@ -80,6 +80,11 @@ def test_config_checks() -> None:
     with pytest.raises(ValueError, match="not a JWT"):
         room_of("nope")
     assert set(DEVICE_NAMES) >= set(AGENT_SOURCES)
+    # sfu_url: where WHIP goes; unusable ones (none, port 0, not http) mean the server's URL.
+    assert media_node_url("https://sfu-2.example.org:8443/") == "https://sfu-2.example.org:8443"
+    assert media_node_url("http://10.0.0.2") == "http://10.0.0.2"
+    for bad in (None, "", "http://127.0.0.1:0", "ws://x:1", "http://:80", "http://x:99999"):
+        assert media_node_url(bad) is None, bad
 
 
 async def test_room_token_agent_publishes_obeys_the_physician_and_sends_stills(server: RunningServer) -> None:
