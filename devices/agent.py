@@ -407,7 +407,8 @@ class DeviceAgent:
                   if isinstance(c, dict) and c.get("state") == "active" and isinstance(c.get("id"), str)}
         for cid in [c for c in self.links if c not in active]:
             await self._leave(cid)
-        rooms = state.get("rooms") if isinstance(state.get("rooms"), dict) else {}
+        raw_rooms = state.get("rooms")
+        rooms: dict[str, Any] = raw_rooms if isinstance(raw_rooms, dict) else {}
         for cid, link in list(self.links.items()):
             seat = rooms.get(cid)
             if not isinstance(seat, dict) or not isinstance(seat.get("room_token"), str):

@@ -163,6 +163,7 @@ class WhipPublisher:
         offer = pc.localDescription.sdp
         if stethoscope:
             # Tell the far end what the encoder sends: stereo, FEC, no DTX, >= 64 kbit/s.
+            assert transceiver.mid is not None  # set by setLocalDescription
             offer = set_opus_fmtp(offer, transceiver.mid, stethoscope_opus_params(OpusConfig().bitrate))
         whip_base = self.link.whip_base
         url = f"{whip_base}/whip/{self.link.room}?source={self.source}"
@@ -182,8 +183,8 @@ class WhipPublisher:
 
     async def _teardown(self, *, delete: bool) -> None:
         pc, self.pc = self.pc, None
-        location, self.location = self.session_url, None
-        self.session_url = None
+        location = self.session_url
+        self.location = self.session_url = None
         self.channel = None if self.data_channel else self.channel
         if delete and location:
             try:
