@@ -12,10 +12,14 @@ import logging
 import signal
 import ssl
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from config.settings import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 logger = logging.getLogger("teleconsult")
 
@@ -61,15 +65,22 @@ def ssl_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
-async def serve(settings: Settings, ready: Callable[[str], None] | None = None) -> int:
-    """Run the server until signals stop it (first: drain, second: stop now)."""
+@dataclass(frozen=True)
+class Listening:
+    """A started HTTP server: its runner, the URL people use and the URL of this host."""
+
+    runner: "web.AppRunner"
+    base: str
+    local: str
+
+
+async def listen(app: "web.Application", settings: Settings) -> Listening:
+    """Start serving ``app`` as settings say, and register this process as an SFU node
+    at the address actually bound (port 0 picks one only now)."""
     from aiohttp import web
 
     from teleconsult import appkeys
-    from teleconsult.app import create_app
 
-    app = create_app(settings)
-    lifecycle = app[appkeys.LIFECYCLE]
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5)
     await runner.setup()
     site = web.TCPSite(runner, settings.server.host, settings.server.port, ssl_context=ssl_context(settings))
@@ -77,11 +88,24 @@ async def serve(settings: Settings, ready: Callable[[str], None] | None = None) 
     host, port = runner.addresses[0][:2]
     scheme = "https" if settings.server.tls_cert else "http"
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    base = settings.server.public_url.rstrip("/") or f"{scheme}://{shown}:{port}"
+    local = f"{scheme}://{shown}:{port}"
+    base = settings.server.public_url.rstrip("/") or local
     signalling = app.get(appkeys.SIGNALLING)
-    if signalling is not None:  # the SFU node's URL is the bound one (port 0 picks it now)
+    if signalling is not None:
         signalling.node_url = base
         await signalling.heartbeat_node()
+    return Listening(runner, base, local)
+
+
+async def serve(settings: Settings, ready: Callable[[str], None] | None = None) -> int:
+    """Run the server until signals stop it (first: drain, second: stop now)."""
+    from teleconsult import appkeys
+    from teleconsult.app import create_app
+
+    app = create_app(settings)
+    lifecycle = app[appkeys.LIFECYCLE]
+    listening = await listen(app, settings)
+    runner, base = listening.runner, listening.base
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lifecycle.signal)

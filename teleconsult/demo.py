@@ -78,31 +78,21 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def run_demo(settings: Settings) -> int:
-    from aiohttp import web
-
     from devices.agent import AgentConfig, DeviceAgent
     from teleconsult import appkeys
     from teleconsult.app import create_app
-    from teleconsult.cli import ssl_context
+    from teleconsult.cli import listen
 
     app = create_app(settings)
     lifecycle = app[appkeys.LIFECYCLE]
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5)
-    await runner.setup()
+    listening = await listen(app, settings)
+    runner, base, local = listening.runner, listening.base, listening.local
+    tls = bool(settings.server.tls_cert)
     agent: DeviceAgent | None = None
     agent_task: asyncio.Task[None] | None = None
     http: aiohttp.ClientSession | None = None
     loop = asyncio.get_running_loop()
     try:
-        site = web.TCPSite(runner, settings.server.host, settings.server.port, ssl_context=ssl_context(settings))
-        await site.start()
-        host, port = runner.addresses[0][:2]
-        tls = bool(settings.server.tls_cert)
-        scheme = "https" if tls else "http"
-        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-        local = f"{scheme}://{shown}:{port}"
-        base = settings.server.public_url.rstrip("/") or local
-
         tokens = app[appkeys.TOKENS]
         directory = app[appkeys.SIGNALLING].directory
         clinician = directory.clinicians.get(PHYSICIAN)

@@ -80,6 +80,10 @@ async def start_server(settings: Settings) -> RunningServer:
     server = TestServer(app, host="127.0.0.1", port=0)
     await server.start_server()
     url = str(server.make_url("")).rstrip("/")
+    signalling = app.get(appkeys.SIGNALLING)
+    if signalling is not None:  # as `teleconsult serve` does: the SFU node is at the bound URL
+        signalling.node_url = url
+        await signalling.heartbeat_node()
     return RunningServer(url=url, app=app, settings=settings, tokens=app[appkeys.TOKENS], server=server)
 
 

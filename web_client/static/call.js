@@ -103,6 +103,7 @@ export class Call extends EventTarget {
     super();
     this.signalling = signalling;
     this.consultationId = consultationId;
+    this.moving = false; // between a move/restart and leaving the old SFU session
     this.identity = identity;
     this.grantPublish = publish;
     this.stream = stream;
@@ -179,17 +180,25 @@ export class Call extends EventTarget {
     this.subscriptions.clear();
     this.publications.clear();
     this.ownPublications = [];
-    await this.signalling.request("media.leave", { consultation_id: this.consultationId }).catch(() => {});
+    // Before any await: room events arriving meanwhile (the agent leaving the old node)
+    // must neither renegotiate the old connection nor offer the new one before the old
+    // session is left (see negotiate()).
+    this.moving = true;
     this._buildPeerConnection();
     old?.close();
-    // The list in room.moved predates the other parties' own re-joins: ask the room now
-    // (room.event tells what changes after), else start from that list.
-    let listed = publications;
     try {
-      const reply = await this.signalling.request("room.publications", { consultation_id: this.consultationId });
-      listed = reply.publications || [];
-    } catch (_) { /* another node's room, or a dropped socket */ }
-    for (const item of listed) this.addPublication(publicationFrom(item));
+      await this.signalling.request("media.leave", { consultation_id: this.consultationId }).catch(() => {});
+      // The list in room.moved predates the other parties' own re-joins: ask the room now
+      // (room.event tells what changes after), else start from that list.
+      let listed = publications;
+      try {
+        const reply = await this.signalling.request("room.publications", { consultation_id: this.consultationId });
+        listed = reply.publications || [];
+      } catch (_) { /* another node's room, or a dropped socket */ }
+      for (const item of listed) this.addPublication(publicationFrom(item));
+    } finally {
+      this.moving = false;
+    }
     await this.negotiate();
   }
 
@@ -200,9 +209,14 @@ export class Call extends EventTarget {
       if (sub.announced) this._emit("track-removed", { publication: sub.publication });
     }
     // aiortc has no ICE restart: leave the SFU session, the next offer opens a new one.
-    await this.signalling.request("media.leave", { consultation_id: this.consultationId }).catch(() => {});
+    this.moving = true;
     this._buildPeerConnection();
     old.close();
+    try {
+      await this.signalling.request("media.leave", { consultation_id: this.consultationId }).catch(() => {});
+    } finally {
+      this.moving = false;
+    }
     await this.negotiate();
   }
 
@@ -210,7 +224,8 @@ export class Call extends EventTarget {
   negotiate() {
     this.dirty = true;
     this.chain = this.chain.then(async () => {
-      if (!this.dirty || this.closed) return;
+      // While moving, stay dirty: moved()/restart() negotiate once the old session is left.
+      if (!this.dirty || this.closed || this.moving) return;
       this.dirty = false;
       try {
         await this._negotiateOnce();
@@ -237,6 +252,8 @@ export class Call extends EventTarget {
     const pc = this.pc;
     await pc.setLocalDescription(await pc.createOffer());
     await gatheringComplete(pc);
+    // Replaced meanwhile (room.moved, restart): this offer is for a closed connection.
+    if (pc !== this.pc || this.closed) return;
     // The SFU wants the sections this offer adds; negotiated ones keep their role.
     const publish = {};
     const adding = [];
