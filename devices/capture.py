@@ -44,14 +44,12 @@ def _open(device_name: str, spec: str, target: str, fmt: str, options: dict[str,
         raise DeviceOpenError(device_name, spec, str(exc)) from exc
 
 
-class PyAVAudioSource(FrameSource):
-    """A microphone input, resampled to 48 kHz float frames of 960 samples."""
+class _PyAVSource(FrameSource):
+    """What audio and video capture share: a PyAV container read frame by frame."""
 
-    def __init__(self, device_name: str, spec: str, channels: int = 2) -> None:
+    def __init__(self, device_name: str, description: str) -> None:
         self.device_name = device_name
-        self.description = spec
-        self._format, self._target = parse_audio_input(spec)
-        self._channels = channels
+        self.description = description
         self._container: Optional[av.container.InputContainer] = None
         self._frames: Optional[Iterator[np.ndarray]] = None
         self._lock = threading.Lock()
@@ -59,6 +57,30 @@ class PyAVAudioSource(FrameSource):
     @property
     def blocking(self) -> bool:
         return True
+
+    def read(self) -> np.ndarray:
+        if self._frames is None:
+            raise DeviceOpenError(self.device_name, self.description, "not open")
+        try:
+            return next(self._frames)
+        except StopIteration:
+            raise DeviceOpenError(self.device_name, self.description, "the device stopped") from None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._container is not None:
+                self._container.close()
+            self._container = None
+            self._frames = None
+
+
+class PyAVAudioSource(_PyAVSource):
+    """A microphone input, resampled to 48 kHz float frames of 960 samples."""
+
+    def __init__(self, device_name: str, spec: str, channels: int = 2) -> None:
+        super().__init__(device_name, spec)
+        self._format, self._target = parse_audio_input(spec)
+        self._channels = channels
 
     def open(self) -> None:
         with self._lock:
@@ -76,36 +98,14 @@ class PyAVAudioSource(FrameSource):
             for out in resampler.resample(frame):
                 yield out.to_ndarray().astype(np.float32)
 
-    def read(self) -> np.ndarray:
-        if self._frames is None:
-            raise DeviceOpenError(self.device_name, self.description, "not open")
-        try:
-            return next(self._frames)
-        except StopIteration:
-            raise DeviceOpenError(self.device_name, self.description, "the device stopped") from None
-
-    def close(self) -> None:
-        with self._lock:
-            if self._container is not None:
-                self._container.close()
-            self._container = None
-            self._frames = None
 
 
-class PyAVVideoSource(FrameSource):
+class PyAVVideoSource(_PyAVSource):
     """A UVC camera through V4L2, as RGB frames at the configured size and rate."""
 
     def __init__(self, device_name: str, path: str, size: str, framerate: int) -> None:
-        self.device_name = device_name
-        self.description = path
+        super().__init__(device_name, path)
         self._options = {"video_size": size, "framerate": str(framerate)}
-        self._container: Optional[av.container.InputContainer] = None
-        self._frames: Optional[Iterator[np.ndarray]] = None
-        self._lock = threading.Lock()
-
-    @property
-    def blocking(self) -> bool:
-        return True
 
     def open(self) -> None:
         with self._lock:
@@ -115,17 +115,3 @@ class PyAVVideoSource(FrameSource):
             self._frames = (f.to_ndarray(format="rgb24") for f in self._container.decode(video=0))
             logger.info("%s: opened %s", self.device_name, self.description)
 
-    def read(self) -> np.ndarray:
-        if self._frames is None:
-            raise DeviceOpenError(self.device_name, self.description, "not open")
-        try:
-            return next(self._frames)
-        except StopIteration:
-            raise DeviceOpenError(self.device_name, self.description, "the device stopped") from None
-
-    def close(self) -> None:
-        with self._lock:
-            if self._container is not None:
-                self._container.close()
-            self._container = None
-            self._frames = None
