@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import multiprocessing as mp
 import os
 import re
@@ -580,7 +579,7 @@ def report(result: dict[str, Any]) -> None:
     m = result["machine"]
     print(f"machine: {m['cores']} cores ({m['cpu_model']}), shared with other work: figures are noisy")
     print("server = signalling + SFU in one process (the default deployment)" +
-          (f", pinned to core 0; clients on the other core(s)" if result.get("pinned") else ""))
+          (", pinned to core 0; clients on the other core(s)" if result.get("pinned") else ""))
     print(f"{'consult':>7} {'sfu cpu%':>8} {'%/consult':>9} {'%/Mbit/s':>8} {'Mbit/s':>7} {'delivery':>8} "
           f"{'p50':>6} {'p95':>6} {'p99':>6} {'join95':>7} {'MB/c':>6} {'client%':>7}")
     for s in result["steps"]:

@@ -7,19 +7,18 @@ for the same result); stills are corrected at full sensor resolution.
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import logging
 from typing import Any, ClassVar, Optional, Sequence
 
-import av
 import cv2
 import numpy as np
 
-from .adapter import Capabilities, Clock, DeviceAdapter, FrameSource, MediaKind, Still
+from .adapter import Clock, FrameSource
+from .camera import Finisher, StillCamera
 from .colour import ColourCorrection, PatchBox, patch_means
 from .errors import DeviceCommandError
-from .imaging import StillFormat, encode_still, rgb_to_video_frame
+from .imaging import StillFormat
 
 logger = logging.getLogger(__name__)
 
@@ -31,11 +30,11 @@ class DermatoscopeMode(str, enum.Enum):
     RAW = "raw"
 
 
-class DermatoscopeAdapter(DeviceAdapter):
+class DermatoscopeAdapter(StillCamera):
     name = "dermatoscope"
-    kind = MediaKind.VIDEO
     modes: ClassVar[tuple[str, ...]] = tuple(m.value for m in DermatoscopeMode)
-    supports_still = True
+    stream_size = STREAM_SIZE
+    default_mode = DermatoscopeMode.CALIBRATED.value
 
     def __init__(
         self,
@@ -47,29 +46,11 @@ class DermatoscopeAdapter(DeviceAdapter):
         still_format: StillFormat = StillFormat.PNG,
         clock: Optional[Clock] = None,
     ) -> None:
-        super().__init__(source, **({"clock": clock} if clock else {}))
-        self.frame_rate = framerate
-        self.sensor_size = sensor_size
-        self.still_format = still_format
+        super().__init__(source, sensor_size, framerate=framerate, still_format=still_format, clock=clock)
         self.chart_patches = tuple(chart_patches) if chart_patches else None
         self.correction: Optional[ColourCorrection] = None
         self._last_raw: Optional[np.ndarray] = None
-        self._small = np.empty((STREAM_SIZE[1], STREAM_SIZE[0], 3), np.uint8)
         self._out = np.empty_like(self._small)
-        self._black = np.zeros_like(self._small)
-
-    def capabilities(self) -> Capabilities:
-        return Capabilities(
-            device=self.name,
-            kind=self.kind,
-            modes=self.modes,
-            default_mode=DermatoscopeMode.CALIBRATED.value,
-            actions=self._actions(),
-            still=True,
-            still_size=self.sensor_size,
-            still_mime=self.still_format.value,
-            stream_size=STREAM_SIZE,
-        )
 
     def _extra_actions(self) -> tuple[str, ...]:
         return ("calibrate",)
@@ -123,27 +104,7 @@ class DermatoscopeAdapter(DeviceAdapter):
             return self._out.copy()
         return self._small.copy()
 
-    def _idle_frame(self) -> np.ndarray:
-        return self._black
-
-    def to_av_frame(self, frame: np.ndarray) -> av.VideoFrame:
-        return rgb_to_video_frame(frame)
-
-    async def still(self) -> Still:
-        async with self._lock:
-            if not self.powered:
-                raise DeviceCommandError("dermatoscope is off")
-            assert self._source is not None
-            loop = asyncio.get_running_loop()
-            raw = await loop.run_in_executor(None, self._source.read)
-            self._last_raw = raw
-            correction = self.correction if self._mode == DermatoscopeMode.CALIBRATED.value else None
-            fmt = self.still_format
-
-        def render() -> bytes:
-            image = correction.apply_exact(raw) if correction is not None else raw
-            return encode_still(image, fmt)
-
-        data = await asyncio.get_running_loop().run_in_executor(None, render)
-        h, w, _ = raw.shape
-        return Still(data, fmt.value, w, h, self._clock())
+    def _still_finisher(self, raw: np.ndarray) -> Optional[Finisher]:
+        self._last_raw = raw
+        correction = self.correction if self._mode == DermatoscopeMode.CALIBRATED.value else None
+        return correction.apply_exact if correction is not None else None

@@ -8,19 +8,17 @@ searched again.
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import logging
 from dataclasses import dataclass
 from typing import ClassVar, Optional
 
-import av
 import cv2
 import numpy as np
 
-from .adapter import Capabilities, Clock, DeviceAdapter, FrameSource, MediaKind, Still
-from .errors import DeviceCommandError
-from .imaging import StillFormat, encode_still, rgb_to_video_frame
+from .adapter import Clock, FrameSource
+from .camera import Finisher, StillCamera
+from .imaging import StillFormat
 
 logger = logging.getLogger(__name__)
 
@@ -111,11 +109,11 @@ class FieldOfViewTracker:
         return self.mask
 
 
-class OtoscopeAdapter(DeviceAdapter):
+class OtoscopeAdapter(StillCamera):
     name = "otoscope"
-    kind = MediaKind.VIDEO
     modes: ClassVar[tuple[str, ...]] = tuple(m.value for m in OtoscopeMode)
-    supports_still = True
+    stream_size = STREAM_SIZE
+    default_mode = OtoscopeMode.MASKED.value
 
     def __init__(
         self,
@@ -126,31 +124,13 @@ class OtoscopeAdapter(DeviceAdapter):
         still_format: StillFormat = StillFormat.PNG,
         clock: Optional[Clock] = None,
     ) -> None:
-        super().__init__(source, **({"clock": clock} if clock else {}))
-        self.frame_rate = framerate
-        self.sensor_size = sensor_size
-        self.still_format = still_format
+        super().__init__(source, sensor_size, framerate=framerate, still_format=still_format, clock=clock)
         self.tracker = FieldOfViewTracker(STREAM_SIZE)
         w, h = sensor_size
         # Crop the sensor to the stream's 3:2 so the circle stays a circle.
         crop_w = min(w, round(h * STREAM_SIZE[0] / STREAM_SIZE[1]))
         crop_h = min(h, round(crop_w * STREAM_SIZE[1] / STREAM_SIZE[0]))
         self._crop = ((w - crop_w) // 2, (h - crop_h) // 2, crop_w, crop_h)
-        self._small = np.empty((STREAM_SIZE[1], STREAM_SIZE[0], 3), np.uint8)
-        self._black = np.zeros_like(self._small)
-
-    def capabilities(self) -> Capabilities:
-        return Capabilities(
-            device=self.name,
-            kind=self.kind,
-            modes=self.modes,
-            default_mode=OtoscopeMode.MASKED.value,
-            actions=self._actions(),
-            still=True,
-            still_size=self.sensor_size,
-            still_mime=self.still_format.value,
-            stream_size=STREAM_SIZE,
-        )
 
     def process(self, frame: np.ndarray) -> np.ndarray:
         x, y, cw, ch = self._crop
@@ -160,12 +140,6 @@ class OtoscopeAdapter(DeviceAdapter):
         mask = self.tracker.update(self._small)
         out: np.ndarray = cv2.bitwise_and(self._small, mask)
         return out
-
-    def _idle_frame(self) -> np.ndarray:
-        return self._black
-
-    def to_av_frame(self, frame: np.ndarray) -> av.VideoFrame:
-        return rgb_to_video_frame(frame)
 
     def full_resolution_mask(self, shape: tuple[int, ...]) -> Optional[np.ndarray]:
         circle = self.tracker.circle
@@ -178,20 +152,8 @@ class OtoscopeAdapter(DeviceAdapter):
         cv2.circle(mask, centre, round(circle.radius * scale * 0.99), 255, -1, cv2.LINE_AA)
         return cv2.merge([mask, mask, mask])
 
-    async def still(self) -> Still:
-        async with self._lock:
-            if not self.powered:
-                raise DeviceCommandError("otoscope is off")
-            assert self._source is not None
-            loop = asyncio.get_running_loop()
-            raw = await loop.run_in_executor(None, self._source.read)
-            mask = self.full_resolution_mask(raw.shape) if self._mode == OtoscopeMode.MASKED.value else None
-            fmt = self.still_format
-
-        def render() -> bytes:
-            image = cv2.bitwise_and(raw, mask) if mask is not None else raw
-            return encode_still(image, fmt)
-
-        data = await asyncio.get_running_loop().run_in_executor(None, render)
-        h, w, _ = raw.shape
-        return Still(data, fmt.value, w, h, self._clock())
+    def _still_finisher(self, raw: np.ndarray) -> Optional[Finisher]:
+        mask = self.full_resolution_mask(raw.shape) if self._mode == OtoscopeMode.MASKED.value else None
+        if mask is None:
+            return None
+        return lambda image: cv2.bitwise_and(image, mask)

@@ -49,7 +49,7 @@ from sfu.metrics import Gauges, SfuMetrics
 from sfu.participant import Participant
 from sfu.publication import SOURCE_KINDS, Publication
 from sfu.room import Room
-from sfu.sdp import Offer, SdpError, parse_offer
+from sfu.sdp import SdpError, parse_offer
 from signalling.auth import RoomGrant
 
 logger = logging.getLogger(__name__)

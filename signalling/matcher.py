@@ -18,8 +18,8 @@ unmatched at the end.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Iterable
 
 from signalling.protocol import Priority
 

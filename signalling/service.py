@@ -34,7 +34,7 @@ from signalling.presence import Presence
 from signalling import protocol as p
 from signalling.protocol import ErrorCode, PresenceStatus, ProtocolError, WithdrawReason
 from signalling.records import Records
-from signalling.store import QueueOp, Store, Versioned
+from signalling.store import QueueOp, Store
 from signalling.turn import ice_servers
 from sfu.node import NodeInfo, choose_node
 
