@@ -70,34 +70,30 @@ _FLOAT_SPECIAL = {0x7FFFFF: Special.NAN, 0x800000: Special.NRES, 0x7FFFFE: Speci
 _SPECIAL_VALUE = {Special.POSITIVE_INFINITY: math.inf, Special.NEGATIVE_INFINITY: -math.inf}
 
 
+def _decode_mder(raw: int, mantissa_bits: int, name: str, specials: dict[int, Special]) -> MderFloat:
+    """IEEE-11073 MDER float: a signed mantissa, then a signed base-10 exponent above it."""
+    exponent_bits = 4 if mantissa_bits == 12 else 8
+    if not 0 <= raw < 1 << (mantissa_bits + exponent_bits):
+        raise GattParseError(f"{name} out of range: {raw:#x}")
+    mantissa, exponent = raw & ((1 << mantissa_bits) - 1), raw >> mantissa_bits
+    if exponent == 0 and mantissa in specials:
+        special = specials[mantissa]
+        return MderFloat(_SPECIAL_VALUE.get(special, math.nan), special)
+    if mantissa >= 1 << (mantissa_bits - 1):
+        mantissa -= 1 << mantissa_bits
+    if exponent >= 1 << (exponent_bits - 1):
+        exponent -= 1 << exponent_bits
+    return MderFloat(_scale(mantissa, exponent))
+
+
 def decode_sfloat(raw: int) -> MderFloat:
     """16-bit SFLOAT → value."""
-    if not 0 <= raw <= 0xFFFF:
-        raise GattParseError(f"SFLOAT out of range: {raw:#x}")
-    mantissa, exponent = raw & 0x0FFF, raw >> 12
-    if exponent == 0 and mantissa in _SFLOAT_SPECIAL:
-        special = _SFLOAT_SPECIAL[mantissa]
-        return MderFloat(_SPECIAL_VALUE.get(special, math.nan), special)
-    if mantissa >= 0x0800:
-        mantissa -= 0x1000
-    if exponent >= 0x8:
-        exponent -= 0x10
-    return MderFloat(_scale(mantissa, exponent))
+    return _decode_mder(raw, 12, "SFLOAT", _SFLOAT_SPECIAL)
 
 
 def decode_float(raw: int) -> MderFloat:
     """32-bit FLOAT → value."""
-    if not 0 <= raw <= 0xFFFFFFFF:
-        raise GattParseError(f"FLOAT out of range: {raw:#x}")
-    mantissa, exponent = raw & 0xFFFFFF, raw >> 24
-    if exponent == 0 and mantissa in _FLOAT_SPECIAL:
-        special = _FLOAT_SPECIAL[mantissa]
-        return MderFloat(_SPECIAL_VALUE.get(special, math.nan), special)
-    if mantissa >= 0x800000:
-        mantissa -= 0x1000000
-    if exponent >= 0x80:
-        exponent -= 0x100
-    return MderFloat(_scale(mantissa, exponent))
+    return _decode_mder(raw, 24, "FLOAT", _FLOAT_SPECIAL)
 
 
 def _scale(mantissa: int, exponent: int) -> float:

@@ -74,15 +74,21 @@ def _strs(obj: dict[str, Any], key: str, where: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(value))
 
 
-def parse_site(obj: Any, where: str = "site") -> Site:
+def _entry_id(obj: Any, where: str, keys: set[str]) -> str:
+    """Check a directory entry's shape and return its id."""
     if not isinstance(obj, dict):
         raise DirectoryError(f"{where}: must be an object")
-    extra = set(obj) - {"id", "name", "kind", "region"}
+    extra = set(obj) - keys
     if extra:
         raise DirectoryError(f"{where}: unknown key(s) {sorted(extra)}")
-    sid = _str(obj, "id", where)
-    if not _ID.match(sid):
+    entry_id = _str(obj, "id", where)
+    if not _ID.match(entry_id):
         raise DirectoryError(f"{where}.id: letters, digits, '.', '_', '-' (at most 64)")
+    return entry_id
+
+
+def parse_site(obj: Any, where: str = "site") -> Site:
+    sid = _entry_id(obj, where, {"id", "name", "kind", "region"})
     try:
         kind = SiteKind(obj.get("kind"))
     except ValueError:
@@ -91,14 +97,7 @@ def parse_site(obj: Any, where: str = "site") -> Site:
 
 
 def parse_clinician(obj: Any, where: str = "clinician") -> Clinician:
-    if not isinstance(obj, dict):
-        raise DirectoryError(f"{where}: must be an object")
-    extra = set(obj) - {"id", "name", "specialties", "languages"}
-    if extra:
-        raise DirectoryError(f"{where}: unknown key(s) {sorted(extra)}")
-    cid = _str(obj, "id", where)
-    if not _ID.match(cid):
-        raise DirectoryError(f"{where}.id: letters, digits, '.', '_', '-' (at most 64)")
+    cid = _entry_id(obj, where, {"id", "name", "specialties", "languages"})
     specialties = _strs(obj, "specialties", where)
     if not specialties:
         raise DirectoryError(f"{where}.specialties: at least one")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import aiohttp
 import cv2
@@ -21,7 +21,7 @@ from devices.registry import DEVICE_NAMES
 from teleconsult import appkeys
 from tests.devices.agent_clients import (AGENT_SOURCES, Consultation, start_consultation, view,
                                          wait_publications)
-from tests.support import RunningServer, loopback_settings, start_server, wait_for
+from tests.support import RunningServer, loopback_settings, wait_for
 
 
 @pytest.fixture
@@ -29,18 +29,6 @@ def settings(tmp_path: Path) -> Settings:
     return loopback_settings(tmp_path / "data", devices={"framerate": 5},
                              signalling={"offer_timeout_s": 10.0, "resume_grace_s": 5.0},
                              auth={"signing_key": "k" * 40})
-
-
-@pytest.fixture
-async def server(settings: Settings) -> AsyncIterator[RunningServer]:
-    running = await start_server(settings)
-    service = running.app[appkeys.SIGNALLING]
-    service.node_url = running.url  # the bound address, as `teleconsult serve` does: sfu_url
-    await service.heartbeat_node()
-    try:
-        yield running
-    finally:
-        await running.server.close()
 
 
 def forwarded(server: RunningServer, source: str) -> int:

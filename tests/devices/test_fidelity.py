@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import aiohttp
 import cv2
@@ -30,7 +30,7 @@ from devices.colour import COLORCHECKER_SRGB, ciede2000, patch_means, srgb8_to_l
 from devices.simulated import DermatoscopeScene
 from devices.stethoscope import HeartRateEstimator
 from tests.devices.agent_clients import Viewer, start_consultation, view, wait_publications
-from tests.support import RunningServer, loopback_settings, start_server
+from tests.support import RunningServer, loopback_settings
 
 logger = logging.getLogger(__name__)
 RATE = 48000
@@ -41,15 +41,6 @@ WINDOW = 2 * RATE
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return loopback_settings(tmp_path / "data", devices={"framerate": 5}, auth={"signing_key": "k" * 40})
-
-
-@pytest.fixture
-async def server(settings: Settings) -> AsyncIterator[RunningServer]:
-    running = await start_server(settings)
-    try:
-        yield running
-    finally:
-        await running.server.close()
 
 
 class AudioTap:

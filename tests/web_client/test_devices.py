@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import AsyncIterator
 
 import pytest
 
 from config.settings import Settings
 from devices.agent import AgentConfig, DeviceAgent
-from tests.support import RunningServer, loopback_settings, start_server
+from tests.support import RunningServer, loopback_settings
 from tests.web_client.conftest import Console, screenshot
 from tests.web_client.test_consultation import into_call
 
@@ -37,15 +36,6 @@ TRACE_PIXELS = """
 def settings(tmp_path: Path) -> Settings:
     # Five frames a second keeps the simulated devices' VP8 encoders affordable on two cores.
     return loopback_settings(tmp_path / "data", devices={"framerate": 5})
-
-
-@pytest.fixture
-async def server(settings: Settings) -> AsyncIterator[RunningServer]:
-    running = await start_server(settings)
-    try:
-        yield running
-    finally:
-        await running.server.close()
 
 
 async def test_device_panels_with_the_device_agent(server: RunningServer, chromium) -> None:  # type: ignore[no-untyped-def]

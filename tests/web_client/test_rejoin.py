@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import AsyncIterator
 
 import pytest
 
 from config.settings import Settings
 from devices.agent import AgentConfig, DeviceAgent
 from teleconsult import appkeys
-from tests.support import RunningServer, loopback_settings, start_server
+from tests.support import RunningServer, loopback_settings
 from tests.web_client.conftest import Console, open_page, screenshot
 from tests.web_client.test_consultation import check_in, decoded_frames_grow, signed_in
 
@@ -29,15 +28,6 @@ CALL_STATE = """() => { const c = window.teleconsult.call; return {role: window.
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
     return loopback_settings(tmp_path / "data", devices={"framerate": 5})
-
-
-@pytest.fixture
-async def server(settings: Settings) -> AsyncIterator[RunningServer]:
-    running = await start_server(settings)
-    try:
-        yield running
-    finally:
-        await running.server.close()
 
 
 async def test_reload_and_room_moved_mid_call(server: RunningServer, chromium) -> None:  # type: ignore[no-untyped-def]
