@@ -53,9 +53,25 @@ from typing import Any
 import aiohttp
 
 from bench.clip import audio_clip, video_clip
-from bench.rtc import (KEY, DirectServer, Player, Publisher, ServerProcess, Source, TickStats, cpu_seconds, machine,
-                       match_frames, own_cpu_seconds, pct, publish, relay_server, rounded, rss_mb,
-                       teleconsult_server)
+from bench.rtc import (
+    KEY,
+    DirectServer,
+    Player,
+    Publisher,
+    ServerProcess,
+    Source,
+    TickStats,
+    cpu_seconds,
+    machine,
+    match_frames,
+    own_cpu_seconds,
+    pct,
+    publish,
+    relay_server,
+    rounded,
+    rss_mb,
+    teleconsult_server,
+)
 
 TARGETS = {"consultations_per_core": 25, "cpu_pct_per_mbps": 1.0, "join_ms_p95": 500.0, "rss_mb_per_consultation": 30.0,
            "delivery": 0.99, "latency_ms_p95": 20.0}
@@ -86,7 +102,7 @@ def _clips(codec: str) -> dict[str, Any]:
 
 def _tokens() -> Any:
     from config.settings import AuthSettings
-    from signalling.auth import TokenService
+    from core.auth import TokenService
 
     return TokenService(AuthSettings(signing_key=KEY), tempfile.gettempdir())
 

@@ -39,8 +39,23 @@ from typing import Any
 import aiohttp
 
 from bench.clip import audio_clip, video_clip
-from bench.rtc import (KEY, DirectServer, Player, ServerProcess, Source, cpu_seconds, machine, match_frames,
-                       own_cpu_seconds, pct, publish, relay_server, rounded, rss_mb, teleconsult_server)
+from bench.rtc import (
+    KEY,
+    DirectServer,
+    Player,
+    ServerProcess,
+    Source,
+    cpu_seconds,
+    machine,
+    match_frames,
+    own_cpu_seconds,
+    pct,
+    publish,
+    relay_server,
+    rounded,
+    rss_mb,
+    teleconsult_server,
+)
 
 ROOM = "bench-forwarding"
 TARGETS = {"ratio": 15.0, "cpu_pct_per_mbps": 1.0, "latency_ms_p50": 5.0, "first_frame_ms_p95": 300.0,
@@ -51,7 +66,7 @@ GRACE = 0.25
 
 def _tokens() -> Any:
     from config.settings import AuthSettings
-    from signalling.auth import TokenService
+    from core.auth import TokenService
 
     return TokenService(AuthSettings(signing_key=KEY), tempfile.gettempdir())
 

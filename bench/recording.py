@@ -180,7 +180,7 @@ def child_main(config: str) -> int:
     import uvloop
 
     from config.settings import load_settings
-    from teleconsult import logs
+    from core import logs
     from teleconsult.cli import serve
 
     settings = load_settings(config)
@@ -322,8 +322,8 @@ async def measure(child: Child, settings: Any, vp8: list[tuple[bytes, bool]], op
     """One repetition: a new consultation, windows off / on / off, then it ends."""
     import aiohttp
 
+    from core.auth import TokenService
     from media.ice import MediaNetwork, ScopedPeerConnection
-    from signalling.auth import TokenService
 
     tokens = TokenService(settings.auth, settings.server.data_dir)
     network = MediaNetwork.from_settings(settings.media, settings.ice)

@@ -46,7 +46,7 @@ from typing import Any
 import aiohttp
 
 from config.settings import AuthSettings
-from signalling.auth import TokenService
+from core.auth import TokenService
 
 KEY = "bench-signing-key-" + "x" * 32
 SPECIALTY = "general"

@@ -450,7 +450,7 @@ def add_agent_command(sub: Any) -> None:
 def cmd_agent(args: Any, settings: Settings) -> int:
     config = AgentConfig(server=args.server, devices=tuple(d.strip() for d in args.devices.split(",") if d.strip()),
                          simulate=args.simulate, room_token=args.token, site_token=args.site_token, seed=args.seed)
-    from teleconsult import logs
+    from core import logs
 
     logs.configure(settings.server.log_format, settings.server.log_level)
     return asyncio.run(run_until_signalled(DeviceAgent(settings, config)))

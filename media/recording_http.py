@@ -28,22 +28,18 @@ from typing import Any
 
 from aiohttp import web
 
+from core import appkeys
+from core.auth import Principal, Role, bearer_token
+from core.http import json_error
 from media.recorder import Manifest, check_id
 from media.recording_service import RECORDING, RecordingRefused, RecordingService
 from media.recording_store import RecordingNotFound
-from signalling.auth import Principal, Role, bearer_token
-from teleconsult import appkeys
+from signalling.appkeys import SIGNALLING
 
 logger = logging.getLogger(__name__)
 
 REASON_MIN, REASON_MAX = 4, 128
 _MIME = {".webm": "video/webm", ".mkv": "video/x-matroska"}
-
-
-def _error(status: int, error: str, reason: str) -> web.Response:
-    from teleconsult.app import json_error
-
-    return json_error(status, error, reason)
 
 
 class _Denied(Exception):
@@ -53,7 +49,7 @@ class _Denied(Exception):
 
 
 def _not_found() -> _Denied:
-    return _Denied(_error(404, "not_found", "no such recording"))
+    return _Denied(json_error(404, "not_found", "no such recording"))
 
 
 def _service(request: web.Request) -> RecordingService:
@@ -73,16 +69,16 @@ def _access_reason(request: web.Request) -> str | None:
 
 async def _journal(request: web.Request, act: str, principal: Principal, consultation_id: str | None,
                    **ids: Any) -> None:
-    sig = request.app.get(appkeys.SIGNALLING)
+    sig = request.app.get(SIGNALLING)
     if sig is None:
-        raise _Denied(_error(503, "unavailable", "no journal in this process"))
+        raise _Denied(json_error(503, "unavailable", "no journal in this process"))
     await sig.journal.append(act, actor=principal.subject, consultation_id=consultation_id,
                              role=principal.role.value, **ids)
 
 
 async def _owner(request: web.Request, manifest: Manifest) -> str:
     """The consultation's physician (the consultation record says; else who started it)."""
-    sig = request.app.get(appkeys.SIGNALLING)
+    sig = request.app.get(SIGNALLING)
     c = await sig.get_any(manifest.consultation_id) if sig is not None else None
     return str(c.physician) if c is not None and c.physician else manifest.started_by
 
@@ -96,7 +92,7 @@ async def _authorize(request: web.Request, op: str) -> tuple[Principal, Manifest
         reason = _access_reason(request)
         if reason is None:
             await _journal(request, "recording.denied", principal, None, op=op, why="no_access_reason")
-            raise _Denied(_error(403, "reason_required", "admins give a reason: X-Access-Reason header or ?reason="))
+            raise _Denied(json_error(403, "reason_required", "admins give a reason: X-Access-Reason header or ?reason="))
     try:
         check_id(cid)
         manifest = _service(request).store.manifest(cid)
@@ -132,13 +128,13 @@ async def post_recording(request: web.Request) -> web.Response:
     try:
         body = await request.json()
     except ValueError:
-        return _error(400, "bad_request", "body is not JSON")
+        return json_error(400, "bad_request", "body is not JSON")
     action = body.get("action") if isinstance(body, dict) else None
     if action not in ("start", "stop") or set(body) - {"action"}:
-        return _error(400, "bad_request", 'body must be {"action": "start"} or {"action": "stop"}')
+        return json_error(400, "bad_request", 'body must be {"action": "start"} or {"action": "stop"}')
     cid = request.match_info["id"]
     if principal.role is not Role.PHYSICIAN:
-        return _error(403, "forbidden", "only the consultation's physician starts or stops a recording")
+        return json_error(403, "forbidden", "only the consultation's physician starts or stops a recording")
     service = _service(request)
     try:
         if action == "start":
@@ -146,7 +142,7 @@ async def post_recording(request: web.Request) -> web.Response:
         else:
             manifest = await service.stop_for(cid, principal.subject)
     except RecordingRefused as refused:
-        return _error(refused.status, refused.error, refused.reason)
+        return json_error(refused.status, refused.error, refused.reason)
     return web.json_response({"consultation_id": cid, "recording": action == "start",
                               "manifest": manifest.to_dict()})
 
@@ -159,7 +155,7 @@ async def list_recordings(request: web.Request) -> web.Response:
         reason = _access_reason(request)
         if reason is None:
             await _journal(request, "recording.denied", principal, None, op="list", why="no_access_reason")
-            return _error(403, "reason_required", "admins give a reason: X-Access-Reason header or ?reason=")
+            return json_error(403, "reason_required", "admins give a reason: X-Access-Reason header or ?reason=")
     elif principal.role is not Role.PHYSICIAN:
         return web.json_response({"recordings": []})
     manifests = await asyncio.to_thread(_service(request).store.list)
@@ -191,13 +187,13 @@ async def get_track(request: web.Request) -> web.StreamResponse:
     name = request.match_info["file"]
     entry = next((t for t in manifest.tracks if t.file == name), None)
     if entry is None:  # only files the manifest names: nothing else under the directory is served
-        return _error(404, "not_found", "no such track")
+        return json_error(404, "not_found", "no such track")
     if manifest.stopped_at is None:
-        return _error(409, "conflict", "still recording")
+        return json_error(409, "conflict", "still recording")
     service = _service(request)
     path = service.store.root / manifest.consultation_id / entry.file
     if not path.exists():
-        return _error(404, "not_found", "no such track")
+        return json_error(404, "not_found", "no such track")
     await _journal(request, "recording.access", principal, manifest.consultation_id, op="track", file=entry.file,
                    access_reason=reason)
     chunks = service.vault.read_chunks(path)
@@ -218,7 +214,7 @@ async def get_track(request: web.Request) -> web.StreamResponse:
 async def get_export(request: web.Request) -> web.StreamResponse:
     principal, manifest, reason = await _authorize(request, "export")
     if manifest.stopped_at is None:
-        return _error(409, "conflict", "still recording")
+        return json_error(409, "conflict", "still recording")
     service = _service(request)
     await _journal(request, "recording.access", principal, manifest.consultation_id, op="export",
                    access_reason=reason)

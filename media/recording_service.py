@@ -48,6 +48,8 @@ from config.settings import Settings
 from media.crypto import Vault
 from media.recorder import Manifest, RecordingSession, recover
 from media.recording_store import RecordingStore, StillStore
+from sfu.appkeys import SFU
+from signalling.appkeys import SIGNALLING
 
 logger = logging.getLogger(__name__)
 
@@ -458,11 +460,11 @@ def build(settings: Settings, *, sfu: Callable[[], Any], signalling: Callable[[]
 
 def setup(app: web.Application) -> None:
     """Routes and background work; goes after ``sfu`` and ``signalling`` in the app."""
+    from core import appkeys
     from media import recording_http
-    from teleconsult import appkeys
 
     settings = app[appkeys.SETTINGS]
-    service = build(settings, sfu=lambda: app.get(appkeys.SFU), signalling=lambda: app.get(appkeys.SIGNALLING))
+    service = build(settings, sfu=lambda: app.get(SFU), signalling=lambda: app.get(SIGNALLING))
     app[RECORDING] = service
 
     async def lifetime(app: web.Application) -> AsyncIterator[None]:

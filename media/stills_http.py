@@ -29,10 +29,12 @@ import cv2
 import numpy as np
 from aiohttp import web
 
+from core import appkeys
+from core.auth import Principal, Role, bearer_token
+from core.http import json_error
 from media.crypto import IntegrityError, Vault
 from media.recording_store import STILL_DEVICES, RecordingNotFound, StillMeta, StillStore
-from signalling.auth import Principal, Role, bearer_token
-from teleconsult import appkeys
+from signalling.appkeys import SIGNALLING
 
 logger = logging.getLogger(__name__)
 
@@ -113,14 +115,8 @@ def check_image(data: bytes, declared: str) -> tuple[int, int]:
 STILLS = web.AppKey("stills", StillStore)
 
 
-def _error(status: int, error: str, reason: str) -> web.Response:
-    from teleconsult.app import json_error
-
-    return json_error(status, error, reason)
-
-
 def _not_found() -> web.Response:
-    return _error(404, "not_found", "no such consultation")
+    return json_error(404, "not_found", "no such consultation")
 
 
 def still_url(consultation_id: str, still_id: str) -> str:
@@ -149,9 +145,9 @@ async def _read_body(request: web.Request) -> bytes:
 async def post_still(request: web.Request) -> web.Response:
     cid = request.match_info["id"]
     grant = request.app[appkeys.TOKENS].verify_room(bearer_token(request.headers.get("Authorization")))
-    signalling = request.app.get(appkeys.SIGNALLING)
+    signalling = request.app.get(SIGNALLING)
     if signalling is None:
-        return _error(503, "unavailable", "signalling is not running")
+        return json_error(503, "unavailable", "signalling is not running")
     if grant.room != cid:
         return _not_found()
     consultation = await signalling.get_any(cid)
@@ -159,14 +155,14 @@ async def post_still(request: web.Request) -> web.Response:
         return _not_found()
     device = request.headers.get("X-Device", "")
     if device not in STILL_DEVICES:
-        return _error(400, "bad_request", f"X-Device must be one of {', '.join(STILL_DEVICES)}")
+        return json_error(400, "bad_request", f"X-Device must be one of {', '.join(STILL_DEVICES)}")
     if grant.role is not Role.AGENT or not grant.may_publish(device):
-        return _error(403, "forbidden", f"the room token does not grant {device}")
+        return json_error(403, "forbidden", f"the room token does not grant {device}")
     if consultation.state.value != "active":
-        return _error(409, "conflict", "stills are taken during an active consultation")
+        return json_error(409, "conflict", "stills are taken during an active consultation")
     mime = request.content_type
     if mime not in MIMES:
-        return _error(415, "unsupported_media_type", f"Content-Type must be one of {', '.join(MIMES)}")
+        return json_error(415, "unsupported_media_type", f"Content-Type must be one of {', '.join(MIMES)}")
     try:
         data = await _read_body(request)
         if not data:
@@ -174,7 +170,7 @@ async def post_still(request: web.Request) -> web.Response:
         width, height = await asyncio.to_thread(check_image, data, mime)
     except BadImage as exc:
         logger.info("still refused (%s)", exc.error, extra={"consultation": cid})
-        return _error(exc.status, exc.error, exc.reason)
+        return json_error(exc.status, exc.error, exc.reason)
     store = request.app[STILLS]
     meta = await asyncio.to_thread(store.put, cid, device, mime, data, width, height)
     await signalling.journal.append("still.capture", actor=grant.identity, consultation_id=cid,
@@ -186,9 +182,9 @@ async def post_still(request: web.Request) -> web.Response:
 
 async def _reader(request: web.Request) -> tuple[Principal, Any] | web.Response:
     principal = await request.app[appkeys.TOKENS].verify_access(bearer_token(request.headers.get("Authorization")))
-    signalling = request.app.get(appkeys.SIGNALLING)
+    signalling = request.app.get(SIGNALLING)
     if signalling is None:
-        return _error(503, "unavailable", "signalling is not running")
+        return json_error(503, "unavailable", "signalling is not running")
     consultation = await signalling.get_any(request.match_info["id"])
     if consultation is None:
         return _not_found()
@@ -223,10 +219,10 @@ async def get_still(request: web.Request) -> web.StreamResponse:
     try:
         meta, data = await asyncio.to_thread(request.app[STILLS].get, cid, still_id)
     except (RecordingNotFound, ValueError):
-        return _error(404, "not_found", "no such still")
+        return json_error(404, "not_found", "no such still")
     except IntegrityError:
         logger.error("still failed its integrity check", extra={"consultation": cid, "still": still_id})
-        return _error(500, "integrity", "the stored still is damaged")
+        return json_error(500, "integrity", "the stored still is damaged")
     await signalling.journal.append("still.access", actor=principal.subject, consultation_id=cid,
                                     still_id=still_id, device=meta.device)
     return web.Response(body=data, content_type=meta.mime,

@@ -8,6 +8,9 @@ from typing import AsyncIterator
 
 from aiohttp import web
 
+from core.appkeys import LIFECYCLE, METRICS, READY_PROBES, SETTINGS
+from sfu import whip
+from sfu.appkeys import SFU
 from sfu.events import ParticipantInfo, PublicationInfo, RoomEvent, RoomEventType
 from sfu.service import Negotiation, SfuService
 
@@ -16,14 +19,10 @@ __all__ = ["Negotiation", "ParticipantInfo", "PublicationInfo", "RoomEvent", "Ro
 
 def setup(app: web.Application) -> None:
     """Add the SFU to the application: service, routes, metrics, ready probe, shutdown."""
-    from sfu import whip
-    from teleconsult import appkeys
-    from teleconsult.app import READY_PROBES
-
-    lifecycle = app[appkeys.LIFECYCLE]
-    service = SfuService(app[appkeys.SETTINGS], accepting=lambda: lifecycle.accepting)
-    service.metrics.register(app[appkeys.METRICS].registry)
-    app[appkeys.SFU] = service
+    lifecycle = app[LIFECYCLE]
+    service = SfuService(app[SETTINGS], accepting=lambda: lifecycle.accepting)
+    service.metrics.register(app[METRICS].registry)
+    app[SFU] = service
     lifecycle.live_count.append(service.live_rooms)
 
     async def probe() -> tuple[str, bool]:

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from aiortc import RTCConfiguration, RTCSessionDescription
 from aiortc.rtcconfiguration import RTCBundlePolicy
 
+from core.auth import RoomGrant
 from media.ice import MediaNetwork, ScopedPeerConnection
 from sfu import aiortc_patches as patches
 from sfu.errors import SfuError
@@ -42,10 +43,17 @@ from sfu.events import ParticipantInfo, PublicationInfo
 from sfu.metrics import SfuMetrics
 from sfu.publication import Publication, new_publication_id, now, publisher_codec, subscriber_codec
 from sfu.rtp import RtpError, extension_elements, parse_header, unwrap_rtx
-from sfu.sdp import (LegParameters, MediaLine, Offer, SdpError, bundle_candidates, label_answer, leg_parameters,
-                     reject_sections)
+from sfu.sdp import (
+    LegParameters,
+    MediaLine,
+    Offer,
+    SdpError,
+    bundle_candidates,
+    label_answer,
+    leg_parameters,
+    reject_sections,
+)
 from sfu.subscription import Subscription
-from signalling.auth import RoomGrant
 
 if TYPE_CHECKING:
     from sfu.room import Room

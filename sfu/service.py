@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from config.settings import Settings
+from core.auth import RoomGrant
 from media.ice import MediaNetwork
 from sfu.errors import Forbidden, NotFound, SfuError, Unavailable
 from sfu.events import PublicationInfo, RoomListener
@@ -50,7 +51,6 @@ from sfu.participant import Participant
 from sfu.publication import SOURCE_KINDS, Publication
 from sfu.room import Room
 from sfu.sdp import SdpError, parse_offer
-from signalling.auth import RoomGrant
 
 logger = logging.getLogger(__name__)
 

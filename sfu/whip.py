@@ -15,11 +15,12 @@ import logging
 
 from aiohttp import web
 
+from core import appkeys
+from core.auth import RoomGrant, bearer_token
+from sfu.appkeys import SFU
 from sfu.errors import Forbidden, NotFound, SfuError
 from sfu.sdp import MAX_SDP_BYTES
 from sfu.service import SfuService
-from signalling.auth import RoomGrant, bearer_token
-from teleconsult import appkeys
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ def _created(request: web.Request, kind: str, session_id: str, answer: str) -> w
 
 
 async def whip_post(request: web.Request) -> web.StreamResponse:
-    service: SfuService = request.app[appkeys.SFU]
+    service: SfuService = request.app[SFU]
     try:
         grant, offer = await _offer(request)
         negotiation = await service.whip(grant, offer, request.query.getall("source", []))
@@ -60,7 +61,7 @@ async def whip_post(request: web.Request) -> web.StreamResponse:
 
 
 async def whep_post(request: web.Request) -> web.StreamResponse:
-    service: SfuService = request.app[appkeys.SFU]
+    service: SfuService = request.app[SFU]
     try:
         grant, offer = await _offer(request)
         negotiation = await service.whep(grant, offer)
@@ -70,7 +71,7 @@ async def whep_post(request: web.Request) -> web.StreamResponse:
 
 
 async def session_delete(request: web.Request) -> web.StreamResponse:
-    service: SfuService = request.app[appkeys.SFU]
+    service: SfuService = request.app[SFU]
     grant = request.app[appkeys.TOKENS].verify_room(bearer_token(request.headers.get("Authorization")),
                                                    request.match_info["room"])
     try:

@@ -1,9 +1,9 @@
 """Signalling: who is online, who waits for whom, and the consultations between them.
 
 ``setup(app)`` adds ``/ws`` and the REST endpoints, and runs one
-:class:`~signalling.service.SignallingService` (under ``appkeys.SIGNALLING``)
-on the store the settings choose (``appkeys.STORE``). Other packages use
-``app[appkeys.SIGNALLING].journal.append(...)`` and ``.records``.
+:class:`~signalling.service.SignallingService` (under
+``signalling.appkeys.SIGNALLING``) on the store the settings choose
+(``signalling.appkeys.STORE``).
 """
 
 from __future__ import annotations
@@ -14,60 +14,62 @@ from typing import AsyncIterator
 
 from aiohttp import web
 
+from core.appkeys import LIFECYCLE, METRICS, READY_PROBES, SETTINGS, TOKENS
+from sfu.appkeys import SFU
+from signalling import http, ws
+from signalling.appkeys import SIGNALLING, STORE
+from signalling.journal import FileJournal, Journal, RedisJournal
+from signalling.records import Records, RedisRecords, SqliteRecords
+from signalling.service import SignallingService
+from signalling.store import open_store
+from signalling.store.base import Store
+
 logger = logging.getLogger(__name__)
 
 
-def build_service(app: web.Application):  # type: ignore[no-untyped-def]
+def build_service(app: web.Application) -> SignallingService:
     """The service for the app's settings (store, journal, records chosen together)."""
-    from signalling.journal import FileJournal, RedisJournal
-    from signalling.records import RedisRecords, SqliteRecords
-    from signalling.service import SignallingService
-    from signalling.store import open_store
-    from teleconsult import appkeys
-
-    settings = app[appkeys.SETTINGS]
+    settings = app[SETTINGS]
     proc = secrets.token_hex(6)
     store = open_store(settings.store, proc)
+    journal: Journal
+    records: Records
     if settings.store.backend == "redis":
         journal = RedisJournal(store.redis, settings.store.key_prefix)  # type: ignore[attr-defined]
         records = RedisRecords(store.redis, settings.store.key_prefix)  # type: ignore[attr-defined]
     else:
         journal = FileJournal(settings.server.data_dir)
         records = SqliteRecords(settings.server.data_dir)
-    lifecycle = app[appkeys.LIFECYCLE]
-    return SignallingService(settings, store, app[appkeys.TOKENS], journal, records,
-                             sfu=lambda: app.get(appkeys.SFU), accepting=lambda: lifecycle.accepting,
+    lifecycle = app[LIFECYCLE]
+    return SignallingService(settings, store, app[TOKENS], journal, records,
+                             sfu=lambda: app.get(SFU), accepting=lambda: lifecycle.accepting,
                              process_id=proc)
 
 
 def setup(app: web.Application) -> None:
-    from signalling import http, ws
-    from teleconsult import appkeys
-    from teleconsult.app import READY_PROBES
-
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
         service = build_service(app)
         await service.start()
-        if app[appkeys.SETTINGS].store.backend == "redis":
+        if app[SETTINGS].store.backend == "redis":
             await _check_aof(service.store)
-        app[appkeys.SIGNALLING] = service
-        app[appkeys.STORE] = service.store
-        app[appkeys.LIFECYCLE].live_count.append(service.live_count)
+        app[SIGNALLING] = service
+        app[STORE] = service.store
+        app[LIFECYCLE].live_count.append(service.live_count)
         yield
         await service.close()
 
     async def store_probe() -> tuple[str, bool]:
-        service = app.get(appkeys.SIGNALLING)
+        service = app.get(SIGNALLING)
         return "store", bool(service is not None and await service.store.ping())
 
-    app[ws.WS_METRICS] = ws.WsMetrics(app[appkeys.METRICS].registry)
+    app[ws.WS_METRICS] = ws.WsMetrics(app[METRICS].registry)
     app.cleanup_ctx.append(lifetime)
     app[READY_PROBES].append(store_probe)
     app.router.add_get("/ws", ws.websocket)
     http.add_routes(app)
 
 
-async def _check_aof(store) -> None:  # type: ignore[no-untyped-def]
+async def _check_aof(store: Store) -> None:
     try:
         config = await store.redis.config_get("appendonly")
     except Exception:

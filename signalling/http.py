@@ -9,19 +9,15 @@ from typing import Any
 
 from aiohttp import web
 
-from signalling.auth import Principal, Role, bearer_token
+from core import appkeys
+from core.auth import Principal, Role, bearer_token
+from core.http import json_error
+from signalling.appkeys import SIGNALLING
 from signalling.consultation import State
-from signalling.directory import DirectoryError, Directory, parse_clinician, parse_site
+from signalling.directory import Directory, DirectoryError, parse_clinician, parse_site
 from signalling.protocol import validate_report
 from signalling.service import SignallingService
 from signalling.turn import ice_servers
-from teleconsult import appkeys
-
-
-def _error(status: int, error: str, reason: str) -> web.Response:
-    from teleconsult.app import json_error
-
-    return json_error(status, error, reason)
 
 
 async def _principal(request: web.Request) -> Principal:
@@ -37,7 +33,7 @@ async def _json(request: web.Request) -> Any:
 
 
 def _svc(request: web.Request) -> SignallingService:
-    service: SignallingService = request.app[appkeys.SIGNALLING]
+    service: SignallingService = request.app[SIGNALLING]
     return service
 
 
@@ -49,7 +45,7 @@ async def get_directory(request: web.Request) -> web.Response:
 async def _admin(request: web.Request) -> Principal | web.Response:
     principal = await _principal(request)
     if principal.role is not Role.ADMIN:
-        return _error(403, "forbidden", "admins only")
+        return json_error(403, "forbidden", "admins only")
     return principal
 
 
@@ -60,7 +56,7 @@ async def put_directory(request: web.Request) -> web.Response:
     try:
         directory = Directory.from_dict(await _json(request))
     except DirectoryError as exc:
-        return _error(400, "bad_request", str(exc))
+        return json_error(400, "bad_request", str(exc))
     await _svc(request).set_directory(directory)
     return web.json_response(directory.to_dict())
 
@@ -72,7 +68,7 @@ async def put_entry(request: web.Request) -> web.Response:
     kind, eid = request.match_info["kind"], request.match_info["id"]
     body = await _json(request)
     if not isinstance(body, dict):
-        return _error(400, "bad_request", "body must be an object")
+        return json_error(400, "bad_request", "body must be an object")
     body = {**body, "id": eid}
     svc = _svc(request)
     try:
@@ -81,7 +77,7 @@ async def put_entry(request: web.Request) -> web.Response:
         else:
             directory = svc.directory.with_clinician(parse_clinician(body))
     except DirectoryError as exc:
-        return _error(400, "bad_request", str(exc))
+        return json_error(400, "bad_request", str(exc))
     await svc.set_directory(directory)
     return web.json_response(body)
 
@@ -94,7 +90,7 @@ async def delete_entry(request: web.Request) -> web.Response:
     svc = _svc(request)
     table = svc.directory.sites if kind == "sites" else svc.directory.clinicians
     if eid not in table:
-        return _error(404, "not_found", f"no such {kind[:-1]}")
+        return json_error(404, "not_found", f"no such {kind[:-1]}")
     directory = svc.directory.without_site(eid) if kind == "sites" else svc.directory.without_clinician(eid)
     await svc.set_directory(directory)
     return web.Response(status=204)
@@ -105,7 +101,7 @@ async def _visible(request: web.Request) -> tuple[Principal, Any] | web.Response
     svc = _svc(request)
     c = await svc.get_any(request.match_info["id"])
     if c is None or not svc.visible(principal, c):
-        return _error(404, "not_found", "no such consultation")
+        return json_error(404, "not_found", "no such consultation")
     return principal, c
 
 
@@ -123,16 +119,16 @@ async def put_report(request: web.Request) -> web.Response:
         return got
     principal, c = got
     if principal.role is not Role.PHYSICIAN or c.physician != principal.subject:
-        return _error(403, "forbidden", "only the consultation's physician writes its report")
+        return json_error(403, "forbidden", "only the consultation's physician writes its report")
     if c.state not in (State.ACCEPTED, State.ACTIVE, State.ENDED):
-        return _error(409, "conflict", f"a {c.state.value} consultation has no report")
+        return json_error(409, "conflict", f"a {c.state.value} consultation has no report")
     body = await _json(request)
     if not isinstance(body, dict):
-        return _error(400, "bad_request", "body must be an object")
+        return json_error(400, "bad_request", "body must be an object")
     try:
         report = validate_report(body)
     except ValueError as exc:
-        return _error(400, "bad_request", str(exc))
+        return json_error(400, "bad_request", str(exc))
     saved_at = await _svc(request).save_report(c, report, principal.subject)
     return web.json_response({"consultation_id": c.id, "saved_at": saved_at})
 
@@ -143,10 +139,10 @@ async def get_report(request: web.Request) -> web.Response:
         return got
     principal, c = got
     if principal.role is Role.AGENT or (principal.role is Role.PHYSICIAN and c.physician != principal.subject):
-        return _error(403, "forbidden", "not yours to read")
+        return json_error(403, "forbidden", "not yours to read")
     found = await _svc(request).records.get_report(c.id)
     if found is None:
-        return _error(404, "not_found", "no report yet")
+        return json_error(404, "not_found", "no report yet")
     return web.json_response({"consultation_id": c.id, **found})
 
 
@@ -156,7 +152,7 @@ async def get_journal(request: web.Request) -> web.Response:
         return got
     principal, c = got
     if not (principal.role is Role.ADMIN or (principal.role is Role.PHYSICIAN and c.physician == principal.subject)):
-        return _error(403, "forbidden", "admins and the consultation's physician only")
+        return json_error(403, "forbidden", "admins and the consultation's physician only")
     svc = _svc(request)
     entries = await svc.journal.read(c.id)
     await svc.journal.append("journal.read", actor=principal.subject, consultation_id=c.id)

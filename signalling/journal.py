@@ -14,7 +14,7 @@ field names (``patient_ref``, ``ins``, ``reason``, ``report``...) are refused.
 Backends: :class:`FileJournal` (JSON lines under ``data_dir``; each append
 returns once the line is written and fsync'd; concurrent appends share one
 fsync) and :class:`RedisJournal` (a stream per consultation plus one global
-stream). Other packages call ``app[appkeys.SIGNALLING].journal.append(...)``.
+stream). Other packages call ``app[signalling.appkeys.SIGNALLING].journal.append(...)``.
 """
 
 from __future__ import annotations

@@ -22,21 +22,20 @@ from dataclasses import dataclass, field, replace
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterable
 
 from config.settings import Settings
+from core.auth import AuthError, Principal, Role, TokenService
+from sfu.node import NodeInfo, choose_node
+from signalling import protocol as p
 from signalling import queue as queue_mod
-from signalling.auth import AuthError, Principal, Role, TokenService
-from signalling.consultation import (LIVE, WAITING, Consultation, InvalidTransition, State, recording_state,
-                                     transition)
+from signalling.consultation import LIVE, WAITING, Consultation, InvalidTransition, State, recording_state, transition
 from signalling.directory import Directory, load_directory
 from signalling.hub import Hub, Outbox
 from signalling.journal import Journal
 from signalling.matcher import Candidate, Waiting, eligible, estimated_wait_s, plan, queue_order
 from signalling.presence import Presence
-from signalling import protocol as p
 from signalling.protocol import ErrorCode, PresenceStatus, ProtocolError, WithdrawReason
 from signalling.records import Records
 from signalling.store import QueueOp, Store
 from signalling.turn import ice_servers
-from sfu.node import NodeInfo, choose_node
 
 logger = logging.getLogger(__name__)
 

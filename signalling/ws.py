@@ -19,10 +19,12 @@ from typing import Any
 from aiohttp import WSMsgType, web
 from prometheus_client import Counter, Gauge
 
+from core import appkeys
+from core.http import json_error
 from signalling import protocol as p
+from signalling.appkeys import SIGNALLING
 from signalling.protocol import ErrorCode, ProtocolError
 from signalling.service import Session, SignallingService
-from teleconsult import appkeys
 
 logger = logging.getLogger(__name__)
 
@@ -130,11 +132,9 @@ WS_METRICS = web.AppKey("signalling_ws_metrics", WsMetrics)
 
 
 async def websocket(request: web.Request) -> web.StreamResponse:
-    from teleconsult.app import json_error
-
     if not origin_allowed(request):
         return json_error(403, "forbidden", "origin not allowed")
-    service: SignallingService = request.app[appkeys.SIGNALLING]
+    service: SignallingService = request.app[SIGNALLING]
     metrics = request.app[WS_METRICS]
     sig = service.sig
     ws = web.WebSocketResponse(heartbeat=sig.heartbeat_s, max_msg_size=sig.max_message_bytes)

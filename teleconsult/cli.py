@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
 from config.settings import Settings, SettingsError, load_settings
+from signalling.appkeys import SIGNALLING
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -49,7 +50,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         if args.media_address.startswith("127."):
             media["allowed_remote_networks"] = ["127.0.0.0/8"]
     settings = settings.replace(server=server, media=media)
-    from teleconsult import logs
+    from core import logs
 
     logs.configure(settings.server.log_format, settings.server.log_level)
     import uvloop
@@ -79,7 +80,6 @@ async def listen(app: "web.Application", settings: Settings) -> Listening:
     at the address actually bound (port 0 picks one only now)."""
     from aiohttp import web
 
-    from teleconsult import appkeys
 
     runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5)
     await runner.setup()
@@ -90,7 +90,7 @@ async def listen(app: "web.Application", settings: Settings) -> Listening:
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     local = f"{scheme}://{shown}:{port}"
     base = settings.server.public_url.rstrip("/") or local
-    signalling = app.get(appkeys.SIGNALLING)
+    signalling = app.get(SIGNALLING)
     if signalling is not None:
         signalling.node_url = base
         await signalling.heartbeat_node()
@@ -99,7 +99,7 @@ async def listen(app: "web.Application", settings: Settings) -> Listening:
 
 async def serve(settings: Settings, ready: Callable[[str], None] | None = None) -> int:
     """Run the server until signals stop it (first: drain, second: stop now)."""
-    from teleconsult import appkeys
+    from core import appkeys
     from teleconsult.app import create_app
 
     app = create_app(settings)
@@ -129,7 +129,7 @@ async def serve(settings: Settings, ready: Callable[[str], None] | None = None) 
 
 # -- token -------------------------------------------------------------------
 def _tokens(settings: Settings):  # type: ignore[no-untyped-def]
-    from signalling.auth import TokenService
+    from core.auth import TokenService
 
     return TokenService(settings.auth, settings.server.data_dir)
 

@@ -31,6 +31,7 @@ from typing import Any
 import aiohttp
 
 from config.settings import Settings
+from signalling.appkeys import SIGNALLING
 
 logger = logging.getLogger(__name__)
 
@@ -71,15 +72,15 @@ def demo_settings(settings: Settings, host: str | None, port: int | None, media_
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     settings = demo_settings(settings, args.host, args.port, args.media_address)
-    from teleconsult import logs
+    from core import logs
 
     logs.configure(settings.server.log_format, settings.server.log_level)
     return asyncio.run(run_demo(settings))
 
 
 async def run_demo(settings: Settings) -> int:
+    from core import appkeys
     from devices.agent import AgentConfig, DeviceAgent
-    from teleconsult import appkeys
     from teleconsult.app import create_app
     from teleconsult.cli import listen
 
@@ -94,7 +95,7 @@ async def run_demo(settings: Settings) -> int:
     loop = asyncio.get_running_loop()
     try:
         tokens = app[appkeys.TOKENS]
-        directory = app[appkeys.SIGNALLING].directory
+        directory = app[SIGNALLING].directory
         clinician = directory.clinicians.get(PHYSICIAN)
         specialties = clinician.specialties if clinician is not None else ("general",)
         nurse_token = tokens.issue_access("nurse", NURSE, site=SITE, name="Demo nurse", ttl=LINK_TTL_S)

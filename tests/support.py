@@ -17,8 +17,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from config.settings import Settings, load_settings
-from signalling.auth import TokenService
-from teleconsult import appkeys
+from core import appkeys
+from core.auth import TokenService
+from signalling.appkeys import SIGNALLING
 from teleconsult.app import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,7 +81,7 @@ async def start_server(settings: Settings) -> RunningServer:
     server = TestServer(app, host="127.0.0.1", port=0)
     await server.start_server()
     url = str(server.make_url("")).rstrip("/")
-    signalling = app.get(appkeys.SIGNALLING)
+    signalling = app.get(SIGNALLING)
     if signalling is not None:  # as `teleconsult serve` does: the SFU node is at the bound URL
         signalling.node_url = url
         await signalling.heartbeat_node()

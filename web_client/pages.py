@@ -16,7 +16,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from teleconsult import appkeys
+from core import appkeys
 
 STATIC = Path(__file__).resolve().parent / "static"
 

@@ -15,6 +15,7 @@ from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtcconfiguration import RTCBundlePolicy
 
 from media.ice import ScopedPeerConnection
+from sfu.appkeys import SFU
 from sfu.sdp import msids
 from tests.signalling.client import SigClient
 from tests.support import RunningServer
@@ -148,9 +149,8 @@ async def view(http: aiohttp.ClientSession, server: RunningServer, room: str, to
 async def wait_publications(server: RunningServer, room: str, sources: tuple[str, ...],
                             timeout: float = 30.0) -> dict[str, Any]:
     """The room's publications by source once every one of ``sources`` is there."""
-    from teleconsult import appkeys
 
-    sfu = server.app[appkeys.SFU]
+    sfu = server.app[SFU]
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:

@@ -18,9 +18,9 @@ from config.settings import Settings
 from devices.agent import AgentConfig, DeviceAgent, media_node_url, room_of
 from devices.agent_messages import PREVIEW_MAX_CHARS
 from devices.registry import DEVICE_NAMES
-from teleconsult import appkeys
-from tests.devices.agent_clients import (AGENT_SOURCES, Consultation, start_consultation, view,
-                                         wait_publications)
+from sfu.appkeys import SFU
+from signalling.appkeys import SIGNALLING
+from tests.devices.agent_clients import AGENT_SOURCES, Consultation, start_consultation, view, wait_publications
 from tests.support import RunningServer, loopback_settings, wait_for
 
 
@@ -33,7 +33,7 @@ def settings(tmp_path: Path) -> Settings:
 
 def forwarded(server: RunningServer, source: str) -> int:
     """Packets of ``source`` the SFU has forwarded to subscribers so far (all publications)."""
-    counts = server.app[appkeys.SFU].metrics.tracks.get(("audio" if source == "stethoscope" else "video", source))
+    counts = server.app[SFU].metrics.tracks.get(("audio" if source == "stethoscope" else "video", source))
     return 0 if counts is None else int(counts.packets_out)
 
 
@@ -166,7 +166,7 @@ async def test_room_token_agent_publishes_obeys_the_physician_and_sends_stills(s
         assert steth.mode == "bell"
 
         # A network drop of one WHIP session: the agent publishes again.
-        sfu = server.app[appkeys.SFU]
+        sfu = server.app[SFU]
         publisher = agent.links[c.id].publishers["otoscope"]
         old = pubs["otoscope"].id
         await sfu.leave(pubs["otoscope"].session_id)
@@ -212,7 +212,7 @@ async def test_site_agent_joins_when_its_consultation_starts_and_leaves_when_it_
         assert agent.session_id == first_session and c.id in agent.links
         await c.end()
         await wait_for(lambda: not agent.links, 15, what="the agent left")
-        sfu = server.app[appkeys.SFU]
+        sfu = server.app[SFU]
         await wait_for(lambda: not sfu.publications(c.id), 10, what="no publication left")
         # A consultation of another site is none of its business.
         other = await start_consultation(server, site="ehpad-demo", nurse="nurse-2")
@@ -252,8 +252,8 @@ async def test_site_agent_follows_room_moved_to_the_new_node(server: RunningServ
             await asyncio.wait_for(physician.tracks[label].recv(), 20)
 
         # Re-place the room on a node with another URL (the same process, reached as localhost).
-        service = server.app[appkeys.SIGNALLING]
-        sfu = server.app[appkeys.SFU]
+        service = server.app[SIGNALLING]
+        sfu = server.app[SFU]
         port = server.url.rsplit(":", 1)[1]
         moved_url = f"http://localhost:{port}"
         service.node_url = moved_url

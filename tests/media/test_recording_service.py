@@ -22,7 +22,7 @@ import numpy as np
 from aiortc.mediastreams import MediaStreamTrack
 
 from media.recording_service import RECORDING
-from teleconsult import appkeys
+from sfu.appkeys import SFU
 from tests.sfu.clients import FlatVideoTrack, Session, play, publish
 from tests.signalling.client import SigClient
 from tests.support import RunningServer, run_cli, wait_for
@@ -134,7 +134,7 @@ async def test_a_consultation_is_recorded_in_sync_with_access_control(server: Ru
         try:
             sessions.append(await publish(http, server.url, cid, c["nurse_room"], [
                 GatedVideo(gate, VIDEO_FRAMES, 60), GatedAudio(gate, AUDIO_FRAMES, 440)]))
-            sfu = server.app[appkeys.SFU]
+            sfu = server.app[SFU]
             await wait_for(lambda: len(sfu.publications(cid)) == 2, what="nurse publications")
             status, body = await recording(http, server, cid, "start", doctor_token)
             assert status == 200, body
@@ -279,7 +279,7 @@ async def test_consent_roles_keyframe_on_start_and_stop_on_end(server: RunningSe
         try:
             sessions.append(await publish(http, server.url, cid, c["nurse_room"], [FlatVideoTrack(160, 120)]))
             await connected(*sessions)
-            counts = server.app[appkeys.SFU].metrics.track("video", "camera")
+            counts = server.app[SFU].metrics.track("video", "camera")
             await wait_for(lambda: counts.frames > 45, 15, what="stream running")
             keyframes_before = counts.keyframes
             status, body = await recording(http, server, cid, "start", doctor_token)

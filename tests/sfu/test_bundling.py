@@ -15,15 +15,15 @@ from typing import Any
 import aiohttp
 import pytest
 from aiortc import RTCConfiguration, RTCSessionDescription
-from aiortc.mediastreams import AudioStreamTrack
 from aiortc import sdp as aiortc_sdp
+from aiortc.mediastreams import AudioStreamTrack
 from aiortc.rtcconfiguration import RTCBundlePolicy
 
 from media.ice import ScopedPeerConnection
+from sfu.appkeys import SFU
 from sfu.participant import MID_URI
 from sfu.rtp import extension_elements, parse_header
 from sfu.sdp import bundle_candidates, msids, parse_offer
-from teleconsult import appkeys
 from tests.sfu.clients import FlatVideoTrack, post_offer, publish, sending_ssrcs
 from tests.support import RunningServer, wait_for
 
@@ -77,7 +77,7 @@ async def four_publications(http: aiohttp.ClientSession, server: RunningServer, 
         await publish(http, server.url, room, token, [FlatVideoTrack(*SIZES["dermatoscope"]), AudioStreamTrack()],
                       sources=["dermatoscope", "stethoscope"]),
     ]
-    await wait_for(lambda: len(server.app[appkeys.SFU].publications(room)) == 4, what="4 publications")
+    await wait_for(lambda: len(server.app[SFU].publications(room)) == 4, what="4 publications")
     return sessions
 
 
@@ -170,7 +170,7 @@ async def test_publisher_sections_in_any_order_feed_their_own_publications(serve
     """Audio, two videos and a data channel in that order, from one peer connection (the Python
     API, as the browser pages use it); with ``a=ssrc`` lines, or without (demultiplexed by the
     ``mid`` header extension)."""
-    sfu = server.app[appkeys.SFU]
+    sfu = server.app[SFU]
     grant = server.tokens.verify_room(server.tokens.issue_room(
         "pub", "cabin", role="nurse", publish=["microphone", "camera", "dermatoscope"]), "pub")
     pc = ScopedPeerConnection(configuration=RTCConfiguration(bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
@@ -218,7 +218,7 @@ async def test_an_offer_without_bundle_is_refused_with_a_clear_400(server):
         response = await post_offer(http, f"{server.url}/whip/nb", token, offer)
         body = await response.json()
     assert response.status == 400 and body["error"] == "bad_sdp" and "BUNDLE" in body["reason"]
-    assert server.app[appkeys.SFU].publications("nb") == []
+    assert server.app[SFU].publications("nb") == []
 
 
 def _bundle_only(offer: str, mid: str) -> str:
@@ -262,7 +262,7 @@ def test_bundle_only_sections_are_not_rejected_and_get_the_tagged_candidates():
 
 async def test_a_bundle_only_section_is_published(server):
     """A JSEP max-bundle offer (port 0 + a=bundle-only, candidates in the tagged section only)."""
-    sfu = server.app[appkeys.SFU]
+    sfu = server.app[SFU]
     token = server.tokens.issue_room("bo", "cabin", role="nurse", publish=["camera", "microphone"])
     pc = ScopedPeerConnection(configuration=RTCConfiguration(bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
     try:

@@ -15,7 +15,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from signalling.auth import TokenService
+from core.auth import TokenService
 from tests.sfu.clients import FlatVideoTrack, Session, play, post_offer, publish, record_received
 from tests.support import ROOT, free_port, loopback_settings, stop_process, wait_for
 

@@ -9,8 +9,8 @@ import pytest
 from aiortc.mediastreams import AudioStreamTrack
 
 from sfu.aiortc_patches import sender_report_counts
+from sfu.appkeys import SFU
 from sfu.keyframes import keyframe_start
-from teleconsult import appkeys
 from tests.sfu.clients import FlatVideoTrack, play, publish, record_received, record_sent
 from tests.support import wait_for
 
@@ -44,7 +44,7 @@ async def test_bytes_in_equal_bytes_out(server, codec):
         sent = record_sent(pub.pc)
         sub = None
         try:
-            await wait_for(lambda: server.app[appkeys.SFU].publications("r1"), what="publication")
+            await wait_for(lambda: server.app[SFU].publications("r1"), what="publication")
             sub = await play(http, server.url, "r1", sub_token, [kind], codecs={kind: codec})
             received = record_received(sub.pc)
             await wait_for(lambda: len([r for r in received]) >= 30, timeout=15, what="30 packets forwarded")
@@ -56,7 +56,7 @@ async def test_bytes_in_equal_bytes_out(server, codec):
                 first = next(r for r in received if r.payload_type == media_pt)
                 assert keyframe_start(codec.split("/")[1].lower(), first.payload), "did not start on a keyframe"
             # Sender Reports count what the SFU wrote on this leg
-            (participant,) = [p for p in server.app[appkeys.SFU]._rooms["r1"].participants.values() if p.subscriptions]
+            (participant,) = [p for p in server.app[SFU]._rooms["r1"].participants.values() if p.subscriptions]
             (subscription,) = participant.subscriptions.values()
             packets, octets, _ = sender_report_counts(subscription.sender)
             media = [r for r in received if r.payload_type == media_pt]

@@ -16,11 +16,18 @@ from aiortc import sdp as aiortc_sdp
 from aiortc.mediastreams import AudioStreamTrack
 
 from devices.opus_encoder import OpusConfig, use_stethoscope_encoder
-
 from media.ice import RandomLoss
-from teleconsult import appkeys
-from tests.sfu.clients import (FlatVideoTrack, Recorded, client_pc, play, post_offer, publish, record_received,
-                               record_sent)
+from sfu.appkeys import SFU
+from tests.sfu.clients import (
+    FlatVideoTrack,
+    Recorded,
+    client_pc,
+    play,
+    post_offer,
+    publish,
+    record_received,
+    record_sent,
+)
 from tests.support import wait_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -47,7 +54,7 @@ def span(seqs: set[int]) -> list[int]:
 
 
 async def test_nack_rtx_repairs_loss_on_the_lossy_leg_only(server):
-    sfu = server.app[appkeys.SFU]
+    sfu = server.app[SFU]
     tokens = server.tokens
     loss = RandomLoss(0.1, seed=7)
     async with aiohttp.ClientSession() as http:
@@ -103,7 +110,7 @@ class ToneTrack(AudioStreamTrack):
 async def test_opus_in_band_fec_crosses_a_lossy_leg_untouched(server):
     """Opus legs have no NACK/RTX (aiortc negotiates none): loss on a leg is left to the Opus
     decoder's in-band FEC, so every packet must reach it as the encoder made it."""
-    sfu = server.app[appkeys.SFU]
+    sfu = server.app[SFU]
     tokens = server.tokens
     loss = RandomLoss(0.1, seed=3)
     pc = client_pc()

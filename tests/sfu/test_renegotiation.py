@@ -12,10 +12,10 @@ import pytest
 from aiortc import RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack
 
+from sfu.appkeys import SFU
 from sfu.events import RoomEventType
 from sfu.keyframes import vp8_keyframe_start
 from sfu.rtp import parse_header, ts_newer
-from teleconsult import appkeys
 from tests.sfu.clients import FlatVideoTrack, client_pc, play, publish, record_received, sending_ssrcs
 from tests.support import wait_for
 
@@ -37,7 +37,7 @@ def _session_id(location: str) -> str:
 
 
 async def test_removing_a_section_by_reoffer_ends_only_its_publication_or_subscription(server):
-    sfu = server.app[appkeys.SFU]
+    sfu = server.app[SFU]
     tokens = server.tokens
     room = "reoffer"
     events: list[Any] = []
@@ -161,7 +161,7 @@ class SsrcSwitch:
 
 @pytest.mark.parametrize("kind", ["video", "audio"])
 async def test_a_publisher_changing_ssrc_mid_stream_keeps_subscribers_continuous(server, kind):
-    sfu = server.app[appkeys.SFU]
+    sfu = server.app[SFU]
     tokens = server.tokens
     room = f"ssrc-{kind}"
     source = "camera" if kind == "video" else "microphone"

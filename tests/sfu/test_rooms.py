@@ -10,11 +10,12 @@ import pytest
 from aiortc import RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack
 
+from core import appkeys
 from media.ice import ScopedPeerConnection
+from sfu.appkeys import SFU
 from sfu.events import RoomEventType
 from sfu.keyframes import vp8_keyframe_start
 from sfu.sdp import msids
-from teleconsult import appkeys
 from tests.sfu.clients import FlatVideoTrack, play, post_offer, publish, record_received
 from tests.support import wait_for
 
@@ -24,7 +25,7 @@ pytestmark = pytest.mark.timeout(60)
 async def test_late_subscriber_gets_a_keyframe_promptly(server):
     """aiortc's VP8 encoder has a 3000-frame GOP: the keyframe comes from the SFU's PLI."""
     tokens = server.tokens
-    sfu = server.app[appkeys.SFU]
+    sfu = server.app[SFU]
     async with aiohttp.ClientSession() as http:
         pub = await publish(http, server.url, "late", tokens.issue_room("late", "cabin", role="nurse",
                                                                           publish=["camera"]), [FlatVideoTrack()])
@@ -61,7 +62,7 @@ async def test_cabin_and_physician_see_each_others_labelled_tracks(server):
                                           AudioStreamTrack()], sources=["dermatoscope", "stethoscope"]))
             sessions.append(await publish(http, server.url, room, doctor, [FlatVideoTrack(160, 120),
                                           AudioStreamTrack()]))
-            sfu = server.app[appkeys.SFU]
+            sfu = server.app[SFU]
             await wait_for(lambda: len(sfu.publications(room)) == 6, what="6 publications")
             doctor_view = await play(http, server.url, room, doctor, ["video", "video", "audio", "audio"])
             cabin_view = await play(http, server.url, room, cabin, ["video", "audio"])
@@ -81,7 +82,7 @@ async def test_cabin_and_physician_see_each_others_labelled_tracks(server):
 
 async def test_grants_and_bad_input_are_refused_and_the_server_keeps_serving(server):
     tokens = server.tokens
-    sfu = server.app[appkeys.SFU]
+    sfu = server.app[SFU]
     pc = ScopedPeerConnection()
     pc.addTransceiver("video", direction="sendonly")
     await pc.setLocalDescription(await pc.createOffer())
@@ -126,7 +127,7 @@ async def test_grants_and_bad_input_are_refused_and_the_server_keeps_serving(ser
 
 async def test_replacing_a_publication_keeps_the_subscriber_stream_continuous(server):
     tokens = server.tokens
-    sfu = server.app[appkeys.SFU]
+    sfu = server.app[SFU]
     events = []
     sfu.on_room_event("rep", events.append)
     token = tokens.issue_room("rep", "cabin", role="nurse", publish=["camera"])
@@ -177,7 +178,7 @@ async def _data_peer(sfu, grant, publish_video: bool):
 
 async def test_data_channel_relay_and_renegotiation_through_the_python_api(server):
     tokens = server.tokens
-    sfu = server.app[appkeys.SFU]
+    sfu = server.app[SFU]
     nurse = tokens.verify_room(tokens.issue_room("d", "cabin", role="nurse", publish=["camera"], subscribe=True), "d")
     doctor = tokens.verify_room(tokens.issue_room("d", "dr", role="physician", subscribe=True, command=True), "d")
     npc, nch, ninbox, _ = await _data_peer(sfu, nurse, publish_video=True)
@@ -214,7 +215,7 @@ async def test_data_channel_relay_and_renegotiation_through_the_python_api(serve
 
 async def test_metrics_ready_probe_and_close(server):
     tokens = server.tokens
-    sfu = server.app[appkeys.SFU]
+    sfu = server.app[SFU]
     async with aiohttp.ClientSession() as http:
         pub = await publish(http, server.url, "m", tokens.issue_room("m", "cabin", role="nurse", publish=["camera"]),
                             [FlatVideoTrack(160, 120)])

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import aiohttp
 
+from sfu.appkeys import SFU
 from tests.signalling.client import SigClient
 from tests.support import RunningServer
 
@@ -58,7 +58,7 @@ async def test_full_flow(sig: RunningServer) -> None:
         assert "reason" not in started_a["consultation"] and "patient_ref" not in started_a["consultation"]
         await d.event("consultation.started")
         # The SFU has the room.
-        assert cid in sig.app[__import__("teleconsult").appkeys.SFU].rooms()
+        assert cid in sig.app[SFU].rooms()
         # Report, saved then read back.
         report = {"reason": "chest pain", "findings": "normal ECG", "conclusion": "musculoskeletal",
                   "prescriptions": ["paracetamol 1g"], "follow_up": "GP in 1 week"}

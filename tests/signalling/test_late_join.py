@@ -21,12 +21,12 @@ import jwt
 from aiortc import RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack
 
+from signalling.appkeys import SIGNALLING
 from tests.sfu.clients import FlatVideoTrack, client_pc
 from tests.signalling.client import SigClient
 from tests.signalling.conftest import sig_settings
 from tests.signalling.test_flow import VISIT, nurse, physician
 from tests.support import RunningServer, start_server, wait_for
-from teleconsult import appkeys
 
 PUBLICATION_KEYS = {"id", "identity", "role", "source", "kind", "codec", "published_at", "replaces"}
 
@@ -155,7 +155,7 @@ async def test_auth_renew_is_bounded_by_the_session_age(tmp_path: Path) -> None:
 
         # A chain near its maximum age is refused: sign in again.
         old = sig.tokens.issue_access("nurse", "nurse-1", site="cabin-demo", ttl=120)
-        service = sig.app[appkeys.SIGNALLING]
+        service = sig.app[SIGNALLING]
         service.sig = dataclasses.replace(service.sig, max_session_s=30.0)  # less than RENEW_MIN_TTL_S left
         stale = await SigClient.connect(sig.ws_url, old)
         clients.append(stale)

@@ -14,12 +14,12 @@ from typing import Any
 from aiortc import RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack
 
+from sfu.appkeys import SFU
 from tests.sfu.clients import FlatVideoTrack, client_pc
 from tests.signalling.client import SigClient
+from tests.signalling.conftest import sig_settings
 from tests.signalling.test_flow import VISIT, agent, nurse, physician
 from tests.support import RunningServer, start_server, wait_for
-from tests.signalling.conftest import sig_settings
-from teleconsult import appkeys
 
 
 async def _offer(client: SigClient, pc: Any, cid: str, subscribe: dict[Any, str]) -> dict[str, Any]:
@@ -49,7 +49,7 @@ async def test_media_through_the_socket_renegotiation_and_room_close(tmp_path: A
         await d.event("offer.received", consultation__id=cid)
         await d.request("offer.accept", consultation_id=cid)
         await n.event("consultation.started")
-        sfu = sig.app[appkeys.SFU]
+        sfu = sig.app[SFU]
         assert cid in sfu.rooms()
 
         # The nurse publishes camera + microphone on one peer connection.

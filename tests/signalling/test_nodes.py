@@ -15,14 +15,16 @@ from typing import Any
 
 import aiohttp
 
+from core import appkeys
+from sfu.appkeys import SFU
 from sfu.node import NodeInfo, choose_node
+from signalling.appkeys import SIGNALLING
 from tests.sfu.clients import FlatVideoTrack, play, publish
 from tests.signalling.client import SigClient
 from tests.signalling.conftest import sig_settings
 from tests.signalling.procs import spawn_server, stop
 from tests.signalling.test_flow import VISIT
 from tests.support import RunningServer, start_server, wait_for
-from teleconsult import appkeys
 
 
 def test_choose_node_least_loaded_live_not_draining() -> None:
@@ -36,7 +38,7 @@ def test_choose_node_least_loaded_live_not_draining() -> None:
 
 async def _app(tmp_path: Path, redis_url: str, name: str) -> RunningServer:
     running = await start_server(sig_settings(tmp_path, "redis", redis_url, name=name, heartbeat_s=1.0))
-    service = running.app[appkeys.SIGNALLING]
+    service = running.app[SIGNALLING]
     service.node_url = running.url  # as `teleconsult serve` does with the bound address
     await service.heartbeat_node()
     return running
@@ -65,7 +67,7 @@ async def _media_flows(base: str, cid: str, nurse_token: str, physician_token: s
 async def test_rooms_go_to_the_least_loaded_node_and_clients_follow_sfu_url(tmp_path: Path, redis_url: str) -> None:
     a = await _app(tmp_path, redis_url, "a")
     b = await _app(tmp_path, redis_url, "b")
-    svc_a, svc_b = a.app[appkeys.SIGNALLING], b.app[appkeys.SIGNALLING]
+    svc_a, svc_b = a.app[SIGNALLING], b.app[SIGNALLING]
     clients: list[SigClient] = []
     peers: list[Any] = []
     try:
@@ -76,7 +78,7 @@ async def test_rooms_go_to_the_least_loaded_node_and_clients_follow_sfu_url(tmp_
         clients += [n, d]
         started = await n.event("consultation.started")
         assert started["sfu_url"] == a.url
-        assert cid in a.app[appkeys.SFU].rooms() and cid not in b.app[appkeys.SFU].rooms()
+        assert cid in a.app[SFU].rooms() and cid not in b.app[SFU].rooms()
         # The socket's process is not the room's node: wrong_node, then that node's WHIP/WHEP.
         await n.error("media.offer", "wrong_node", consultation_id=cid, sdp="v=0")
         d_started = await d.event("consultation.started")
@@ -86,7 +88,7 @@ async def test_rooms_go_to_the_least_loaded_node_and_clients_follow_sfu_url(tmp_
         # A fresh room token says where the room is too.
         assert (await d.request("room.token", consultation_id=cid))["sfu_url"] == a.url
         await d.request("consultation.end", consultation_id=cid)
-        await wait_for(lambda: cid not in a.app[appkeys.SFU].rooms(), 10, what="room closed on its node")
+        await wait_for(lambda: cid not in a.app[SFU].rooms(), 10, what="room closed on its node")
         assert await svc_b.store.room_node(cid) is None
 
         # Node a drains (SIGTERM): new rooms go to b although b is more loaded.
@@ -97,7 +99,7 @@ async def test_rooms_go_to_the_least_loaded_node_and_clients_follow_sfu_url(tmp_
         cid2 = (await n.request("visit.request", **VISIT))["consultation"]["id"]
         await d.event("offer.received", consultation__id=cid2)
         accepted = await d.request("offer.accept", consultation_id=cid2)
-        assert accepted["sfu_url"] == b.url and cid2 in b.app[appkeys.SFU].rooms()
+        assert accepted["sfu_url"] == b.url and cid2 in b.app[SFU].rooms()
         await d.request("consultation.end", consultation_id=cid2)
     finally:
         for peer in peers:
@@ -110,7 +112,7 @@ async def test_rooms_go_to_the_least_loaded_node_and_clients_follow_sfu_url(tmp_
 
 async def test_a_dead_node_loses_its_rooms_to_a_live_one(tmp_path: Path, redis_url: str) -> None:
     b = await _app(tmp_path, redis_url, "b")
-    svc_b = b.app[appkeys.SIGNALLING]
+    svc_b = b.app[SIGNALLING]
     a = spawn_server(tmp_path / "a", redis_url, heartbeat_s=1.0)
     clients: list[SigClient] = []
     peers: list[Any] = []
@@ -128,7 +130,7 @@ async def test_a_dead_node_loses_its_rooms_to_a_live_one(tmp_path: Path, redis_u
         moved_n = await n.event("room.moved", timeout=15, room=cid)
         moved_d = await d.event("room.moved", timeout=5, room=cid)
         assert moved_n["sfu_url"] == moved_d["sfu_url"] == b.url
-        assert await svc_b.store.room_node(cid) == svc_b.node_id and cid in b.app[appkeys.SFU].rooms()
+        assert await svc_b.store.room_node(cid) == svc_b.node_id and cid in b.app[SFU].rooms()
         # The parties rejoin at the new node with the new tokens.
         peers += await _media_flows(b.url, cid, moved_n["room_token"], moved_d["room_token"])
         acts = [e["act"] for e in await svc_b.journal.read(cid)]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import aiohttp
 
+from signalling.appkeys import SIGNALLING
 from tests.signalling.client import SigClient
 from tests.signalling.conftest import sig_settings
 from tests.signalling.test_flow import VISIT, nurse, physician
@@ -56,7 +57,7 @@ async def test_offer_timeout_passes_to_next(tmp_path: Path, backend: str, store_
         # A late accept by the first physician is refused.
         await a.error("offer.accept", "not_found", consultation_id=cid)  # no longer its offer
         await b.request("offer.accept", consultation_id=cid)
-        journal = await sig.app[__import__("teleconsult").appkeys.SIGNALLING].journal.read(cid)
+        journal = await sig.app[SIGNALLING].journal.read(cid)
         assert [e["act"] for e in journal][:5] == ["visit.checkin", "consent", "offer", "offer.timeout", "offer"]
         for cl in (n, a, b):
             await cl.close()

@@ -6,11 +6,11 @@ import asyncio
 import random
 from pathlib import Path
 
+from signalling.appkeys import SIGNALLING
 from tests.signalling.client import SigClient
 from tests.signalling.conftest import sig_settings
 from tests.signalling.test_flow import VISIT
 from tests.support import start_server
-from teleconsult import appkeys
 
 
 async def test_two_processes_never_double_assign(tmp_path: Path, redis_url: str) -> None:
@@ -69,7 +69,7 @@ async def test_two_processes_never_double_assign(tmp_path: Path, redis_url: str)
         assert len(accepted) == total, f"{len(accepted)} of {total} matched"
         assert not violations, violations
         # The journal agrees: one accept per consultation, each offer resolved before the next.
-        journal = a.app[appkeys.SIGNALLING].journal
+        journal = a.app[SIGNALLING].journal
         for cid in accepted:
             acts = [e["act"] for e in await journal.read(cid) if e["act"].startswith("offer")]
             assert acts.count("offer.accept") == 1

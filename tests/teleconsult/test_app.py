@@ -23,7 +23,7 @@ async def test_health_ready_metrics(server: RunningServer) -> None:
 
 
 async def test_readyz_unready_while_draining(server: RunningServer) -> None:
-    from teleconsult import appkeys
+    from core import appkeys
 
     server.app[appkeys.LIFECYCLE].signal()
     async with aiohttp.ClientSession() as http:

@@ -1,7 +1,7 @@
 from pathlib import Path
 
 from config.settings import AuthSettings
-from signalling.auth import Role, TokenService
+from core.auth import Role, TokenService
 from tests.support import run_cli
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import aiohttp
 import jwt
 
+from signalling.appkeys import SIGNALLING
 from tests.support import RunningServer, loopback_settings, start_server, wait_for
-from teleconsult import appkeys
 from tests.web_client.conftest import Console, open_page, screenshot
 from tests.web_client.test_consultation import RECORD_BANNER
 
@@ -139,7 +139,7 @@ async def test_auth_config_empty_without_provider(server: RunningServer) -> None
 
 async def test_token_expiring_during_the_session_shows_sign_in_again(server: RunningServer, chromium) -> None:  # type: ignore[no-untyped-def]
     # The session is at its maximum age: auth.renew is refused (the renewal itself: test_rejoin.py).
-    service = server.app[appkeys.SIGNALLING]
+    service = server.app[SIGNALLING]
     service.sig = dataclasses.replace(service.sig, max_session_s=30.0)
     token = server.tokens.issue_access("physician", "dr-demo", specialties=["general"], ttl=3)
     page = await open_page(chromium, f"{server.url}/physician#token={token}")

@@ -13,7 +13,7 @@ import pytest
 
 from config.settings import Settings
 from devices.agent import AgentConfig, DeviceAgent
-from teleconsult import appkeys
+from signalling.appkeys import SIGNALLING
 from tests.support import RunningServer, loopback_settings
 from tests.web_client.conftest import Console, open_page, screenshot
 from tests.web_client.test_consultation import check_in, decoded_frames_grow, signed_in
@@ -72,7 +72,7 @@ async def test_reload_and_room_moved_mid_call(server: RunningServer, chromium) -
             await page.evaluate("window.__errs = []; window.teleconsult.call.addEventListener('error', "
                                 "(e) => window.__errs.push(String(e.detail.error.code) + ' ' + e.detail.error.message))")
         await physician.evaluate("() => { window.__pc = window.teleconsult.call.pc; }")
-        service = server.app[appkeys.SIGNALLING]
+        service = server.app[SIGNALLING]
         cid = await physician.evaluate("window.teleconsult.view.consultation.id")
         await service._move_room(cid, service.node_id)
         for page in (physician, nurse):

@@ -1,6 +1,6 @@
 import asyncio
 
-from teleconsult.lifecycle import Lifecycle, Phase
+from core.lifecycle import Lifecycle, Phase
 
 
 async def test_first_signal_drains_until_live_work_ends() -> None:

@@ -21,10 +21,10 @@ from aiohttp import web
 from aiortc import RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from core import appkeys
+from core.auth import bearer_token
 from media.ice import MediaNetwork, ScopedPeerConnection
 from media.sdp import SdpError, parse_offer
-from signalling.auth import bearer_token
-from teleconsult import appkeys
 
 logger = logging.getLogger(__name__)
 

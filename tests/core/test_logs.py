@@ -1,7 +1,7 @@
 import json
 import logging
 
-from teleconsult import logs
+from core import logs
 
 
 def record(msg: str, **extra: object) -> logging.LogRecord:

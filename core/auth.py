@@ -17,7 +17,6 @@ its issuer and JWKS URL; their keys are fetched asynchronously and cached.
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import os
 import re
@@ -30,24 +29,18 @@ from typing import Any, Awaitable, Callable, Iterable
 import jwt
 
 from config.settings import AuthSettings
+from core.vocabulary import Role, Source
 
 logger = logging.getLogger(__name__)
 
 ACCESS = "access"
 ROOM = "room"
 
-SOURCES = ("camera", "microphone", "stethoscope", "dermatoscope", "otoscope", "screen", "vitals")
+SOURCES = tuple(s.value for s in Source)
 """Labels a publication may carry (``vitals`` travels on the data channel only)."""
 
 # msid tokens (RFC 8830 / RFC 4566 token chars): identities end up in a=msid lines.
 _IDENTITY = re.compile(r"^[A-Za-z0-9!#$%&'*+\-.^_`{|}~]{1,64}$")
-
-
-class Role(str, enum.Enum):
-    NURSE = "nurse"
-    PHYSICIAN = "physician"
-    AGENT = "agent"
-    ADMIN = "admin"
 
 
 class AuthError(Exception):

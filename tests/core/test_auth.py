@@ -5,7 +5,7 @@ import jwt
 import pytest
 
 from config.settings import AuthSettings
-from signalling.auth import AuthError, Role, TokenService, bearer_token
+from core.auth import AuthError, Role, TokenService, bearer_token
 
 SECRET = "s" * 40
 

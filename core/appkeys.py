@@ -1,0 +1,26 @@
+"""Typed application state of the base layer (aiohttp ``AppKey`` constants).
+
+Each component keeps its own objects under keys it defines itself
+(``sfu.appkeys``, ``signalling.appkeys``, ``media.recording.appkeys``); the
+keys here are the plumbing every component reads.
+"""
+
+from __future__ import annotations
+
+from typing import Awaitable, Callable
+
+from aiohttp import web
+
+from config.settings import Settings
+from core.auth import TokenService
+from core.lifecycle import Lifecycle
+from core.metrics import Metrics
+
+ReadyProbe = Callable[[], Awaitable[tuple[str, bool]]]
+"""A readiness check: its name and whether it passes (``/readyz`` lists them all)."""
+
+SETTINGS = web.AppKey("settings", Settings)
+TOKENS = web.AppKey("tokens", TokenService)
+METRICS = web.AppKey("metrics", Metrics)
+LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
+READY_PROBES = web.AppKey("ready_probes", list[ReadyProbe])

@@ -1,0 +1,62 @@
+"""HTTP plumbing shared by every component: the one error shape and the request middleware."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from http import HTTPStatus
+from typing import Awaitable, Callable
+
+from aiohttp import web
+
+from core import appkeys, logs
+from core.auth import AuthError
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def json_error(status: int, error: str, reason: str) -> web.Response:
+    """The one error shape of every HTTP endpoint."""
+    return web.json_response({"error": error, "reason": reason}, status=status)
+
+
+@web.middleware
+async def request_context(request: web.Request, handler: Handler) -> web.StreamResponse:
+    rid = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex[:16]
+    token = logs.request_id.set(rid)
+    metrics = request.app[appkeys.METRICS]
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    started = time.perf_counter()
+    status = 500
+    try:
+        try:
+            response = await handler(request)
+        except AuthError as exc:
+            response = json_error(401, "unauthorized", exc.reason)
+            response.headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
+        except web.HTTPException as exc:
+            status = exc.status
+            if exc.status < 400 or exc.content_type == "application/json":
+                raise
+            # One error shape everywhere: {"error": ..., "reason": ...}
+            response = json_error(exc.status, HTTPStatus(exc.status).phrase.lower().replace(" ", "_"),
+                                  exc.reason or exc.text or "")
+            for name in ("Allow", "Retry-After", "WWW-Authenticate"):
+                if name in exc.headers:
+                    response.headers[name] = exc.headers[name]
+        status = response.status
+        response.headers["X-Request-Id"] = rid
+        return response
+    except web.HTTPException:
+        raise
+    except Exception:
+        logger.exception("unhandled error", extra={"route": route})
+        status = 500
+        return json_error(500, "internal", "internal error; see the server log with this request id")
+    finally:
+        metrics.http_requests.labels(request.method, route, str(status)).inc()
+        metrics.http_latency.labels(route).observe(time.perf_counter() - started)
+        logs.request_id.reset(token)

@@ -1,0 +1,177 @@
+"""The project's one vocabulary: media sources, roles, id types and journal acts.
+
+Every component names these things from here; the pages get the same names from
+``web_client/static/vocabulary.js``, generated from this module
+(``python -m core.vocabulary web_client/static/vocabulary.js``; a test fails when
+the file drifts).
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import sys
+from pathlib import Path
+from typing import NewType
+
+# -- ids -------------------------------------------------------------------------------------
+# Distinct types for ids that are all strings on the wire, so that a room id is
+# never passed where a consultation id is meant without a visible conversion.
+ConsultationId = NewType("ConsultationId", str)
+RoomId = NewType("RoomId", str)
+"""A room is named after its consultation; the distinct type marks the media side."""
+ParticipantId = NewType("ParticipantId", str)
+"""An identity in a room (``a=msid`` token)."""
+Subject = NewType("Subject", str)
+"""Who a token says the caller is (``sub``): a clinician, nurse, agent or admin."""
+SiteId = NewType("SiteId", str)
+SessionId = NewType("SessionId", str)
+NodeId = NewType("NodeId", str)
+CaseId = NewType("CaseId", str)
+"""A télé-expertise case."""
+
+
+class MediaKind(str, enum.Enum):
+    """How a source travels: an RTP audio or video track, or the room's data channel."""
+
+    AUDIO = "audio"
+    VIDEO = "video"
+    DATA = "data"
+
+
+class Source(str, enum.Enum):
+    """What a publication carries (the second ``a=msid`` token)."""
+
+    CAMERA = "camera"
+    MICROPHONE = "microphone"
+    STETHOSCOPE = "stethoscope"
+    DERMATOSCOPE = "dermatoscope"
+    OTOSCOPE = "otoscope"
+    SCREEN = "screen"
+    VITALS = "vitals"
+
+    @property
+    def kind(self) -> MediaKind:
+        return _KINDS[self]
+
+    @property
+    def is_device(self) -> bool:
+        """A connected medical device (published by the cabin's device agent)."""
+        return self in DEVICES
+
+    @property
+    def is_media(self) -> bool:
+        """Travels as an RTP track (so the SFU forwards it and recording may keep it)."""
+        return self.kind is not MediaKind.DATA
+
+    @classmethod
+    def parse(cls, value: str) -> Source:
+        """The source named ``value``; ``ValueError`` naming the known ones otherwise."""
+        try:
+            return cls(value)
+        except ValueError:
+            raise ValueError(f"unknown source {value!r}; known: {', '.join(s.value for s in cls)}") from None
+
+
+_KINDS: dict[Source, MediaKind] = {
+    Source.CAMERA: MediaKind.VIDEO,
+    Source.MICROPHONE: MediaKind.AUDIO,
+    Source.STETHOSCOPE: MediaKind.AUDIO,
+    Source.DERMATOSCOPE: MediaKind.VIDEO,
+    Source.OTOSCOPE: MediaKind.VIDEO,
+    Source.SCREEN: MediaKind.VIDEO,
+    Source.VITALS: MediaKind.DATA,
+}
+
+DEVICES: tuple[Source, ...] = (Source.STETHOSCOPE, Source.DERMATOSCOPE, Source.OTOSCOPE, Source.VITALS)
+"""Connected devices, in the order the cabin lists them."""
+MEDIA_DEVICES: tuple[Source, ...] = tuple(s for s in DEVICES if s.is_media)
+"""Devices that publish an RTP track (vitals go on the data channel)."""
+STILL_DEVICES: tuple[Source, ...] = (Source.DERMATOSCOPE, Source.OTOSCOPE)
+"""Devices that take full-resolution stills."""
+RECORDED: tuple[Source, ...] = (Source.CAMERA, Source.MICROPHONE, Source.STETHOSCOPE,
+                                 Source.DERMATOSCOPE, Source.OTOSCOPE)
+"""Sources a consultation recording keeps."""
+
+
+class Role(str, enum.Enum):
+    """What an access or room token lets its holder be."""
+
+    NURSE = "nurse"
+    PHYSICIAN = "physician"
+    AGENT = "agent"
+    ADMIN = "admin"
+
+
+class JournalSubject(str, enum.Enum):
+    """What a journal entry is about: the key its entries are read back by."""
+
+    CONSULTATION = "consultation"
+    CASE = "case"
+    """A télé-expertise case."""
+    PRINCIPAL = "principal"
+    """Acts about a person rather than a consultation (token renewal)."""
+
+
+class Act(str, enum.Enum):
+    """Every act the audit journal records (lower-case dotted names)."""
+
+    VISIT_CHECKIN = "visit.checkin"
+    CONSENT = "consent"
+    OFFER = "offer"
+    OFFER_ACCEPT = "offer.accept"
+    OFFER_DECLINE = "offer.decline"
+    OFFER_TIMEOUT = "offer.timeout"
+    OFFER_VANISHED = "offer.vanished"
+    OFFER_WITHDRAW = "offer.withdraw"
+    CONSULTATION_START = "consultation.start"
+    CONSULTATION_END = "consultation.end"
+    CONSULTATION_CANCEL = "consultation.cancel"
+    CONSULTATION_EXPIRE = "consultation.expire"
+    CONSULTATION_FAIL = "consultation.fail"
+    ROOM_MOVE = "room.move"
+    REPORT_SAVE = "report.save"
+    AUTH_RENEW = "auth.renew"
+    RECORDING_START = "recording.start"
+    RECORDING_STOP = "recording.stop"
+    RECORDING_FAIL = "recording.fail"
+    RECORDING_RECOVER = "recording.recover"
+    RECORDING_SHRED = "recording.shred"
+    RECORDING_ACCESS = "recording.access"
+    STILL_CAPTURE = "still.capture"
+    STILL_LIST = "still.list"
+    STILL_ACCESS = "still.access"
+    STILL_SHRED = "still.shred"
+    JOURNAL_READ = "journal.read"
+
+
+# -- the JS constants (web_client/static/vocabulary.js is checked against this) ---------------
+def render_js() -> str:
+    """The pages' copy of this vocabulary, as an ES module."""
+
+    def const(name: str, value: object) -> str:
+        return f"export const {name} = Object.freeze({json.dumps(value, indent=2)});\n"
+
+    return "".join([
+        "// Generated by `python -m core.vocabulary web_client/static/vocabulary.js` from core/vocabulary.py.\n"
+        "// Do not edit: a test fails when this file drifts from the Python vocabulary.\n\n",
+        const("SOURCES", [s.value for s in Source]),
+        const("SOURCE_KINDS", {s.value: s.kind.value for s in Source}),
+        const("DEVICE_SOURCES", [s.value for s in MEDIA_DEVICES]),
+        const("STILL_DEVICES", [s.value for s in STILL_DEVICES]),
+        const("ROLES", {r.name: r.value for r in Role}),
+    ])
+
+
+def main(argv: list[str]) -> int:
+    path = Path(argv[1] if len(argv) > 1 else "web_client/static/vocabulary.js")
+    text = render_js()
+    changed = not path.exists() or path.read_text() != text
+    if changed:
+        path.write_text(text)
+    print(f"{path} {'updated' if changed else 'up to date'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
