@@ -1,17 +1,20 @@
 """Colour science for the dermatoscope: sRGB transfer, CIELAB, CIEDE2000, chart calibration.
 
 The correction is a 3x4 affine matrix fitted by least squares in *linear* RGB (camera →
-reference). Applying it per frame takes five OpenCV passes, in blocks of rows small
+reference). Applying it per frame takes six passes, in blocks of rows small
 enough for the intermediates to stay in cache, with every buffer allocated once:
 
 1. ``cv2.LUT``: 8-bit sRGB → linear float32;
 2. ``cv2.transform``: the 3x4 matrix;
-3. ``cv2.sqrt``: a compander close to the sRGB curve, so that 256 steps of it are enough
+3. ``np.clip`` to [0, 1]: the matrix can push light below 0 or above 1, and what a
+   library does with the square root of a negative (NaN) or with NaN in a saturating
+   cast differs between releases (OpenCV 4 gave 0, OpenCV 5 gives 255): clamping first
+   leaves nothing to chance;
+4. ``cv2.sqrt``: a compander close to the sRGB curve, so that 256 steps of it are enough
    (a step spans at most 1.4 sRGB codes, where 256 steps of *linear* light would span up
    to 13 in the darks);
-4. ``cv2.convertScaleAbs``: → 8-bit index (negative light, a NaN after the square root,
-   saturates to 0);
-5. ``cv2.LUT``: index → 8-bit sRGB, within one level of the exact encoding.
+5. ``cv2.convertScaleAbs``: → 8-bit index;
+6. ``cv2.LUT``: index → 8-bit sRGB, within one level of the exact encoding.
 
 On large frames the blocks are shared between the calling thread and a persistent worker
 thread (OpenCV releases the GIL), each taking the next block when it is free, so that a
@@ -303,6 +306,7 @@ class ColourCorrection:
         linear, corrected, index = scratch.linear[:n], scratch.corrected[:n], scratch.index[:n]
         cv2.LUT(frame[r0:r1], self._to_linear, dst=linear)
         cv2.transform(linear, self._m, dst=corrected)
+        np.clip(corrected, 0.0, 1.0, out=corrected)
         cv2.sqrt(corrected, dst=corrected)
         cv2.convertScaleAbs(corrected, dst=index, alpha=255.0)
         cv2.LUT(index, self._to_srgb8, dst=out[r0:r1])

@@ -1,5 +1,8 @@
 #!/usr/bin/env bash
-# Install teleconsult into ./.venv. Usage: scripts/install.sh [EXTRAS], e.g. "test,bench".
+# Install teleconsult into ./.venv from the locks of exact versions (requirements/*.lock).
+# Usage: scripts/install.sh [EXTRAS]: no argument installs what `teleconsult serve` needs
+# (requirements/runtime.lock); any extras ("test,bench") install requirements/test.lock,
+# which holds the test and bench tools too. scripts/lock.sh refreshes the locks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
@@ -18,13 +21,17 @@ if [ ! -x .venv/bin/python ]; then
     fi
   fi
 fi
-extras=${1:-}
-target="."
-[ -n "$extras" ] && target=".[$extras]"
+lock=requirements/runtime.lock
+[ -n "${1:-}" ] && lock=requirements/test.lock
 log=.venv/install.log
-if ! { .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip &&
-       .venv/bin/python -m pip install -q --disable-pip-version-check -e "$target"; } >"$log" 2>&1; then
+pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
+# --no-deps: the lock names every package, transitive ones included; `pip check` then fails
+# loudly if it ever misses one, instead of pip quietly resolving today's release.
+if ! { "${pip[@]}" --no-deps -r requirements/build.lock &&
+       "${pip[@]}" --no-deps -r "$lock" &&
+       "${pip[@]}" --no-deps --no-build-isolation -e . &&
+       .venv/bin/python -m pip check; } >"$log" 2>&1; then
   cat "$log" >&2
-  echo "installing teleconsult failed (log above, also in $log)" >&2
+  echo "installing teleconsult from $lock failed (log above, also in $log)" >&2
   exit 1
 fi

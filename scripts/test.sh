@@ -26,6 +26,9 @@ fi
 
 scripts/install.sh test,bench
 
+echo "mypy (the whole tree, settings in pyproject.toml)"
+.venv/bin/python -m mypy
+
 # Root gets a plain network namespace; others a user namespace that maps them to root in it.
 if [ "$(id -u)" = 0 ]; then ns=(unshare --net); else ns=(unshare --map-root-user --net); fi
 mkdir -p artifacts

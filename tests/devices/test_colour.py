@@ -116,6 +116,21 @@ def test_fast_path_saturates_negative_and_over_range_light() -> None:
     assert np.all(fast[below] == 0) and np.all(fast[above] == 255)
 
 
+@pytest.mark.parametrize("shape", [(120, 160, 3), (1080, 1920, 3)], ids=["small", "1080p-threaded"])
+def test_fast_path_matches_exact_when_a_third_of_the_pixels_leave_the_gamut(shape: tuple[int, int, int]) -> None:
+    """No specks whatever the library does with NaN: OpenCV 5's convertScaleAbs turns NaN
+    into 255 (4.x gave 0), so an unclamped square root of negative light left white dots."""
+    correction = ColourCorrection(np.array([[1.9, -0.7, -0.3, -0.04], [-0.6, 1.8, -0.3, 0.03], [-0.3, -0.6, 1.9, -0.02]]))
+    rng = np.random.default_rng(11)
+    frame = rng.integers(0, 256, shape, dtype=np.uint8)
+    linear = srgb8_to_linear(frame) @ correction.matrix[:, :3].T + correction.matrix[:, 3]
+    out_of_gamut = ((linear < 0) | (linear > 1)).any(axis=-1)
+    assert out_of_gamut.mean() >= 1 / 3
+    fast = correction.apply(frame).astype(int)
+    exact = correction.apply_exact(frame).astype(int)
+    assert np.abs(fast - exact).max() <= 1
+
+
 def test_large_frame_shared_between_threads_matches_row_by_row() -> None:
     """A 1080p frame goes through the worker thread too: same bytes as small pieces done
     by the calling thread alone, and within one level of the exact encoding."""
