@@ -181,7 +181,7 @@ def child_main(config: str) -> int:
 
     from config.settings import load_settings
     from core import logs
-    from teleconsult.cli import serve
+    from teleconsult.server import serve
 
     settings = load_settings(config)
     logs.configure(settings.server.log_format, settings.server.log_level)

@@ -7,20 +7,20 @@ options are added, never renamed.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
-import signal
-import ssl
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import Callable, Sequence
+
+import uvloop
 
 from config.settings import Settings, SettingsError, load_settings
-from signalling.appkeys import SIGNALLING
-
-if TYPE_CHECKING:
-    from aiohttp import web
+from core import logs
+from core.auth import TokenService
+from devices.agent import add_agent_command
+from teleconsult.demo import add_demo_command
+from teleconsult.server import serve
+from teleconsult.tls import write_self_signed
 
 logger = logging.getLogger("teleconsult")
 
@@ -50,87 +50,12 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         if args.media_address.startswith("127."):
             media["allowed_remote_networks"] = ["127.0.0.0/8"]
     settings = settings.replace(server=server, media=media)
-    from core import logs
-
     logs.configure(settings.server.log_format, settings.server.log_level)
-    import uvloop
-
     return uvloop.run(serve(settings))
 
 
-def ssl_context(settings: Settings) -> ssl.SSLContext | None:
-    if not settings.server.tls_cert:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(settings.server.tls_cert, settings.server.tls_key)
-    return context
-
-
-@dataclass(frozen=True)
-class Listening:
-    """A started HTTP server: its runner, the URL people use and the URL of this host."""
-
-    runner: "web.AppRunner"
-    base: str
-    local: str
-
-
-async def listen(app: "web.Application", settings: Settings) -> Listening:
-    """Start serving ``app`` as settings say, and register this process as an SFU node
-    at the address actually bound (port 0 picks one only now)."""
-    from aiohttp import web
-
-
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.server.host, settings.server.port, ssl_context=ssl_context(settings))
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    scheme = "https" if settings.server.tls_cert else "http"
-    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    local = f"{scheme}://{shown}:{port}"
-    base = settings.server.public_url.rstrip("/") or local
-    signalling = app.get(SIGNALLING)
-    if signalling is not None:
-        signalling.node_url = base
-        await signalling.heartbeat_node()
-    return Listening(runner, base, local)
-
-
-async def serve(settings: Settings, ready: Callable[[str], None] | None = None) -> int:
-    """Run the server until signals stop it (first: drain, second: stop now)."""
-    from core import appkeys
-    from teleconsult.app import create_app
-
-    app = create_app(settings)
-    lifecycle = app[appkeys.LIFECYCLE]
-    listening = await listen(app, settings)
-    runner, base = listening.runner, listening.base
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lifecycle.signal)
-    print(f"teleconsult serving on {base}", flush=True)
-    print(f"  pages:   {base}/", flush=True)
-    print(f"  health:  {base}/healthz  {base}/readyz  {base}/metrics", flush=True)
-    print("  sign in: teleconsult token access --role physician --sub dr-demo --specialty general --link",
-          flush=True)
-    if ready is not None:
-        ready(base)
-    logger.info("serving", extra={"url": base, "media_ip": settings.media.listen_ip})
-    try:
-        while lifecycle.accepting:
-            await asyncio.sleep(0.2)
-        await lifecycle.wait_drained(settings.server.drain_timeout_s)
-    finally:
-        await runner.cleanup()
-    logger.info("stopped")
-    return 0
-
-
 # -- token -------------------------------------------------------------------
-def _tokens(settings: Settings):  # type: ignore[no-untyped-def]
-    from core.auth import TokenService
-
+def _tokens(settings: Settings) -> TokenService:
     return TokenService(settings.auth, settings.server.data_dir)
 
 
@@ -168,8 +93,6 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 # -- tls-selfsigned ------------------------------------------------------------
 def cmd_tls_selfsigned(args: argparse.Namespace) -> int:
-    from teleconsult.tls import write_self_signed
-
     cert, key = write_self_signed(Path(args.out), args.name or ["localhost"])
     print(f"certificate: {cert}\nkey:         {key}")
     print("set [server] tls_cert and tls_key to these paths (development and LAN trials only)")
@@ -222,27 +145,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# Subcommands owned by other packages, imported only when the parser is built.
+# Subcommands owned by other packages.
 def _recording_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     from media.recording_service import add_commands
 
     add_commands(sub)
 
 
-def _agent_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from devices.agent import add_agent_command
-
-    add_agent_command(sub)
-
-
-def _demo_command(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from teleconsult.demo import add_demo_command
-
-    add_demo_command(sub)
-
-
 _EXTENSIONS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (  # type: ignore[type-arg]
-    _recording_commands, _agent_command, _demo_command)
+    _recording_commands, add_agent_command, add_demo_command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

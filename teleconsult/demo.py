@@ -31,7 +31,11 @@ from typing import Any
 import aiohttp
 
 from config.settings import Settings
+from core import appkeys, logs
+from devices.agent import AgentConfig, DeviceAgent
 from signalling.appkeys import SIGNALLING
+from teleconsult.app import create_app
+from teleconsult.server import listen
 
 logger = logging.getLogger(__name__)
 
@@ -72,18 +76,11 @@ def demo_settings(settings: Settings, host: str | None, port: int | None, media_
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     settings = demo_settings(settings, args.host, args.port, args.media_address)
-    from core import logs
-
     logs.configure(settings.server.log_format, settings.server.log_level)
     return asyncio.run(run_demo(settings))
 
 
 async def run_demo(settings: Settings) -> int:
-    from core import appkeys
-    from devices.agent import AgentConfig, DeviceAgent
-    from teleconsult.app import create_app
-    from teleconsult.cli import listen
-
     app = create_app(settings)
     lifecycle = app[appkeys.LIFECYCLE]
     listening = await listen(app, settings)

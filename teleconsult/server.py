@@ -1,0 +1,82 @@
+"""Serving the app: bind, register this process as a media node, run until signals stop it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import ssl
+from dataclasses import dataclass
+from typing import Callable
+
+from aiohttp import web
+
+from config.settings import Settings
+from core.appkeys import LIFECYCLE
+from signalling.appkeys import SIGNALLING
+from teleconsult.app import create_app
+
+logger = logging.getLogger("teleconsult")
+
+
+def ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    if not settings.server.tls_cert:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(settings.server.tls_cert, settings.server.tls_key)
+    return context
+
+
+@dataclass(frozen=True)
+class Listening:
+    """A started HTTP server: its runner, the URL people use and the URL of this host."""
+
+    runner: web.AppRunner
+    base: str
+    local: str
+
+
+async def listen(app: web.Application, settings: Settings) -> Listening:
+    """Start serving ``app`` as settings say, and register this process as an SFU node
+    at the address actually bound (port 0 picks one only now)."""
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.server.host, settings.server.port, ssl_context=ssl_context(settings))
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    scheme = "https" if settings.server.tls_cert else "http"
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    local = f"{scheme}://{shown}:{port}"
+    base = settings.server.public_url.rstrip("/") or local
+    signalling = app.get(SIGNALLING)
+    if signalling is not None:
+        signalling.node_url = base
+        await signalling.heartbeat_node()
+    return Listening(runner, base, local)
+
+
+async def serve(settings: Settings, ready: Callable[[str], None] | None = None) -> int:
+    """Run the server until signals stop it (first: drain, second: stop now)."""
+    app = create_app(settings)
+    lifecycle = app[LIFECYCLE]
+    listening = await listen(app, settings)
+    runner, base = listening.runner, listening.base
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lifecycle.signal)
+    print(f"teleconsult serving on {base}", flush=True)
+    print(f"  pages:   {base}/", flush=True)
+    print(f"  health:  {base}/healthz  {base}/readyz  {base}/metrics", flush=True)
+    print("  sign in: teleconsult token access --role physician --sub dr-demo --specialty general --link",
+          flush=True)
+    if ready is not None:
+        ready(base)
+    logger.info("serving", extra={"url": base, "media_ip": settings.media.listen_ip})
+    try:
+        while lifecycle.accepting:
+            await asyncio.sleep(0.2)
+        await lifecycle.wait_drained(settings.server.drain_timeout_s)
+    finally:
+        await runner.cleanup()
+    logger.info("stopped")
+    return 0
