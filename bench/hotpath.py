@@ -5,14 +5,15 @@
 What runs is the SFU's real code, from the datagram callback on: SRTP datagrams
 (protected beforehand with the publisher's session, outside the measurement)
 go to the tapped transport's ``Connection.data_received``
-(:func:`sfu.aiortc_patches.tap_transport`): SRTP unprotect,
+(:func:`media.aiortc_internals.tap_transport`): SRTP unprotect,
 :meth:`sfu.participant.Participant.on_rtp` (parse, route, receiver statistics and
 NACK generator), :class:`sfu.forwarder.Forwarder` (keyframe detection, counters)
 and, per subscriber, :class:`sfu.subscription.Subscription` (sequence/timestamp
 mapping, header and extension rewriting, NACK history, SRTP protect with a real
 libsrtp session, ``sendto`` on a real uvloop UDP transport to a real loopback
-socket, Sender Report counters). Only the aiortc objects around them are
-stand-ins that carry the attributes the SFU reads (no DTLS handshake, no ICE).
+socket, Sender Report counters). Only the aiortc and aioice objects around them are
+stand-ins that carry the attributes the SFU reads (no DTLS handshake, no ICE), made by
+``media.aiortc_internals`` and ``media.aioice_internals``, which know those attributes.
 
 The traffic is one consultation-like publisher: VP8 ~1.5 Mbit/s at 30 fps
 (~6 packets per frame, a keyframe every 2 s) with ``mid`` + ``abs-send-time``
@@ -40,7 +41,6 @@ import struct
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
@@ -126,40 +126,6 @@ def _srtp_pair() -> tuple[Any, Any]:
     return sessions[0], sessions[1]
 
 
-class _Receiver:
-    """What the SFU reads of an ``RTCRtpReceiver`` (statistics, NACK generator, RTCP out)."""
-
-    def __init__(self) -> None:
-        from aiortc.rtcrtpreceiver import NackGenerator
-
-        setattr(self, "_RTCRtpReceiver__remote_streams", {})
-        setattr(self, "_RTCRtpReceiver__nack_generator", NackGenerator())
-
-    async def _send_rtcp_pli(self, media_ssrc: int) -> None:
-        return None
-
-    async def _send_rtcp_nack(self, media_ssrc: int, lost: list[int]) -> None:
-        return None
-
-
-def _sender() -> Any:
-    s = SimpleNamespace()
-    for name, value in (("started", True), ("rtp_timestamp", 0), ("ntp_timestamp", 0), ("octet_count", 0),
-                        ("packet_count", 0)):
-        setattr(s, "_RTCRtpSender__" + name, value)
-    return s
-
-
-def _dtls(connection: Any, rx: Any = None, tx: Any = None) -> Any:
-    from sfu.aiortc_patches import _CONNECTED
-
-    t = SimpleNamespace(transport=SimpleNamespace(_connection=connection), _rx_srtp=rx, _tx_srtp=tx,
-                        _state=_CONNECTED, state="connected")
-    for name in ("rx_bytes", "rx_packets", "tx_bytes", "tx_packets"):
-        setattr(t, "_RTCDtlsTransport__" + name, 0)
-    return t
-
-
 class Setup:
     """One publisher (video + audio) forwarded to ``n`` subscribers over loopback."""
 
@@ -170,7 +136,7 @@ class Setup:
     async def start(self) -> None:
         from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
-        from sfu import aiortc_patches as patches
+        from media import aioice_internals, aiortc_internals
         from sfu.events import PublicationInfo
         from sfu.metrics import TrackCounts
         from sfu.participant import Participant
@@ -183,8 +149,8 @@ class Setup:
         vssrc, assrc = rng.randrange(1 << 32), rng.randrange(1 << 32)
         self.traffic = Traffic(vssrc, assrc, seed=self.seed)
         self.pub_tx, rx = _srtp_pair()
-        connection = SimpleNamespace(_protocols=[], data_received=lambda data, component: None)
-        publisher_dtls = _dtls(connection, rx=rx)
+        connection = aioice_internals.stand_in_connection()
+        publisher_dtls = aiortc_internals.stand_in_dtls_transport(connection, rx=rx)
         participant = Participant.__new__(Participant)
         participant.id = "bench"
         participant.closed = False
@@ -200,15 +166,16 @@ class Setup:
                                    codec=codecs[kind].mimeType, published_at=0.0)
             leg = LegParameters(mid=mid, kind=kind, codec=codecs[kind], rtx_payload_type=97 if kind == "video"
                                 else None, ssrc=None, rtx_ssrc=None, extensions=dict(ext))
-            pub = Publication(info, _Receiver(), leg, (ssrc,), {}, 0.5, TrackCounts(), lambda: None)  # type: ignore[arg-type]
+            pub = Publication(info, aiortc_internals.stand_in_receiver(), leg, (ssrc,), {}, 0.5, TrackCounts(),
+                              lambda: None)
             participant.publications[mid] = pub
             participant.routes[ssrc] = (pub, None)
             self.publications.append(pub)
         participant._sending = set()
         if hasattr(participant, "on_rtp_now"):
-            patches.tap_transport(publisher_dtls, participant.on_rtp, participant.on_rtp_now)  # type: ignore
+            aiortc_internals.tap_transport(publisher_dtls, participant.on_rtp, participant.on_rtp_now)
         else:  # the code before on_rtp_now (A/B runs)
-            patches.tap_transport(publisher_dtls, participant.on_rtp)  # type: ignore[arg-type]
+            aiortc_internals.tap_transport(publisher_dtls, participant.on_rtp)
         self.data_received = connection.data_received
         self.sinks: list[socket.socket] = []
         self.subscriptions = []
@@ -221,15 +188,15 @@ class Setup:
             self.sinks.append(sink)
             udp, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0))
             self.transports.append(udp)
-            pair = SimpleNamespace(protocol=SimpleNamespace(transport=udp), remote_addr=sink.getsockname())
             tx, _unused = _srtp_pair()
-            sub_dtls = _dtls(SimpleNamespace(_nominated={1: pair}), tx=tx)
+            sub_dtls = aiortc_internals.stand_in_dtls_transport(
+                aioice_internals.stand_in_connection(udp, sink.getsockname()), tx=tx)
             for mid, pub, ext in (("0", self.publications[0], VIDEO_EXT), ("1", self.publications[1], AUDIO_EXT)):
                 leg = LegParameters(mid=mid, kind=pub.info.kind, codec=pub.codec,
                                     rtx_payload_type=97 if pub.info.kind == "video" else None,
                                     ssrc=rng.randrange(1 << 32), rtx_ssrc=rng.randrange(1 << 32)
                                     if pub.info.kind == "video" else None, extensions=dict(ext))
-                sub = Subscription(f"SU_{i}_{mid}", f"s{i}", _sender(), sub_dtls, leg,  # type: ignore[arg-type]
+                sub = Subscription(f"SU_{i}_{mid}", f"s{i}", aiortc_internals.stand_in_sender(), sub_dtls, leg,
                                    pub.extensions, 256, pub.counts)
                 sub.attach(pub.forwarder, pub.id, pub.extensions)
                 self.subscriptions.append(sub)

@@ -143,13 +143,9 @@ def packet_track(kind: str, payloads: list[bytes], interval: float, step: int, c
 
 def null_decoders() -> None:
     """The player's receivers must not decode (its CPU is not what is measured)."""
-    import aiortc.rtcrtpreceiver as receiver
+    from media import aiortc_internals  # where used, like this bench's other media imports
 
-    class NullDecoder:
-        def decode(self, encoded_frame: Any) -> list[Any]:
-            return []
-
-    receiver.get_decoder = lambda codec: NullDecoder()  # type: ignore[assignment]
+    aiortc_internals.use_null_decoders()
 
 
 # -- server child ------------------------------------------------------------------------
@@ -445,8 +441,8 @@ def replay_once(stream: list[tuple[float, str, bytes]], media_seconds: float, en
     (``process_time`` is the whole process)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from media.crypto import MasterKey, Vault
-    from media.recorder import RecordingSession
+    from media.recording.session import RecordingSession
+    from media.recording.vault import MasterKey, Vault
     from sfu.rtp import parse_header
 
     video_codec, audio_codec = replay_codecs()

@@ -38,7 +38,7 @@ from aiortc.contrib.media import MediaBlackhole, MediaRelay
 from aiortc.mediastreams import MediaStreamTrack
 
 from bench.rtc import client_pc
-from sfu import aiortc_patches as patches
+from media import aiortc_internals
 
 
 class RelayRooms:
@@ -68,7 +68,7 @@ class RelayRooms:
 
             if mime:
                 prefer(transceiver, mime)
-            patches.bind_transceiver(transceiver, media.rtp.muxId, index)
+            aiortc_internals.bind_transceiver(transceiver, media.rtp.muxId, index)
             label = next((s for s in sources if _kind(s) == media.kind), media.kind)
             pending.append((transceiver, mime, label))
 
@@ -105,13 +105,13 @@ class RelayRooms:
             if media.direction in ("recvonly", "sendrecv") and queue:
                 track, mime, label, owner = queue.pop(0)
                 proxy = self.relay.subscribe(track, buffered=False)
-                proxy._id = label  # the answer's msid names the source, as ours does
+                aiortc_internals.set_track_id(proxy, label)  # the answer's msid names the source, as ours does
                 transceiver = pc.addTransceiver(proxy, direction="sendonly")
-                transceiver.sender._stream_id = owner  # msid "<identity> <source>", as ours
+                aiortc_internals.set_stream_id(transceiver.sender, owner)  # msid "<identity> <source>", as ours
                 prefer(transceiver, mime)
             else:
                 transceiver = pc.addTransceiver(media.kind, direction="inactive")
-            patches.bind_transceiver(transceiver, media.rtp.muxId, index)
+            aiortc_internals.bind_transceiver(transceiver, media.rtp.muxId, index)
         await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
         await pc.setLocalDescription(await pc.createAnswer())
         return self._created(request, "whep", pc)
@@ -153,10 +153,7 @@ def _kind(source: str) -> str:
 
 
 async def serve(port: int, video_bitrate: int) -> None:
-    from aiortc.codecs import h264, vpx
-
-    vpx.DEFAULT_BITRATE = min(video_bitrate, vpx.MAX_BITRATE)  # type: ignore[attr-defined]
-    h264.DEFAULT_BITRATE = min(video_bitrate, h264.MAX_BITRATE)  # type: ignore[attr-defined]
+    aiortc_internals.set_default_video_bitrate(video_bitrate)
     rooms = RelayRooms()
     app = web.Application(client_max_size=64 * 1024)
     app.router.add_post("/whip/{room}", rooms.whip)

@@ -46,6 +46,7 @@ from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtcconfiguration import RTCBundlePolicy
 
 from bench.clip import Clip
+from media import aiortc_internals
 from media.ice import ScopedPeerConnection
 
 TS_MOD = 1 << 32
@@ -301,7 +302,7 @@ class PacketTrack(MediaStreamTrack):
     def __init__(self, source: Source) -> None:
         super().__init__()
         self.kind = source.kind
-        self._id = source.name
+        aiortc_internals.set_track_id(self, source.name)
         self.source = source
         self._queue: asyncio.Queue[av.Packet] = asyncio.Queue(maxsize=8)
 
@@ -337,7 +338,7 @@ def _mime(clip: Clip) -> str:
 
 def hook_keyframes(sender: RTCRtpSender, source: Source) -> None:
     """A PLI/FIR for this sender asks the source for its next frame from the all-intra copy."""
-    sender._send_keyframe = source.keyframe_wanted  # type: ignore[method-assign]
+    aiortc_internals.route_keyframe_requests(sender, source.keyframe_wanted)
 
 
 async def post_sdp(http: aiohttp.ClientSession, url: str, token: str, sdp: str) -> tuple[int, str, str]:
@@ -409,8 +410,6 @@ class DirectServer:
         return self.url
 
     async def _post(self, request: web.Request) -> web.Response:
-        from sfu import aiortc_patches as patches
-
         offer = await request.text()
         pc = client_pc()
         parsed = aiortc_sdp.SessionDescription.parse(offer)
@@ -425,7 +424,7 @@ class DirectServer:
                 hook_keyframes(transceiver.sender, source)
             else:
                 transceiver = pc.addTransceiver(media.kind, direction="inactive")
-            patches.bind_transceiver(transceiver, media.rtp.muxId, index)
+            aiortc_internals.bind_transceiver(transceiver, media.rtp.muxId, index)
         await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
         await pc.setLocalDescription(await pc.createAnswer())
         session = f"d{len(self.pcs)}"
@@ -500,7 +499,7 @@ class Player:
         self._learn(text)
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=text, type="answer"))
         for transport in {t.receiver.transport for t in self.pc.getTransceivers()}:
-            transport._handle_rtp_data = self._on_rtp  # type: ignore[method-assign]
+            aiortc_internals.handle_rtp_data(transport, self._on_rtp)
 
     def _learn(self, answer: str) -> None:
         parsed = aiortc_sdp.SessionDescription.parse(answer)

@@ -36,9 +36,6 @@ logger = logging.getLogger(__name__)
 ACCESS = "access"
 ROOM = "room"
 
-SOURCES = tuple(s.value for s in Source)
-"""Labels a publication may carry (``vitals`` travels on the data channel only)."""
-
 # msid tokens (RFC 8830 / RFC 4566 token chars): identities end up in a=msid lines.
 _IDENTITY = re.compile(r"^[A-Za-z0-9!#$%&'*+\-.^_`{|}~]{1,64}$")
 
@@ -88,12 +85,11 @@ def validate_identity(identity: str) -> str:
 
 
 def _parse_sources(sources: Iterable[str]) -> tuple[str, ...]:
-    out = []
+    out: list[str] = []
     for s in sources:
-        if s not in SOURCES:
-            raise ValueError(f"unknown source {s!r} (known: {', '.join(SOURCES)})")
-        if s not in out:
-            out.append(s)
+        name = Source.parse(s).value
+        if name not in out:
+            out.append(name)
     return tuple(out)
 
 

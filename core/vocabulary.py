@@ -4,6 +4,10 @@ Every component names these things from here; the pages get the same names from
 ``web_client/static/vocabulary.js``, generated from this module
 (``python -m core.vocabulary web_client/static/vocabulary.js``; a test fails when
 the file drifts).
+
+The enums are ``StrEnum``s: a member is its wire string in comparisons, f-strings
+and JSON, so that code still holding plain strings (a parsed message, a token
+claim) meets the same values.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ CaseId = NewType("CaseId", str)
 """A télé-expertise case."""
 
 
-class MediaKind(str, enum.Enum):
+class MediaKind(enum.StrEnum):
     """How a source travels: an RTP audio or video track, or the room's data channel."""
 
     AUDIO = "audio"
@@ -39,7 +43,7 @@ class MediaKind(str, enum.Enum):
     DATA = "data"
 
 
-class Source(str, enum.Enum):
+class Source(enum.StrEnum):
     """What a publication carries (the second ``a=msid`` token)."""
 
     CAMERA = "camera"
@@ -70,7 +74,7 @@ class Source(str, enum.Enum):
         try:
             return cls(value)
         except ValueError:
-            raise ValueError(f"unknown source {value!r}; known: {', '.join(s.value for s in cls)}") from None
+            raise ValueError(f"unknown source {value!r} (known: {', '.join(s.value for s in cls)})") from None
 
 
 _KINDS: dict[Source, MediaKind] = {
@@ -83,6 +87,8 @@ _KINDS: dict[Source, MediaKind] = {
     Source.VITALS: MediaKind.DATA,
 }
 
+MEDIA_SOURCES: tuple[Source, ...] = tuple(s for s in Source if s.is_media)
+"""Sources that travel as RTP tracks: those the SFU forwards."""
 DEVICES: tuple[Source, ...] = (Source.STETHOSCOPE, Source.DERMATOSCOPE, Source.OTOSCOPE, Source.VITALS)
 """Connected devices, in the order the cabin lists them."""
 MEDIA_DEVICES: tuple[Source, ...] = tuple(s for s in DEVICES if s.is_media)
@@ -94,7 +100,7 @@ RECORDED: tuple[Source, ...] = (Source.CAMERA, Source.MICROPHONE, Source.STETHOS
 """Sources a consultation recording keeps."""
 
 
-class Role(str, enum.Enum):
+class Role(enum.StrEnum):
     """What an access or room token lets its holder be."""
 
     NURSE = "nurse"
@@ -103,7 +109,7 @@ class Role(str, enum.Enum):
     ADMIN = "admin"
 
 
-class JournalSubject(str, enum.Enum):
+class JournalSubject(enum.StrEnum):
     """What a journal entry is about: the key its entries are read back by."""
 
     CONSULTATION = "consultation"
@@ -113,7 +119,7 @@ class JournalSubject(str, enum.Enum):
     """Acts about a person rather than a consultation (token renewal)."""
 
 
-class Act(str, enum.Enum):
+class Act(enum.StrEnum):
     """Every act the audit journal records (lower-case dotted names)."""
 
     VISIT_CHECKIN = "visit.checkin"
@@ -138,6 +144,7 @@ class Act(str, enum.Enum):
     RECORDING_RECOVER = "recording.recover"
     RECORDING_SHRED = "recording.shred"
     RECORDING_ACCESS = "recording.access"
+    RECORDING_DENIED = "recording.denied"
     STILL_CAPTURE = "still.capture"
     STILL_LIST = "still.list"
     STILL_ACCESS = "still.access"
@@ -157,6 +164,7 @@ def render_js() -> str:
         "// Do not edit: a test fails when this file drifts from the Python vocabulary.\n\n",
         const("SOURCES", [s.value for s in Source]),
         const("SOURCE_KINDS", {s.value: s.kind.value for s in Source}),
+        const("DEVICES", [s.value for s in DEVICES]),
         const("DEVICE_SOURCES", [s.value for s in MEDIA_DEVICES]),
         const("STILL_DEVICES", [s.value for s in STILL_DEVICES]),
         const("ROLES", {r.name: r.value for r in Role}),

@@ -3,12 +3,11 @@
 from .adapter import Capabilities, Control, DeviceAdapter, DeviceTrack, FrameSource, MediaKind, Still
 from .errors import DeviceCommandError, DeviceError, DeviceOpenError
 from .measurements import Measurement, MeasurementQueue, Quantity
-from .registry import DEVICE_NAMES, create_adapter
+from .registry import create_adapter
 
 __all__ = [
     "Capabilities",
     "Control",
-    "DEVICE_NAMES",
     "DeviceAdapter",
     "DeviceCommandError",
     "DeviceError",

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import enum
 import fractions
 import itertools
 import logging
@@ -33,6 +32,8 @@ from typing import Any, Awaitable, Callable, ClassVar, Optional
 import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from core.vocabulary import MediaKind
 
 from .errors import DeviceCommandError, DeviceOpenError
 from .measurements import Measurement, MeasurementListener
@@ -47,13 +48,6 @@ VIDEO_TIME_BASE = fractions.Fraction(1, VIDEO_CLOCK_RATE)
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
-
-
-class MediaKind(str, enum.Enum):
-    AUDIO = "audio"
-    VIDEO = "video"
-    DATA = "data"
-    """No media track: measurements only (vitals)."""
 
 
 @dataclass(frozen=True)

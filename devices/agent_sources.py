@@ -16,13 +16,11 @@ from typing import Sequence
 import numpy as np
 
 from config.settings import DevicesSettings
+from core.vocabulary import DEVICES, MEDIA_DEVICES
 
 from .adapter import AUDIO_FRAME_SAMPLES, AUDIO_RATE, DeviceAdapter, FrameSource, MediaKind
-from .registry import DEVICE_NAMES, create_adapter
+from .registry import create_adapter
 from .stethoscope import StethoscopeAdapter
-
-MEDIA_DEVICES = ("stethoscope", "dermatoscope", "otoscope")
-"""Devices that publish a track (vitals only send measurements)."""
 
 MULTITONE_FREQUENCIES: tuple[float, ...] = (20.0, 31.5, 50.0, 63.0, 100.0, 125.0, 200.0, 250.0, 400.0, 500.0,
                                             800.0, 1000.0)
@@ -62,8 +60,8 @@ def check_device_names(names: Sequence[str]) -> tuple[str, ...]:
     """The names, validated: known, no duplicates, at least one that publishes a track."""
     out: list[str] = []
     for name in names:
-        if name not in DEVICE_NAMES:
-            raise ValueError(f"unknown device {name!r}; expected some of {', '.join(DEVICE_NAMES)}")
+        if name not in DEVICES:
+            raise ValueError(f"unknown device {name!r}; expected some of {', '.join(DEVICES)}")
         if name in out:
             raise ValueError(f"device {name!r} given twice")
         out.append(name)

@@ -32,6 +32,8 @@ def encode_still(rgb: np.ndarray, fmt: StillFormat = StillFormat.PNG) -> bytes:
 def decode_still(data: bytes) -> np.ndarray:
     """RGB array of an encoded still (for tests and previews)."""
     bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise DeviceError("could not decode the still")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 

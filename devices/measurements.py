@@ -30,7 +30,7 @@ class Measurement:
     """One value from one device."""
 
     device: str
-    """Adapter name: stethoscope, dermatoscope, otoscope, vitals."""
+    """Adapter name: one of :data:`core.vocabulary.DEVICES`."""
     quantity: Quantity
     value: float
     """NaN when the device reported a special value (NaN, NRes, ±INF are kept as float)."""

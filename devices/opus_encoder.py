@@ -7,16 +7,16 @@ uses ``application=audio`` (DC rejection at 3 Hz only), fullband stereo at 48 kH
 
 The hook: ``RTCRtpSender._next_encoded_frame`` calls ``get_encoder(codec)`` only while its
 private ``__encoder`` is None, so installing ours beforehand replaces the encoder for that
-sender alone, with no global patch. :func:`use_stethoscope_encoder` checks the internals
-it relies on and raises :class:`IncompatibleAiortcError` when an aiortc upgrade changes
-them; tests run a real loopback call to prove that the encoder is used.
+sender alone, with no global patch (:func:`media.aiortc_internals.replace_sender_encoder`).
+:func:`use_stethoscope_encoder` checks the internals it relies on and raises
+:class:`IncompatibleAiortcError` when an aiortc upgrade changes them; tests run a real
+loopback call to prove that the encoder is used.
 """
 
 from __future__ import annotations
 
 import enum
 import fractions
-import inspect
 import logging
 from dataclasses import dataclass
 from typing import Optional
@@ -28,21 +28,22 @@ from av import AudioFrame, AudioResampler, CodecContext
 from av.frame import Frame
 from av.packet import Packet
 
+from media.aiortc_internals import (IncompatibleAiortcError, check_encoder_replaceable, replace_sender_encoder,
+                                    sender_encoder)
+
+__all__ = ["IncompatibleAiortcError", "OpusApplication", "OpusConfig", "StethoscopeOpusEncoder", "sender_encoder",
+           "use_stethoscope_encoder"]
+
 logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 48000
 SAMPLES_PER_FRAME = 960
 TIME_BASE = fractions.Fraction(1, SAMPLE_RATE)
-_ENCODER_ATTRIBUTE = "_RTCRtpSender__encoder"
 
 
 class OpusApplication(str, enum.Enum):
     AUDIO = "audio"
     LOWDELAY = "lowdelay"
-
-
-class IncompatibleAiortcError(RuntimeError):
-    """aiortc's sender no longer works the way the encoder hook expects."""
 
 
 @dataclass(frozen=True)
@@ -94,23 +95,17 @@ class StethoscopeOpusEncoder(Encoder):
             packets += self.codec.encode(chunk)
         if not packets:
             return [], None  # type: ignore[return-value]  # aiortc's own contract
+        pts = packets[0].pts
+        assert pts is not None  # libopus stamps every packet
         if self.first_packet_pts is None:
             # libopus starts at a negative pts (its look-ahead): count from the first packet.
-            self.first_packet_pts = packets[0].pts
-        return [bytes(p) for p in packets], int(packets[0].pts - self.first_packet_pts)
+            self.first_packet_pts = pts
+        return [bytes(p) for p in packets], int(pts - self.first_packet_pts)
 
     def pack(self, packet: Packet) -> tuple[list[bytes], int]:
+        assert packet.pts is not None  # pack() is given stamped packets (aiortc's contract)
         timestamp = convert_timebase(packet.pts, packet.time_base, TIME_BASE)
         return [bytes(packet)], timestamp
-
-
-def _check_aiortc() -> None:
-    source = inspect.getsource(RTCRtpSender._next_encoded_frame)
-    if "if self.__encoder is None" not in source or "get_encoder(" not in source:
-        raise IncompatibleAiortcError(
-            "RTCRtpSender no longer creates its encoder lazily through __encoder/get_encoder; "
-            "update devices/opus_encoder.py for this aiortc version"
-        )
 
 
 def use_stethoscope_encoder(sender: RTCRtpSender, config: OpusConfig = OpusConfig()) -> StethoscopeOpusEncoder:
@@ -118,20 +113,10 @@ def use_stethoscope_encoder(sender: RTCRtpSender, config: OpusConfig = OpusConfi
 
     The negotiated codec must be Opus; that is the caller's business (see devices/sdp.py).
     """
-    _check_aiortc()
-    if not hasattr(sender, _ENCODER_ATTRIBUTE):
-        raise IncompatibleAiortcError("RTCRtpSender has no private __encoder attribute any more")
-    if getattr(sender, _ENCODER_ATTRIBUTE) is not None:
-        raise RuntimeError("the sender already has an encoder: install ours before it sends")
+    check_encoder_replaceable(sender)
     if sender.kind != "audio":
         raise ValueError("the stethoscope encoder is for audio senders")
     encoder = StethoscopeOpusEncoder(config)
-    setattr(sender, _ENCODER_ATTRIBUTE, encoder)
+    replace_sender_encoder(sender, encoder)
     logger.info("stethoscope Opus encoder installed (%s, %d bit/s)", config.application.value, config.bitrate)
-    return encoder
-
-
-def sender_encoder(sender: RTCRtpSender) -> Optional[Encoder]:
-    """The encoder a sender currently holds (for tests and diagnostics)."""
-    encoder: Optional[Encoder] = getattr(sender, _ENCODER_ATTRIBUTE, None)
     return encoder

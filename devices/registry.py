@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from config.settings import DevicesSettings
+from core.vocabulary import DEVICES
 
 from .adapter import DeviceAdapter
 from .capture import PyAVAudioSource, PyAVVideoSource, parse_size
@@ -16,9 +17,6 @@ from .stethoscope import StethoscopeAdapter
 from .vitals import VitalsAdapter, VitalsSimulator
 
 logger = logging.getLogger(__name__)
-
-DEVICE_NAMES = ("stethoscope", "dermatoscope", "otoscope", "vitals")
-
 
 def create_adapter(name: str, settings: DevicesSettings, simulate: bool, seed: int = 0) -> DeviceAdapter:
     """An adapter for ``name``; real devices are opened now (DeviceOpenError names them)."""
@@ -46,4 +44,4 @@ def create_adapter(name: str, settings: DevicesSettings, simulate: bool, seed: i
         if simulate:
             return VitalsAdapter(VitalsSimulator(seed))
         raise DeviceOpenError(name, "bluetooth", "no Bluetooth LE backend yet: feed() notifications from a BLE client")
-    raise ValueError(f"unknown device {name!r}; expected one of {', '.join(DEVICE_NAMES)}")
+    raise ValueError(f"unknown device {name!r}; expected one of {', '.join(DEVICES)}")

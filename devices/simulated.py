@@ -262,8 +262,8 @@ class OtoscopeScene(_NoisyStill):
             np.int32,
         )
         cv2.fillConvexPoly(overlay, cone, 0.6)
-        overlay = cv2.GaussianBlur(overlay, (0, 0), 2.0)
-        image = image + overlay[..., None] * drum_mask[..., None]
+        blurred = cv2.GaussianBlur(overlay, (0, 0), 2.0)
+        image = image + blurred[..., None] * drum_mask[..., None]
         # The speculum: hard edge, a little vignetting just inside it.
         inside = np.clip((1 - r) * self.radius / 2.0, 0, 1)
         vignette = np.clip(1.15 - 0.35 * r**2, 0, 1)

@@ -7,38 +7,30 @@ benches), within a port range, announce a public address behind NAT, and never
 send a connectivity check outside the networks it serves.
 
 :class:`ScopedPeerConnection` is an ``RTCPeerConnection`` whose ICE transports
-follow a :class:`MediaNetwork`. It is the one place that touches aiortc's and
-aioice's internals for this (``RTCPeerConnection.__createDtlsTransport`` and
-``aioice.Connection``'s candidate gathering, remote candidates and incoming
-checks); ``tests/media/test_ice.py`` checks
-them so that an upgrade that changes them fails loudly.
+follow a :class:`MediaNetwork`. The library internals this takes (a hook on each
+new aioice connection; that connection's candidate gathering, remote candidates
+and incoming checks) live in :mod:`media.aiortc_internals` and
+:mod:`media.aioice_internals`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
-import logging
 import random
-import socket
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import aioice
-import aioice.ice
-from aioice.candidate import Candidate, candidate_foundation, candidate_priority
-from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
-from aiortc.rtcdtlstransport import RTCDtlsTransport
+from aiortc import RTCConfiguration, RTCIceServer
 
 from config.settings import IceSettings, MediaSettings
+from media.aioice_internals import DatagramHook, host_addresses, scope_connection
+from media.aiortc_internals import IceHookedPeerConnection
 
-logger = logging.getLogger(__name__)
+__all__ = ["DatagramHook", "MediaNetwork", "PortAllocator", "RandomLoss", "ScopedPeerConnection"]
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-DatagramHook = Callable[[bytes, tuple[Any, ...]], bool]
-"""Called with each datagram a peer connection is about to send or has received (and the
-remote address); returning False drops it (fault injection in tests: loss, blackholing).
-Host candidates only (not a TURN relay's)."""
 
 
 @dataclass
@@ -66,33 +58,6 @@ class RandomLoss:
             self.dropped += 1
             return False
         return True
-
-
-class _HookedTransport:
-    """A datagram transport whose ``sendto`` asks a :data:`DatagramHook` first (every send path,
-    aioice's and the SFU's direct one, goes through ``protocol.transport.sendto``)."""
-
-    def __init__(self, transport: asyncio.DatagramTransport, hook: DatagramHook) -> None:
-        self._transport = transport
-        self._hook = hook
-
-    def sendto(self, data: bytes, addr: Any = None) -> None:
-        if self._hook(data, addr):
-            self._transport.sendto(data, addr)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
-
-
-def _hook_protocol(protocol: Any, hook: DatagramHook) -> None:
-    protocol.transport = _HookedTransport(protocol.transport, hook)
-    received = protocol.datagram_received
-
-    def datagram_received(data: bytes, addr: tuple[Any, ...]) -> None:
-        if hook(data, addr):
-            received(data, addr)
-
-    protocol.datagram_received = datagram_received
 
 
 @dataclass(frozen=True)
@@ -133,8 +98,7 @@ class MediaNetwork:
 
     def bind_addresses(self) -> list[str]:
         if self.listen_ip in ("0.0.0.0", "::"):
-            addresses = aioice.ice.get_host_addresses(use_ipv4=self.listen_ip == "0.0.0.0",
-                                                      use_ipv6=self.listen_ip == "::")
+            addresses = host_addresses(use_ipv4=self.listen_ip == "0.0.0.0", use_ipv6=self.listen_ip == "::")
             # aioice leaves loopback out; a server on every address serves it too.
             loopback = ["127.0.0.1"] if self.listen_ip == "0.0.0.0" else ["::1"]
             return [a for a in loopback + addresses if self.allows(a) or self.announced_ip]
@@ -167,70 +131,7 @@ class PortAllocator:
         raise OSError(f"no free UDP port on {address} in {self.port_min}-{self.port_max}")
 
 
-def _scope_connection(connection: aioice.Connection, network: MediaNetwork,
-                      allocator: PortAllocator, hook: DatagramHook | None = None) -> None:
-    """Replace host gathering and remote-candidate intake of one aioice connection."""
-    original_component = connection.get_component_candidates
-    original_add_remote = connection.add_remote_candidate
-
-    async def get_component_candidates(component: int, addresses: list[str], timeout: int = 5
-                                       ) -> list[Candidate]:
-        candidates: list[Candidate] = []
-        # The relay transport policy gathers no host candidates (RFC 9429 section 3.5.3), as aioice's own.
-        relay_only = connection._transport_policy == aioice.ice.TransportPolicy.RELAY
-        for address in ([] if relay_only else network.bind_addresses()):
-            try:
-                transport, protocol = await allocator.bind(address, lambda: aioice.ice.StunProtocol(connection))
-            except OSError as exc:
-                logger.warning("cannot bind media socket: %s", exc)
-                continue
-            sock = transport.get_extra_info("socket")
-            if sock is not None:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, aioice.turn.UDP_SOCKET_BUFFER_SIZE)
-            host, port = transport.get_extra_info("sockname")[:2]
-            announced = network.announced_ip or host
-            candidate = Candidate(
-                foundation=candidate_foundation("host", "udp", announced),
-                component=component,
-                transport="udp",
-                priority=candidate_priority(component, "host"),
-                host=announced,
-                port=port,
-                type="host",
-            )
-            protocol.local_candidate = candidate  # type: ignore[attr-defined]
-            if hook is not None:
-                _hook_protocol(protocol, hook)
-            connection._protocols.append(protocol)
-            candidates.append(candidate)
-        if connection.turn_server is not None:
-            # aioice's own gathering with no host addresses yields the relayed candidate only.
-            candidates += await original_component(component=component, addresses=[], timeout=timeout)
-        return candidates
-
-    async def add_remote_candidate(remote: Candidate | None) -> None:
-        if remote is not None and not network.allows(remote.host):
-            logger.info("ignored remote candidate outside the allowed networks",
-                        extra={"candidate_type": remote.type})
-            return
-        await original_add_remote(remote)
-
-    original_request_received = connection.request_received
-
-    def request_received(message: Any, addr: tuple[str, int], protocol: Any) -> None:
-        # A connectivity check from an address we were not told about makes a
-        # peer-reflexive candidate: without this, the allowed networks could be
-        # bypassed by simply sending checks. Dropped silently: no answer leaves.
-        if not network.allows(addr[0]):
-            return
-        original_request_received(message, addr, protocol)
-
-    connection.get_component_candidates = get_component_candidates  # type: ignore[method-assign]
-    connection.add_remote_candidate = add_remote_candidate  # type: ignore[method-assign]
-    connection.request_received = request_received  # type: ignore[method-assign]
-
-
-class ScopedPeerConnection(RTCPeerConnection):
+class ScopedPeerConnection(IceHookedPeerConnection):
     """An RTCPeerConnection whose ICE follows a :class:`MediaNetwork`.
 
     Never uses aiortc's default ICE servers (a public STUN server): only those
@@ -251,8 +152,7 @@ class ScopedPeerConnection(RTCPeerConnection):
         self._allocator = PortAllocator(self.network.port_min, self.network.port_max)
         super().__init__(configuration)
 
-    def _RTCPeerConnection__createDtlsTransport(self) -> RTCDtlsTransport:  # noqa: N802
-        dtls: RTCDtlsTransport = RTCPeerConnection._RTCPeerConnection__createDtlsTransport(self)  # type: ignore[attr-defined]
-        _scope_connection(dtls.transport.iceGatherer._connection, self.network, self._allocator,
-                          self.datagram_hook)
-        return dtls
+    def ice_connection_created(self, connection: aioice.Connection) -> None:
+        network = self.network
+        scope_connection(connection, bind_addresses=network.bind_addresses, announced_ip=network.announced_ip,
+                         allows=network.allows, bind=self._allocator.bind, hook=self.datagram_hook)

@@ -28,7 +28,7 @@ class PublicationInfo:
     """The peer connection (participant session) it arrives on."""
     kind: str
     source: str
-    """camera, microphone, stethoscope, dermatoscope, otoscope, screen."""
+    """One of :data:`core.vocabulary.MEDIA_SOURCES`."""
     codec: str
     """MIME type, e.g. video/VP8, video/H264, audio/opus."""
     published_at: float

@@ -3,7 +3,7 @@
 The forwarding path adds to plain integers in a :class:`TrackCounts` shared by
 every track of one (kind, source); a collector registered on the application's
 registry turns them into counters when ``/metrics`` is read. Labels are
-room-free and bounded: kind (audio, video) x source (the known labels).
+room-free and bounded: kind (audio, video) x source (:data:`core.vocabulary.MEDIA_SOURCES`).
 
 Exported (all ``teleconsult_sfu_``):
 

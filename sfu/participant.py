@@ -36,8 +36,9 @@ from aiortc import RTCConfiguration, RTCSessionDescription
 from aiortc.rtcconfiguration import RTCBundlePolicy
 
 from core.auth import RoomGrant
+from media import aiortc_internals
+from media.eager import run_now
 from media.ice import MediaNetwork, ScopedPeerConnection
-from sfu import aiortc_patches as patches
 from sfu.errors import SfuError
 from sfu.events import ParticipantInfo, PublicationInfo
 from sfu.metrics import SfuMetrics
@@ -84,7 +85,7 @@ class Participant:
         """ssrc -> (publication, media ssrc when this is its RTX stream)."""
         self.channel: Any = None
         self._sending: set[asyncio.Task[None]] = set()
-        """NACKs upstream that had to wait (``patches.run_now``)."""
+        """NACKs upstream that had to wait (``media.eager.run_now``)."""
         self.closed = False
         self._negotiating = asyncio.Lock()
         self._on_gone = on_gone
@@ -127,7 +128,8 @@ class Participant:
             elif line.mid in subscribe:
                 publication = subscribe[line.mid]
                 prefs = subscriber_codec(publication.codec)
-                if not prefs or not any(patches.codecs_compatible(c, publication.codec) for c in line.codecs):
+                if not prefs or not any(aiortc_internals.codecs_compatible(c, publication.codec)
+                                        for c in line.codecs):
                     raise SdpError(f"m-line {line.mid} does not offer {publication.codec.mimeType}, "
                                    f"the codec of publication {publication.id}", status=406, error="codec_mismatch")
                 plan.append((line, "subscribe", prefs))
@@ -138,18 +140,18 @@ class Participant:
             if role == "publish":
                 transceiver = self.pc.addTransceiver(line.kind, direction="recvonly")
                 transceiver.setCodecPreferences(prefs)
-                patches.count_decodes(transceiver.receiver, self.metrics.decoded)
+                aiortc_internals.count_decodes(transceiver.receiver, self.metrics.decoded)
                 new_pubs.append((line, transceiver, publish[line.mid]))
             elif role == "subscribe":
                 publication = subscribe[line.mid]
-                track = patches.SilentTrack(line.kind, publication.info.source)
+                track = aiortc_internals.SilentTrack(line.kind, publication.info.source)
                 transceiver = self.pc.addTransceiver(track, direction="sendonly")
                 transceiver.setCodecPreferences(prefs)
-                patches.count_encodes(transceiver.sender, self.metrics.encoded)
+                aiortc_internals.count_encodes(transceiver.sender, self.metrics.encoded)
                 new_subs.append((line, transceiver, publication))
             else:
                 transceiver = self.pc.addTransceiver(line.kind, direction="inactive")
-            patches.bind_transceiver(transceiver, line.mid, line.index)
+            aiortc_internals.bind_transceiver(transceiver, line.mid, line.index)
         try:
             await self.pc.setRemoteDescription(RTCSessionDescription(sdp=bundle_candidates(offer.sdp),
                                                                      type="offer"))
@@ -162,7 +164,7 @@ class Participant:
             raise SdpError(f"offer could not be negotiated: {exc}") from None
         local = self.pc.localDescription.sdp
         for transceiver in self.pc.getTransceivers():
-            patches.tap_transport(transceiver.receiver.transport, self.on_rtp, self.on_rtp_now)
+            aiortc_internals.tap_transport(transceiver.receiver.transport, self.on_rtp, self.on_rtp_now)
 
         for mid in ended:
             self._end(mid)
@@ -183,7 +185,8 @@ class Participant:
             subscription = Subscription(f"SU_{self.id}_{line.mid}", self.id, transceiver.sender,
                                         transceiver.sender.transport, leg, publication.extensions,
                                         self.history_size, publication.counts)
-            patches.intercept_sender_rtcp(transceiver.sender, subscription.on_nack, subscription.on_keyframe_request)
+            aiortc_internals.intercept_sender_rtcp(transceiver.sender, subscription.on_nack,
+                                                   subscription.on_keyframe_request)
             self.subscriptions[line.mid] = subscription
             subscription.attach(publication.forwarder, publication.id, publication.extensions)
             labels[line.mid] = (publication.info.identity, publication.info.source)
@@ -243,23 +246,25 @@ class Participant:
                 return
             if publication.media_ssrc is not None and media_ssrc != publication.media_ssrc:
                 return  # a retransmission for a source the publisher no longer sends
-            patches.feed_receiver_rtx(receiver, header.ssrc, header.sequence_number, header.timestamp, clock_rate)
+            aiortc_internals.feed_receiver_rtx(receiver, header.ssrc, header.sequence_number, header.timestamp,
+                                               clock_rate)
             try:
                 data, header = unwrap_rtx(data, header, payload_type=publication.payload_type, ssrc=media_ssrc)
             except RtpError:
                 return  # padding-only RTX (bandwidth probing)
-            patches.feed_receiver_packet(receiver, header, clock_rate, count_stats=False)  # header.ssrc: media
+            # header.ssrc: the media ssrc now
+            aiortc_internals.feed_receiver_packet(receiver, header, clock_rate, count_stats=False)
             publication.counts.lost += publication.loss.add(header.sequence_number)
         else:
             if header.payload_type != publication.payload_type:
                 return
             if not publication.accept_media_ssrc(header.ssrc, arrival_time_ms):
                 return
-            lost = patches.feed_receiver_packet(receiver, header, clock_rate)
+            lost = aiortc_internals.feed_receiver_packet(receiver, header, clock_rate)
             publication.counts.lost += publication.loss.add(header.sequence_number)
             if lost:
                 publication.counts.nack_sent += 1
-                patches.run_now(patches.send_nack(receiver, header.ssrc, lost), self._sending)
+                run_now(aiortc_internals.send_nack(receiver, header.ssrc, lost), self._sending)
         publication.forwarder.forward_now(data, header)
 
     def _learn(self, data: bytes, header: Any) -> tuple[Publication, int | None] | None:

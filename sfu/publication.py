@@ -13,29 +13,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Callable
+from typing import Callable
 
 from aiortc import RTCRtpCapabilities, RTCRtpCodecCapability, RTCRtpReceiver, RTCRtpSender
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
-from sfu import aiortc_patches as patches
+from core.vocabulary import MEDIA_SOURCES, MediaKind, Source
+from media import aiortc_internals
 from sfu.events import PublicationInfo
 from sfu.forwarder import Forwarder
 from sfu.metrics import TrackCounts
-from sfu.rtp import LossCounter
+from sfu.rtp import LossCounter, RtpHeader
 from sfu.sdp import LegParameters
 
 logger = logging.getLogger(__name__)
 
-SOURCE_KINDS: dict[str, str] = {
-    "camera": "video",
-    "screen": "video",
-    "dermatoscope": "video",
-    "otoscope": "video",
-    "microphone": "audio",
-    "stethoscope": "audio",
-}
-"""Media sources and the kind of track each one is."""
+
+def source_kind(source: str) -> MediaKind | None:
+    """The kind of track ``source`` is; None unless it is a source the SFU forwards
+    (``vitals`` travels on the room's data channel, never as a publication)."""
+    return Source(source).kind if source in MEDIA_SOURCES else None
+
 
 SSRC_SWITCH_GRACE_MS = 2000
 """After a publisher's SSRC changed, packets of the old one are late ones for this long."""
@@ -53,7 +51,7 @@ def publisher_codec(kind: str, offered: tuple[RTCRtpCodecParameters, ...]) -> li
         if codec.mimeType.lower() not in FORWARDED_CODECS:
             continue
         for capability in capabilities.codecs:
-            if patches.codecs_compatible(capability, codec):
+            if aiortc_internals.codecs_compatible(capability, codec):
                 return [capability] + ([rtx] if rtx is not None and kind == "video" else [])
     return None
 
@@ -61,7 +59,7 @@ def publisher_codec(kind: str, offered: tuple[RTCRtpCodecParameters, ...]) -> li
 def subscriber_codec(codec: RTCRtpCodecParameters) -> list[RTCRtpCodecCapability]:
     """Codec preferences for a subscriber's m-line: exactly the publication's codec (+ RTX)."""
     capabilities = RTCRtpSender.getCapabilities(codec.mimeType.split("/")[0])
-    preferred = [c for c in capabilities.codecs if patches.codecs_compatible(c, codec)
+    preferred = [c for c in capabilities.codecs if aiortc_internals.codecs_compatible(c, codec)
                  and c.parameters == codec.parameters][:1]
     rtx = [c for c in capabilities.codecs if c.mimeType.lower().endswith("/rtx")]
     if preferred and codec.mimeType.lower().startswith("video/"):
@@ -77,7 +75,7 @@ class Publication:
         self.receiver = receiver
         self.mid = leg.mid
         self.codec = leg.codec
-        self.payload_type = leg.codec.payloadType
+        self.payload_type = leg.payload_type
         self.rtx_payload_type = leg.rtx_payload_type
         self.extensions = leg.extensions
         """Header extension uri -> id on the publisher's leg."""
@@ -103,12 +101,17 @@ class Publication:
         """(identity, source): a new publication with the same key replaces this one."""
         return (self.info.identity, self.info.source)
 
-    def add_packet_listener(self, listener: Callable[[bytes, Any], None]) -> Callable[[], None]:
-        """Tap this publication's media packets (RTX unwrapped) with their parsed header
-        (:class:`sfu.rtp.RtpHeader`); returns the remover."""
+    def add_packet_listener(self, listener: Callable[[bytes, RtpHeader], None]) -> Callable[[], None]:
+        """Tap this publication's media packets (RTX unwrapped) with their parsed header;
+        returns the remover. The listener runs on the forwarding path: it must not raise."""
         listeners = self.forwarder.packet_listeners
         listeners.append(listener)
         return lambda: listeners.remove(listener) if listener in listeners else None
+
+    def request_keyframe(self, reason: str) -> None:
+        """A tap (recording) needs a keyframe: a PLI upstream, rate-limited with the
+        subscriptions' own requests."""
+        self.forwarder.keyframe_wanted(reason)
 
     def accept_media_ssrc(self, ssrc: int, now_ms: int) -> bool:
         """A media packet of ``ssrc`` (not RTX) arrived. A new SSRC (an encoder restarted)
@@ -124,7 +127,7 @@ class Publication:
             self._previous_ssrc = current
             self._switched_at_ms = now_ms
             self.loss = LossCounter()
-            patches.reset_nack_generator(self.receiver)
+            aiortc_internals.reset_nack_generator(self.receiver)
             logger.info("publisher ssrc changed", extra={"publication": self.id})
         self.media_ssrc = ssrc
         return True
@@ -133,7 +136,7 @@ class Publication:
         ssrc = self.forwarder.ssrc or self.media_ssrc
         if ssrc is None or self.closed:
             return
-        self._spawn(patches.send_pli(self.receiver, ssrc))
+        self._spawn(aiortc_internals.send_pli(self.receiver, ssrc))
 
     def _spawn(self, coro: "asyncio.Future[None] | object") -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]

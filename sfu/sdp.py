@@ -103,7 +103,7 @@ def parse_offer(text: str) -> Offer:
         if mid in mids:
             raise SdpError(f"duplicate mid {mid!r}")
         mids.add(mid)
-        if not media.ice.usernameFragment or not media.ice.password:
+        if media.ice is None or not media.ice.usernameFragment or not media.ice.password:
             raise SdpError("ICE username fragment or password missing")
         if not media.dtls or not media.dtls.fingerprints:
             raise SdpError("DTLS fingerprint missing")
@@ -142,6 +142,14 @@ class LegParameters:
     rtx_ssrc: int | None
     extensions: dict[str, int]
     """Header extension uri -> id."""
+
+    @property
+    def payload_type(self) -> int:
+        """The codec's payload type (aiortc types it optional; a parsed answer always has it)."""
+        payload_type = self.codec.payloadType
+        if payload_type is None:
+            raise ValueError(f"m-line {self.mid}: codec without a payload type")
+        return payload_type
 
 
 def leg_parameters(answer: str, mid: str) -> LegParameters:

@@ -48,7 +48,7 @@ from sfu.errors import Forbidden, NotFound, SfuError, Unavailable
 from sfu.events import PublicationInfo, RoomListener
 from sfu.metrics import Gauges, SfuMetrics
 from sfu.participant import Participant
-from sfu.publication import SOURCE_KINDS, Publication
+from sfu.publication import Publication, source_kind
 from sfu.room import Room
 from sfu.sdp import SdpError, parse_offer
 
@@ -171,12 +171,13 @@ class SfuService:
             line = lines.get(mid)
             if line is None:
                 raise SdpError(f"publish names mid {mid!r}, which the offer does not have")
-            if source not in SOURCE_KINDS:
+            kind = source_kind(source)
+            if kind is None:
                 raise SfuError(f"unknown source {source!r}", error="unknown_source")
             if not grant.may_publish(source):
                 raise Forbidden(f"the room token does not grant publishing {source!r}")
-            if SOURCE_KINDS[source] != line.kind:
-                raise SfuError(f"source {source!r} is {SOURCE_KINDS[source]}, m-line {mid} is {line.kind}",
+            if kind != line.kind:
+                raise SfuError(f"source {source!r} is {kind}, m-line {mid} is {line.kind}",
                                error="kind_mismatch")
             if not line.offers_media:
                 raise SdpError(f"m-line {mid} does not send media (direction {line.direction})")
@@ -211,7 +212,7 @@ class SfuService:
         offer = parse_offer(offer_sdp)
         wanted = list(sources)
         for source in wanted:
-            if source not in SOURCE_KINDS:
+            if source_kind(source) is None:
                 raise SfuError(f"unknown source {source!r}", error="unknown_source")
         publish: dict[str, str] = {}
         kinds_seen: set[str] = set()
@@ -223,9 +224,9 @@ class SfuService:
             kinds_seen.add(line.kind)
             if not line.offers_media:
                 raise SdpError(f"WHIP m-line {line.mid} must be sendonly")
-            choices = [s for s in wanted if SOURCE_KINDS[s] == line.kind]
+            choices = [s for s in wanted if source_kind(s) == line.kind]
             if not choices:
-                choices = [s for s in grant.publish if SOURCE_KINDS.get(s) == line.kind]
+                choices = [s for s in grant.publish if source_kind(s) == line.kind]
                 if not choices:
                     raise Forbidden(f"the room token grants no {line.kind} source")
             if len(choices) != 1:

@@ -1,7 +1,7 @@
 """One outgoing copy of a publication to one participant (a "down track").
 
 A subscription owns an aiortc ``RTCRtpSender`` on the subscriber's peer
-connection, whose track never yields (:class:`sfu.aiortc_patches.SilentTrack`):
+connection, whose track never yields (:class:`media.aiortc_internals.SilentTrack`):
 aiortc keeps sending its Sender Reports, with packet/octet counts and RTP
 timestamps advanced for every packet the SFU writes, while the SFU writes RTP
 itself on the subscriber's DTLS transport:
@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Callable
 
 from aiortc import RTCDtlsTransport, RTCRtpSender
 
-from sfu import aiortc_patches as patches
+from media import aiortc_internals
 from sfu.metrics import TrackCounts
 from sfu.rtp import (ExtensionRewriter, Layout, PacketHistory, RtpHeader, SequenceMapper, extension_layout,
                      rewrite_packet, wrap_rtx)
@@ -52,11 +52,11 @@ class Subscription:
         self.session_id = session_id
         self.sender = sender
         self.transport = transport
-        self._write = patches.RtpWriter(transport)
+        self._write = aiortc_internals.RtpWriter(transport)
         self.mid = leg.mid
         self.kind = leg.kind
         self.ssrc = leg.ssrc
-        self.payload_type = leg.codec.payloadType
+        self.payload_type = leg.payload_type
         self.clock_rate = leg.codec.clockRate
         self.rtx_payload_type = leg.rtx_payload_type if leg.rtx_ssrc is not None else None
         self.rtx_ssrc = leg.rtx_ssrc
@@ -79,7 +79,7 @@ class Subscription:
     def ready(self) -> bool:
         """Transport connected and sender started: packets can go."""
         if not self._ready and not self.closed:
-            self._ready = patches.transport_connected(self.transport) and patches.sender_started(self.sender)
+            self._ready = self.transport.state == "connected" and aiortc_internals.sender_started(self.sender)
         return self._ready
 
     def attach(self, forwarder: "Forwarder", publication_id: str, publisher_extensions: dict[str, int]) -> None:
@@ -141,7 +141,7 @@ class Subscription:
         if self.first_packet_at is None:
             self.first_packet_at = now
         self._last_sent = now
-        patches.note_sent(self.sender, ts, header.payload_end - header.payload_start)
+        aiortc_internals.note_sent(self.sender, ts, header.payload_end - header.payload_start)
         counts = self.counts
         counts.packets_out += 1
         counts.bytes_out += len(packet)
@@ -159,7 +159,7 @@ class Subscription:
                                   sequence_number=self._rtx_seq)
                 self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
             try:
-                await patches.send_rtp(self.transport, packet)
+                await aiortc_internals.send_rtp(self.transport, packet)
             except ConnectionError:
                 return
             self.counts.retransmits += 1

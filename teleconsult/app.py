@@ -7,8 +7,7 @@ from typing import Callable
 from aiohttp import web
 
 import media.echo
-import media.recording_service
-import media.stills_http
+import media.recording
 import sfu
 import signalling
 import web_client
@@ -18,8 +17,21 @@ from core.auth import TokenService, bearer_token
 from core.http import request_context
 from core.lifecycle import Lifecycle
 from core.metrics import Metrics
+from sfu.appkeys import SFU
+from signalling.appkeys import SIGNALLING
 
 Component = Callable[[web.Application], None]
+
+
+# Recording sits below the SFU and signalling (media/ imports neither): here is where
+# it is handed them, as the Protocols of media.recording.ports, asked for at each use.
+def setup_recording(app: web.Application) -> None:
+    media.recording.setup(app, sfu=lambda: app.get(SFU), signalling=lambda: app.get(SIGNALLING))
+
+
+def setup_stills(app: web.Application) -> None:
+    media.recording.setup_stills(app, signalling=lambda: app.get(SIGNALLING))
+
 
 # Components add their routes and background work, in this order: the SFU before
 # signalling (which places rooms on it), recording and stills after both.
@@ -27,8 +39,8 @@ COMPONENTS: tuple[Component, ...] = (
     media.echo.setup,
     sfu.setup,
     signalling.setup,
-    media.recording_service.setup,
-    media.stills_http.setup,
+    setup_recording,
+    setup_stills,
     web_client.setup,
 )
 

@@ -147,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Subcommands owned by other packages.
 def _recording_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from media.recording_service import add_commands
+    from media.recording.cli import add_commands
 
     add_commands(sub)
 

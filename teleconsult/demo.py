@@ -32,6 +32,7 @@ import aiohttp
 
 from config.settings import Settings
 from core import appkeys, logs
+from core.vocabulary import DEVICES
 from devices.agent import AgentConfig, DeviceAgent
 from signalling.appkeys import SIGNALLING
 from teleconsult.app import create_app
@@ -43,7 +44,6 @@ SITE = "cabin-demo"
 NURSE = "nurse-demo"
 PHYSICIAN = "dr-demo"
 AGENT = "agent-cabin-demo"
-DEVICES = ("stethoscope", "dermatoscope", "otoscope", "vitals")
 LINK_TTL_S = 12 * 3600
 AGENT_STOP_TIMEOUT_S = 15.0
 

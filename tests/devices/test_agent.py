@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from config.settings import Settings
+from core.vocabulary import DEVICES
 from devices.agent import AgentConfig, DeviceAgent, media_node_url, room_of
 from devices.agent_messages import PREVIEW_MAX_CHARS
-from devices.registry import DEVICE_NAMES
 from sfu.appkeys import SFU
 from signalling.appkeys import SIGNALLING
 from tests.devices.agent_clients import AGENT_SOURCES, Consultation, start_consultation, view, wait_publications
@@ -67,7 +67,7 @@ def test_config_checks() -> None:
         AgentConfig(server="http://x", devices=("vitals",), room_token="t")
     with pytest.raises(ValueError, match="not a JWT"):
         room_of("nope")
-    assert set(DEVICE_NAMES) >= set(AGENT_SOURCES)
+    assert set(DEVICES) >= set(AGENT_SOURCES)
     # sfu_url: where WHIP goes; unusable ones (none, port 0, not http) mean the server's URL.
     assert media_node_url("https://sfu-2.example.org:8443/") == "https://sfu-2.example.org:8443"
     assert media_node_url("http://10.0.0.2") == "http://10.0.0.2"
@@ -260,7 +260,7 @@ async def test_site_agent_follows_room_moved_to_the_new_node(server: RunningServ
         await service.heartbeat_node()
         first_token = link.token
         old_sessions = {p.session_id for p in before.values()}
-        await service._move_room(c.id, service.node_id)
+        await service.rooms.move(c.id, service.node_id)
         await wait_for(lambda: link.moves == 1, 15, what="the agent followed room.moved")
         assert link.sfu_url == moved_url and link.token != first_token
         await link.wait_published(30)

@@ -1,13 +1,14 @@
 import pytest
 
 from config.settings import DevicesSettings
+from core.vocabulary import DEVICES
 from devices.errors import DeviceOpenError
-from devices.registry import DEVICE_NAMES, create_adapter
+from devices.registry import create_adapter
 
 
 async def test_creates_every_simulated_device() -> None:
     settings = DevicesSettings(dermatoscope_size="640x360", otoscope_size="640x360")
-    for name in DEVICE_NAMES:
+    for name in DEVICES:
         adapter = create_adapter(name, settings, simulate=True, seed=1)
         caps = adapter.capabilities()
         assert adapter.name == name == caps.device

@@ -12,7 +12,7 @@ from aiortc import RTCRtpCodecParameters
 from aiortc.codecs import get_encoder
 from aiortc.rtp import RtpPacket
 
-from media.crypto import MasterKey, Vault
+from media.recording.vault import MasterKey, Vault
 
 VP8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
 H264 = RTCRtpCodecParameters(

@@ -8,7 +8,7 @@ import aiohttp
 import pytest
 from aiortc.mediastreams import AudioStreamTrack
 
-from sfu.aiortc_patches import sender_report_counts
+from media.aiortc_internals import sender_report_counts
 from sfu.appkeys import SFU
 from sfu.keyframes import keyframe_start
 from tests.sfu.clients import FlatVideoTrack, play, publish, record_received, record_sent

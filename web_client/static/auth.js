@@ -3,6 +3,7 @@
 // (#access_token=...&state=...). The token lives in sessionStorage (this tab
 // only) and is removed from the address bar at once. No passwords here.
 import { t } from "./i18n.js";
+import { ROLES } from "./vocabulary.js";
 
 const PENDING_STATE = "tc.oidc.state";
 
@@ -138,7 +139,7 @@ export async function showSignInProblem(error, role) {
     hint.className = "muted";
     hint.textContent = t("signin.dev_hint");
     const code = document.createElement("code");
-    code.textContent = `teleconsult token access --role ${role} --sub <id>${role === "nurse" ? " --site <site>" : ""} --link`;
+    code.textContent = `teleconsult token access --role ${role} --sub <id>${role === ROLES.NURSE ? " --site <site>" : ""} --link`;
     box.append(hint, code);
   }
   main.replaceChildren(box);

@@ -12,8 +12,8 @@
 // "track-removed" {publication}, "message" {from, role, data},
 // "participants" {participants}, "state" {state}, "channel" {state}.
 import { gatheringComplete, iceTransportPolicy } from "./precheck.js";
+import { SOURCE_KINDS } from "./vocabulary.js";
 
-const AUDIO_SOURCES = new Set(["microphone", "stethoscope"]);
 const MAX_RESYNCS = 3; // in a row, without a successful negotiation in between
 
 /** {mid: {stream, track}} from the a=msid lines of an SDP. */
@@ -37,7 +37,7 @@ export function publicationFrom(data) {
     identity: info.identity ?? "",
     role: info.role || "",
     source,
-    kind: info.kind || (AUDIO_SOURCES.has(source) ? "audio" : "video"),
+    kind: info.kind || (SOURCE_KINDS[source] === "audio" ? "audio" : "video"),
     codec: info.codec || "",
     replaces: info.replaces || null,
   };

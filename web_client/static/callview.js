@@ -4,7 +4,8 @@
 import { h, $, announce } from "./dom.js";
 import { t, onLanguageChange } from "./i18n.js";
 import { Call } from "./call.js";
-import { DeviceBoard, DEVICE_SOURCES } from "./devices.js";
+import { DeviceBoard } from "./devices.js";
+import { DEVICE_SOURCES, ROLES } from "./vocabulary.js";
 
 const QUALITY_INTERVAL_MS = 2000;
 
@@ -37,7 +38,7 @@ export class CallView extends EventTarget {
   }
 
   mount() {
-    const otherRole = this.role === "nurse" ? "physician" : "nurse";
+    const otherRole = this.role === ROLES.NURSE ? ROLES.PHYSICIAN : ROLES.NURSE;
     this.remoteVideo = h("video", { id: "remote-video", autoplay: true, playsInline: true,
       "aria-label": t(`call.video_of.${otherRole}`) });
     this.remoteAudio = h("audio", { id: "remote-audio", autoplay: true });
@@ -58,7 +59,7 @@ export class CallView extends EventTarget {
     this.extra = h("div", { class: "call-extra" });
     // The physician starts and stops the recording, only with the patient's consent.
     this.recordButton = null;
-    if (this.role === "physician" && this.consultation.consent_recording) {
+    if (this.role === ROLES.PHYSICIAN && this.consultation.consent_recording) {
       this.recordButton = h("button", { type: "button", id: "record", "aria-pressed": "false",
         "data-i18n": "call.record.start", onclick: () => this.toggleRecording() }, t("call.record.start"));
     }

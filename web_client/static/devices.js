@@ -4,8 +4,8 @@
 import { h } from "./dom.js";
 import { t, onLanguageChange, language } from "./i18n.js";
 import { Phonocardiogram } from "./phonocardiogram.js";
+import { DEVICES } from "./vocabulary.js";
 
-export const DEVICE_SOURCES = ["stethoscope", "dermatoscope", "otoscope"];
 const STETHOSCOPE_MODES = ["bell", "diaphragm", "wide"];
 const UNITS = { Cel: "°C", "[degF]": "°F", "mm[Hg]": "mmHg", "/min": "/min", "%": "%" };
 const NOT_VITALS = new Set(["level_rms", "level_peak"]);
@@ -279,7 +279,7 @@ export class DeviceBoard {
   }
 
   _order() {
-    const order = [...DEVICE_SOURCES, "vitals"];
+    const order = DEVICES;
     const children = [...this.container.children].sort(
       (a, b) => order.indexOf(a.dataset.source) - order.indexOf(b.dataset.source));
     this.container.append(...children);

@@ -19,6 +19,12 @@ export const SOURCE_KINDS = Object.freeze({
   "screen": "video",
   "vitals": "data"
 });
+export const DEVICES = Object.freeze([
+  "stethoscope",
+  "dermatoscope",
+  "otoscope",
+  "vitals"
+]);
 export const DEVICE_SOURCES = Object.freeze([
   "stethoscope",
   "dermatoscope",

@@ -36,8 +36,10 @@ from dataclasses import dataclass
 from typing import Protocol, Union
 
 from aiortc import RTCRtpCodecParameters
-from aiortc.codecs.h264 import H264Encoder, H264PayloadDescriptor
+from aiortc.codecs.h264 import H264PayloadDescriptor
 from aiortc.rtp import RtpPacket
+
+from media.aiortc_internals import split_h264_nal_units
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +98,7 @@ def vp8_dimensions(frame: bytes) -> tuple[int, int] | None:
 
 def h264_nal_units(access_unit: bytes) -> list[bytes]:
     """The NAL units of an Annex-B access unit (aiortc's splitter)."""
-    return list(H264Encoder._split_bitstream(access_unit))
+    return split_h264_nal_units(access_unit)
 
 
 def h264_is_keyframe(access_unit: bytes) -> bool:

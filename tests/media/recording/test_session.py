@@ -12,12 +12,15 @@ from pathlib import Path
 import av
 import pytest
 
-from media.crypto import MasterKey, SealedWriter, Vault
-from media.recorder import RecordingSession, count_frames, read_manifest, recover
+from media.recording.manifest import read_manifest
+from media.recording.muxer import count_frames
+from media.recording.recovery import recover
+from media.recording.session import RecordingSession
+from media.recording.vault import MasterKey, SealedWriter, Vault
 
-from .conftest import H264, OPUS, VP8, Clip
+from tests.media.conftest import H264, OPUS, VP8, Clip
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).parents[1]
 
 
 def decode_all(vault: Vault, path: Path) -> tuple[int, int]:
@@ -126,8 +129,8 @@ CHILD = textwrap.dedent(
     sys.path[:0] = [sys.argv[1], sys.argv[2]]
     from aiortc.rtp import RtpPacket
     from conftest import VP8, encode_video, packetize
-    from media.crypto import MasterKey, Vault
-    from media.recorder import RecordingSession
+    from media.recording.session import RecordingSession
+    from media.recording.vault import MasterKey, Vault
     from pathlib import Path
 
     clip = packetize(VP8, encode_video("libvpx", 90, gop=30))
@@ -158,7 +161,7 @@ def test_sigkill_mid_recording_is_readable(tmp_path: Path) -> None:
     key = MasterKey.generate()
     script = tmp_path / "child.py"
     script.write_text(CHILD)
-    root = str(Path(__file__).resolve().parents[2])
+    root = str(Path(__file__).resolve().parents[3])
     proc = subprocess.Popen(
         [sys.executable, str(script), root, str(HERE), str(tmp_path), key.key.hex()],
         stdout=subprocess.PIPE,

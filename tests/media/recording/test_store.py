@@ -6,11 +6,12 @@ from pathlib import Path
 import av
 import pytest
 
-from media.crypto import IntegrityError, MasterKey, Vault
-from media.recorder import read_manifest
-from media.recording_store import RecordingNotFound, RecordingStore, StillStore
+from media.recording.manifest import read_manifest
+from media.recording.stills import StillStore
+from media.recording.store import RecordingNotFound, RecordingStore
+from media.recording.vault import IntegrityError, MasterKey, Vault
 
-from .conftest import OPUS, VP8, Clip
+from tests.media.conftest import OPUS, VP8, Clip
 
 
 def record(store: RecordingStore, cid: str, vp8_clip: Clip, opus_clip: Clip, *, skip_cam: int = 0) -> None:

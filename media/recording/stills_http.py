@@ -6,113 +6,43 @@
   body (``Content-Type: image/png|image/jpeg``, at most :data:`MAX_STILL_BYTES`),
   while the consultation is active → ``201 {still_id, url, width, height, mime}``.
   The magic bytes must match the type (else 415) and the image must decode to the
-  size its header says, within :data:`MAX_PIXELS` (else 400); too big → 413.
+  size its header says, within :data:`~media.recording.still_image.MAX_PIXELS` (else
+  400); too big → 413.
 * ``GET /api/consultations/{id}/stills`` → ``{consultation_id, stills: [meta]}``;
   ``GET /api/consultations/{id}/stills/{still_id}`` → the image bytes. Readers: the
   consultation's physician, the site's nurses (they are with the patient and read
   the report too), admins. Everyone else gets the same 404 as for a consultation that
   does not exist (no existence oracle).
 
-Stored sealed by :class:`media.recording_store.StillStore` (the vault of
-``settings.recording``); every upload and every read is journaled (ids only):
-``still.capture``, ``still.list``, ``still.access``.
+Checked by :mod:`media.recording.still_image`, stored sealed by
+:class:`media.recording.stills.StillStore` (the vault of ``settings.recording``); every
+upload and every read is journaled (ids only): ``still.capture``, ``still.list``,
+``still.access``. Signalling is :class:`~media.recording.ports.Signalling`, from the
+app key :func:`media.recording.setup_stills` sets.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import struct
-from typing import Any, Optional
+from typing import Any
 
-import cv2
-import numpy as np
 from aiohttp import web
 
 from core import appkeys
 from core.auth import Principal, Role, bearer_token
 from core.http import json_error
-from media.crypto import IntegrityError, Vault
-from media.recording_store import STILL_DEVICES, RecordingNotFound, StillMeta, StillStore
-from signalling.appkeys import SIGNALLING
+from core.vocabulary import STILL_DEVICES, Act, ConsultationId
+from media.recording import ports
+from media.recording.appkeys import SIGNALLING, STILLS
+from media.recording.still_image import MIMES, BadImage, check_image
+from media.recording.stills import StillMeta
+from media.recording.store import RecordingNotFound
+from media.recording.vault import IntegrityError
 
 logger = logging.getLogger(__name__)
 
 MAX_STILL_BYTES = 25 * 1024 * 1024
-MAX_PIXELS = 40_000_000
-"""A 40 MP sensor at most: a decompression bomb stops at the header check."""
-MIMES = ("image/png", "image/jpeg")
-_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-_JPEG_MAGIC = b"\xff\xd8\xff"
-# JPEG start-of-frame markers that carry the image size (not DHT/JPG/DAC: C4, C8, CC).
-_SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
-
-
-class BadImage(ValueError):
-    def __init__(self, status: int, error: str, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.error = error
-        self.reason = reason
-
-
-def sniff_mime(data: bytes) -> Optional[str]:
-    if data.startswith(_PNG_MAGIC):
-        return "image/png"
-    if data.startswith(_JPEG_MAGIC):
-        return "image/jpeg"
-    return None
-
-
-def header_size(data: bytes, mime: str) -> tuple[int, int]:
-    """(width, height) from the PNG IHDR or the first JPEG SOF; BadImage(400) if absent."""
-    if mime == "image/png":
-        if len(data) < 24 or data[12:16] != b"IHDR":
-            raise BadImage(400, "bad_image", "PNG without an IHDR chunk")
-        width, height = struct.unpack(">II", data[16:24])
-        return width, height
-    i = 2
-    # Bounded: each step advances by at least 2 bytes.
-    while i + 9 < len(data):
-        if data[i] != 0xFF:
-            raise BadImage(400, "bad_image", "JPEG marker expected")
-        marker = data[i + 1]
-        if marker == 0xFF:
-            i += 1
-            continue
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
-            i += 2
-            continue
-        (length,) = struct.unpack(">H", data[i + 2:i + 4])
-        if length < 2:
-            raise BadImage(400, "bad_image", "JPEG segment length invalid")
-        if marker in _SOF_MARKERS:
-            height, width = struct.unpack(">HH", data[i + 5:i + 9])
-            return width, height
-        if marker == 0xDA:
-            break
-        i += 2 + length
-    raise BadImage(400, "bad_image", "JPEG without a frame header")
-
-
-def check_image(data: bytes, declared: str) -> tuple[int, int]:
-    """The image's (width, height) after every check; raises BadImage. CPU-bound (decodes)."""
-    actual = sniff_mime(data)
-    if actual is None or actual != declared:
-        raise BadImage(415, "unsupported_media_type", f"the body is not a {declared} image")
-    width, height = header_size(data, declared)
-    if width <= 0 or height <= 0 or width * height > MAX_PIXELS:
-        raise BadImage(400, "bad_image", f"image size {width}x{height} out of bounds")
-    # Decode it all: a truncated or corrupt file must not be stored as a clinical still.
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise BadImage(400, "bad_image", "the image does not decode")
-    if image.shape[1] != width or image.shape[0] != height:
-        raise BadImage(400, "bad_image", "the image does not match its header's size")
-    return width, height
-
-
-STILLS = web.AppKey("stills", StillStore)
 
 
 def _not_found() -> web.Response:
@@ -145,12 +75,12 @@ async def _read_body(request: web.Request) -> bytes:
 async def post_still(request: web.Request) -> web.Response:
     cid = request.match_info["id"]
     grant = request.app[appkeys.TOKENS].verify_room(bearer_token(request.headers.get("Authorization")))
-    signalling = request.app.get(SIGNALLING)
+    signalling = request.app[SIGNALLING]()
     if signalling is None:
         return json_error(503, "unavailable", "signalling is not running")
     if grant.room != cid:
         return _not_found()
-    consultation = await signalling.get_any(cid)
+    consultation = await signalling.get_any(ConsultationId(cid))
     if consultation is None:
         return _not_found()
     device = request.headers.get("X-Device", "")
@@ -158,7 +88,7 @@ async def post_still(request: web.Request) -> web.Response:
         return json_error(400, "bad_request", f"X-Device must be one of {', '.join(STILL_DEVICES)}")
     if grant.role is not Role.AGENT or not grant.may_publish(device):
         return json_error(403, "forbidden", f"the room token does not grant {device}")
-    if consultation.state.value != "active":
+    if consultation.state != "active":
         return json_error(409, "conflict", "stills are taken during an active consultation")
     mime = request.content_type
     if mime not in MIMES:
@@ -173,19 +103,19 @@ async def post_still(request: web.Request) -> web.Response:
         return json_error(exc.status, exc.error, exc.reason)
     store = request.app[STILLS]
     meta = await asyncio.to_thread(store.put, cid, device, mime, data, width, height)
-    await signalling.journal.append("still.capture", actor=grant.identity, consultation_id=cid,
+    await signalling.journal.append(Act.STILL_CAPTURE, actor=grant.identity, consultation_id=ConsultationId(cid),
                                     still_id=meta.still_id, device=device, width=width, height=height,
                                     bytes=meta.size)
     return web.json_response({"still_id": meta.still_id, "url": still_url(cid, meta.still_id), "width": width,
                               "height": height, "mime": mime, "device": device}, status=201)
 
 
-async def _reader(request: web.Request) -> tuple[Principal, Any] | web.Response:
+async def _reader(request: web.Request) -> tuple[Principal, ports.Signalling] | web.Response:
     principal = await request.app[appkeys.TOKENS].verify_access(bearer_token(request.headers.get("Authorization")))
-    signalling = request.app.get(SIGNALLING)
+    signalling = request.app[SIGNALLING]()
     if signalling is None:
         return json_error(503, "unavailable", "signalling is not running")
-    consultation = await signalling.get_any(request.match_info["id"])
+    consultation = await signalling.get_any(ConsultationId(request.match_info["id"]))
     if consultation is None:
         return _not_found()
     allowed = (principal.role is Role.ADMIN
@@ -206,7 +136,8 @@ async def list_stills(request: web.Request) -> web.Response:
         metas = await asyncio.to_thread(request.app[STILLS].list, cid)
     except ValueError:
         return _not_found()
-    await signalling.journal.append("still.list", actor=principal.subject, consultation_id=cid, count=len(metas))
+    await signalling.journal.append(Act.STILL_LIST, actor=principal.subject, consultation_id=ConsultationId(cid),
+                                    count=len(metas))
     return web.json_response({"consultation_id": cid, "stills": [_public(m) for m in metas]})
 
 
@@ -223,20 +154,14 @@ async def get_still(request: web.Request) -> web.StreamResponse:
     except IntegrityError:
         logger.error("still failed its integrity check", extra={"consultation": cid, "still": still_id})
         return json_error(500, "integrity", "the stored still is damaged")
-    await signalling.journal.append("still.access", actor=principal.subject, consultation_id=cid,
+    await signalling.journal.append(Act.STILL_ACCESS, actor=principal.subject, consultation_id=ConsultationId(cid),
                                     still_id=still_id, device=meta.device)
     return web.Response(body=data, content_type=meta.mime,
                         headers={"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff",
                                  "X-Width": str(meta.width), "X-Height": str(meta.height)})
 
 
-def setup(app: web.Application) -> None:
-    """Stills REST (after signalling and the SFU in ``teleconsult.app._COMPONENTS``)."""
-    settings = app[appkeys.SETTINGS]
-    app[STILLS] = StillStore.for_data_dir(settings.server.data_dir, Vault.from_settings(settings.recording))
+def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/consultations/{id}/stills", post_still)
     app.router.add_get("/api/consultations/{id}/stills", list_stills)
     app.router.add_get("/api/consultations/{id}/stills/{still_id}", get_still)
-
-
-__all__ = ["MAX_STILL_BYTES", "STILLS", "check_image", "setup"]

@@ -7,7 +7,8 @@ import cv2
 import numpy as np
 
 from devices.imaging import StillFormat, encode_still
-from media.stills_http import MAX_STILL_BYTES, header_size
+from media.recording.still_image import header_size
+from media.recording.stills_http import MAX_STILL_BYTES
 from tests.devices.agent_clients import start_consultation
 from tests.support import RunningServer
 

@@ -15,6 +15,10 @@ looked up). Anyone else, and any recording that does not exist, gets the same 40
 the answer never tells whether a recording exists. Every access is journaled
 (``recording.access``: who, role, what, the admin's reason); refusals too
 (``recording.denied``), so that probing shows in the audit.
+
+Routes only: the service (:mod:`media.recording.service`) and signalling
+(:class:`~media.recording.ports.Signalling`) come from the app keys
+:func:`media.recording.setup` sets.
 """
 
 from __future__ import annotations
@@ -24,17 +28,20 @@ import logging
 import os
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
 from core import appkeys
 from core.auth import Principal, Role, bearer_token
 from core.http import json_error
-from media.recorder import Manifest, check_id
-from media.recording_service import RECORDING, RecordingRefused, RecordingService
-from media.recording_store import RecordingNotFound
-from signalling.appkeys import SIGNALLING
+from core.vocabulary import Act, ConsultationId
+from media.recording import ports
+from media.recording.appkeys import RECORDING, SIGNALLING
+from media.recording.ids import check_id
+from media.recording.manifest import Manifest
+from media.recording.service import RecordingRefused, RecordingService
+from media.recording.store import RecordingNotFound
 
 logger = logging.getLogger(__name__)
 
@@ -67,19 +74,25 @@ def _access_reason(request: web.Request) -> str | None:
     return text
 
 
-async def _journal(request: web.Request, act: str, principal: Principal, consultation_id: str | None,
-                   **ids: Any) -> None:
-    sig = request.app.get(SIGNALLING)
+def _signalling(request: web.Request) -> ports.Signalling | None:
+    return request.app[SIGNALLING]()
+
+
+async def _journal(request: web.Request, act: Act, principal: Principal, consultation_id: str | None,
+                   **ids: ports.JournalValue) -> None:
+    sig = _signalling(request)
     if sig is None:
         raise _Denied(json_error(503, "unavailable", "no journal in this process"))
-    await sig.journal.append(act, actor=principal.subject, consultation_id=consultation_id,
-                             role=principal.role.value, **ids)
+    # ``about`` named so that the type checker knows ``ids`` does not carry it.
+    await sig.journal.append(act, actor=principal.subject,
+                             consultation_id=None if consultation_id is None else ConsultationId(consultation_id),
+                             about=None, role=principal.role.value, **ids)
 
 
 async def _owner(request: web.Request, manifest: Manifest) -> str:
     """The consultation's physician (the consultation record says; else who started it)."""
-    sig = request.app.get(SIGNALLING)
-    c = await sig.get_any(manifest.consultation_id) if sig is not None else None
+    sig = _signalling(request)
+    c = await sig.get_any(ConsultationId(manifest.consultation_id)) if sig is not None else None
     return str(c.physician) if c is not None and c.physician else manifest.started_by
 
 
@@ -91,25 +104,28 @@ async def _authorize(request: web.Request, op: str) -> tuple[Principal, Manifest
     if principal.role is Role.ADMIN:
         reason = _access_reason(request)
         if reason is None:
-            await _journal(request, "recording.denied", principal, None, op=op, why="no_access_reason")
+            await _journal(request, Act.RECORDING_DENIED, principal, None, op=op, why="no_access_reason")
             raise _Denied(json_error(403, "reason_required", "admins give a reason: X-Access-Reason header or ?reason="))
     try:
         check_id(cid)
         manifest = _service(request).store.manifest(cid)
     except (ValueError, RecordingNotFound):
-        await _journal(request, "recording.denied", principal, None, op=op, why="not_found")
+        await _journal(request, Act.RECORDING_DENIED, principal, None, op=op, why="not_found")
         raise _not_found() from None
     if manifest.shredded_at is not None:
-        await _journal(request, "recording.denied", principal, cid, op=op, why="shredded")
+        await _journal(request, Act.RECORDING_DENIED, principal, cid, op=op, why="shredded")
         raise _not_found()
     if principal.role is not Role.ADMIN:
         if principal.role is not Role.PHYSICIAN or await _owner(request, manifest) != principal.subject:
-            await _journal(request, "recording.denied", principal, cid, op=op, why="not_owner")
+            await _journal(request, Act.RECORDING_DENIED, principal, cid, op=op, why="not_owner")
             raise _not_found()
     return principal, manifest, reason
 
 
-def _denied_to_response(handler: Any) -> Any:
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _denied_to_response(handler: Handler) -> Handler:
     async def wrapped(request: web.Request) -> web.StreamResponse:
         try:
             return await handler(request)
@@ -154,7 +170,7 @@ async def list_recordings(request: web.Request) -> web.Response:
     if principal.role is Role.ADMIN:
         reason = _access_reason(request)
         if reason is None:
-            await _journal(request, "recording.denied", principal, None, op="list", why="no_access_reason")
+            await _journal(request, Act.RECORDING_DENIED, principal, None, op="list", why="no_access_reason")
             return json_error(403, "reason_required", "admins give a reason: X-Access-Reason header or ?reason=")
     elif principal.role is not Role.PHYSICIAN:
         return web.json_response({"recordings": []})
@@ -163,7 +179,7 @@ async def list_recordings(request: web.Request) -> web.Response:
     for manifest in manifests:
         if principal.role is Role.ADMIN or await _owner(request, manifest) == principal.subject:
             out.append(_summary(manifest))
-    await _journal(request, "recording.access", principal, None, op="list", count=len(out), access_reason=reason)
+    await _journal(request, Act.RECORDING_ACCESS, principal, None, op="list", count=len(out), access_reason=reason)
     return web.json_response({"recordings": out})
 
 
@@ -176,7 +192,7 @@ def _summary(m: Manifest) -> dict[str, Any]:
 @_denied_to_response
 async def get_manifest(request: web.Request) -> web.Response:
     principal, manifest, reason = await _authorize(request, "manifest")
-    await _journal(request, "recording.access", principal, manifest.consultation_id, op="manifest",
+    await _journal(request, Act.RECORDING_ACCESS, principal, manifest.consultation_id, op="manifest",
                    access_reason=reason)
     return web.json_response(manifest.to_dict())
 
@@ -194,7 +210,7 @@ async def get_track(request: web.Request) -> web.StreamResponse:
     path = service.store.root / manifest.consultation_id / entry.file
     if not path.exists():
         return json_error(404, "not_found", "no such track")
-    await _journal(request, "recording.access", principal, manifest.consultation_id, op="track", file=entry.file,
+    await _journal(request, Act.RECORDING_ACCESS, principal, manifest.consultation_id, op="track", file=entry.file,
                    access_reason=reason)
     chunks = service.vault.read_chunks(path)
     response = web.StreamResponse(headers={"Content-Type": _MIME.get(path.suffix, "application/octet-stream"),
@@ -216,7 +232,7 @@ async def get_export(request: web.Request) -> web.StreamResponse:
     if manifest.stopped_at is None:
         return json_error(409, "conflict", "still recording")
     service = _service(request)
-    await _journal(request, "recording.access", principal, manifest.consultation_id, op="export",
+    await _journal(request, Act.RECORDING_ACCESS, principal, manifest.consultation_id, op="export",
                    access_reason=reason)
     # The muxer needs a seekable file: a temporary one next to the recordings, unlinked
     # as soon as it is open so that no plaintext copy outlives the response.

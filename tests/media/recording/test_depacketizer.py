@@ -6,7 +6,7 @@ import av
 
 from aiortc.rtp import RtpPacket
 
-from media.depacketizer import (
+from media.recording.depacketizer import (
     Depacketizer,
     EncodedFrame,
     Event,
@@ -16,7 +16,7 @@ from media.depacketizer import (
     vp8_is_keyframe,
 )
 
-from .conftest import H264, OPUS, VP8, Clip, encode_video, packetize
+from tests.media.conftest import H264, OPUS, VP8, Clip, encode_video, packetize
 
 
 def run(dep: Depacketizer, packets: list[RtpPacket], start: float = 0.0) -> list[Event]:
@@ -145,7 +145,7 @@ def test_malformed_payload_is_a_loss() -> None:
 def test_vp8_descriptor_reader_agrees_with_aiortc() -> None:
     from aiortc.codecs.vpx import VpxPayloadDescriptor
 
-    from media.depacketizer import vp8_descriptor_end
+    from media.recording.depacketizer import vp8_descriptor_end
 
     rng = random.Random(3)
     for _ in range(3000):

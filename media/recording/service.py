@@ -1,18 +1,20 @@
-"""Recording of consultations, wired to the SFU and to signalling.
+"""Recording of consultations, following the SFU's rooms and answering to signalling.
 
-:class:`RecordingService` (one per process, under :data:`RECORDING`) records every
+:class:`RecordingService` (one per process, under :data:`media.recording.appkeys.RECORDING`)
+sees the SFU and signalling only through :mod:`media.recording.ports`. It records every
 publication of a consultation's room while the consultation's physician wants it and
 the patient consented at check-in:
 
 * ``start(consultation_id, principal)``: refused unless the caller is the
   consultation's physician, the consultation is active and ``consent_recording`` is
-  true. Every publication present is tapped (``Publication.add_packet_listener``),
+  true. Every publication present is tapped (``ports.Publication.add_packet_listener``),
   later ones are added on ``publication_added``, ended ones closed on
   ``publication_removed``. A tap only queues the datagram with the SFU's parsed
   header and its arrival time; the queue is recorded in one batch ``BATCH_S`` later
   (and drained before a track or the recording closes). Video tracks start at their
-  first keyframe: a PLI goes upstream at start and again (rate-limited) whenever the
-  recorder says it waits for one (after a loss broke the chain).
+  first keyframe: a keyframe is asked for (``ports.Publication.request_keyframe``) at
+  start and again (rate-limited) whenever the recorder says it waits for one (after a
+  loss broke the chain).
 * ``stop(consultation_id, actor, reason)``: the physician, the room closing (the
   consultation ended), or the server shutting down.
 * A write error (disk full) fails the recording (``recording.failed`` to the
@@ -25,7 +27,8 @@ the patient consented at check-in:
 Events to the consultation's nurses and physician (signalling socket):
 ``recording.started`` / ``recording.stopped`` / ``recording.failed``. Journal acts:
 ``recording.start``, ``recording.stop``, ``recording.fail``, ``recording.recover``,
-``recording.shred``, ``still.shred``, ``recording.access`` (see :mod:`media.recording_http`).
+``recording.shred``, ``still.shred`` (:class:`core.vocabulary.Act`; the accesses are
+journaled by :mod:`media.recording.http`).
 
 Lifecycle of one consultation's recording: recording -> stopped | failed (one
 recording per consultation: the files are named after it).
@@ -33,23 +36,24 @@ recording per consultation: the files are named after it).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import errno
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable, Protocol
-
-from aiohttp import web
+from typing import Any, Callable, Coroutine
 
 from config.settings import Settings
-from media.crypto import Vault
-from media.recorder import Manifest, RecordingSession, recover
-from media.recording_store import RecordingStore, StillStore
-from sfu.appkeys import SFU
-from signalling.appkeys import SIGNALLING
+from core.vocabulary import Act, ConsultationId, MediaKind
+from media.recording import ports
+from media.recording.depacketizer import RtpHeaderLike
+from media.recording.manifest import Manifest
+from media.recording.recovery import recover
+from media.recording.session import RecordingSession
+from media.recording.stills import StillStore
+from media.recording.store import RecordingStore
+from media.recording.vault import Vault
 
 logger = logging.getLogger(__name__)
 
@@ -66,16 +70,6 @@ class RecordingRefused(Exception):
         self.status = status
         self.error = error
         self.reason = reason
-
-
-class Signalling(Protocol):
-    """What the recording needs of :class:`signalling.service.SignallingService`."""
-
-    journal: Any
-
-    async def get_any(self, cid: str) -> Any: ...
-
-    async def emit(self, targets: Any, message: dict[str, Any]) -> None: ...
 
 
 @dataclass
@@ -95,7 +89,7 @@ class _Active:
 
 class RecordingService:
     def __init__(self, settings: Settings, store: RecordingStore, vault: Vault, *,
-                 sfu: Callable[[], Any], signalling: Callable[[], Signalling | None],
+                 sfu: ports.MediaServerAccess, signalling: ports.SignallingAccess,
                  clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time,
                  stills: StillStore | None = None) -> None:
         self.settings = settings
@@ -109,7 +103,7 @@ class RecordingService:
         self._wall_clock = wall_clock
         self._pli_interval = settings.media.pli_interval_s
         self._active: dict[str, _Active] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
         self._sync_executor: ThreadPoolExecutor | None = None
         self._batch_s = BATCH_S
@@ -135,11 +129,11 @@ class RecordingService:
         sfu = self._sfu()
         if sig is None or sfu is None:
             raise RecordingRefused(503, "unavailable", "no signalling or media server in this process")
-        c = await sig.get_any(consultation_id)
+        c = await sig.get_any(ConsultationId(consultation_id))
         # Someone else's consultation looks like no consultation (no existence oracle).
         if c is None or c.physician != physician:
             raise RecordingRefused(404, "not_found", "no such consultation")
-        if getattr(c.state, "value", c.state) != "active":
+        if c.state != "active":
             raise RecordingRefused(409, "conflict", "only an active consultation can be recorded")
         if not c.consent_recording:
             raise RecordingRefused(403, "no_consent", "the patient did not consent to recording at check-in")
@@ -161,8 +155,9 @@ class RecordingService:
         active = _Active(consultation_id, room_name, c.site, physician, session)
         self._active[consultation_id] = active
         try:
-            await sig.journal.append("recording.start", actor=physician, consultation_id=consultation_id,
-                                     room=room_name, encrypted=self.vault.encrypted)
+            await sig.journal.append(Act.RECORDING_START, actor=physician,
+                                     consultation_id=ConsultationId(consultation_id), room=room_name,
+                                     encrypted=self.vault.encrypted)
         except Exception:
             # No recording without its journal entry.
             self._active.pop(consultation_id, None)
@@ -193,7 +188,7 @@ class RecordingService:
         active = self._active.get(consultation_id)
         if active is None or active.physician != physician:
             sig = self._signalling()
-            c = await sig.get_any(consultation_id) if sig is not None else None
+            c = await sig.get_any(ConsultationId(consultation_id)) if sig is not None else None
             if c is None or c.physician != physician:
                 raise RecordingRefused(404, "not_found", "no such consultation")
             raise RecordingRefused(409, "conflict", "not recording")
@@ -209,7 +204,8 @@ class RecordingService:
         sig = self._signalling()
         if sig is not None:
             try:
-                await sig.journal.append("recording.stop", actor=actor, consultation_id=active.consultation_id,
+                await sig.journal.append(Act.RECORDING_STOP, actor=actor,
+                                         consultation_id=ConsultationId(active.consultation_id),
                                          stop_reason=reason, tracks=len(manifest.tracks),
                                          frames=sum(t.frames for t in manifest.tracks))
             except Exception:
@@ -222,7 +218,7 @@ class RecordingService:
                                       "tracks": len(manifest.tracks)})
 
     # -- taps ------------------------------------------------------------------
-    def _tap(self, active: _Active, publication: Any) -> None:
+    def _tap(self, active: _Active, publication: ports.Publication) -> None:
         info = publication.info
         if info.id in active.taps or publication.closed:
             return
@@ -232,18 +228,18 @@ class RecordingService:
             logger.info("recording %s: publication %s not recorded: %s", active.consultation_id, info.id, exc)
             return
         except OSError as exc:
-            active.session._fail(exc)  # the manifest could not be saved: same as a write error
+            active.session.fail(exc)  # the manifest could not be saved
             return
         feed_batch = active.session.feed_rtp_batch
         pid = info.id
-        wants_keyframe = info.kind == "video"
+        wants_keyframe = info.kind == MediaKind.VIDEO
         clock = self._clock
         try:
             loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             loop = None
         batch_s = self._batch_s if loop is not None else 0.0
-        pending: list[tuple[bytes, Any, float]] = []
+        pending: list[tuple[bytes, RtpHeaderLike, float]] = []
         timer: list[asyncio.TimerHandle] = []
 
         def drain() -> None:
@@ -258,10 +254,10 @@ class RecordingService:
             if feed_batch(pid, batch) and wants_keyframe:
                 self._keyframe(active, publication)
 
-        def on_packet(data: bytes, header: Any) -> None:
+        def on_packet(data: bytes, header: RtpHeaderLike) -> None:
             # In the forwarding path: never raise, do as little as possible: queue the
-            # datagram and the SFU's parsed header (sfu.rtp.RtpHeader, RTX unwrapped: no
-            # second parse) with its arrival time; drain() records them a moment later.
+            # datagram and the SFU's parsed header (RTX unwrapped: no second parse) with
+            # its arrival time; drain() records them a moment later.
             pending.append((data, header, clock()))
             if not timer:
                 if loop is None or batch_s <= 0:
@@ -282,14 +278,14 @@ class RecordingService:
             self._keyframe(active, publication)
         logger.info("recording %s: track %s (%s) added", active.consultation_id, pid, info.source)
 
-    def _keyframe(self, active: _Active, publication: Any) -> None:
+    def _keyframe(self, active: _Active, publication: ports.Publication) -> None:
         now = self._clock()
         pid = publication.info.id
         if now - active.last_pli.get(pid, -1e9) < self._pli_interval:
             return
         active.last_pli[pid] = now
         try:
-            publication.forwarder.keyframe_wanted("recording")
+            publication.request_keyframe("recording")
         except Exception:
             logger.exception("recording %s: keyframe request failed", active.consultation_id)
 
@@ -305,21 +301,21 @@ class RecordingService:
             active.unlisten()
             active.unlisten = None
 
-    def _on_room_event(self, active: _Active, event: Any) -> None:
+    def _on_room_event(self, active: _Active, event: ports.RoomEvent) -> None:
         """SFU room callback (sync)."""
         if self._active.get(active.consultation_id) is not active:
             return
-        kind = getattr(event.type, "value", str(event.type))
-        if kind == "publication_added" and event.publication is not None:
+        kind = event.type
+        if kind == ports.RoomEventType.PUBLICATION_ADDED and event.publication is not None:
             sfu = self._sfu()
             room = sfu.create_room(active.room) if sfu is not None else None
             publication = room.publication(event.publication.id) if room is not None else None
             if publication is not None:
                 self._tap(active, publication)
-        elif kind == "publication_removed" and event.publication is not None:
+        elif kind == ports.RoomEventType.PUBLICATION_REMOVED and event.publication is not None:
             self._untap(active, event.publication.id)
             active.session.remove_track(event.publication.id)
-        elif kind == "room_closed":
+        elif kind == ports.RoomEventType.ROOM_CLOSED:
             manifest = self._stop_now(active, "system", "consultation_ended")
             self._spawn(self._announce_stop(active, manifest, "system", "consultation_ended"))
 
@@ -337,8 +333,8 @@ class RecordingService:
         sig = self._signalling()
         if journal and sig is not None:
             try:
-                await sig.journal.append("recording.fail", actor="system", consultation_id=active.consultation_id,
-                                         error=reason)
+                await sig.journal.append(Act.RECORDING_FAIL, actor="system",
+                                         consultation_id=ConsultationId(active.consultation_id), error=reason)
             except Exception:
                 logger.exception("recording %s: journal entry for failure failed", active.consultation_id)
         await self._announce(active, {"type": "recording.failed", "consultation_id": active.consultation_id,
@@ -355,7 +351,7 @@ class RecordingService:
             logger.exception("recording %s: event %s not sent", active.consultation_id, message.get("type"))
 
     # -- background ---------------------------------------------------------------
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -366,7 +362,7 @@ class RecordingService:
         sig = self._signalling()
         for cid in ids:
             if sig is not None:
-                await sig.journal.append("recording.recover", actor="system", consultation_id=cid)
+                await sig.journal.append(Act.RECORDING_RECOVER, actor="system", consultation_id=ConsultationId(cid))
         return ids
 
     async def purge(self, now: float | None = None) -> list[str]:
@@ -376,7 +372,8 @@ class RecordingService:
         sig = self._signalling()
         for item in shredded:
             if sig is not None:
-                await sig.journal.append("recording.shred", actor="retention", consultation_id=item.consultation_id,
+                await sig.journal.append(Act.RECORDING_SHRED, actor="retention",
+                                         consultation_id=ConsultationId(item.consultation_id),
                                          files=len(item.files), stopped_at=item.stopped_at)
         try:
             await self.purge_stills(now)
@@ -394,7 +391,8 @@ class RecordingService:
         sig = self._signalling()
         for meta in gone:
             if sig is not None:
-                await sig.journal.append("still.shred", actor="retention", consultation_id=meta.consultation_id,
+                await sig.journal.append(Act.STILL_SHRED, actor="retention",
+                                         consultation_id=ConsultationId(meta.consultation_id),
                                          still_id=meta.still_id, device=meta.device, created=meta.created)
         return [meta.still_id for meta in gone]
 
@@ -446,102 +444,10 @@ def _failure_reason(exc: BaseException | None) -> str:
     return "recorder_error" if exc is not None else "unknown"
 
 
-# -- application ----------------------------------------------------------------
-RECORDING = web.AppKey("recording", RecordingService)
-
-
-def build(settings: Settings, *, sfu: Callable[[], Any], signalling: Callable[[], Any]) -> RecordingService:
+def build(settings: Settings, *, sfu: ports.MediaServerAccess, signalling: ports.SignallingAccess) -> RecordingService:
+    """The service for ``settings``: its vault, the recordings' store and the stills' (for retention)."""
     vault = Vault.from_settings(settings.recording)
     store = RecordingStore.for_data_dir(settings.server.data_dir, vault,
                                         retention_days=settings.recording.retention_days)
     stills = StillStore.for_data_dir(settings.server.data_dir, vault)
     return RecordingService(settings, store, vault, sfu=sfu, signalling=signalling, stills=stills)
-
-
-def setup(app: web.Application) -> None:
-    """Routes and background work; goes after ``sfu`` and ``signalling`` in the app."""
-    from core import appkeys
-    from media import recording_http
-
-    settings = app[appkeys.SETTINGS]
-    service = build(settings, sfu=lambda: app.get(SFU), signalling=lambda: app.get(SIGNALLING))
-    app[RECORDING] = service
-
-    async def lifetime(app: web.Application) -> AsyncIterator[None]:
-        recovered = await service.recover()
-        if recovered:
-            logger.info("recovered %d unfinished recordings", len(recovered))
-        await service.run()
-        yield
-        await service.close()
-
-    app.cleanup_ctx.append(lifetime)
-    recording_http.add_routes(app)
-
-
-# -- command line -----------------------------------------------------------------
-def add_commands(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
-    """``teleconsult recording export|verify`` (a contract: options are added, never renamed)."""
-    rec = sub.add_parser("recording", help="recordings under server.data_dir: export, verify")
-    rec_sub = rec.add_subparsers(dest="recording_command", required=True)
-    export = rec_sub.add_parser("export", help="one multi-track Matroska file (remux, no transcoding)")
-    export.add_argument("consultation_id")
-    export.add_argument("--out", required=True, metavar="FILE")
-    export.set_defaults(func=cmd_export)
-    verify = rec_sub.add_parser("verify", help="decode every track; frames, duration and gaps (exit 1 if not ok)")
-    verify.add_argument("consultation_id")
-    verify.add_argument("--json", action="store_true", help="print the report as JSON")
-    verify.set_defaults(func=cmd_verify)
-
-
-def _cli_store(settings: Settings) -> RecordingStore:
-    vault = Vault.from_settings(settings.recording)
-    return RecordingStore.for_data_dir(settings.server.data_dir, vault,
-                                       retention_days=settings.recording.retention_days)
-
-
-def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
-    import sys
-    from pathlib import Path
-
-    from media.recording_store import RecordingNotFound
-
-    try:
-        store = _cli_store(settings)
-        out = store.export(args.consultation_id, Path(args.out))
-    except RecordingNotFound:
-        print(f"no recording {args.consultation_id}", file=sys.stderr)
-        return 1
-    except Exception as exc:
-        print(f"export failed: {exc}", file=sys.stderr)
-        return 1
-    print(f"exported {args.consultation_id} to {out}")
-    return 0
-
-
-def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
-    import json
-    import sys
-
-    from media.recording_store import RecordingNotFound
-
-    try:
-        report = _cli_store(settings).verify(args.consultation_id)
-    except RecordingNotFound:
-        print(f"no recording {args.consultation_id}", file=sys.stderr)
-        return 1
-    except Exception as exc:
-        print(f"verify failed: {exc}", file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
-    else:
-        print(f"recording {report.consultation_id}: {'ok' if report.ok else 'NOT OK'}")
-        for t in report.tracks:
-            print(f"  {t.file}  {t.source}  {t.codec}  frames {t.decoded_frames} decoded / {t.packets} packets / "
-                  f"{t.frames_expected} expected  duration {t.duration_s:.3f} s  gaps {len(t.gaps)}"
-                  f"{'  decode errors ' + str(t.decode_errors) if t.decode_errors else ''}"
-                  f"{'  ERROR ' + t.error if t.error else ''}  {'ok' if t.ok else 'NOT OK'}")
-            for gap in t.gaps:
-                print(f"    gap at {gap.at_s:.3f} s: {gap.length_s:.3f} s")
-    return 0 if report.ok else 1

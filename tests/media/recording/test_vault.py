@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from config.settings import RecordingSettings
-from media.crypto import (
+from media.recording.vault import (
     HEADER_SIZE,
     IntegrityError,
     MasterKey,

@@ -1,10 +1,11 @@
-"""Recordings and stills at rest: listing, export, verification, retention.
+"""The recordings at rest: listing, export, verification, retention.
 
 Layout under ``ServerSettings.data_dir``::
 
     recordings/<consultation_id>/manifest.json
     recordings/<consultation_id>/<NN>-<source>-<publication>.webm|mkv (+ .key when sealed)
-    stills/<consultation_id>/<still_id>.bin (+ .key) and <still_id>.json
+
+(Stills, sealed by the same vault, are :mod:`media.recording.stills`.)
 
 Export remuxes every track into one Matroska file, each track shifted by its start offset
 so that they play in sync; nothing is decoded or encoded. Verification decodes
@@ -13,13 +14,11 @@ everything (it is the one place that does) to prove the files are usable.
 
 from __future__ import annotations
 
-import fractions
-import hashlib
+import builtins
+import contextlib
 import heapq
-import json
 import logging
 import os
-import secrets
 import statistics
 import time
 from concurrent.futures import Executor
@@ -29,24 +28,18 @@ from typing import Any, Callable, Iterator
 
 import av
 import av.error
+from av.audio.codeccontext import AudioCodecContext
+from av.container import InputContainer
+from av.stream import Stream
+from av.video.codeccontext import VideoCodecContext
 
-from media.crypto import IntegrityError, Vault
-from media.recorder import (
-    MANIFEST_NAME,
-    ErrorCallback,
-    Manifest,
-    RecordingSession,
-    TrackEntry,
-    check_id,
-    iter_packets,
-    read_manifest,
-    write_manifest,
-)
+from media.recording.ids import check_id
+from media.recording.manifest import MANIFEST_NAME, Manifest, TrackEntry, read_manifest, write_manifest
+from media.recording.muxer import add_stream_like, iter_packets
+from media.recording.session import ErrorCallback, RecordingSession
+from media.recording.vault import IntegrityError, Vault
 
 logger = logging.getLogger(__name__)
-
-STILL_DEVICES = ("dermatoscope", "otoscope")
-STILL_MIMES = ("image/jpeg", "image/png", "image/tiff", "image/webp")
 
 
 class RecordingNotFound(KeyError):
@@ -145,7 +138,7 @@ class RecordingStore:
             clock=clock,
         )
 
-    def list(self) -> list[Manifest]:
+    def list(self) -> builtins.list[Manifest]:
         if not self.root.is_dir():
             return []
         out = []
@@ -164,7 +157,7 @@ class RecordingStore:
         except FileNotFoundError:
             raise RecordingNotFound(consultation_id) from None
 
-    def _readable_tracks(self, manifest: Manifest) -> list[TrackEntry]:
+    def _readable_tracks(self, manifest: Manifest) -> builtins.list[TrackEntry]:
         directory = self.root / manifest.consultation_id
         return [t for t in manifest.tracks if t.frames > 0 and (directory / t.file).exists()]
 
@@ -179,30 +172,19 @@ class RecordingStore:
         tracks = self._readable_tracks(manifest)
         out_path = Path(out_path)
         tmp = out_path.with_name(out_path.name + ".part")
-        readers = []
         try:
-            with av.open(str(tmp), mode="w", format="matroska") as out:
-                sources: list[Iterator[tuple[float, int, av.Packet]]] = []
+            with contextlib.ExitStack() as inputs, av.open(str(tmp), mode="w", format="matroska") as out:
+                sources: builtins.list[Iterator[tuple[float, int, av.Packet]]] = []
                 for index, track in enumerate(tracks):
-                    reader = self._vault.open_reader(directory / track.file)
-                    readers.append(reader)
-                    inp = av.open(reader, mode="r")
-                    readers.append(inp)
-                    src = inp.streams[0]
-                    ctx = src.codec_context
-                    if src.type == "video":
-                        dst = out.add_mux_stream(ctx.name, width=ctx.width, height=ctx.height)
-                    else:
-                        dst = out.add_mux_stream(ctx.name, rate=ctx.sample_rate or 48000)
-                    dst.time_base = fractions.Fraction(1, 1000)
+                    reader = inputs.enter_context(self._vault.open_reader(directory / track.file))
+                    inp = inputs.enter_context(av.open(reader, mode="r"))
+                    dst = add_stream_like(out, inp.streams[0])
                     dst.metadata["title"] = track.source
                     sources.append(_shifted(inp, dst, index, (track.start_offset_ms or 0.0) / 1000.0))
                 for _, _, packet in heapq.merge(*sources, key=lambda item: (item[0], item[1])):
                     out.mux(packet)
             os.replace(tmp, out_path)
         finally:
-            for r in reversed(readers):
-                r.close()
             tmp.unlink(missing_ok=True)
         logger.info("recording %s exported (%d tracks)", consultation_id, len(tracks))
         return out_path
@@ -216,7 +198,7 @@ class RecordingStore:
             tuple(_verify_track(self._vault, directory, track) for track in manifest.tracks),
         )
 
-    def purge_expired(self, now: float | None = None) -> list[Shredded]:
+    def purge_expired(self, now: float | None = None) -> builtins.list[Shredded]:
         """Crypto-shred the recordings stopped more than ``retention_days`` ago.
 
         The manifest stays (marked ``shredded_at``) so that the audit trail can say what
@@ -243,7 +225,7 @@ class RecordingStore:
 
 
 def _shifted(
-    inp: av.container.InputContainer, dst: Any, index: int, offset_s: float
+    inp: InputContainer, dst: Stream, index: int, offset_s: float
 ) -> Iterator[tuple[float, int, av.Packet]]:
     """The packets of ``inp`` moved to ``dst`` and shifted by the track's start offset."""
     for packet in iter_packets(inp):
@@ -276,10 +258,12 @@ def _verify_track(vault: Vault, directory: Path, track: TrackEntry) -> TrackRepo
                     decoded += len(packet.decode())
                 except av.error.FFmpegError:
                     errors += 1
-            try:
-                decoded += len(stream.codec_context.decode(None))  # drain the decoder
-            except av.error.FFmpegError:
-                pass
+            ctx = stream.codec_context
+            if isinstance(ctx, (VideoCodecContext, AudioCodecContext)):
+                try:
+                    decoded += len(ctx.decode(None))  # drain the decoder
+                except av.error.FFmpegError:
+                    pass
     except FileNotFoundError:
         error = "missing" if track.frames else None
     except (IntegrityError, av.error.FFmpegError, OSError, ValueError) as exc:
@@ -304,110 +288,3 @@ def _verify_track(vault: Vault, directory: Path, track: TrackEntry) -> TrackRepo
         decode_errors=errors,
         error=error,
     )
-
-
-@dataclass(frozen=True)
-class StillMeta:
-    """A dermatoscope or otoscope still; the JSON next to the sealed image is this."""
-
-    still_id: str
-    consultation_id: str
-    device: str
-    mime: str
-    width: int
-    height: int
-    size: int
-    sha256: str
-    """Of the plaintext image, checked on every read."""
-    created: float
-    """Wall clock (Unix seconds)."""
-
-
-class StillStore:
-    """Stills under ``<stills_dir>/<consultation_id>/``, sealed like the recordings."""
-
-    def __init__(self, stills_dir: Path, vault: Vault, *, wall_clock: Callable[[], float] = time.time) -> None:
-        self.root = Path(stills_dir)
-        self._vault = vault
-        self._wall_clock = wall_clock
-
-    @classmethod
-    def for_data_dir(cls, data_dir: str | Path, vault: Vault) -> StillStore:
-        return cls(Path(data_dir) / "stills", vault)
-
-    def put(self, consultation_id: str, device: str, mime: str, data: bytes, width: int, height: int) -> StillMeta:
-        if device not in STILL_DEVICES:
-            raise ValueError(f"unknown still device {device!r}")
-        if mime not in STILL_MIMES:
-            raise ValueError(f"unsupported still type {mime!r}")
-        if width <= 0 or height <= 0 or not data:
-            raise ValueError("empty still")
-        directory = self.root / check_id(consultation_id)
-        directory.mkdir(parents=True, exist_ok=True)
-        meta = StillMeta(
-            still_id=secrets.token_hex(12),
-            consultation_id=consultation_id,
-            device=device,
-            mime=mime,
-            width=width,
-            height=height,
-            size=len(data),
-            sha256=hashlib.sha256(data).hexdigest(),
-            created=self._wall_clock(),
-        )
-        self._vault.write_bytes(directory / f"{meta.still_id}.bin", data)
-        # Metadata last: a still is listed only once its image is on disk.
-        tmp = directory / f"{meta.still_id}.json.tmp"
-        tmp.write_text(json.dumps(asdict(meta), sort_keys=True), encoding="utf-8")
-        os.replace(tmp, directory / f"{meta.still_id}.json")
-        logger.info("still %s stored for %s (%s)", meta.still_id, consultation_id, device)
-        return meta
-
-    def meta(self, consultation_id: str, still_id: str) -> StillMeta:
-        path = self.root / check_id(consultation_id) / f"{check_id(still_id, 'still id')}.json"
-        try:
-            return StillMeta(**json.loads(path.read_text(encoding="utf-8")))
-        except FileNotFoundError:
-            raise RecordingNotFound(still_id) from None
-
-    def get(self, consultation_id: str, still_id: str) -> tuple[StillMeta, bytes]:
-        meta = self.meta(consultation_id, still_id)
-        path = self.root / consultation_id / f"{still_id}.bin"
-        try:
-            data = self._vault.read_bytes(path)
-        except FileNotFoundError:
-            raise RecordingNotFound(still_id) from None
-        if hashlib.sha256(data).hexdigest() != meta.sha256:
-            raise IntegrityError(f"still {still_id}: content does not match its sha256")
-        return meta, data
-
-    def list(self, consultation_id: str) -> list[StillMeta]:
-        directory = self.root / check_id(consultation_id)
-        if not directory.is_dir():
-            return []
-        metas = [StillMeta(**json.loads(p.read_text(encoding="utf-8"))) for p in directory.glob("*.json")]
-        return sorted(metas, key=lambda m: (m.created, m.still_id))
-
-    def shred(self, consultation_id: str) -> list[str]:
-        """Destroy every still of a consultation (keys first); returns their ids."""
-        ids = []
-        for meta in self.list(consultation_id):
-            directory = self.root / consultation_id
-            self._vault.shred(directory / f"{meta.still_id}.bin")
-            (directory / f"{meta.still_id}.json").unlink(missing_ok=True)
-            ids.append(meta.still_id)
-        return ids
-
-    def purge_expired(self, retention_days: int, now: float | None = None) -> list[StillMeta]:
-        """Shred the stills older than ``retention_days``; returns what went."""
-        now = time.time() if now is None else now
-        gone = []
-        if not self.root.is_dir():
-            return gone
-        for directory in sorted(p for p in self.root.iterdir() if p.is_dir()):
-            for meta in self.list(directory.name):
-                if now - meta.created >= retention_days * 86400.0:
-                    self._vault.shred(directory / f"{meta.still_id}.bin")
-                    (directory / f"{meta.still_id}.json").unlink(missing_ok=True)
-                    gone.append(meta)
-        return gone

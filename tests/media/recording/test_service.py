@@ -21,7 +21,7 @@ import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamTrack
 
-from media.recording_service import RECORDING
+from media.recording.appkeys import RECORDING
 from sfu.appkeys import SFU
 from tests.sfu.clients import FlatVideoTrack, Session, play, publish
 from tests.signalling.client import SigClient
@@ -321,9 +321,10 @@ async def test_daily_purge_shreds_expired_stills_too_and_journals_them(tmp_path:
     from dataclasses import replace
 
     from config.settings import RecordingSettings, ServerSettings, Settings
-    from media.crypto import MasterKey, Vault
-    from media.recording_service import RecordingService
-    from media.recording_store import RecordingStore, StillStore
+    from media.recording.service import RecordingService
+    from media.recording.stills import StillStore
+    from media.recording.store import RecordingStore
+    from media.recording.vault import MasterKey, Vault
 
     settings = replace(Settings(), server=replace(ServerSettings(), data_dir=str(tmp_path)),
                        recording=RecordingSettings(retention_days=30))

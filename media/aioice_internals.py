@@ -1,0 +1,218 @@
+"""Every aioice internal we touch, and nothing else.
+
+aioice has no hooks for what a server needs, so we reach inside one ``Connection`` at a time
+(per instance, never by patching classes or modules):
+
+* host gathering, remote candidates and incoming checks (:func:`scope_connection`): the
+  connection's ``get_component_candidates``, ``add_remote_candidate`` and
+  ``request_received`` are replaced; the sockets it binds are ``StunProtocol``s appended
+  to its private ``_protocols``; ``_transport_policy`` is read; ``get_host_addresses``
+  (:func:`host_addresses`) lists the interfaces;
+* a datagram hook on each host socket (:func:`hook_datagrams`): ``StunProtocol.transport``
+  and ``datagram_received``;
+* the receive path (:func:`take_datagrams`): the connection's ``data_received`` (which
+  otherwise only queues a datagram for ``Connection.recv``) is wrapped, and media datagrams
+  skip ``StunProtocol.datagram_received``'s STUN parse;
+* the send path (:func:`nominated_pairs`, :func:`pair_destination`): the private
+  ``_nominated`` pairs, and each pair's ``protocol.transport`` and ``remote_addr``.
+
+Loads only on the aioice versions ``tests/media/test_aioice_internals.py`` checked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from importlib.metadata import version
+from types import SimpleNamespace
+from typing import Any, Awaitable, Callable, cast
+
+import aioice
+import aioice.ice
+import aioice.turn
+from aioice.candidate import Candidate, candidate_foundation, candidate_priority
+
+from media.library_versions import require_version
+
+logger = logging.getLogger(__name__)
+
+DISTRIBUTION = "aioice"
+AT_LEAST = "0.13"
+BELOW = "0.14"
+
+
+def check_version(found: str) -> None:
+    """ImportError unless ``found`` is an aioice version this module was tested with."""
+    require_version(DISTRIBUTION, found, AT_LEAST, BELOW, module=__name__)
+
+
+check_version(version(DISTRIBUTION))
+
+Address = tuple[Any, ...]
+DatagramHook = Callable[[bytes, Address], bool]
+"""Called with each datagram a connection is about to send or has received (and the
+remote address); returning False drops it (fault injection in tests: loss, blackholing).
+Host candidates only (not a TURN relay's)."""
+DataReceived = Callable[[bytes, int], None]
+"""A connection's datagram callback: (datagram, ICE component)."""
+Binder = Callable[[str, Callable[[], asyncio.DatagramProtocol]],
+                  Awaitable[tuple[asyncio.DatagramTransport, asyncio.DatagramProtocol]]]
+"""Binds a UDP socket on an address for a protocol factory (a port range, or ephemeral)."""
+SendTo = Callable[[bytes, Any], None]
+
+
+def host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+    """The interface addresses aioice would gather host candidates on (loopback excluded)."""
+    return aioice.ice.get_host_addresses(use_ipv4=use_ipv4, use_ipv6=use_ipv6)
+
+
+# -- gathering and admission -------------------------------------------------------------
+def scope_connection(connection: aioice.Connection, *, bind_addresses: Callable[[], list[str]],
+                     announced_ip: str, allows: Callable[[str], bool], bind: Binder,
+                     hook: DatagramHook | None = None) -> None:
+    """Replace host gathering and remote-candidate intake of one aioice connection: host
+    candidates on ``bind_addresses()`` only, bound by ``bind`` and announced as ``announced_ip``
+    (when set); remote candidates and incoming checks from hosts that ``allows`` refuses are
+    ignored. ``hook`` sees every datagram of the host sockets."""
+    original_component = connection.get_component_candidates
+    original_add_remote = connection.add_remote_candidate
+
+    async def get_component_candidates(component: int, addresses: list[str], timeout: int = 5
+                                       ) -> list[Candidate]:
+        candidates: list[Candidate] = []
+        # The relay transport policy gathers no host candidates (RFC 9429 section 3.5.3), as aioice's own.
+        relay_only = connection._transport_policy == aioice.ice.TransportPolicy.RELAY
+        for address in ([] if relay_only else bind_addresses()):
+            try:
+                transport, bound = await bind(address, lambda: aioice.ice.StunProtocol(connection))
+            except OSError as exc:
+                logger.warning("cannot bind media socket: %s", exc)
+                continue
+            protocol = cast(aioice.ice.StunProtocol, bound)
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, aioice.turn.UDP_SOCKET_BUFFER_SIZE)
+            host, port = transport.get_extra_info("sockname")[:2]
+            announced = announced_ip or host
+            candidate = Candidate(
+                foundation=candidate_foundation("host", "udp", announced),
+                component=component,
+                transport="udp",
+                priority=candidate_priority(component, "host"),
+                host=announced,
+                port=port,
+                type="host",
+            )
+            protocol.local_candidate = candidate
+            if hook is not None:
+                hook_datagrams(protocol, hook)
+            connection._protocols.append(protocol)
+            candidates.append(candidate)
+        if connection.turn_server is not None:
+            # aioice's own gathering with no host addresses yields the relayed candidate only.
+            candidates += await original_component(component=component, addresses=[], timeout=timeout)
+        return candidates
+
+    async def add_remote_candidate(remote: Candidate | None) -> None:
+        if remote is not None and not allows(remote.host):
+            logger.info("ignored remote candidate outside the allowed networks",
+                        extra={"candidate_type": remote.type})
+            return
+        await original_add_remote(remote)
+
+    original_request_received = connection.request_received
+
+    def request_received(message: Any, addr: tuple[str, int], protocol: Any) -> None:
+        # A connectivity check from an address we were not told about makes a
+        # peer-reflexive candidate: without this, the allowed networks could be
+        # bypassed by simply sending checks. Dropped silently: no answer leaves.
+        if not allows(addr[0]):
+            return
+        original_request_received(message, addr, protocol)
+
+    connection.get_component_candidates = get_component_candidates  # type: ignore[method-assign]
+    connection.add_remote_candidate = add_remote_candidate  # type: ignore[method-assign,assignment]
+    connection.request_received = request_received  # type: ignore[method-assign]
+
+
+class _HookedTransport:
+    """A datagram transport whose ``sendto`` asks a :data:`DatagramHook` first (every send path,
+    aioice's and the SFU's direct one, goes through ``protocol.transport.sendto``)."""
+
+    def __init__(self, transport: asyncio.DatagramTransport, hook: DatagramHook) -> None:
+        self._transport = transport
+        self._hook = hook
+
+    def sendto(self, data: bytes, addr: Any = None) -> None:
+        if self._hook(data, addr):
+            self._transport.sendto(data, addr)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+def hook_datagrams(protocol: aioice.ice.StunProtocol, hook: DatagramHook) -> None:
+    """``hook`` sees every datagram ``protocol`` (a host socket of a connection) sends or
+    receives, and may drop it."""
+    protocol.transport = _HookedTransport(protocol.transport, hook)  # type: ignore[assignment]
+    received = protocol.datagram_received
+
+    def datagram_received(data: bytes, addr: Address) -> None:
+        if hook(data, addr):
+            received(data, addr)
+
+    protocol.datagram_received = datagram_received  # type: ignore[method-assign,assignment]
+
+
+# -- the media paths ---------------------------------------------------------------------
+def take_datagrams(connection: aioice.Connection, wrap: Callable[[DataReceived], DataReceived]) -> None:
+    """Replace the connection's datagram callback ``data_received`` (which queues each
+    datagram for ``Connection.recv``) with ``wrap(data_received)``; ``wrap`` decides what it
+    handles itself and passes the rest on. Media datagrams (first byte 128-191: RTP/RTCP,
+    never STUN, whose first two bits are 0) of the connection's host sockets then skip
+    aioice's STUN parse, which raises an exception per media packet."""
+    data_received = wrap(connection.data_received)
+    connection.data_received = data_received  # type: ignore[method-assign,assignment]
+    for protocol in list(connection._protocols):
+        _skip_stun_parse(protocol, data_received)
+
+
+def _skip_stun_parse(protocol: Any, data_received: DataReceived) -> None:
+    parse_first = protocol.datagram_received
+    if getattr(parse_first, "__func__", None) is not aioice.ice.StunProtocol.datagram_received:
+        return  # already wrapped (a datagram hook): every datagram keeps going through it
+    component = protocol.local_candidate.component
+
+    def datagram_received(data: bytes, addr: Address) -> None:
+        if data and 127 < data[0] < 192:
+            data_received(data, component)
+        else:
+            parse_first(data, addr)
+
+    protocol.datagram_received = datagram_received
+
+
+def nominated_pairs(connection: aioice.Connection) -> dict[int, Any]:
+    """The connection's nominated candidate pair per ICE component: the live dict, which
+    aioice fills when ICE completes and clears when it closes (read it per packet)."""
+    return connection._nominated
+
+
+def pair_destination(pair: Any) -> tuple[SendTo, Any]:
+    """(``sendto`` of the pair's local socket, the remote address): what
+    ``Connection.sendto`` -> ``StunProtocol.send_data`` do for a datagram, without their
+    coroutines (neither waits for anything)."""
+    return pair.protocol.transport.sendto, pair.remote_addr
+
+
+# -- stand-ins for in-process benchmarks ---------------------------------------------------
+def stand_in_connection(send_on: asyncio.DatagramTransport | None = None, remote_addr: Any = None) -> Any:
+    """What this module reads of a ``Connection``, with no ICE behind it (a benchmark feeds
+    datagrams to its ``data_received`` itself): no host sockets, a datagram callback that
+    drops, and, with ``send_on``, one nominated pair that sends on that socket to
+    ``remote_addr``."""
+    nominated: dict[int, Any] = {}
+    if send_on is not None:
+        nominated[1] = SimpleNamespace(protocol=SimpleNamespace(transport=send_on), remote_addr=remote_addr)
+    return SimpleNamespace(_protocols=[], _nominated=nominated, data_received=lambda data, component: None)

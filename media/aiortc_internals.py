@@ -1,0 +1,584 @@
+"""Every aiortc internal we touch, and nothing else.
+
+aiortc 1.16 is an endpoint library: it decodes what it receives and encodes what it sends.
+The SFU forwards RTP packets instead, and a server scopes its ICE, so we reach inside, per
+instance (never by patching classes or modules, but for the benchmarks'
+:func:`use_null_decoders` and :func:`set_default_video_bitrate`), in these places:
+
+* ``RTCPeerConnection.__createDtlsTransport``: :class:`IceHookedPeerConnection` hands each
+  new aioice connection (``RTCIceTransport._connection``, :func:`ice_connection`) to a
+  subclass before gathering starts (``media/ice.py`` scopes it).
+* ``RTCDtlsTransport._handle_rtp_data`` (the decrypted RTP datagram, before aiortc's router,
+  jitter buffer and decoder): replaced on each SFU transport by :func:`tap_transport` (and
+  on a benchmark's player by :func:`handle_rtp_data`). RTCP keeps its normal path. Once the
+  transport is connected, SRTP datagrams skip aioice's queue and the DTLS receive coroutine:
+  aioice's datagram callback unprotects them with the transport's ``_rx_srtp`` and calls the
+  tap at once (``_state``, ``__rx_bytes``, ``__rx_packets``).
+* ``RTCRtpReceiver``'s private statistics and NACK generator: fed by
+  :func:`feed_receiver_packet` so its receiver reports and NACKs upstream go on;
+  ``_send_rtcp_nack`` / ``_send_rtcp_pli`` send them. Its codec and RTX tables are read by
+  :func:`receiver_tables`. Its decoder queue is replaced by one that counts what would be
+  decoded (:func:`count_decodes`): the SFU never puts anything there, and the transcode
+  counter proves it.
+* ``RTCRtpSender``: its ``_handle_rtcp_packet`` is wrapped per instance so the SFU answers
+  NACKs from its own history and turns PLI/FIR into a request upstream
+  (:func:`intercept_sender_rtcp`); its private Sender Report counters are advanced with what
+  the SFU sends (:func:`note_sent`); its ``_next_encoded_frame`` is wrapped to count any
+  frame it would encode or pack (:func:`count_encodes`); its private ``__encoder`` is set
+  beforehand to use another encoder (:func:`replace_sender_encoder`); its track is
+  :class:`SilentTrack`, which never yields, so that aiortc's own RTP loop stays idle while
+  its RTCP loop sends Sender Reports. A benchmark's sender that packs pre-encoded frames
+  takes PLI/FIR itself (``_send_keyframe``, :func:`route_keyframe_requests`).
+* A track's and a sender's ids in ``a=msid`` (``MediaStreamTrack._id``,
+  ``RTCRtpSender._stream_id``): :func:`set_track_id`, :func:`set_stream_id`.
+* ``RTCRtpTransceiver._set_mid`` / ``_set_mline_index``: the SFU creates the transceivers of
+  an offer itself, bound to their mids, so that codec preferences apply before
+  ``setRemoteDescription`` negotiates codecs (:func:`bind_transceiver`).
+* ``RTCDtlsTransport._send_rtp`` (SRTP protect + send): :func:`send_rtp`; on the forwarding
+  path :class:`RtpWriter` (and :func:`send_rtp_now`) does the same synchronously, through the
+  transport's ``_tx_srtp`` session and aioice's nominated pair (``__tx_bytes``,
+  ``__tx_packets``).
+* ``aiortc.rtcpeerconnection.is_codec_compatible``: :func:`codecs_compatible`;
+  ``H264Encoder._split_bitstream``: :func:`split_h264_nal_units` (recording).
+
+The aioice and libsrtp halves of those paths are in :mod:`media.aioice_internals` and
+:mod:`media.pylibsrtp_internals`. Loads only on the aiortc versions
+``tests/media/test_aiortc_internals.py`` checked, which fail loudly when an upgrade changes
+any of these.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import queue
+import time
+from importlib.metadata import version
+from types import SimpleNamespace
+from typing import Any, Awaitable, Callable, Optional
+
+import aioice
+import aiortc.rtcrtpreceiver
+import pylibsrtp
+from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
+from aiortc.codecs import h264, vpx
+from aiortc.codecs.base import Encoder
+from aiortc.codecs.h264 import H264Encoder
+from aiortc.mediastreams import MediaStreamTrack
+from aiortc.rtcdtlstransport import RTCDtlsTransport
+from aiortc.rtcdtlstransport import State as DtlsState
+from aiortc.rtcicetransport import RTCIceTransport
+from aiortc.rtcpeerconnection import is_codec_compatible
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.rtcrtpreceiver import NackGenerator, StreamStatistics
+from aiortc.rtp import (RTCP_PSFB_APP, RTCP_PSFB_FIR, RTCP_PSFB_PLI, RTCP_RTPFB_NACK, RtcpPsfbPacket,
+                        RtcpRtpfbPacket, is_rtcp)
+
+from media import aioice_internals
+from media.eager import run_now
+from media.library_versions import require_version
+from media.pylibsrtp_internals import Protect, Unprotect, srtp_protector, srtp_unprotector
+
+logger = logging.getLogger(__name__)
+
+DISTRIBUTION = "aiortc"
+AT_LEAST = "1.16"
+BELOW = "1.17"
+
+
+def check_version(found: str) -> None:
+    """ImportError unless ``found`` is an aiortc version this module was tested with."""
+    require_version(DISTRIBUTION, found, AT_LEAST, BELOW, module=__name__)
+
+
+check_version(version(DISTRIBUTION))
+
+
+class IncompatibleAiortcError(RuntimeError):
+    """aiortc no longer works the way a hook here expects."""
+
+
+# -- ICE -----------------------------------------------------------------------------------
+def ice_connection(transport: RTCIceTransport) -> aioice.Connection:
+    """The aioice connection behind an ICE transport (the gatherer's, shared)."""
+    return transport._connection
+
+
+class IceHookedPeerConnection(RTCPeerConnection):
+    """An RTCPeerConnection that hands each aioice connection it creates to
+    :meth:`ice_connection_created` before gathering starts (aiortc has no public hook: this
+    overrides the name-mangled ``RTCPeerConnection.__createDtlsTransport``)."""
+
+    def ice_connection_created(self, connection: aioice.Connection) -> None:
+        """Override: adjust ``connection`` (its gathering, what it accepts)."""
+
+    def _RTCPeerConnection__createDtlsTransport(self) -> RTCDtlsTransport:  # noqa: N802
+        create = RTCPeerConnection._RTCPeerConnection__createDtlsTransport  # type: ignore[attr-defined]
+        dtls: RTCDtlsTransport = create(self)
+        self.ice_connection_created(ice_connection(dtls.transport))
+        return dtls
+
+
+# -- the receive path ----------------------------------------------------------------------
+RtpTap = Callable[[bytes, int], Awaitable[None]]
+"""Called with each decrypted RTP datagram and its arrival time (ms)."""
+
+_TAPPED = "_sfu_tap"
+_CONNECTED = DtlsState.CONNECTED
+_NTP_EPOCH_OFFSET_S = 2208988800
+"""Seconds from 1900 (NTP) to 1970 (Unix): aiortc's ``clock.current_ms()`` counts from 1900."""
+
+
+def tap_transport(transport: RTCDtlsTransport, on_rtp: RtpTap,
+                  on_rtp_now: Callable[[bytes, int], None] | None = None) -> bool:
+    """Route this transport's decrypted RTP to ``on_rtp`` instead of aiortc's router.
+    ``on_rtp_now``, when given, is the same handler as a plain function: the direct receive
+    path calls it instead of driving a coroutine per packet. Returns False when it was
+    already tapped (idempotent)."""
+    if getattr(transport, _TAPPED, None) is not None:
+        return False
+    setattr(transport, _TAPPED, on_rtp)
+    handle_rtp_data(transport, on_rtp)
+    _receive_srtp_directly(transport, on_rtp, on_rtp_now)
+    return True
+
+
+def handle_rtp_data(transport: RTCDtlsTransport, on_rtp: RtpTap) -> None:
+    """Route this transport's decrypted RTP to ``on_rtp`` instead of aiortc's router, on
+    aiortc's own receive path (aioice's queue, the DTLS receive coroutine)."""
+    transport._handle_rtp_data = on_rtp  # type: ignore[method-assign,assignment]
+
+
+def _receive_srtp_directly(transport: RTCDtlsTransport, on_rtp: Callable[[bytes, int], Any],
+                           on_rtp_now: Callable[[bytes, int], None] | None = None) -> None:
+    """SRTP datagrams of a connected transport go from aioice's datagram callback
+    (``Connection.data_received``) straight to unprotect and ``on_rtp``, instead of
+    through aioice's queue, ``RTCIceTransport._recv`` and ``RTCDtlsTransport._recv_next``
+    (a task wake-up and three coroutines per packet). ``on_rtp`` is run synchronously
+    and finishes without suspending on the forwarding path; if it ever does suspend, a
+    task finishes it. DTLS, RTCP and anything before the handshake completes keep
+    aiortc's path (the queue)."""
+    pending: set[asyncio.Task[None]] = set()
+
+    def wrap(queued: aioice_internals.DataReceived) -> aioice_internals.DataReceived:
+        current: list[Any] = [None]  # the session the unprotect function below was made for
+        unprotect: list[Unprotect] = [_never_unprotect]
+
+        def data_received(data: bytes, component: int) -> None:
+            srtp = transport._rx_srtp
+            if (srtp is None or transport._state is not _CONNECTED or not 127 < data[0] < 192
+                    or is_rtcp(data)):
+                queued(data, component)
+                return
+            transport._RTCDtlsTransport__rx_bytes += len(data)  # type: ignore[attr-defined]
+            transport._RTCDtlsTransport__rx_packets += 1  # type: ignore[attr-defined]
+            if current[0] is not srtp:
+                current[0], unprotect[0] = srtp, srtp_unprotector(srtp)
+            plain = unprotect[0](data)
+            if plain is None:
+                return
+            arrival_ms = int((time.time() + _NTP_EPOCH_OFFSET_S) * 1000)
+            if on_rtp_now is None:
+                run_now(on_rtp(plain, arrival_ms), pending)
+                return
+            try:
+                on_rtp_now(plain, arrival_ms)
+            except Exception:  # noqa: BLE001 - a packet must not break the transport
+                logger.exception("RTP handler failed")
+
+        return data_received
+
+    aioice_internals.take_datagrams(ice_connection(transport.transport), wrap)
+
+
+def _never_unprotect(data: bytes) -> bytes | None:
+    raise AssertionError("unreachable")
+
+
+def receiver_tables(receiver: RTCRtpReceiver) -> tuple[dict[int, RTCRtpCodecParameters], dict[int, int]]:
+    """(payload type -> codec, RTX ssrc -> media ssrc) of a started receiver."""
+    codecs: dict[int, RTCRtpCodecParameters] = receiver._RTCRtpReceiver__codecs  # type: ignore[attr-defined]
+    rtx: dict[int, int] = receiver._RTCRtpReceiver__rtx_ssrc  # type: ignore[attr-defined]
+    return codecs, rtx
+
+
+class _Seen:
+    """What ``StreamStatistics.add`` and ``NackGenerator.add`` read from a packet."""
+
+    __slots__ = ("sequence_number", "timestamp", "ssrc")
+
+    def __init__(self, ssrc: int, sequence_number: int, timestamp: int) -> None:
+        self.ssrc = ssrc
+        self.sequence_number = sequence_number
+        self.timestamp = timestamp
+
+
+def feed_receiver(receiver: RTCRtpReceiver, ssrc: int, sequence_number: int, timestamp: int,
+                  clock_rate: int, *, count_stats: bool = True) -> list[int] | None:
+    """Account one media packet to the receiver's statistics (receiver reports) and NACK
+    generator; returns the sequence numbers to NACK upstream, if any went missing."""
+    return feed_receiver_packet(receiver, _Seen(ssrc, sequence_number, timestamp), clock_rate,
+                                count_stats=count_stats)
+
+
+def feed_receiver_packet(receiver: RTCRtpReceiver, seen: Any, clock_rate: int, *,
+                         count_stats: bool = True) -> list[int] | None:
+    """:func:`feed_receiver` for anything with the ``ssrc``, ``sequence_number`` and
+    ``timestamp`` of the media packet (a parsed RTP header: no object made per packet)."""
+    ssrc = seen.ssrc
+    if count_stats:
+        streams: dict[int, StreamStatistics] = receiver._RTCRtpReceiver__remote_streams  # type: ignore[attr-defined]
+        stats = streams.get(ssrc)
+        if stats is None:
+            stats = streams[ssrc] = StreamStatistics(clock_rate)
+        stats.add(seen)
+    nack = receiver._RTCRtpReceiver__nack_generator  # type: ignore[attr-defined]
+    if nack is not None and nack.add(seen):
+        return sorted(nack.missing)
+    return None
+
+
+def feed_receiver_rtx(receiver: RTCRtpReceiver, ssrc: int, sequence_number: int, timestamp: int,
+                      clock_rate: int) -> None:
+    """Account an RTX packet to the statistics of its own (RTX) ssrc, as aiortc does."""
+    streams: dict[int, StreamStatistics] = receiver._RTCRtpReceiver__remote_streams  # type: ignore[attr-defined]
+    stats = streams.get(ssrc)
+    if stats is None:
+        stats = streams[ssrc] = StreamStatistics(clock_rate)
+    stats.add(_Seen(ssrc, sequence_number, timestamp))  # type: ignore[arg-type]
+
+
+async def send_nack(receiver: RTCRtpReceiver, media_ssrc: int, lost: list[int]) -> None:
+    await receiver._send_rtcp_nack(media_ssrc, lost)
+
+
+async def send_pli(receiver: RTCRtpReceiver, media_ssrc: int) -> None:
+    await receiver._send_rtcp_pli(media_ssrc)
+
+
+def reset_nack_generator(receiver: RTCRtpReceiver) -> None:
+    """Forget the sequence numbers the NACK generator tracks (the publisher's SSRC changed:
+    its new numbering is no gap to NACK)."""
+    nack = receiver._RTCRtpReceiver__nack_generator  # type: ignore[attr-defined]
+    if nack is not None:
+        nack.max_seq = None
+        nack.missing.clear()
+
+
+class _CountingQueue(queue.Queue[Any]):
+    def __init__(self, on_put: Callable[[], None]) -> None:
+        super().__init__()
+        self._on_put = on_put
+
+    def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
+        if item is not None:
+            self._on_put()
+        super().put(item, block, timeout)
+
+
+def count_decodes(receiver: RTCRtpReceiver, on_decode: Callable[[], None]) -> None:
+    """Call ``on_decode`` for every frame the receiver would hand to its decoder.
+    Must run before the receiver starts (before the answer is applied)."""
+    receiver._RTCRtpReceiver__decoder_queue = _CountingQueue(on_decode)  # type: ignore[attr-defined]
+
+
+def set_default_video_bitrate(bitrate: int) -> None:
+    """Every VP8 and H.264 encoder this process makes from now on starts at ``bitrate``
+    (capped at each codec's maximum) instead of aiortc's defaults (500 kbit/s, 1 Mbit/s): a
+    benchmark's transcoding relay. Process-wide: replaces the ``DEFAULT_BITRATE`` that
+    ``aiortc.codecs.vpx`` and ``aiortc.codecs.h264`` read."""
+    vpx.DEFAULT_BITRATE = min(bitrate, vpx.MAX_BITRATE)
+    h264.DEFAULT_BITRATE = min(bitrate, h264.MAX_BITRATE)
+
+
+def use_null_decoders() -> None:
+    """Every receiver this process starts from now on decodes nothing (a benchmark's player,
+    whose CPU is not what is measured). Process-wide: replaces the ``get_decoder`` that
+    ``aiortc.rtcrtpreceiver``'s decoder thread looks up."""
+
+    class NullDecoder:
+        def decode(self, encoded_frame: Any) -> list[Any]:
+            return []
+
+    aiortc.rtcrtpreceiver.get_decoder = lambda codec: NullDecoder()  # type: ignore[assignment,return-value]
+
+
+# -- the send path ---------------------------------------------------------------------------
+def count_encodes(sender: RTCRtpSender, on_encode: Callable[[], None]) -> None:
+    """Call ``on_encode`` for every frame the sender's own RTP loop would encode or pack."""
+    original = sender._next_encoded_frame
+
+    async def next_encoded_frame(codec: RTCRtpCodecParameters) -> Any:
+        frame = await original(codec)
+        if frame is not None:
+            on_encode()
+        return frame
+
+    sender._next_encoded_frame = next_encoded_frame  # type: ignore[method-assign]
+
+
+_ENCODER_ATTRIBUTE = "_RTCRtpSender__encoder"
+
+
+def check_encoder_replaceable(sender: RTCRtpSender) -> None:
+    """IncompatibleAiortcError when aiortc's sender no longer creates its encoder lazily
+    (``_next_encoded_frame`` calls ``get_encoder(codec)`` only while its private
+    ``__encoder`` is None); RuntimeError when this sender already has one."""
+    source = inspect.getsource(RTCRtpSender._next_encoded_frame)
+    if "if self.__encoder is None" not in source or "get_encoder(" not in source:
+        raise IncompatibleAiortcError(
+            "RTCRtpSender no longer creates its encoder lazily through __encoder/get_encoder; "
+            "update media/aiortc_internals.py for this aiortc version"
+        )
+    if not hasattr(sender, _ENCODER_ATTRIBUTE):
+        raise IncompatibleAiortcError("RTCRtpSender has no private __encoder attribute any more")
+    if getattr(sender, _ENCODER_ATTRIBUTE) is not None:
+        raise RuntimeError("the sender already has an encoder: install ours before it sends")
+
+
+def replace_sender_encoder(sender: RTCRtpSender, encoder: Encoder) -> None:
+    """Make ``sender`` encode with ``encoder`` instead of the one aiortc would pick (call
+    before it sends; that sender alone, no global patch)."""
+    check_encoder_replaceable(sender)
+    setattr(sender, _ENCODER_ATTRIBUTE, encoder)
+
+
+def sender_encoder(sender: RTCRtpSender) -> Optional[Encoder]:
+    """The encoder a sender currently holds (None until it encodes its first frame)."""
+    encoder: Optional[Encoder] = getattr(sender, _ENCODER_ATTRIBUTE, None)
+    return encoder
+
+
+def set_track_id(track: MediaStreamTrack, track_id: str) -> None:
+    """Give ``track`` the id aiortc puts in ``a=msid`` (the source label); aiortc makes a
+    random one and has no setter (``MediaStreamTrack._id``)."""
+    track._id = track_id
+
+
+def set_stream_id(sender: RTCRtpSender, stream_id: str) -> None:
+    """The stream id aiortc puts in this sender's ``a=msid`` (``RTCRtpSender._stream_id``)."""
+    sender._stream_id = stream_id
+
+
+def route_keyframe_requests(sender: RTCRtpSender, on_keyframe: Callable[[], None]) -> None:
+    """PLI/FIR received for this sender call ``on_keyframe`` instead of flagging its own
+    encoder (``RTCRtpSender._send_keyframe``): a sender that packs frames it did not encode."""
+    sender._send_keyframe = on_keyframe  # type: ignore[method-assign]
+
+
+def split_h264_nal_units(access_unit: bytes) -> list[bytes]:
+    """The NAL units of an Annex-B access unit, split as aiortc's H.264 packetizer splits them
+    (``H264Encoder._split_bitstream``)."""
+    return list(H264Encoder._split_bitstream(access_unit))
+
+
+class SilentTrack(MediaStreamTrack):
+    """A track that never yields a frame: keeps a sender (and its RTCP) alive while the SFU
+    writes its RTP. ``id`` is the source label, which aiortc puts in ``a=msid``."""
+
+    def __init__(self, kind: str, track_id: str) -> None:
+        super().__init__()
+        self.kind = kind
+        set_track_id(self, track_id)
+        self._never: asyncio.Future[None] | None = None
+
+    async def recv(self) -> Any:
+        if self._never is None:
+            self._never = asyncio.get_running_loop().create_future()
+        await self._never
+        raise AssertionError("unreachable")
+
+    def stop(self) -> None:
+        super().stop()
+        if self._never is not None and not self._never.done():
+            self._never.cancel()
+
+
+NackHandler = Callable[[list[int]], Awaitable[None]]
+KeyframeHandler = Callable[[str], None]
+
+
+def intercept_sender_rtcp(sender: RTCRtpSender, on_nack: NackHandler, on_keyframe: KeyframeHandler) -> None:
+    """NACKs (``on_nack(lost)``) and PLI/FIR (``on_keyframe("pli"|"fir")``) received for this
+    sender go to the SFU; receiver reports and REMB keep aiortc's handling (statistics)."""
+    original = sender._handle_rtcp_packet
+
+    async def handle_rtcp_packet(packet: Any) -> None:
+        if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
+            await on_nack(list(packet.lost))
+        elif isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
+            on_keyframe("fir" if packet.fmt == RTCP_PSFB_FIR else "pli")
+        elif isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+            return  # REMB: no encoder to steer
+        else:
+            await original(packet)
+
+    sender._handle_rtcp_packet = handle_rtcp_packet  # type: ignore[method-assign]
+
+
+def sender_rtx_payload_type(sender: RTCRtpSender) -> int | None:
+    """The RTX payload type a started sender negotiated for its codec (None: no RTX)."""
+    value: int | None = sender._RTCRtpSender__rtx_payload_type  # type: ignore[attr-defined]
+    return value
+
+
+def sender_started(sender: RTCRtpSender) -> bool:
+    return bool(sender._RTCRtpSender__started)  # type: ignore[attr-defined]
+
+
+def ntp_now() -> int:
+    """``aiortc.clock.current_ntp_time()`` (the same wall clock, to the microsecond, the same
+    64-bit value) without making two datetimes and a timedelta: half the cost."""
+    return ntp_from_unix_ns(time.time_ns())
+
+
+def ntp_from_unix_ns(unix_ns: int) -> int:
+    """``aiortc.clock.datetime_to_ntp`` of the UTC datetime (microseconds) at ``unix_ns``."""
+    seconds, ns = divmod(unix_ns, 1_000_000_000)
+    return ((seconds + _NTP_EPOCH_OFFSET_S) << 32) | (((ns // 1000) << 32) // 1_000_000)
+
+
+def note_sent(sender: RTCRtpSender, timestamp: int, payload_bytes: int) -> None:
+    """Advance the sender's Sender Report counters for one packet the SFU sent for it.
+    The (NTP time, RTP timestamp) pair moves on the first packet of each frame only: every
+    packet of a frame has its timestamp, and reading the wall clock per packet costs."""
+    if sender._RTCRtpSender__rtp_timestamp != timestamp:  # type: ignore[attr-defined]
+        sender._RTCRtpSender__ntp_timestamp = ntp_now()  # type: ignore[attr-defined]
+        sender._RTCRtpSender__rtp_timestamp = timestamp  # type: ignore[attr-defined]
+    sender._RTCRtpSender__octet_count += payload_bytes  # type: ignore[attr-defined]
+    sender._RTCRtpSender__packet_count += 1  # type: ignore[attr-defined]
+
+
+def sender_report_counts(sender: RTCRtpSender) -> tuple[int, int, int]:
+    """(packets, octets, last RTP timestamp) the next Sender Report will carry."""
+    return (sender._RTCRtpSender__packet_count, sender._RTCRtpSender__octet_count,  # type: ignore[attr-defined]
+            sender._RTCRtpSender__rtp_timestamp)  # type: ignore[attr-defined]
+
+
+def bind_transceiver(transceiver: RTCRtpTransceiver, mid: str, mline_index: int) -> None:
+    """Bind a transceiver made with ``addTransceiver`` to the offer's m-line ``mid`` at
+    ``mline_index``, so that ``setRemoteDescription`` uses it (with its codec preferences)."""
+    transceiver._set_mid(mid)
+    transceiver._set_mline_index(mline_index)
+
+
+async def send_rtp(transport: RTCDtlsTransport, data: bytes) -> None:
+    """SRTP-protect and send one RTP or RTCP packet (raises ConnectionError when closed)."""
+    await transport._send_rtp(data)
+
+
+def send_rtp_now(transport: RTCDtlsTransport, data: bytes) -> None:
+    """SRTP-protect and send one RTP packet (not RTCP) at once: what
+    ``RTCDtlsTransport._send_rtp`` does, without its four levels of coroutines
+    (``_send_rtp`` -> ``RTCIceTransport._send`` -> ``Connection.sendto`` ->
+    ``StunProtocol.send_data``, none of which waits for anything). Raises ConnectionError
+    when not connected."""
+    if transport._state is not _CONNECTED:
+        raise ConnectionError("Cannot send encrypted RTP, not connected")
+    protected = transport._tx_srtp.protect(data)
+    pair = aioice_internals.nominated_pairs(ice_connection(transport.transport)).get(1)
+    if pair is None:
+        raise ConnectionError("Cannot send data, not connected")
+    sendto, addr = aioice_internals.pair_destination(pair)
+    sendto(protected, addr)
+    transport._RTCDtlsTransport__tx_bytes += len(protected)  # type: ignore[attr-defined]
+    transport._RTCDtlsTransport__tx_packets += 1  # type: ignore[attr-defined]
+
+
+class RtpWriter:
+    """:func:`send_rtp_now` for one transport, with what it looks up per packet resolved once:
+    the transport's SRTP session (protect through libsrtp directly, reusing one length cell,
+    instead of ``Session.protect``'s checks and allocation per call) and aioice's nominated
+    pair (re-read per packet from the connection's dict, re-resolved when it changes).
+    The forwarding hot path: one call per packet and subscriber. Raises ConnectionError when
+    not connected, like :func:`send_rtp_now`; the bytes sent are the same."""
+
+    __slots__ = ("transport", "_session", "_protect", "_nominated", "_pair", "_sendto", "_addr")
+
+    def __init__(self, transport: RTCDtlsTransport) -> None:
+        self.transport = transport
+        self._session: pylibsrtp.Session | None = None
+        self._protect: Protect = _unbound
+        self._nominated: dict[int, Any] | None = None
+        self._pair: Any = None
+        self._sendto: aioice_internals.SendTo = _unbound_sendto
+        self._addr: Any = None
+
+    def __call__(self, data: bytes) -> None:
+        transport = self.transport
+        if transport._state is not _CONNECTED:
+            raise ConnectionError("Cannot send encrypted RTP, not connected")
+        if transport._tx_srtp is not self._session:
+            self._session = transport._tx_srtp
+            self._protect = srtp_protector(self._session)
+        protected = self._protect(data)
+        nominated = self._nominated
+        if nominated is None:
+            nominated = self._nominated = aioice_internals.nominated_pairs(ice_connection(transport.transport))
+        pair = nominated.get(1)
+        if pair is not self._pair:
+            if pair is None:
+                raise ConnectionError("Cannot send data, not connected")
+            self._pair = pair
+            self._sendto, self._addr = aioice_internals.pair_destination(pair)
+        self._sendto(protected, self._addr)
+        transport._RTCDtlsTransport__tx_bytes += len(protected)  # type: ignore[attr-defined]
+        transport._RTCDtlsTransport__tx_packets += 1  # type: ignore[attr-defined]
+
+
+def _unbound(data: bytes) -> bytes:
+    raise AssertionError("unreachable")
+
+
+def _unbound_sendto(data: bytes, addr: Any) -> None:
+    raise AssertionError("unreachable")
+
+
+# -- negotiation -----------------------------------------------------------------------------
+def codecs_compatible(a: object, b: object) -> bool:
+    """aiortc's own rule for two codecs being the same (mime type, clock rate, and for
+    H.264 packetization mode and profile)."""
+    return bool(is_codec_compatible(a, b))  # type: ignore[arg-type]
+
+
+# -- stand-ins for in-process benchmarks ---------------------------------------------------
+def stand_in_dtls_transport(connection: Any, rx: pylibsrtp.Session | None = None,
+                            tx: pylibsrtp.Session | None = None) -> Any:
+    """What this module reads and writes of a connected ``RTCDtlsTransport``, with no DTLS
+    handshake: SRTP sessions ``rx`` / ``tx``, over ``connection`` (a real or stand-in aioice
+    connection, :func:`media.aioice_internals.stand_in_connection`)."""
+    transport = SimpleNamespace(transport=SimpleNamespace(_connection=connection), _rx_srtp=rx, _tx_srtp=tx,
+                                _state=_CONNECTED, state="connected")
+    for name in ("rx_bytes", "rx_packets", "tx_bytes", "tx_packets"):
+        setattr(transport, "_RTCDtlsTransport__" + name, 0)
+    return transport
+
+
+class _StandInReceiver:
+
+    def __init__(self) -> None:
+        setattr(self, "_RTCRtpReceiver__remote_streams", {})
+        setattr(self, "_RTCRtpReceiver__nack_generator", NackGenerator())
+
+    async def _send_rtcp_pli(self, media_ssrc: int) -> None:
+        return None
+
+    async def _send_rtcp_nack(self, media_ssrc: int, lost: list[int]) -> None:
+        return None
+
+
+def stand_in_receiver() -> Any:
+    """What this module reads of an ``RTCRtpReceiver`` (statistics, NACK generator, RTCP
+    out, which goes nowhere)."""
+    return _StandInReceiver()
+
+
+def stand_in_sender() -> Any:
+    """What this module reads and writes of a started ``RTCRtpSender`` (Sender Report
+    counters)."""
+    sender = SimpleNamespace()
+    for name, value in (("started", True), ("rtp_timestamp", 0), ("ntp_timestamp", 0), ("octet_count", 0),
+                        ("packet_count", 0)):
+        setattr(sender, "_RTCRtpSender__" + name, value)
+    return sender

@@ -1,0 +1,358 @@
+"""One consultation's recording: its tracks, its manifest, one clock.
+
+:class:`RecordingSession` holds a :class:`~media.recording.muxer.TrackRecorder` per
+recorded publication, turns RTP packets into frames
+(:class:`~media.recording.depacketizer.Depacketizer`) and keeps the
+:class:`~media.recording.manifest.Manifest`, replaced atomically on every change. A
+write error (disk full) stops the session and calls ``on_error``: the SFU's forwarding
+path never sees an exception.
+
+Lifecycle: recording → stopped | failed. ``stop()`` is idempotent.
+Clocks: ``arrival`` times passed to :meth:`RecordingSession.feed` are on the session's
+``clock`` (``time.monotonic`` by default, which is also what asyncio's ``loop.time()``
+uses); the manifest's dates are on ``wall_clock`` (Unix seconds).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from concurrent.futures import Executor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from aiortc import RTCRtpCodecParameters
+from aiortc.rtp import RtpPacket
+
+from core.vocabulary import RECORDED
+from media.recording.depacketizer import Depacketizer, EncodedFrame, RtpHeaderLike
+from media.recording.ids import check_id
+from media.recording.manifest import Manifest, TrackEntry, write_manifest
+from media.recording.muxer import FORMATS, TrackRecorder
+from media.recording.vault import Vault
+
+logger = logging.getLogger(__name__)
+
+ErrorCallback = Callable[[str, BaseException], None]
+
+
+@dataclass
+class _Track:
+    entry: TrackEntry
+    depacketizer: Depacketizer
+    recorder: TrackRecorder
+
+
+class RecordingSession:
+    """One consultation's recording: several tracks, one manifest, one clock."""
+
+    def __init__(
+        self,
+        directory: Path,
+        manifest: Manifest,
+        vault: Vault,
+        *,
+        flush_interval_s: float,
+        on_error: ErrorCallback | None,
+        clock: Callable[[], float],
+        wall_clock: Callable[[], float],
+        sync_executor: Executor | None = None,
+    ) -> None:
+        self.directory = directory
+        self._sync_executor = sync_executor
+        self._manifest = manifest
+        self._vault = vault
+        self._flush_interval_s = flush_interval_s
+        self._on_error = on_error
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._origin = clock()
+        self._tracks: dict[str, _Track] = {}
+        self._state = "recording"
+        self.error: BaseException | None = None
+
+    @classmethod
+    def start(
+        cls,
+        recordings_dir: Path,
+        consultation_id: str,
+        vault: Vault,
+        *,
+        started_by: str,
+        flush_interval_s: float = 1.0,
+        on_error: ErrorCallback | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        sync_executor: Executor | None = None,
+    ) -> RecordingSession:
+        """Create ``<recordings_dir>/<consultation_id>/`` and its manifest.
+
+        Raises ``FileExistsError`` when that consultation already has a recording.
+        ``sync_executor``: where the media files' periodic fsyncs run (off the event
+        loop); inline when None. The manifest is always synced inline.
+        """
+        directory = Path(recordings_dir) / check_id(consultation_id)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        directory.mkdir()
+        manifest = Manifest(
+            consultation_id=consultation_id,
+            encrypted=vault.encrypted,
+            started_at=wall_clock(),
+            started_by=started_by,
+        )
+        write_manifest(directory, manifest)
+        logger.info("recording %s started by %s", consultation_id, started_by)
+        return cls(
+            directory,
+            manifest,
+            vault,
+            flush_interval_s=flush_interval_s,
+            on_error=on_error,
+            clock=clock,
+            wall_clock=wall_clock,
+            sync_executor=sync_executor,
+        )
+
+    @property
+    def consultation_id(self) -> str:
+        return self._manifest.consultation_id
+
+    @property
+    def state(self) -> str:
+        """``recording``, ``stopped`` or ``failed``."""
+        return self._state
+
+    @property
+    def manifest(self) -> Manifest:
+        """The manifest with live frame counts."""
+        return self._with_counts(self._manifest)
+
+    def add_track(
+        self,
+        publication_id: str,
+        participant_identity: str,
+        source: str,
+        codec: RTCRtpCodecParameters,
+    ) -> None:
+        """Start recording a publication (idempotent for the same publication id)."""
+        if self._state != "recording" or publication_id in self._tracks:
+            return
+        if source not in RECORDED:
+            raise ValueError(f"unknown source {source!r}")
+        mime = codec.mimeType.lower()
+        if mime not in FORMATS:
+            raise ValueError(f"cannot record {codec.mimeType}")
+        index = len(self._manifest.tracks)
+        safe = re.sub(r"[^A-Za-z0-9_-]", "_", publication_id)[:48]
+        name = f"{index:02d}-{source}-{safe}.{FORMATS[mime][1]}"
+        entry = TrackEntry(
+            publication_id=publication_id,
+            participant_identity=participant_identity,
+            source=source,
+            codec=codec.mimeType,
+            clock_rate=codec.clockRate,
+            file=name,
+            added_at=self._wall_clock(),
+        )
+        recorder = TrackRecorder(
+            self.directory / name,
+            mime,
+            self._vault,
+            flush_interval_s=self._flush_interval_s,
+            clock=self._clock,
+            sync_executor=self._sync_executor,
+        )
+        self._tracks[publication_id] = _Track(entry, Depacketizer(codec), recorder)
+        self._manifest = replace(self._manifest, tracks=self._manifest.tracks + (entry,))
+        self._save()
+
+    def feed(self, publication_id: str, packet: RtpPacket, arrival: float | None = None) -> bool:
+        """Take one RTP packet of a recorded publication. Never raises.
+
+        Returns True when the recording needs a keyframe from the publisher (before the
+        first one, and after a loss broke the chain): the SFU sends a rate-limited PLI.
+        """
+        track = self._tracks.get(publication_id)
+        if track is None or self._state != "recording":
+            return False
+        now = self._clock() if arrival is None else arrival
+        try:
+            for event in track.depacketizer.push(packet, now):
+                if isinstance(event, EncodedFrame):
+                    self._write(track, event)
+            return track.depacketizer.waiting_for_keyframe
+        except Exception as exc:  # disk full, I/O error, muxer error: stop, tell, go on
+            self._fail(exc)
+            return False
+
+    def feed_rtp(self, publication_id: str, data: bytes, header: RtpHeaderLike, arrival: float) -> bool:
+        """:meth:`feed` for a datagram whose header the SFU already parsed (the tap's
+        path: no second parse, no packet object). Never raises; same answer."""
+        track = self._tracks.get(publication_id)
+        if track is None or self._state != "recording":
+            return False
+        try:
+            events = track.depacketizer.push_rtp(data, header, arrival)
+            if events:
+                for event in events:
+                    if type(event) is EncodedFrame:
+                        self._write(track, event)
+            return track.depacketizer.waiting_for_keyframe
+        except Exception as exc:  # disk full, I/O error, muxer error: stop, tell, go on
+            self._fail(exc)
+            return False
+
+    def feed_rtp_batch(self, publication_id: str, batch: Sequence[tuple[bytes, RtpHeaderLike, float]]) -> bool:
+        """:meth:`feed_rtp` for several (datagram, header, arrival) in order; the answer
+        is the one after the last. Never raises."""
+        track = self._tracks.get(publication_id)
+        if track is None or self._state != "recording":
+            return False
+        push = track.depacketizer.push_rtp
+        try:
+            for data, header, arrival in batch:
+                events = push(data, header, arrival)
+                if events:
+                    for event in events:
+                        if type(event) is EncodedFrame:
+                            self._write(track, event)
+                    if self._state != "recording":  # a write error failed the session
+                        return False
+            return track.depacketizer.waiting_for_keyframe
+        except Exception as exc:  # disk full, I/O error, muxer error: stop, tell, go on
+            self._fail(exc)
+            return False
+
+    def flush(self) -> None:
+        """Seal what every track has written so far. Never raises."""
+        if self._state != "recording":
+            return
+        try:
+            for track in self._tracks.values():
+                track.recorder.flush()
+        except Exception as exc:
+            self._fail(exc)
+
+    def flush_stale(self) -> int:
+        """The timer's flush (so that an idle track is on disk too): only the tracks
+        that wrote something and did not flush themselves lately
+        (:meth:`TrackRecorder.flush_if_stale`). Never raises; returns how many flushed."""
+        if self._state != "recording":
+            return 0
+        flushed = 0
+        try:
+            now = self._clock()
+            for track in self._tracks.values():
+                flushed += track.recorder.flush_if_stale(now)
+        except Exception as exc:
+            self._fail(exc)
+        return flushed
+
+    def remove_track(self, publication_id: str) -> None:
+        """The publication ended: close its file (the manifest keeps it)."""
+        track = self._tracks.pop(publication_id, None)
+        if track is None or self._state != "recording":
+            return
+        try:
+            self._close_track(track)
+            self._save()
+        except Exception as exc:
+            self._fail(exc)
+
+    def stop(self, stopped_by: str, reason: str = "stopped") -> Manifest:
+        """Close every file and the manifest. Idempotent; returns the final manifest."""
+        if self._state != "recording":
+            return self._manifest
+        errors: list[BaseException] = []
+        for track in list(self._tracks.values()):
+            try:
+                self._close_track(track)
+            except Exception as exc:
+                errors.append(exc)
+                track.recorder.abort()
+        self._tracks.clear()
+        self._state = "stopped"
+        self._manifest = replace(
+            self._manifest, stopped_at=self._wall_clock(), stopped_by=stopped_by, stopped_reason=reason
+        )
+        try:
+            self._save()
+        except Exception as exc:
+            errors.append(exc)
+        logger.info("recording %s stopped by %s (%s)", self.consultation_id, stopped_by, reason)
+        if errors:
+            self._state = "failed"
+            self._notify(errors[0])
+        return self._manifest
+
+    def fail(self, exc: BaseException) -> None:
+        """Fail the session for an error met outside it (its manifest could not be
+        saved while adding a track): the same as a write error."""
+        self._fail(exc)
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _write(self, track: _Track, frame: EncodedFrame) -> None:
+        if track.recorder.write(frame) and track.entry.start_offset_ms is None:
+            offset = (frame.arrival - self._origin) * 1000.0
+            self._update_entry(track, start_offset_ms=round(offset, 3))
+
+    def _close_track(self, track: _Track) -> None:
+        for event in track.depacketizer.flush(self._clock()):
+            if isinstance(event, EncodedFrame):
+                self._write(track, event)
+        track.recorder.close()
+        self._update_entry(track, frames=track.recorder.frames_written, ended_at=self._wall_clock())
+
+    def _update_entry(self, track: _Track, **changes: Any) -> None:
+        new = replace(track.entry, **changes)
+        self._manifest = replace(
+            self._manifest,
+            tracks=tuple(new if t.publication_id == new.publication_id else t for t in self._manifest.tracks),
+        )
+        track.entry = new
+
+    def _with_counts(self, manifest: Manifest) -> Manifest:
+        counts = {pid: t.recorder.frames_written for pid, t in self._tracks.items()}
+        return replace(
+            manifest,
+            tracks=tuple(
+                replace(t, frames=counts[t.publication_id]) if t.publication_id in counts else t
+                for t in manifest.tracks
+            ),
+        )
+
+    def _save(self) -> None:
+        write_manifest(self.directory, self._with_counts(self._manifest))
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._state != "recording":
+            return
+        self._state = "failed"
+        self.error = exc
+        logger.error("recording %s failed: %s", self.consultation_id, exc)
+        for track in self._tracks.values():
+            track.recorder.abort()
+            self._update_entry(track, frames=track.recorder.frames_written, ended_at=self._wall_clock())
+        self._tracks.clear()
+        self._manifest = replace(
+            self._manifest,
+            stopped_at=self._wall_clock(),
+            stopped_by="system",
+            stopped_reason=f"error: {type(exc).__name__}: {exc}"[:200],
+        )
+        try:
+            self._save()
+        except Exception:  # the disk that failed the media may fail the manifest too
+            logger.exception("recording %s: manifest not saved", self.consultation_id)
+        self._notify(exc)
+
+    def _notify(self, exc: BaseException) -> None:
+        if self._on_error is None:
+            return
+        try:
+            self._on_error(self.consultation_id, exc)
+        except Exception:
+            logger.exception("recording %s: error callback failed", self.consultation_id)

@@ -1,0 +1,422 @@
+"""The aiortc internals media/aiortc_internals.py relies on: an aiortc upgrade that changes any
+of them fails here, loudly, before it silently breaks forwarding. Checked on real peers over
+loopback (bytes in = bytes out) and by the source shape of what the shortcuts replace."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import inspect
+import struct
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from importlib.metadata import version
+from types import SimpleNamespace
+from typing import AsyncIterator, Callable
+
+import aioice
+import aiortc
+import aiortc.rtcrtpreceiver
+import pytest
+from aiortc import RTCRtpReceiver, RTCRtpSender, RTCSessionDescription, clock
+from aiortc import sdp as aiortc_sdp
+from aiortc.codecs import h264, vpx
+from aiortc.codecs.opus import OpusEncoder
+from aiortc.jitterbuffer import JitterFrame
+from aiortc.rtcdtlstransport import RTCDtlsTransport
+from aiortc.rtcicetransport import RTCIceTransport
+from aiortc.rtcpeerconnection import RTCPeerConnection
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+
+from media import aioice_internals, aiortc_internals
+from media.ice import ScopedPeerConnection
+from tests.media.srtp_sessions import session_pairs
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_pinned_version():
+    assert aiortc.__version__.startswith("1.16."), "re-check media/aiortc_internals.py against this aiortc"
+
+
+def test_version_check() -> None:
+    aiortc_internals.check_version(version("aiortc"))
+    aiortc_internals.check_version("1.16.7")
+    for found in ("1.15.0", "1.17.0", "2.0.0"):
+        with pytest.raises(ImportError, match=rf"needs aiortc>=1\.16,<1\.17 .*found aiortc {found}\."):
+            aiortc_internals.check_version(found)
+
+
+def test_the_datagram_path_goes_through_the_tapped_method():
+    source = inspect.getsource(RTCDtlsTransport._recv_next)
+    assert "await self._handle_rtp_data(data, arrival_time_ms=arrival_time_ms)" in source
+    assert "self._rx_srtp.unprotect(data)" in source
+    assert "self._tx_srtp.protect(data)" in inspect.getsource(RTCDtlsTransport._send_rtp)
+
+
+def test_sender_internals():
+    assert "self._send_keyframe()" in inspect.getsource(RTCRtpSender._handle_rtcp_packet)
+    assert "self.__encoder = get_encoder(codec)" in inspect.getsource(RTCRtpSender._next_encoded_frame)
+    assert "await self._next_encoded_frame(codec)" in inspect.getsource(RTCRtpSender._run_rtp)
+    sr = inspect.getsource(RTCRtpSender._run_rtcp)
+    for name in ("__ntp_timestamp", "__rtp_timestamp", "__packet_count", "__octet_count"):
+        assert f"self.{name}" in sr
+
+
+def test_receiver_internals():
+    source = inspect.getsource(RTCRtpReceiver._handle_rtp_packet)
+    assert "self.__remote_streams[packet.ssrc].add(packet)" in source
+    assert "self.__nack_generator.add(packet)" in source
+    assert "self.__decoder_queue.put((codec, encoded_frame))" in source
+    assert "self.__decoder_queue" in inspect.getsource(RTCRtpReceiver.receive)
+    assert "decoder = get_decoder(codec)" in inspect.getsource(aiortc.rtcrtpreceiver.decoder_worker)
+
+
+def test_transceiver_matching_by_mid():
+    source = inspect.getsource(RTCPeerConnection.setRemoteDescription)
+    assert "t.mid in [None, media.rtp.muxId]" in source
+    assert "transceiver._preferred_codecs" in source
+
+
+async def test_objects_have_the_attributes_used():
+    pc = ScopedPeerConnection()
+    try:
+        t = pc.addTransceiver("video", direction="sendonly")
+        receiver, sender = t.receiver, t.sender
+        codecs, rtx = aiortc_internals.receiver_tables(receiver)
+        assert codecs == {} and rtx == {}
+        assert aiortc_internals.feed_receiver(receiver, 1, 10, 0, 90000) is None
+        assert aiortc_internals.feed_receiver(receiver, 1, 13, 0, 90000) == [11, 12]
+        aiortc_internals.note_sent(sender, 1234, 100)
+        assert aiortc_internals.sender_report_counts(sender) == (1, 100, 1234)
+        assert aiortc_internals.sender_rtx_payload_type(sender) is None and not aiortc_internals.sender_started(sender)
+        decodes = []
+        aiortc_internals.count_decodes(receiver, lambda: decodes.append(1))
+        receiver._RTCRtpReceiver__decoder_queue.put(("codec", "frame"))  # type: ignore[attr-defined]
+        assert decodes == [1]
+        aiortc_internals.bind_transceiver(t, "7", 3)
+        assert t.mid == "7" and t._get_mline_index() == 3
+        transport = receiver.transport
+
+        async def ignore(data: bytes, arrival_time_ms: int) -> None:
+            pass
+
+        assert aiortc_internals.tap_transport(transport, ignore) and not aiortc_internals.tap_transport(
+            transport, ignore)
+        with pytest.raises(ConnectionError):
+            await aiortc_internals.send_rtp(transport, b"\x80" * 12)
+    finally:
+        await pc.close()
+
+
+def test_the_send_path_send_rtp_now_shortcuts():
+    """send_rtp_now does what _send_rtp -> RTCIceTransport._send -> Connection.sendto ->
+    StunProtocol.send_data do, synchronously: each of them must still be just that (aioice's
+    half: tests/media/test_aioice_internals.py)."""
+    assert "self._tx_srtp.protect(data)" in inspect.getsource(RTCDtlsTransport._send_rtp)
+    assert "await self.transport._send(data)" in inspect.getsource(RTCDtlsTransport._send_rtp)
+    assert "self.__tx_bytes += len(data)" in inspect.getsource(RTCDtlsTransport._send_rtp)
+    assert "self._send = self._connection.send" in inspect.getsource(RTCIceTransport)
+
+
+async def test_send_rtp_now_refuses_when_not_connected():
+    pc = ScopedPeerConnection()
+    try:
+        t = pc.addTransceiver("video", direction="sendonly")
+        with pytest.raises(ConnectionError):
+            aiortc_internals.send_rtp_now(t.sender.transport, b"\x80" * 12)
+        with pytest.raises(ConnectionError):
+            aiortc_internals.RtpWriter(t.sender.transport)(b"\x80" * 12)
+    finally:
+        await pc.close()
+
+
+def test_the_receive_path_tap_transport_shortcuts():
+    """tap_transport takes connected SRTP datagrams at aioice's Connection.data_received
+    (which otherwise only queues them for RTCDtlsTransport._recv_next; aioice's half:
+    tests/media/test_aioice_internals.py)."""
+    recv = inspect.getsource(RTCDtlsTransport._recv_next)
+    assert "data = await self.transport._recv()" in recv
+    assert "elif first_byte > 127 and first_byte < 192 and self._rx_srtp:" in recv
+    assert "self.__rx_bytes += len(data)" in recv
+    assert "self._connection = gatherer._connection" in inspect.getsource(RTCIceTransport)
+
+
+def test_ntp_now_is_aiortcs_clock():
+    for unix_ns in (0, 1_764_000_000_123_456_789, 1_764_000_000_999_999_999, 1_764_000_001_000_000_000):
+        seconds, ns = divmod(unix_ns, 1_000_000_000)
+        dt = datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).replace(microsecond=ns // 1000)
+        assert aiortc_internals.ntp_from_unix_ns(unix_ns) == clock.datetime_to_ntp(dt)
+    before, now, after = clock.current_ntp_time(), aiortc_internals.ntp_now(), clock.current_ntp_time()
+    assert before <= now <= after
+
+
+async def test_rtp_writer_sends_what_send_rtp_now_sends():
+    """RtpWriter: the same protected bytes to the nominated pair's address and the same transport
+    counters as send_rtp_now, re-resolving the pair when it changes; refuses when not connected.
+    On the stand-ins the in-process benchmark uses."""
+    sent = []
+
+    class Udp:
+        def __init__(self, name):
+            self.name = name
+
+        def sendto(self, data, addr):
+            sent.append((self.name, data, addr))
+
+    def pair(name, addr):
+        return SimpleNamespace(protocol=SimpleNamespace(transport=Udp(name)), remote_addr=addr)
+
+    (tx, rx), = session_pairs()[:1]
+    connection = aioice_internals.stand_in_connection(Udp("a"), ("127.0.0.1", 1))  # type: ignore[arg-type]
+    nominated = aioice_internals.nominated_pairs(connection)
+    transport = aiortc_internals.stand_in_dtls_transport(connection, tx=tx)
+    write = aiortc_internals.RtpWriter(transport)
+    packets = [b"\x80\x60" + bytes([0, i]) + b"\x00" * 8 + bytes([i]) * 100 for i in range(4)]
+    write(packets[0])
+    write(packets[1])
+    nominated[1] = pair("b", ("127.0.0.1", 2))
+    write(packets[2])
+    assert [(n, a) for n, _, a in sent] == [("a", ("127.0.0.1", 1)), ("a", ("127.0.0.1", 1)), ("b", ("127.0.0.1", 2))]
+    assert [rx.unprotect(d) for _, d, _ in sent] == packets[:3]
+    assert transport._RTCDtlsTransport__tx_packets == 3
+    assert transport._RTCDtlsTransport__tx_bytes == sum(len(d) for _, d, _ in sent)
+    sent.clear()
+    aiortc_internals.send_rtp_now(transport, packets[3])
+    by_send_rtp_now = sent.pop()
+    write(packets[3])  # allow_repeat_tx: the same bytes again
+    assert sent.pop() == by_send_rtp_now
+    nominated.clear()
+    with pytest.raises(ConnectionError):
+        write(packets[0])
+    transport._state = None
+    with pytest.raises(ConnectionError):
+        write(packets[0])
+
+
+# -- real peers ------------------------------------------------------------------------------
+def rtp(seq: int, size: int, ssrc: int = 0x1234ABCD) -> bytes:
+    return struct.pack("!BBHII", 0x80, 96, seq, seq * 3000, ssrc) + bytes([seq % 256]) * size
+
+
+@dataclass
+class Pair:
+    """A sends video (a track that never yields: only what a test writes), B receives it."""
+
+    a: ScopedPeerConnection
+    b: ScopedPeerConnection
+    sender: RTCRtpSender
+    receiver: RTCRtpReceiver
+    sender_ssrc: int
+    received: list[bytes] = field(default_factory=list)
+
+    @property
+    def a_transport(self) -> RTCDtlsTransport:
+        return self.sender.transport
+
+    @property
+    def b_transport(self) -> RTCDtlsTransport:
+        return self.receiver.transport
+
+    async def on_rtp(self, data: bytes, arrival_time_ms: int) -> None:
+        self.received.append(data)
+
+    def on_rtp_now(self, data: bytes, arrival_time_ms: int) -> None:
+        self.received.append(data)
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+@asynccontextmanager
+async def peers(prepare: Callable[[Pair], object]) -> AsyncIterator[Pair]:
+    """A connected pair; ``prepare`` runs once both have their transports, before they connect."""
+    a, b = ScopedPeerConnection(), ScopedPeerConnection()
+    try:
+        sender = a.addTransceiver(aiortc_internals.SilentTrack("video", "camera"), direction="sendonly").sender
+        await a.setLocalDescription(await a.createOffer())
+        await b.setRemoteDescription(a.localDescription)
+        await b.setLocalDescription(await b.createAnswer())
+        (media,) = aiortc_sdp.SessionDescription.parse(a.localDescription.sdp).media
+        pair = Pair(a, b, sender, b.getTransceivers()[0].receiver, media.ssrc[0].ssrc)
+        prepare(pair)
+        await a.setRemoteDescription(RTCSessionDescription(sdp=b.localDescription.sdp, type="answer"))
+        await wait_until(lambda: pair.a_transport.state == "connected" and pair.b_transport.state == "connected")
+        yield pair
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_tapped_transport_receives_exactly_the_rtp_the_peer_sent():
+    """Bytes in = bytes out through both halves of the forwarding path: what A writes with
+    RtpWriter, send_rtp_now and aiortc's own send_rtp arrives decrypted at B's tap, as sent."""
+    async with peers(lambda p: aiortc_internals.tap_transport(p.b_transport, p.on_rtp, p.on_rtp_now)) as pair:
+        write = aiortc_internals.RtpWriter(pair.a_transport)
+        sent = [rtp(seq, 50 + seq * 9) for seq in range(1, 61)]
+        for packet in sent[:40]:
+            write(packet)
+        for packet in sent[40:50]:
+            aiortc_internals.send_rtp_now(pair.a_transport, packet)
+        for packet in sent[50:]:
+            await aiortc_internals.send_rtp(pair.a_transport, packet)
+        await wait_until(lambda: len(pair.received) >= len(sent))
+        assert pair.received == sent
+        assert pair.b_transport._RTCDtlsTransport__rx_packets >= len(sent)  # type: ignore[attr-defined]
+        connection = aiortc_internals.ice_connection(pair.b_transport.transport)
+        assert getattr(connection.data_received, "__func__", None) is not aioice.Connection.data_received  # direct
+
+
+async def test_a_tap_without_a_plain_handler_runs_the_coroutine():
+    async with peers(lambda p: aiortc_internals.tap_transport(p.b_transport, p.on_rtp)) as pair:
+        sent = [rtp(seq, 300) for seq in range(1, 11)]
+        for packet in sent:
+            aiortc_internals.send_rtp_now(pair.a_transport, packet)
+        await wait_until(lambda: len(pair.received) >= len(sent))
+        assert pair.received == sent
+
+
+async def test_aiortcs_own_receive_path_hands_over_exactly_the_rtp_sent():
+    """handle_rtp_data: aiortc's queue and DTLS coroutine, then our handler, bytes unchanged."""
+    async with peers(lambda p: aiortc_internals.handle_rtp_data(p.b_transport, p.on_rtp)) as pair:
+        sent = [rtp(seq, 120) for seq in range(1, 21)]
+        for packet in sent:
+            await aiortc_internals.send_rtp(pair.a_transport, packet)
+        await wait_until(lambda: len(pair.received) >= len(sent))
+        assert pair.received == sent
+
+
+async def test_an_intercepted_sender_gets_the_peers_nack_and_keyframe_requests():
+    nacks: list[list[int]] = []
+    keyframes: list[str] = []
+
+    async def on_nack(lost: list[int]) -> None:
+        nacks.append(lost)
+
+    def prepare(pair: Pair) -> None:
+        aiortc_internals.intercept_sender_rtcp(pair.sender, on_nack, keyframes.append)
+
+    async with peers(prepare) as pair:
+        await aiortc_internals.send_nack(pair.receiver, pair.sender_ssrc, [7, 9, 300])
+        await aiortc_internals.send_pli(pair.receiver, pair.sender_ssrc)
+        await wait_until(lambda: bool(nacks) and bool(keyframes))
+        assert nacks == [[7, 9, 300]] and keyframes == ["pli"]
+
+
+async def test_the_receiver_fed_by_hand_nacks_what_went_missing():
+    async with peers(lambda p: None) as pair:
+        receiver = pair.receiver
+        assert aiortc_internals.feed_receiver(receiver, 5, 100, 0, 90000) is None
+        assert aiortc_internals.feed_receiver(receiver, 5, 104, 3000, 90000) == [101, 102, 103]
+        aiortc_internals.reset_nack_generator(receiver)
+        assert aiortc_internals.feed_receiver(receiver, 6, 9000, 0, 90000) is None
+        aiortc_internals.feed_receiver_rtx(receiver, 8, 1, 0, 90000)
+        assert aiortc_internals.sender_started(pair.sender)
+        codecs, _rtx = aiortc_internals.receiver_tables(receiver)
+        assert "video/VP8" in [c.mimeType for c in codecs.values()]
+
+
+async def test_the_hooked_peer_connection_hands_over_each_ice_connection():
+    created: list[aioice.Connection] = []
+
+    class Recording(aiortc_internals.IceHookedPeerConnection):
+        def ice_connection_created(self, connection: aioice.Connection) -> None:
+            created.append(connection)
+
+    pc = Recording()
+    try:
+        pc.createDataChannel("x")
+        assert created == [aiortc_internals.ice_connection(pc.sctp.transport.transport)]  # type: ignore[union-attr]
+        assert created[0] is pc.sctp.transport.transport.iceGatherer._connection  # type: ignore[union-attr]
+    finally:
+        await pc.close()
+
+
+def test_aiortc_still_creates_transports_through_the_hooked_method() -> None:
+    # IceHookedPeerConnection overrides this name-mangled method; if aiortc renames it, fail loudly.
+    assert hasattr(RTCPeerConnection, "_RTCPeerConnection__createDtlsTransport")
+
+
+async def test_a_replaced_encoder_is_the_senders():
+    pc = ScopedPeerConnection()
+    try:
+        sender = pc.addTransceiver("audio", direction="sendonly").sender
+        assert aiortc_internals.sender_encoder(sender) is None
+        aiortc_internals.check_encoder_replaceable(sender)
+        encoder = OpusEncoder()
+        aiortc_internals.replace_sender_encoder(sender, encoder)
+        assert aiortc_internals.sender_encoder(sender) is encoder
+        with pytest.raises(RuntimeError, match="already has an encoder"):
+            aiortc_internals.replace_sender_encoder(sender, encoder)
+    finally:
+        await pc.close()
+
+
+def test_null_decoders_decode_nothing():
+    original = aiortc.rtcrtpreceiver.get_decoder
+    try:
+        aiortc_internals.use_null_decoders()
+        codec = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
+        assert aiortc.rtcrtpreceiver.get_decoder(codec).decode(JitterFrame(data=b"\x10" * 10, timestamp=0)) == []
+    finally:
+        aiortc.rtcrtpreceiver.get_decoder = original
+    assert aiortc.rtcrtpreceiver.get_decoder is original
+
+
+def test_codecs_compatible_is_aiortcs_rule():
+    vp8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
+    assert aiortc_internals.codecs_compatible(vp8, RTCRtpCodecParameters(mimeType="video/vp8", clockRate=90000,
+                                                                         payloadType=120))
+    assert not aiortc_internals.codecs_compatible(vp8, RTCRtpCodecParameters(mimeType="video/H264",
+                                                                             clockRate=90000, payloadType=96))
+
+
+async def test_routed_keyframe_requests_reach_the_callback():
+    """route_keyframe_requests: the peer's PLI and FIR reach the callback, not the encoder flag."""
+    requests: list[str] = []
+    async with peers(lambda p: aiortc_internals.route_keyframe_requests(p.sender, lambda: requests.append("kf"))
+                     ) as pair:
+        await aiortc_internals.send_pli(pair.receiver, pair.sender_ssrc)
+        await wait_until(lambda: bool(requests))
+        assert requests == ["kf"]
+        assert not pair.sender._RTCRtpSender__force_keyframe  # type: ignore[attr-defined]
+
+
+async def test_track_and_stream_ids_are_the_msid():
+    pc = ScopedPeerConnection()
+    try:
+        track = aiortc_internals.SilentTrack("audio", "stethoscope")
+        assert track.id == "stethoscope"
+        sender = pc.addTransceiver(track, direction="sendonly").sender
+        aiortc_internals.set_stream_id(sender, "cabin-12")
+        other = aiortc_internals.SilentTrack("video", "x")
+        aiortc_internals.set_track_id(other, "otoscope")
+        pc.addTransceiver(other, direction="sendonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        msids = [m.msid for m in aiortc_sdp.SessionDescription.parse(pc.localDescription.sdp).media]
+        assert msids[0] == "cabin-12 stethoscope" and msids[1] is not None and msids[1].endswith(" otoscope")
+    finally:
+        await pc.close()
+
+
+def test_h264_nal_units_are_split_as_aiortcs_packetizer_splits_them():
+    sps, pps, idr = b"\x67\x42\xe0\x1f\xaa", b"\x68\xce\x3c\x80", b"\x65\x88" + bytes(range(1, 200))
+    access_unit = b"\x00\x00\x00\x01" + sps + b"\x00\x00\x01" + pps + b"\x00\x00\x00\x01" + idr
+    assert aiortc_internals.split_h264_nal_units(access_unit) == [sps, pps, idr]
+    assert aiortc_internals.split_h264_nal_units(b"no start code") == []
+
+
+def test_default_video_bitrate_is_what_new_encoders_start_at():
+    saved = vpx.DEFAULT_BITRATE, h264.DEFAULT_BITRATE
+    try:
+        aiortc_internals.set_default_video_bitrate(1_200_000)
+        assert (vpx.DEFAULT_BITRATE, h264.DEFAULT_BITRATE) == (1_200_000, 1_200_000)
+        assert vpx.Vp8Encoder().target_bitrate == 1_200_000
+        aiortc_internals.set_default_video_bitrate(10_000_000)
+        assert (vpx.DEFAULT_BITRATE, h264.DEFAULT_BITRATE) == (vpx.MAX_BITRATE, h264.MAX_BITRATE)
+    finally:
+        vpx.DEFAULT_BITRATE, h264.DEFAULT_BITRATE = saved
