@@ -22,7 +22,7 @@ from signalling.journal import FileJournal, Journal, RedisJournal
 from signalling.records import Records, RedisRecords, SqliteRecords
 from signalling.service import SignallingService
 from signalling.store import open_store
-from signalling.store.base import Store
+from signalling.store.redis import RedisStore
 
 logger = logging.getLogger(__name__)
 
@@ -34,9 +34,9 @@ def build_service(app: web.Application) -> SignallingService:
     store = open_store(settings.store, proc)
     journal: Journal
     records: Records
-    if settings.store.backend == "redis":
-        journal = RedisJournal(store.redis, settings.store.key_prefix)  # type: ignore[attr-defined]
-        records = RedisRecords(store.redis, settings.store.key_prefix)  # type: ignore[attr-defined]
+    if isinstance(store, RedisStore):
+        journal = RedisJournal(store.redis, settings.store.key_prefix)
+        records = RedisRecords(store.redis, settings.store.key_prefix)
     else:
         journal = FileJournal(settings.server.data_dir)
         records = SqliteRecords(settings.server.data_dir)
@@ -50,7 +50,7 @@ def setup(app: web.Application) -> None:
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
         service = build_service(app)
         await service.start()
-        if app[SETTINGS].store.backend == "redis":
+        if isinstance(service.store, RedisStore):
             await _check_aof(service.store)
         app[SIGNALLING] = service
         app[STORE] = service.store
@@ -69,7 +69,7 @@ def setup(app: web.Application) -> None:
     http.add_routes(app)
 
 
-async def _check_aof(store: Store) -> None:
+async def _check_aof(store: RedisStore) -> None:
     try:
         config = await store.redis.config_get("appendonly")
     except Exception:

@@ -17,16 +17,46 @@ Rules:
 :func:`transition` is the only way to change state; anything not in
 :data:`TRANSITIONS` raises :class:`InvalidTransition`. The object is a frozen
 value; the store keeps it as a dict with a version for compare-and-set.
+
+What each step implies, sans I/O: the functions of the last section return a
+:class:`Transition`, the new value with what the store changes atomically with it
+(:class:`QueueChange`) and the effects that follow, in order, as data
+(``signalling.consultations`` carries them out)::
+
+  step                 store, atomically          then, in this order
+  -------------------  -------------------------  -------------------------------------------------
+  check_in   -> req.   create; enter the queue    journal visit.checkin, consent; archive
+  queued               -                          (the reply has its position) nurses:
+                                                  consultation.updated; kick the request
+  offer  req.-> off.   claim: leave the queue,    journal offer; physician: offer.received;
+                       lock the physician         nurses: consultation.updated
+  withdraw off.->req.  back in the queue; unlock, journal offer.<timeout|decline|vanished>;
+                       clear the deadline         physician: offer.withdrawn; nurses: updated;
+                                                  kick the physician and the request
+  accept off.->acc.    clear the deadline (lock   the physician turns busy; unlock; journal
+                       kept until busy)           offer.accept
+  start  acc.->active  -                          archive; journal consultation.start;
+                                                  each seat: consultation.started + its grant
+  finish  -> final     leave the queue; unlock,   (was live) free the physician, close the room;
+                       clear the deadline (was    archive; leave the store; journal
+                       offered)                   consultation.<end|cancel|expire|fail>;
+                                                  offered: physician offer.withdrawn; nurses,
+                                                  physician, agents (was live): consultation.ended;
+                                                  kick the physicians involved
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Mapping
 
-from signalling.protocol import Priority
+from core.vocabulary import Act
+from signalling import protocol as p
+from signalling.hub import Target, agents, nurses, user
+from signalling.journal import JournalValue
+from signalling.protocol import Priority, WithdrawReason
 
 
 class State(str, enum.Enum):
@@ -100,7 +130,7 @@ class Consultation:
     end_reason: str | None = None
     recording: dict[str, Any] | None = None
     """``{active, started_by, started_at, stopped_at, stop_reason, error}`` once a recording started
-    (kept from the ``recording.*`` events, see ``SignallingService.note_recording``); None before."""
+    (kept from the ``recording.*`` events, see ``Consultations.note_recording``); None before."""
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -131,9 +161,9 @@ class Consultation:
     def parties(self) -> set[str]:
         """Index keys of who is involved: ``site:<id>`` and ``user:<physician>``."""
         out = {f"site:{self.site}"}
-        for user in (self.physician, self.offered_to):
-            if user:
-                out.add(f"user:{user}")
+        for physician in (self.physician, self.offered_to):
+            if physician:
+                out.add(f"user:{physician}")
         return out
 
 
@@ -172,5 +202,220 @@ def transition(c: Consultation, target: State, now: float, **changes: Any) -> Co
     return dataclasses.replace(c, state=target, updated_at=now, **changes)
 
 
+# -- what a step implies ------------------------------------------------------------------
+class QueueMove(str, enum.Enum):
+    KEEP = "keep"
+    ENTER = "enter"
+    """(Back) in the waiting queue, with the new value's entry."""
+    LEAVE = "leave"
+
+
+@dataclass(frozen=True)
+class QueueChange:
+    """What the store changes in the same compare-and-set as the state: the waiting queue
+    and the offer's bookkeeping (the physician's lock and the offer deadline)."""
+
+    queue: QueueMove = QueueMove.KEEP
+    lock_for: str | None = None
+    """Claim: this physician must be available and unlocked, and is locked (an offer)."""
+    release_lock_of: str | None = None
+    clear_offer: bool = False
+    """Drop the offer deadline (nothing rings any more)."""
+
+
+@dataclass(frozen=True)
+class JournalAct:
+    """An act for the audit journal, about this consultation."""
+
+    act: Act
+    actor: str
+    fields: Mapping[str, JournalValue] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Notify:
+    """An event to the sockets of ``targets``, on every process."""
+
+    targets: tuple[Target, ...]
+    event: p.Wire
+
+
+@dataclass(frozen=True)
+class Kick:
+    """Matching has something new: physicians became free, requests entered the queue."""
+
+    physicians: tuple[str, ...] = ()
+    requests: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Archive:
+    """The new value goes to the records (what outlives the store)."""
+
+
+@dataclass(frozen=True)
+class Forget:
+    """A final consultation leaves the store; every process forgets its timers."""
+
+
+@dataclass(frozen=True)
+class ReleaseOfferLock:
+    physician: str
+
+
+@dataclass(frozen=True)
+class Busy:
+    """The accepting physician's session turns busy (its presence says so)."""
+
+    session_id: str
+
+
+@dataclass(frozen=True)
+class FreePhysician:
+    """A live consultation is over: its physician, busy on a live socket, turns available."""
+
+    physician: str
+
+
+@dataclass(frozen=True)
+class CloseRoom:
+    """A live consultation is over: its media sessions are forgotten and its room closed."""
+
+    consultation_id: str
+    room: str | None
+
+
+@dataclass(frozen=True)
+class GrantSeats:
+    """Each seat (nurses, agent, physician) gets ``consultation.started`` with its room grant."""
+
+    consultation: Consultation
+    sfu_url: str | None
+    """The room's media node (None: no SFU)."""
+
+
+Effect = (JournalAct | Notify | Kick | Archive | Forget | ReleaseOfferLock | Busy | FreePhysician | CloseRoom
+          | GrantSeats)
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One step: ``old`` (None: created) becomes ``new``, with its store change and effects."""
+
+    old: Consultation | None
+    new: Consultation
+    store: QueueChange = QueueChange()
+    effects: tuple[Effect, ...] = ()
+
+
+FINISH_ACTS: dict[State, Act] = {
+    State.CANCELLED: Act.CONSULTATION_CANCEL,
+    State.EXPIRED: Act.CONSULTATION_EXPIRE,
+    State.ENDED: Act.CONSULTATION_END,
+    State.FAILED: Act.CONSULTATION_FAIL,
+}
+WITHDRAW_ACTS: dict[WithdrawReason, Act] = {
+    WithdrawReason.TIMEOUT: Act.OFFER_TIMEOUT,
+    WithdrawReason.DECLINED: Act.OFFER_DECLINE,
+    WithdrawReason.VANISHED: Act.OFFER_VANISHED,
+}
+MATCHER = "matcher"
+"""The actor of what the matcher does (offers, timeouts, vanished physicians)."""
+
+
+def check_in(c: Consultation) -> Transition:
+    """A nurse checked a patient in: ``c`` (requested) enters the queue. Then :func:`queued`."""
+    return Transition(None, c, QueueChange(QueueMove.ENTER), (
+        JournalAct(Act.VISIT_CHECKIN, c.requested_by,
+                   {"site": c.site, "specialty": c.specialty, "priority": c.priority.value}),
+        JournalAct(Act.CONSENT, c.requested_by, {"teleconsultation": True, "recording": c.consent_recording}),
+        Archive(),
+    ))
+
+
+def queued(c: Consultation) -> tuple[Effect, ...]:
+    """After a check-in, once the nurse's reply knows the request's place in the queue."""
+    return (Notify((nurses(c.site),), p.ConsultationUpdated(consultation=c.view(True))),
+            Kick(requests=(c.id,)))
+
+
+def offer(c: Consultation, physician: str, now: float, timeout_s: float) -> Transition:
+    new = transition(c, State.OFFERED, now, offered_to=physician, offer_expires_at=now + timeout_s,
+                     offer_seq=c.offer_seq + 1)
+    return Transition(c, new, QueueChange(QueueMove.LEAVE, lock_for=physician), (
+        JournalAct(Act.OFFER, MATCHER, {"physician": physician, "offer_seq": new.offer_seq}),
+        Notify((user(physician),), p.OfferReceived(consultation=new.view(True), expires_at=now + timeout_s,
+                                                   timeout_s=timeout_s)),
+        Notify((nurses(c.site),), p.ConsultationUpdated(consultation=new.view(True))),
+    ))
+
+
+def withdraw(c: Consultation, why: WithdrawReason, actor: str, now: float) -> Transition:
+    """The offer of ``c`` stops ringing its physician (``actor``: who declined): back to the queue,
+    that physician remembered in ``tried``."""
+    physician = c.offered_to
+    if physician is None:
+        raise InvalidTransition(c.state, State.REQUESTED)
+    new = transition(c, State.REQUESTED, now, tried=c.tried + (physician,))
+    return Transition(c, new, QueueChange(QueueMove.ENTER, release_lock_of=physician, clear_offer=True), (
+        JournalAct(WITHDRAW_ACTS.get(why, Act.OFFER_WITHDRAW), actor if why is WithdrawReason.DECLINED else MATCHER,
+                   {"physician": physician, "offer_seq": c.offer_seq}),
+        Notify((user(physician),), p.OfferWithdrawn(consultation_id=c.id, reason=why.value)),
+        Notify((nurses(c.site),), p.ConsultationUpdated(consultation=new.view(True))),
+        Kick(physicians=(physician,), requests=(c.id,)),
+    ))
+
+
+def accept(c: Consultation, physician: str, session_id: str, now: float) -> Transition:
+    """The physician rung accepts; the room is named after the consultation. Their offer lock
+    is kept until their presence says busy, so that no other offer sneaks in."""
+    new = transition(c, State.ACCEPTED, now, physician=physician, room=c.id)
+    return Transition(c, new, QueueChange(clear_offer=True), (
+        Busy(session_id),
+        ReleaseOfferLock(physician),
+        JournalAct(Act.OFFER_ACCEPT, physician, {"physician": physician}),
+    ))
+
+
+def start(c: Consultation, actor: str, sfu_url: str | None, now: float) -> Transition:
+    """The room exists (on the node at ``sfu_url``; None: no SFU): the consultation is active."""
+    new = transition(c, State.ACTIVE, now)
+    return Transition(c, new, QueueChange(), (
+        Archive(),
+        JournalAct(Act.CONSULTATION_START, actor, {"room": new.room or new.id, "site": c.site}),
+        GrantSeats(new, sfu_url),
+    ))
+
+
+def finish(c: Consultation, target: State, actor: str, reason: str, now: float) -> Transition:
+    """``c`` becomes final (cancelled, expired, ended, failed) for ``reason``."""
+    new = transition(c, target, now, end_reason=reason)
+    store = QueueChange()
+    if c.state is State.REQUESTED:
+        store = QueueChange(QueueMove.LEAVE)
+    if c.state is State.OFFERED:
+        store = QueueChange(QueueMove.LEAVE, release_lock_of=c.offered_to, clear_offer=True)
+    effects: list[Effect] = []
+    if c.state in LIVE:
+        if new.physician:
+            effects.append(FreePhysician(new.physician))  # first: the next offer need not wait for records
+        effects.append(CloseRoom(new.id, new.room))
+    effects += [Archive(), Forget(), JournalAct(FINISH_ACTS[target], actor,
+                                                {"end_reason": reason, "previous_state": c.state.value})]
+    if c.state is State.OFFERED and c.offered_to:
+        why = WithdrawReason.CANCELLED if target is State.CANCELLED else WithdrawReason.EXPIRED
+        effects.append(Notify((user(c.offered_to),), p.OfferWithdrawn(consultation_id=c.id, reason=why.value)))
+    effects.append(Notify((nurses(c.site),), p.ConsultationEnded(consultation=new.view(True))))
+    if c.physician:
+        effects.append(Notify((user(c.physician),), p.ConsultationEnded(consultation=new.view(True))))
+    if c.state in LIVE:
+        effects.append(Notify((agents(c.site),), p.ConsultationEnded(consultation=new.view(False))))
+    effects.append(Kick(physicians=tuple(ph for ph in (c.offered_to, c.physician) if ph)))
+    return Transition(c, new, store, tuple(effects))
+
+
 __all__ = ["State", "TRANSITIONS", "FINAL", "WAITING", "LIVE", "InvalidTransition", "Consultation",
-           "transition", "CLINICAL_FIELDS", "recording_view", "recording_state"]
+           "transition", "CLINICAL_FIELDS", "recording_view", "recording_state",
+           "QueueMove", "QueueChange", "JournalAct", "Notify", "Kick", "Archive", "Forget", "ReleaseOfferLock",
+           "Busy", "FreePhysician", "CloseRoom", "GrantSeats", "Effect", "Transition", "FINISH_ACTS",
+           "WITHDRAW_ACTS", "MATCHER", "check_in", "queued", "offer", "withdraw", "accept", "start", "finish"]

@@ -134,6 +134,15 @@ class Directory:
     def specialties(self) -> list[str]:
         return sorted({s for c in self.clinicians.values() for s in c.specialties})
 
+    def specialties_of(self, subject: str, claimed: tuple[str, ...] = ()) -> tuple[str, ...]:
+        """A physician's specialties: the directory's, else those their token claims."""
+        clinician = self.clinicians.get(subject)
+        return clinician.specialties if clinician else claimed
+
+    def languages_of(self, subject: str) -> tuple[str, ...]:
+        clinician = self.clinicians.get(subject)
+        return clinician.languages if clinician else ()
+
     def with_site(self, site: Site) -> "Directory":
         return Directory({**self.sites, site.id: site}, self.clinicians)
 

@@ -10,12 +10,13 @@ from typing import Any
 from aiohttp import web
 
 from core import appkeys
-from core.auth import Principal, Role, bearer_token
+from core.auth import Principal, bearer_token
 from core.http import json_error
+from core.vocabulary import Act, ConsultationId, Role
 from signalling.appkeys import SIGNALLING
-from signalling.consultation import State
 from signalling.directory import Directory, DirectoryError, parse_clinician, parse_site
 from signalling.protocol import validate_report
+from signalling.reports import REPORTABLE
 from signalling.service import SignallingService
 from signalling.turn import ice_servers
 
@@ -120,7 +121,7 @@ async def put_report(request: web.Request) -> web.Response:
     principal, c = got
     if principal.role is not Role.PHYSICIAN or c.physician != principal.subject:
         return json_error(403, "forbidden", "only the consultation's physician writes its report")
-    if c.state not in (State.ACCEPTED, State.ACTIVE, State.ENDED):
+    if c.state not in REPORTABLE:
         return json_error(409, "conflict", f"a {c.state.value} consultation has no report")
     body = await _json(request)
     if not isinstance(body, dict):
@@ -154,8 +155,8 @@ async def get_journal(request: web.Request) -> web.Response:
     if not (principal.role is Role.ADMIN or (principal.role is Role.PHYSICIAN and c.physician == principal.subject)):
         return json_error(403, "forbidden", "admins and the consultation's physician only")
     svc = _svc(request)
-    entries = await svc.journal.read(c.id)
-    await svc.journal.append("journal.read", actor=principal.subject, consultation_id=c.id)
+    entries = await svc.journal.read(ConsultationId(c.id))
+    await svc.journal.append(Act.JOURNAL_READ, actor=principal.subject, consultation_id=ConsultationId(c.id))
     return web.json_response({"consultation_id": c.id, "entries": entries})
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 from typing import Any, Iterable, Protocol
 
+from core.vocabulary import Role
+
 
 class Outbox(Protocol):
     """What the hub needs of a connection."""
@@ -26,6 +28,33 @@ class Outbox(Protocol):
 
 
 Target = tuple[str, str]
+
+
+def user(subject: str) -> Target:
+    """Every connection of one person (a physician: their pages on every process)."""
+    return ("user", subject)
+
+
+def nurses(site: str) -> Target:
+    return ("site", f"{site}/{Role.NURSE.value}")
+
+
+def agents(site: str) -> Target:
+    """The device agent(s) of a site."""
+    return ("site", f"{site}/{Role.AGENT.value}")
+
+
+def seat_of(subject: str, role: Role, site: str | None) -> Target:
+    """Where a party of a consultation is reached: the physician as a person, a site's nurses
+    or agent as a seat."""
+    if role is Role.PHYSICIAN:
+        return user(subject)
+    return ("site", f"{site}/{role.value}")
+
+
+PRESENCE_WATCHERS: tuple[Target, ...] = (("role", Role.NURSE.value), ("role", Role.PHYSICIAN.value),
+                                         ("role", Role.ADMIN.value))
+"""Who hears of physicians' presence changes."""
 
 
 def targets_of(conn: Outbox) -> list[Target]:
@@ -54,6 +83,10 @@ class Hub:
 
     def local(self, kind: str, key: str) -> set[Outbox]:
         return set(self._index.get((kind, key), ()))
+
+    def keys(self, kind: str) -> set[str]:
+        """The keys of ``kind`` with a connection on this process (e.g. ``<site>/nurse``)."""
+        return {key for (k, key) in self._index if k == kind}
 
     def __len__(self) -> int:
         return sum(len(v) for (k, _), v in self._index.items() if k == "session")

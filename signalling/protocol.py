@@ -20,13 +20,19 @@ Field documentation lives in ``field(metadata={"doc": ...})``.
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import enum
+import inspect
 import json
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, ClassVar, Literal, TypeVar, Union
+
+from core.vocabulary import Role
 
 PROTOCOL_VERSION = 1
 
@@ -130,8 +136,7 @@ PUBLICATIONS_DOC = ("The room's publications now: ``[{id, identity, role, source
                     "media node (ask ``room.publications`` on a socket of that node, or play its WHEP).")
 
 # -- registry ----------------------------------------------------------------
-Role = Literal["nurse", "physician", "agent", "admin"]
-ALL_ROLES: tuple[str, ...] = ("nurse", "physician", "agent", "admin")
+ALL_ROLES: tuple[str, ...] = tuple(r.value for r in Role)
 
 
 @dataclass(frozen=True)
@@ -139,7 +144,7 @@ class Spec:
     """One message type: its name, class, and who may send it."""
 
     type: str
-    cls: type
+    cls: builtins.type[Any]
     kind: Literal["request", "reply", "event"]
     roles: tuple[str, ...] = ALL_ROLES
 
@@ -147,6 +152,7 @@ class Spec:
 REQUESTS: dict[str, Spec] = {}
 REPLIES: dict[str, Spec] = {}
 EVENTS: dict[str, Spec] = {}
+_REQUEST_CLASSES: dict[type, Spec] = {}
 
 T = TypeVar("T")
 
@@ -154,9 +160,14 @@ T = TypeVar("T")
 def request(type_: str, roles: tuple[str, ...] = ALL_ROLES) -> Callable[[type[T]], type[T]]:
     def wrap(cls: type[T]) -> type[T]:
         cls.TYPE = type_  # type: ignore[attr-defined]
-        REQUESTS[type_] = Spec(type_, cls, "request", roles)
+        REQUESTS[type_] = _REQUEST_CLASSES[cls] = Spec(type_, cls, "request", roles)
         return cls
     return wrap
+
+
+def spec_of(message: object) -> Spec:
+    """The spec of a parsed request (its type name, who may send it)."""
+    return _REQUEST_CLASSES[type(message)]
 
 
 def reply(type_: str) -> Callable[[type[T]], type[T]]:
@@ -847,8 +858,6 @@ def render_reference() -> str:
 
 def _enum_doc(cls: type, name: str) -> str:
     """The docstring under an enum member (read from the source)."""
-    import inspect
-
     source = inspect.getsource(cls).splitlines()
     for i, line in enumerate(source):
         if line.strip().startswith(f"{name} ="):
@@ -864,8 +873,6 @@ GENERATED_END = "<!-- END GENERATED -->"
 
 def update_doc(path: str) -> bool:
     """Rewrite the generated part of ``path``; True when it changed."""
-    from pathlib import Path
-
     p = Path(path)
     text = p.read_text(encoding="utf-8")
     head, _, rest = text.partition(GENERATED_BEGIN)
@@ -878,7 +885,5 @@ def update_doc(path: str) -> bool:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    import sys
-
     changed = update_doc(sys.argv[1] if len(sys.argv) > 1 else "docs/protocol.md")
     print("docs/protocol.md updated" if changed else "docs/protocol.md up to date")

@@ -24,7 +24,8 @@ from core.http import json_error
 from signalling import protocol as p
 from signalling.appkeys import SIGNALLING
 from signalling.protocol import ErrorCode, ProtocolError
-from signalling.service import Session, SignallingService
+from signalling.service import SignallingService
+from signalling.session import Session
 
 logger = logging.getLogger(__name__)
 
@@ -199,7 +200,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             if conn is None or session.conn is not conn:
                 break  # taken over by a newer socket
             try:
-                result = await service.handle(session, type_, req)
+                result = await service.handle(session, req)
                 await send(result.to_wire(mid))
             except ProtocolError as exc:
                 exc.id = mid

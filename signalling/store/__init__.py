@@ -11,15 +11,13 @@ from __future__ import annotations
 
 from config.settings import StoreSettings
 from signalling.store.base import QueueOp, Store, Versioned
+from signalling.store.memory import MemoryStore
+from signalling.store.redis import RedisStore
 
 
 def open_store(settings: StoreSettings, process_id: str) -> Store:
     if settings.backend == "redis":
-        from signalling.store.redis import RedisStore
-
         return RedisStore(settings.redis_url, settings.key_prefix, process_id)
-    from signalling.store.memory import MemoryStore
-
     return MemoryStore()
 
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, cast
 
 import redis.asyncio as aioredis
 
@@ -146,6 +146,7 @@ class RedisStore:
                                                         decode_responses=True, health_check_interval=10)
         self._pool = pool
         self.redis: aioredis.Redis = aioredis.Redis(connection_pool=pool)
+        """Replies are text (``decode_responses``), which redis-py's types cannot say: hence the casts."""
         self._subscribers: list[Callable[[Envelope], None]] = []
         self._reader: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
@@ -243,13 +244,13 @@ class RedisStore:
         return {ph for ph, v in zip(physicians, values) if v is not None}
 
     async def open_for(self, party: str) -> list[str]:
-        return list(await self.redis.smembers(self.k(f"open:{party}")))
+        return list(cast(set[str], await self.redis.smembers(self.k(f"open:{party}"))))
 
     async def waiting(self) -> list[dict[str, Any]]:
         return [json.loads(v) for v in (await self.redis.hvals(self.k("queue")))]
 
     async def queue_ids(self, specialty: str, start: int = 0, stop: int = -1) -> list[str]:
-        return list(await self.redis.zrange(self.k(f"qz:{specialty}"), start, stop))
+        return list(cast(list[str], await self.redis.zrange(self.k(f"qz:{specialty}"), start, stop)))
 
     async def queue_entries(self, cids: Iterable[str]) -> list[dict[str, Any]]:
         cids = list(cids)
@@ -258,11 +259,11 @@ class RedisStore:
         return [json.loads(v) for v in await self.redis.hmget(self.k("queue"), cids) if v is not None]
 
     async def queue_rank(self, cid: str, specialty: str) -> int | None:
-        rank = await self.redis.zrank(self.k(f"qz:{specialty}"), cid)
+        rank = cast(int | None, await self.redis.zrank(self.k(f"qz:{specialty}"), cid))
         return None if rank is None else int(rank)
 
     async def due_offers(self, now: float) -> list[str]:
-        return list(await self.redis.zrangebyscore(self.k("offers"), "-inf", repr(now)))
+        return list(cast(list[str], await self.redis.zrangebyscore(self.k("offers"), "-inf", repr(now))))
 
     # -- presence ------------------------------------------------------------
     async def set_presence(self, physician: str, entry: dict[str, Any]) -> None:
@@ -272,7 +273,7 @@ class RedisStore:
         return bool(await self._remove_presence(keys=[self.k("presence")], args=[physician, session or ""]))
 
     async def presences(self) -> dict[str, dict[str, Any]]:
-        raw = await self.redis.hgetall(self.k("presence"))
+        raw = cast(dict[str, str], await self.redis.hgetall(self.k("presence")))
         return {k: json.loads(v) for k, v in raw.items()}
 
     async def touch_process(self, ttl_s: float) -> None:
@@ -316,7 +317,7 @@ class RedisStore:
         return list(await self._claim_due(keys=[self.k("dropped")], args=[repr(now), str(limit)]))
 
     async def orphans(self) -> list[str]:
-        procs = [p for p in await self.redis.smembers(self.k("procs")) if p != self.process_id]
+        procs = [p for p in cast(set[str], await self.redis.smembers(self.k("procs"))) if p != self.process_id]
         out: list[str] = []
         for proc in procs:
             # Atomic: only while proc:<id> is absent (dead), and only one caller gets the set.
@@ -332,7 +333,7 @@ class RedisStore:
             await pipe.execute()
 
     async def nodes(self) -> dict[str, dict[str, Any]]:
-        raw = await self.redis.hgetall(self.k("nodes"))
+        raw = cast(dict[str, str], await self.redis.hgetall(self.k("nodes")))
         if not raw:
             return {}
         ids = list(raw)
@@ -353,7 +354,7 @@ class RedisStore:
         await self.redis.hdel(self.k("roomnode"), room)
 
     async def placements(self) -> dict[str, str]:
-        return dict(await self.redis.hgetall(self.k("roomnode")))
+        return dict(cast(dict[str, str], await self.redis.hgetall(self.k("roomnode"))))
 
     # -- directory -----------------------------------------------------------
     async def get_directory(self) -> dict[str, Any] | None:

@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 
 from core import appkeys
+from core.vocabulary import ConsultationId
 from sfu.appkeys import SFU
 from sfu.node import NodeInfo, choose_node
 from signalling.appkeys import SIGNALLING
@@ -133,7 +134,7 @@ async def test_a_dead_node_loses_its_rooms_to_a_live_one(tmp_path: Path, redis_u
         assert await svc_b.store.room_node(cid) == svc_b.node_id and cid in b.app[SFU].rooms()
         # The parties rejoin at the new node with the new tokens.
         peers += await _media_flows(b.url, cid, moved_n["room_token"], moved_d["room_token"])
-        acts = [e["act"] for e in await svc_b.journal.read(cid)]
+        acts = [e["act"] for e in await svc_b.journal.read(ConsultationId(cid))]
         assert "room.move" in acts
         await d.request("consultation.end", consultation_id=cid)
     finally:

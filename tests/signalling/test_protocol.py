@@ -6,9 +6,15 @@ from pathlib import Path
 
 import pytest
 
+from core.auth import TokenService
 from signalling import protocol as p
 from signalling.consultation import TRANSITIONS, Consultation, InvalidTransition, State, transition
+from signalling.journal import FileJournal
 from signalling.protocol import ErrorCode, ProtocolError
+from signalling.records import SqliteRecords
+from signalling.service import SignallingService
+from signalling.store.memory import MemoryStore
+from tests.support import loopback_settings
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
 
@@ -25,13 +31,18 @@ def test_doc_matches_code() -> None:
         assert f"`{code.value}`" in text
 
 
-def test_every_request_has_a_reply_and_a_handler() -> None:
-    from signalling.service import SignallingService
-
-    for type_ in p.REQUESTS:
-        assert type_ in p.REPLIES, type_
-        if type_ not in ("hello", "ping"):
-            assert hasattr(SignallingService, SignallingService.HANDLERS[type_])
+async def test_every_request_has_a_reply_and_a_handler(tmp_path: Path) -> None:
+    settings = loopback_settings(tmp_path, auth={"signing_key": "k" * 40})
+    journal, records = FileJournal(str(tmp_path)), SqliteRecords(str(tmp_path))
+    service = SignallingService(settings, MemoryStore(), TokenService(settings.auth, str(tmp_path)), journal,
+                                records)
+    try:
+        for type_, spec in p.REQUESTS.items():
+            assert type_ in p.REPLIES, type_
+            assert spec.cls in service.handlers, type_
+    finally:
+        await journal.close()
+        await records.close()
 
 
 @pytest.mark.parametrize("frame, code", [

@@ -6,6 +6,7 @@ import asyncio
 import random
 from pathlib import Path
 
+from core.vocabulary import ConsultationId
 from signalling.appkeys import SIGNALLING
 from tests.signalling.client import SigClient
 from tests.signalling.conftest import sig_settings
@@ -71,7 +72,7 @@ async def test_two_processes_never_double_assign(tmp_path: Path, redis_url: str)
         # The journal agrees: one accept per consultation, each offer resolved before the next.
         journal = a.app[SIGNALLING].journal
         for cid in accepted:
-            acts = [e["act"] for e in await journal.read(cid) if e["act"].startswith("offer")]
+            acts = [e["act"] for e in await journal.read(ConsultationId(cid)) if e["act"].startswith("offer")]
             assert acts.count("offer.accept") == 1
             for prev, nxt in zip(acts, acts[1:]):
                 if nxt == "offer":

@@ -74,7 +74,7 @@ async def test_reload_and_room_moved_mid_call(server: RunningServer, chromium) -
         await physician.evaluate("() => { window.__pc = window.teleconsult.call.pc; }")
         service = server.app[SIGNALLING]
         cid = await physician.evaluate("window.teleconsult.view.consultation.id")
-        await service._move_room(cid, service.node_id)
+        await service.rooms.move(cid, service.node_id)
         for page in (physician, nurse):
             await page.wait_for_function("document.querySelector('#call').dataset.moved === '1'", timeout=10000)
         await physician.wait_for_function("window.teleconsult.call.pc !== window.__pc", timeout=10000)

@@ -1,0 +1,207 @@
+"""Consultations in the store: loading them, who sees what, and carrying out their transitions.
+
+A step of the lifecycle is decided sans I/O by ``signalling.consultation``
+(a :class:`~signalling.consultation.Transition`: the new value, its store change,
+its effects); :meth:`Consultations.commit` makes it a compare-and-set in the store
+and :meth:`Consultations.perform` carries out its effects, in order. Effects about
+the consultation itself (journal, events, records, the store) are carried out
+here; those about other parts (matching, presence, rooms) go to the handler the
+service set for their type with :meth:`Consultations.on`.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import replace
+from typing import Any, Awaitable, Callable, Iterable, TypeVar
+
+from core.auth import Principal
+from core.vocabulary import ConsultationId, Role
+from signalling import consultation
+from signalling import protocol as p
+from signalling import queue as queue_mod
+from signalling.bus import Note
+from signalling.consultation import (LIVE, Archive, Consultation, Effect, Forget, InvalidTransition, JournalAct,
+                                     Notify, QueueMove, ReleaseOfferLock, State, Transition, recording_state)
+from signalling.context import Context
+from signalling.protocol import ErrorCode, ProtocolError
+from signalling.session import Session
+from signalling.store.base import QueueOp
+
+logger = logging.getLogger(__name__)
+
+E = TypeVar("E")
+CAS_TRIES = 5
+"""Compare-and-set attempts before giving up on a consultation that keeps changing."""
+FIRST_VERSION = 1
+"""A created consultation's version in the store."""
+OFFER_LOCK_MARGIN_S = 5.0
+"""A physician's offer lock outlives the offer by this much (its timeout withdraws it first)."""
+_QUEUE_OPS = {QueueMove.KEEP: QueueOp.KEEP, QueueMove.ENTER: QueueOp.ADD, QueueMove.LEAVE: QueueOp.REMOVE}
+
+
+class Consultations:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self._handlers: dict[type, Callable[[Any], Awaitable[None]]] = {}
+
+    def on(self, kind: type[E], handler: Callable[[E], Awaitable[None]]) -> None:
+        """Carry out effects of type ``kind`` with ``handler``."""
+        self._handlers[kind] = handler
+
+    # -- loading and visibility --------------------------------------------------------
+    async def get(self, cid: str) -> tuple[Consultation, int] | None:
+        """An open consultation and its version."""
+        v = await self.ctx.store.get_consultation(cid)
+        if v is None:
+            return None
+        return Consultation.from_dict(v.doc), v.version
+
+    async def get_any(self, cid: str) -> Consultation | None:
+        """A consultation, open (store) or finished (records)."""
+        got = await self.get(cid)
+        if got is not None:
+            return got[0]
+        doc = await self.ctx.records.get_consultation(cid)
+        return Consultation.from_dict(doc) if doc else None
+
+    @staticmethod
+    def visible(principal: Principal, c: Consultation) -> bool:
+        if principal.role is Role.ADMIN:
+            return True
+        if principal.role in (Role.NURSE, Role.AGENT):
+            return principal.site == c.site
+        return principal.subject in (c.physician, c.offered_to)
+
+    @staticmethod
+    def clinical_for(principal: Principal) -> bool:
+        return principal.role in (Role.NURSE, Role.PHYSICIAN)
+
+    @staticmethod
+    def seat(principal: Principal, c: Consultation) -> bool:
+        """Whether ``principal`` has a seat in ``c``'s room."""
+        if principal.role is Role.PHYSICIAN:
+            return c.physician == principal.subject
+        return principal.role in (Role.NURSE, Role.AGENT) and principal.site == c.site
+
+    async def load_visible(self, principal: Principal, cid: str) -> Consultation:
+        c = await self.get_any(cid)
+        if c is None or not self.visible(principal, c):
+            raise ProtocolError(ErrorCode.NOT_FOUND, "no such consultation")
+        return c
+
+    async def open_of(self, principal: Principal) -> list[Consultation]:
+        """The open consultations ``principal`` is a party of (a physician's, or a site's)."""
+        if principal.role is Role.PHYSICIAN:
+            party = f"user:{principal.subject}"
+        elif principal.site:
+            party = f"site:{principal.site}"
+        else:
+            return []
+        cids = await self.ctx.store.open_for(party)
+        return [Consultation.from_dict(v.doc) for v in await self.ctx.store.get_consultations(cids)]
+
+    # -- carrying out transitions ------------------------------------------------------
+    async def commit(self, t: Transition, version: int = 0) -> int | None:
+        """The transition as one compare-and-set, keeping the party indexes; the new version,
+        or None when ``version`` is stale (or the physician cannot be claimed)."""
+        store, new, change = self.ctx.store, t.new, t.store
+        if t.old is None:
+            await store.create_consultation(new.id, new.to_dict(), queue_mod.entry(new), new.parties())
+            return FIRST_VERSION
+        if change.lock_for is not None:
+            timeout = self.ctx.sig.offer_timeout_s
+            assert new.offer_expires_at is not None
+            return await store.claim_offer(new.id, version, new.to_dict(), change.lock_for, new.offer_expires_at,
+                                           timeout + OFFER_LOCK_MARGIN_S)
+        old_p = set() if t.old.state.final else t.old.parties()
+        new_p = set() if new.state.final else new.parties()
+        queue = _QUEUE_OPS[change.queue]
+        return await store.update_consultation(
+            new.id, version, new.to_dict(), queue=queue,
+            queue_entry=queue_mod.entry(new) if queue is QueueOp.ADD else None,
+            parties_remove=old_p - new_p, parties_add=new_p - old_p,
+            release_lock_of=change.release_lock_of, clear_offer=change.clear_offer)
+
+    async def perform(self, t: Transition, version: int) -> None:
+        """Carry out the effects of ``t`` (committed at ``version``), in order."""
+        await self.carry_out(t.new, version, t.effects)
+
+    async def carry_out(self, new: Consultation, version: int, effects: Iterable[Effect]) -> None:
+        """Carry out ``effects`` of a step that made ``new`` (at ``version``), in order."""
+        ctx = self.ctx
+        for effect in effects:
+            if isinstance(effect, JournalAct):
+                await ctx.journal.append(effect.act, actor=effect.actor, consultation_id=ConsultationId(new.id),
+                                         **effect.fields)
+            elif isinstance(effect, Notify):
+                await ctx.bus.emit(effect.targets, effect.event.to_wire())
+            elif isinstance(effect, Archive):
+                await ctx.records.save_consultation(new.to_dict())
+            elif isinstance(effect, Forget):
+                await ctx.store.update_consultation(new.id, version, new.to_dict(), delete=True)
+                await ctx.bus.note(Note.ENDED, new.id)
+            elif isinstance(effect, ReleaseOfferLock):
+                await ctx.store.release_offer_lock(effect.physician, new.id)
+            else:
+                await self._handlers[type(effect)](effect)
+
+    async def apply(self, t: Transition, version: int = 0) -> int | None:
+        """Commit, then (when it held) perform."""
+        ver = await self.commit(t, version)
+        if ver is not None:
+            await self.perform(t, ver)
+        return ver
+
+    async def finish(self, cid: str, target: State, *, actor: str, reason: str) -> Consultation:
+        """Move to a final state (cancelled, expired, ended, failed), with every effect."""
+        for _ in range(CAS_TRIES):
+            got = await self.get(cid)
+            if got is None:
+                raise ProtocolError(ErrorCode.CONFLICT, "the consultation is already over")
+            c, version = got
+            try:
+                t = consultation.finish(c, target, actor, reason, self.ctx.clock())
+            except InvalidTransition as exc:
+                raise ProtocolError(ErrorCode.CONFLICT, str(exc)) from None
+            if await self.apply(t, version) is None:
+                continue
+            logger.info("consultation over", extra={"consultation": cid, "state": target.value, "reason": reason})
+            return t.new
+        raise ProtocolError(ErrorCode.CONFLICT, "the consultation changed too often; retry")
+
+    async def note_recording(self, event: dict[str, Any]) -> bool:
+        """Keep a ``recording.*`` event's outcome in the consultation (CAS); False when it is over."""
+        cid = str(event.get("consultation_id") or "")
+        for _ in range(CAS_TRIES):
+            got = await self.get(cid)
+            if got is None:
+                return False
+            c, version = got
+            state = recording_state(c.recording, event)
+            if state is None or c.state.final:
+                return False
+            new = replace(c, recording=state, updated_at=self.ctx.clock())
+            if await self.ctx.store.update_consultation(cid, version, new.to_dict()) is not None:
+                return True
+        logger.warning("recording state not kept", extra={"consultation": cid})
+        return False
+
+    # -- requests ------------------------------------------------------------------------
+    async def end(self, s: Session, msg: p.ConsultationEnd) -> p.ConsultationEndOk:
+        c = await self.load_visible(s.principal, msg.consultation_id)
+        if not self.seat(s.principal, c):
+            raise ProtocolError(ErrorCode.FORBIDDEN, "only the physician or the site's nurse may end it")
+        if s.role is Role.NURSE and c.state is not State.ACTIVE:
+            raise ProtocolError(ErrorCode.CONFLICT,
+                                f"a nurse ends active consultations (this one is {c.state.value})")
+        if c.state not in LIVE:
+            raise ProtocolError(ErrorCode.CONFLICT, f"a {c.state.value} consultation cannot be ended")
+        reason = re.sub(r"[^a-z0-9_]", "_", msg.reason.lower())[:32] or "completed"
+        done = await self.finish(c.id, State.ENDED, actor=s.sub, reason=reason)
+        return p.ConsultationEndOk(consultation=done.view(True))
+
+    async def get_request(self, s: Session, msg: p.ConsultationGet) -> p.ConsultationGetOk:
+        c = await self.load_visible(s.principal, msg.consultation_id)
+        return p.ConsultationGetOk(consultation=c.view(self.clinical_for(s.principal)))

@@ -1,0 +1,98 @@
+"""What every part of the signalling service shares within one process.
+
+The parts (sessions, presences, visits, matching, offers, consultations, rooms,
+reports) each hold one :class:`Context`: the collaborators that state lives in
+(store, journal, records), the clock, this process's id, its background tasks,
+and the few values that change while it runs (the directory, the settings tests
+tighten, the node URL ``teleconsult serve`` learns once bound). None of the parts
+keeps authoritative state: that is the store's, so that several processes on one
+Redis behave as one service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, TypeVar
+
+from config.settings import Settings, SignallingSettings
+from core.auth import TokenService
+from core.vocabulary import NodeId
+from sfu.service import SfuService
+from signalling.bus import Bus
+from signalling.directory import Directory
+from signalling.hub import Hub
+from signalling.journal import Journal
+from signalling.records import Records
+from signalling.store import Store
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class Tasks:
+    """This process's background tasks: spawned, logged when they fail, cancelled on close."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.closing = False
+
+    def spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None and not self.closing:
+            logger.error("background task failed", exc_info=task.exception())
+
+    async def close(self) -> None:
+        self.closing = True
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass
+
+
+async def safely(aw: Awaitable[T]) -> T | None:
+    """Run a cleanup step whose failure must not stop the steps after it (logged, None)."""
+    try:
+        return await aw
+    except Exception as exc:
+        logger.warning("cleanup step failed: %s", exc)
+        return None
+
+
+@dataclass
+class Context:
+    settings: Settings
+    store: Store
+    tokens: TokenService
+    journal: Journal
+    records: Records
+    hub: Hub
+    bus: Bus
+    clock: Callable[[], float]
+    proc: str
+    """This process's id (its sessions, presences and envelopes are marked with it)."""
+    sfu: Callable[[], SfuService | None]
+    """This process's SFU, when it runs one."""
+    accepting: Callable[[], bool]
+    """False while the process drains: no new visits, no matching."""
+    sig: SignallingSettings
+    node_url: str
+    """This node's base URL for clients (``teleconsult serve`` sets the bound one)."""
+    tasks: Tasks = field(default_factory=Tasks)
+    directory: Directory = field(default_factory=Directory)
+
+    @property
+    def node_id(self) -> NodeId:
+        """This process's SFU node id (when it runs an SFU)."""
+        return NodeId(self.proc)

@@ -1,0 +1,151 @@
+"""Offers: a waiting request rings one physician, who accepts or declines; it rings no longer
+on timeout, decline, or when the physician vanishes, and goes back to the queue.
+
+The store's claim keeps a request from ringing two physicians and a physician
+from getting two offers, across processes. This process keeps each offer's
+timeout timer (the sweep withdraws offers whose process died) and the count of
+consultations it started (a draining process waits for them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from core.vocabulary import Role
+from signalling import consultation
+from signalling import protocol as p
+from signalling.consultation import MATCHER, Consultation, State
+from signalling.consultations import CAS_TRIES, Consultations
+from signalling.context import Context, safely
+from signalling.protocol import ErrorCode, ProtocolError, WithdrawReason
+from signalling.rooms import Rooms
+from signalling.session import Session
+
+logger = logging.getLogger(__name__)
+
+DUE_MARGIN_S = 1.0
+"""The sweep withdraws offers this long past their deadline (their own timer goes first)."""
+
+
+class Offers:
+    def __init__(self, ctx: Context, consultations: Consultations, rooms: Rooms) -> None:
+        self.ctx = ctx
+        self.consultations = consultations
+        self.rooms = rooms
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._live: set[str] = set()
+        """Consultations accepted on this process and not over yet."""
+
+    def live_count(self) -> int:
+        return len(self._live)
+
+    def _stop_timer(self, cid: str) -> None:
+        timer = self._timers.pop(cid, None)
+        if timer is not None:
+            timer.cancel()
+
+    def forget(self, cid: str) -> None:
+        """``cid`` left the store (on any process)."""
+        self._live.discard(cid)
+        self._stop_timer(cid)
+
+    def close(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+
+    async def offer(self, cid: str, physician: str) -> bool:
+        """Ring ``physician`` for ``cid`` if it still waits and they can be claimed."""
+        got = await self.consultations.get(cid)
+        if got is None:
+            return False
+        c, version = got
+        if c.state is not State.REQUESTED:
+            return False
+        timeout = self.ctx.sig.offer_timeout_s
+        t = consultation.offer(c, physician, self.ctx.clock(), timeout)
+        if await self.consultations.apply(t, version) is None:
+            return False
+        seq = t.new.offer_seq
+        self._timers[cid] = asyncio.get_running_loop().call_later(
+            timeout, lambda: self.ctx.tasks.spawn(self.withdraw(cid, seq, WithdrawReason.TIMEOUT)))
+        logger.info("offer", extra={"consultation": cid, "physician": physician})
+        return True
+
+    async def withdraw(self, cid: str, seq: int, why: WithdrawReason, actor: str = MATCHER) -> bool:
+        """Offer ``seq`` of ``cid`` stops ringing (timeout, decline, vanished): back to the queue."""
+        self._stop_timer(cid)
+        for _ in range(CAS_TRIES):
+            got = await self.consultations.get(cid)
+            if got is None:
+                return False
+            c, version = got
+            if c.state is not State.OFFERED or c.offer_seq != seq or not c.offered_to:
+                return False
+            if await self.consultations.apply(consultation.withdraw(c, why, actor, self.ctx.clock()), version) is not None:
+                return True
+        return False
+
+    async def withdraw_due(self, now: float) -> None:
+        """Offers past their deadline whose timer is gone (its process died)."""
+        for cid in await self.ctx.store.due_offers(now - DUE_MARGIN_S):
+            got = await self.consultations.get(cid)
+            if got and got[0].state is State.OFFERED:
+                await self.withdraw(cid, got[0].offer_seq, WithdrawReason.TIMEOUT)
+
+    async def withdraw_from(self, s: Session) -> None:
+        """``s`` (a physician) vanished: what rings them goes back to the queue."""
+        for c in await self.consultations.open_of(s.principal):
+            if c.state is State.OFFERED and c.offered_to == s.sub:
+                await safely(self.withdraw(c.id, c.offer_seq, WithdrawReason.VANISHED))
+
+    async def _ringing(self, s: Session, cid: str) -> Consultation:
+        c = await self.consultations.load_visible(s.principal, cid)
+        if c.state is not State.OFFERED or c.offered_to != s.sub:
+            raise ProtocolError(ErrorCode.CONFLICT, "no offer of yours rings for this consultation")
+        return c
+
+    async def decline(self, s: Session, msg: p.OfferDecline) -> p.OfferDeclineOk:
+        c = await self._ringing(s, msg.consultation_id)
+        if not await self.withdraw(c.id, c.offer_seq, WithdrawReason.DECLINED, actor=s.sub):
+            raise ProtocolError(ErrorCode.CONFLICT, "the offer is no longer ringing")
+        return p.OfferDeclineOk(consultation_id=c.id)
+
+    async def accept(self, s: Session, msg: p.OfferAccept) -> p.OfferAcceptOk:
+        """Accepted: the room is placed on a media node, then the consultation is active and each
+        seat gets its room token."""
+        ringing = await self._ringing(s, msg.consultation_id)
+        got = await self.consultations.get(ringing.id)
+        if got is None:
+            raise ProtocolError(ErrorCode.CONFLICT, "the consultation is over")
+        c, version = got
+        if c.state is not State.OFFERED or c.offered_to != s.sub:
+            raise ProtocolError(ErrorCode.CONFLICT, "the offer is no longer ringing")
+        accepted = consultation.accept(c, s.sub, s.id, self.ctx.clock())
+        ver = await self.consultations.commit(accepted, version)
+        if ver is None:
+            raise ProtocolError(ErrorCode.CONFLICT, "the offer is no longer ringing")
+        self._stop_timer(c.id)
+        self._live.add(c.id)
+        await self.consultations.perform(accepted, ver)
+        room = c.id
+        try:
+            node = await self.rooms.place(room)
+        except Exception as exc:
+            logger.error("SFU room could not be placed: %s", exc, extra={"consultation": c.id})
+            self._live.discard(c.id)
+            await safely(self.consultations.finish(c.id, State.FAILED, actor="sfu", reason="room_failed"))
+            raise ProtocolError(ErrorCode.UNAVAILABLE, "no media node could open the room") from None
+        sfu_url = node.url if node else None
+        got = await self.consultations.get(c.id)
+        assert got is not None
+        now_accepted, version = got
+        started = consultation.start(now_accepted, s.sub, sfu_url, self.ctx.clock())
+        ver = await self.consultations.commit(started, version)
+        if ver is None:
+            raise ProtocolError(ErrorCode.CONFLICT, "the consultation changed meanwhile")
+        logger.info("consultation started", extra={"consultation": c.id, "room": room,
+                                                   "node": node.id if node else None})
+        await self.consultations.perform(started, ver)
+        return p.OfferAcceptOk(consultation=started.new.view(True),
+                               **self.rooms.grant(started.new, Role.PHYSICIAN, sfu_url))

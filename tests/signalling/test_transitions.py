@@ -1,0 +1,84 @@
+"""Sans-I/O: what each lifecycle step implies (store change and effects, in order), without a server."""
+
+from __future__ import annotations
+
+from core.vocabulary import Act
+from signalling import consultation as lifecycle
+from signalling import protocol as p
+from signalling.consultation import (Archive, Busy, CloseRoom, Consultation, Forget, FreePhysician, GrantSeats,
+                                     JournalAct, Kick, Notify, QueueMove, ReleaseOfferLock, State, transition)
+from signalling.hub import agents, nurses, user
+
+
+def _requested() -> Consultation:
+    return Consultation(id="c1", site="s", specialty="general", priority=p.Priority.ROUTINE, patient_ref="p",
+                        reason="r", created_at=0.0, requested_by="n")
+
+
+def _kinds(t: lifecycle.Transition) -> list[type]:
+    return [type(e) for e in t.effects]
+
+
+def test_check_in_then_queued() -> None:
+    c = _requested()
+    t = lifecycle.check_in(c)
+    assert t.old is None and t.store.queue is QueueMove.ENTER
+    assert [e.act for e in t.effects if isinstance(e, JournalAct)] == [Act.VISIT_CHECKIN, Act.CONSENT]
+    assert _kinds(t) == [JournalAct, JournalAct, Archive]
+    assert [type(e) for e in lifecycle.queued(c)] == [Notify, Kick]
+
+
+def test_offer_claims_and_rings() -> None:
+    t = lifecycle.offer(_requested(), "dr", 10.0, 30.0)
+    assert t.new.state is State.OFFERED and t.new.offer_seq == 1 and t.new.offer_expires_at == 40.0
+    assert t.store.lock_for == "dr" and t.store.queue is QueueMove.LEAVE
+    journal, to_physician, to_nurses = t.effects
+    assert isinstance(journal, JournalAct) and journal.act is Act.OFFER and journal.actor == lifecycle.MATCHER
+    assert isinstance(to_physician, Notify) and to_physician.targets == (user("dr"),)
+    assert isinstance(to_nurses, Notify) and to_nurses.targets == (nurses("s"),)
+
+
+def test_withdraw_names_the_decliner_only() -> None:
+    offered = lifecycle.offer(_requested(), "dr", 10.0, 30.0).new
+    declined = lifecycle.withdraw(offered, p.WithdrawReason.DECLINED, "dr", 12.0)
+    timed_out = lifecycle.withdraw(offered, p.WithdrawReason.TIMEOUT, "dr", 40.0)
+    assert declined.new.state is State.REQUESTED and declined.new.tried == ("dr",)
+    assert declined.store.queue is QueueMove.ENTER and declined.store.release_lock_of == "dr"
+    first = declined.effects[0]
+    assert isinstance(first, JournalAct) and (first.act, first.actor) == (Act.OFFER_DECLINE, "dr")
+    first = timed_out.effects[0]
+    assert isinstance(first, JournalAct) and (first.act, first.actor) == (Act.OFFER_TIMEOUT, lifecycle.MATCHER)
+    assert _kinds(declined)[-1] is Kick
+
+
+def test_accept_turns_busy_before_the_lock_goes() -> None:
+    offered = lifecycle.offer(_requested(), "dr", 10.0, 30.0).new
+    t = lifecycle.accept(offered, "dr", "session-1", 11.0)
+    assert t.new.state is State.ACCEPTED and t.new.room == "c1"
+    assert t.store.clear_offer and t.store.release_lock_of is None
+    assert _kinds(t) == [Busy, ReleaseOfferLock, JournalAct]
+    started = lifecycle.start(t.new, "dr", "http://node", 12.0)
+    assert _kinds(started) == [Archive, JournalAct, GrantSeats]
+
+
+def test_finish_live_frees_the_physician_first_and_tells_every_seat() -> None:
+    accepted = lifecycle.accept(lifecycle.offer(_requested(), "dr", 10.0, 30.0).new, "dr", "s1", 11.0).new
+    active = transition(accepted, State.ACTIVE, 12.0)
+    t = lifecycle.finish(active, State.ENDED, "dr", "completed", 20.0)
+    assert t.new.state is State.ENDED and t.new.end_reason == "completed"
+    assert _kinds(t) == [FreePhysician, CloseRoom, Archive, Forget, JournalAct, Notify, Notify, Notify, Kick]
+    targets = [e.targets for e in t.effects if isinstance(e, Notify)]
+    assert targets == [(nurses("s"),), (user("dr"),), (agents("s"),)]
+
+
+def test_finish_while_offered_withdraws_the_offer() -> None:
+    offered = lifecycle.offer(_requested(), "dr", 10.0, 30.0).new
+    t = lifecycle.finish(offered, State.CANCELLED, "n", "cancelled", 11.0)
+    assert t.store.queue is QueueMove.LEAVE and t.store.release_lock_of == "dr" and t.store.clear_offer
+    journal = t.effects[2]
+    assert isinstance(journal, JournalAct) and journal.act is Act.CONSULTATION_CANCEL
+    withdrawn = t.effects[3]
+    assert isinstance(withdrawn, Notify) and withdrawn.event == p.OfferWithdrawn(consultation_id="c1",
+                                                                                  reason="cancelled")
+    kick = t.effects[-1]
+    assert isinstance(kick, Kick) and kick.physicians == ("dr",)
