@@ -47,10 +47,12 @@ import re
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import uvloop
 
 from bench.clip import audio_clip, video_clip
 from bench.rtc import (
@@ -72,6 +74,9 @@ from bench.rtc import (
     rss_mb,
     teleconsult_server,
 )
+from bench.signalling import connect
+from config.settings import AuthSettings
+from core.auth import TokenService
 
 TARGETS = {"consultations_per_core": 25, "cpu_pct_per_mbps": 1.0, "join_ms_p95": 500.0, "rss_mb_per_consultation": 30.0,
            "delivery": 0.99, "latency_ms_p95": 20.0}
@@ -100,10 +105,7 @@ def _clips(codec: str) -> dict[str, Any]:
             "microphone": audio_clip(32_000, False), "stethoscope": audio_clip(64_000, True)}
 
 
-def _tokens() -> Any:
-    from config.settings import AuthSettings
-    from core.auth import TokenService
-
+def _tokens() -> TokenService:
     return TokenService(AuthSettings(signing_key=KEY), tempfile.gettempdir())
 
 
@@ -124,8 +126,6 @@ class Consultation:
 
     async def signal(self, http: aiohttp.ClientSession, ws_url: str) -> dict[str, str]:
         """Check-in, offer, accept: the three seats' room tokens, from the real signalling."""
-        from bench.signalling import connect
-
         tokens = _tokens()
         i = self.index
         counter = [0]
@@ -212,8 +212,6 @@ def _worker_main(base: str, indexes: list[int], codec: str, baseline: bool, go: 
                  out: "mp.Queue[Any]", cpus: list[int] | None) -> None:
     if cpus:
         os.sched_setaffinity(0, cpus)
-    import uvloop
-
     uvloop.run(_worker(base, indexes, codec, baseline, go, window, seconds, out))
 
 
@@ -343,8 +341,6 @@ def analyse(consultations: list[Consultation], direct_player: Player, direct_sou
 # -- the ramp ---------------------------------------------------------------------------
 def _metrics(base: str) -> dict[str, float]:
     """Sums of the SFU's counters (/metrics), by name and direction."""
-    import urllib.request
-
     try:
         with urllib.request.urlopen(base.rstrip("/") + "/metrics", timeout=5) as response:
             text = response.read().decode()
@@ -362,8 +358,6 @@ def _metrics(base: str) -> dict[str, float]:
 
 
 def _setup_directory(base: str, count: int) -> None:
-    import urllib.request
-
     admin = _tokens().issue_access("admin", "bench-admin")
     for i in range(count):
         for kind, body in (("sites", {"name": f"bench {i}", "kind": "cabin"}),
@@ -643,6 +637,7 @@ def report(result: dict[str, Any]) -> None:
 
 
 def plot(result: dict[str, Any], path: str) -> None:
+    # matplotlib is the optional `bench` extra, needed only for --plot (Agg chosen before pyplot loads).
     import matplotlib
 
     matplotlib.use("Agg")

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import uvloop
 
 from bench.clip import audio_clip, video_clip
 from bench.rtc import (
@@ -56,6 +57,8 @@ from bench.rtc import (
     rss_mb,
     teleconsult_server,
 )
+from config.settings import AuthSettings
+from core.auth import TokenService
 
 ROOM = "bench-forwarding"
 TARGETS = {"ratio": 15.0, "cpu_pct_per_mbps": 1.0, "latency_ms_p50": 5.0, "first_frame_ms_p95": 300.0,
@@ -64,17 +67,12 @@ GRACE = 0.25
 """Frames sent in the last GRACE seconds of a window are not expected yet."""
 
 
-def _tokens() -> Any:
-    from config.settings import AuthSettings
-    from core.auth import TokenService
-
+def _tokens() -> TokenService:
     return TokenService(AuthSettings(signing_key=KEY), tempfile.gettempdir())
 
 
 # -- worker processes ---------------------------------------------------------------
 def _publisher_main(base: str, codec: str, out: "mp.Queue[Any]", stop: Any, max_s: float) -> None:
-    import uvloop
-
     uvloop.run(_publisher(base, codec, out, stop, max_s))
 
 
@@ -101,8 +99,6 @@ async def _publisher(base: str, codec: str, out: "mp.Queue[Any]", stop: Any, max
 
 def _subscriber_main(base: str, direct_url: str, n: int, codec: str, warmup: float, seconds: float,
                      server_pid: int, out: "mp.Queue[Any]") -> None:
-    import uvloop
-
     uvloop.run(_subscribers(base, direct_url, n, codec, warmup, seconds, server_pid, out))
 
 

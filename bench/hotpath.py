@@ -43,6 +43,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+import uvloop
+from aiortc.rtcdtlstransport import SRTP_PROFILES
+from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from pylibsrtp import Policy, Session
+
+from media import aioice_internals, aiortc_internals
+from sfu.events import PublicationInfo
+from sfu.metrics import TrackCounts
+from sfu.participant import Participant
+from sfu.publication import Publication
+from sfu.sdp import LegParameters
+from sfu.subscription import Subscription
+
 MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
 ABS_SEND_TIME_URI = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
 AUDIO_LEVEL_URI = "urn:ietf:params:rtp-hdrext:ssrc-audio-level"
@@ -112,9 +125,6 @@ class Traffic:
 
 
 def _srtp_pair() -> tuple[Any, Any]:
-    from aiortc.rtcdtlstransport import SRTP_PROFILES
-    from pylibsrtp import Policy, Session
-
     profile = SRTP_PROFILES[0]
     key = os.urandom(profile.key_length + profile.salt_length)
     sessions = []
@@ -134,16 +144,6 @@ class Setup:
         self.seed = seed
 
     async def start(self) -> None:
-        from aiortc.rtcrtpparameters import RTCRtpCodecParameters
-
-        from media import aioice_internals, aiortc_internals
-        from sfu.events import PublicationInfo
-        from sfu.metrics import TrackCounts
-        from sfu.participant import Participant
-        from sfu.publication import Publication
-        from sfu.sdp import LegParameters
-        from sfu.subscription import Subscription
-
         loop = asyncio.get_running_loop()
         rng = random.Random(self.seed)
         vssrc, assrc = rng.randrange(1 << 32), rng.randrange(1 << 32)
@@ -280,8 +280,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args(argv)
     counts = [int(x) for x in args.subscribers.split(",") if x.strip()]
-    import uvloop
-
     result = uvloop.run(measure(counts, args.packets, args.repeats, args.warmup))
     for step in result["steps"]:
         print(f"{step['subscribers']} subscriber(s): {step['us_per_packet_p50']:.2f} us/packet "

@@ -51,9 +51,29 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import aiohttp
+import av
+import numpy as np
+import uvloop
+from aiortc import RTCRtpCodecParameters, RTCSessionDescription
+from aiortc.codecs import get_encoder
+from aiortc.mediastreams import MediaStreamTrack
+from aiortc.rtp import RtpPacket
+
+from config.settings import load_settings
+from core import logs
+from core.auth import TokenService
+from media import aiortc_internals
+from media.ice import MediaNetwork, ScopedPeerConnection
+from media.recording.session import RecordingSession
+from media.recording.vault import MasterKey, Vault
+from sfu.rtp import parse_header
+from teleconsult.server import serve
 
 TARGET_PCT_PER_MBPS = 0.3
 VIDEO_BITRATE = 1_500_000
@@ -64,9 +84,6 @@ ROOT = Path(__file__).resolve().parent.parent
 # -- media ---------------------------------------------------------------------------
 def encode_vp8(frames: int = FPS) -> list[tuple[bytes, bool]]:
     """One second of VP8 at ~1.5 Mbit/s starting with a keyframe (it loops seamlessly)."""
-    import av
-    import numpy as np
-
     ctx = av.CodecContext.create("libvpx", "w")
     ctx.width, ctx.height, ctx.pix_fmt = WIDTH, HEIGHT, "yuv420p"
     ctx.time_base = fractions.Fraction(1, FPS)
@@ -96,9 +113,6 @@ def encode_vp8(frames: int = FPS) -> list[tuple[bytes, bool]]:
 
 
 def encode_opus(frames: int = 50) -> list[bytes]:
-    import av
-    import numpy as np
-
     ctx = av.CodecContext.create("libopus", "w")
     ctx.sample_rate, ctx.layout, ctx.format = 48000, "stereo", "s16"
     ctx.bit_rate = 64000
@@ -113,38 +127,35 @@ def encode_opus(frames: int = 50) -> list[bytes]:
     return out[:frames]
 
 
-def packet_track(kind: str, payloads: list[bytes], interval: float, step: int, clock_rate: int) -> Any:
+class PacketTrack(MediaStreamTrack):
     """A track of pre-encoded packets, paced in real time (aiortc packetizes, never encodes)."""
-    import av
-    from aiortc.mediastreams import MediaStreamTrack
 
-    class PacketTrack(MediaStreamTrack):
-        def __init__(self) -> None:
-            super().__init__()
-            self.kind = kind
-            self.sent = 0
-            self.bytes = 0
-            self._start: float | None = None
+    def __init__(self, kind: str, payloads: list[bytes], interval: float, step: int, clock_rate: int) -> None:
+        super().__init__()
+        self.kind = kind
+        self.sent = 0
+        self.bytes = 0
+        self._payloads = payloads
+        self._interval = interval
+        self._step = step
+        self._clock_rate = clock_rate
+        self._start: float | None = None
 
-        async def recv(self) -> av.Packet:
-            if self._start is None:
-                self._start = time.monotonic()
-            await asyncio.sleep(max(0.0, self._start + self.sent * interval - time.monotonic()))
-            data = payloads[self.sent % len(payloads)]
-            packet = av.Packet(data)
-            packet.pts = self.sent * step
-            packet.time_base = fractions.Fraction(1, clock_rate)
-            self.sent += 1
-            self.bytes += len(data)
-            return packet
-
-    return PacketTrack()
+    async def recv(self) -> av.Packet:
+        if self._start is None:
+            self._start = time.monotonic()
+        await asyncio.sleep(max(0.0, self._start + self.sent * self._interval - time.monotonic()))
+        data = self._payloads[self.sent % len(self._payloads)]
+        packet = av.Packet(data)
+        packet.pts = self.sent * self._step
+        packet.time_base = fractions.Fraction(1, self._clock_rate)
+        self.sent += 1
+        self.bytes += len(data)
+        return packet
 
 
 def null_decoders() -> None:
     """The player's receivers must not decode (its CPU is not what is measured)."""
-    from media import aiortc_internals  # where used, like this bench's other media imports
-
     aiortc_internals.use_null_decoders()
 
 
@@ -173,12 +184,6 @@ flush_interval_s = {flush_interval_s}
 
 def child_main(config: str) -> int:
     """``--serve CONFIG``: the server as ``teleconsult serve`` runs it."""
-    import uvloop
-
-    from config.settings import load_settings
-    from core import logs
-    from teleconsult.server import serve
-
     settings = load_settings(config)
     logs.configure(settings.server.log_format, settings.server.log_level)
     return uvloop.run(serve(settings))
@@ -257,8 +262,6 @@ class Socket:
         return sock
 
     async def _read(self) -> None:
-        import aiohttp
-
         async for message in self.ws:  # answers pings as it goes
             if message.type != aiohttp.WSMsgType.TEXT:
                 continue
@@ -302,8 +305,6 @@ async def frames_total(http: Any, url: str) -> float:
 
 
 async def whip_or_whep(http: Any, url: str, token: str, pc: Any) -> None:
-    from aiortc import RTCSessionDescription
-
     await pc.setLocalDescription(await pc.createOffer())
     async with http.post(url, data=pc.localDescription.sdp,
                          headers={"Authorization": f"Bearer {token}", "Content-Type": "application/sdp"}) as r:
@@ -316,11 +317,6 @@ async def whip_or_whep(http: Any, url: str, token: str, pc: Any) -> None:
 async def measure(child: Child, settings: Any, vp8: list[tuple[bytes, bool]], opus: list[bytes],
                   seconds: float, rep: int = 0) -> dict[str, float]:
     """One repetition: a new consultation, windows off / on / off, then it ends."""
-    import aiohttp
-
-    from core.auth import TokenService
-    from media.ice import MediaNetwork, ScopedPeerConnection
-
     tokens = TokenService(settings.auth, settings.server.data_dir)
     network = MediaNetwork.from_settings(settings.media, settings.ice)
     url = child.url
@@ -334,8 +330,8 @@ async def measure(child: Child, settings: Any, vp8: list[tuple[bytes, bool]], op
         await doctor.event("offer.received")
         accepted = await doctor.request("offer.accept", consultation_id=cid)
         started = await nurse.event("consultation.started")
-        video = packet_track("video", [d for d, _ in vp8], 1 / FPS, 90000 // FPS, 90000)
-        audio = packet_track("audio", opus, 0.02, 960, 48000)
+        video = PacketTrack("video", [d for d, _ in vp8], 1 / FPS, 90000 // FPS, 90000)
+        audio = PacketTrack("audio", opus, 0.02, 960, 48000)
         publisher = ScopedPeerConnection(network)
         publisher.addTransceiver(video, direction="sendonly")
         publisher.addTransceiver(audio, direction="sendonly")
@@ -400,10 +396,6 @@ async def measure(child: Child, settings: Any, vp8: list[tuple[bytes, bool]], op
 def rtp_stream(vp8: list[tuple[bytes, bool]], opus: list[bytes], seconds: float) -> list[tuple[float, str, bytes]]:
     """(media time, "video" | "audio", RTP datagram) of ``seconds`` of the bench's media,
     packetized by aiortc's own packetizers, in arrival order."""
-    import av
-    from aiortc.codecs import get_encoder
-    from aiortc.rtp import RtpPacket
-
     video_codec, audio_codec = replay_codecs()
     out: list[tuple[float, str, bytes]] = []
     for kind, codec, payloads, rate, step in (
@@ -427,8 +419,6 @@ def rtp_stream(vp8: list[tuple[bytes, bool]], opus: list[bytes], seconds: float)
 
 
 def replay_codecs() -> tuple[Any, Any]:
-    from aiortc import RTCRtpCodecParameters
-
     return (RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96),
             RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2, payloadType=111))
 
@@ -439,12 +429,6 @@ def replay_once(stream: list[tuple[float, str, bytes]], media_seconds: float, en
     module's docstring): the SFU's header parse is done beforehand (the SFU does it
     anyway), fsyncs run on a background thread as in the server and count
     (``process_time`` is the whole process)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from media.recording.session import RecordingSession
-    from media.recording.vault import MasterKey, Vault
-    from sfu.rtp import parse_header
-
     video_codec, audio_codec = replay_codecs()
     items = [(t, kind, data, parse_header(data)) for t, kind, data in stream]
     mbits = sum(len(data) for _, _, data, _ in items) * 8 / 1e6
@@ -494,8 +478,6 @@ def summary(values: list[float]) -> dict[str, Any]:
 
 
 async def run(seconds: float, flush_interval_s: float = 1.0, reps: int = 3) -> dict[str, Any]:
-    from config.settings import load_settings
-
     null_decoders()
     vp8, opus = encode_vp8(), encode_opus()
     results: dict[str, list[dict[str, float]]] = {"plain": [], "encrypted": []}

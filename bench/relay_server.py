@@ -31,13 +31,15 @@ import signal
 import sys
 from typing import Any
 
+import jwt
+import uvloop
 from aiohttp import web
 from aiortc import RTCSessionDescription
 from aiortc import sdp as aiortc_sdp
 from aiortc.contrib.media import MediaBlackhole, MediaRelay
 from aiortc.mediastreams import MediaStreamTrack
 
-from bench.rtc import client_pc
+from bench.rtc import client_pc, prefer
 from media import aiortc_internals
 
 
@@ -64,8 +66,6 @@ class RelayRooms:
             transceiver = pc.addTransceiver(media.kind, direction="recvonly")
             codecs = [c for c in media.rtp.codecs if not c.mimeType.lower().endswith("/rtx")]
             mime = codecs[0].mimeType if codecs else ""
-            from bench.rtc import prefer
-
             if mime:
                 prefer(transceiver, mime)
             aiortc_internals.bind_transceiver(transceiver, media.rtp.muxId, index)
@@ -96,8 +96,6 @@ class RelayRooms:
         if not any(available.values()):
             return web.json_response({"error": "no_publications", "reason": "nothing to play"}, status=409)
         pc = client_pc()
-        from bench.rtc import prefer
-
         for index, media in enumerate(parsed.media):
             if media.kind not in available:
                 continue
@@ -138,8 +136,6 @@ class RelayRooms:
 def _identity(request: web.Request) -> str:
     """The room token's identity, unverified (the baseline checks nothing; it only keeps a
     participant from playing its own tracks, as ours does)."""
-    import jwt
-
     header = request.headers.get("Authorization", "")
     try:
         return str(jwt.decode(header.removeprefix("Bearer ").strip(), options={"verify_signature": False})
@@ -182,8 +178,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--video-bitrate", type=int, default=1_500_000)
     args = parser.parse_args(argv)
-    import uvloop
-
     uvloop.run(serve(args.port, args.video_bitrate))
     return 0
 

@@ -24,10 +24,13 @@ Every peer connection is a :class:`media.ice.ScopedPeerConnection` on
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import fractions
 import math
 import os
 import platform
+import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -38,6 +41,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import aiohttp
+import aiortc
 import av
 from aiohttp import web
 from aiortc import RTCConfiguration, RTCRtpSender, RTCSessionDescription
@@ -100,8 +104,6 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
-    import aiortc
-
     try:
         load = os.getloadavg()
     except OSError:
@@ -118,8 +120,6 @@ def _die_with_parent() -> None:
     """Linux: this (child) process gets SIGTERM when the bench that started it dies, even
     by SIGKILL, so that no server outlives its bench."""
     try:
-        import ctypes
-
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
@@ -180,8 +180,6 @@ class ServerProcess:
                     continue
         if proc is not None and proc.stdout is not None:
             proc.stdout.close()
-        import shutil
-
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
@@ -213,8 +211,6 @@ def marked(index: int) -> bool:
 
 
 def _marks() -> tuple[bool, ...]:
-    import random
-
     rng = random.Random(20240607)
     return tuple(rng.random() < 0.25 for _ in range(4096))
 

@@ -26,7 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterable
 
+import aiohttp
 import jwt
+from cryptography.hazmat.primitives import serialization
 
 from config.settings import AuthSettings
 from core.vocabulary import Role, Source
@@ -121,8 +123,6 @@ def _load_keys(settings: AuthSettings, data_dir: str) -> _Keys:
     if settings.algorithm.startswith("HS"):
         secret = settings.signing_key or development_key(data_dir)
         return _Keys(secret, secret)
-    from cryptography.hazmat.primitives import serialization
-
     if not settings.signing_key and not settings.verify_key:
         raise AuthError(f"auth.algorithm {settings.algorithm} needs auth.signing_key (a PEM file)")
     private = None
@@ -140,8 +140,6 @@ JwksFetcher = Callable[[str], Awaitable[dict[str, Any]]]
 
 
 async def fetch_jwks(url: str) -> dict[str, Any]:
-    import aiohttp
-
     timeout = aiohttp.ClientTimeout(total=10)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         async with session.get(url) as response:

@@ -43,6 +43,7 @@ import jwt
 from aiortc import RTCIceServer
 
 from config.settings import Settings
+from core import logs
 from media.ice import MediaNetwork
 
 from .adapter import DeviceAdapter
@@ -450,8 +451,6 @@ def add_agent_command(sub: Any) -> None:
 def cmd_agent(args: Any, settings: Settings) -> int:
     config = AgentConfig(server=args.server, devices=tuple(d.strip() for d in args.devices.split(",") if d.strip()),
                          simulate=args.simulate, room_token=args.token, site_token=args.site_token, seed=args.seed)
-    from core import logs
-
     logs.configure(settings.server.log_format, settings.server.log_level)
     return asyncio.run(run_until_signalled(DeviceAgent(settings, config)))
 

@@ -38,6 +38,12 @@ instance (never by patching classes or modules, but for the benchmarks'
   path :class:`RtpWriter` (and :func:`send_rtp_now`) does the same synchronously, through the
   transport's ``_tx_srtp`` session and aioice's nominated pair (``__tx_bytes``,
   ``__tx_packets``).
+* Watching and steering a client peer in tests: ``_handle_rtp_data`` and
+  ``RTCRtpReceiver._handle_rtp_packet`` wrapped to see what arrives (:func:`watch_received_rtp`,
+  :func:`watch_routed_rtp`), ``_send_rtp`` wrapped to see or rewrite what leaves
+  (:func:`watch_sent_rtp`, :func:`rewrite_sent_rtp`); ``RTCRtpSender._ssrc``
+  (:func:`sender_ssrc`), ``RTCDtlsTransport._rtp_router.register_sender``
+  (:func:`route_rtcp_for_ssrc`), ``_send_keyframe`` (:func:`request_keyframe`).
 * ``aiortc.rtcpeerconnection.is_codec_compatible``: :func:`codecs_compatible`;
   ``H264Encoder._split_bitstream``: :func:`split_h264_nal_units` (recording).
 
@@ -73,7 +79,7 @@ from aiortc.rtcpeerconnection import is_codec_compatible
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtcrtpreceiver import NackGenerator, StreamStatistics
 from aiortc.rtp import (RTCP_PSFB_APP, RTCP_PSFB_FIR, RTCP_PSFB_PLI, RTCP_RTPFB_NACK, RtcpPsfbPacket,
-                        RtcpRtpfbPacket, is_rtcp)
+                        RtcpRtpfbPacket, RtpPacket, is_rtcp)
 
 from media import aioice_internals
 from media.eager import run_now
@@ -533,6 +539,74 @@ def _unbound(data: bytes) -> bytes:
 
 def _unbound_sendto(data: bytes, addr: Any) -> None:
     raise AssertionError("unreachable")
+
+
+# -- watching and steering a client peer (tests) -------------------------------------------
+def watch_received_rtp(transport: RTCDtlsTransport, on_rtp: Callable[[bytes], None]) -> None:
+    """``on_rtp`` sees each decrypted RTP datagram ``transport`` receives on aiortc's own path
+    (``RTCDtlsTransport._handle_rtp_data``), before aiortc routes it as usual. Not the
+    datagrams a transport tapped by :func:`tap_transport` takes straight from aioice."""
+    handle = transport._handle_rtp_data
+
+    async def watched(data: bytes, arrival_time_ms: int) -> None:
+        on_rtp(data)
+        await handle(data, arrival_time_ms=arrival_time_ms)
+
+    transport._handle_rtp_data = watched  # type: ignore[method-assign]
+
+
+def watch_routed_rtp(receiver: RTCRtpReceiver, on_packet: Callable[[RtpPacket], None]) -> None:
+    """``on_packet`` sees each RTP packet aiortc's router hands to ``receiver``
+    (``RTCRtpReceiver._handle_rtp_packet``), before the receiver handles it as usual."""
+    handle = receiver._handle_rtp_packet
+
+    async def watched(packet: RtpPacket, arrival_time_ms: int) -> None:
+        on_packet(packet)
+        await handle(packet, arrival_time_ms=arrival_time_ms)
+
+    receiver._handle_rtp_packet = watched  # type: ignore[method-assign]
+
+
+def rewrite_sent_rtp(transport: RTCDtlsTransport, rewrite: Callable[[bytes], bytes]) -> None:
+    """Each RTP and RTCP packet ``transport`` sends on aiortc's own path
+    (``RTCDtlsTransport._send_rtp``: its senders, its receivers' RTCP, :func:`send_rtp`) goes
+    out as ``rewrite(packet)``, SRTP-protected after. Not what :func:`send_rtp_now` and
+    :class:`RtpWriter` send."""
+    send = transport._send_rtp
+
+    async def rewritten(data: bytes) -> None:
+        await send(rewrite(data))
+
+    transport._send_rtp = rewritten  # type: ignore[method-assign]
+
+
+def watch_sent_rtp(transport: RTCDtlsTransport, on_packet: Callable[[bytes], None]) -> None:
+    """``on_packet`` sees each RTP and RTCP packet :func:`rewrite_sent_rtp` would, before
+    SRTP; it goes out unchanged."""
+
+    def watched(data: bytes) -> bytes:
+        on_packet(data)
+        return data
+
+    rewrite_sent_rtp(transport, watched)
+
+
+def sender_ssrc(sender: RTCRtpSender) -> int:
+    """The SSRC of a sender's media stream (``RTCRtpSender._ssrc``; aiortc has no getter)."""
+    return sender._ssrc
+
+
+def route_rtcp_for_ssrc(transport: RTCDtlsTransport, sender: RTCRtpSender, ssrc: int) -> None:
+    """RTCP feedback about ``ssrc`` received on ``transport`` (PLI, FIR, NACK) goes to
+    ``sender`` too: for a sender whose packets are rewritten to carry ``ssrc``
+    (``RtpRouter.register_sender``)."""
+    transport._rtp_router.register_sender(sender, ssrc)
+
+
+def request_keyframe(sender: RTCRtpSender) -> None:
+    """Make the sender's next frame a keyframe, as a PLI received for it does
+    (``RTCRtpSender._send_keyframe``, or what :func:`route_keyframe_requests` put there)."""
+    sender._send_keyframe()
 
 
 # -- negotiation -----------------------------------------------------------------------------

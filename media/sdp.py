@@ -38,7 +38,7 @@ def parse_offer(sdp: str, *, require_media: bool = True) -> SessionDescription:
         if media.kind not in ("audio", "video", "application"):
             raise SdpError(f"m-line {index}: unsupported media kind {media.kind!r}")
         ice = media.ice
-        if not ice.usernameFragment or not ice.password:
+        if ice is None or not ice.usernameFragment or not ice.password:
             raise SdpError(f"m-line {index}: missing ICE credentials (a=ice-ufrag / a=ice-pwd)")
         if not media.dtls or not media.dtls.fingerprints:
             raise SdpError(f"m-line {index}: missing DTLS fingerprint (a=fingerprint)")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from typing import Callable
 
@@ -157,8 +158,6 @@ class Publication:
 
 
 def new_publication_id() -> str:
-    import secrets
-
     return "PU_" + secrets.token_hex(6)
 
 

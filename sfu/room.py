@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Callable
 
 from sfu.events import PublicationInfo, RoomEvent, RoomEventType, RoomListener
@@ -165,6 +166,4 @@ class Room:
 
 
 def _replacing(info: PublicationInfo, old_id: str) -> PublicationInfo:
-    from dataclasses import replace
-
     return replace(info, replaces=old_id)

@@ -36,6 +36,7 @@ re-offering as publications come and go.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from dataclasses import dataclass
@@ -278,8 +279,6 @@ class SfuService:
 
     def _gone(self, participant: Participant) -> None:
         """A peer connection failed or closed by itself."""
-        import asyncio
-
         if participant.id in self._sessions:
             task = asyncio.ensure_future(self.leave(participant.id))
             task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)

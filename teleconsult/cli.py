@@ -18,6 +18,7 @@ from config.settings import Settings, SettingsError, load_settings
 from core import logs
 from core.auth import TokenService
 from devices.agent import add_agent_command
+from media.recording.cli import add_commands as add_recording_commands
 from teleconsult.demo import add_demo_command
 from teleconsult.server import serve
 from teleconsult.tls import write_self_signed
@@ -146,14 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Subcommands owned by other packages.
-def _recording_commands(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from media.recording.cli import add_commands
-
-    add_commands(sub)
-
-
 _EXTENSIONS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (  # type: ignore[type-arg]
-    _recording_commands, add_agent_command, add_demo_command)
+    add_recording_commands, add_agent_command, add_demo_command)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

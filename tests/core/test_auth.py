@@ -72,7 +72,7 @@ async def test_bad_claims_refused(tmp_path: Path, body: dict[str, object], reaso
 
 async def test_alg_none_and_tampering_refused(tmp_path: Path) -> None:
     tokens = service(tmp_path)
-    none_token = jwt.encode(claims(), None, algorithm="none")
+    none_token = jwt.encode(claims(), "", algorithm="none")
     with pytest.raises(AuthError):
         await tokens.verify_access(none_token)
     good = tokens.issue_access("physician", "d1")

@@ -4,6 +4,7 @@ import json
 import numpy as np
 import pytest
 from aiortc.mediastreams import MediaStreamError
+from av import AudioFrame, VideoFrame
 
 from devices.adapter import AUDIO_TIME_BASE, VIDEO_TIME_BASE, DeviceTrack
 from devices.errors import DeviceCommandError
@@ -11,6 +12,18 @@ from devices.measurements import MeasurementQueue
 from devices.otoscope import OtoscopeAdapter
 from devices.simulated import OtoscopeScene, PhonocardiogramSimulator
 from devices.stethoscope import StethoscopeAdapter
+
+
+async def audio_frame(track: DeviceTrack) -> AudioFrame:
+    frame = await track.recv()
+    assert isinstance(frame, AudioFrame)
+    return frame
+
+
+async def video_frame(track: DeviceTrack) -> VideoFrame:
+    frame = await track.recv()
+    assert isinstance(frame, VideoFrame)
+    return frame
 
 
 class FakeClock:
@@ -33,7 +46,7 @@ async def test_audio_track_pts_and_pacing() -> None:
     adapter = StethoscopeAdapter(PhonocardiogramSimulator(seed=0, channels=2), channels=2, clock=clock)
     track = DeviceTrack(adapter, sleep=clock.sleep)
     assert track.kind == "audio" and track.source == "stethoscope"
-    frames = [await track.recv() for _ in range(5)]
+    frames = [await audio_frame(track) for _ in range(5)]
     assert [f.pts for f in frames] == [0, 960, 1920, 2880, 3840]
     assert all(f.time_base == AUDIO_TIME_BASE and f.samples == 960 and f.layout.name == "stereo" for f in frames)
     assert clock.sleeps == pytest.approx([0.02] * 4)
@@ -47,8 +60,8 @@ async def test_video_track_90khz_and_restart_after_stall() -> None:
     adapter = OtoscopeAdapter(OtoscopeScene(320, 240, seed=0), (320, 240), framerate=30, clock=clock)
     track = DeviceTrack(adapter, sleep=clock.sleep)
     assert track.kind == "video" and track.source == "otoscope"
-    first = await track.recv()
-    second = await track.recv()
+    first = await video_frame(track)
+    second = await video_frame(track)
     assert (first.pts, second.pts, second.time_base) == (0, 3000, VIDEO_TIME_BASE)
     assert (second.width, second.height) == (720, 480)
     clock.now += 5.0  # a stalled device: no burst to catch up

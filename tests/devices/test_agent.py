@@ -13,6 +13,7 @@ import aiohttp
 import cv2
 import numpy as np
 import pytest
+from av import AudioFrame, VideoFrame
 
 from config.settings import Settings
 from core.vocabulary import DEVICES
@@ -91,9 +92,11 @@ async def test_room_token_agent_publishes_obeys_the_physician_and_sends_stills(s
         # Each device is its own labelled track.
         assert sorted(physician.labels.values()) == sorted(f"agent {s}" for s in AGENT_SOURCES)
         audio = await asyncio.wait_for(physician.tracks["agent stethoscope"].recv(), 15)
+        assert isinstance(audio, AudioFrame)
         assert audio.sample_rate == 48000
         for label, size in (("agent dermatoscope", (1280, 720)), ("agent otoscope", (720, 480))):
             frame = await asyncio.wait_for(physician.tracks[label].recv(), 20)
+            assert isinstance(frame, VideoFrame)
             assert (frame.width, frame.height) == size, label
 
         # The physician came after the agent: it asks for the devices' status.
@@ -146,6 +149,7 @@ async def test_room_token_agent_publishes_obeys_the_physician_and_sends_stills(s
         async with http.get(server.url + ready["url"], headers=headers) as r:
             assert r.status == 200 and r.content_type == "image/png"
             image = cv2.imdecode(np.frombuffer(await r.read(), np.uint8), cv2.IMREAD_COLOR)
+        assert image is not None
         assert image.shape == (1080, 1920, 3) == (ready["height"], ready["width"], 3)
         async with http.get(f"{server.url}/api/consultations/{c.id}/stills", headers=headers) as r:
             listed = (await r.json())["stills"]

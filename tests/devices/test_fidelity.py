@@ -100,6 +100,7 @@ async def still_delta_e(http: aiohttp.ClientSession, server: RunningServer, view
     async with http.get(url, headers={"Authorization": f"Bearer {access}"}) as r:
         assert r.status == 200
         bgr = cv2.imdecode(np.frombuffer(await r.read(), np.uint8), cv2.IMREAD_COLOR)
+    assert bgr is not None
     rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
     measured = patch_means(rgb, boxes)
     delta = ciede2000(srgb8_to_lab(measured), srgb8_to_lab(COLORCHECKER_SRGB.astype(np.float64)))

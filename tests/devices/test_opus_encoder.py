@@ -4,7 +4,7 @@ import fractions
 import av
 import numpy as np
 import pytest
-from media.ice import ScopedPeerConnection
+from aiortc.codecs.base import Encoder
 from aiortc.codecs.opus import OpusDecoder, OpusEncoder
 from aiortc.jitterbuffer import JitterFrame
 
@@ -18,12 +18,14 @@ from devices.opus_encoder import (
 from devices.sdp import opus_fmtp, set_opus_fmtp
 from devices.simulated import PhonocardiogramSimulator, make_multitone
 from devices.stethoscope import StethoscopeAdapter
+from media.aiortc_internals import replace_sender_encoder
+from media.ice import ScopedPeerConnection
 
 LOW = [25.0, 30.0, 35.0, 40.0]
 REFERENCE = [300.0, 1000.0]
 
 
-def _round_trip(encoder: object, signal: np.ndarray) -> np.ndarray:
+def _round_trip(encoder: Encoder, signal: np.ndarray) -> np.ndarray:
     decoder = OpusDecoder()
     pcm = np.clip(np.rint(signal * 32767), -32768, 32767).astype(np.int16)
     out = []
@@ -32,9 +34,10 @@ def _round_trip(encoder: object, signal: np.ndarray) -> np.ndarray:
         chunk = np.repeat(pcm[start : start + 960, None], 2, axis=1).reshape(1, -1)
         frame = av.AudioFrame.from_ndarray(chunk, format="s16", layout="stereo")
         frame.sample_rate, frame.pts, frame.time_base = 48000, start, fractions.Fraction(1, 48000)
-        payloads, _ = encoder.encode(frame)  # type: ignore[attr-defined]
+        payloads, _ = encoder.encode(frame)
         for payload in payloads:
             for decoded in decoder.decode(JitterFrame(data=payload, timestamp=timestamp)):
+                assert isinstance(decoded, av.AudioFrame)
                 out.append(decoded.to_ndarray().reshape(-1, 2)[:, 0])
             timestamp += 960
     return np.concatenate(out).astype(np.float64) / 32767
@@ -113,7 +116,7 @@ async def test_hook_refuses_a_started_sender() -> None:
     pc = ScopedPeerConnection()
     try:
         transceiver = pc.addTransceiver("audio")
-        setattr(transceiver.sender, "_RTCRtpSender__encoder", OpusEncoder())
+        replace_sender_encoder(transceiver.sender, OpusEncoder())  # as if it had started sending
         with pytest.raises(RuntimeError, match="already"):
             use_stethoscope_encoder(transceiver.sender)
     finally:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fractions
 from dataclasses import dataclass
+from typing import Literal
 
 import av
 import numpy as np
@@ -38,7 +39,8 @@ class Clip:
         return [p for group in self.packets for p in group]
 
 
-def encode_video(codec_name: str, count: int, width: int = 160, height: int = 120, gop: int = 30) -> list[av.Packet]:
+def encode_video(codec_name: Literal["libvpx", "libx264"], count: int, width: int = 160, height: int = 120,
+                 gop: int = 30) -> list[av.Packet]:
     ctx = av.CodecContext.create(codec_name, "w")
     ctx.width, ctx.height, ctx.pix_fmt = width, height, "yuv420p"
     ctx.time_base = fractions.Fraction(1, 30)

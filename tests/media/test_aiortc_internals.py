@@ -27,6 +27,7 @@ from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcicetransport import RTCIceTransport
 from aiortc.rtcpeerconnection import RTCPeerConnection
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.rtp import is_rtcp
 
 from media import aioice_internals, aiortc_internals
 from media.ice import ScopedPeerConnection
@@ -225,6 +226,15 @@ class Pair:
         self.received.append(data)
 
 
+def vp8_rtp(pair: Pair, seq: int, size: int) -> bytes:
+    """A VP8 packet of A's stream, as negotiated, that B's receiver depacketizes: each its own
+    frame (aiortc's router hands B's receiver its SSRC with its payload types only)."""
+    codecs, _rtx = aiortc_internals.receiver_tables(pair.receiver)
+    (payload_type,) = [pt for pt, codec in codecs.items() if codec.mimeType == "video/VP8"]
+    return (struct.pack("!BBHII", 0x80, 0x80 | payload_type, seq, seq * 3000, pair.sender_ssrc)
+            + b"\x10" + bytes([seq % 256]) * size)
+
+
 async def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while not predicate():
@@ -288,6 +298,61 @@ async def test_aiortcs_own_receive_path_hands_over_exactly_the_rtp_sent():
             await aiortc_internals.send_rtp(pair.a_transport, packet)
         await wait_until(lambda: len(pair.received) >= len(sent))
         assert pair.received == sent
+
+
+async def test_watched_traffic_is_the_bytes_sent_and_aiortc_still_handles_it():
+    """watch_sent_rtp (A) and watch_received_rtp (B) see exactly the RTP sent, and aiortc still
+    handles it afterwards: its router hands each packet to B's receiver (watch_routed_rtp)."""
+    sent_seen: list[bytes] = []
+    received_seen: list[bytes] = []
+    routed: list[int] = []
+
+    def prepare(pair: Pair) -> None:
+        aiortc_internals.watch_sent_rtp(pair.a_transport, sent_seen.append)
+        aiortc_internals.watch_received_rtp(pair.b_transport, received_seen.append)
+        aiortc_internals.watch_routed_rtp(pair.receiver, lambda packet: routed.append(packet.sequence_number))
+
+    async with peers(prepare) as pair:
+        sent = [vp8_rtp(pair, seq, 40 + seq * 7) for seq in range(1, 31)]
+        for packet in sent:
+            await aiortc_internals.send_rtp(pair.a_transport, packet)
+        await wait_until(lambda: len(routed) >= len(sent))
+        assert [d for d in sent_seen if not is_rtcp(d)] == sent  # A's Sender Reports go that way too
+        assert received_seen == sent
+        assert routed == list(range(1, 31))
+
+
+async def test_rewritten_rtp_arrives_rewritten_and_rtcp_for_its_ssrc_reaches_the_sender():
+    """rewrite_sent_rtp changes what A sends (here its SSRC); route_rtcp_for_ssrc sends the
+    peer's PLI for the new SSRC to A's sender; request_keyframe sets the sender's keyframe flag."""
+    new_ssrc = 0x5EED1234
+    received: list[bytes] = []
+    keyframes: list[str] = []
+
+    def new_ssrc_of(data: bytes) -> bytes:
+        return data if is_rtcp(data) else data[:8] + struct.pack("!I", new_ssrc) + data[12:]
+
+    def prepare(pair: Pair) -> None:
+        aiortc_internals.rewrite_sent_rtp(pair.a_transport, new_ssrc_of)
+        aiortc_internals.watch_received_rtp(pair.b_transport, received.append)
+
+    async with peers(prepare) as pair:
+        assert aiortc_internals.sender_ssrc(pair.sender) == pair.sender_ssrc
+        sent = [vp8_rtp(pair, seq, 100) for seq in range(1, 11)]
+        for packet in sent:
+            await aiortc_internals.send_rtp(pair.a_transport, packet)
+        await wait_until(lambda: len(received) >= len(sent))
+        assert received == [new_ssrc_of(packet) for packet in sent]
+
+        assert not pair.sender._RTCRtpSender__force_keyframe  # type: ignore[attr-defined]
+        aiortc_internals.request_keyframe(pair.sender)
+        assert pair.sender._RTCRtpSender__force_keyframe  # type: ignore[attr-defined]
+
+        aiortc_internals.route_keyframe_requests(pair.sender, lambda: keyframes.append("kf"))
+        aiortc_internals.route_rtcp_for_ssrc(pair.a_transport, pair.sender, new_ssrc)
+        await aiortc_internals.send_pli(pair.receiver, new_ssrc)
+        await wait_until(lambda: bool(keyframes))
+        assert keyframes == ["kf"]
 
 
 async def test_an_intercepted_sender_gets_the_peers_nack_and_keyframe_requests():

@@ -5,14 +5,15 @@ from __future__ import annotations
 import asyncio
 import fractions
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import aiohttp
-from aiortc import RTCConfiguration, RTCRtpSender, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc import sdp as aiortc_sdp
 from aiortc.mediastreams import MediaStreamTrack, VideoStreamTrack
 from aiortc.rtcconfiguration import RTCBundlePolicy
 
+from media.aiortc_internals import watch_received_rtp, watch_sent_rtp
 from media.ice import DatagramHook, ScopedPeerConnection
 from sfu.rtp import RtpError, parse_header
 
@@ -50,7 +51,7 @@ def prefer(transceiver: Any, mime: str) -> None:
 
 
 async def publish(http: aiohttp.ClientSession, base: str, room: str, token: str, tracks: list[MediaStreamTrack],
-                  *, sources: list[str] = (), codecs: dict[str, str] | None = None) -> Session:
+                  *, sources: Sequence[str] = (), codecs: dict[str, str] | None = None) -> Session:
     pc = client_pc()
     transceivers = []
     for track in tracks:
@@ -112,35 +113,27 @@ class Recorded:
     at: float
 
 
-def record_received(pc: Any) -> list[Recorded]:
+def record_received(pc: RTCPeerConnection) -> list[Recorded]:
     """Record every decrypted RTP packet a client peer connection receives (aiortc still
     handles them afterwards)."""
     out: list[Recorded] = []
     loop = asyncio.get_running_loop()
     for transport in {t.receiver.transport for t in pc.getTransceivers()}:
-        original = transport._handle_rtp_data
-
-        async def handle(data: bytes, arrival_time_ms: int, original: Any = original) -> None:
-            _record(out, data, loop.time())
-            await original(data, arrival_time_ms)
-
-        transport._handle_rtp_data = handle
+        watch_received_rtp(transport, lambda data: _record(out, data, loop.time()))
     return out
 
 
-def record_sent(pc: Any) -> list[Recorded]:
+def record_sent(pc: RTCPeerConnection) -> list[Recorded]:
     """Record every RTP packet (not RTCP) a client peer connection sends, before SRTP."""
     out: list[Recorded] = []
     loop = asyncio.get_running_loop()
+
+    def record(data: bytes) -> None:
+        if not (len(data) > 1 and 192 <= data[1] <= 223):
+            _record(out, data, loop.time())
+
     for transport in {t.sender.transport for t in pc.getTransceivers()}:
-        original = transport._send_rtp
-
-        async def send(data: bytes, original: Any = original) -> None:
-            if not (len(data) > 1 and 192 <= data[1] <= 223):
-                _record(out, data, loop.time())
-            await original(data)
-
-        transport._send_rtp = send
+        watch_sent_rtp(transport, record)
     return out
 
 

@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import re
-from typing import Any
+from typing import Any, Callable
 
 import aiohttp
 import pytest
-from aiortc import RTCConfiguration, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpTransceiver, RTCSessionDescription
 from aiortc import sdp as aiortc_sdp
 from aiortc.mediastreams import AudioStreamTrack
 from aiortc.rtcconfiguration import RTCBundlePolicy
+from aiortc.rtcdtlstransport import RTCDtlsTransport
+from aiortc.rtp import RtpPacket
+from av import VideoFrame
 
+from media.aiortc_internals import watch_received_rtp, watch_routed_rtp
 from media.ice import ScopedPeerConnection
 from sfu.appkeys import SFU
 from sfu.participant import MID_URI
@@ -32,23 +36,25 @@ pytestmark = pytest.mark.timeout(60)
 SIZES = {"camera": (160, 120), "dermatoscope": (320, 240)}
 
 
-def record_ssrcs_per_receiver(pc: Any) -> dict[str, set[int]]:
+def _mid(transceiver: RTCRtpTransceiver) -> str:
+    """The mid of a transceiver of a description set locally (negotiated: it has one)."""
+    assert transceiver.mid is not None
+    return transceiver.mid
+
+
+def record_ssrcs_per_receiver(pc: RTCPeerConnection) -> dict[str, set[int]]:
     """mid -> the SSRCs aiortc's own router hands to that transceiver's receiver."""
     seen: dict[str, set[int]] = {}
+
+    def recorder(mid: str) -> Callable[[RtpPacket], None]:
+        return lambda packet: seen.setdefault(mid, set()).add(packet.ssrc)
+
     for transceiver in pc.getTransceivers():
-        receiver = transceiver.receiver
-        original = receiver._handle_rtp_packet
-
-        async def handle(packet: Any, arrival_time_ms: int, original: Any = original,
-                         mid: str = transceiver.mid) -> None:
-            seen.setdefault(mid, set()).add(packet.ssrc)
-            await original(packet, arrival_time_ms)
-
-        receiver._handle_rtp_packet = handle
+        watch_routed_rtp(transceiver.receiver, recorder(_mid(transceiver)))
     return seen
 
 
-def record_mid_extension(transport: Any, answer: str) -> dict[int, set[str]]:
+def record_mid_extension(transport: RTCDtlsTransport, answer: str) -> dict[int, set[str]]:
     """ssrc -> the values of the ``mid`` header extension (the answer's id, the same in every
     bundled section) on the packets a transport receives."""
     ids = {ext.id for media in aiortc_sdp.SessionDescription.parse(answer).media
@@ -56,15 +62,13 @@ def record_mid_extension(transport: Any, answer: str) -> dict[int, set[str]]:
     assert len(ids) == 1, f"the answer's sections disagree on the mid extension id: {ids}"
     (mid_id,) = ids
     values: dict[int, set[str]] = {}
-    original = transport._handle_rtp_data
 
-    async def handle(data: bytes, arrival_time_ms: int) -> None:
+    def record(data: bytes) -> None:
         header = parse_header(data)
         mids = {v.decode() for i, v in extension_elements(data, header) if i == mid_id}
         values.setdefault(header.ssrc, set()).update(mids or {""})
-        await original(data, arrival_time_ms)
 
-    transport._handle_rtp_data = handle
+    watch_received_rtp(transport, record)
     return values
 
 
@@ -103,17 +107,19 @@ async def check_viewer(http: aiohttp.ClientSession, server: RunningServer, room:
         transceivers = pc.getTransceivers()
         assert len(expected) == len(transceivers) == len(kinds)
         assert len({t.receiver.transport for t in transceivers}) == 1, "sections left off the BUNDLE transport"
-        await wait_for(lambda: all(expected[t.mid] in seen.get(t.mid, set()) for t in transceivers), timeout=15,
-                       what=f"every section receiving its stream ({ {t.mid: seen.get(t.mid) for t in transceivers} })")
+        await wait_for(lambda: all(expected[_mid(t)] in seen.get(_mid(t), set()) for t in transceivers),
+                       timeout=15,
+                       what=f"every section receiving its stream ({ {t.mid: seen.get(_mid(t)) for t in transceivers} })")
         for t in transceivers:
             others = {ssrc for mid, ssrc in expected.items() if mid != t.mid}
-            assert not seen[t.mid] & others, f"mid {t.mid} got another section's packets"
+            assert not seen[_mid(t)] & others, f"mid {t.mid} got another section's packets"
             # browsers demultiplex by the mid header extension first: each stream carries its own
-            assert mid_values.get(expected[t.mid]) == {t.mid}, (t.mid, mid_values.get(expected[t.mid]))
+            assert mid_values.get(expected[_mid(t)]) == {t.mid}, (t.mid, mid_values.get(expected[_mid(t)]))
         for t in transceivers:
             if t.kind == "video":
-                source = labels[t.mid].split()[1]
+                source = labels[_mid(t)].split()[1]
                 frame = await asyncio.wait_for(t.receiver.track.recv(), 10)
+                assert isinstance(frame, VideoFrame)
                 assert (frame.width, frame.height) == SIZES[source], (t.mid, source)
     finally:
         await pc.close()
@@ -269,7 +275,7 @@ async def test_a_bundle_only_section_is_published(server):
         pc.addTransceiver(AudioStreamTrack(), direction="sendonly")
         video = pc.addTransceiver(FlatVideoTrack(160, 120), direction="sendonly")
         await pc.setLocalDescription(await pc.createOffer())
-        offer = _bundle_only(pc.localDescription.sdp, video.mid)
+        offer = _bundle_only(pc.localDescription.sdp, _mid(video))
         assert "a=bundle-only" in offer
         async with aiohttp.ClientSession() as http:
             response = await post_offer(http, f"{server.url}/whip/bo", token, offer)

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.timeout(60)
 
 def _match(sent, received, kind_pt):
     """Every received media packet's payload is byte-identical to a sent one, in order."""
-    by_payload = {}
+    by_payload: dict[bytes, int] = {}
     for i, p in enumerate(sent):
         by_payload.setdefault(p.payload, i)
     positions = []

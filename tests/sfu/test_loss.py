@@ -14,6 +14,7 @@ import pytest
 from aiortc import RTCSessionDescription
 from aiortc import sdp as aiortc_sdp
 from aiortc.mediastreams import AudioStreamTrack
+from av import AudioFrame
 
 from devices.opus_encoder import OpusConfig, use_stethoscope_encoder
 from media.ice import RandomLoss
@@ -100,6 +101,7 @@ class ToneTrack(AudioStreamTrack):
 
     async def recv(self):  # type: ignore[no-untyped-def]
         frame = await super().recv()
+        assert isinstance(frame, AudioFrame)
         n = frame.samples
         t = (np.arange(n) + self._samples) / frame.sample_rate
         self._samples += n

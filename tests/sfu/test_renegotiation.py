@@ -9,9 +9,10 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiortc import RTCSessionDescription
+from aiortc import RTCRtpTransceiver, RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack
 
+from media.aiortc_internals import request_keyframe, rewrite_sent_rtp, route_rtcp_for_ssrc, sender_ssrc
 from sfu.appkeys import SFU
 from sfu.events import RoomEventType
 from sfu.keyframes import vp8_keyframe_start
@@ -75,10 +76,13 @@ async def test_removing_a_section_by_reoffer_ends_only_its_publication_or_subscr
         # 1. The publisher removes its camera section (port 0, out of BUNDLE).
         camera.direction = "inactive"
         await pc.setLocalDescription(await pc.createOffer())
+        assert camera.mid is not None
         reoffer = _removed_the_browser_way(pc.localDescription.sdp, camera.mid)
         answer = (await sfu.negotiate(publisher, reoffer, session_id=negotiation.session_id)).answer_sdp
         assert re.search(r"^m=video 0 ", answer, flags=re.M), "the removed section is answered rejected"
-        assert camera.mid not in re.search(r"a=group:BUNDLE([^\r\n]*)", answer).group(1).split()
+        bundle = re.search(r"a=group:BUNDLE([^\r\n]*)", answer)
+        assert bundle is not None
+        assert camera.mid not in bundle.group(1).split()
         await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
         removed = [e.publication.id for e in events if e.type is RoomEventType.PUBLICATION_REMOVED]
         assert removed == [by_source["camera"].id]
@@ -118,27 +122,22 @@ class SsrcSwitch:
     packet that starts a keyframe (any packet for audio) a new SSRC, sequence numbers and
     timestamps continue from unrelated random origins."""
 
-    def __init__(self, transceiver: Any, new_ssrc: int, video: bool) -> None:
+    def __init__(self, transceiver: RTCRtpTransceiver, new_ssrc: int, video: bool) -> None:
         self.sender = transceiver.sender
-        self.old_ssrc = self.sender._ssrc
+        self.old_ssrc = sender_ssrc(self.sender)
         self.new_ssrc = new_ssrc
         self.video = video
         self.pending = False
         self.active = False
         self.first_new: tuple[int, int] | None = None
         transport = self.sender.transport
-        original = transport._send_rtp
-
-        async def send(data: bytes, original: Any = original) -> None:
-            await original(self.rewrite(data))
-
-        transport._send_rtp = send
-        transport._rtp_router.register_sender(self.sender, new_ssrc)  # PLIs for the new ssrc reach it
+        rewrite_sent_rtp(transport, self.rewrite)
+        route_rtcp_for_ssrc(transport, self.sender, new_ssrc)  # PLIs for the new ssrc reach it
 
     def start(self) -> None:
         self.pending = True
         if self.video:
-            self.sender._send_keyframe()
+            request_keyframe(self.sender)
 
     def rewrite(self, data: bytes) -> bytes:
         if len(data) < 12 or 192 <= data[1] <= 223:

@@ -13,7 +13,7 @@ from aiortc.mediastreams import AudioStreamTrack
 from core import appkeys
 from media.ice import ScopedPeerConnection
 from sfu.appkeys import SFU
-from sfu.events import RoomEventType
+from sfu.events import RoomEvent, RoomEventType
 from sfu.keyframes import vp8_keyframe_start
 from sfu.sdp import msids
 from tests.sfu.clients import FlatVideoTrack, play, post_offer, publish, record_received
@@ -128,7 +128,7 @@ async def test_grants_and_bad_input_are_refused_and_the_server_keeps_serving(ser
 async def test_replacing_a_publication_keeps_the_subscriber_stream_continuous(server):
     tokens = server.tokens
     sfu = server.app[SFU]
-    events = []
+    events: list[RoomEvent] = []
     sfu.on_room_event("rep", events.append)
     token = tokens.issue_room("rep", "cabin", role="nurse", publish=["camera"])
     async with aiohttp.ClientSession() as http:

@@ -42,7 +42,7 @@ def test_rewrite_without_extensions_drops_them():
     data = packet(ext=[(5, b"x")])
     h = parse_header(data)
     out = rewrite(data, h, ssrc=1, payload_type=96, sequence_number=1, timestamp=1, extensions=b"")
-    assert out[0] & 0x10 == 0 and len(out) == 12 + len(h and data[h.payload_start:])
+    assert out[0] & 0x10 == 0 and len(out) == 12 + len(data[h.payload_start:])
 
 
 @pytest.mark.parametrize("bad", [b"", b"\x80" * 5, b"\x00" * 12, b"\x90\x60\x00\x01" + b"\x00" * 8])

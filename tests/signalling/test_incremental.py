@@ -10,7 +10,7 @@ async def test_freed_physician_gets_requests_in_queue_order(sig: RunningServer) 
     n = await nurse(sig)
     d = await physician(sig, available=False)
     try:
-        ids = {}
+        ids: dict[str, list[str]] = {}
         for priority in ("routine", "urgent", "emergency", "urgent"):
             reply = await n.request("visit.request", **{**VISIT, "priority": priority})
             ids.setdefault(priority, []).append(reply["consultation"]["id"])

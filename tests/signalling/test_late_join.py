@@ -20,6 +20,7 @@ import aiohttp
 import jwt
 from aiortc import RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack
+from av import VideoFrame
 
 from signalling.appkeys import SIGNALLING
 from tests.sfu.clients import FlatVideoTrack, client_pc
@@ -79,6 +80,7 @@ async def test_late_joiner_learns_publications_and_plays(tmp_path: Path) -> None
         assert answer["publications"] == []  # it created none...
         assert len(answer["room_publications"]) == 2  # ...but sees the room's
         frame = await asyncio.wait_for(video.receiver.track.recv(), 15)
+        assert isinstance(frame, VideoFrame)
         assert frame.width == 320
 
         # Someone without a seat learns nothing.

@@ -13,6 +13,7 @@ from typing import Any
 
 from aiortc import RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack
+from av import VideoFrame
 
 from sfu.appkeys import SFU
 from tests.sfu.clients import FlatVideoTrack, client_pc
@@ -69,6 +70,7 @@ async def test_media_through_the_socket_renegotiation_and_room_close(tmp_path: A
         audio = dpc.addTransceiver("audio", direction="recvonly")
         first = await _offer(d, dpc, cid, subscribe={video: camera["id"], audio: microphone["id"]})
         frame = await asyncio.wait_for(video.receiver.track.recv(), 15)
+        assert isinstance(frame, VideoFrame)
         assert (frame.width, frame.height) == (320, 240)
         await asyncio.wait_for(audio.receiver.track.recv(), 15)
 

@@ -25,6 +25,8 @@ import pytest
 from aiortc import RTCConfiguration, RTCIceServer, RTCSessionDescription
 from aiortc.rtcconfiguration import RTCIceTransportPolicy
 
+from media.aioice_internals import nominated_pairs
+from media.aiortc_internals import ice_connection
 from media.ice import ScopedPeerConnection
 from tests.signalling.client import SigClient
 from tests.signalling.conftest import sig_settings
@@ -152,8 +154,8 @@ async def test_relay_only_peer_reaches_the_server_through_coturn(tmp_path: Path,
         await wait_for(lambda: len(inbox) == 5, 10, what="echoes through the relay")
         assert inbox == [f"pong{i}" for i in range(5)]
         # The nominated pair's local side is the relayed candidate coturn allocated.
-        connection = pc.sctp.transport.transport._connection  # type: ignore[union-attr]
-        pair = connection._nominated[1]
+        assert pc.sctp is not None
+        pair = nominated_pairs(ice_connection(pc.sctp.transport.transport))[1]
         assert pair.local_candidate.type == "relay"
         assert pair.local_candidate.port in coturn.relay_ports
     finally:

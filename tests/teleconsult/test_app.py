@@ -50,7 +50,7 @@ async def test_tokens_accepted_and_attacks_refused(server: RunningServer) -> Non
         "tampered": good[:-4] + ("AAAA" if not good.endswith("AAAA") else "BBBB"),
         "expired": jwt.encode({**base, "iat": now - 100, "exp": now - 50}, key, algorithm="HS256"),
         "wrong audience": jwt.encode({**base, "aud": "x", "iat": now, "exp": now + 60}, key, algorithm="HS256"),
-        "alg none": jwt.encode({**base, "iat": now, "exp": now + 60}, None, algorithm="none"),
+        "alg none": jwt.encode({**base, "iat": now, "exp": now + 60}, "", algorithm="none"),
         "room token": server.tokens.issue_room("r1", "dr-1", role="physician"),
     }
     for name, token in attacks.items():

@@ -181,7 +181,8 @@ def test_push_rtp_with_parsed_headers_equals_push(vp8_clip: Clip, opus_clip: Cli
         del mixed[40]  # a loss
         mixed.insert(60, mixed[50])  # a duplicate
         a, b = Depacketizer(codec, reorder_packets=16), Depacketizer(codec, reorder_packets=16)
-        expected, got = [], []
+        expected: list[Event] = []
+        got: list[Event] = []
         for i, p in enumerate(mixed):
             expected += a.push(p, i * 0.001)
             data = p.serialize()

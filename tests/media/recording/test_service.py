@@ -14,14 +14,16 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import aiohttp
 import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamTrack
 
+from core.vocabulary import Act, ConsultationId
 from media.recording.appkeys import RECORDING
+from media.recording.ports import Consultation, JournalValue
 from sfu.appkeys import SFU
 from tests.sfu.clients import FlatVideoTrack, Session, play, publish
 from tests.signalling.client import SigClient
@@ -190,7 +192,7 @@ async def test_a_consultation_is_recorded_in_sync_with_access_control(server: Ru
                                 headers=bearer(doctor_token)) as r:
                 assert r.status == 200
                 data = await r.read()
-            with av.open(io.BytesIO(data)) as container:
+            with av.open(io.BytesIO(data), "r") as container:
                 assert sum(len(p.decode()) for p in container.demux(video=0) if p.size) == VIDEO_FRAMES
             other = t.issue_access("physician", "dr-other")
             nurse_token = t.issue_access("nurse", "nurse-1", site="cabin-demo")
@@ -212,12 +214,13 @@ async def test_a_consultation_is_recorded_in_sync_with_access_control(server: Ru
                 exported = await r.read()
             firsts: dict[int, float] = {}
             frames: dict[int, int] = {}
-            with av.open(io.BytesIO(exported)) as container:
+            with av.open(io.BytesIO(exported), "r") as container:
                 assert len(container.streams) == 4
                 for packet in container.demux():
                     if not packet.size:
                         continue
                     idx = packet.stream.index
+                    assert packet.pts is not None and packet.time_base is not None
                     firsts.setdefault(idx, float(packet.pts * packet.time_base))
                     frames[idx] = frames.get(idx, 0) + 1
             assert max(firsts.values()) - min(firsts.values()) <= 0.05, firsts
@@ -305,16 +308,29 @@ async def test_consent_roles_keyframe_on_start_and_stop_on_end(server: RunningSe
 
 
 class _Journal:
-    def __init__(self) -> None:
-        self.entries: list[tuple[str, dict[str, Any]]] = []
+    """A :class:`media.recording.ports.Journal` that keeps each act with its fields."""
 
-    async def append(self, act: str, **fields: Any) -> None:
-        self.entries.append((act, fields))
+    def __init__(self) -> None:
+        self.entries: list[tuple[Act, dict[str, JournalValue]]] = []
+
+    async def append(self, act: Act, *, actor: str, consultation_id: ConsultationId | None = None,
+                     about: None = None, **ids: JournalValue) -> None:
+        self.entries.append((act, {"actor": actor, "consultation_id": consultation_id, **ids}))
 
 
 class _Signalling:
+    """A :class:`media.recording.ports.Signalling` with no consultations: a journal, and
+    the events it was asked to send."""
+
     def __init__(self) -> None:
         self.journal = _Journal()
+        self.emitted: list[tuple[list[tuple[str, str]], dict[str, Any]]] = []
+
+    async def get_any(self, consultation_id: ConsultationId, /) -> Consultation | None:
+        return None
+
+    async def emit(self, targets: Iterable[tuple[str, str]], message: dict[str, Any], /) -> None:
+        self.emitted.append((list(targets), message))
 
 
 async def test_daily_purge_shreds_expired_stills_too_and_journals_them(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ HERE = Path(__file__).parents[1]
 
 def decode_all(vault: Vault, path: Path) -> tuple[int, int]:
     """(packets, decoded frames) of a recorded file."""
-    with vault.open_reader(path) as f, av.open(f) as c:
+    with vault.open_reader(path) as f, av.open(f, "r") as c:
         packets = decoded = 0
         for packet in c.demux():
             if packet.size:

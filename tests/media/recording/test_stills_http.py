@@ -94,6 +94,7 @@ async def test_upload_rules_readers_and_journal(server: RunningServer) -> None:
             async with http.get(f"{url}/0123456789abcdef01234567", headers=physician) as r:
                 assert r.status == 404
             decoded = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+            assert decoded is not None
             assert decoded.shape == (48, 64, 3)
             async with http.get(f"{server.url}/api/consultations/{c.id}/journal", headers=physician) as r:
                 acts = [e["act"] for e in (await r.json())["entries"]]

@@ -46,6 +46,7 @@ def test_export_is_one_file_in_sync(store: RecordingStore, tmp_path: Path, vp8_c
         for packet in c.demux():
             if packet.size:
                 counts[packet.stream.index] += 1
+                assert packet.pts is not None and packet.time_base is not None
                 first.setdefault(packet.stream.index, float(packet.pts * packet.time_base))
                 assert packet.decode() is not None
     assert counts == {0: len(vp8_clip.frames), 1: len(opus_clip.frames)}
