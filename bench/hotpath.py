@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import socket
 import statistics
@@ -44,9 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import uvloop
-from aiortc.rtcdtlstransport import SRTP_PROFILES
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
-from pylibsrtp import Policy, Session
 
 from media import aioice_internals, aiortc_internals
 from sfu.events import PublicationInfo
@@ -124,18 +121,6 @@ class Traffic:
         return out[:n]
 
 
-def _srtp_pair() -> tuple[Any, Any]:
-    profile = SRTP_PROFILES[0]
-    key = os.urandom(profile.key_length + profile.salt_length)
-    sessions = []
-    for ssrc_type in (Policy.SSRC_ANY_OUTBOUND, Policy.SSRC_ANY_INBOUND):
-        policy = Policy(key=key, ssrc_type=ssrc_type, srtp_profile=profile.libsrtp_profile)
-        policy.allow_repeat_tx = True
-        policy.window_size = 1024
-        sessions.append(Session(policy))
-    return sessions[0], sessions[1]
-
-
 class Setup:
     """One publisher (video + audio) forwarded to ``n`` subscribers over loopback."""
 
@@ -148,7 +133,7 @@ class Setup:
         rng = random.Random(self.seed)
         vssrc, assrc = rng.randrange(1 << 32), rng.randrange(1 << 32)
         self.traffic = Traffic(vssrc, assrc, seed=self.seed)
-        self.pub_tx, rx = _srtp_pair()
+        self.pub_tx, rx = aiortc_internals.srtp_session_pairs()[0]
         connection = aioice_internals.stand_in_connection()
         publisher_dtls = aiortc_internals.stand_in_dtls_transport(connection, rx=rx)
         participant = Participant.__new__(Participant)
@@ -188,7 +173,7 @@ class Setup:
             self.sinks.append(sink)
             udp, _ = await loop.create_datagram_endpoint(asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0))
             self.transports.append(udp)
-            tx, _unused = _srtp_pair()
+            tx, _unused = aiortc_internals.srtp_session_pairs()[0]
             sub_dtls = aiortc_internals.stand_in_dtls_transport(
                 aioice_internals.stand_in_connection(udp, sink.getsockname()), tx=tx)
             for mid, pub, ext in (("0", self.publications[0], VIDEO_EXT), ("1", self.publications[1], AUDIO_EXT)):

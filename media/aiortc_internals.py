@@ -58,6 +58,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import os
 import queue
 import time
 from importlib.metadata import version
@@ -72,14 +73,22 @@ from aiortc.codecs import h264, vpx
 from aiortc.codecs.base import Encoder
 from aiortc.codecs.h264 import H264Encoder
 from aiortc.mediastreams import MediaStreamTrack
-from aiortc.rtcdtlstransport import RTCDtlsTransport
+from aiortc.rtcdtlstransport import SRTP_PROFILES, RTCDtlsTransport
 from aiortc.rtcdtlstransport import State as DtlsState
 from aiortc.rtcicetransport import RTCIceTransport
 from aiortc.rtcpeerconnection import is_codec_compatible
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from aiortc.rtcrtpreceiver import NackGenerator, StreamStatistics
-from aiortc.rtp import (RTCP_PSFB_APP, RTCP_PSFB_FIR, RTCP_PSFB_PLI, RTCP_RTPFB_NACK, RtcpPsfbPacket,
-                        RtcpRtpfbPacket, RtpPacket, is_rtcp)
+from aiortc.rtp import (
+    RTCP_PSFB_APP,
+    RTCP_PSFB_FIR,
+    RTCP_PSFB_PLI,
+    RTCP_RTPFB_NACK,
+    RtcpPsfbPacket,
+    RtcpRtpfbPacket,
+    RtpPacket,
+    is_rtcp,
+)
 
 from media import aioice_internals
 from media.eager import run_now
@@ -308,6 +317,23 @@ def use_null_decoders() -> None:
             return []
 
     aiortc.rtcrtpreceiver.get_decoder = lambda codec: NullDecoder()  # type: ignore[assignment,return-value]
+
+
+# -- SRTP as aiortc sets it up -------------------------------------------------------------
+def srtp_session_pairs() -> list[tuple[pylibsrtp.Session, pylibsrtp.Session]]:
+    """(outbound, inbound) SRTP sessions sharing a fresh key, one pair for each profile aiortc
+    negotiates, with the policy aiortc gives its own (for tests and benches)."""
+    pairs = []
+    for profile in SRTP_PROFILES:
+        key = os.urandom(profile.key_length + profile.salt_length)
+        sessions = []
+        for ssrc_type in (pylibsrtp.Policy.SSRC_ANY_OUTBOUND, pylibsrtp.Policy.SSRC_ANY_INBOUND):
+            policy = pylibsrtp.Policy(key=key, ssrc_type=ssrc_type, srtp_profile=profile.libsrtp_profile)
+            policy.allow_repeat_tx = True
+            policy.window_size = 1024
+            sessions.append(pylibsrtp.Session(policy))
+        pairs.append((sessions[0], sessions[1]))
+    return pairs
 
 
 # -- the send path ---------------------------------------------------------------------------

@@ -31,7 +31,6 @@ from aiortc.rtp import is_rtcp
 
 from media import aioice_internals, aiortc_internals
 from media.ice import ScopedPeerConnection
-from tests.media.srtp_sessions import session_pairs
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -168,7 +167,7 @@ async def test_rtp_writer_sends_what_send_rtp_now_sends():
     def pair(name, addr):
         return SimpleNamespace(protocol=SimpleNamespace(transport=Udp(name)), remote_addr=addr)
 
-    (tx, rx), = session_pairs()[:1]
+    (tx, rx), = aiortc_internals.srtp_session_pairs()[:1]
     connection = aioice_internals.stand_in_connection(Udp("a"), ("127.0.0.1", 1))  # type: ignore[arg-type]
     nominated = aioice_internals.nominated_pairs(connection)
     transport = aiortc_internals.stand_in_dtls_transport(connection, tx=tx)

@@ -10,9 +10,8 @@ from importlib.metadata import version
 import pylibsrtp
 import pytest
 
-from media import pylibsrtp_internals
+from media import aiortc_internals, pylibsrtp_internals
 from media.pylibsrtp_internals import srtp_protector, srtp_unprotector
-from tests.media.srtp_sessions import session_pairs
 
 
 def rtp(seq: int, size: int) -> bytes:
@@ -32,8 +31,8 @@ def test_srtp_protector_and_unprotector_are_the_sessions_own():
     refusals), on every profile aiortc negotiates; pylibsrtp's internals they use are still there."""
     source = inspect.getsource(pylibsrtp.Session)
     assert "self._buffer[0 : len(data)] = data" in source and "func(self._srtp[0], self._cdata, len_p)" in source
-    for tx, rx in session_pairs():
-        tx2, rx2 = session_pairs()[0]  # unrelated keys
+    for tx, rx in aiortc_internals.srtp_session_pairs():
+        tx2, rx2 = aiortc_internals.srtp_session_pairs()[0]  # unrelated keys
         protect, unprotect = srtp_protector(tx), srtp_unprotector(rx)
         for seq in range(1, 40):
             plain = struct.pack("!BBHII", 0x80, 96, seq, seq * 3000, 4242) + bytes([seq]) * (seq * 30)
@@ -53,11 +52,11 @@ def test_srtp_protector_and_unprotector_are_the_sessions_own():
 def test_what_the_protector_sends_a_plain_session_decrypts():
     """Bytes in = bytes out across the two paths, both ways: the protector's output through a
     plain ``Session.unprotect``, a plain ``Session.protect``'s output through the unprotector."""
-    for tx, rx in session_pairs():
+    for tx, rx in aiortc_internals.srtp_session_pairs():
         protect = srtp_protector(tx)
         sent = [rtp(seq, 40 + seq * 7) for seq in range(100, 160)]
         assert [rx.unprotect(protect(p)) for p in sent] == sent
-    for tx, rx in session_pairs():
+    for tx, rx in aiortc_internals.srtp_session_pairs():
         unprotect = srtp_unprotector(rx)
         sent = [rtp(seq, 1000 + seq) for seq in range(1, 30)]
         assert [unprotect(tx.protect(p)) for p in sent] == sent
@@ -66,7 +65,7 @@ def test_what_the_protector_sends_a_plain_session_decrypts():
 def test_a_protector_follows_its_session_between_packets():
     """One session, its state (rollover counter, replay window) shared by both paths: packets
     protected alternately by the two arrive in order and decrypt."""
-    (tx, rx), = session_pairs()[:1]
+    (tx, rx), = aiortc_internals.srtp_session_pairs()[:1]
     protect = srtp_protector(tx)
     sent = [rtp(seq, 200) for seq in range(1, 21)]
     protected = [protect(p) if seq % 2 else tx.protect(p) for seq, p in enumerate(sent)]
