@@ -40,6 +40,7 @@ from aiortc.contrib.media import MediaBlackhole, MediaRelay
 from aiortc.mediastreams import MediaStreamTrack
 
 from bench.rtc import client_pc, prefer
+from core.vocabulary import MediaKind, Source
 from media import aiortc_internals
 
 
@@ -145,7 +146,7 @@ def _identity(request: web.Request) -> str:
 
 
 def _kind(source: str) -> str:
-    return "audio" if source in ("microphone", "stethoscope") else "video"
+    return "audio" if Source(source).kind is MediaKind.AUDIO else "video"
 
 
 async def serve(port: int, video_bitrate: int) -> None:

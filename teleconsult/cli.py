@@ -17,6 +17,7 @@ import uvloop
 from config.settings import Settings, SettingsError, load_settings
 from core import logs
 from core.auth import TokenService
+from core.vocabulary import Role
 from devices.agent import add_agent_command
 from media.recording.cli import add_commands as add_recording_commands
 from teleconsult.demo import add_demo_command
@@ -26,6 +27,8 @@ from teleconsult.tls import write_self_signed
 logger = logging.getLogger("teleconsult")
 
 EXIT_CONFIG = 2
+ROOM_ROLES = (Role.NURSE, Role.PHYSICIAN, Role.AGENT)
+"""Who may hold a room token (an admin never joins a room)."""
 
 Command = Callable[[argparse.Namespace, Settings], int]
 
@@ -65,8 +68,8 @@ def cmd_token_access(args: argparse.Namespace, settings: Settings) -> int:
         args.role, args.sub, site=args.site, specialties=_csv(args.specialty or ""),
         name=args.name or "", ttl=args.ttl)
     if args.link:
-        page = {"nurse": "nurse", "physician": "physician", "admin": "admin", "agent": "agent"}[args.role]
-        print(f"{settings.base_url}/{page}#token={token}")
+        # Each role has its page, named after it.
+        print(f"{settings.base_url}/{Role(args.role).value}#token={token}")
     else:
         print(token)
     return 0
@@ -114,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     token_p = sub.add_parser("token", help="sign tokens with the configured key")
     token_sub = token_p.add_subparsers(dest="token_kind", required=True)
     access = token_sub.add_parser("access", help="an access token for a person or a device agent")
-    access.add_argument("--role", required=True, choices=["nurse", "physician", "agent", "admin"])
+    access.add_argument("--role", required=True, choices=[r.value for r in Role])
     access.add_argument("--sub", required=True, help="subject id (no personal data)")
     access.add_argument("--site", help="site id (nurse, agent)")
     access.add_argument("--specialty", help="comma-separated specialties (physician)")
@@ -125,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     room = token_sub.add_parser("room", help="a room token with explicit grants")
     room.add_argument("room")
     room.add_argument("--identity", required=True)
-    room.add_argument("--role", default="physician", choices=["nurse", "physician", "agent"])
+    room.add_argument("--role", default="physician", choices=[r.value for r in ROOM_ROLES])
     room.add_argument("--publish", help="comma-separated sources it may publish")
     room.add_argument("--subscribe", action="store_true", help="may subscribe to the room's tracks")
     room.add_argument("--command", action="store_true", help="may send device commands")
