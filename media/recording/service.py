@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Coroutine
 
 from config.settings import Settings
+from core.tasks import Tasks
 from core.vocabulary import Act, ConsultationId, MediaKind
 from media.recording import ports
 from media.recording.depacketizer import RtpHeaderLike
@@ -103,7 +104,7 @@ class RecordingService:
         self._wall_clock = wall_clock
         self._pli_interval = settings.media.pli_interval_s
         self._active: dict[str, _Active] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = Tasks()
         self._closing = False
         self._sync_executor: ThreadPoolExecutor | None = None
         self._batch_s = BATCH_S
@@ -352,9 +353,7 @@ class RecordingService:
 
     # -- background ---------------------------------------------------------------
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks.spawn(coro)
 
     async def recover(self) -> list[str]:
         """Close what a crash left open; journaled."""
@@ -424,13 +423,7 @@ class RecordingService:
         for active in list(self._active.values()):
             manifest = self._stop_now(active, "system", "shutdown")
             await self._announce_stop(active, manifest, "system", "shutdown")
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):
-                pass
+        await self._tasks.close()
         if self._sync_executor is not None:
             executor, self._sync_executor = self._sync_executor, None
             await asyncio.to_thread(executor.shutdown, wait=True)
