@@ -11,10 +11,19 @@ from pathlib import Path
 from typing import AsyncIterator, Iterator
 
 import pytest
+from playwright.async_api import async_playwright
 
 from config.settings import Settings
-from tests.support import (CHROMIUM, CHROMIUM_ARGS, RedisProcess, RunningServer, spawn_redis, start_server,
-                           stop_process, loopback_settings)
+from tests.support import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    RedisProcess,
+    RunningServer,
+    loopback_settings,
+    spawn_redis,
+    start_server,
+    stop_process,
+)
 
 
 @pytest.fixture
@@ -52,7 +61,6 @@ async def chromium() -> AsyncIterator[object]:
     """Headless system Chromium with fake camera/microphone, driven by Playwright."""
     if not os.access(CHROMIUM, os.X_OK):
         pytest.fail(f"{CHROMIUM} is missing (the test command installs it: scripts/test.sh)")
-    from playwright.async_api import async_playwright
 
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)

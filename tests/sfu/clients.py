@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import aiohttp
+import av
+import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
 from aiortc import sdp as aiortc_sdp
 from aiortc.mediastreams import MediaStreamTrack, VideoStreamTrack
@@ -155,8 +157,6 @@ class FlatVideoTrack(VideoStreamTrack):
         self.count = 0
 
     async def recv(self) -> Any:
-        import av
-        import numpy as np
 
         pts, time_base = await self.next_timestamp()
         image = np.zeros((self.height, self.width, 3), dtype=np.uint8)

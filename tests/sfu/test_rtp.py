@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import random
 import struct
 
 import pytest
 from aiortc.rtp import RtpPacket
 
-from sfu.rtp import (ExtensionRewriter, LossCounter, PacketHistory, RtpError, SequenceMapper, extension_elements,
-                     extension_layout, rewrite_packet,
-                     pack_extensions, parse_header, rewrite, seq_newer, unwrap_rtx, wrap_rtx)
+from sfu.rtp import (
+    ExtensionRewriter,
+    LossCounter,
+    PacketHistory,
+    RtpError,
+    SequenceMapper,
+    extension_elements,
+    extension_layout,
+    pack_extensions,
+    parse_header,
+    rewrite,
+    rewrite_packet,
+    seq_newer,
+    unwrap_rtx,
+    wrap_rtx,
+)
 
 
 def packet(seq=1, ts=1000, ssrc=1234, pt=96, marker=False, payload=b"\x10\x00\x9d\x01\x2a", ext=None, csrc=()):
@@ -122,7 +136,6 @@ def test_extension_layout_matches_the_elements():
 def test_compiled_extension_blocks_are_byte_identical():
     """Every layout the rewriter compiles gives the bytes the element-by-element packing gives,
     for one-byte and two-byte forms, kept, dropped and renumbered ids, with and without mid."""
-    import random
 
     rng = random.Random(5)
     uris = ["m", "a", "b", "c", "d"]

@@ -22,6 +22,7 @@ from aiortc import RTCSessionDescription
 from aiortc.mediastreams import AudioStreamTrack
 from av import VideoFrame
 
+from devices.agent import AgentConfig, DeviceAgent
 from signalling.appkeys import SIGNALLING
 from tests.sfu.clients import FlatVideoTrack, client_pc
 from tests.signalling.client import SigClient
@@ -169,7 +170,6 @@ async def test_auth_renew_is_bounded_by_the_session_age(tmp_path: Path) -> None:
 
 
 async def test_device_agent_renews_its_site_token(tmp_path: Path) -> None:
-    from devices.agent import AgentConfig, DeviceAgent
 
     sig = await start_server(sig_settings(tmp_path, "memory", None))
     short = sig.tokens.issue_access("agent", "agent-cabin-demo", site="cabin-demo", ttl=8)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from pathlib import Path
+
+import aiohttp
 
 from core.vocabulary import ConsultationId
 from signalling.appkeys import SIGNALLING
@@ -118,9 +121,7 @@ async def test_events_cross_processes_and_resume_elsewhere(tmp_path: Path, redis
 
 async def test_a_burst_of_hellos_on_redis_all_get_answers(tmp_path: Path, redis_url: str) -> None:
     """More simultaneous hellos than redis-py's default pool (100) allows: they queue, none fails."""
-    import json
 
-    import aiohttp
 
     a = await start_server(sig_settings(tmp_path, "redis", redis_url, name="a"))
     try:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import time
 from pathlib import Path
@@ -90,9 +93,6 @@ async def test_hs_rs_confusion(tmp_path: Path) -> None:
         await ok.close()
         # HS256 signed with the public key PEM as the secret: refused (the algorithm is fixed by settings).
         body = json.dumps(claims()).encode()
-        import base64
-        import hashlib
-        import hmac
 
         def b64(data: bytes) -> str:
             return base64.urlsafe_b64encode(data).rstrip(b"=").decode()

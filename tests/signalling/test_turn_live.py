@@ -28,6 +28,7 @@ from aiortc.rtcconfiguration import RTCIceTransportPolicy
 from media.aioice_internals import nominated_pairs
 from media.aiortc_internals import ice_connection
 from media.ice import ScopedPeerConnection
+from signalling.turn import turn_credentials
 from tests.signalling.client import SigClient
 from tests.signalling.conftest import sig_settings
 from tests.support import free_port, start_server, stop_process, wait_for
@@ -167,7 +168,6 @@ async def test_relay_only_peer_reaches_the_server_through_coturn(tmp_path: Path,
 
 async def test_wrong_secret_gets_no_relay(tmp_path: Path, coturn: Coturn) -> None:
     """Credentials signed with another secret are refused by coturn: no relayed candidate."""
-    from signalling.turn import turn_credentials
 
     username, password = turn_credentials("not-the-secret", "intruder", 600, time.time())
     pc = _relay_pc([{"urls": [f"turn:127.0.0.1:{coturn.port}?transport=udp"], "username": username,

@@ -3,6 +3,7 @@ import time
 import aiohttp
 import jwt
 
+from core import appkeys
 from tests.support import RunningServer
 
 
@@ -23,7 +24,6 @@ async def test_health_ready_metrics(server: RunningServer) -> None:
 
 
 async def test_readyz_unready_while_draining(server: RunningServer) -> None:
-    from core import appkeys
 
     server.app[appkeys.LIFECYCLE].signal()
     async with aiohttp.ClientSession() as http:

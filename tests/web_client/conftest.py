@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import AsyncIterator
 
 import pytest
+from playwright.async_api import async_playwright
 
 from tests.support import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
 
@@ -19,7 +20,6 @@ async def denied_chromium() -> AsyncIterator[object]:
     """Chromium whose permission prompts for camera and microphone are answered "deny"."""
     if not os.access(CHROMIUM, os.X_OK):
         pytest.fail(f"{CHROMIUM} is missing (the test command installs it: scripts/test.sh)")
-    from playwright.async_api import async_playwright
 
     args = ["--use-fake-ui-for-media-stream=deny" if a == "--use-fake-ui-for-media-stream" else a
             for a in CHROMIUM_ARGS]

@@ -3,7 +3,7 @@ from __future__ import annotations
 import random
 
 import av
-
+from aiortc.codecs.vpx import VpxPayloadDescriptor
 from aiortc.rtp import RtpPacket
 
 from media.recording.depacketizer import (
@@ -13,9 +13,10 @@ from media.recording.depacketizer import (
     Gap,
     h264_is_keyframe,
     h264_nal_units,
+    vp8_descriptor_end,
     vp8_is_keyframe,
 )
-
+from sfu.rtp import parse_header
 from tests.media.conftest import H264, OPUS, VP8, Clip, encode_video, packetize
 
 
@@ -143,9 +144,7 @@ def test_malformed_payload_is_a_loss() -> None:
 
 
 def test_vp8_descriptor_reader_agrees_with_aiortc() -> None:
-    from aiortc.codecs.vpx import VpxPayloadDescriptor
 
-    from media.recording.depacketizer import vp8_descriptor_end
 
     rng = random.Random(3)
     for _ in range(3000):
@@ -168,7 +167,6 @@ def test_vp8_descriptor_reader_agrees_with_aiortc() -> None:
 def test_push_rtp_with_parsed_headers_equals_push(vp8_clip: Clip, opus_clip: Clip) -> None:
     """The SFU tap's path (datagram + its parsed header) gives what push() gives,
     reordering, duplicates and loss included."""
-    from sfu.rtp import parse_header
 
     for clip, codec in ((vp8_clip, VP8), (opus_clip, OPUS)):
         packets = clip.flat()

@@ -13,6 +13,7 @@ import io
 import json
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -21,9 +22,14 @@ import av
 import numpy as np
 from aiortc.mediastreams import MediaStreamTrack
 
+from config.settings import RecordingSettings, ServerSettings, Settings
 from core.vocabulary import Act, ConsultationId
 from media.recording.appkeys import RECORDING
 from media.recording.ports import Consultation, JournalValue
+from media.recording.service import RecordingService
+from media.recording.stills import StillStore
+from media.recording.store import RecordingStore
+from media.recording.vault import MasterKey, Vault
 from sfu.appkeys import SFU
 from tests.sfu.clients import FlatVideoTrack, Session, play, publish
 from tests.signalling.client import SigClient
@@ -334,13 +340,7 @@ class _Signalling:
 
 
 async def test_daily_purge_shreds_expired_stills_too_and_journals_them(tmp_path: Path) -> None:
-    from dataclasses import replace
 
-    from config.settings import RecordingSettings, ServerSettings, Settings
-    from media.recording.service import RecordingService
-    from media.recording.stills import StillStore
-    from media.recording.store import RecordingStore
-    from media.recording.vault import MasterKey, Vault
 
     settings = replace(Settings(), server=replace(ServerSettings(), data_dir=str(tmp_path)),
                        recording=RecordingSettings(retention_days=30))

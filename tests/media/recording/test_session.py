@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import av
@@ -17,7 +18,7 @@ from media.recording.muxer import count_frames
 from media.recording.recovery import recover
 from media.recording.session import RecordingSession
 from media.recording.vault import MasterKey, SealedWriter, Vault
-
+from sfu.rtp import parse_header
 from tests.media.conftest import H264, OPUS, VP8, Clip
 
 HERE = Path(__file__).parents[1]
@@ -254,7 +255,6 @@ def test_one_flush_per_interval_and_track_whoever_does_it(tmp_path: Path, vp8_cl
 
 
 def test_background_fsync_off_the_caller_and_its_errors_surface(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from concurrent.futures import ThreadPoolExecutor
 
     synced: list[int] = []
     real = os.fdatasync
@@ -291,7 +291,6 @@ def test_background_fsync_off_the_caller_and_its_errors_surface(tmp_path: Path, 
 
 def test_feed_rtp_batches_with_sfu_headers_record_the_same(tmp_path: Path, vp8_clip: Clip, opus_clip: Clip) -> None:
     """The service's tap path: datagrams with the SFU's parsed headers, in batches."""
-    from sfu.rtp import parse_header
 
     vault = Vault(MasterKey.generate(), fsync=False)
     session = RecordingSession.start(tmp_path, "c-b", vault, started_by="dr", clock=lambda: 5.0)
