@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Install teleconsult into ./.venv from the locks of exact versions (requirements/*.lock).
+# Install teleconsult into ./.venv from the locks of exact versions (requirements*.lock).
 # Usage: scripts/install.sh [EXTRAS]: no argument installs what `teleconsult serve` needs
-# (requirements/runtime.lock); any extras ("test,bench") install requirements/test.lock,
+# (requirements.lock); any extras ("test,bench") install requirements-test.lock,
 # which holds the test and bench tools too. scripts/lock.sh refreshes the locks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,13 +21,13 @@ if [ ! -x .venv/bin/python ]; then
     fi
   fi
 fi
-lock=requirements/runtime.lock
-[ -n "${1:-}" ] && lock=requirements/test.lock
+lock=requirements.lock
+[ -n "${1:-}" ] && lock=requirements-test.lock
 log=.venv/install.log
 pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 # --no-deps: the lock names every package, transitive ones included; `pip check` then fails
 # loudly if it ever misses one, instead of pip quietly resolving today's release.
-if ! { "${pip[@]}" --no-deps -r requirements/build.lock &&
+if ! { "${pip[@]}" --no-deps -r requirements-build.lock &&
        "${pip[@]}" --no-deps -r "$lock" &&
        "${pip[@]}" --no-deps --no-build-isolation -e . &&
        .venv/bin/python -m pip check; } >"$log" 2>&1; then
