@@ -20,6 +20,7 @@ stream). Other packages call ``app[signalling.appkeys.SIGNALLING].journal.append
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import json
 import os
@@ -118,7 +119,31 @@ class Journal(Protocol):
     async def close(self) -> None: ...
 
 
-class FileJournal:
+class _Backend(abc.ABC):
+    """What both backends share: entries are made here, stored and read by the backend."""
+
+    clock: Callable[[], float]
+
+    async def append(self, act: Act, *, actor: str, consultation_id: ConsultationId | None = None,
+                     **ids: JournalValue) -> dict[str, Any]:
+        return await self._store(make_entry(act, actor, consultation_id, ids, self.clock()))
+
+    async def append_about(self, key: JournalKey, act: Act, /, *, actor: str,
+                           consultation_id: ConsultationId | None = None, **ids: JournalValue) -> dict[str, Any]:
+        return await self._store(make_entry(act, actor, consultation_id, ids, self.clock(), about=key))
+
+    async def read(self, consultation_id: ConsultationId) -> list[dict[str, Any]]:
+        return await self.read_about(JournalKey.consultation(consultation_id))
+
+    @abc.abstractmethod
+    async def _store(self, entry: dict[str, Any]) -> dict[str, Any]:
+        """Keep ``entry`` durably (as the backend understands it); return it."""
+
+    @abc.abstractmethod
+    async def read_about(self, key: JournalKey) -> list[dict[str, Any]]: ...
+
+
+class FileJournal(_Backend):
     """JSON lines in ``<data_dir>/journal.jsonl``, fsync'd before ``append`` returns."""
 
     def __init__(self, data_dir: str, clock: Callable[[], float] = time.time) -> None:
@@ -129,14 +154,6 @@ class FileJournal:
         self._pending: list[tuple[bytes, asyncio.Future[None]]] = []
         self._writer: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
-
-    async def append(self, act: Act, *, actor: str, consultation_id: ConsultationId | None = None,
-                     **ids: JournalValue) -> dict[str, Any]:
-        return await self._store(make_entry(act, actor, consultation_id, ids, self.clock()))
-
-    async def append_about(self, key: JournalKey, act: Act, /, *, actor: str,
-                           consultation_id: ConsultationId | None = None, **ids: JournalValue) -> dict[str, Any]:
-        return await self._store(make_entry(act, actor, consultation_id, ids, self.clock(), about=key))
 
     async def _store(self, entry: dict[str, Any]) -> dict[str, Any]:
         line = (json.dumps(entry, separators=(",", ":")) + "\n").encode()
@@ -171,9 +188,6 @@ class FileJournal:
             view = view[written:]
         os.fsync(self._fd)
 
-    async def read(self, consultation_id: ConsultationId) -> list[dict[str, Any]]:
-        return await self.read_about(JournalKey.consultation(consultation_id))
-
     async def read_about(self, key: JournalKey) -> list[dict[str, Any]]:
         def scan() -> list[dict[str, Any]]:
             out = []
@@ -198,7 +212,7 @@ class FileJournal:
             self._fd = -1
 
 
-class RedisJournal:
+class RedisJournal(_Backend):
     """Streams ``P journal`` (everything), ``P journal:<consultation>`` and
     ``P journal:<subject>:<id>`` for other subjects (``P journal:case:<case>``); never trimmed.
 
@@ -209,14 +223,6 @@ class RedisJournal:
         self.redis = redis
         self.prefix = prefix
         self.clock = clock
-
-    async def append(self, act: Act, *, actor: str, consultation_id: ConsultationId | None = None,
-                     **ids: JournalValue) -> dict[str, Any]:
-        return await self._store(make_entry(act, actor, consultation_id, ids, self.clock()))
-
-    async def append_about(self, key: JournalKey, act: Act, /, *, actor: str,
-                           consultation_id: ConsultationId | None = None, **ids: JournalValue) -> dict[str, Any]:
-        return await self._store(make_entry(act, actor, consultation_id, ids, self.clock(), about=key))
 
     async def _store(self, entry: dict[str, Any]) -> dict[str, Any]:
         fields = {"e": json.dumps(entry, separators=(",", ":"))}
@@ -232,9 +238,6 @@ class RedisJournal:
         if key.subject is JournalSubject.CONSULTATION:
             return self.prefix + f"journal:{key.id}"
         return self.prefix + f"journal:{key.subject.value}:{key.id}"
-
-    async def read(self, consultation_id: ConsultationId) -> list[dict[str, Any]]:
-        return await self.read_about(JournalKey.consultation(consultation_id))
 
     async def read_about(self, key: JournalKey) -> list[dict[str, Any]]:
         rows = await self.redis.xrange(self._stream(key))
