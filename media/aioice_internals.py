@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from importlib.metadata import version
 from types import SimpleNamespace
 from typing import Any, Awaitable, Callable, cast
 
@@ -33,21 +32,12 @@ import aioice.ice
 import aioice.turn
 from aioice.candidate import Candidate, candidate_foundation, candidate_priority
 
-from media.library_versions import require_version
+from media.library_versions import VersionRange
 
 logger = logging.getLogger(__name__)
 
-DISTRIBUTION = "aioice"
-AT_LEAST = "0.13"
-BELOW = "0.14"
-
-
-def check_version(found: str) -> None:
-    """ImportError unless ``found`` is an aioice version this module was tested with."""
-    require_version(DISTRIBUTION, found, AT_LEAST, BELOW, module=__name__)
-
-
-check_version(version(DISTRIBUTION))
+TESTED = VersionRange("aioice", at_least="0.13", below="0.14", module=__name__)
+TESTED.check_installed()
 
 Address = tuple[Any, ...]
 DatagramHook = Callable[[bytes, Address], bool]

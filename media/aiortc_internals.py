@@ -61,7 +61,6 @@ import logging
 import os
 import queue
 import time
-from importlib.metadata import version
 from types import SimpleNamespace
 from typing import Any, Awaitable, Callable, Optional
 
@@ -92,22 +91,13 @@ from aiortc.rtp import (
 
 from media import aioice_internals
 from media.eager import run_now
-from media.library_versions import require_version
+from media.library_versions import VersionRange
 from media.pylibsrtp_internals import Protect, Unprotect, srtp_protector, srtp_unprotector
 
 logger = logging.getLogger(__name__)
 
-DISTRIBUTION = "aiortc"
-AT_LEAST = "1.16"
-BELOW = "1.17"
-
-
-def check_version(found: str) -> None:
-    """ImportError unless ``found`` is an aiortc version this module was tested with."""
-    require_version(DISTRIBUTION, found, AT_LEAST, BELOW, module=__name__)
-
-
-check_version(version(DISTRIBUTION))
+TESTED = VersionRange("aiortc", at_least="1.16", below="1.17", module=__name__)
+TESTED.check_installed()
 
 
 class IncompatibleAiortcError(RuntimeError):

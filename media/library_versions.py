@@ -9,6 +9,8 @@ it found, so that an upgrade fails at start-up rather than by silently breaking 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from importlib.metadata import version
 
 _LEADING_NUMBER = re.compile(r"\d+")
 
@@ -36,3 +38,20 @@ def require_version(distribution: str, found: str, at_least: str, below: str, *,
             f"found {distribution} {found}. Install a version in that range, or re-check {module} "
             f"against {distribution} {found} and widen the range."
         )
+
+
+@dataclass(frozen=True)
+class VersionRange:
+    """The versions of ``distribution`` that ``module``'s tests ran against."""
+
+    distribution: str
+    at_least: str
+    below: str
+    module: str
+
+    def check(self, found: str) -> None:
+        """ImportError unless ``found`` is in the range."""
+        require_version(self.distribution, found, self.at_least, self.below, module=self.module)
+
+    def check_installed(self) -> None:
+        self.check(version(self.distribution))

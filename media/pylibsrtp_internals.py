@@ -11,24 +11,14 @@ Loads only on the pylibsrtp versions ``tests/media/test_pylibsrtp_internals.py``
 
 from __future__ import annotations
 
-from importlib.metadata import version
 from typing import Callable
 
 import pylibsrtp
 
-from media.library_versions import require_version
+from media.library_versions import VersionRange
 
-DISTRIBUTION = "pylibsrtp"
-AT_LEAST = "1.0"
-BELOW = "1.1"
-
-
-def check_version(found: str) -> None:
-    """ImportError unless ``found`` is a pylibsrtp version this module was tested with."""
-    require_version(DISTRIBUTION, found, AT_LEAST, BELOW, module=__name__)
-
-
-check_version(version(DISTRIBUTION))
+TESTED = VersionRange("pylibsrtp", at_least="1.0", below="1.1", module=__name__)
+TESTED.check_installed()
 
 Protect = Callable[[bytes], bytes]
 Unprotect = Callable[[bytes], "bytes | None"]
