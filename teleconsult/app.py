@@ -29,18 +29,13 @@ def setup_recording(app: web.Application) -> None:
     media.recording.setup(app, sfu=lambda: app.get(SFU), signalling=lambda: app.get(SIGNALLING))
 
 
-def setup_stills(app: web.Application) -> None:
-    media.recording.setup_stills(app, signalling=lambda: app.get(SIGNALLING))
-
-
 # Components add their routes and background work, in this order: the SFU before
-# signalling (which places rooms on it), recording and stills after both.
+# signalling (which places rooms on it), recording (and stills) after both.
 COMPONENTS: tuple[Component, ...] = (
     media.echo.setup,
     sfu.setup,
     signalling.setup,
     setup_recording,
-    setup_stills,
     web_client.setup,
 )
 

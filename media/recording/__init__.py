@@ -16,7 +16,7 @@ One concept per module:
 * ``http``, ``stills_http``: REST; ``cli``: ``teleconsult recording export|verify``.
 
 The assembly sets the component up with the accessors of the services it needs
-(:func:`setup`, :func:`setup_stills`), after the SFU and signalling.
+(:func:`setup`), after the SFU and signalling.
 """
 
 from __future__ import annotations
@@ -30,18 +30,26 @@ from core.appkeys import SETTINGS
 from media.recording import http, stills_http
 from media.recording.appkeys import RECORDING, SIGNALLING, STILLS
 from media.recording.ports import MediaServerAccess, SignallingAccess
-from media.recording.service import build
+from media.recording.service import RecordingService
 from media.recording.stills import StillStore
+from media.recording.store import RecordingStore
 from media.recording.vault import Vault
 
 logger = logging.getLogger(__name__)
 
 
 def setup(app: web.Application, *, sfu: MediaServerAccess, signalling: SignallingAccess) -> None:
-    """The recording service, its REST routes and its background work (recovery at
-    startup, flushes, retention, stop at shutdown)."""
-    service = build(app[SETTINGS], sfu=sfu, signalling=signalling)
+    """The recording service, its background work (recovery at startup, flushes, retention,
+    stop at shutdown), the stills' store, and the REST routes of both."""
+    settings = app[SETTINGS]
+    vault = Vault.from_settings(settings.recording)
+    stills = StillStore.for_data_dir(settings.server.data_dir, vault)
+    store = RecordingStore.for_data_dir(settings.server.data_dir, vault,
+                                        retention_days=settings.recording.retention_days)
+    # One stills store: the one the REST routes write is the one retention purges.
+    service = RecordingService(settings, store, vault, sfu=sfu, signalling=signalling, stills=stills)
     app[RECORDING] = service
+    app[STILLS] = stills
     app[SIGNALLING] = signalling
 
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
@@ -54,14 +62,7 @@ def setup(app: web.Application, *, sfu: MediaServerAccess, signalling: Signallin
 
     app.cleanup_ctx.append(lifetime)
     http.add_routes(app)
-
-
-def setup_stills(app: web.Application, *, signalling: SignallingAccess) -> None:
-    """The stills' store and REST routes."""
-    settings = app[SETTINGS]
-    app[STILLS] = StillStore.for_data_dir(settings.server.data_dir, Vault.from_settings(settings.recording))
-    app[SIGNALLING] = signalling
     stills_http.add_routes(app)
 
 
-__all__ = ["setup", "setup_stills"]
+__all__ = ["setup"]

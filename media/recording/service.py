@@ -437,10 +437,3 @@ def _failure_reason(exc: BaseException | None) -> str:
     return "recorder_error" if exc is not None else "unknown"
 
 
-def build(settings: Settings, *, sfu: ports.MediaServerAccess, signalling: ports.SignallingAccess) -> RecordingService:
-    """The service for ``settings``: its vault, the recordings' store and the stills' (for retention)."""
-    vault = Vault.from_settings(settings.recording)
-    store = RecordingStore.for_data_dir(settings.server.data_dir, vault,
-                                        retention_days=settings.recording.retention_days)
-    stills = StillStore.for_data_dir(settings.server.data_dir, vault)
-    return RecordingService(settings, store, vault, sfu=sfu, signalling=signalling, stills=stills)

@@ -18,7 +18,7 @@ Checked by :mod:`media.recording.still_image`, stored sealed by
 :class:`media.recording.stills.StillStore` (the vault of ``settings.recording``); every
 upload and every read is journaled (ids only): ``still.capture``, ``still.list``,
 ``still.access``. Signalling is :class:`~media.recording.ports.Signalling`, from the
-app key :func:`media.recording.setup_stills` sets.
+app key :func:`media.recording.setup` sets.
 """
 
 from __future__ import annotations
