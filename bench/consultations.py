@@ -123,6 +123,8 @@ class Consultation:
         self.consultation_id = ""
         self.physician: Any = None
         self.error = ""
+        self.consent_recording = False
+        """The patient consents to recording (bench.soak records every consultation)."""
 
     async def signal(self, http: aiohttp.ClientSession, ws_url: str) -> dict[str, str]:
         """Check-in, offer, accept: the three seats' room tokens, from the real signalling."""
@@ -139,7 +141,8 @@ class Consultation:
         self.physician = physician
         await physician.call("presence.set", status="available")
         reply = await nurse.call("visit.request", patient_ref=f"bench-{i}", reason="bench", specialty=f"bench-{i}",
-                                 priority="routine", consent_teleconsultation=True)
+                                 priority="routine", consent_teleconsultation=True,
+                                 consent_recording=self.consent_recording)
         if reply["type"] != "visit.request.ok":
             raise RuntimeError(f"visit.request refused: {reply}")
         offer = await physician.next_event("offer.received", 20)

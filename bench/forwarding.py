@@ -162,7 +162,9 @@ def _wait(out: "mp.Queue[Any]", kind: str, timeout: float, proc: Any, label: str
 # -- one mode -------------------------------------------------------------------------
 def run_mode(mode: str, counts: list[int], codec: str, seconds: float, warmup: float) -> list[dict[str, Any]]:
     ctx = mp.get_context("spawn")
-    server: ServerProcess = teleconsult_server() if mode == "sfu" else relay_server()
+    # One room of hand-made tokens, no consultation: the SFU opens it as a standalone room.
+    server: ServerProcess = (teleconsult_server(env={"TELECONSULT_SFU__STANDALONE_ROOMS": "true"}) if mode == "sfu"
+                             else relay_server())
     server.start()
     pub_out: "mp.Queue[Any]" = ctx.Queue()
     stop = ctx.Event()

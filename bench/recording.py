@@ -22,9 +22,15 @@ Figures (JSON keys are a contract):
   ``..._spread`` is [min, max] of them: on a shared machine one window's noise is
   about +-0.3 % of a core, as much as the quantity measured, so trust the median of
   several repetitions, not one.
-* ``frames_recorded`` (manifests), ``frames_forwarded`` (SFU frame counter while
-  recording), summed over all repetitions; each recording starts at the next keyframe,
-  so up to a GOP fewer are recorded than forwarded.
+* ``frames_recorded`` (manifests), ``frames_forwarded`` (SFU frame counter read just
+  before the start and just after the stop), summed over all repetitions. The publisher
+  answers a PLI with a keyframe as a real encoder does (its GOP restarts), so a recording
+  starts within a frame or two of its start. ``frames_seen`` is what the recorder was
+  handed (the manifests' ``frames_seen``: counted as the SFU counts, while tapped) and
+  ``frames_before_keyframe`` those of them that came before a track's first keyframe:
+  undecodable, so not recorded. ``frames_recorded + frames_before_keyframe ==
+  frames_seen`` unless packets were lost; ``frames_forwarded - frames_seen`` are frames
+  forwarded between the counter's reads and the taps (the HTTP round trips).
 * ``cpu_pct_per_recorded_mbps_replay`` / ``..._replay_encrypted``: the recording path
   alone, in this process, without the network: the same media as RTP datagrams with
   headers parsed as the SFU does, through ``RecordingSession.feed_rtp`` into real files
@@ -128,7 +134,10 @@ def encode_opus(frames: int = 50) -> list[bytes]:
 
 
 class PacketTrack(MediaStreamTrack):
-    """A track of pre-encoded packets, paced in real time (aiortc packetizes, never encodes)."""
+    """A track of pre-encoded packets, paced in real time (aiortc packetizes, never encodes).
+
+    A keyframe request (PLI/FIR, :meth:`keyframe_wanted`) restarts the loop at its first
+    packet, a keyframe (the video loop is one GOP): what an encoder does."""
 
     def __init__(self, kind: str, payloads: list[bytes], interval: float, step: int, clock_rate: int) -> None:
         super().__init__()
@@ -140,12 +149,19 @@ class PacketTrack(MediaStreamTrack):
         self._step = step
         self._clock_rate = clock_rate
         self._start: float | None = None
+        self._index = 0
+        self.keyframes_asked = 0
+
+    def keyframe_wanted(self) -> None:
+        self._index = 0
+        self.keyframes_asked += 1
 
     async def recv(self) -> av.Packet:
         if self._start is None:
             self._start = time.monotonic()
         await asyncio.sleep(max(0.0, self._start + self.sent * self._interval - time.monotonic()))
-        data = self._payloads[self.sent % len(self._payloads)]
+        data = self._payloads[self._index % len(self._payloads)]
+        self._index += 1
         packet = av.Packet(data)
         packet.pts = self.sent * self._step
         packet.time_base = fractions.Fraction(1, self._clock_rate)
@@ -318,7 +334,7 @@ async def measure(child: Child, settings: Any, vp8: list[tuple[bytes, bool]], op
                   seconds: float, rep: int = 0) -> dict[str, float]:
     """One repetition: a new consultation, windows off / on / off, then it ends."""
     tokens = TokenService(settings.auth, settings.server.data_dir)
-    network = MediaNetwork.from_settings(settings.media, settings.ice)
+    network = MediaNetwork.from_settings(settings.effective_media, settings.ice)
     url = child.url
     async with aiohttp.ClientSession() as http:
         nurse = await Socket.connect(http, url, tokens.issue_access("nurse", "bench-nurse", site="cabin-demo"))
@@ -333,7 +349,8 @@ async def measure(child: Child, settings: Any, vp8: list[tuple[bytes, bool]], op
         video = PacketTrack("video", [d for d, _ in vp8], 1 / FPS, 90000 // FPS, 90000)
         audio = PacketTrack("audio", opus, 0.02, 960, 48000)
         publisher = ScopedPeerConnection(network)
-        publisher.addTransceiver(video, direction="sendonly")
+        aiortc_internals.route_keyframe_requests(publisher.addTransceiver(video, direction="sendonly").sender,
+                                                 video.keyframe_wanted)
         publisher.addTransceiver(audio, direction="sendonly")
         player = ScopedPeerConnection(network)
         player.addTransceiver("video", direction="recvonly")
@@ -389,7 +406,9 @@ async def measure(child: Child, settings: Any, vp8: list[tuple[bytes, bool]], op
                 await sock.close()
             await http.close()
     return {"cpu_off": cpu_off, "cpu_off_before": cpu_off1, "cpu_off_after": cpu_off2, "cpu_on": cpu_on, "mbps": mbps,
-            "frames_recorded": sum(t["frames"] for t in manifest["tracks"]), "frames_forwarded": frames1 - frames0}
+            "frames_recorded": sum(t["frames"] for t in manifest["tracks"]), "frames_forwarded": frames1 - frames0,
+            "frames_seen": sum(t["frames_seen"] for t in manifest["tracks"]),
+            "frames_before_keyframe": sum(t["frames_before_keyframe"] for t in manifest["tracks"])}
 
 
 # -- in-process replay: the recording path alone ---------------------------------------
@@ -514,6 +533,8 @@ async def run(seconds: float, flush_interval_s: float = 1.0, reps: int = 3) -> d
         "cpu_pct_per_recorded_mbps_encrypted": float(enc["median"]),
         "frames_recorded": int(sum(r["frames_recorded"] for r in everything)),
         "frames_forwarded": int(sum(r["frames_forwarded"] for r in everything)),
+        "frames_seen": int(sum(r["frames_seen"] for r in everything)),
+        "frames_before_keyframe": int(sum(r["frames_before_keyframe"] for r in everything)),
         "cpu_pct_per_recorded_mbps_spread": plain["spread"],
         "cpu_pct_per_recorded_mbps_encrypted_spread": enc["spread"],
         "cpu_pct_per_recorded_mbps_runs": plain["runs"],
@@ -556,7 +577,10 @@ def main(argv: list[str] | None = None) -> int:
           f"spread {figures['cpu_pct_per_recorded_mbps_encrypted_spread']})")
     print(f"recording path alone (replay, no network): {figures['cpu_pct_per_recorded_mbps_replay']} plain, "
           f"{figures['cpu_pct_per_recorded_mbps_replay_encrypted']} encrypted %/Mbit/s")
-    print(f"frames recorded {figures['frames_recorded']} / forwarded while recording {figures['frames_forwarded']}")
+    print(f"frames recorded {figures['frames_recorded']} of {figures['frames_seen']} forwarded while recording "
+          f"({figures['frames_before_keyframe']} before a track's first keyframe: undecodable, not recorded; "
+          f"{figures['frames_seen'] - figures['frames_recorded'] - figures['frames_before_keyframe']} lost); "
+          f"SFU counter read before the start and after the stop: {figures['frames_forwarded']}")
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2))
     return 0

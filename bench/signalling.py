@@ -95,7 +95,9 @@ class Server:
                "TELECONSULT_AUTH__SIGNING_KEY": KEY, "TELECONSULT_SERVER__LOG_LEVEL": "WARNING",
                "TELECONSULT_SIGNALLING__MAX_MESSAGES_PER_S": "100000",
                "TELECONSULT_SIGNALLING__SEND_QUEUE_SIZE": "4096",
-               "TELECONSULT_SIGNALLING__HEARTBEAT_S": "30"}
+               "TELECONSULT_SIGNALLING__HEARTBEAT_S": "30",
+               # Each bench nurse checks in requests/20 patients at once: no per-site rate here.
+               "TELECONSULT_SIGNALLING__SITE_REQUESTS_PER_WINDOW": "0"}
         if self.store == "redis":
             port = free_port()
             redis = subprocess.Popen([shutil.which("redis-server") or "redis-server", "--port", str(port),

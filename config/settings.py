@@ -76,22 +76,33 @@ class ServerSettings:
 
 @dataclass(frozen=True)
 class MediaSettings:
-    listen_ip: str = "0.0.0.0"
-    """Address the SFU binds its UDP media sockets to; 0.0.0.0 means every interface address."""
+    listen_ip: str = ""
+    """Address the SFU binds its UDP media sockets to; 0.0.0.0 means every interface address.
+    Empty: the address HTTP binds (server.host; ``localhost`` is 127.0.0.1). Read it resolved
+    through ``Settings.effective_media``."""
     announced_ip: str = ""
     """Address put in the SFU's ICE candidates (public IP behind NAT); defaults to listen_ip."""
     port_min: int = 40000
     port_max: int = 49999
-    allowed_remote_networks: list[str] = field(default_factory=lambda: ["0.0.0.0/0", "::/0"])
-    """Remote ICE candidates outside these networks are ignored (never checked)."""
+    allowed_remote_networks: list[str] = field(default_factory=list)
+    """Remote ICE candidates outside these networks are ignored (never checked). Empty: those
+    that can reach listen_ip: loopback only for a loopback address, else every network."""
     pli_interval_s: float = 0.3
     """Minimum time between two keyframe requests sent to one publisher."""
     nack_history: int = 512
     """Packets kept per subscription to answer NACKs."""
+    retransmit_packets_per_s: float = 200.0
+    """Retransmissions one subscriber's NACKs may cause, packets per second (1 s of burst);
+    NACKed packets beyond are not resent."""
+    retransmit_bytes_per_s: float = 250_000.0
+    """The same budget in bytes per second (before SRTP)."""
+    close_timeout_s: float = 5.0
+    """Deadline for closing a peer connection (a participant, a room, the pre-call check):
+    past it, its transports and sockets are released without waiting for aiortc."""
 
     def validate(self) -> list[tuple[str, str]]:
         errors = []
-        for key in ("listen_ip",) + (("announced_ip",) if self.announced_ip else ()):
+        for key in tuple(k for k in ("listen_ip", "announced_ip") if getattr(self, k)):
             try:
                 ipaddress.ip_address(getattr(self, key))
             except ValueError:
@@ -105,9 +116,42 @@ class MediaSettings:
                 errors.append(("allowed_remote_networks", f"{net!r} is not a network"))
         if self.pli_interval_s <= 0:
             errors.append(("pli_interval_s", "must be > 0"))
-        if self.nack_history < 16:
-            errors.append(("nack_history", "must be >= 16"))
+        if not 16 <= self.nack_history <= 1024:
+            # Above SRTP's replay window (1024 packets) a resent packet without RTX is refused.
+            errors.append(("nack_history", "must be between 16 and 1024"))
+        for key in ("retransmit_packets_per_s", "retransmit_bytes_per_s", "close_timeout_s"):
+            if getattr(self, key) <= 0:
+                errors.append((key, "must be > 0"))
         return errors
+
+    def bound_to(self, http_host: str) -> "MediaSettings":
+        """These settings with the derived defaults filled in for an HTTP server bound to
+        ``http_host``: listen_ip (empty: that address) and allowed_remote_networks (empty:
+        loopback for a loopback address, else every network). ValueError when listen_ip is
+        empty and ``http_host`` names no address."""
+        listen_ip = self.listen_ip or media_address_of(http_host)
+        if listen_ip is None:
+            raise ValueError(f"server.host {http_host!r} is not an IP address: set media.listen_ip")
+        networks = self.allowed_remote_networks
+        if not networks:
+            loopback = ipaddress.ip_address(listen_ip).is_loopback
+            networks = ["127.0.0.0/8", "::1/128"] if loopback else ["0.0.0.0/0", "::/0"]
+        return dataclasses.replace(self, listen_ip=listen_ip, allowed_remote_networks=list(networks))
+
+
+def media_address_of(http_host: str) -> str | None:
+    """The address media binds for an HTTP server bound to ``http_host``: an IP address as
+    it is, ``localhost`` as 127.0.0.1, empty (every interface, as aiohttp reads it) as
+    0.0.0.0; None for another host name."""
+    host = http_host.strip().strip("[]")
+    if not host:
+        return "0.0.0.0"
+    if host.lower() == "localhost":
+        return "127.0.0.1"
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -151,6 +195,9 @@ class AuthSettings:
     access_ttl_s: int = 8 * 3600
     room_ttl_s: int = 4 * 3600
     leeway_s: int = 5
+    max_token_lifetime_s: int = 24 * 3600
+    """No token is accepted (or issued) that lives longer than this, from its ``iat`` or from
+    now: ours and the OpenID provider's."""
     oidc_issuer: str = ""
     """An external OpenID provider (regional SSO, Pro Santé Connect) whose tokens are accepted."""
     oidc_jwks_url: str = ""
@@ -158,8 +205,19 @@ class AuthSettings:
     oidc_algorithms: list[str] = field(default_factory=lambda: ["RS256", "ES256"])
     oidc_role_claim: str = "teleconsult_role"
     oidc_authorize_url: str = ""
-    """Where the web pages send people to sign in (implicit/PKCE flow of the provider)."""
+    """The provider's authorization endpoint: ``/auth/oidc/login`` sends people there (authorization
+    code flow with PKCE), ``/auth/oidc/callback`` takes them back."""
     oidc_client_id: str = ""
+    oidc_scopes: list[str] = field(default_factory=lambda: ["openid", "scope_all"])
+    """Scopes asked at sign-in (Pro Santé Connect: ``openid scope_all``)."""
+    oidc_acr_values: list[str] = field(default_factory=lambda: ["eidas1"])
+    """Authentication levels asked (``acr_values``); an ID token whose ``acr`` is not one of them is refused."""
+    oidc_token_url: str = ""
+    """The provider's token endpoint; with ``oidc_authorize_url``, turns the server-side sign-in on."""
+    oidc_userinfo_url: str = ""
+    """The provider's userinfo endpoint (the RPPS number and profession of who signed in)."""
+    oidc_client_secret_file: str = ""
+    """A file holding this client's secret (HTTP Basic at the token endpoint); empty: a public client (PKCE only)."""
 
     def validate(self) -> list[tuple[str, str]]:
         errors = []
@@ -170,11 +228,25 @@ class AuthSettings:
         for name in ("access_ttl_s", "room_ttl_s"):
             if getattr(self, name) <= 0:
                 errors.append((name, "must be > 0"))
+            elif getattr(self, name) > self.max_token_lifetime_s:
+                errors.append((name, "must be <= max_token_lifetime_s"))
         if bool(self.oidc_issuer) != bool(self.oidc_jwks_url):
             errors.append(("oidc_jwks_url", "oidc_issuer and oidc_jwks_url go together"))
         for alg in self.oidc_algorithms:
             if alg not in _ALGORITHMS or alg.startswith("HS"):
                 errors.append(("oidc_algorithms", f"{alg!r} is not an asymmetric JWT algorithm"))
+        if "openid" not in self.oidc_scopes:
+            errors.append(("oidc_scopes", "must include 'openid'"))
+        if not self.oidc_acr_values:
+            errors.append(("oidc_acr_values", "at least one level (Pro Santé Connect: 'eidas1')"))
+        for name in ("oidc_authorize_url", "oidc_token_url", "oidc_userinfo_url"):
+            url = getattr(self, name)
+            if url and not url.startswith(("https://", "http://")):
+                errors.append((name, "must be an http(s) URL"))
+        if self.oidc_token_url:
+            for name in ("oidc_authorize_url", "oidc_userinfo_url", "oidc_client_id", "oidc_issuer"):
+                if not getattr(self, name):
+                    errors.append((name, "required for the sign-in (oidc_token_url is set)"))
         return errors
 
 
@@ -195,6 +267,17 @@ class StoreSettings:
 
 
 @dataclass(frozen=True)
+class SfuSettings:
+    standalone_rooms: bool = False
+    """Open rooms for any valid room token. False (the default): a room opens only for a live
+    consultation, and media for a room whose consultation ended is refused (403). Benches and
+    SFU tests that make room tokens by hand set it."""
+
+    def validate(self) -> list[tuple[str, str]]:
+        return []
+
+
+@dataclass(frozen=True)
 class SignallingSettings:
     offer_timeout_s: float = 30.0
     """How long an offer rings one physician before passing to the next."""
@@ -210,6 +293,11 @@ class SignallingSettings:
     max_session_s: float = 12 * 3600.0
     """``auth.renew`` mints fresh access tokens until this long after the first token of the chain
     was issued; then the person signs in again (a bound on what a stolen token can be stretched to)."""
+    site_requests_per_window: int = 30
+    """Visit requests one site may make per ``site_request_window_s``; beyond, ``rate_limited``,
+    except emergencies, which are taken (never demoted) but flagged to the admins and queued
+    after the other sites' emergencies. 0: no limit."""
+    site_request_window_s: float = 60.0
 
     def validate(self) -> list[tuple[str, str]]:
         errors = []
@@ -222,16 +310,23 @@ class SignallingSettings:
             errors.append(("max_message_bytes", "must be >= 1024"))
         if self.send_queue_size < 1:
             errors.append(("send_queue_size", "must be >= 1"))
+        if self.site_requests_per_window < 0:
+            errors.append(("site_requests_per_window", "must be >= 0"))
+        if self.site_request_window_s <= 0:
+            errors.append(("site_request_window_s", "must be > 0"))
         return errors
 
 
 @dataclass(frozen=True)
 class RecordingSettings:
-    encrypt: bool = False
-    """Encrypt recordings and stills at rest (on in production)."""
+    encrypt: bool = True
+    """Encrypt health data at rest: recordings, stills and the records (reports, reasons,
+    patient references). Off is for throw-away development data only; production refuses it."""
     master_key_file: str = ""
+    """A file holding the base64 master key (32 bytes). With master_key_env empty too: a
+    development key is generated once under server.data_dir (never for production)."""
     master_key_env: str = ""
-    """Name of an environment variable holding the base64 master key."""
+    """Name of an environment variable holding the base64 master key (read before master_key_file)."""
     retention_days: int = 30
     flush_interval_s: float = 1.0
 
@@ -241,8 +336,6 @@ class RecordingSettings:
             errors.append(("retention_days", "must be >= 1"))
         if self.flush_interval_s <= 0:
             errors.append(("flush_interval_s", "must be > 0"))
-        if self.encrypt and not (self.master_key_file or self.master_key_env):
-            errors.append(("master_key_file", "encryption needs master_key_file or master_key_env"))
         return errors
 
 
@@ -275,6 +368,7 @@ class Settings:
     ice: IceSettings = field(default_factory=IceSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
     store: StoreSettings = field(default_factory=StoreSettings)
+    sfu: SfuSettings = field(default_factory=SfuSettings)
     signalling: SignallingSettings = field(default_factory=SignallingSettings)
     recording: RecordingSettings = field(default_factory=RecordingSettings)
     devices: DevicesSettings = field(default_factory=DevicesSettings)
@@ -303,6 +397,12 @@ class Settings:
         if ":" in host:
             host = f"[{host}]"
         return f"{scheme}://{host}:{self.server.port}"
+
+    @property
+    def effective_media(self) -> MediaSettings:
+        """``media`` as the SFU uses it: listen_ip and allowed_remote_networks filled in from
+        server.host when empty (:meth:`MediaSettings.bound_to`)."""
+        return self.media.bound_to(self.server.host)
 
 
 _SECTION_TYPES = typing.get_type_hints(Settings)
@@ -377,6 +477,9 @@ def _validate(settings: Settings, lines: Mapping[tuple[str, str], int]) -> list[
     for section in _SECTION_TYPES:
         for key, reason in getattr(settings, section).validate():
             problems.append(_where(settings.source, lines, section, key) + f"{section}.{key}: {reason}")
+    if not settings.media.listen_ip and media_address_of(settings.server.host) is None:
+        problems.append(_where(settings.source, lines, "server", "host") + f"media.listen_ip: must be set when "
+                        f"server.host ({settings.server.host!r}) is not an IP address")
     return problems
 
 
@@ -463,7 +566,7 @@ def load_settings(
     return settings
 
 
-__all__ = ["Settings", "SettingsError", "load_settings", "ENV_PREFIX"] + [
-    t.__name__ for t in (ServerSettings, MediaSettings, IceSettings, AuthSettings, StoreSettings,
+__all__ = ["Settings", "SettingsError", "load_settings", "ENV_PREFIX", "media_address_of"] + [
+    t.__name__ for t in (ServerSettings, MediaSettings, IceSettings, AuthSettings, StoreSettings, SfuSettings,
                          SignallingSettings, RecordingSettings, DevicesSettings)
 ]

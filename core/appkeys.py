@@ -13,6 +13,7 @@ from aiohttp import web
 
 from config.settings import Settings
 from core.auth import TokenService
+from core.keyring import Keyring
 from core.lifecycle import Lifecycle
 from core.metrics import Metrics
 
@@ -21,6 +22,11 @@ ReadyProbe = Callable[[], Awaitable[tuple[str, bool]]]
 
 SETTINGS = web.AppKey("settings", Settings)
 TOKENS = web.AppKey("tokens", TokenService)
+KEYRING = web.AppKey("keyring", Keyring)
+"""The key of health data at rest, loaded once: every store of it (records, recordings, stills) uses it."""
 METRICS = web.AppKey("metrics", Metrics)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 READY_PROBES = web.AppKey("ready_probes", list[ReadyProbe])
+OUTAGES = web.AppKey("outages", list[type[BaseException]])
+"""Exceptions that mean a dependency (the shared store, a disk) is down: a request that meets one
+is answered 503 ``unavailable`` (retry later), not 500 ``internal``. Components add their own."""

@@ -80,6 +80,44 @@ class RoomGrant:
         return source in self.publish
 
 
+_CLAIM_TYPES: dict[str, tuple[type, ...]] = {
+    "sub": (str,), "typ": (str,), "jti": (str,), "site": (str,), "name": (str,),
+    "specialties": (list, str), "room": (str,), "publish": (list,), "subscribe": (bool,), "command": (bool,),
+    "iat": (int, float), "exp": (int, float), "nbf": (int, float),
+}
+"""Claims whose values we read, and the JSON types they may have (absent or null: not given)."""
+_LIST_CLAIMS = ("specialties", "publish")
+"""List claims hold strings only."""
+_TIME_CLAIMS = ("iat", "exp", "nbf")
+_TIME_LIMIT = 1e12
+"""Unix times beyond this (year 33658) are refused before any arithmetic: PyJWT accepts
+``"iat": "5"`` (it calls ``int()``) and ``10**400`` (which no float can hold)."""
+
+
+def check_claim_types(claims: dict[str, Any], role_claim: str = "role") -> None:
+    """Refuse (``AuthError``: a 401 or ``auth_failed``) a signed token whose claims have the
+    wrong JSON type (``specialties: 5``), instead of failing later on them."""
+    types = {**_CLAIM_TYPES, role_claim: (str,)}
+    for name, allowed in types.items():
+        value = claims.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+            raise AuthError(f"token claim {name!r} has the wrong type")
+        if name in _LIST_CLAIMS and isinstance(value, list) and not all(isinstance(v, str) for v in value):
+            raise AuthError(f"token claim {name!r} must be a list of strings")
+        if isinstance(value, (int, float)) and name in _TIME_CLAIMS and not -_TIME_LIMIT < value < _TIME_LIMIT:
+            raise AuthError(f"token claim {name!r} is out of range")
+
+
+def _check_ascii(token: str) -> None:
+    """A JWT is base64url and dots: anything else (a lone surrogate from a JSON escape or a
+    header byte that is not UTF-8) is refused here, where PyJWT would raise
+    ``UnicodeEncodeError`` (a 500, an ``internal`` error)."""
+    if not token.isascii():
+        raise AuthError("token malformed")
+
+
 def validate_identity(identity: str) -> str:
     if not _IDENTITY.match(identity):
         raise ValueError(f"identity {identity!r} must be 1-64 msid token characters")
@@ -95,14 +133,18 @@ def _parse_sources(sources: Iterable[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
+DEVELOPMENT_SIGNING_KEY_FILE = "dev-signing.key"
+"""Under ``server.data_dir``; refused in production (``teleconsult.production``)."""
+
+
 def development_key(data_dir: str) -> str:
     """A signing secret made once under ``data_dir`` so that the CLI and the server agree."""
-    path = Path(data_dir) / "dev-signing.key"
+    path = Path(data_dir) / DEVELOPMENT_SIGNING_KEY_FILE
     try:
         return path.read_text().strip()
     except FileNotFoundError:
         pass
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     key = secrets.token_urlsafe(48)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
@@ -166,6 +208,9 @@ class TokenService:
 
     # -- issuing ---------------------------------------------------------
     def _sign(self, claims: dict[str, Any], ttl: int) -> str:
+        if ttl > self.settings.max_token_lifetime_s:
+            raise ValueError(f"a token lives at most auth.max_token_lifetime_s "
+                             f"({self.settings.max_token_lifetime_s} s), not {ttl} s")
         now = int(self.clock())
         body = {
             "iss": self.settings.issuer,
@@ -230,6 +275,7 @@ class TokenService:
 
     # -- verifying -------------------------------------------------------
     def _decode_local(self, token: str) -> dict[str, Any]:
+        _check_ascii(token)
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
@@ -256,9 +302,19 @@ class TokenService:
             raise AuthError("token signature invalid") from None
         except jwt.InvalidTokenError as exc:
             raise AuthError(f"token invalid: {exc}") from None
+        check_claim_types(claims)
         if claims.get("iat", 0) > self.clock() + self.settings.leeway_s:
             raise AuthError("token issued in the future")
+        self._check_lifetime(claims)
         return claims
+
+    def _check_lifetime(self, claims: dict[str, Any]) -> None:
+        """A token may live at most ``auth.max_token_lifetime_s``: from its ``iat``, and from now
+        (an ``exp`` in the year 5000 is refused, whatever ``iat`` says)."""
+        cap = self.settings.max_token_lifetime_s + self.settings.leeway_s
+        exp = float(claims["exp"])
+        if exp - self.clock() > cap or exp - float(claims.get("iat", exp)) > cap:
+            raise AuthError("token lifetime exceeds auth.max_token_lifetime_s")
 
     def verify_room(self, token: str, room: str | None = None) -> RoomGrant:
         """A room token's grant; ``room`` given: it must be that room's."""
@@ -283,6 +339,7 @@ class TokenService:
 
     async def verify_access(self, token: str) -> Principal:
         """An access token's principal, ours or the external provider's."""
+        _check_ascii(token)
         try:
             unverified = jwt.decode(token, options={"verify_signature": False})
         except jwt.InvalidTokenError:
@@ -363,6 +420,8 @@ class TokenService:
             raise AuthError("token expired") from None
         except jwt.InvalidTokenError as exc:
             raise AuthError(f"provider token invalid: {exc}") from None
+        check_claim_types(claims, self.settings.oidc_role_claim)
+        self._check_lifetime(claims)
         return self._principal(claims, role_claim=self.settings.oidc_role_claim)
 
 

@@ -6,11 +6,12 @@ import logging
 import time
 import uuid
 from http import HTTPStatus
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage
 
-from core import appkeys, logs
+from core import appkeys, json_limits, logs
 from core.auth import AuthError
 
 logger = logging.getLogger(__name__)
@@ -21,6 +22,13 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def json_error(status: int, error: str, reason: str) -> web.Response:
     """The one error shape of every HTTP endpoint."""
     return web.json_response({"error": error, "reason": reason}, status=status)
+
+
+async def json_body(request: web.Request, max_depth: int = json_limits.MAX_DEPTH) -> Any:
+    """The request's JSON body. ``ValueError`` (the handler's 400) when it is not UTF-8, not
+    JSON, or nested deeper than ``max_depth`` (``aiohttp``'s ``request.json()`` would raise
+    ``RecursionError`` there: a 500)."""
+    return json_limits.loads(await request.read(), max_depth)
 
 
 @web.middleware
@@ -52,7 +60,15 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         return response
     except web.HTTPException:
         raise
-    except Exception:
+    except Exception as exc:
+        outages: list[type[BaseException]] = request.app.get(appkeys.OUTAGES) or []
+        if isinstance(exc, tuple(outages)):
+            logger.warning("dependency unavailable", extra={"route": route, "error": type(exc).__name__})
+            status = 503
+            response = json_error(503, "unavailable", "a service this request needs is unavailable; retry later")
+            response.headers["Retry-After"] = "5"
+            response.headers["X-Request-Id"] = rid
+            return response
         logger.exception("unhandled error", extra={"route": route})
         status = 500
         return json_error(500, "internal", "internal error; see the server log with this request id")
@@ -60,3 +76,19 @@ async def request_context(request: web.Request, handler: Handler) -> web.StreamR
         metrics.http_requests.labels(request.method, route, str(status)).inc()
         metrics.http_latency.labels(route).observe(time.perf_counter() - started)
         logs.request_id.reset(token)
+
+
+class ConnectionLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """aiohttp's per-connection log (``AppRunner(logger=ConnectionLog(...))``). A request its
+    HTTP parser refused (a bad method, a line over 8190 bytes, a broken header: the client's
+    fault, already answered 400 before any handler ran) is one line without a traceback;
+    aiohttp logs it as an ERROR with one, so a client could fill the log at will."""
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info")
+        if isinstance(exc, BadHttpMessage):
+            self.logger.info("malformed HTTP request refused",
+                             extra={"status": exc.code, "error": type(exc).__name__})
+            return
+        super().log(level, msg, *args, **kwargs)
+

@@ -1,11 +1,37 @@
-"""Prometheus metrics of one application (its own registry: no global state)."""
+"""Prometheus metrics of one application (its own registry: no global state).
+
+Besides the HTTP counters and the process figures (RSS, open fds, CPU), the gauge
+``teleconsult_asyncio_tasks`` counts the live asyncio tasks of the serving event loop
+when ``/metrics`` is read: a task that outlives what spawned it (a leak the soak bench
+looks for) shows as growth.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
+from typing import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+
+class TasksCollector(Collector):
+    """Live asyncio tasks of the running loop, counted at scrape time (none outside a loop)."""
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        return iter(())
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            tasks = len(asyncio.all_tasks())
+        except RuntimeError:  # read outside the serving loop (a test, a tool): nothing to count
+            return
+        gauge = GaugeMetricFamily("teleconsult_asyncio_tasks", "Live asyncio tasks of the serving event loop")
+        gauge.add_metric([], tasks)
+        yield gauge
 
 
 @dataclass
@@ -16,6 +42,7 @@ class Metrics:
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
+        self.registry.register(TasksCollector())
         self.http_requests = Counter(
             "teleconsult_http_requests", "HTTP requests by route and status",
             ["method", "route", "status"], registry=self.registry)

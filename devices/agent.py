@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import ipaddress
 import itertools
 import json
 import logging
@@ -42,7 +43,7 @@ import aiohttp
 import jwt
 from aiortc import RTCIceServer
 
-from config.settings import Settings
+from config.settings import Settings, media_address_of
 from core import logs
 from media.ice import MediaNetwork
 
@@ -90,10 +91,15 @@ def room_of(room_token: str) -> str:
     return room
 
 
-def client_network(settings: Settings, ice_servers: tuple[RTCIceServer, ...] = ()) -> MediaNetwork:
+def client_network(settings: Settings, server: str, ice_servers: tuple[RTCIceServer, ...] = ()) -> MediaNetwork:
     """The agent's media addresses: settings.media's address and networks, ephemeral ports
-    (a client needs no port range), nothing announced."""
-    base = MediaNetwork.from_settings(settings.media, settings.ice, ice_servers)
+    (a client needs no port range), nothing announced. Unset, they follow the ``server`` it
+    talks to (the agent serves no HTTP whose address media could take): loopback for a
+    loopback server, else every address and network."""
+    host = media_address_of(urlsplit(server).hostname or "")
+    near = host is not None and ipaddress.ip_address(host).is_loopback
+    media = settings.media.bound_to(host if near and host is not None else "0.0.0.0")
+    base = MediaNetwork.from_settings(media, settings.ice, ice_servers)
     return dataclasses.replace(base, announced_ip="", port_min=0, port_max=0)
 
 
@@ -159,7 +165,7 @@ class DeviceAgent:
         own_http = self.http is None
         if self.http is None:
             self.http = aiohttp.ClientSession()
-        self._network = client_network(self.settings)
+        self._network = client_network(self.settings, self.config.server)
         try:
             if self.config.room_token is not None:
                 room = room_of(self.config.room_token)
@@ -308,7 +314,7 @@ class DeviceAgent:
                     raise _HelloRefused(reply.get("code", "?"))
                 raise ConnectionError(f"hello refused: {reply.get('code')}")
             self.session_id = reply["session"]
-            self._network = client_network(self.settings, _ice_servers(reply.get("ice_servers")))
+            self._network = client_network(self.settings, self.config.server, _ice_servers(reply.get("ice_servers")))
             logger.info("signalling connected", extra={"session": self.session_id, "resumed": reply.get("resumed")})
             self.connected.set()
             self._spawn(self._reconcile(reply.get("state") or {}))

@@ -5,9 +5,11 @@ aioice has no hooks for what a server needs, so we reach inside one ``Connection
 
 * host gathering, remote candidates and incoming checks (:func:`scope_connection`): the
   connection's ``get_component_candidates``, ``add_remote_candidate`` and
-  ``request_received`` are replaced; the sockets it binds are ``StunProtocol``s appended
-  to its private ``_protocols``; ``_transport_policy`` is read; ``get_host_addresses``
-  (:func:`host_addresses`) lists the interfaces;
+  ``request_received`` are replaced; the sockets it binds are ``StunProtocol``s (a subclass
+  that drops datagrams shorter than :data:`MIN_DATAGRAM_BYTES`) appended to its private
+  ``_protocols``; its ``data_received`` drops them too (a TURN relay's datagrams);
+  ``_transport_policy`` is read; ``get_host_addresses`` (:func:`host_addresses`) lists the
+  interfaces;
 * a datagram hook on each host socket (:func:`hook_datagrams`): ``StunProtocol.transport``
   and ``datagram_received``;
 * the receive path (:func:`take_datagrams`): the connection's ``data_received`` (which
@@ -15,6 +17,8 @@ aioice has no hooks for what a server needs, so we reach inside one ``Connection
   skip ``StunProtocol.datagram_received``'s STUN parse;
 * the send path (:func:`nominated_pairs`, :func:`pair_destination`): the private
   ``_nominated`` pairs, and each pair's ``protocol.transport`` and ``remote_addr``.
+* closing what a stuck close left open (:func:`close_sockets`): ``_query_consent_task``,
+  ``_nominated``, each of ``_protocols``' transport.
 
 Loads only on the aioice versions ``tests/media/test_aioice_internals.py`` checked.
 """
@@ -24,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import struct
 from types import SimpleNamespace
 from typing import Any, Awaitable, Callable, cast
 
@@ -38,6 +43,16 @@ logger = logging.getLogger(__name__)
 
 TESTED = VersionRange("aioice", at_least="0.13", below="0.14", module=__name__)
 TESTED.check_installed()
+
+MIN_DATAGRAM_BYTES = 12
+"""Nothing WebRTC sends on a media socket is shorter (an RTP header is 12 bytes and SRTP adds
+a tag, a DTLS record header is 13, a STUN header 20). Shorter ones are dropped before aioice
+or aiortc parse them: an empty one raised IndexError, logged with a traceback (issue 17)."""
+MAX_MEDIA_DATAGRAM_BYTES = 1500
+"""RTP and RTCP datagrams (first byte 128-191) longer than this cannot be SRTP-unprotected
+(pylibsrtp's buffer): pylibsrtp raises ValueError, which on aiortc's receive path (SRTCP) ended
+the DTLS transport's receive task, so that one hostile datagram from anywhere stopped a call's
+media (bench.fuzz, udp). They are dropped at the connection and counted, never parsed."""
 
 Address = tuple[Any, ...]
 DatagramHook = Callable[[bytes, Address], bool]
@@ -58,15 +73,56 @@ def host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
 
 
 # -- gathering and admission -------------------------------------------------------------
+class _GuardedStunProtocol(aioice.ice.StunProtocol):
+    """A host socket that drops (and counts, ``on_short``) datagrams too short to be anything
+    WebRTC sends, before aioice parses them, and (``on_malformed``) STUN headers whose
+    attributes are shorter than their types: aioice's parser lets ``struct.error`` out for
+    those (only ``ValueError`` means "not STUN" to it), a traceback per datagram."""
+
+    def __init__(self, receiver: Any, on_short: Callable[[], None],
+                 on_malformed: Callable[[], None]) -> None:
+        super().__init__(receiver)
+        self._on_short = on_short
+        self._on_malformed = on_malformed
+
+    def datagram_received(self, data: bytes | str, addr: tuple[Any, ...]) -> None:
+        if len(data) < MIN_DATAGRAM_BYTES:
+            self._on_short()
+            return
+        try:
+            super().datagram_received(data, addr)
+        except struct.error:
+            self._on_malformed()
+
+
+def _ignore() -> None:
+    pass
+
+
 def scope_connection(connection: aioice.Connection, *, bind_addresses: Callable[[], list[str]],
                      announced_ip: str, allows: Callable[[str], bool], bind: Binder,
-                     hook: DatagramHook | None = None) -> None:
+                     hook: DatagramHook | None = None, on_short: Callable[[], None] = _ignore,
+                     on_too_long: Callable[[], None] = _ignore, on_malformed: Callable[[], None] = _ignore) -> None:
     """Replace host gathering and remote-candidate intake of one aioice connection: host
     candidates on ``bind_addresses()`` only, bound by ``bind`` and announced as ``announced_ip``
     (when set); remote candidates and incoming checks from hosts that ``allows`` refuses are
-    ignored. ``hook`` sees every datagram of the host sockets."""
+    ignored. ``hook`` sees every datagram of the host sockets. Datagrams shorter than
+    :data:`MIN_DATAGRAM_BYTES` are dropped, each calling ``on_short``; RTP/RTCP ones longer
+    than :data:`MAX_MEDIA_DATAGRAM_BYTES`, ``on_too_long``; STUN ones aioice cannot parse,
+    ``on_malformed``."""
     original_component = connection.get_component_candidates
     original_add_remote = connection.add_remote_candidate
+    original_data_received = connection.data_received
+
+    def data_received(data: bytes, component: int) -> None:
+        n = len(data)
+        if n < MIN_DATAGRAM_BYTES:
+            on_short()
+            return
+        if n > MAX_MEDIA_DATAGRAM_BYTES and 127 < data[0] < 192:
+            on_too_long()
+            return
+        original_data_received(data, component)
 
     async def get_component_candidates(component: int, addresses: list[str], timeout: int = 5
                                        ) -> list[Candidate]:
@@ -75,7 +131,8 @@ def scope_connection(connection: aioice.Connection, *, bind_addresses: Callable[
         relay_only = connection._transport_policy == aioice.ice.TransportPolicy.RELAY
         for address in ([] if relay_only else bind_addresses()):
             try:
-                transport, bound = await bind(address, lambda: aioice.ice.StunProtocol(connection))
+                transport, bound = await bind(
+                    address, lambda: _GuardedStunProtocol(connection, on_short, on_malformed))
             except OSError as exc:
                 logger.warning("cannot bind media socket: %s", exc)
                 continue
@@ -122,6 +179,7 @@ def scope_connection(connection: aioice.Connection, *, bind_addresses: Callable[
         original_request_received(message, addr, protocol)
 
     connection.get_component_candidates = get_component_candidates  # type: ignore[method-assign]
+    connection.data_received = data_received  # type: ignore[method-assign]
     connection.add_remote_candidate = add_remote_candidate  # type: ignore[method-assign,assignment]
     connection.request_received = request_received  # type: ignore[method-assign]
 
@@ -168,19 +226,35 @@ def take_datagrams(connection: aioice.Connection, wrap: Callable[[DataReceived],
         _skip_stun_parse(protocol, data_received)
 
 
+_PARSING = (aioice.ice.StunProtocol.datagram_received, _GuardedStunProtocol.datagram_received)
+
+
 def _skip_stun_parse(protocol: Any, data_received: DataReceived) -> None:
     parse_first = protocol.datagram_received
-    if getattr(parse_first, "__func__", None) is not aioice.ice.StunProtocol.datagram_received:
+    if getattr(parse_first, "__func__", None) not in _PARSING:
         return  # already wrapped (a datagram hook): every datagram keeps going through it
     component = protocol.local_candidate.component
 
     def datagram_received(data: bytes, addr: Address) -> None:
-        if data and 127 < data[0] < 192:
+        if len(data) >= MIN_DATAGRAM_BYTES and 127 < data[0] < 192:
             data_received(data, component)
         else:
-            parse_first(data, addr)
+            parse_first(data, addr)  # the guard drops what is too short
 
     protocol.datagram_received = datagram_received
+
+
+def close_sockets(connection: aioice.Connection) -> None:
+    """Close the connection's sockets now and stop its consent checks: what
+    ``Connection.close`` ends with, for a connection whose close did not finish."""
+    consent = connection._query_consent_task
+    if consent is not None and not consent.done():
+        consent.cancel()
+    connection._nominated.clear()
+    for protocol in connection._protocols:
+        transport = getattr(protocol, "transport", None)
+        if transport is not None:
+            transport.close()
 
 
 def nominated_pairs(connection: aioice.Connection) -> dict[int, Any]:

@@ -10,10 +10,15 @@ instance (never by patching classes or modules, but for the benchmarks'
   subclass before gathering starts (``media/ice.py`` scopes it).
 * ``RTCDtlsTransport._handle_rtp_data`` (the decrypted RTP datagram, before aiortc's router,
   jitter buffer and decoder): replaced on each SFU transport by :func:`tap_transport` (and
-  on a benchmark's player by :func:`handle_rtp_data`). RTCP keeps its normal path. Once the
+  on a benchmark's player by :func:`handle_rtp_data`). RTCP keeps its normal path, but
+  ``_handle_rtcp_data`` is wrapped so that RTCP aiortc cannot route never ends the receive
+  task (:func:`guard_rtcp`). Once the
   transport is connected, SRTP datagrams skip aioice's queue and the DTLS receive coroutine:
   aioice's datagram callback unprotects them with the transport's ``_rx_srtp`` and calls the
   tap at once (``_state``, ``__rx_bytes``, ``__rx_packets``).
+* Closing: when ``RTCPeerConnection.close`` does not finish (``media/teardown.py``), its
+  transceivers, SCTP, DTLS and ICE transports are stopped directly and the aioice sockets
+  closed (:func:`release_peer_connection`).
 * ``RTCRtpReceiver``'s private statistics and NACK generator: fed by
   :func:`feed_receiver_packet` so its receiver reports and NACKs upstream go on;
   ``_send_rtcp_nack`` / ``_send_rtcp_pli`` send them. Its codec and RTX tables are read by
@@ -60,9 +65,10 @@ import inspect
 import logging
 import os
 import queue
+import struct
 import time
 from types import SimpleNamespace
-from typing import Any, Awaitable, Callable, Optional
+from typing import Any, Awaitable, Callable, Optional, Sequence
 
 import aioice
 import aiortc.rtcrtpreceiver
@@ -125,11 +131,57 @@ class IceHookedPeerConnection(RTCPeerConnection):
         return dtls
 
 
+async def release_peer_connection(pc: RTCPeerConnection, step_s: float) -> None:
+    """Free what ``pc`` holds when ``RTCPeerConnection.close`` did not finish: its receivers,
+    senders and SCTP, then its DTLS transports, then its ICE transports are stopped, each
+    phase all at once and given ``step_s`` (what is still running then is cancelled); then
+    the ICE connections' sockets are closed whatever happened, its listeners removed, and
+    its private ``__isClosed`` future settled, so that any later ``close()`` returns."""
+    transceivers = pc.getTransceivers()
+    sctp = pc.sctp
+    dtls: list[RTCDtlsTransport] = []
+    for transport in [t.receiver.transport for t in transceivers] + [t.sender.transport for t in transceivers] + (
+            [sctp.transport] if sctp is not None else []):
+        if transport is not None and transport not in dtls:
+            dtls.append(transport)
+    await _within([t.receiver.stop() for t in transceivers] + [t.sender.stop() for t in transceivers]
+                  + ([sctp.stop()] if sctp is not None else []), step_s)
+    await _within([d.stop() for d in dtls], step_s)
+    await _within([d.transport.stop() for d in dtls], step_s)
+    for transport in dtls:
+        aioice_internals.close_sockets(ice_connection(transport.transport))
+    pc.remove_all_listeners()
+    # A later close() (anyone's) awaits this future, which the unfinished close never settled.
+    closed: asyncio.Future[bool] | None = getattr(pc, "_RTCPeerConnection__isClosed")
+    if closed is None:
+        closed = asyncio.get_running_loop().create_future()
+        setattr(pc, "_RTCPeerConnection__isClosed", closed)
+    if not closed.done():
+        closed.set_result(True)
+
+
+async def _within(coros: Sequence[Awaitable[Any]], timeout_s: float) -> None:
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    if not tasks:
+        return
+    _, pending = await asyncio.wait(tasks, timeout=timeout_s)
+    for task in tasks:
+        task.add_done_callback(_quiet)
+    for task in pending:
+        task.cancel()
+
+
+def _quiet(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved: a part that failed to stop is released all the same
+
+
 # -- the receive path ----------------------------------------------------------------------
 RtpTap = Callable[[bytes, int], Awaitable[None]]
 """Called with each decrypted RTP datagram and its arrival time (ms)."""
 
 _TAPPED = "_sfu_tap"
+_MAX_DATAGRAM = aioice_internals.MAX_MEDIA_DATAGRAM_BYTES
 _CONNECTED = DtlsState.CONNECTED
 _NTP_EPOCH_OFFSET_S = 2208988800
 """Seconds from 1900 (NTP) to 1970 (Unix): aiortc's ``clock.current_ms()`` counts from 1900."""
@@ -145,8 +197,29 @@ def tap_transport(transport: RTCDtlsTransport, on_rtp: RtpTap,
         return False
     setattr(transport, _TAPPED, on_rtp)
     handle_rtp_data(transport, on_rtp)
+    guard_rtcp(transport)
     _receive_srtp_directly(transport, on_rtp, on_rtp_now)
     return True
+
+
+def guard_rtcp(transport: RTCDtlsTransport) -> None:
+    """RTCP that aiortc cannot route is dropped instead of ending the transport's receive task.
+    aiortc's router lets ``struct.error`` out of a REMB that counts more SSRCs than it holds
+    (``unpack_remb_fci``); out of ``_recv_next`` it ended ``RTCDtlsTransport.__run``, and
+    with it every packet of the session, for good (bench.fuzz, udp). It is a participant's
+    own authenticated RTCP: dropped quietly. Anything else a handler raises is logged (a bug
+    of ours), and the transport goes on receiving."""
+    handle = transport._handle_rtcp_data
+
+    async def guarded(data: bytes) -> None:
+        try:
+            await handle(data)
+        except struct.error:
+            logger.debug("RTCP aiortc cannot route dropped")
+        except Exception:  # noqa: BLE001 - a packet must not end the transport
+            logger.exception("RTCP handler failed")
+
+    transport._handle_rtcp_data = guarded  # type: ignore[method-assign]
 
 
 def handle_rtp_data(transport: RTCDtlsTransport, on_rtp: RtpTap) -> None:
@@ -172,9 +245,9 @@ def _receive_srtp_directly(transport: RTCDtlsTransport, on_rtp: Callable[[bytes,
 
         def data_received(data: bytes, component: int) -> None:
             srtp = transport._rx_srtp
-            if (srtp is None or transport._state is not _CONNECTED or not 127 < data[0] < 192
-                    or is_rtcp(data)):
-                queued(data, component)
+            if (srtp is None or transport._state is not _CONNECTED or not 11 < len(data) <= _MAX_DATAGRAM
+                    or not 127 < data[0] < 192 or is_rtcp(data)):
+                queued(data, component)  # the connection's own guard drops datagrams too short or too long
                 return
             transport._RTCDtlsTransport__rx_bytes += len(data)  # type: ignore[attr-defined]
             transport._RTCDtlsTransport__rx_packets += 1  # type: ignore[attr-defined]
@@ -219,6 +292,26 @@ class _Seen:
         self.timestamp = timestamp
 
 
+MAX_RECEIVER_STREAMS = 8
+"""SSRCs one receiver keeps statistics for, hence reports on (the oldest is forgotten for a
+new one). Each is a block of its receiver report: past about 57, libsrtp refuses to protect
+the report ("packet is too long"), aiortc's RTCP task dies with it, and closing the receiver
+then waits for that task forever (issue 17)."""
+
+
+def _new_stream(streams: dict[int, StreamStatistics], ssrc: int, clock_rate: int) -> StreamStatistics:
+    while len(streams) >= MAX_RECEIVER_STREAMS:
+        del streams[next(iter(streams))]
+    stats = streams[ssrc] = StreamStatistics(clock_rate)
+    return stats
+
+
+def forget_receiver_stream(receiver: RTCRtpReceiver, ssrc: int) -> None:
+    """Stop reporting on ``ssrc`` (a source the publisher no longer sends)."""
+    streams: dict[int, StreamStatistics] = receiver._RTCRtpReceiver__remote_streams  # type: ignore[attr-defined]
+    streams.pop(ssrc, None)
+
+
 def feed_receiver(receiver: RTCRtpReceiver, ssrc: int, sequence_number: int, timestamp: int,
                   clock_rate: int, *, count_stats: bool = True) -> list[int] | None:
     """Account one media packet to the receiver's statistics (receiver reports) and NACK
@@ -231,12 +324,11 @@ def feed_receiver_packet(receiver: RTCRtpReceiver, seen: Any, clock_rate: int, *
                          count_stats: bool = True) -> list[int] | None:
     """:func:`feed_receiver` for anything with the ``ssrc``, ``sequence_number`` and
     ``timestamp`` of the media packet (a parsed RTP header: no object made per packet)."""
-    ssrc = seen.ssrc
     if count_stats:
         streams: dict[int, StreamStatistics] = receiver._RTCRtpReceiver__remote_streams  # type: ignore[attr-defined]
-        stats = streams.get(ssrc)
+        stats = streams.get(seen.ssrc)
         if stats is None:
-            stats = streams[ssrc] = StreamStatistics(clock_rate)
+            stats = _new_stream(streams, seen.ssrc, clock_rate)
         stats.add(seen)
     nack = receiver._RTCRtpReceiver__nack_generator  # type: ignore[attr-defined]
     if nack is not None and nack.add(seen):
@@ -250,7 +342,7 @@ def feed_receiver_rtx(receiver: RTCRtpReceiver, ssrc: int, sequence_number: int,
     streams: dict[int, StreamStatistics] = receiver._RTCRtpReceiver__remote_streams  # type: ignore[attr-defined]
     stats = streams.get(ssrc)
     if stats is None:
-        stats = streams[ssrc] = StreamStatistics(clock_rate)
+        stats = _new_stream(streams, ssrc, clock_rate)
     stats.add(_Seen(ssrc, sequence_number, timestamp))  # type: ignore[arg-type]
 
 

@@ -10,7 +10,10 @@ send a connectivity check outside the networks it serves.
 follow a :class:`MediaNetwork`. The library internals this takes (a hook on each
 new aioice connection; that connection's candidate gathering, remote candidates
 and incoming checks) live in :mod:`media.aiortc_internals` and
-:mod:`media.aioice_internals`.
+:mod:`media.aioice_internals`. Datagrams too short to be anything WebRTC sends
+(an empty one raised IndexError deep in aiortc), RTP/RTCP too long for SRTP (one ended
+aiortc's receive task: the call's media stopped) and STUN aioice cannot parse are
+dropped on arrival and counted per network (:class:`DatagramCounts`).
 """
 
 from __future__ import annotations
@@ -19,16 +22,19 @@ import asyncio
 import ipaddress
 import random
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import aioice
 from aiortc import RTCConfiguration, RTCIceServer
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from config.settings import IceSettings, MediaSettings
 from media.aioice_internals import DatagramHook, host_addresses, scope_connection
 from media.aiortc_internals import IceHookedPeerConnection
 
-__all__ = ["DatagramHook", "MediaNetwork", "PortAllocator", "RandomLoss", "ScopedPeerConnection"]
+__all__ = ["DatagramCounts", "DatagramHook", "MediaNetwork", "PortAllocator", "RandomLoss", "ScopedPeerConnection"]
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -60,6 +66,49 @@ class RandomLoss:
         return True
 
 
+@dataclass
+class DatagramCounts:
+    """Datagrams the media sockets of one :class:`MediaNetwork` dropped before any parsing."""
+
+    short: int = 0
+    """Empty, or shorter than anything WebRTC sends (``aioice_internals.MIN_DATAGRAM_BYTES``)."""
+    too_long: int = 0
+    """RTP/RTCP longer than SRTP can unprotect (``aioice_internals.MAX_MEDIA_DATAGRAM_BYTES``)."""
+    malformed: int = 0
+    """STUN headers with attributes aioice cannot parse."""
+
+    def dropped_short(self) -> None:
+        self.short += 1
+
+    def dropped_too_long(self) -> None:
+        self.too_long += 1
+
+    def dropped_malformed(self) -> None:
+        self.malformed += 1
+
+    def register(self, registry: CollectorRegistry, component: str) -> None:
+        """Export as ``teleconsult_media_datagrams_dropped_total{component, reason}``."""
+        registry.register(_DatagramCollector(self, component))
+
+
+class _DatagramCollector(Collector):
+    def __init__(self, counts: DatagramCounts, component: str) -> None:
+        self.counts = counts
+        self.component = component
+
+    def describe(self) -> Iterator[CounterMetricFamily]:
+        return iter(())
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily("teleconsult_media_datagrams_dropped",
+                                     "Datagrams dropped on media sockets before parsing",
+                                     labels=["component", "reason"])
+        family.add_metric([self.component, "short"], self.counts.short)
+        family.add_metric([self.component, "too_long"], self.counts.too_long)
+        family.add_metric([self.component, "malformed"], self.counts.malformed)
+        yield family
+
+
 @dataclass(frozen=True)
 class MediaNetwork:
     """Addresses a peer connection binds, announces and accepts."""
@@ -71,10 +120,16 @@ class MediaNetwork:
     port_max: int = 0
     allowed_remote: tuple[IPNetwork, ...] = (ipaddress.ip_network("127.0.0.0/8"),)
     ice_servers: tuple[RTCIceServer, ...] = ()
+    datagrams: DatagramCounts = field(default_factory=DatagramCounts, compare=False, repr=False)
+    """What the sockets of every peer connection on this network dropped."""
 
     @classmethod
     def from_settings(cls, media: MediaSettings, ice: IceSettings | None = None,
                       ice_servers: tuple[RTCIceServer, ...] = ()) -> "MediaNetwork":
+        """``media`` resolved (``Settings.effective_media``): an empty listen_ip or network
+        list means "derived from server.host", which only the whole settings know."""
+        if not media.listen_ip or not media.allowed_remote_networks:
+            raise ValueError("media settings not resolved: pass Settings.effective_media")
         return cls(
             listen_ip=media.listen_ip,
             announced_ip=media.announced_ip,
@@ -155,4 +210,6 @@ class ScopedPeerConnection(IceHookedPeerConnection):
     def ice_connection_created(self, connection: aioice.Connection) -> None:
         network = self.network
         scope_connection(connection, bind_addresses=network.bind_addresses, announced_ip=network.announced_ip,
-                         allows=network.allows, bind=self._allocator.bind, hook=self.datagram_hook)
+                         allows=network.allows, bind=self._allocator.bind, hook=self.datagram_hook,
+                         on_short=network.datagrams.dropped_short, on_too_long=network.datagrams.dropped_too_long,
+                         on_malformed=network.datagrams.dropped_malformed)

@@ -42,4 +42,11 @@ def parse_offer(sdp: str, *, require_media: bool = True) -> SessionDescription:
             raise SdpError(f"m-line {index}: missing ICE credentials (a=ice-ufrag / a=ice-pwd)")
         if not media.dtls or not media.dtls.fingerprints:
             raise SdpError(f"m-line {index}: missing DTLS fingerprint (a=fingerprint)")
+    mids = [media.rtp.muxId for media in description.media]
+    for group in description.group:
+        if group.semantic == "BUNDLE" and (len(set(group.items)) != len(group.items)
+                                           or not set(group.items) <= set(mids)):
+            # aiortc shares the transport of the group's first mid: naming no section, it left
+            # every section without one and its connect task died (RFC 8843: each tag once).
+            raise SdpError("the BUNDLE group must name media sections of the SDP (a=mid), each once")
     return description

@@ -11,6 +11,7 @@ command -v redis-server >/dev/null || missing+=(redis-server)
 command -v turnserver >/dev/null || missing+=(coturn)
 command -v ip >/dev/null || missing+=(iproute2)
 command -v unshare >/dev/null || missing+=(util-linux)
+command -v pdftotext >/dev/null || missing+=(poppler-utils)  # the PDF report's tests read it as text and PNG
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "installing system packages: ${missing[*]}"

@@ -22,6 +22,7 @@ def setup(app: web.Application) -> None:
     lifecycle = app[LIFECYCLE]
     service = SfuService(app[SETTINGS], accepting=lambda: lifecycle.accepting)
     service.metrics.register(app[METRICS].registry)
+    service.network.datagrams.register(app[METRICS].registry, "sfu")
     app[SFU] = service
     lifecycle.live_count.append(service.live_rooms)
 

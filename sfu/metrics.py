@@ -13,6 +13,10 @@ Exported (all ``teleconsult_sfu_``):
 * ``pli_total`` {kind, source, direction=received|sent}: keyframe requests from
   subscribers / sent upstream to publishers;
 * ``nack_total`` {kind, source, direction=received|sent}, ``retransmits_total``;
+* ``retransmits_refused_total`` {kind, source}: NACKed packets not resent, beyond the
+  subscriber's retransmission budget (``[media] retransmit_*_per_s``);
+* ``packets_dropped_total`` {reason}: RTP the SFU would not take from a publisher
+  (``unknown_ssrc``: an SSRC its offer did not declare, beyond the budget for new ones);
 * ``packets_lost_total`` {kind, source}: gaps in what publishers sent;
 * ``media_transcode_total`` {op=decode|encode}: frames aiortc decoded or
   encoded in SFU peer connections: 0 by design;
@@ -44,6 +48,7 @@ class TrackCounts:
     nack_received: int = 0
     nack_sent: int = 0
     retransmits: int = 0
+    retransmits_refused: int = 0
     lost: int = 0
 
 
@@ -61,6 +66,8 @@ class SfuMetrics:
 
     tracks: dict[tuple[str, str], TrackCounts] = field(default_factory=dict)
     transcodes: dict[str, int] = field(default_factory=lambda: {"decode": 0, "encode": 0})
+    dropped: dict[str, int] = field(default_factory=lambda: {"unknown_ssrc": 0})
+    """Packets dropped on the receive path, by reason."""
     gauges: Callable[[], Gauges] = lambda: Gauges(0, 0, 0, 0)
 
     def track(self, kind: str, source: str) -> TrackCounts:
@@ -75,6 +82,9 @@ class SfuMetrics:
 
     def encoded(self) -> None:
         self.transcodes["encode"] += 1
+
+    def drop(self, reason: str) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
 
     def register(self, registry: CollectorRegistry) -> None:
         registry.register(_Collector(self))
@@ -105,6 +115,8 @@ class _Collector(Collector):
         nack = CounterMetricFamily(PREFIX + "nack", "NACK packets", labels=["kind", "source", "direction"])
         retransmits = CounterMetricFamily(PREFIX + "retransmits", "Packets retransmitted to subscribers",
                                           labels=["kind", "source"])
+        refused = CounterMetricFamily(PREFIX + "retransmits_refused", "NACKed packets not resent (budget)",
+                                      labels=["kind", "source"])
         lost = CounterMetricFamily(PREFIX + "packets_lost", "Packets missing from publishers",
                                    labels=["kind", "source"])
         for (kind, source), c in sorted(m.tracks.items()):
@@ -119,12 +131,17 @@ class _Collector(Collector):
             nack.add_metric([kind, source, "received"], c.nack_received)
             nack.add_metric([kind, source, "sent"], c.nack_sent)
             retransmits.add_metric([kind, source], c.retransmits)
+            refused.add_metric([kind, source], c.retransmits_refused)
             lost.add_metric([kind, source], max(0, c.lost))
         transcode = CounterMetricFamily(PREFIX + "media_transcode", "Frames decoded or encoded by the SFU (0 by design)",
                                         labels=["op"])
         for op, value in sorted(m.transcodes.items()):
             transcode.add_metric([op], value)
-        yield from (packets, octets, frames, keyframes, pli, nack, retransmits, lost, transcode)
+        dropped = CounterMetricFamily(PREFIX + "packets_dropped", "RTP dropped on the receive path",
+                                      labels=["reason"])
+        for reason, value in sorted(m.dropped.items()):
+            dropped.add_metric([reason], value)
+        yield from (packets, octets, frames, keyframes, pli, nack, retransmits, refused, lost, transcode, dropped)
         g = m.gauges()
         for name, value in (("rooms", g.rooms), ("participants", g.participants),
                             ("publications", g.publications), ("subscriptions", g.subscriptions)):

@@ -18,12 +18,16 @@ all BUNDLEd on one transport, whatever their order (the offerer's tagged
 section's candidates; docs/whip-whep.md), whose decrypted RTP comes straight to
 :meth:`Participant.on_rtp` (demultiplexed by SSRC, then by the ``mid`` header
 extension, then by payload type). A publisher's new SSRC (an encoder restart)
-becomes its publication's source; late packets of the old one are dropped.
+becomes its publication's source; late packets of the old one are dropped. SSRCs
+beyond those the offer declared, their RTX, and a small budget of new ones
+(:data:`sfu.publication.NEW_SSRC_BURST`) are dropped and counted, never handed to
+aiortc.
 
 Data: a channel labelled ``room`` relays JSON messages through the room.
 
 Lifecycle: new -> negotiated (repeatable) -> closed (idempotent ``close()``;
-its publications end, its subscriptions close, the peer connection closes).
+its publications end, its subscriptions close, the peer connection closes within
+``[media] close_timeout_s``, else its resources are released: ``media/teardown.py``).
 """
 
 from __future__ import annotations
@@ -35,10 +39,13 @@ from typing import TYPE_CHECKING, Any, Callable
 from aiortc import RTCConfiguration, RTCSessionDescription
 from aiortc.rtcconfiguration import RTCBundlePolicy
 
+from config.settings import MediaSettings
 from core.auth import RoomGrant
 from media import aiortc_internals
 from media.eager import run_now
 from media.ice import MediaNetwork, ScopedPeerConnection
+from media.teardown import close_peer_connection
+from sfu.budgets import RetransmitBudget
 from sfu.errors import SfuError
 from sfu.events import ParticipantInfo, PublicationInfo
 from sfu.metrics import SfuMetrics
@@ -63,13 +70,18 @@ logger = logging.getLogger(__name__)
 
 MID_URI = "urn:ietf:params:rtp-hdrext:sdes:mid"
 DATA_LABEL = "room"
-MAX_ROUTES = 64
+MAX_DECLARED_SSRCS = 4
+"""Media SSRCs (and as many RTX pairs) of one offered section taken as the publication's;
+an offer may declare more, which are then new SSRCs like any other (budgeted)."""
+MAX_LEARNED_SSRCS = 16
+"""Routes of SSRCs no offer declared that one participant keeps (the oldest is forgotten)."""
 
 
 class Participant:
     def __init__(self, session_id: str, grant: RoomGrant, room: "Room", network: MediaNetwork,
                  metrics: SfuMetrics, history_size: int, pli_interval: float,
-                 on_gone: Callable[["Participant"], None]) -> None:
+                 on_gone: Callable[["Participant"], None], *, retransmit_budget: RetransmitBudget | None = None,
+                 close_timeout_s: float = 5.0) -> None:
         self.id = session_id
         self.grant = grant
         self.room = room
@@ -83,6 +95,11 @@ class Participant:
         """mid -> subscription."""
         self.routes: dict[int, tuple[Publication, int | None]] = {}
         """ssrc -> (publication, media ssrc when this is its RTX stream)."""
+        self._learned: dict[int, tuple[Publication, int | None]] = {}
+        """The routes of ``routes`` that no offer declared, oldest first."""
+        self.retransmit_budget = retransmit_budget or RetransmitBudget.from_settings(MediaSettings())
+        """What this participant's NACKs may have retransmitted, all its subscriptions together."""
+        self.close_timeout_s = close_timeout_s
         self.channel: Any = None
         self._sending: set[asyncio.Task[None]] = set()
         """NACKs upstream that had to wait (``media.eager.run_now``)."""
@@ -174,9 +191,9 @@ class Participant:
             leg = leg_parameters(local, line.mid)
             publication = self._publication(line, transceiver, source, leg)
             self.publications[line.mid] = publication
-            for ssrc in line.ssrcs:
+            for ssrc in line.ssrcs[:MAX_DECLARED_SSRCS]:
                 self.routes[ssrc] = (publication, None)
-            for rtx, media in line.rtx_ssrcs:
+            for rtx, media in line.rtx_ssrcs[:MAX_DECLARED_SSRCS]:
                 self.routes[rtx] = (publication, media)
             created.append(publication)
             labels[line.mid] = (self.grant.identity, source)
@@ -184,7 +201,7 @@ class Participant:
             leg = leg_parameters(local, line.mid)
             subscription = Subscription(f"SU_{self.id}_{line.mid}", self.id, transceiver.sender,
                                         transceiver.sender.transport, leg, publication.extensions,
-                                        self.history_size, publication.counts)
+                                        self.history_size, publication.counts, budget=self.retransmit_budget)
             aiortc_internals.intercept_sender_rtcp(transceiver.sender, subscription.on_nack,
                                                    subscription.on_keyframe_request)
             self.subscriptions[line.mid] = subscription
@@ -215,6 +232,7 @@ class Participant:
         if publication is not None:
             self.room.remove_publication(publication)
             self.routes = {k: v for k, v in self.routes.items() if v[0] is not publication}
+            self._learned = {k: v for k, v in self._learned.items() if v[0] is not publication}
         subscription = self.subscriptions.pop(mid, None)
         if subscription is not None:
             subscription.close()
@@ -233,7 +251,7 @@ class Participant:
             return
         route = self.routes.get(header.ssrc)
         if route is None:
-            route = self._learn(data, header)
+            route = self._learn(data, header, arrival_time_ms)
             if route is None:
                 return
         publication, media_ssrc = route
@@ -267,11 +285,13 @@ class Participant:
                 run_now(aiortc_internals.send_nack(receiver, header.ssrc, lost), self._sending)
         publication.forwarder.forward_now(data, header)
 
-    def _learn(self, data: bytes, header: Any) -> tuple[Publication, int | None] | None:
+    def _learn(self, data: bytes, header: Any, arrival_ms: int) -> tuple[Publication, int | None] | None:
         """Route a packet of an SSRC the offer did not declare: by mid extension, else by
-        payload type when only one publication uses it."""
+        payload type when only one publication uses it, within that publication's budget of
+        new SSRCs (:meth:`Publication.admit_new_ssrc`). None: dropped (counted)."""
         publications = [p for p in self.publications.values() if not p.closed]
         if not publications:
+            self.metrics.drop("unknown_ssrc")
             return None
         route: tuple[Publication, int | None] | None = None
         mid_id = publications[0].extensions.get(MID_URI)
@@ -286,8 +306,14 @@ class Participant:
             matches = [p for p in publications if header.payload_type in (p.payload_type, p.rtx_payload_type)]
             if len(matches) == 1:
                 route = self._route_for(matches[0], header)
-        if route is not None and len(self.routes) < MAX_ROUTES:
-            self.routes[header.ssrc] = route
+        if route is None or not route[0].admit_new_ssrc(arrival_ms):
+            self.metrics.drop("unknown_ssrc")
+            return None
+        self.routes[header.ssrc] = self._learned[header.ssrc] = route
+        if len(self._learned) > MAX_LEARNED_SSRCS:
+            oldest = next(iter(self._learned))
+            if self.routes.get(oldest) is self._learned.pop(oldest):
+                del self.routes[oldest]
         return route
 
     @staticmethod
@@ -337,7 +363,4 @@ class Participant:
             subscription.close()
         for publication in list(self.publications.values()):
             self.room.remove_publication(publication)
-        try:
-            await self.pc.close()
-        except Exception:  # closing must not fail halfway: log and go on
-            logger.exception("closing a peer connection failed", extra={"session": self.id})
+        await close_peer_connection(self.pc, self.close_timeout_s, {"session": self.id, "room": self.room.name})

@@ -21,6 +21,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from core.vocabulary import MEDIA_SOURCES, MediaKind, Source
 from media import aiortc_internals
+from sfu.budgets import TokenBucket
 from sfu.events import PublicationInfo
 from sfu.forwarder import Forwarder
 from sfu.metrics import TrackCounts
@@ -38,6 +39,14 @@ def source_kind(source: str) -> MediaKind | None:
 
 SSRC_SWITCH_GRACE_MS = 2000
 """After a publisher's SSRC changed, packets of the old one are late ones for this long."""
+
+NEW_SSRC_BURST = 4
+"""SSRCs a publication may take on beyond those its offer declared (an offer without
+``a=ssrc``, an encoder restart: a media SSRC and its RTX one each), at once. Any other
+SSRC is dropped before aiortc sees it (issue 17: each one grew aiortc's receiver report
+until libsrtp refused it, and the peer connection could no longer close)."""
+NEW_SSRC_REFILL_S = 10.0
+"""One more new SSRC is allowed this often."""
 
 FORWARDED_CODECS = ("video/vp8", "video/h264", "audio/opus")
 """Codecs the SFU forwards (it understands their keyframes, or they have none)."""
@@ -88,6 +97,7 @@ class Publication:
         self.loss = LossCounter()
         self._previous_ssrc: int | None = None
         self._switched_at_ms = 0
+        self._new_ssrcs = TokenBucket(1 / NEW_SSRC_REFILL_S, NEW_SSRC_BURST)
         self.forwarder = Forwarder(info.id, info.kind, leg.codec.mimeType.split("/")[1], leg.codec.clockRate,
                                    pli_interval, self.send_pli, counts)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -114,6 +124,11 @@ class Publication:
         subscriptions' own requests."""
         self.forwarder.keyframe_wanted(reason)
 
+    def admit_new_ssrc(self, now_ms: int) -> bool:
+        """Whether a packet of an SSRC neither declared nor seen yet may become one of this
+        publication's (:data:`NEW_SSRC_BURST`); False: drop it."""
+        return self._new_ssrcs.take(now_ms / 1000)
+
     def accept_media_ssrc(self, ssrc: int, now_ms: int) -> bool:
         """A media packet of ``ssrc`` (not RTX) arrived. A new SSRC (an encoder restarted)
         becomes the source: loss and NACK accounting start afresh. False for a late packet of
@@ -129,6 +144,8 @@ class Publication:
             self._switched_at_ms = now_ms
             self.loss = LossCounter()
             aiortc_internals.reset_nack_generator(self.receiver)
+            # No receiver report on a source no longer sent: aiortc's reports stay small.
+            aiortc_internals.forget_receiver_stream(self.receiver, current)
             logger.info("publisher ssrc changed", extra={"publication": self.id})
         self.media_ssrc = ssrc
         return True

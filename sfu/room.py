@@ -17,16 +17,19 @@ Rules:
 * Listeners get :class:`sfu.events.RoomEvent` callbacks; a failing listener is
   logged and does not stop the others.
 
-Lifecycle: open -> closed (``close()`` is idempotent and closes every participant).
+Lifecycle: open -> closed (``close()`` is idempotent and closes every participant, all
+at once, each within ``[media] close_timeout_s``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Callable
 
+from core import json_limits
 from sfu.events import PublicationInfo, RoomEvent, RoomEventType, RoomListener
 from sfu.publication import Publication
 
@@ -129,7 +132,7 @@ class Room:
             self._refuse(sender, f"message larger than {MAX_DATA_BYTES} bytes")
             return
         try:
-            data = json.loads(message)
+            data = json_limits.loads(message)
         except ValueError:
             self._refuse(sender, "message is not JSON")
             return
@@ -155,8 +158,12 @@ class Room:
         if self.closed:
             return
         self.closed = True
-        for participant in list(self.participants.values()):
-            await self.leave(participant)
+        # Together: each participant's close is bounded ([media] close_timeout_s), so is the room's.
+        left = await asyncio.gather(*(self.leave(p) for p in list(self.participants.values())),
+                                    return_exceptions=True)
+        for failure in left:
+            if isinstance(failure, Exception):
+                logger.error("a participant did not leave cleanly", exc_info=failure, extra={"room": self.name})
         for publication in list(self.publications.values()):
             publication.close()
         self.publications.clear()

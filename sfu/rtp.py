@@ -31,6 +31,10 @@ SEQ_MOD = 1 << 16
 TS_MOD = 1 << 32
 _HALF_SEQ = SEQ_MOD // 2
 _HALF_TS = TS_MOD // 2
+SRTP_REPLAY_WINDOW = 1024
+"""Packets behind the highest one an aiortc SRTP session protected so far that it still
+protects (its policy's ``window_size``, ``RTCDtlsTransport._setup_srtp``); further behind,
+libsrtp refuses ("replay check failed (index too old)")."""
 
 ONE_BYTE_PROFILE = 0xBEDE
 TWO_BYTE_PROFILE = 0x1000  # 0x100X: the low 4 bits are "appbits"
@@ -368,15 +372,21 @@ class SequenceMapper:
         self._start_seq = None
 
     def map(self, sequence_number: int, timestamp: int) -> tuple[int, int] | None:
-        """Output values for an input packet, or None for a packet older than the start."""
+        """Output values for an input packet, or None for a packet older than the start, or
+        :data:`SRTP_REPLAY_WINDOW` or more behind the highest output so far: SRTP would refuse
+        to send it. Only a publisher's own hostile packets come out that far behind (numbering
+        that jumps on packets the SFU does not forward: another payload type, another SSRC);
+        they raised out of the forwarding path, each an ERROR with a traceback (bench.fuzz)."""
         start = self._start_seq
         if start is None:
             return None
         if start != sequence_number and (start - sequence_number) & 0xFFFF < _HALF_SEQ:
             return None  # older than the start
         seq = (sequence_number + self._seq_offset) & 0xFFFF
-        ts = (timestamp + self._ts_offset) & 0xFFFFFFFF
         last = self.last_seq
+        if last is not None and SRTP_REPLAY_WINDOW <= (last - seq) & 0xFFFF < _HALF_SEQ:
+            return None
+        ts = (timestamp + self._ts_offset) & 0xFFFFFFFF
         if last is None or (last != seq and (seq - last) & 0xFFFF < _HALF_SEQ):
             self.last_seq = seq
             self.last_ts = ts

@@ -126,6 +126,11 @@ def parse_offer(text: str) -> Offer:
         lines.append(MediaLine(index=index, mid=mid, kind=media.kind, direction=media.direction or "sendrecv",
                                codecs=tuple(media.rtp.codecs), rejected=rejected, ssrcs=ssrcs,
                                rtx_ssrcs=fid))
+    if bundle is not None and (len(bundle.items) != len(bundled) or not bundled <= mids):
+        # aiortc shares the transport of the group's first mid: naming no section, it left every
+        # section without a transport, and its connect task died on it (RFC 8843: each
+        # identification-tag names one m-line of the offer, once).
+        raise SdpError("the BUNDLE group must name media sections of the offer (a=mid), each once")
     return Offer(sdp=text, media=tuple(lines), has_data_channel=has_data)
 
 

@@ -14,8 +14,9 @@ WebSocket path codes against it)::
         one that stops sending (publish) or receiving (subscribe) ends it.
         Sections in neither map are answered inactive. Raises SfuError
         subclasses (``status``, ``error``, ``reason``): SdpError 400/406/413,
-        Forbidden 403 (grant), NotFound 404, Unavailable 503 (draining: new
-        sessions only).
+        Forbidden 403 (grant; a new session in a room whose consultation is not
+        live, see ``sfu.ports.RoomGate`` and ``sfu.standalone_rooms``), NotFound
+        404, Unavailable 503 (draining: new sessions only).
     service.whip(grant, offer_sdp, sources=()) / service.whep(grant, offer_sdp)
         The WHIP/WHEP rules on top of negotiate (docs/whip-whep.md).
     await service.leave(session_id) -> bool
@@ -44,11 +45,14 @@ from typing import Any, Callable, Iterable
 
 from config.settings import Settings
 from core.auth import RoomGrant
+from core.vocabulary import RoomId
 from media.ice import MediaNetwork
+from sfu.budgets import RetransmitBudget
 from sfu.errors import Forbidden, NotFound, SfuError, Unavailable
 from sfu.events import PublicationInfo, RoomListener
 from sfu.metrics import Gauges, SfuMetrics
 from sfu.participant import Participant
+from sfu.ports import RoomGate
 from sfu.publication import Publication, source_kind
 from sfu.room import Room
 from sfu.sdp import SdpError, parse_offer
@@ -68,9 +72,12 @@ class Negotiation:
 
 class SfuService:
     def __init__(self, settings: Settings, *, accepting: Callable[[], bool] = lambda: True,
-                 network: MediaNetwork | None = None) -> None:
+                 network: MediaNetwork | None = None, gate: RoomGate | None = None) -> None:
         self.settings = settings
-        self.network = network or MediaNetwork.from_settings(settings.media, settings.ice)
+        self.gate = gate
+        """Whether a room's consultation is live (the assembly sets signalling's); None: no room
+        opens unless ``sfu.standalone_rooms``."""
+        self.network = network or MediaNetwork.from_settings(settings.effective_media, settings.ice)
         self.accepting = accepting
         self.metrics = SfuMetrics()
         self.metrics.gauges = self._gauges
@@ -140,6 +147,7 @@ class SfuService:
         else:
             if not self.accepting() or self.closed:
                 raise Unavailable("this node is draining: no new sessions")
+            await self.check_room_live(grant.room)
             room = self.create_room(grant.room)
             if len(room.participants) >= MAX_SESSIONS_PER_ROOM:
                 raise SfuError("room is full", status=409, error="room_full")
@@ -149,9 +157,12 @@ class SfuService:
         targets = self._check_subscribe(grant, room, lines, subscribe)
         new = participant is None
         if participant is None:
+            media = self.settings.media
             participant = Participant(
                 "SE_" + secrets.token_hex(8), grant, room, self.network, self.metrics,
-                self.settings.media.nack_history, self.settings.media.pli_interval_s, self._gone)
+                media.nack_history, media.pli_interval_s, self._gone,
+                retransmit_budget=RetransmitBudget.from_settings(media),
+                close_timeout_s=media.close_timeout_s)
         try:
             answer, created = await participant.negotiate(offer, publish, targets)
         except BaseException:
@@ -246,6 +257,7 @@ class SfuService:
             raise Forbidden("the room token does not grant subscribing")
         self._check_accepting()
         offer = parse_offer(offer_sdp)
+        await self.check_room_live(grant.room)
         room = self._rooms.get(grant.room)
         available = {"audio": [], "video": []}  # type: dict[str, list[PublicationInfo]]
         if room is not None:
@@ -262,6 +274,22 @@ class SfuService:
         if not subscribe:
             raise SfuError("nothing to play in this room yet", status=409, error="no_publications")
         return await self.negotiate(grant, offer_sdp, subscribe=subscribe)
+
+    async def check_room_live(self, room: str) -> None:
+        """A new session enters ``room`` only while its consultation is live: a room token dies
+        with its consultation (403), and no room is made again for one that ended. Not with
+        ``sfu.standalone_rooms``."""
+        if self.settings.sfu.standalone_rooms:
+            return
+        if self.gate is None:
+            raise Forbidden("rooms open only for a live consultation, and this node knows of none")
+        try:
+            live = await self.gate.is_live(RoomId(room))
+        except Exception as exc:  # the store behind the gate: retry later, never a 500
+            logger.warning("room gate unavailable: %s", type(exc).__name__, extra={"room": room})
+            raise Unavailable("cannot check the room's consultation now; retry") from None
+        if not live:
+            raise Forbidden("the room's consultation is not live (its room tokens died with it)")
 
     def _check_accepting(self) -> None:
         if not self.accepting() or self.closed:
@@ -296,5 +324,5 @@ class SfuService:
         if self.closed:
             return
         self.closed = True
-        for room in list(self._rooms):
-            await self.close_room(room)
+        # Together: each close is bounded ([media] close_timeout_s), so is the node's.
+        await asyncio.gather(*(self.close_room(room) for room in list(self._rooms)))

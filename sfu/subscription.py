@@ -14,7 +14,9 @@ itself on the subscriber's DTLS transport:
   publication or a new publisher SSRC), with sequence numbers and timestamps
   continuing where they were;
 * NACKs from the subscriber are answered from its :class:`sfu.rtp.PacketHistory`
-  as RTX when negotiated, else as plain retransmissions;
+  as RTX when negotiated, else as plain retransmissions, within the subscriber's
+  :class:`sfu.budgets.RetransmitBudget` (beyond it a NACKed packet is not resent, and
+  counted: ``retransmits_refused``);
 * PLI/FIR from the subscriber go to the forwarder, which asks the publisher.
 
 Lifecycle: waiting (transport not connected) -> ready, waiting for a keyframe ->
@@ -30,7 +32,9 @@ from typing import TYPE_CHECKING, Callable
 
 from aiortc import RTCDtlsTransport, RTCRtpSender
 
+from config.settings import MediaSettings
 from media import aiortc_internals
+from sfu.budgets import RetransmitBudget
 from sfu.metrics import TrackCounts
 from sfu.rtp import (ExtensionRewriter, Layout, PacketHistory, RtpHeader, SequenceMapper, extension_layout,
                      rewrite_packet, wrap_rtx)
@@ -45,7 +49,8 @@ logger = logging.getLogger(__name__)
 class Subscription:
     def __init__(self, subscription_id: str, session_id: str, sender: RTCRtpSender, transport: RTCDtlsTransport,
                  leg: LegParameters, publisher_extensions: dict[str, int], history_size: int,
-                 counts: TrackCounts, clock: Callable[[], float] = time.monotonic) -> None:
+                 counts: TrackCounts, clock: Callable[[], float] = time.monotonic, *,
+                 budget: RetransmitBudget | None = None) -> None:
         if leg.ssrc is None:
             raise ValueError("a subscription leg needs a sending SSRC")
         self.id = subscription_id
@@ -67,6 +72,8 @@ class Subscription:
         self.history = PacketHistory(history_size)
         self.counts = counts
         self.clock = clock
+        self.budget = budget or RetransmitBudget.from_settings(MediaSettings())
+        """Shared by the subscriber's subscriptions."""
         self.forwarder: "Forwarder | None" = None
         self.publication_id: str | None = None
         self._ready = False
@@ -150,9 +157,13 @@ class Subscription:
     async def on_nack(self, lost: list[int]) -> None:
         """The subscriber reports these (output) sequence numbers lost."""
         self.counts.nack_received += 1
+        now = self.clock()
         for seq in lost[:64]:
             packet = self.history.get(seq)
             if packet is None:
+                continue
+            if not self.budget.allow(len(packet) + 2, now):  # + 2: RTX's original sequence number
+                self.counts.retransmits_refused += 1
                 continue
             if self.rtx_payload_type is not None and self.rtx_ssrc is not None:
                 packet = wrap_rtx(packet, payload_type=self.rtx_payload_type, ssrc=self.rtx_ssrc,

@@ -14,7 +14,9 @@ from typing import AsyncIterator
 
 from aiohttp import web
 
-from core.appkeys import LIFECYCLE, METRICS, READY_PROBES, SETTINGS, TOKENS
+from core.appkeys import KEYRING, LIFECYCLE, METRICS, OUTAGES, READY_PROBES, SETTINGS, TOKENS
+from core.sealing import ValueSealer
+from media.recording.appkeys import STILLS
 from sfu.appkeys import SFU
 from signalling import http, ws
 from signalling.appkeys import SIGNALLING, STORE
@@ -22,6 +24,7 @@ from signalling.journal import FileJournal, Journal, RedisJournal
 from signalling.records import Records, RedisRecords, SqliteRecords
 from signalling.service import SignallingService
 from signalling.store import open_store
+from signalling.store.faults import STORE_FAULTS
 from signalling.store.redis import RedisStore
 
 logger = logging.getLogger(__name__)
@@ -34,16 +37,17 @@ def build_service(app: web.Application) -> SignallingService:
     store = open_store(settings.store, proc)
     journal: Journal
     records: Records
+    sealer = ValueSealer(app[KEYRING].master)  # the records' clinical payloads, sealed at rest
     if isinstance(store, RedisStore):
         journal = RedisJournal(store.redis, settings.store.key_prefix)
-        records = RedisRecords(store.redis, settings.store.key_prefix)
+        records = RedisRecords(store.redis, settings.store.key_prefix, sealer)
     else:
         journal = FileJournal(settings.server.data_dir)
-        records = SqliteRecords(settings.server.data_dir)
+        records = SqliteRecords(settings.server.data_dir, sealer)
     lifecycle = app[LIFECYCLE]
     return SignallingService(settings, store, app[TOKENS], journal, records,
                              sfu=lambda: app.get(SFU), accepting=lambda: lifecycle.accepting,
-                             process_id=proc)
+                             process_id=proc, stills=lambda: app.get(STILLS))
 
 
 def setup(app: web.Application) -> None:
@@ -65,6 +69,7 @@ def setup(app: web.Application) -> None:
     app[ws.WS_METRICS] = ws.WsMetrics(app[METRICS].registry)
     app.cleanup_ctx.append(lifetime)
     app[READY_PROBES].append(store_probe)
+    app[OUTAGES].extend(STORE_FAULTS)
     app.router.add_get("/ws", ws.websocket)
     http.add_routes(app)
 

@@ -3,9 +3,10 @@
 Rules:
 
 * A consultation is created ``requested`` when a nurse checks a patient in.
-* ``requested -> offered`` when the matcher rings a physician; ``offered ->
-  requested`` on decline, timeout or a vanished physician (that physician is
-  remembered in ``tried`` and not rung again for this request).
+* ``requested -> offered`` when the matcher rings a physician (or one picks it
+  from the queue); ``offered -> requested`` on decline, timeout or a vanished
+  physician (one who declined or let it time out is remembered in ``tried`` and
+  not rung again for this request, though they may still pick it).
 * ``offered -> accepted`` when that physician accepts; ``accepted -> active``
   once the SFU room exists and room tokens are out; ``accepted -> failed`` when
   the room cannot be made.
@@ -25,16 +26,19 @@ What each step implies, sans I/O: the functions of the last section return a
 
   step                 store, atomically          then, in this order
   -------------------  -------------------------  -------------------------------------------------
-  check_in   -> req.   create; enter the queue    journal visit.checkin, consent; archive
+  check_in   -> req.   create; enter the queue    journal visit.checkin, consent (visit.flag)
+                       (after the journal acts)   BEFORE the store; archive
   queued               -                          (the reply has its position) nurses:
-                                                  consultation.updated; kick the request
+                                                  consultation.updated; admins: visit.flagged
+                                                  (flagged); kick the request
   offer  req.-> off.   claim: leave the queue,    journal offer; physician: offer.received;
-                       lock the physician         nurses: consultation.updated
+                       lock the physician         nurses: visit.status, consultation.updated
   withdraw off.->req.  back in the queue; unlock, journal offer.<timeout|decline|vanished>;
                        clear the deadline         physician: offer.withdrawn; nurses: updated;
-                                                  kick the physician and the request
-  accept off.->acc.    clear the deadline (lock   the physician turns busy; unlock; journal
-                       kept until busy)           offer.accept
+                                                  kick the physician and the request; nurses:
+                                                  visit.status
+  accept off.->acc.    clear the deadline (lock   the physician turns in_consultation; unlock;
+                       kept until then)           journal offer.accept
   start  acc.->active  -                          archive; journal consultation.start;
                                                   each seat: consultation.started + its grant
   finish  -> final     leave the queue; unlock,   (was live) free the physician, close the room;
@@ -43,6 +47,8 @@ What each step implies, sans I/O: the functions of the last section return a
                                                   offered: physician offer.withdrawn; nurses,
                                                   physician, agents (was live): consultation.ended;
                                                   kick the physicians involved
+  recover -> final     - (in no store: its        journal consultation.recover, then
+   (startup)           process died with it)      consultation.<expire|end>; archive
 """
 
 from __future__ import annotations
@@ -54,7 +60,7 @@ from typing import Any, Mapping
 
 from core.vocabulary import Act
 from signalling import protocol as p
-from signalling.hub import Target, agents, nurses, user
+from signalling.hub import Target, admins, agents, nurses, user
 from signalling.journal import JournalValue
 from signalling.protocol import Priority, WithdrawReason
 
@@ -131,6 +137,17 @@ class Consultation:
     recording: dict[str, Any] | None = None
     """``{active, started_by, started_at, stopped_at, stop_reason, error}`` once a recording started
     (kept from the ``recording.*`` events, see ``Consultations.note_recording``); None before."""
+    site_name: str = ""
+    """Names as the directory (the nurse: her token) gave them when the step happened, so that whoever
+    decides sees people and places, and the records keep who it was."""
+    nurse_name: str = ""
+    physician_name: str | None = None
+    offered_to_name: str | None = None
+    started_at: float | None = None
+    """When it became active (None before): recent consultations' lengths make the wait estimates."""
+    flag: str | None = None
+    """Why the admins should look at this request (None: no reason): ``site_rate``, an emergency above
+    its site's rate of visit requests (still an emergency, queued after the other sites' ones)."""
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -198,6 +215,7 @@ def transition(c: Consultation, target: State, now: float, **changes: Any) -> Co
         changes.setdefault("ended_at", now)
     if target is not State.OFFERED and c.state is State.OFFERED:
         changes.setdefault("offered_to", None)
+        changes.setdefault("offered_to_name", None)
         changes.setdefault("offer_expires_at", None)
     return dataclasses.replace(c, state=target, updated_at=now, **changes)
 
@@ -271,6 +289,17 @@ class Busy:
 
 
 @dataclass(frozen=True)
+class VisitNotice:
+    """The site's nurses hear what happens to their waiting request (``visit.status``): it rings
+    ``physician``, or came back from them, and whether another physician is looked for."""
+
+    consultation: Consultation
+    status: p.VisitStatus
+    physician: str | None
+    physician_name: str | None
+
+
+@dataclass(frozen=True)
 class FreePhysician:
     """A live consultation is over: its physician, busy on a live socket, turns available."""
 
@@ -295,7 +324,7 @@ class GrantSeats:
 
 
 Effect = (JournalAct | Notify | Kick | Archive | Forget | ReleaseOfferLock | Busy | FreePhysician | CloseRoom
-          | GrantSeats)
+          | GrantSeats | VisitNotice)
 
 
 @dataclass(frozen=True)
@@ -319,57 +348,91 @@ WITHDRAW_ACTS: dict[WithdrawReason, Act] = {
     WithdrawReason.DECLINED: Act.OFFER_DECLINE,
     WithdrawReason.VANISHED: Act.OFFER_VANISHED,
 }
+WITHDRAW_NOTICES: dict[WithdrawReason, p.VisitStatus] = {
+    WithdrawReason.TIMEOUT: p.VisitStatus.NOT_ANSWERED,
+    WithdrawReason.DECLINED: p.VisitStatus.DECLINED,
+    WithdrawReason.VANISHED: p.VisitStatus.PHYSICIAN_LEFT,
+}
+NOT_AGAIN = frozenset({WithdrawReason.DECLINED, WithdrawReason.TIMEOUT})
+"""A physician who declined or let an offer time out is not rung again for it (they may still pick it
+from the queue); one whose socket dropped is, once back (a reload is no answer)."""
 MATCHER = "matcher"
 """The actor of what the matcher does (offers, timeouts, vanished physicians)."""
+RECOVERY = "recovery"
+"""The actor of what recovery does after a crash (``signalling.recovery``)."""
+PROCESS_CRASHED = "process_crashed"
+"""The end reason of a consultation a crash left open, closed by recovery at startup."""
 
 
-def check_in(c: Consultation) -> Transition:
-    """A nurse checked a patient in: ``c`` (requested) enters the queue. Then :func:`queued`."""
+def check_in(c: Consultation, requests_in_window: int = 0) -> Transition:
+    """A nurse checked a patient in: ``c`` (requested) enters the queue. Then :func:`queued`.
+    Its journal acts are written before the store changes (``Consultations.check_in``): a request
+    is never in the queue without them. ``requests_in_window``: the site's count, for a flag."""
+    flag: tuple[Effect, ...] = (JournalAct(Act.VISIT_FLAG, c.requested_by, {
+        "site": c.site, "priority": c.priority.value, "flag": c.flag, "requests_in_window": requests_in_window}),
+    ) if c.flag else ()
     return Transition(None, c, QueueChange(QueueMove.ENTER), (
         JournalAct(Act.VISIT_CHECKIN, c.requested_by,
                    {"site": c.site, "specialty": c.specialty, "priority": c.priority.value}),
         JournalAct(Act.CONSENT, c.requested_by, {"teleconsultation": True, "recording": c.consent_recording}),
+        *flag,
         Archive(),
     ))
 
 
-def queued(c: Consultation) -> tuple[Effect, ...]:
-    """After a check-in, once the nurse's reply knows the request's place in the queue."""
+def queued(c: Consultation, requests_in_window: int = 0) -> tuple[Effect, ...]:
+    """After a check-in, once the nurse's reply knows the request's place in the queue; a flagged
+    request goes to the admins too."""
+    flag: tuple[Effect, ...] = (Notify((admins(),), p.VisitFlagged(
+        consultation_id=c.id, site=c.site, priority=c.priority.value, flag=c.flag,
+        requests_in_window=requests_in_window)),) if c.flag else ()
     return (Notify((nurses(c.site),), p.ConsultationUpdated(consultation=c.view(True))),
-            Kick(requests=(c.id,)))
+            *flag,
+            Kick(requests=(c.id,)), VisitNotice(c, p.VisitStatus.WAITING, None, None))
 
 
-def offer(c: Consultation, physician: str, now: float, timeout_s: float) -> Transition:
-    new = transition(c, State.OFFERED, now, offered_to=physician, offer_expires_at=now + timeout_s,
-                     offer_seq=c.offer_seq + 1)
-    return Transition(c, new, QueueChange(QueueMove.LEAVE, lock_for=physician), (
-        JournalAct(Act.OFFER, MATCHER, {"physician": physician, "offer_seq": new.offer_seq}),
+def offer(c: Consultation, physician: str, now: float, timeout_s: float, name: str = "",
+          ring: bool = True) -> Transition:
+    """``c`` rings ``physician`` (``name``: theirs in the directory). Not ``ring``: the physician took it
+    from the queue (``queue.pick``) and accepts it at once, so nothing rings."""
+    new = transition(c, State.OFFERED, now, offered_to=physician, offered_to_name=name or physician,
+                     offer_expires_at=now + timeout_s, offer_seq=c.offer_seq + 1)
+    rings: tuple[Effect, ...] = (
         Notify((user(physician),), p.OfferReceived(consultation=new.view(True), expires_at=now + timeout_s,
                                                    timeout_s=timeout_s)),
+    ) if ring else ()
+    return Transition(c, new, QueueChange(QueueMove.LEAVE, lock_for=physician), (
+        JournalAct(Act.OFFER, MATCHER if ring else physician, {"physician": physician, "offer_seq": new.offer_seq}),
+        *rings,
         Notify((nurses(c.site),), p.ConsultationUpdated(consultation=new.view(True))),
+        *((VisitNotice(new, p.VisitStatus.OFFERED, physician, new.offered_to_name),) if ring else ()),
     ))
 
 
 def withdraw(c: Consultation, why: WithdrawReason, actor: str, now: float) -> Transition:
     """The offer of ``c`` stops ringing its physician (``actor``: who declined): back to the queue,
     that physician remembered in ``tried``."""
-    physician = c.offered_to
+    physician, name = c.offered_to, c.offered_to_name
     if physician is None:
         raise InvalidTransition(c.state, State.REQUESTED)
-    new = transition(c, State.REQUESTED, now, tried=c.tried + (physician,))
+    tried = c.tried + (physician,) if why in NOT_AGAIN and physician not in c.tried else c.tried
+    new = transition(c, State.REQUESTED, now, tried=tried)
+    notice = WITHDRAW_NOTICES.get(why)
     return Transition(c, new, QueueChange(QueueMove.ENTER, release_lock_of=physician, clear_offer=True), (
         JournalAct(WITHDRAW_ACTS.get(why, Act.OFFER_WITHDRAW), actor if why is WithdrawReason.DECLINED else MATCHER,
                    {"physician": physician, "offer_seq": c.offer_seq}),
         Notify((user(physician),), p.OfferWithdrawn(consultation_id=c.id, reason=why.value)),
         Notify((nurses(c.site),), p.ConsultationUpdated(consultation=new.view(True))),
+        *((VisitNotice(new, notice, physician, name),) if notice else ()),
         Kick(physicians=(physician,), requests=(c.id,)),
     ))
 
 
-def accept(c: Consultation, physician: str, session_id: str, now: float) -> Transition:
+def accept(c: Consultation, physician: str, session_id: str, now: float, name: str = "") -> Transition:
     """The physician rung accepts; the room is named after the consultation. Their offer lock
-    is kept until their presence says busy, so that no other offer sneaks in."""
-    new = transition(c, State.ACCEPTED, now, physician=physician, room=c.id)
+    is kept until their presence says in consultation, so that no other offer sneaks in."""
+    new = transition(c, State.ACCEPTED, now, physician=physician, room=c.id,
+                     physician_name=name or c.offered_to_name or physician)
     return Transition(c, new, QueueChange(clear_offer=True), (
         Busy(session_id),
         ReleaseOfferLock(physician),
@@ -379,11 +442,27 @@ def accept(c: Consultation, physician: str, session_id: str, now: float) -> Tran
 
 def start(c: Consultation, actor: str, sfu_url: str | None, now: float) -> Transition:
     """The room exists (on the node at ``sfu_url``; None: no SFU): the consultation is active."""
-    new = transition(c, State.ACTIVE, now)
+    new = transition(c, State.ACTIVE, now, started_at=now)
     return Transition(c, new, QueueChange(), (
         Archive(),
         JournalAct(Act.CONSULTATION_START, actor, {"room": new.room or new.id, "site": c.site}),
         GrantSeats(new, sfu_url),
+    ))
+
+
+def recover(c: Consultation, now: float) -> Transition:
+    """At startup, ``c`` is open in the records but its process died with the store that held it
+    (the memory store): nothing can resume it (no session, room or offer survived), so it closes:
+    waiting -> expired, accepted or active -> ended, for ``process_crashed``. It is in no store,
+    so nothing changes there and nobody is connected to be told: the journal says what recovery
+    found and did, the records keep the end."""
+    target = State.EXPIRED if c.state in WAITING else State.ENDED
+    new = transition(c, target, now, end_reason=PROCESS_CRASHED)
+    return Transition(c, new, QueueChange(), (
+        JournalAct(Act.CONSULTATION_RECOVER, RECOVERY, {"previous_state": c.state.value, "outcome": target.value,
+                                                        "why": PROCESS_CRASHED}),
+        JournalAct(FINISH_ACTS[target], RECOVERY, {"end_reason": PROCESS_CRASHED, "previous_state": c.state.value}),
+        Archive(),
     ))
 
 
@@ -417,5 +496,6 @@ def finish(c: Consultation, target: State, actor: str, reason: str, now: float) 
 __all__ = ["State", "TRANSITIONS", "FINAL", "WAITING", "LIVE", "InvalidTransition", "Consultation",
            "transition", "CLINICAL_FIELDS", "recording_view", "recording_state",
            "QueueMove", "QueueChange", "JournalAct", "Notify", "Kick", "Archive", "Forget", "ReleaseOfferLock",
-           "Busy", "FreePhysician", "CloseRoom", "GrantSeats", "Effect", "Transition", "FINISH_ACTS",
-           "WITHDRAW_ACTS", "MATCHER", "check_in", "queued", "offer", "withdraw", "accept", "start", "finish"]
+           "Busy", "FreePhysician", "CloseRoom", "GrantSeats", "VisitNotice", "Effect", "Transition", "FINISH_ACTS",
+           "WITHDRAW_ACTS", "RECOVERY", "PROCESS_CRASHED", "recover", "WITHDRAW_NOTICES", "NOT_AGAIN", "MATCHER",
+           "check_in", "queued", "offer", "withdraw", "accept", "start", "finish"]

@@ -17,14 +17,14 @@ from dataclasses import replace
 from typing import Any, Awaitable, Callable, Iterable, TypeVar
 
 from core.auth import Principal
-from core.vocabulary import ConsultationId, Role
+from core.vocabulary import Act, ConsultationId, Role
 from signalling import consultation
 from signalling import protocol as p
 from signalling import queue as queue_mod
 from signalling.bus import Note
 from signalling.consultation import (LIVE, Archive, Consultation, Effect, Forget, InvalidTransition, JournalAct,
                                      Notify, QueueMove, ReleaseOfferLock, State, Transition, recording_state)
-from signalling.context import Context
+from signalling.context import Context, safely
 from signalling.protocol import ErrorCode, ProtocolError
 from signalling.session import Session
 from signalling.store.base import QueueOp
@@ -141,7 +141,9 @@ class Consultations:
                 await ctx.records.save_consultation(new.to_dict())
             elif isinstance(effect, Forget):
                 await ctx.store.update_consultation(new.id, version, new.to_dict(), delete=True)
-                await ctx.bus.note(Note.ENDED, new.id)
+                length = {} if new.started_at is None or new.ended_at is None else \
+                    {"length": f"{new.ended_at - new.started_at:.3f}"}  # wait estimates use recent lengths
+                await ctx.bus.note(Note.ENDED, new.id, **length)
             elif isinstance(effect, ReleaseOfferLock):
                 await ctx.store.release_offer_lock(effect.physician, new.id)
             else:
@@ -153,6 +155,60 @@ class Consultations:
         if ver is not None:
             await self.perform(t, ver)
         return ver
+
+    async def check_in(self, t: Transition, *, retry: bool = False) -> None:
+        """A check-in, journal first: its journal acts are durable before the consultation enters
+        the store (and the queue), then it is archived; only then may the nurse be answered. If a
+        step fails, what this attempt did is undone (best effort, journaled ``visit.rollback``)
+        and the failure raised. ``retry`` (the same ``request_key`` again): the acts an earlier
+        attempt journaled (since its last rollback) are not written twice, and a consultation it
+        created is kept."""
+        c = t.new
+        acts = [e for e in t.effects if isinstance(e, JournalAct)]
+        rest = [e for e in t.effects if not isinstance(e, JournalAct)]
+        done = await self._journaled_since_rollback(c.id) if retry else set()
+        wrote = created = existed = False
+        try:
+            for act in acts:
+                if act.act not in done:
+                    wrote = True
+                    await self.ctx.journal.append(act.act, actor=act.actor, consultation_id=ConsultationId(c.id),
+                                                  **act.fields)
+            try:
+                await self.commit(t)
+                created = True
+            except KeyError:
+                if not retry:
+                    raise
+                existed = True  # an earlier attempt with the same key made it: keep it
+            await self.carry_out(c, FIRST_VERSION, rest)
+        except Exception as exc:
+            if not existed:
+                await self._roll_back_check_in(c, created, wrote, exc)
+            raise
+
+    async def _journaled_since_rollback(self, cid: str) -> set[Act]:
+        acts: set[Act] = set()
+        for entry in await self.ctx.journal.read(ConsultationId(cid)):
+            if entry.get("act") == Act.VISIT_ROLLBACK:
+                acts.clear()
+            else:
+                acts.add(Act(entry["act"]))
+        return acts
+
+    async def _roll_back_check_in(self, c: Consultation, created: bool, wrote: bool, exc: Exception) -> None:
+        """Undo a failed check-in's store entry (if this attempt made it and nothing took it since),
+        then journal that the acts written before did not take. Either may fail too (the store is
+        down): a keyed retry then finds the request, or its acts, and completes them."""
+        if created:
+            removed = await safely(self.ctx.store.update_consultation(
+                c.id, FIRST_VERSION, c.to_dict(), queue=QueueOp.REMOVE, parties_remove=c.parties(), delete=True))
+            if removed is None:
+                logger.warning("check-in not rolled back", extra={"consultation": c.id})
+                return
+        if created or wrote:
+            await safely(self.ctx.journal.append(Act.VISIT_ROLLBACK, actor=c.requested_by,
+                                                 consultation_id=ConsultationId(c.id), fault=type(exc).__name__))
 
     async def finish(self, cid: str, target: State, *, actor: str, reason: str) -> Consultation:
         """Move to a final state (cancelled, expired, ended, failed), with every effect."""

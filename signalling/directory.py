@@ -9,7 +9,11 @@ signalling process sees admin changes.
 File format::
 
     {"sites": [{"id", "name", "kind", "region"}],
-     "clinicians": [{"id", "name", "specialties": [..], "languages": [..]}]}
+     "clinicians": [{"id", "name", "specialties": [..], "languages": [..], "rpps"}]}
+
+A clinician's ``rpps`` (optional) is their national professional id (RPPS: 11 digits, the
+last a Luhn check digit): Pro Santé Connect sign-in finds the clinician by it. Ids
+stay the pseudonymous subjects every token, record and journal entry names.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_RPPS = re.compile(r"^\d{11}$")
 
 
 class SiteKind(str, enum.Enum):
@@ -54,10 +59,15 @@ class Clinician:
     name: str
     specialties: tuple[str, ...]
     languages: tuple[str, ...] = ()
+    rpps: str = ""
+    """The RPPS number ("" when unknown)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "specialties": list(self.specialties),
-                "languages": list(self.languages)}
+        out: dict[str, Any] = {"id": self.id, "name": self.name, "specialties": list(self.specialties),
+                               "languages": list(self.languages)}
+        if self.rpps:
+            out["rpps"] = self.rpps
+        return out
 
 
 def _str(obj: dict[str, Any], key: str, where: str, required: bool = True) -> str:
@@ -96,12 +106,29 @@ def parse_site(obj: Any, where: str = "site") -> Site:
     return Site(sid, _str(obj, "name", where), kind, _str(obj, "region", where, required=False))
 
 
+def luhn_ok(digits: str) -> bool:
+    """Whether the last digit of ``digits`` is its Luhn check digit."""
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        n = int(ch) * (2 if i % 2 else 1)
+        total += n - 9 if n > 9 else n
+    return total % 10 == 0
+
+
+def check_rpps(value: str, where: str = "rpps") -> str:
+    if not _RPPS.match(value) or not luhn_ok(value):
+        raise DirectoryError(f"{where}: an RPPS number is 11 digits, the last a Luhn check digit")
+    return value
+
+
 def parse_clinician(obj: Any, where: str = "clinician") -> Clinician:
-    cid = _entry_id(obj, where, {"id", "name", "specialties", "languages"})
+    cid = _entry_id(obj, where, {"id", "name", "specialties", "languages", "rpps"})
     specialties = _strs(obj, "specialties", where)
     if not specialties:
         raise DirectoryError(f"{where}.specialties: at least one")
-    return Clinician(cid, _str(obj, "name", where), specialties, _strs(obj, "languages", where))
+    rpps = _str(obj, "rpps", where, required=False)
+    return Clinician(cid, _str(obj, "name", where), specialties, _strs(obj, "languages", where),
+                     check_rpps(rpps, f"{where}.rpps") if rpps else "")
 
 
 @dataclass(frozen=True)
@@ -124,6 +151,8 @@ class Directory:
             clinician = parse_clinician(c, f"clinicians[{i}]")
             if clinician.id in clinicians:
                 raise DirectoryError(f"clinicians[{i}].id: duplicate {clinician.id!r}")
+            if clinician.rpps and any(c.rpps == clinician.rpps for c in clinicians.values()):
+                raise DirectoryError(f"clinicians[{i}].rpps: duplicate {clinician.rpps!r}")
             clinicians[clinician.id] = clinician
         return cls(sites, clinicians)
 
@@ -139,6 +168,10 @@ class Directory:
         clinician = self.clinicians.get(subject)
         return clinician.specialties if clinician else claimed
 
+    def by_rpps(self, rpps: str) -> Clinician | None:
+        """The clinician with this RPPS number (None: unknown)."""
+        return next((c for c in self.clinicians.values() if rpps and c.rpps == rpps), None)
+
     def languages_of(self, subject: str) -> tuple[str, ...]:
         clinician = self.clinicians.get(subject)
         return clinician.languages if clinician else ()
@@ -150,6 +183,9 @@ class Directory:
         return Directory({k: v for k, v in self.sites.items() if k != site_id}, self.clinicians)
 
     def with_clinician(self, clinician: Clinician) -> "Directory":
+        other = self.by_rpps(clinician.rpps)
+        if other is not None and other.id != clinician.id:
+            raise DirectoryError(f"rpps: {clinician.rpps!r} is already {other.id!r}'s")
         return Directory(self.sites, {**self.clinicians, clinician.id: clinician})
 
     def without_clinician(self, clinician_id: str) -> "Directory":

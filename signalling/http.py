@@ -5,18 +5,19 @@ Errors use the app's one HTTP shape ``{"error", "reason"}``.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from aiohttp import web
 
 from core import appkeys
 from core.auth import Principal, bearer_token
-from core.http import json_error
+from core.http import json_body, json_error
+from core.json_limits import JsonTooDeep
 from core.vocabulary import Act, ConsultationId, Role
 from signalling.appkeys import SIGNALLING
 from signalling.directory import Directory, DirectoryError, parse_clinician, parse_site
-from signalling.protocol import validate_report
-from signalling.reports import REPORTABLE
+from signalling.protocol import ErrorCode, ProtocolError
 from signalling.service import SignallingService
 from signalling.turn import ice_servers
 
@@ -27,7 +28,10 @@ async def _principal(request: web.Request) -> Principal:
 
 async def _json(request: web.Request) -> Any:
     try:
-        return await request.json()
+        return await json_body(request)
+    except JsonTooDeep as exc:
+        raise web.HTTPBadRequest(text=json.dumps({"error": "bad_request", "reason": str(exc)}),
+                                 content_type="application/json") from None
     except ValueError:
         raise web.HTTPBadRequest(text='{"error":"bad_request","reason":"body is not JSON"}',
                                  content_type="application/json") from None
@@ -114,37 +118,57 @@ async def get_consultation(request: web.Request) -> web.Response:
     return web.json_response(c.view(_svc(request).clinical_for(principal)))
 
 
-async def put_report(request: web.Request) -> web.Response:
+_HTTP_STATUS = {ErrorCode.BAD_MESSAGE: (400, "bad_request"), ErrorCode.TOO_LARGE: (413, "too_large"),
+                ErrorCode.FORBIDDEN: (403, "forbidden"), ErrorCode.NOT_FOUND: (404, "not_found"),
+                ErrorCode.CONFLICT: (409, "conflict")}
+
+
+def _refused(exc: ProtocolError) -> web.Response:
+    """A refusal of the service (the WebSocket's ``error``) in the app's HTTP shape."""
+    status, error = _HTTP_STATUS.get(exc.code, (400, "bad_request"))
+    return json_error(status, error, exc.message)
+
+
+async def _write_report(request: web.Request, final: bool) -> web.Response:
     got = await _visible(request)
     if isinstance(got, web.Response):
         return got
     principal, c = got
-    if principal.role is not Role.PHYSICIAN or c.physician != principal.subject:
-        return json_error(403, "forbidden", "only the consultation's physician writes its report")
-    if c.state not in REPORTABLE:
-        return json_error(409, "conflict", f"a {c.state.value} consultation has no report")
-    body = await _json(request)
-    if not isinstance(body, dict):
-        return json_error(400, "bad_request", "body must be an object")
+    reports = _svc(request).reports
     try:
-        report = validate_report(body)
-    except ValueError as exc:
-        return json_error(400, "bad_request", str(exc))
-    saved_at = await _svc(request).save_report(c, report, principal.subject)
-    return web.json_response({"consultation_id": c.id, "saved_at": saved_at})
+        reports.check_writer(principal, c)
+        report = await reports.validated(c, await _json(request))
+        if final:
+            saved_at = await reports.save(c, report, principal.subject)
+            return web.json_response({"consultation_id": c.id, "saved_at": saved_at, "status": "final"})
+        saved_at, changed = await reports.save_draft(c, report, principal.subject)
+    except ProtocolError as exc:
+        return _refused(exc)
+    return web.json_response({"consultation_id": c.id, "saved_at": saved_at, "status": "draft", "changed": changed})
+
+
+async def put_report(request: web.Request) -> web.Response:
+    """The final report (it removes the draft)."""
+    return await _write_report(request, final=True)
+
+
+async def put_report_draft(request: web.Request) -> web.Response:
+    """The draft, as the physician types (idempotent)."""
+    return await _write_report(request, final=False)
 
 
 async def get_report(request: web.Request) -> web.Response:
+    """Always 200 for a reader: ``status`` says empty, draft or final."""
     got = await _visible(request)
     if isinstance(got, web.Response):
         return got
     principal, c = got
-    if principal.role is Role.AGENT or (principal.role is Role.PHYSICIAN and c.physician != principal.subject):
-        return json_error(403, "forbidden", "not yours to read")
-    found = await _svc(request).records.get_report(c.id)
-    if found is None:
-        return json_error(404, "not_found", "no report yet")
-    return web.json_response({"consultation_id": c.id, **found})
+    reports = _svc(request).reports
+    try:
+        reports.check_reader(principal, c)
+    except ProtocolError as exc:
+        return _refused(exc)
+    return web.json_response(await reports.read(principal, c))
 
 
 async def get_journal(request: web.Request) -> web.Response:
@@ -173,6 +197,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_delete(r"/api/directory/{kind:sites|clinicians}/{id}", delete_entry)
     app.router.add_get("/api/consultations/{id}", get_consultation)
     app.router.add_put("/api/consultations/{id}/report", put_report)
+    app.router.add_put("/api/consultations/{id}/report/draft", put_report_draft)
     app.router.add_get("/api/consultations/{id}/report", get_report)
     app.router.add_get("/api/consultations/{id}/journal", get_journal)
     app.router.add_get("/api/ice-servers", get_ice_servers)

@@ -44,6 +44,11 @@ def agents(site: str) -> Target:
     return ("site", f"{site}/{Role.AGENT.value}")
 
 
+def admins() -> Target:
+    """Every admin's connections (the admin console)."""
+    return ("role", Role.ADMIN.value)
+
+
 def seat_of(subject: str, role: Role, site: str | None) -> Target:
     """Where a party of a consultation is reached: the physician as a person, a site's nurses
     or agent as a seat."""

@@ -3,7 +3,9 @@
 Rules:
 
 1. Requests go in order: emergency, then urgent, then routine; within a
-   priority the longest waiting first (ties: the id, so the order is total).
+   priority the unflagged first (a flagged emergency came above its site's
+   rate of requests: it stays an emergency, after the other sites' ones), then
+   the longest waiting first (ties: the id, so the order is total).
 2. A physician is eligible for a request when available, has the request's
    specialty, speaks its language when one is asked, and has not already
    declined or let it time out (``tried``).
@@ -35,9 +37,10 @@ class Waiting:
     site: str = ""
     language: str | None = None
     tried: frozenset[str] = frozenset()
+    flagged: bool = False
 
-    def order_key(self) -> tuple[int, float, str]:
-        return (-self.priority.rank, self.since, self.consultation_id)
+    def order_key(self) -> tuple[int, bool, float, str]:
+        return (-self.priority.rank, self.flagged, self.since, self.consultation_id)
 
 
 @dataclass(frozen=True)
@@ -98,9 +101,18 @@ def positions(requests: Iterable[Waiting]) -> dict[str, int]:
     return out
 
 
-def estimated_wait_s(position: int, physicians_online: int, mean_consultation_s: float = 600.0) -> float:
-    """A rough wait: the consultations ahead shared among the physicians online for the specialty."""
-    return round(position / max(physicians_online, 1) * mean_consultation_s, 1)
+def estimated_wait_s(position: int, online: int, free: int, mean_length_s: float | None) -> float | None:
+    """A rough wait for the request at ``position`` (1-based) of its specialty's queue: none when a
+    physician is free for it (``free`` of the ``online`` physicians taking patients), else the
+    consultations ahead of it beyond the free ones shared among the physicians online, each
+    ``mean_length_s`` long. None when it cannot be said: nobody online, or no length known."""
+    if online <= 0:
+        return None
+    if position <= free:
+        return 0.0
+    if mean_length_s is None:
+        return None
+    return round((position - free) / online * mean_length_s, 1)
 
 
 __all__ = ["Waiting", "Candidate", "Pairing", "plan", "eligible", "queue_order", "positions", "estimated_wait_s"]

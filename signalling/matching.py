@@ -21,7 +21,6 @@ from signalling.context import Context
 from signalling.matcher import Candidate, Waiting, eligible, plan, queue_order
 from signalling.offers import Offers
 from signalling.presence import Presence
-from signalling.protocol import PresenceStatus
 from signalling.store.base import Envelope
 from signalling.visits import Visits
 
@@ -120,7 +119,7 @@ class Matching:
         if not entries:
             return 0
         presences = [Presence.from_dict(e) for e in (await store.presences()).values()]
-        available = [pr for pr in presences if pr.status is PresenceStatus.AVAILABLE]
+        available = [pr for pr in presences if pr.matchable]
         if not available:
             return 0
         locked = await store.offer_locks([pr.physician for pr in available])
@@ -150,7 +149,7 @@ class Matching:
     async def _free_candidates(self, physicians: Iterable[str] | None = None) -> list[Candidate]:
         presences = await self.ctx.store.presences()
         wanted = presences if physicians is None else {ph: presences[ph] for ph in physicians if ph in presences}
-        available = [Presence.from_dict(e) for e in wanted.values() if e.get("status") == "available"]
+        available = [pr for pr in map(Presence.from_dict, wanted.values()) if pr.matchable]
         locked = await self.ctx.store.offer_locks([pr.physician for pr in available])
         return sorted((pr.candidate() for pr in available if pr.physician not in locked),
                       key=lambda c: (c.available_since, c.physician))

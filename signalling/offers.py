@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from core.vocabulary import Role
 from signalling import consultation
@@ -54,8 +55,13 @@ class Offers:
         for timer in self._timers.values():
             timer.cancel()
 
-    async def offer(self, cid: str, physician: str) -> bool:
-        """Ring ``physician`` for ``cid`` if it still waits and they can be claimed."""
+    def _name(self, physician: str, fallback: str = "") -> str:
+        clinician = self.ctx.directory.clinicians.get(physician)
+        return clinician.name if clinician else fallback or physician
+
+    async def offer(self, cid: str, physician: str, *, ring: bool = True) -> bool:
+        """Ring ``physician`` for ``cid`` if it still waits and they can be claimed (not ``ring``:
+        they picked it from the queue and accept it at once)."""
         got = await self.consultations.get(cid)
         if got is None:
             return False
@@ -63,7 +69,7 @@ class Offers:
         if c.state is not State.REQUESTED:
             return False
         timeout = self.ctx.sig.offer_timeout_s
-        t = consultation.offer(c, physician, self.ctx.clock(), timeout)
+        t = consultation.offer(c, physician, self.ctx.clock(), timeout, self._name(physician), ring=ring)
         if await self.consultations.apply(t, version) is None:
             return False
         seq = t.new.offer_seq
@@ -111,17 +117,38 @@ class Offers:
             raise ProtocolError(ErrorCode.CONFLICT, "the offer is no longer ringing")
         return p.OfferDeclineOk(consultation_id=c.id)
 
+    async def pick(self, s: Session, msg: p.QueuePick) -> p.QueuePickOk:
+        """A physician takes a waiting request from the queue (even one they declined): it is offered to
+        them without ringing, then accepted."""
+        got = await self.consultations.get(msg.consultation_id)
+        if got is None:
+            raise ProtocolError(ErrorCode.NOT_FOUND, "no such waiting request")
+        c = got[0]
+        if c.state is not State.REQUESTED:
+            raise ProtocolError(ErrorCode.CONFLICT, f"the request is no longer waiting ({c.state.value})")
+        directory = self.ctx.directory
+        if c.specialty not in directory.specialties_of(s.sub, s.principal.specialties) \
+                or (c.language and c.language not in directory.languages_of(s.sub)):
+            raise ProtocolError(ErrorCode.FORBIDDEN, "not a request of your specialties or languages")
+        if not await self.offer(c.id, s.sub, ring=False):
+            raise ProtocolError(ErrorCode.CONFLICT, "be available with no offer ringing, on a request still waiting")
+        return p.QueuePickOk(**await self._take(s, c.id))
+
     async def accept(self, s: Session, msg: p.OfferAccept) -> p.OfferAcceptOk:
         """Accepted: the room is placed on a media node, then the consultation is active and each
         seat gets its room token."""
         ringing = await self._ringing(s, msg.consultation_id)
-        got = await self.consultations.get(ringing.id)
+        return p.OfferAcceptOk(**await self._take(s, ringing.id))
+
+    async def _take(self, s: Session, cid: str) -> dict[str, Any]:
+        """``s``'s physician takes ``cid``, offered to them: the fields of the accept's reply."""
+        got = await self.consultations.get(cid)
         if got is None:
             raise ProtocolError(ErrorCode.CONFLICT, "the consultation is over")
         c, version = got
         if c.state is not State.OFFERED or c.offered_to != s.sub:
             raise ProtocolError(ErrorCode.CONFLICT, "the offer is no longer ringing")
-        accepted = consultation.accept(c, s.sub, s.id, self.ctx.clock())
+        accepted = consultation.accept(c, s.sub, s.id, self.ctx.clock(), self._name(s.sub, s.principal.name))
         ver = await self.consultations.commit(accepted, version)
         if ver is None:
             raise ProtocolError(ErrorCode.CONFLICT, "the offer is no longer ringing")
@@ -147,5 +174,4 @@ class Offers:
         logger.info("consultation started", extra={"consultation": c.id, "room": room,
                                                    "node": node.id if node else None})
         await self.consultations.perform(started, ver)
-        return p.OfferAcceptOk(consultation=started.new.view(True),
-                               **self.rooms.grant(started.new, Role.PHYSICIAN, sfu_url))
+        return {"consultation": started.new.view(True), **self.rooms.grant(started.new, Role.PHYSICIAN, sfu_url)}

@@ -1,10 +1,20 @@
-"""Physicians online: status (available, busy, away), what they can take, which connection owns it.
+"""Physicians online: status, what they can take, which connection owns it.
 
-An entry (:class:`Presence`) lives in the store while its connection lives: it is
-removed when the connection closes *or dies* (missed heartbeats), and entries of a
-process that stopped refreshing its liveness key are reaped by the other processes.
-:class:`Presences` publishes changes to those who watch (nurses, physicians,
-admins) and tells matching when a physician becomes available.
+Presence is server state, one entry (:class:`Presence`) per physician in the store; every
+change goes through :class:`Presences`, which announces it to those who watch (nurses,
+physicians, admins) and tells matching when a physician becomes available.
+
+Rules (:func:`status_on_arrival` is the table of the first):
+
+* A physician chooses ``available``, ``busy`` or ``away``; the server sets
+  ``in_consultation`` from an accepted offer to the consultation's end, then restores
+  what they had (``available``, or the ``busy``/``away`` they chose meanwhile: ``after``).
+* A dropped socket (a reload too) keeps the entry and its status, marked not ``connected``:
+  hidden from matching, shown as such. Back within the resume grace, on the same session
+  or a new one, the physician has their status again; never a silent ``away``.
+* The grace passed with nobody back: the entry goes, watchers see ``offline``. Entries of a
+  process that stopped refreshing its liveness key are marked not connected, and go once
+  their session is gone.
 """
 
 from __future__ import annotations
@@ -22,7 +32,6 @@ from signalling.matcher import Candidate
 from signalling.protocol import ErrorCode, PresenceStatus, ProtocolError
 from signalling.session import Session
 
-
 @dataclass(frozen=True)
 class Presence:
     physician: str
@@ -33,22 +42,50 @@ class Presence:
     """When the status last changed (available longest goes first)."""
     session: str
     proc: str
+    connected: bool = True
+    """False while the owning socket is away (within the resume grace): not matched."""
+    after: PresenceStatus | None = None
+    """During a consultation: what the physician becomes at its end when not ``available``."""
+    name: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {"physician": self.physician, "status": self.status.value, "specialties": list(self.specialties),
-                "languages": list(self.languages), "since": self.since, "session": self.session, "proc": self.proc}
+                "languages": list(self.languages), "since": self.since, "session": self.session, "proc": self.proc,
+                "connected": self.connected, "after": self.after.value if self.after else None, "name": self.name}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Presence":
+        after = d.get("after")
         return cls(d["physician"], PresenceStatus(d["status"]), tuple(d["specialties"]), tuple(d["languages"]),
-                   float(d["since"]), d["session"], d["proc"])
+                   float(d["since"]), d["session"], d["proc"], bool(d.get("connected", True)),
+                   PresenceStatus(after) if after else None, str(d.get("name") or ""))
+
+    @property
+    def matchable(self) -> bool:
+        return self.status is PresenceStatus.AVAILABLE and self.connected
 
     def candidate(self) -> Candidate:
         return Candidate(self.physician, frozenset(self.specialties), frozenset(self.languages), self.since)
 
     def public(self, name: str = "") -> dict[str, Any]:
-        return {"physician": self.physician, "name": name, "status": self.status.value,
-                "specialties": list(self.specialties), "languages": list(self.languages)}
+        return {"physician": self.physician, "name": name or self.name, "status": self.status.value,
+                "specialties": list(self.specialties), "languages": list(self.languages),
+                "connected": self.connected}
+
+
+def status_on_arrival(entry: Presence | None, live: bool) -> tuple[PresenceStatus, PresenceStatus | None]:
+    """A physician's status and ``after`` when a socket of theirs says hello (resumed or new):
+    what their entry says (or what it restores to at a consultation's end), ``in_consultation``
+    while one of theirs is live; ``away`` on a first arrival."""
+    if entry is None:
+        base = PresenceStatus.AVAILABLE if live else PresenceStatus.AWAY
+    elif entry.status in (PresenceStatus.IN_CONSULTATION, PresenceStatus.OFFLINE):
+        base = entry.after or PresenceStatus.AVAILABLE
+    else:
+        base = entry.status
+    if live:
+        return PresenceStatus.IN_CONSULTATION, None if base is PresenceStatus.AVAILABLE else base
+    return base, None
 
 
 class Kicker(Protocol):
@@ -63,51 +100,123 @@ class Presences:
         self.ctx = ctx
         self.consultations = consultations
         self.matching = matching
+        self.local: dict[str, Session] = {}
+        """This process's sessions (the sessions component's table), to keep their status in step."""
 
     def specialties(self, principal: Principal) -> tuple[str, ...]:
         return self.ctx.directory.specialties_of(principal.subject, principal.specialties)
 
-    async def publish(self, s: Session) -> None:
-        """Store and announce ``s``'s status; an available physician is matched at once."""
-        entry = Presence(s.sub, s.status, self.specialties(s.principal),
-                         self.ctx.directory.languages_of(s.sub), self.ctx.clock(), s.id, self.ctx.proc)
-        await self.ctx.store.set_presence(s.sub, entry.to_dict())
+    def name_of(self, physician: str) -> str:
+        clinician = self.ctx.directory.clinicians.get(physician)
+        return clinician.name if clinician else ""
+
+    async def get(self, physician: str) -> Presence | None:
+        raw = await self.ctx.store.presence(physician)
+        return Presence.from_dict(raw) if raw else None
+
+    async def live(self, principal: Principal) -> bool:
+        """Whether a consultation of this physician is accepted or active."""
+        return any(c.physician == principal.subject and c.state in LIVE
+                   for c in await self.consultations.open_of(principal))
+
+    async def _put(self, old: Presence | None, physician: str, *, status: PresenceStatus,
+                   after: PresenceStatus | None, connected: bool, session: str, proc: str,
+                   specialties: tuple[str, ...], languages: tuple[str, ...]) -> Presence:
+        """Store and announce one physician's entry; an available, connected physician is matched."""
+        since = old.since if old is not None and old.status is status else self.ctx.clock()
+        entry = Presence(physician, status, specialties, languages, since, session, proc, connected, after,
+                         self.name_of(physician))
+        await self.ctx.store.set_presence(physician, entry.to_dict())
+        for s in self.local.values():
+            if s.sub == physician:
+                s.status, s.after = status, after
         await self.ctx.bus.emit(PRESENCE_WATCHERS, p.PresenceChanged(
-            physician=s.sub, status=s.status.value, specialties=list(entry.specialties)).to_wire())
-        if s.status is PresenceStatus.AVAILABLE:
-            await self.matching.kick(physicians=[s.sub])
+            physician=physician, status=status.value, specialties=list(specialties), name=entry.name,
+            connected=connected).to_wire())
+        if entry.matchable:
+            await self.matching.kick(physicians=[physician])
+        return entry
 
-    async def set_status(self, s: Session, status: PresenceStatus) -> None:
-        s.status = status
-        await self.publish(s)
+    async def put_session(self, s: Session, status: PresenceStatus, after: PresenceStatus | None = None) -> Presence:
+        """``s`` (connected) owns its physician's entry, with ``status``."""
+        return await self._put(await self.get(s.sub), s.sub, status=status, after=after, connected=True,
+                               session=s.id, proc=self.ctx.proc, specialties=self.specialties(s.principal),
+                               languages=self.ctx.directory.languages_of(s.sub))
 
-    async def go_offline(self, s: Session) -> None:
-        """``s``'s socket is gone: its entry leaves the store, watchers see it offline."""
-        if await safely(self.ctx.store.remove_presence(s.sub, s.id)):
+    async def arrive(self, s: Session) -> Presence:
+        """A socket of ``s``'s physician said hello (new or resumed session): their status back."""
+        status, after = status_on_arrival(await self.get(s.sub), await self.live(s.principal))
+        return await self.put_session(s, status, after)
+
+    async def in_consultation(self, s: Session) -> None:
+        """``s`` accepted a consultation (its offer lock is released after this)."""
+        old = await self.get(s.sub)
+        after = old.after if old is not None and old.status is PresenceStatus.IN_CONSULTATION else None
+        await self.put_session(s, PresenceStatus.IN_CONSULTATION, after)
+
+    async def consultation_over(self, physician: str) -> None:
+        """A live consultation of ``physician`` is over: they become what they were (``available``, or
+        the ``after`` they chose meanwhile), connected or not, whichever process holds their socket."""
+        old = await self.get(physician)
+        if old is None or old.status is not PresenceStatus.IN_CONSULTATION:
+            return
+        await self._put(old, physician, status=old.after or PresenceStatus.AVAILABLE, after=None,
+                        connected=old.connected, session=old.session, proc=old.proc,
+                        specialties=old.specialties, languages=old.languages)
+
+    async def detached(self, s: Session, others: Iterable[Session] = ()) -> None:
+        """``s``'s socket is gone: its physician keeps their status, not connected (not matched) —
+        unless another live socket of theirs (``others``) takes the entry over."""
+        old = await self.get(s.sub)
+        if old is None or old.session != s.id:
+            return
+        for other in others:
+            if other.conn is not None and other.sub == s.sub:
+                await self._put(old, s.sub, status=old.status, after=old.after, connected=True, session=other.id,
+                                proc=self.ctx.proc, specialties=old.specialties, languages=old.languages)
+                return
+        await self._put(old, s.sub, status=old.status, after=old.after, connected=False, session=old.session,
+                        proc=old.proc, specialties=old.specialties, languages=old.languages)
+
+    async def go_offline(self, physician: str, session: str, specialties: Iterable[str] = ()) -> None:
+        """Nobody came back for ``session`` within the grace: the entry goes, watchers see it offline."""
+        old = await self.get(physician)
+        if await safely(self.ctx.store.remove_presence(physician, session)):
             await safely(self.ctx.bus.emit(PRESENCE_WATCHERS, p.PresenceChanged(
-                physician=s.sub, status="offline", specialties=list(self.specialties(s.principal))).to_wire()))
+                physician=physician, status=PresenceStatus.OFFLINE.value,
+                specialties=list(old.specialties if old else specialties), name=self.name_of(physician),
+                connected=False).to_wire()))
 
     async def reap(self) -> None:
-        """Entries of processes that stopped refreshing their liveness key."""
+        """Entries of processes that stopped refreshing their liveness key: not connected (not matched)
+        while their session may still resume elsewhere, gone when it cannot."""
         presences = await self.ctx.store.presences()
         procs = {e["proc"] for e in presences.values()}
         alive = await self.ctx.store.live_processes(procs)
         for physician, e in presences.items():
-            if e["proc"] not in alive:
-                await self.ctx.store.remove_presence(physician, e["session"])
+            if e["proc"] in alive:
+                continue
+            entry = Presence.from_dict(e)
+            if await self.ctx.store.get_session(entry.session) is None:
+                await self.go_offline(physician, entry.session)
+            elif entry.connected:
+                await self._put(entry, physician, status=entry.status, after=entry.after, connected=False,
+                                session=entry.session, proc=entry.proc, specialties=entry.specialties,
+                                languages=entry.languages)
 
     # -- requests ------------------------------------------------------------------------------
     async def set_request(self, s: Session, msg: p.PresenceSet) -> p.PresenceSetOk:
-        if msg.status is PresenceStatus.AVAILABLE:
-            if any(c.physician == s.sub and c.state in LIVE for c in await self.consultations.open_of(s.principal)):
+        if not msg.status.chosen:
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, f"{msg.status.value} is set by the server, not chosen")
+        if await self.live(s.principal):
+            if msg.status is PresenceStatus.AVAILABLE:
                 raise ProtocolError(ErrorCode.CONFLICT, "end your consultation before becoming available")
-        await self.set_status(s, msg.status)
-        return p.PresenceSetOk(status=s.status.value)
+            entry = await self.put_session(s, PresenceStatus.IN_CONSULTATION, msg.status)
+        else:
+            entry = await self.put_session(s, msg.status)
+        return p.PresenceSetOk(status=entry.status.value, after=entry.after.value if entry.after else None)
 
     async def list_request(self, s: Session, msg: p.PresenceList) -> p.PresenceListOk:
-        out = []
-        for entry in (await self.ctx.store.presences()).values():
-            pr = Presence.from_dict(entry)
-            clinician = self.ctx.directory.clinicians.get(pr.physician)
-            out.append(pr.public(clinician.name if clinician else ""))
+        out = [Presence.from_dict(entry).public(self.name_of(physician))
+               for physician, entry in (await self.ctx.store.presences()).items()]
         return p.PresenceListOk(physicians=sorted(out, key=lambda e: e["physician"]))

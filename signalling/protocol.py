@@ -24,14 +24,14 @@ import builtins
 import dataclasses
 import enum
 import inspect
-import json
 import sys
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Literal, TypeVar, Union
+from typing import Any, Callable, ClassVar, Literal, TypeGuard, TypeVar, Union
 
+from core import json_limits
 from core.vocabulary import Role
 
 PROTOCOL_VERSION = 1
@@ -61,7 +61,7 @@ class ErrorCode(str, enum.Enum):
     CONFLICT = "conflict"
     """The consultation is not in a state that allows this (e.g. offer already taken)."""
     RATE_LIMITED = "rate_limited"
-    """Too many messages per second on this connection; the message was dropped."""
+    """Too many messages per second on this connection (the message was dropped), or a site's visit requests above its rate (not emergencies: those are flagged)."""
     TOO_LARGE = "too_large"
     """A field is longer than allowed."""
     UNAVAILABLE = "unavailable"
@@ -113,6 +113,33 @@ class PresenceStatus(str, enum.Enum):
     AVAILABLE = "available"
     BUSY = "busy"
     AWAY = "away"
+    IN_CONSULTATION = "in_consultation"
+    """Set by the server from ``offer.accept`` (or ``queue.pick``) to the consultation's end."""
+    OFFLINE = "offline"
+    """Set by the server: the physician left (no socket back within the resume grace)."""
+
+    @property
+    def chosen(self) -> bool:
+        """A value a physician may set with ``presence.set`` (the others are the server's)."""
+        return self in CHOSEN_PRESENCE
+
+
+CHOSEN_PRESENCE = frozenset({PresenceStatus.AVAILABLE, PresenceStatus.BUSY, PresenceStatus.AWAY})
+
+
+class VisitStatus(str, enum.Enum):
+    """What ``visit.status`` tells a site's nurses about their waiting request."""
+
+    OFFERED = "offered"
+    """It rings a physician."""
+    DECLINED = "declined"
+    """The physician declined; it is back in the queue."""
+    NOT_ANSWERED = "not_answered"
+    """The offer timed out; it is back in the queue."""
+    PHYSICIAN_LEFT = "physician_left"
+    """The physician rung lost their connection; it is back in the queue."""
+    WAITING = "waiting"
+    """In the queue, ringing nobody."""
 
 
 class PeerState(str, enum.Enum):
@@ -130,6 +157,10 @@ class WithdrawReason(str, enum.Enum):
     DECLINED = "declined"
     VANISHED = "vanished"
 
+
+WAIT_DOC = ("Estimated wait in seconds, from the physicians of the specialty connected now and the "
+            "recent consultations' lengths: 0 when a physician is free for it; null when it cannot be "
+            "estimated (no physician connected and taking patients, or no recent length known).")
 
 PUBLICATIONS_DOC = ("The room's publications now: ``[{id, identity, role, source, kind, codec, published_at, "
                     "replaces}]`` (*Publication object*). Empty when the room is hosted by another process's "
@@ -262,7 +293,9 @@ class RoomPublications:
 class PresenceSet:
     """A physician says whether offers may ring them."""
 
-    status: PresenceStatus = doc("available, busy or away.")
+    status: PresenceStatus = doc("available, busy or away (in_consultation and offline are the server's: "
+                                 "refused). During a live consultation busy or away is what the physician "
+                                 "becomes when it ends (available: conflict).")
 
 
 @request("presence.list", roles=("nurse", "physician", "admin"))
@@ -283,7 +316,26 @@ class VisitRequest:
     consent_teleconsultation: bool = doc("The patient consented to a teleconsultation; must be true.")
     consent_recording: bool = doc("The patient consented to recording.", False)
     ins: str | None = doc("National health identifier (INS), optional.", None, max_len=64)
+    ins_identity: dict[str, Any] | None = doc(
+        "The patient's INS identity as the INS teleservice returned it, optional: ``{matricule, oid, "
+        "birth_names, first_names, birth_date, sex, birth_place_code}`` (``signalling.patient_identity``; "
+        "the matricule's key is checked). Kept sealed in the records, never logged; ``ins``, when sent "
+        "too, must be its matricule.", None)
     language: str | None = doc("Language the physician must speak (e.g. ``fr``), optional.", None, max_len=16)
+    request_key: str | None = doc("Idempotency key chosen by the client, optional: a retry with the same key "
+                                  "(after ``unavailable``, or no answer) never makes a second request; it gets "
+                                  "the first one's consultation as it is now (``conflict`` if the key was used "
+                                  "for another patient, specialty or priority).", None, max_len=64)
+
+
+@request("queue.pick", roles=("physician",))
+@dataclass(frozen=True)
+class QueuePick:
+    """Take a waiting request from the queue (one of the caller's specialties; its language when one is
+    asked), even one the caller declined or let time out: it is accepted at once (no ``offer.received``).
+    The caller must be available with no offer ringing."""
+
+    consultation_id: str = doc("The waiting consultation.", max_len=64)
 
 
 @request("visit.cancel", roles=("nurse",))
@@ -348,7 +400,19 @@ class ReportSave:
     """The consultation's physician saves (replaces) the report."""
 
     consultation_id: str = doc("The consultation.", max_len=64)
-    report: dict[str, Any] = doc("``{reason, findings, conclusion, prescriptions: [str], follow_up}``.")
+    report: dict[str, Any] = doc("``{reason, findings, conclusion, prescriptions: [str], follow_up, vitals, "
+                                 "stills}``, every key optional (see *Report object*).")
+
+
+@request("report.draft", roles=("physician",))
+@dataclass(frozen=True)
+class ReportDraft:
+    """The consultation's physician keeps a draft of the report as they type (same body as ``report.save``,
+    every key optional). Idempotent: the same draft again changes nothing. The final ``report.save``
+    removes the draft."""
+
+    consultation_id: str = doc("The consultation.", max_len=64)
+    report: dict[str, Any] = doc("The draft, as ``report.save``'s ``report``.")
 
 
 @request("report.get", roles=("nurse", "physician", "admin"))
@@ -392,7 +456,8 @@ class HelloOk(Wire):
     heartbeat_s: float = doc("The server pings this often; a silent connection is closed.")
     token_expires_at: float = doc("Unix time the access token expires (``auth.expiring`` comes before).")
     server_time: float = doc("Server's Unix time.")
-    state: dict[str, Any] = doc("``{presence, consultations: [consultation], offers: [offer.received bodies], "
+    state: dict[str, Any] = doc("``{presence, presence_after, consultations: [consultation], "
+                                "offers: [offer.received bodies], "
                                 "rooms: {consultation_id: {room, room_token, grant, sfu_url, publications}}}``: "
                                 "everything the client should show now.")
 
@@ -428,13 +493,17 @@ class RoomPublicationsOk(Wire):
 @reply("presence.set")
 @dataclass(frozen=True)
 class PresenceSetOk(Wire):
-    status: str = doc("The status now.")
+    status: str = doc("The status now (``in_consultation`` during a live consultation).")
+    after: str | None = doc("During a live consultation: the status at its end (busy or away); else null.",
+                            None)
 
 
 @reply("presence.list")
 @dataclass(frozen=True)
 class PresenceListOk(Wire):
-    physicians: list[dict[str, Any]] = doc("``[{physician, name, status, specialties, languages}]``.")
+    physicians: list[dict[str, Any]] = doc("``[{physician, name, status, specialties, languages, connected}]`` "
+                                           "(``connected``: false while the physician's socket is away within "
+                                           "the resume grace).")
 
 
 @reply("visit.request")
@@ -442,7 +511,7 @@ class PresenceListOk(Wire):
 class VisitRequestOk(Wire):
     consultation: dict[str, Any] = doc("The new consultation (see *Consultation object*).")
     position: int = doc("1-based place in the queue of its specialty.")
-    estimated_wait_s: float = doc("Rough estimate of the wait.")
+    estimated_wait_s: float | None = doc(WAIT_DOC)
 
 
 @reply("visit.cancel")
@@ -454,8 +523,20 @@ class VisitCancelOk(Wire):
 @reply("queue.list")
 @dataclass(frozen=True)
 class QueueListOk(Wire):
-    waiting: list[dict[str, Any]] = doc("``[{consultation_id, site, specialty, priority, language, waiting_s, state}]`` "
-                                        "in matching order.")
+    waiting: list[dict[str, Any]] = doc("``[{consultation_id, site, site_name, specialty, priority, language, "
+                                        "waiting_s, state, declined_by_me}]`` in matching order "
+                                        "(``declined_by_me``: the caller declined it or let it time out; "
+                                        "``queue.pick`` still takes it).")
+
+
+@reply("queue.pick")
+@dataclass(frozen=True)
+class QueuePickOk(Wire):
+    consultation: dict[str, Any] = doc("The consultation, now ``active``.")
+    room: str = doc("The SFU room.")
+    room_token: str = doc("The physician's room token.")
+    grant: dict[str, Any] = doc("Its grant.")
+    sfu_url: str | None = doc("Base URL of the media node hosting the room (null: no SFU).", None)
 
 
 @reply("offer.accept")
@@ -501,15 +582,36 @@ class RoomTokenOk(Wire):
 class ReportSaveOk(Wire):
     consultation_id: str = doc("The consultation.")
     saved_at: float = doc("Unix time it was stored (durably).")
+    status: str = doc("``final``.", "final")
+
+
+@reply("report.draft")
+@dataclass(frozen=True)
+class ReportDraftOk(Wire):
+    consultation_id: str = doc("The consultation.")
+    saved_at: float = doc("Unix time the draft was stored (the earlier one when nothing changed).")
+    status: str = doc("``draft``.", "draft")
+    changed: bool = doc("False when the draft was the same as the one kept (nothing written).", True)
 
 
 @reply("report.get")
 @dataclass(frozen=True)
 class ReportGetOk(Wire):
     consultation_id: str = doc("The consultation.")
-    report: dict[str, Any] | None = doc("The report, or null when none was saved yet.")
-    saved_at: float | None = doc("When it was saved.")
+    report: dict[str, Any] | None = doc("What to show: the draft when ``status`` is draft, else the final "
+                                        "report, else null (see *Report object*).")
+    saved_at: float | None = doc("When ``report`` was saved.")
     author: str | None = doc("The physician who saved it.")
+    status: str = doc("``empty`` (nothing saved), ``draft`` (a draft newer than any final report) or "
+                      "``final``.", "empty")
+    author_name: str | None = doc("The author's name in the directory.", None)
+    final_saved_at: float | None = doc("When the final report was saved (null: never).", None)
+    draft_saved_at: float | None = doc("When the draft was saved (null: no draft).", None)
+    patient_ref: str = doc("The patient's reference (\"\" for admins).", "")
+    site_name: str = doc("The site's name.", "")
+    physician_name: str | None = doc("The consultation's physician's name.", None)
+    nurse_name: str = doc("The name of the nurse who checked the patient in.", "")
+    state: str = doc("The consultation's state.", "")
 
 
 @reply("media.offer")
@@ -545,11 +647,15 @@ class AuthExpiring(Wire):
 @event("presence.changed")
 @dataclass(frozen=True)
 class PresenceChanged(Wire):
-    """A physician's status changed (``offline`` when the connection died or closed)."""
+    """A physician's status or connection changed. A dropped socket keeps the status (``connected``
+    false, not matched) for the resume grace; ``offline`` when it passed without the physician back."""
 
     physician: str = doc("Physician id.")
-    status: str = doc("available, busy, away or offline.")
+    status: str = doc("available, busy, away, in_consultation or offline.")
     specialties: list[str] = doc("The physician's specialties.")
+    name: str = doc("The physician's name in the directory (\"\" when not in it).", "")
+    connected: bool = doc("False while the physician's socket is away (within the resume grace, and offline).",
+                          True)
 
 
 @event("visit.position")
@@ -559,7 +665,44 @@ class VisitPosition(Wire):
 
     consultation_id: str = doc("The consultation.")
     position: int = doc("1-based place in the queue of its specialty.")
-    estimated_wait_s: float = doc("Rough estimate of the wait.")
+    estimated_wait_s: float | None = doc(WAIT_DOC)
+
+
+@event("visit.status")
+@dataclass(frozen=True)
+class VisitStatusEvent(Wire):
+    """To the site's nurses: what happens to their waiting request (rings a physician, declined, not
+    answered, the physician left) and whether another physician is being looked for."""
+
+    consultation_id: str = doc("The consultation.")
+    status: VisitStatus = doc("What happened.")
+    physician: str | None = doc("The physician concerned (null for ``waiting``).")
+    physician_name: str | None = doc("Their name in the directory.")
+    looking: bool = doc("Another eligible physician is connected and available: another offer follows. "
+                        "False: the request waits in the queue for one.")
+    position: int | None = doc("1-based place in the queue of its specialty (null: not in the queue).")
+    estimated_wait_s: float | None = doc(WAIT_DOC)
+
+
+@event("queue.changed")
+@dataclass(frozen=True)
+class QueueChanged(Wire):
+    """To every physician: the waiting queue changed; read it again with ``queue.list`` (at most
+    every half second)."""
+
+
+@event("visit.flagged")
+@dataclass(frozen=True)
+class VisitFlagged(Wire):
+    """To the admins: a site sent emergencies above its rate of visit requests
+    (``signalling.site_requests_per_window``). The request stays an emergency, flagged, and waits
+    after the other sites' emergencies; someone should look (and cancel what is not one)."""
+
+    consultation_id: str = doc("The flagged consultation.")
+    site: str = doc("The site.")
+    priority: str = doc("``emergency``.")
+    flag: str = doc("Why: ``site_rate``.")
+    requests_in_window: int = doc("The site's visit requests in the current window, this one included.")
 
 
 @event("offer.received")
@@ -739,7 +882,9 @@ def _check(name: str, value: Any, typ: Any, max_len: int) -> Any:
 def parse_frame(text: str | bytes) -> dict[str, Any]:
     """A frame's JSON object; ProtocolError(bad_json) otherwise."""
     try:
-        data = json.loads(text)
+        data = json_limits.loads(text)
+    except json_limits.JsonTooDeep as exc:
+        raise ProtocolError(ErrorCode.BAD_JSON, str(exc)) from None
     except (ValueError, UnicodeDecodeError):
         raise ProtocolError(ErrorCode.BAD_JSON, "frame is not valid JSON") from None
     if not isinstance(data, dict):
@@ -783,11 +928,67 @@ def parse_request(data: dict[str, Any]) -> tuple[MessageId, Any]:
 
 
 REPORT_FIELDS = ("reason", "findings", "conclusion", "prescriptions", "follow_up")
+REPORT_EXTRAS = ("vitals", "stills")
+"""Optional keys of a report, kept only when sent (a report without them reads back as it was saved)."""
+
+VITAL_UNITS: dict[str, tuple[str, ...]] = {
+    "heart_rate": ("/min",),
+    "pulse_rate": ("/min",),
+    "spo2": ("%",),
+    "systolic": ("mm[Hg]", "kPa"),
+    "diastolic": ("mm[Hg]", "kPa"),
+    "mean_arterial_pressure": ("mm[Hg]", "kPa"),
+    "body_temperature": ("Cel", "[degF]"),
+}
+"""The vitals a report keeps, named and united as the devices' measurements (``devices.measurements.Quantity``,
+UCUM-like units); the first unit is the one a bare number is in."""
+MAX_VITAL = 1000.0
+MAX_REPORT_STILLS = 100
+MAX_STILL_ID = 64
+
+
+def _vital(name: str, value: Any) -> dict[str, Any]:
+    units = VITAL_UNITS.get(name)
+    if units is None:
+        raise ValueError(f"unknown vital {name[:40]!r} (one of {', '.join(VITAL_UNITS)})")
+    if _number(value):
+        value = {"value": value, "unit": units[0]}
+    if not isinstance(value, dict) or set(value) - {"value", "unit", "measured_at"}:
+        raise ValueError(f"vitals.{name} must be a number or {{value, unit, measured_at}}")
+    number, unit, at = value.get("value"), value.get("unit", units[0]), value.get("measured_at")
+    if not _number(number) or not 0 <= number <= MAX_VITAL:
+        raise ValueError(f"vitals.{name}.value must be a number from 0 to {MAX_VITAL:g}")
+    if unit not in units:
+        raise ValueError(f"vitals.{name}.unit must be one of {', '.join(units)}")
+    if at is not None and (not _number(at) or at < 0):
+        raise ValueError(f"vitals.{name}.measured_at must be a Unix time or null")
+    return {"value": float(number), "unit": unit, "measured_at": None if at is None else float(at)}
+
+
+def _number(value: Any) -> TypeGuard[float]:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value \
+        and value not in (float("inf"), float("-inf"))
+
+
+def _still_ids(stills: Any) -> list[str]:
+    """A report's ``stills``: ids, or objects with a ``still_id`` (a read-back report goes back as it came)."""
+    if not isinstance(stills, list) or len(stills) > MAX_REPORT_STILLS:
+        raise ValueError(f"stills must be a list of at most {MAX_REPORT_STILLS} still ids")
+    out: list[str] = []
+    for item in stills:
+        sid = item.get("still_id") if isinstance(item, dict) else item
+        if not isinstance(sid, str) or not sid or len(sid) > MAX_STILL_ID:
+            raise ValueError("stills must hold still ids (or {still_id} objects)")
+        if sid not in out:
+            out.append(sid)
+    return out
 
 
 def validate_report(report: dict[str, Any]) -> dict[str, Any]:
-    """A report body: strings (<= 20000 chars), prescriptions a list of strings; raises ValueError."""
-    extra = set(report) - set(REPORT_FIELDS)
+    """A report body: strings (<= 20000 chars), prescriptions a list of strings, and when sent ``vitals``
+    (:data:`VITAL_UNITS`) and ``stills`` (ids); raises ValueError. Every key is optional (a draft is
+    partial; missing text fields read back empty)."""
+    extra = set(report) - set(REPORT_FIELDS) - set(REPORT_EXTRAS)
     if extra:
         raise ValueError(f"unknown report field(s): {', '.join(sorted(extra))[:80]}")
     out: dict[str, Any] = {}
@@ -800,6 +1001,13 @@ def validate_report(report: dict[str, Any]) -> dict[str, Any]:
         elif not isinstance(value, str) or len(value) > 20000:
             raise ValueError(f"{name} must be a string of at most 20000 characters")
         out[name] = value
+    if "vitals" in report:
+        vitals = report["vitals"]
+        if not isinstance(vitals, dict):
+            raise ValueError("vitals must be an object")
+        out["vitals"] = {name: _vital(str(name), value) for name, value in vitals.items()}
+    if "stills" in report:
+        out["stills"] = _still_ids(report["stills"])
     return out
 
 

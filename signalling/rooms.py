@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from core.auth import AuthError
-from core.vocabulary import MEDIA_DEVICES, Act, ConsultationId, Role, Source
+from core.vocabulary import MEDIA_DEVICES, Act, ConsultationId, Role, RoomId, Source
 from sfu.events import RoomEvent
 from sfu.node import NodeInfo, choose_node
 from sfu.service import SfuService
 from signalling import protocol as p
 from signalling.bus import Note
-from signalling.consultation import CloseRoom, Consultation, GrantSeats, State
+from signalling.consultation import LIVE, CloseRoom, Consultation, GrantSeats, State
 from signalling.consultations import Consultations
 from signalling.context import Context, safely
 from signalling.hub import agents, nurses, user
@@ -138,6 +138,12 @@ class Rooms:
         sfu.create_room(room)
         if room not in self._listeners:
             self._listeners[room] = sfu.on_room_event(room, self.on_room_event)
+
+    async def is_live(self, room_id: RoomId) -> bool:
+        """``sfu.ports.RoomGate``: the consultation the room is named after is open and live (an
+        ended one has left the store), so the room's tokens are good for media."""
+        got = await self.consultations.get(room_id)
+        return got is not None and got[0].state in LIVE and (got[0].room or got[0].id) == room_id
 
     def open_local(self, room: str) -> None:
         sfu = self.ctx.sfu()

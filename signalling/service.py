@@ -28,11 +28,11 @@ from typing import Any, Awaitable, Callable, Iterable
 
 from config.settings import Settings, SignallingSettings
 from core.auth import Principal, TokenService
-from core.vocabulary import NodeId
+from core.vocabulary import NodeId, RoomId
 from sfu.service import SfuService
 from signalling import protocol as p
 from signalling.bus import Bus, Note
-from signalling.consultation import Busy, CloseRoom, Consultation, FreePhysician, GrantSeats, Kick
+from signalling.consultation import Busy, CloseRoom, Consultation, FreePhysician, GrantSeats, Kick, VisitNotice
 from signalling.consultations import Consultations
 from signalling.context import Context, safely
 from signalling.directory import Directory, load_directory
@@ -42,12 +42,14 @@ from signalling.matching import Matching
 from signalling.offers import Offers
 from signalling.presence import Presences
 from signalling.records import Records
-from signalling.reports import Reports
+from signalling.recovery import Recovery
+from signalling.reports import Reports, StillsAccess
 from signalling.rooms import Rooms
 from signalling.session import Session
 from signalling.sessions import Sessions
 from signalling.store import Store
 from signalling.store.base import Envelope
+from signalling.store.faults import STORE_FAULTS
 from signalling.visits import Visits
 
 logger = logging.getLogger(__name__)
@@ -56,11 +58,19 @@ SWEEP_INTERVAL_S = 1.0
 Handler = Callable[[Session, Any], Awaitable[p.Wire]]
 
 
+def _unavailable(request: str, exc: BaseException) -> p.ProtocolError:
+    """A store outage met by a request: ``unavailable`` (the protocol's word for a failed
+    dependency), logged with the request type and the fault's class only."""
+    logger.warning("store unavailable", extra={"type": request, "fault": type(exc).__name__})
+    return p.ProtocolError(p.ErrorCode.UNAVAILABLE, "the store is unavailable; retry later (with the same "
+                           "request_key for a visit.request)")
+
+
 class SignallingService:
     def __init__(self, settings: Settings, store: Store, tokens: TokenService, journal: Journal,
                  records: Records, *, sfu: Callable[[], SfuService | None] = lambda: None,
                  accepting: Callable[[], bool] = lambda: True, clock: Callable[[], float] = time.time,
-                 process_id: str | None = None) -> None:
+                 process_id: str | None = None, stills: StillsAccess = lambda: None) -> None:
         proc = process_id or secrets.token_hex(6)
         hub = Hub()
         self.ctx = ctx = Context(settings=settings, store=store, tokens=tokens, journal=journal, records=records,
@@ -73,14 +83,16 @@ class SignallingService:
         self.visits = Visits(ctx, self.consultations)
         self.matching = Matching(ctx, self.offers, self.visits)
         self.presences = Presences(ctx, self.consultations, self.matching)
-        self.sessions = Sessions(ctx, self.consultations, self.presences, self.offers, self.rooms)
-        self.reports = Reports(ctx, self.consultations)
+        self.recovery = Recovery(ctx, self.consultations)
+        self.sessions = Sessions(ctx, self.consultations, self.presences, self.offers, self.rooms, self.recovery)
+        self.reports = Reports(ctx, self.consultations, stills)
 
         self.consultations.on(Kick, self.matching.on_kick)
         self.consultations.on(Busy, self.sessions.busy)
         self.consultations.on(FreePhysician, self.sessions.free_physician)
         self.consultations.on(CloseRoom, self.rooms.close)
         self.consultations.on(GrantSeats, self.rooms.grant_seats)
+        self.consultations.on(VisitNotice, self.visits.notice)
 
         bus = ctx.bus
         bus.on(Note.POSITIONS, lambda _: self.visits.positions_changed())
@@ -89,7 +101,7 @@ class SignallingService:
         bus.on(Note.PLACE, self._for_this_node(Note.PLACE, self.rooms.open_local))
         bus.on(Note.CLOSE_ROOM, self._for_this_node(Note.CLOSE_ROOM,
                                                     lambda room: self._spawn(self.rooms.close_local(room))))
-        bus.on(Note.ENDED, lambda envelope: self.offers.forget(str(envelope[Note.ENDED.value])))
+        bus.on(Note.ENDED, self._ended)
 
         self.handlers: dict[type, Handler] = {
             p.Hello: self._hello_again,
@@ -103,16 +115,23 @@ class SignallingService:
             p.QueueList: self.visits.list_queue,
             p.OfferAccept: self.offers.accept,
             p.OfferDecline: self.offers.decline,
+            p.QueuePick: self.offers.pick,
             p.ConsultationGet: self.consultations.get_request,
             p.ConsultationEnd: self.consultations.end,
             p.RoomToken: self.rooms.token_request,
             p.RoomPublications: self.rooms.publications_request,
             p.ReportSave: self.reports.save_request,
+            p.ReportDraft: self.reports.draft_request,
             p.ReportGet: self.reports.get_request,
             p.MediaOffer: self.rooms.media_offer,
             p.MediaLeave: self.rooms.media_leave,
         }
         """Request message class -> its handler (every class of ``protocol.REQUESTS``)."""
+
+    def _ended(self, envelope: Envelope) -> None:
+        """A consultation left the store (on any process)."""
+        self.offers.forget(str(envelope[Note.ENDED.value]))
+        self.visits.note_ended(envelope)
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         self.ctx.tasks.spawn(coro)
@@ -176,6 +195,10 @@ class SignallingService:
     async def get_any(self, cid: str) -> Consultation | None:
         return await self.consultations.get_any(cid)
 
+    async def is_live(self, room_id: RoomId) -> bool:
+        """``sfu.ports.RoomGate``: whether the room's consultation is live (its tokens good for media)."""
+        return await self.rooms.is_live(room_id)
+
     def visible(self, principal: Principal, c: Consultation) -> bool:
         return self.consultations.visible(principal, c)
 
@@ -214,6 +237,7 @@ class SignallingService:
         else:
             ctx.directory = Directory.from_dict(stored)
         await ctx.store.touch_process(ctx.sig.heartbeat_s * 3)
+        await self.recovery.at_start()
         await self.heartbeat_node()
         ctx.tasks.spawn(self.matching.loop())
         ctx.tasks.spawn(self._sweep_loop())
@@ -264,7 +288,10 @@ class SignallingService:
 
     # -- requests ------------------------------------------------------------------------------
     async def hello(self, conn_factory: Callable[[Session], Outbox], msg: p.Hello) -> tuple[Session, p.HelloOk]:
-        return await self.sessions.hello(conn_factory, msg)
+        try:
+            return await self.sessions.hello(conn_factory, msg)
+        except STORE_FAULTS as exc:
+            raise _unavailable("hello", exc) from None
 
     async def detach(self, s: Session, conn: Outbox) -> None:
         await self.sessions.detach(s, conn)
@@ -274,7 +301,10 @@ class SignallingService:
         spec = p.spec_of(msg)
         if s.role.value not in spec.roles:
             raise p.ProtocolError(p.ErrorCode.FORBIDDEN, f"a {s.role.value} may not send {spec.type}")
-        return await self.handlers[type(msg)](s, msg)
+        try:
+            return await self.handlers[type(msg)](s, msg)
+        except STORE_FAULTS as exc:
+            raise _unavailable(spec.type, exc) from None
 
     async def _ping(self, s: Session, msg: p.Ping) -> p.PingOk:
         return p.PingOk(server_time=self.ctx.clock())

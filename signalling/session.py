@@ -23,6 +23,8 @@ class Session:
     principal: Principal
     conn: Outbox | None = None
     status: PresenceStatus = PresenceStatus.AWAY
+    """A physician's status as this process last set it (the store's presence entry is the truth)."""
+    after: PresenceStatus | None = None
     timers: list[asyncio.TimerHandle] = field(default_factory=list)
     grace: asyncio.TimerHandle | None = None
     token: str | None = None

@@ -28,6 +28,7 @@ from signalling.hub import Outbox, agents, nurses, seat_of, user
 from signalling.offers import Offers
 from signalling.presence import Presences
 from signalling.protocol import ErrorCode, PresenceStatus, ProtocolError
+from signalling.recovery import Recovery
 from signalling.rooms import SEATS, Rooms
 from signalling.session import Session
 from signalling.turn import ice_servers
@@ -58,14 +59,16 @@ def _close(conn: Outbox, code: int, reason: str) -> None:
 
 class Sessions:
     def __init__(self, ctx: Context, consultations: Consultations, presences: Presences, offers: Offers,
-                 rooms: Rooms) -> None:
+                 rooms: Rooms, recovery: Recovery | None = None) -> None:
         self.ctx = ctx
         self.consultations = consultations
+        self.recovery = recovery or Recovery(ctx, consultations)
         self.presences = presences
         self.offers = offers
         self.rooms = rooms
         self.local: dict[str, Session] = {}
         """This process's sessions, by id (live, or dropped within their grace)."""
+        presences.local = self.local
 
     # -- hello -------------------------------------------------------------------------------
     async def hello(self, conn_factory: Callable[[Session], Outbox], msg: p.Hello) -> tuple[Session, p.HelloOk]:
@@ -93,11 +96,13 @@ class Sessions:
         if resumed:
             await ctx.store.clear_dropped(session.id)
         self._arm_token_timers(session)
+        back = resumed or await self._back_on_new_session(session)
         if session.role is Role.PHYSICIAN:
-            await self.presences.publish(session)
-        if resumed:
+            await self.presences.arrive(session)
+        if back:
             await self._peer_notice(session, p.PeerState.RESUMED)
-            logger.info("session resumed", extra={"session": session.id, "role": session.role.value})
+            logger.info("session resumed", extra={"session": session.id, "role": session.role.value,
+                                                  "new_session": not resumed})
         reply = p.HelloOk(
             session=session.id, resumed=resumed,
             principal={"sub": principal.subject, "role": principal.role.value, "site": principal.site,
@@ -106,6 +111,17 @@ class Sessions:
             heartbeat_s=ctx.sig.heartbeat_s, token_expires_at=principal.expires_at,
             server_time=ctx.clock(), state=await self._state(session))
         return session, reply
+
+    async def _back_on_new_session(self, s: Session) -> bool:
+        """Whether ``s`` (new) is someone back within the grace of a dropped session of theirs (a page
+        reloaded without resuming): their peers hear ``resumed`` as for a resume."""
+        if any(o is not s and o.sub == s.sub and o.role is s.role and o.conn is None and o.grace is not None
+               for o in self.local.values()):
+            return True
+        if s.role is Role.PHYSICIAN:
+            entry = await self.presences.get(s.sub)
+            return entry is not None and not entry.connected and entry.session != s.id
+        return False
 
     async def _verify(self, token: str) -> Principal:
         try:
@@ -148,6 +164,7 @@ class Sessions:
         state: dict[str, Any] = {"consultations": [], "offers": [], "rooms": {}}
         if s.role is Role.PHYSICIAN:
             state["presence"] = s.status.value
+            state["presence_after"] = s.after.value if s.after else None
         if s.role is Role.ADMIN:
             return state
         for c in sorted(await self.consultations.open_of(s.principal), key=lambda c: c.created_at):
@@ -225,13 +242,10 @@ class Sessions:
     async def busy(self, effect: Busy) -> None:
         s = self.local.get(effect.session_id)
         if s is not None:
-            await self.presences.set_status(s, PresenceStatus.BUSY)
+            await self.presences.in_consultation(s)
 
     async def free_physician(self, effect: FreePhysician) -> None:
-        for s in list(self.local.values()):
-            if s.sub == effect.physician and s.role is Role.PHYSICIAN and s.conn is not None \
-                    and s.status is PresenceStatus.BUSY:
-                await self.presences.set_status(s, PresenceStatus.AVAILABLE)
+        await self.presences.consultation_over(effect.physician)
 
     # -- dropped, resumed, lost ------------------------------------------------------------------
     async def detach(self, s: Session, conn: Outbox) -> None:
@@ -245,7 +259,7 @@ class Sessions:
             return
         await safely(self._mark_dropped(s))
         if s.role is Role.PHYSICIAN:
-            await self.presences.go_offline(s)
+            await safely(self.presences.detached(s, list(self.local.values())))
             await self.offers.withdraw_from(s)
         await safely(self._peer_notice(s, p.PeerState.DROPPED))
         s.grace = asyncio.get_running_loop().call_later(self.ctx.sig.resume_grace_s,
@@ -279,6 +293,7 @@ class Sessions:
                 continue
             s = self._from_record(sid, record)
             await self._mark_dropped(s)
+            await safely(self.recovery.taken_over(s, str(record.get("proc"))))
             await safely(self._peer_notice(s, p.PeerState.DROPPED))
             logger.info("session of a dead process dropped", extra={"session": sid, "proc": record.get("proc")})
         for sid in await store.claim_due_dropped(self.ctx.clock()):
@@ -306,9 +321,13 @@ class Sessions:
         await store.delete_session(s.id)
         if any(o.conn is not None and o.sub == s.sub for o in self.local.values()):
             return  # the same person is back on a new session
-        if s.role is Role.PHYSICIAN and (await store.presences()).get(s.sub) is not None:
-            return  # back on a new session on another process
+        if s.role is Role.PHYSICIAN:
+            entry = await self.presences.get(s.sub)
+            if entry is not None and entry.session != s.id:
+                return  # back on a new session on another process
         logger.info("session lost", extra={"session": s.id, "role": s.role.value})
+        if s.role is Role.PHYSICIAN:
+            await self.presences.go_offline(s.sub, s.id, self.presences.specialties(s.principal))
         await self._peer_notice(s, p.PeerState.LOST)
         for c in await self.consultations.open_of(s.principal):
             if s.role is Role.NURSE and c.requested_by == s.sub and c.state in WAITING:
@@ -340,5 +359,5 @@ class Sessions:
                 s.grace.cancel()
             if s.conn is not None:
                 await safely(self._mark_dropped(s))
-            if s.role is Role.PHYSICIAN:
-                await safely(self.ctx.store.remove_presence(s.sub, s.id))
+            if s.role is Role.PHYSICIAN:  # their status stays for a resume on another process
+                await safely(self.presences.detached(s))

@@ -5,7 +5,10 @@ pings (a dead peer is dropped, its presence with it) and ``max_msg_size`` are
 set; a token bucket limits messages per second; a bounded send queue drained
 by one writer task decouples the service from the socket (a client that does
 not read is disconnected, never waited for). Requests of one connection are
-handled in order.
+handled in order; while one runs, the next frames are read ahead
+(:class:`Frames`), so a socket that closes meanwhile detaches its session at
+once, whatever the request waits for (the request finishes in the background,
+within ``ABANDONED_REQUEST_S``).
 """
 
 from __future__ import annotations
@@ -14,9 +17,10 @@ import asyncio
 import json
 import logging
 import time
-from typing import Any
+from collections import deque
+from typing import Any, Awaitable, TypeVar
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSMessage, WSMsgType, web
 from prometheus_client import Counter, Gauge
 
 from core import appkeys
@@ -32,6 +36,13 @@ logger = logging.getLogger(__name__)
 HELLO_TIMEOUT_S = 10.0
 CLOSE_AUTH = 4401
 CLOSE_SLOW = 4408
+READ_AHEAD = 16
+"""Frames read ahead while a request runs (beyond, the socket waits for the request)."""
+ABANDONED_REQUEST_S = 30.0
+"""A request still running when its socket closed may finish for this long."""
+
+T = TypeVar("T")
+_CLOSED = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR)
 
 
 class TokenBucket:
@@ -110,6 +121,80 @@ class Connection:
         self.writer.cancel()
 
 
+class SocketClosed(Exception):
+    """The socket closed while a request ran (``Frames.running``, still running)."""
+
+
+class Frames:
+    """A socket's frames, in order (``async for``). While a request runs
+    (:meth:`unless_closed`), the next frames are read ahead: a close among them ends the
+    wait at once (issue 17: a ``consultation.end`` stuck on a media close kept its socket
+    handler, hence its physician's presence, for good)."""
+
+    def __init__(self, ws: web.WebSocketResponse) -> None:
+        self.ws = ws
+        self.closed = False
+        self.running: asyncio.Future[Any] | None = None
+        """The request :meth:`unless_closed` was waiting for when it left early."""
+        self.running_type = ""
+        self._ahead: deque[WSMessage] = deque()
+        self._reading: asyncio.Task[WSMessage] | None = None
+
+    def __aiter__(self) -> "Frames":
+        return self
+
+    async def __anext__(self) -> WSMessage:
+        if self._ahead:
+            frame = self._ahead.popleft()
+        elif self._reading is not None:
+            reading, self._reading = self._reading, None
+            frame = await reading
+        else:
+            frame = await self.ws.receive()
+        if frame.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+            raise StopAsyncIteration
+        return frame
+
+    async def unless_closed(self, request: Awaitable[T], type_: str) -> T:
+        """``request``'s result, or :class:`SocketClosed` as soon as the socket closes;
+        ``request`` then goes on running (:attr:`running`), as when this wait is cancelled."""
+        task = asyncio.ensure_future(request)
+        self.running, self.running_type = task, type_
+        while not task.done():
+            if self.closed:
+                raise SocketClosed()
+            if len(self._ahead) >= READ_AHEAD:
+                return await task
+            if self._reading is None:
+                self._reading = asyncio.ensure_future(self.ws.receive())
+            await asyncio.wait((task, self._reading), return_when=asyncio.FIRST_COMPLETED)
+            if self._reading.done():
+                reading, self._reading = self._reading, None
+                try:
+                    frame = reading.result()
+                except Exception:  # noqa: BLE001 - a socket that cannot be read is a closed one
+                    frame = WSMessage(WSMsgType.ERROR, None, None)
+                self._ahead.append(frame)
+                self.closed = frame.type in _CLOSED
+        self.running = None
+        return task.result()
+
+    def stop(self) -> None:
+        if self._reading is not None:
+            self._reading.cancel()
+            self._reading = None
+
+
+async def _settle(request: "asyncio.Future[Any]", type_: str, session_id: str) -> None:
+    """The end of a request whose socket closed: its answer has nowhere to go."""
+    try:
+        await request
+    except ProtocolError:
+        pass
+    except Exception:
+        logger.exception("request failed", extra={"type": type_, "session": session_id})
+
+
 def origin_allowed(request: web.Request) -> bool:
     origin = request.headers.get("Origin")
     if origin is None:
@@ -140,6 +225,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
     sig = service.sig
     ws = web.WebSocketResponse(heartbeat=sig.heartbeat_s, max_msg_size=sig.max_message_bytes)
     await ws.prepare(request)
+    frames = Frames(ws)
     metrics.connections.inc()
     bucket = TokenBucket(sig.max_messages_per_s, sig.max_messages_per_s * 2)
     session: Session | None = None
@@ -158,7 +244,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
         await send(exc.to_wire())
 
     try:
-        async for frame in ws:
+        async for frame in frames:
             if frame.type is WSMsgType.BINARY:
                 await send_error(ProtocolError(ErrorCode.BAD_JSON, "frames are JSON text"))
                 continue
@@ -192,6 +278,13 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                     await send_error(exc)
                     await ws.close(code=CLOSE_AUTH, message=exc.code.value.encode())
                     break
+                except Exception:
+                    # Past the upgrade, an escaping exception would become "HTTP/1.1 500" written
+                    # onto the socket: answer on the protocol instead.
+                    logger.exception("hello failed")
+                    await send_error(ProtocolError(ErrorCode.INTERNAL, "internal error", mid))
+                    await ws.close(code=CLOSE_AUTH, message=b"internal")
+                    break
                 hello_timer.cancel()
                 assert isinstance(session.conn, Connection)
                 conn = session.conn
@@ -200,8 +293,10 @@ async def websocket(request: web.Request) -> web.StreamResponse:
             if conn is None or session.conn is not conn:
                 break  # taken over by a newer socket
             try:
-                result = await service.handle(session, req)
+                result = await frames.unless_closed(service.handle(session, req), type_)
                 await send(result.to_wire(mid))
+            except SocketClosed:
+                break
             except ProtocolError as exc:
                 exc.id = mid
                 await send_error(exc)
@@ -210,6 +305,13 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                 await send_error(ProtocolError(ErrorCode.INTERNAL, "internal error", mid))
     finally:
         hello_timer.cancel()
+        frames.stop()
+        running = frames.running
+        if running is not None and not running.done() and session is not None:
+            # Its answer has nowhere to go; the session detaches now, not when it ends.
+            service.ctx.tasks.spawn_within(_settle(running, frames.running_type, session.id), ABANDONED_REQUEST_S,
+                                           "request abandoned by its socket",
+                                           {"type": frames.running_type, "session": session.id})
         metrics.connections.dec()
         if conn is not None and session is not None:
             conn.stop()

@@ -6,6 +6,7 @@ from typing import Callable
 
 from aiohttp import web
 
+import interop
 import media.echo
 import media.recording
 import sfu
@@ -14,11 +15,15 @@ import web_client
 from config.settings import Settings
 from core import appkeys
 from core.auth import TokenService, bearer_token
+from core.keyring import Keyring
 from core.http import request_context
 from core.lifecycle import Lifecycle
 from core.metrics import Metrics
+from core.vocabulary import RoomId
 from sfu.appkeys import SFU
 from signalling.appkeys import SIGNALLING
+from signalling.service import SignallingService
+from teleconsult.production import is_production
 
 Component = Callable[[web.Application], None]
 
@@ -29,13 +34,33 @@ def setup_recording(app: web.Application) -> None:
     media.recording.setup(app, sfu=lambda: app.get(SFU), signalling=lambda: app.get(SIGNALLING))
 
 
+class LiveConsultationRooms:
+    """``sfu.ports.RoomGate`` over signalling, asked at each use (signalling starts after the SFU
+    is set up): a room's tokens are good for media while its consultation is live."""
+
+    def __init__(self, signalling: Callable[[], SignallingService | None]) -> None:
+        self.signalling = signalling
+
+    async def is_live(self, room_id: RoomId) -> bool:
+        service = self.signalling()
+        return service is not None and await service.is_live(room_id)
+
+
+# The SFU sits below signalling: here is where it is handed the consultations' say on its rooms.
+def gate_rooms(app: web.Application) -> None:
+    app[SFU].gate = LiveConsultationRooms(lambda: app.get(SIGNALLING))
+
+
 # Components add their routes and background work, in this order: the SFU before
-# signalling (which places rooms on it), recording (and stills) after both.
+# signalling (which places rooms on it), recording (and stills) after both, interop (the PDF
+# report, FHIR, Pro Santé Connect sign-in: it reads signalling's store and the stills) after them.
 COMPONENTS: tuple[Component, ...] = (
     media.echo.setup,
     sfu.setup,
+    gate_rooms,
     signalling.setup,
     setup_recording,
+    interop.setup,
     web_client.setup,
 )
 
@@ -69,14 +94,20 @@ async def whoami(request: web.Request) -> web.Response:
     })
 
 
-def create_app(settings: Settings, *, tokens: TokenService | None = None) -> web.Application:
-    """Build the whole service for ``settings``; nothing starts until the app runs."""
+def create_app(settings: Settings, *, tokens: TokenService | None = None,
+               keyring: Keyring | None = None) -> web.Application:
+    """Build the whole service for ``settings``; nothing starts until the app runs.
+
+    The key of health data at rest is loaded here, once (``core.keyring``: the
+    development key under data_dir only when the setup is not production)."""
     app = web.Application(middlewares=[request_context], client_max_size=16 * 1024 * 1024)
     app[appkeys.SETTINGS] = settings
     app[appkeys.TOKENS] = tokens or TokenService(settings.auth, settings.server.data_dir)
+    app[appkeys.KEYRING] = keyring or Keyring.from_settings(settings, production=is_production(settings))
     app[appkeys.METRICS] = Metrics()
     app[appkeys.LIFECYCLE] = Lifecycle()
     app[appkeys.READY_PROBES] = []
+    app[appkeys.OUTAGES] = []
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)

@@ -17,10 +17,12 @@ import uvloop
 from config.settings import Settings, SettingsError, load_settings
 from core import logs
 from core.auth import TokenService
+from core.keyring import MasterKeyError
 from core.vocabulary import Role
 from devices.agent import add_agent_command
 from media.recording.cli import add_commands as add_recording_commands
 from teleconsult.demo import add_demo_command
+from teleconsult.production import is_production, production_problems
 from teleconsult.server import serve
 from teleconsult.tls import write_self_signed
 
@@ -54,6 +56,12 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         if args.media_address.startswith("127."):
             media["allowed_remote_networks"] = ["127.0.0.0/8"]
     settings = settings.replace(server=server, media=media)
+    if is_production(settings):
+        problems = production_problems(settings)
+        if problems:
+            for problem in problems:
+                print(f"{settings.source or 'settings'}: production (public_url is https): {problem}", file=sys.stderr)
+            return EXIT_CONFIG
     logs.configure(settings.server.log_format, settings.server.log_level)
     return uvloop.run(serve(settings))
 
@@ -86,11 +94,19 @@ def cmd_token_room(args: argparse.Namespace, settings: Settings) -> int:
 # -- check-config --------------------------------------------------------------
 def cmd_check_config(args: argparse.Namespace) -> int:
     try:
-        load_settings(args.file)
+        settings = load_settings(args.file)
     except SettingsError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return EXIT_CONFIG
+    if args.production or is_production(settings):
+        problems = production_problems(settings)
+        for problem in problems:
+            print(f"{args.file}: production: {problem}", file=sys.stderr)
+        if problems:
+            return EXIT_CONFIG
+        print(f"{args.file}: ok for production")
+        return 0
     print(f"{args.file}: ok")
     return 0
 
@@ -137,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-config", help="validate a settings file")
     check.add_argument("file")
+    check.add_argument("--production", action="store_true",
+                       help="also refuse what a public setup must not run with (development keys, the example "
+                            "TURN secret, health data in clear); implied when public_url is https")
     check.set_defaults(func=cmd_check_config, no_settings=True)
 
     tls = sub.add_parser("tls-selfsigned", help="make a self-signed certificate for a LAN trial")
@@ -171,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return EXIT_CONFIG
-    except ValueError as exc:
+    except (ValueError, MasterKeyError) as exc:
         print(f"teleconsult: {exc}", file=sys.stderr)
         return EXIT_CONFIG
 

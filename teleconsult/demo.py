@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 from typing import Any
 
@@ -36,7 +37,7 @@ from core.vocabulary import DEVICES
 from devices.agent import AgentConfig, DeviceAgent
 from signalling.appkeys import SIGNALLING
 from teleconsult.app import create_app
-from teleconsult.server import listen
+from teleconsult.server import PRIVATE_UMASK, listen
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +82,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def run_demo(settings: Settings) -> int:
+    os.umask(PRIVATE_UMASK)  # as serve: the demo's data_dir holds health data too
     app = create_app(settings)
     lifecycle = app[appkeys.LIFECYCLE]
     listening = await listen(app, settings)
@@ -118,7 +120,7 @@ async def run_demo(settings: Settings) -> int:
         print(f"  nurse ({SITE}):  {base}/nurse#token={nurse_token}", flush=True)
         print(f"  physician ({PHYSICIAN}): {base}/physician#token={physician_token}", flush=True)
         print(f"  simulated cabin: {', '.join(DEVICES)} (site {SITE})", flush=True)
-        media_ip = settings.media.listen_ip
+        media_ip = settings.effective_media.listen_ip
         print(f"  media on {media_ip}" + (" (loopback: Chromium needs --allow-loopback-in-peer-connection)"
                                           if media_ip.startswith("127.") else ""), flush=True)
         announce = asyncio.create_task(_announce_agent(agent))

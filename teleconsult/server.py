@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import ssl
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from aiohttp import web
 
 from config.settings import Settings
 from core.appkeys import LIFECYCLE
+from core.http import ConnectionLog
 from signalling.appkeys import SIGNALLING
 from teleconsult.app import create_app
 
@@ -39,7 +41,8 @@ class Listening:
 async def listen(app: web.Application, settings: Settings) -> Listening:
     """Start serving ``app`` as settings say, and register this process as an SFU node
     at the address actually bound (port 0 picks one only now)."""
-    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5)
+    runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=5,
+                           logger=ConnectionLog(logging.getLogger("aiohttp.server")))
     await runner.setup()
     site = web.TCPSite(runner, settings.server.host, settings.server.port, ssl_context=ssl_context(settings))
     await site.start()
@@ -55,8 +58,14 @@ async def listen(app: web.Application, settings: Settings) -> Listening:
     return Listening(runner, base, local)
 
 
+PRIVATE_UMASK = 0o077
+"""Everything the server writes under data_dir is health data or its keys: files 0600,
+folders 0700, SQLite's -wal and -shm files included (SQLite creates them itself)."""
+
+
 async def serve(settings: Settings, ready: Callable[[str], None] | None = None) -> int:
     """Run the server until signals stop it (first: drain, second: stop now)."""
+    os.umask(PRIVATE_UMASK)
     app = create_app(settings)
     lifecycle = app[LIFECYCLE]
     listening = await listen(app, settings)
@@ -71,7 +80,7 @@ async def serve(settings: Settings, ready: Callable[[str], None] | None = None) 
           flush=True)
     if ready is not None:
         ready(base)
-    logger.info("serving", extra={"url": base, "media_ip": settings.media.listen_ip})
+    logger.info("serving", extra={"url": base, "media_ip": settings.effective_media.listen_ip})
     try:
         while lifecycle.accepting:
             await asyncio.sleep(0.2)

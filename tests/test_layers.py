@@ -23,8 +23,9 @@ ALLOWED: dict[str, frozenset[str]] = {
     "sfu": frozenset({"config", "core", "media"}),
     "signalling": frozenset({"config", "core", "media", "sfu"}),
     "web_client": frozenset({"config", "core"}),
-    "teleconsult": frozenset({"config", "core", *COMPONENTS}),
-    "bench": frozenset({"config", "core", *COMPONENTS, "teleconsult"}),
+    "interop": frozenset({"config", "core", "media", "signalling"}),
+    "teleconsult": frozenset({"config", "core", *COMPONENTS, "interop"}),
+    "bench": frozenset({"config", "core", *COMPONENTS, "interop", "teleconsult"}),
 }
 PACKAGES = frozenset(ALLOWED)
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from aiohttp import web
 
 from core import appkeys
+from core.http import Handler
 
 STATIC = Path(__file__).resolve().parent / "static"
 
@@ -69,6 +70,18 @@ async def auth_config(request: web.Request) -> web.Response:
     }, headers={"Cache-Control": "no-store"})
 
 
+@web.middleware
+async def _static_not_found(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A static file name the file system refuses (longer than it allows: ``ENAMETOOLONG``; a
+    loop of links) is a file that is not there: 404, where aiohttp lets the ``OSError`` out (a 500)."""
+    if not request.path.startswith("/static/"):
+        return await handler(request)
+    try:
+        return await handler(request)
+    except OSError:
+        raise web.HTTPNotFound() from None
+
+
 async def _static_headers(request: web.Request, response: web.StreamResponse) -> None:
     if request.path.startswith("/static/"):
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
@@ -80,4 +93,5 @@ def setup(app: web.Application) -> None:
         app.router.add_get(route, _page(filename))
     app.router.add_get("/api/auth/config", auth_config)
     app.router.add_static("/static/", STATIC, show_index=False, follow_symlinks=False)
+    app.middlewares.append(_static_not_found)
     app.on_response_prepare.append(_static_headers)

@@ -26,7 +26,7 @@ from typing import AsyncIterator
 
 from aiohttp import web
 
-from core.appkeys import SETTINGS
+from core.appkeys import KEYRING, SETTINGS
 from media.recording import http, stills_http
 from media.recording.appkeys import RECORDING, SIGNALLING, STILLS
 from media.recording.ports import MediaServerAccess, SignallingAccess
@@ -42,7 +42,7 @@ def setup(app: web.Application, *, sfu: MediaServerAccess, signalling: Signallin
     """The recording service, its background work (recovery at startup, flushes, retention,
     stop at shutdown), the stills' store, and the REST routes of both."""
     settings = app[SETTINGS]
-    vault = Vault.from_settings(settings.recording)
+    vault = Vault(app[KEYRING].master)  # the master key of every health datum at rest
     stills = StillStore.for_data_dir(settings.server.data_dir, vault)
     store = RecordingStore.for_data_dir(settings.server.data_dir, vault,
                                         retention_days=settings.recording.retention_days)

@@ -30,7 +30,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
 
 def _cli_store(settings: Settings) -> RecordingStore:
-    vault = Vault.from_settings(settings.recording)
+    vault = Vault.from_settings(settings.recording, data_dir=settings.server.data_dir)
     return RecordingStore.for_data_dir(settings.server.data_dir, vault,
                                        retention_days=settings.recording.retention_days)
 

@@ -301,6 +301,11 @@ class Depacketizer:
         self.lost = 0
         self.frames_out = 0
         self.frames_dropped = 0
+        self.frames_seen = 0
+        """Frames handed in, counted as the SFU counts the frames it forwards: video packets
+        with the marker bit, every audio packet (retransmissions included)."""
+        self.frames_before_keyframe = 0
+        """Video frames dropped before the first keyframe: undecodable without it."""
 
     @property
     def waiting_for_keyframe(self) -> bool:
@@ -309,6 +314,8 @@ class Depacketizer:
     def push(self, packet: RtpPacket, arrival: float) -> list[Event]:
         """Take one packet; return what became complete."""
         payload = packet.payload
+        if packet.marker or not self.is_video:
+            self.frames_seen += 1
         return list(
             self._push(payload, 0, len(payload), packet.sequence_number, packet.timestamp,
                        bool(packet.marker), arrival)
@@ -318,6 +325,8 @@ class Depacketizer:
         """Take one RTP datagram whose header is already parsed (the SFU's); return what
         became complete (an empty tuple, not a list, when nothing did)."""
         seq16 = header.sequence_number
+        if header.marker or not self.is_video:
+            self.frames_seen += 1
         next_seq = self._next_seq
         if next_seq is not None and not self._pending and seq16 == next_seq & (_SEQ_MOD - 1):
             # In order, nothing waiting (the common case): straight to assembly. The
@@ -499,6 +508,8 @@ class Depacketizer:
     def _drop(self) -> None:
         self.frames_dropped += 1
         self._dropped_since_report += 1
+        if not self.frames_out:
+            self.frames_before_keyframe += 1
 
     def _emit(self, events: list[Event], data: bytes, timestamp: int, keyframe: bool, arrival: float) -> None:
         self.frames_out += 1

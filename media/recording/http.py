@@ -34,7 +34,7 @@ from aiohttp import web
 
 from core import appkeys
 from core.auth import Principal, Role, bearer_token
-from core.http import json_error
+from core.http import json_body, json_error
 from core.vocabulary import Act, ConsultationId
 from media.recording import ports
 from media.recording.appkeys import RECORDING, SIGNALLING
@@ -142,7 +142,7 @@ async def post_recording(request: web.Request) -> web.Response:
     """Start or stop the recording of a consultation (its physician only)."""
     principal = await _principal(request)
     try:
-        body = await request.json()
+        body = await json_body(request)
     except ValueError:
         return json_error(400, "bad_request", "body is not JSON")
     action = body.get("action") if isinstance(body, dict) else None
@@ -237,7 +237,7 @@ async def get_export(request: web.Request) -> web.StreamResponse:
     # The muxer needs a seekable file: a temporary one next to the recordings, unlinked
     # as soon as it is open so that no plaintext copy outlives the response.
     tmp_dir = Path(service.settings.server.data_dir) / "tmp"
-    tmp_dir.mkdir(parents=True, exist_ok=True)
+    tmp_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = tmp_dir / f"export-{secrets.token_hex(8)}.mkv"
     try:
         await asyncio.to_thread(service.store.export, manifest.consultation_id, tmp)

@@ -35,6 +35,13 @@ class TrackEntry:
     """First written frame, in ms after the session's start (one clock for all tracks)."""
     frames: int = 0
     ended_at: float | None = None
+    frames_seen: int = 0
+    """Frames the SFU forwarded while this track was recorded, counted as the SFU counts
+    them (video: packets with the marker bit; audio: packets)."""
+    frames_before_keyframe: int = 0
+    """Video frames of those that came before the track's first keyframe: undecodable
+    without it, so not recorded. Without packet loss, frames + frames_before_keyframe ==
+    frames_seen."""
 
 
 @dataclass(frozen=True)
@@ -74,7 +81,8 @@ class Manifest:
 def write_manifest(directory: Path, manifest: Manifest) -> None:
     """Replace the manifest atomically (temporary file, fsync, rename, fsync dir)."""
     tmp = directory / (MANIFEST_NAME + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
+    tmp.unlink(missing_ok=True)  # a crash's leftover: created anew below, 0600
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w", encoding="utf-8") as f:
         json.dump(manifest.to_dict(), f, indent=2, sort_keys=True)
         f.flush()
         os.fsync(f.fileno())

@@ -94,8 +94,8 @@ class RecordingSession:
         loop); inline when None. The manifest is always synced inline.
         """
         directory = Path(recordings_dir) / check_id(consultation_id)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        directory.mkdir()
+        directory.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        directory.mkdir(mode=0o700)
         manifest = Manifest(
             consultation_id=consultation_id,
             encrypted=vault.encrypted,
@@ -307,19 +307,25 @@ class RecordingSession:
         self._update_entry(track, frames=track.recorder.frames_written, ended_at=self._wall_clock())
 
     def _update_entry(self, track: _Track, **changes: Any) -> None:
-        new = replace(track.entry, **changes)
+        new = replace(self._counted(track.entry, track), **changes)
         self._manifest = replace(
             self._manifest,
             tracks=tuple(new if t.publication_id == new.publication_id else t for t in self._manifest.tracks),
         )
         track.entry = new
 
+    @staticmethod
+    def _counted(entry: TrackEntry, track: _Track) -> TrackEntry:
+        """``entry`` with the track's live counts."""
+        return replace(entry, frames=track.recorder.frames_written, frames_seen=track.depacketizer.frames_seen,
+                       frames_before_keyframe=track.depacketizer.frames_before_keyframe)
+
     def _with_counts(self, manifest: Manifest) -> Manifest:
-        counts = {pid: t.recorder.frames_written for pid, t in self._tracks.items()}
+        tracks = self._tracks
         return replace(
             manifest,
             tracks=tuple(
-                replace(t, frames=counts[t.publication_id]) if t.publication_id in counts else t
+                self._counted(t, tracks[t.publication_id]) if t.publication_id in tracks else t
                 for t in manifest.tracks
             ),
         )

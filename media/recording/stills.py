@@ -3,6 +3,7 @@
 Layout under ``ServerSettings.data_dir``::
 
     stills/<consultation_id>/<still_id>.bin (+ .key when sealed) and <still_id>.json
+    (+ <still_id>.label, sealed too: a label is clinical text)
 
 The JSON metadata is written last, so a still is listed only once its image is on
 disk; every read checks the image against its SHA-256. Retention shreds stills with
@@ -25,11 +26,12 @@ from typing import Callable
 from core.vocabulary import STILL_DEVICES
 from media.recording.ids import check_id
 from media.recording.store import RecordingNotFound
-from media.recording.vault import IntegrityError, Vault
+from media.recording.vault import IntegrityError, Vault, open_private
 
 logger = logging.getLogger(__name__)
 
 STILL_MIMES = ("image/jpeg", "image/png", "image/tiff", "image/webp")
+MAX_LABEL = 200
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,8 @@ class StillStore:
         if width <= 0 or height <= 0 or not data:
             raise ValueError("empty still")
         directory = self.root / check_id(consultation_id)
-        directory.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        directory.mkdir(mode=0o700, exist_ok=True)
         meta = StillMeta(
             still_id=secrets.token_hex(12),
             consultation_id=consultation_id,
@@ -84,7 +87,9 @@ class StillStore:
         self._vault.write_bytes(directory / f"{meta.still_id}.bin", data)
         # Metadata last: a still is listed only once its image is on disk.
         tmp = directory / f"{meta.still_id}.json.tmp"
-        tmp.write_text(json.dumps(asdict(meta), sort_keys=True), encoding="utf-8")
+        tmp.unlink(missing_ok=True)
+        with open_private(tmp) as f:
+            f.write(json.dumps(asdict(meta), sort_keys=True).encode("utf-8"))
         os.replace(tmp, directory / f"{meta.still_id}.json")
         logger.info("still %s stored for %s (%s)", meta.still_id, consultation_id, device)
         return meta
@@ -107,6 +112,35 @@ class StillStore:
             raise IntegrityError(f"still {still_id}: content does not match its sha256")
         return meta, data
 
+    def _label_path(self, consultation_id: str, still_id: str) -> Path:
+        return self.root / check_id(consultation_id) / f"{check_id(still_id, 'still id')}.label"
+
+    def set_label(self, consultation_id: str, still_id: str, label: str) -> StillMeta:
+        """Label a still (sealed like its image; "" removes the label); its metadata."""
+        if len(label) > MAX_LABEL:
+            raise ValueError(f"a label is at most {MAX_LABEL} characters")
+        meta = self.meta(consultation_id, still_id)
+        path = self._label_path(consultation_id, still_id)
+        if label:
+            self._vault.write_bytes(path, label.encode("utf-8"))
+        else:
+            self._vault.shred(path)
+        return meta
+
+    def label(self, consultation_id: str, still_id: str) -> str:
+        """A still's label ("" when none)."""
+        try:
+            return self._vault.read_bytes(self._label_path(consultation_id, still_id)).decode("utf-8")
+        except FileNotFoundError:
+            return ""
+
+    def labels(self, consultation_id: str) -> dict[str, str]:
+        """The labels of a consultation's stills, by still id."""
+        directory = self.root / check_id(consultation_id)
+        if not directory.is_dir():
+            return {}
+        return {p.stem: self.label(consultation_id, p.stem) for p in directory.glob("*.label")}
+
     def list(self, consultation_id: str) -> builtins.list[StillMeta]:
         directory = self.root / check_id(consultation_id)
         if not directory.is_dir():
@@ -119,6 +153,7 @@ class StillStore:
         ids = []
         for meta in self.list(consultation_id):
             directory = self.root / consultation_id
+            self._vault.shred(directory / f"{meta.still_id}.label")
             self._vault.shred(directory / f"{meta.still_id}.bin")
             (directory / f"{meta.still_id}.json").unlink(missing_ok=True)
             ids.append(meta.still_id)
@@ -133,6 +168,7 @@ class StillStore:
         for directory in sorted(p for p in self.root.iterdir() if p.is_dir()):
             for meta in self.list(directory.name):
                 if now - meta.created >= retention_days * 86400.0:
+                    self._vault.shred(directory / f"{meta.still_id}.label")
                     self._vault.shred(directory / f"{meta.still_id}.bin")
                     (directory / f"{meta.still_id}.json").unlink(missing_ok=True)
                     gone.append(meta)

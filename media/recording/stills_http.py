@@ -8,16 +8,20 @@
   The magic bytes must match the type (else 415) and the image must decode to the
   size its header says, within :data:`~media.recording.still_image.MAX_PIXELS` (else
   400); too big → 413.
-* ``GET /api/consultations/{id}/stills`` → ``{consultation_id, stills: [meta]}``;
-  ``GET /api/consultations/{id}/stills/{still_id}`` → the image bytes. Readers: the
+* ``GET /api/consultations/{id}/stills`` → ``{consultation_id, stills: [meta]}`` (each
+  ``{still_id, device, mime, width, height, size, created, url, taken_at, label}``, by
+  time taken); ``GET /api/consultations/{id}/stills/{still_id}`` → the image bytes. Readers: the
   consultation's physician, the site's nurses (they are with the patient and read
   the report too), admins. Everyone else gets the same 404 as for a consultation that
   does not exist (no existence oracle).
+* ``PATCH /api/consultations/{id}/stills/{still_id}`` ``{label}`` (at most
+  :data:`~media.recording.stills.MAX_LABEL` characters; "" removes it): the consultation's
+  physician labels a still → ``200 meta``. The label is sealed at rest like the image.
 
 Checked by :mod:`media.recording.still_image`, stored sealed by
 :class:`media.recording.stills.StillStore` (the vault of ``settings.recording``); every
-upload and every read is journaled (ids only): ``still.capture``, ``still.list``,
-``still.access``. Signalling is :class:`~media.recording.ports.Signalling`, from the
+upload, label and read is journaled (ids only): ``still.capture``, ``still.label``,
+``still.list``, ``still.access``. Signalling is :class:`~media.recording.ports.Signalling`, from the
 app key :func:`media.recording.setup` sets.
 """
 
@@ -36,7 +40,7 @@ from core.vocabulary import STILL_DEVICES, Act, ConsultationId
 from media.recording import ports
 from media.recording.appkeys import SIGNALLING, STILLS
 from media.recording.still_image import MIMES, BadImage, check_image
-from media.recording.stills import StillMeta
+from media.recording.stills import MAX_LABEL, StillMeta
 from media.recording.store import RecordingNotFound
 from media.recording.vault import IntegrityError
 
@@ -53,10 +57,11 @@ def still_url(consultation_id: str, still_id: str) -> str:
     return f"/api/consultations/{consultation_id}/stills/{still_id}"
 
 
-def _public(meta: StillMeta) -> dict[str, Any]:
+def still_view(meta: StillMeta, label: str = "") -> dict[str, Any]:
+    """A still as the API shows it (``taken_at``: when it was captured, Unix seconds)."""
     return {"still_id": meta.still_id, "device": meta.device, "mime": meta.mime, "width": meta.width,
-            "height": meta.height, "size": meta.size, "created": meta.created,
-            "url": still_url(meta.consultation_id, meta.still_id)}
+            "height": meta.height, "size": meta.size, "created": meta.created, "taken_at": meta.created,
+            "label": label, "url": still_url(meta.consultation_id, meta.still_id)}
 
 
 async def _read_body(request: web.Request) -> bytes:
@@ -107,7 +112,8 @@ async def post_still(request: web.Request) -> web.Response:
                                     still_id=meta.still_id, device=device, width=width, height=height,
                                     bytes=meta.size)
     return web.json_response({"still_id": meta.still_id, "url": still_url(cid, meta.still_id), "width": width,
-                              "height": height, "mime": mime, "device": device}, status=201)
+                              "height": height, "mime": mime, "device": device, "taken_at": meta.created,
+                              "label": ""}, status=201)
 
 
 async def _reader(request: web.Request) -> tuple[Principal, ports.Signalling] | web.Response:
@@ -132,13 +138,44 @@ async def list_stills(request: web.Request) -> web.Response:
         return got
     principal, signalling = got
     cid = request.match_info["id"]
+    store = request.app[STILLS]
     try:
-        metas = await asyncio.to_thread(request.app[STILLS].list, cid)
+        metas = await asyncio.to_thread(store.list, cid)
+        labels = await asyncio.to_thread(store.labels, cid)
     except ValueError:
         return _not_found()
     await signalling.journal.append(Act.STILL_LIST, actor=principal.subject, consultation_id=ConsultationId(cid),
                                     count=len(metas))
-    return web.json_response({"consultation_id": cid, "stills": [_public(m) for m in metas]})
+    return web.json_response({"consultation_id": cid,
+                              "stills": [still_view(m, labels.get(m.still_id, "")) for m in metas]})
+
+
+async def patch_still(request: web.Request) -> web.Response:
+    """The consultation's physician labels a still."""
+    got = await _reader(request)
+    if isinstance(got, web.Response):
+        return got
+    principal, signalling = got
+    cid, still_id = request.match_info["id"], request.match_info["still_id"]
+    if principal.role is not Role.PHYSICIAN:
+        return json_error(403, "forbidden", "only the consultation's physician labels its stills")
+    try:
+        body = await request.json()
+    except ValueError:
+        return json_error(400, "bad_request", "body is not JSON")
+    if not isinstance(body, dict) or set(body) != {"label"} or not isinstance(body["label"], str):
+        return json_error(400, "bad_request", "body must be {\"label\": string}")
+    label = body["label"].strip()
+    if len(label) > MAX_LABEL:
+        return json_error(400, "bad_request", f"a label is at most {MAX_LABEL} characters")
+    store = request.app[STILLS]
+    try:
+        meta = await asyncio.to_thread(store.set_label, cid, still_id, label)
+    except (RecordingNotFound, ValueError):
+        return json_error(404, "not_found", "no such still")
+    await signalling.journal.append(Act.STILL_LABEL, actor=principal.subject, consultation_id=ConsultationId(cid),
+                                    still_id=still_id, labelled=bool(label))
+    return web.json_response(still_view(meta, label))
 
 
 async def get_still(request: web.Request) -> web.StreamResponse:
@@ -165,3 +202,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/consultations/{id}/stills", post_still)
     app.router.add_get("/api/consultations/{id}/stills", list_stills)
     app.router.add_get("/api/consultations/{id}/stills/{still_id}", get_still)
+    app.router.add_patch("/api/consultations/{id}/stills/{still_id}", patch_still)

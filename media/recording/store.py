@@ -172,6 +172,9 @@ class RecordingStore:
         tracks = self._readable_tracks(manifest)
         out_path = Path(out_path)
         tmp = out_path.with_name(out_path.name + ".part")
+        tmp.unlink(missing_ok=True)
+        # Plaintext health data: 0600 whatever the umask (FFmpeg keeps an existing file's mode).
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         try:
             with contextlib.ExitStack() as inputs, av.open(str(tmp), mode="w", format="matroska") as out:
                 sources: builtins.list[Iterator[tuple[float, int, av.Packet]]] = []

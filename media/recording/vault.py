@@ -21,15 +21,14 @@ age's STREAM::
   whatever is buffered, so a low-bitrate stream (audio) is still on disk within one
   flush interval, not once per 64 KiB.
 
-Plain mode (``Vault(None)``, development settings) has the same interface and writes
-the bytes as they are; it refuses to read sealed files and the other way round.
+Plain mode (``Vault(None)``: ``recording.encrypt = false``) has the same interface and
+writes the bytes as they are; it refuses to read sealed files and the other way round.
+The master key itself (where it comes from, the development key) is
+:mod:`core.keyring`'s, shared with the records. Every file is created 0600.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
 import io
 import logging
 import os
@@ -44,13 +43,13 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from config.settings import RecordingSettings
+from core.keyring import KEY_ID_SIZE, MasterKey, MasterKeyError, load_master_key
 
 logger = logging.getLogger(__name__)
 
 MAGIC = b"TCSTRM"
 KEY_MAGIC = b"TCKEY1"
 VERSION = 1
-KEY_ID_SIZE = 8
 FILE_ID_SIZE = 16
 NONCE_PREFIX_SIZE = 7
 HEADER_SIZE = len(MAGIC) + 1 + KEY_ID_SIZE + FILE_ID_SIZE + NONCE_PREFIX_SIZE
@@ -60,67 +59,12 @@ _MAX_COUNTER = 0xFFFFFFFF
 _WRAP_AAD = b"teleconsult data key v1|"
 _READ_SIZE = 1 << 16
 
+__all__ = ["IntegrityError", "MasterKey", "MasterKeyError", "SealedWriter", "Vault", "key_path",
+           "load_master_key", "open_private"]
+
 
 class IntegrityError(Exception):
     """A sealed file was tampered with, truncated, reordered or paired with the wrong key."""
-
-
-class MasterKeyError(Exception):
-    """The master key is missing, malformed, or not the one a file was sealed with."""
-
-
-@dataclass(frozen=True)
-class MasterKey:
-    """The key that wraps every data key."""
-
-    key: bytes = field(repr=False)
-    """32 random bytes."""
-
-    def __post_init__(self) -> None:
-        if len(self.key) != 32:
-            raise MasterKeyError(f"master key must be 32 bytes, got {len(self.key)}")
-
-    @property
-    def key_id(self) -> bytes:
-        """A public fingerprint, stored in every file, to say which key is needed."""
-        return hashlib.sha256(b"teleconsult master key id|" + self.key).digest()[:KEY_ID_SIZE]
-
-    @classmethod
-    def from_base64(cls, text: str, *, where: str) -> MasterKey:
-        try:
-            raw = base64.b64decode(text.strip(), validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise MasterKeyError(f"master key from {where} is not valid base64") from exc
-        if len(raw) != 32:
-            raise MasterKeyError(f"master key from {where} must decode to 32 bytes, got {len(raw)}")
-        return cls(raw)
-
-    @classmethod
-    def generate(cls) -> MasterKey:
-        return cls(secrets.token_bytes(32))
-
-    def to_base64(self) -> str:
-        return base64.b64encode(self.key).decode("ascii")
-
-
-def load_master_key(settings: RecordingSettings, environ: Mapping[str, str] | None = None) -> MasterKey:
-    """The master key named by the settings: the env var first, then the file."""
-    env = os.environ if environ is None else environ
-    if settings.master_key_env:
-        value = env.get(settings.master_key_env)
-        if value:
-            return MasterKey.from_base64(value, where=f"${settings.master_key_env}")
-        if not settings.master_key_file:
-            raise MasterKeyError(f"environment variable {settings.master_key_env} is not set or empty")
-    if settings.master_key_file:
-        try:
-            text = Path(settings.master_key_file).read_text("ascii")
-        except OSError as exc:
-            raise MasterKeyError(f"cannot read master key file {settings.master_key_file}: {exc}") from exc
-        except UnicodeDecodeError as exc:
-            raise MasterKeyError(f"master key file {settings.master_key_file} is not base64 text") from exc
-        return MasterKey.from_base64(text, where=settings.master_key_file)
-    raise MasterKeyError("encryption is on but neither master_key_file nor master_key_env is set")
 
 
 def key_path(path: Path) -> Path:
@@ -130,6 +74,12 @@ def key_path(path: Path) -> Path:
 
 def _nonce(prefix: bytes, counter: int, last: bool) -> bytes:
     return prefix + struct.pack(">IB", counter, 1 if last else 0)
+
+
+def open_private(path: Path) -> BinaryIO:
+    """A new file (never an existing one) readable by this user only (0600), whatever
+    the process's umask: every file the vault writes holds health data or its key."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -182,7 +132,7 @@ class SealedWriter:
             self._aead = AESGCM(data_key)
             # The key file goes first, durably: data on disk without its key is lost.
             _write_key_file(key_path(path), master, file_id, data_key, fsync=fsync)
-        self._file: BinaryIO = open(path, "xb")
+        self._file: BinaryIO = open_private(path)
         if self._header:
             self._file.write(self._header)
 
@@ -299,7 +249,7 @@ def _write_key_file(path: Path, master: MasterKey, file_id: bytes, data_key: byt
     nonce = secrets.token_bytes(12)
     wrapped = AESGCM(master.key).encrypt(nonce, data_key, _WRAP_AAD + file_id)
     blob = KEY_MAGIC + master.key_id + file_id + nonce + wrapped
-    with open(path, "xb") as f:
+    with open_private(path) as f:
         f.write(blob)
         f.flush()
         if fsync:
@@ -353,9 +303,13 @@ class Vault:
 
     @classmethod
     def from_settings(
-        cls, settings: RecordingSettings, environ: Mapping[str, str] | None = None, *, fsync: bool = True
+        cls, settings: RecordingSettings, environ: Mapping[str, str] | None = None, *, fsync: bool = True,
+        data_dir: str | None = None, allow_development: bool = True,
     ) -> Vault:
-        master = load_master_key(settings, environ) if settings.encrypt else None
+        """The vault of ``settings`` (``core.keyring.load_master_key``: with ``data_dir``,
+        the development key there when no key is named and ``allow_development``)."""
+        master = (load_master_key(settings, environ, data_dir=data_dir, allow_development=allow_development)
+                  if settings.encrypt else None)
         return cls(master, fsync=fsync)
 
     @property

@@ -5,7 +5,7 @@ compare-and-set (:meth:`Store.update_consultation`) that also keeps the
 waiting queue, the offer deadlines, the per-party indexes (``site:<id>``,
 ``user:<physician>``) and the physician's offer lock consistent, in one atomic
 step. :meth:`Store.claim_offer` additionally checks, atomically, that the
-physician is available and has no other offer ringing: this is what keeps a
+physician is available (and connected) and has no other offer ringing: this is what keeps a
 request from ringing two physicians and a physician from getting two offers,
 across processes.
 """
@@ -87,6 +87,7 @@ class Store(Protocol):
         """Remove (only if still owned by ``session`` when given); True if removed."""
         ...
 
+    async def presence(self, physician: str) -> dict[str, Any] | None: ...
     async def presences(self) -> dict[str, dict[str, Any]]: ...
     async def touch_process(self, ttl_s: float) -> None: ...
     async def live_processes(self, procs: Iterable[str]) -> set[str]: ...
@@ -137,6 +138,12 @@ class Store(Protocol):
     async def unplace_room(self, room: str) -> None: ...
     async def placements(self) -> dict[str, str]:
         """room -> node of every placed room."""
+        ...
+
+    # -- rates ---------------------------------------------------------------
+    async def count_site_request(self, site: str, window_s: float) -> int:
+        """Count one visit request of ``site`` in the current window of ``window_s`` (fixed windows,
+        shared by every process); the count so far, this one included."""
         ...
 
     # -- directory -----------------------------------------------------------

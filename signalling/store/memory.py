@@ -27,6 +27,8 @@ class MemoryStore:
         self._placements: dict[str, str] = {}
         self._directory: dict[str, Any] | None = None
         self._subscribers: list[Callable[[Envelope], None]] = []
+        self._site_requests: dict[str, tuple[int, int]] = {}
+        """site -> (window number, requests in it)."""
 
     async def start(self) -> None:
         pass
@@ -115,7 +117,7 @@ class MemoryStore:
         if lock is not None and lock[1] > self.clock():
             return None
         presence = self._presence.get(physician)
-        if presence is None or presence.get("status") != "available":
+        if presence is None or presence.get("status") != "available" or presence.get("connected") is False:
             return None
         self._docs[cid] = Versioned(doc, version + 1)
         self._locks[physician] = (cid, self.clock() + lock_ttl_s)
@@ -163,6 +165,10 @@ class MemoryStore:
             return False
         del self._presence[physician]
         return True
+
+    async def presence(self, physician: str) -> dict[str, Any] | None:
+        entry = self._presence.get(physician)
+        return dict(entry) if entry is not None else None
 
     async def presences(self) -> dict[str, dict[str, Any]]:
         return dict(self._presence)
@@ -237,6 +243,14 @@ class MemoryStore:
 
     async def placements(self) -> dict[str, str]:
         return dict(self._placements)
+
+    # -- rates ---------------------------------------------------------------
+    async def count_site_request(self, site: str, window_s: float) -> int:
+        window = int(self.clock() // window_s)
+        seen, count = self._site_requests.get(site, (window, 0))
+        count = count + 1 if seen == window else 1
+        self._site_requests[site] = (window, count)
+        return count
 
     # -- directory -----------------------------------------------------------
     async def get_directory(self) -> dict[str, Any] | None:

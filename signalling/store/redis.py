@@ -19,6 +19,7 @@ Layout (all keys under the configured prefix ``P``):
 * ``P node:<id>``   a live node (TTL refreshed by its heartbeat)
 * ``P roomnode``    hash room -> node id: where each consultation's room is placed
 * ``P directory``   the directory (JSON)
+* ``P rate:<site>:<n>`` visit requests of a site in its ``n``-th window (expires after two windows)
 * ``P events``      pub/sub channel of envelopes
 
 Transitions and claims are Lua scripts: a compare-and-set of the version plus
@@ -30,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from typing import Any, Callable, Iterable, cast
 
 import redis.asyncio as aioredis
@@ -45,7 +47,8 @@ if v ~= ARGV[1] then return 0 end
 if redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
 local p = redis.call('HGET', KEYS[5], ARGV[3])
 if not p then return 0 end
-if cjson.decode(p)['status'] ~= 'available' then return 0 end
+local pe = cjson.decode(p)
+if pe['status'] ~= 'available' or pe['connected'] == false then return 0 end
 local nv = tonumber(v) + 1
 redis.call('HSET', KEYS[1], 'v', nv, 'doc', ARGV[2])
 redis.call('SET', KEYS[4], ARGV[6], 'PX', ARGV[4])
@@ -272,6 +275,10 @@ class RedisStore:
     async def remove_presence(self, physician: str, session: str | None = None) -> bool:
         return bool(await self._remove_presence(keys=[self.k("presence")], args=[physician, session or ""]))
 
+    async def presence(self, physician: str) -> dict[str, Any] | None:
+        raw = await self.redis.hget(self.k("presence"), physician)
+        return cast(dict[str, Any], json.loads(raw)) if raw else None
+
     async def presences(self) -> dict[str, dict[str, Any]]:
         raw = cast(dict[str, str], await self.redis.hgetall(self.k("presence")))
         return {k: json.loads(v) for k, v in raw.items()}
@@ -355,6 +362,15 @@ class RedisStore:
 
     async def placements(self) -> dict[str, str]:
         return dict(cast(dict[str, str], await self.redis.hgetall(self.k("roomnode"))))
+
+    # -- rates ---------------------------------------------------------------
+    async def count_site_request(self, site: str, window_s: float) -> int:
+        key = self.k(f"rate:{site}:{int(time.time() // window_s)}")
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.incr(key)
+            pipe.pexpire(key, max(1, int(window_s * 2000)))
+            count, _ = await pipe.execute()
+        return int(count)
 
     # -- directory -----------------------------------------------------------
     async def get_directory(self) -> dict[str, Any] | None:

@@ -97,3 +97,59 @@ def test_replace_validates() -> None:
     settings = load_settings(None, env={})
     with pytest.raises(SettingsError, match="media.listen_ip"):
         settings.replace(media={"listen_ip": "not-an-ip"})
+
+
+def test_media_binds_where_http_binds_unless_set() -> None:
+    settings = load_settings(None, env={})
+    assert settings.media.listen_ip == "" and settings.media.allowed_remote_networks == []
+    media = settings.effective_media  # built in: loopback, as config/default.toml says
+    assert media.listen_ip == "127.0.0.1"
+    assert media.allowed_remote_networks == ["127.0.0.0/8", "::1/128"]
+    shipped = load_settings(ROOT / "config" / "default.toml", env={})
+    assert shipped.effective_media == media
+    everywhere = settings.replace(server={"host": "0.0.0.0"}).effective_media
+    assert everywhere.listen_ip == "0.0.0.0" and everywhere.allowed_remote_networks == ["0.0.0.0/0", "::/0"]
+    lan = settings.replace(server={"host": "192.168.1.20"}).effective_media
+    assert lan.listen_ip == "192.168.1.20" and lan.allowed_remote_networks == ["0.0.0.0/0", "::/0"]
+    assert settings.replace(server={"host": "localhost"}).effective_media.listen_ip == "127.0.0.1"
+    assert settings.replace(server={"host": "::1"}).effective_media.listen_ip == "::1"
+    chosen = settings.replace(server={"host": "0.0.0.0"}, media={"listen_ip": "10.0.0.5",
+                                                                "allowed_remote_networks": ["10.0.0.0/8"]})
+    assert chosen.effective_media.listen_ip == "10.0.0.5"
+    assert chosen.effective_media.allowed_remote_networks == ["10.0.0.0/8"]
+
+
+def test_a_host_name_needs_an_explicit_media_address() -> None:
+    settings = load_settings(None, env={})
+    with pytest.raises(SettingsError, match="media.listen_ip: must be set when server.host"):
+        settings.replace(server={"host": "teleconsult.example.org"})
+    named = settings.replace(server={"host": "teleconsult.example.org"}, media={"listen_ip": "0.0.0.0"})
+    assert named.effective_media.listen_ip == "0.0.0.0"
+
+
+def test_health_data_is_encrypted_at_rest_by_default() -> None:
+    assert load_settings(None, env={}).recording.encrypt
+    assert load_settings(ROOT / "config" / "default.toml", env={}).recording.encrypt
+
+
+def test_the_openid_sign_in_settings_go_together() -> None:
+    settings = load_settings(None, env={})
+    assert (settings.auth.oidc_scopes, settings.auth.oidc_acr_values) == (["openid", "scope_all"], ["eidas1"])
+    with pytest.raises(SettingsError, match="auth.oidc_userinfo_url: required for the sign-in"):
+        settings.replace(auth={"oidc_token_url": "https://psc.example/token"})
+    with pytest.raises(SettingsError, match="auth.oidc_scopes: must include 'openid'"):
+        settings.replace(auth={"oidc_scopes": ["scope_all"]})
+    with pytest.raises(SettingsError, match="auth.oidc_token_url: must be an http"):
+        settings.replace(auth={"oidc_token_url": "ftp://psc.example/token"})
+    psc = settings.replace(auth={
+        "oidc_issuer": "https://psc.example", "oidc_jwks_url": "https://psc.example/certs",
+        "oidc_authorize_url": "https://psc.example/auth", "oidc_token_url": "https://psc.example/token",
+        "oidc_userinfo_url": "https://psc.example/userinfo", "oidc_client_id": "tc"})
+    assert psc.auth.oidc_client_secret_file == ""
+
+
+def test_nack_history_stays_within_srtps_replay_window() -> None:
+    settings = load_settings(None, env={})
+    with pytest.raises(SettingsError, match="media.nack_history: must be between 16 and 1024"):
+        settings.replace(media={"nack_history": 4096})
+    assert settings.replace(media={"nack_history": 1024}).media.nack_history == 1024

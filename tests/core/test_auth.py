@@ -94,3 +94,75 @@ def test_bearer_header() -> None:
     for bad in (None, "", "Basic abc", "Bearer "):
         with pytest.raises(AuthError):
             bearer_token(bad)
+
+
+@pytest.mark.parametrize(("over", "claim"), [
+    ({"specialties": 5}, "specialties"),
+    ({"specialties": [1, 2]}, "specialties"),
+    ({"site": ["cabin-1"]}, "site"),
+    ({"name": {"first": "x"}}, "name"),
+    ({"role": ["physician"]}, "role"),
+    ({"typ": 1}, "typ"),
+])
+async def test_claims_of_the_wrong_type_are_refused(tmp_path: Path, over: dict[str, object], claim: str) -> None:
+    """A signed token whose claims have the wrong JSON type is an AuthError (a 401), never a TypeError."""
+    token = jwt.encode(claims(**over), SECRET, algorithm="HS256")
+    with pytest.raises(AuthError, match=claim):
+        await service(tmp_path).verify_access(token)
+
+
+def test_room_token_claims_of_the_wrong_type_are_refused(tmp_path: Path) -> None:
+    body = claims(typ="room", room={"r": 1}, publish=["camera"], subscribe=True)
+    with pytest.raises(AuthError, match="room"):
+        service(tmp_path).verify_room(jwt.encode(body, SECRET, algorithm="HS256"))
+    body = claims(typ="room", room="r1", publish="camera")
+    with pytest.raises(AuthError, match="publish"):
+        service(tmp_path).verify_room(jwt.encode(body, SECRET, algorithm="HS256"))
+
+
+async def test_token_lifetime_is_capped(tmp_path: Path) -> None:
+    tokens = service(tmp_path, max_token_lifetime_s=3600)
+    year_5000 = 95_617_584_000
+    for body in (claims(exp=year_5000), claims(exp=int(time.time()) + 7200),
+                 claims(iat=int(time.time()) - 3000, exp=int(time.time()) + 3000)):
+        with pytest.raises(AuthError, match="max_token_lifetime_s"):
+            await tokens.verify_access(jwt.encode(body, SECRET, algorithm="HS256"))
+    with pytest.raises(AuthError, match="max_token_lifetime_s"):
+        tokens.verify_room(jwt.encode(claims(typ="room", room="r", exp=year_5000), SECRET, algorithm="HS256"))
+    assert (await tokens.verify_access(tokens.issue_access("physician", "d1", ttl=3600))).subject == "d1"
+    with pytest.raises(ValueError, match="max_token_lifetime_s"):
+        tokens.issue_access("physician", "d1", ttl=3601)
+    # The default allows a day, not the year 5000.
+    with pytest.raises(AuthError, match="max_token_lifetime_s"):
+        await service(tmp_path).verify_access(jwt.encode(claims(exp=year_5000), SECRET, algorithm="HS256"))
+
+
+async def test_tokens_that_are_not_ascii_are_refused(tmp_path: Path) -> None:
+    """A lone surrogate (a JSON ``\\ud800`` in a hello) or a header byte that is not UTF-8
+    (aiohttp decodes it as one) is a malformed token (401), not a UnicodeEncodeError (500)."""
+    tokens = service(tmp_path)
+    good = tokens.issue_access("physician", "d1")
+    for bad in (good[:24] + "\ud800" + good[24:], good + "\udcff", "é" + good):
+        with pytest.raises(AuthError, match="malformed"):
+            await tokens.verify_access(bad)
+        with pytest.raises(AuthError, match="malformed"):
+            tokens.verify_room(bad)
+
+
+@pytest.mark.parametrize(("over", "claim"), [
+    ({"iat": str(int(time.time()))}, "iat"),
+    ({"exp": str(int(time.time()) + 60)}, "exp"),
+    ({"nbf": str(int(time.time()))}, "nbf"),
+    ({"iat": True}, "iat"),
+    ({"exp": 10 ** 400}, "exp"),
+    ({"iat": -(10 ** 400)}, "iat"),
+])
+async def test_time_claims_of_the_wrong_type_are_refused(tmp_path: Path, over: dict[str, object], claim: str) -> None:
+    """PyJWT takes ``"iat": "1796284348"`` (it calls ``int()``) and ``10**400``: the comparison
+    with the clock then raised TypeError or OverflowError (a 500 on every route)."""
+    token = jwt.encode(claims(**over), SECRET, algorithm="HS256")
+    with pytest.raises(AuthError, match=claim):
+        await service(tmp_path).verify_access(token)
+    room = jwt.encode(claims(typ="room", room="r1", **over), SECRET, algorithm="HS256")
+    with pytest.raises(AuthError, match=claim):
+        service(tmp_path).verify_room(room)

@@ -17,7 +17,8 @@ from av import AudioFrame, VideoFrame
 
 from config.settings import Settings
 from core.vocabulary import DEVICES
-from devices.agent import AgentConfig, DeviceAgent, media_node_url, room_of
+from config.settings import load_settings
+from devices.agent import AgentConfig, DeviceAgent, client_network, media_node_url, room_of
 from devices.agent_messages import PREVIEW_MAX_CHARS
 from sfu.appkeys import SFU
 from signalling.appkeys import SIGNALLING
@@ -299,3 +300,16 @@ async def test_site_agent_follows_room_moved_to_the_new_node(server: RunningServ
         await http.close()
         if c is not None:
             await c.close()
+
+
+def test_agent_media_follows_the_server_unless_set() -> None:
+    """The agent serves no HTTP: unset media addresses follow the server it talks to."""
+    defaults = load_settings(None, env={})
+    near = client_network(defaults, "http://127.0.0.1:8080")
+    assert near.listen_ip == "127.0.0.1" and near.allows("127.0.0.1") and not near.allows("192.0.2.1")
+    assert client_network(defaults, "http://localhost:8080").listen_ip == "127.0.0.1"
+    far = client_network(defaults, "https://teleconsult.example.org")
+    assert far.listen_ip == "0.0.0.0" and far.allows("192.0.2.1") and far.port_min == 0
+    chosen = defaults.replace(media={"listen_ip": "10.1.2.3", "allowed_remote_networks": ["10.0.0.0/8"]})
+    set_ = client_network(chosen, "https://teleconsult.example.org")
+    assert set_.listen_ip == "10.1.2.3" and not set_.allows("192.0.2.1")

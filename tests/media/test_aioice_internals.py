@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import socket
+import struct
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Callable
 
@@ -127,8 +129,8 @@ async def test_taken_datagrams_are_the_bytes_sent_and_the_rest_is_queued() -> No
         take_datagrams(b, wrap)
         for data in MEDIA:
             await a.send(data)
-        await a.send(b"not media")  # first byte < 128: aioice's STUN parse, then its queue
-        assert await asyncio.wait_for(b.recv(), 5) == b"not media"
+        await a.send(b"not media, not STUN")  # first byte < 128: aioice's STUN parse, then its queue
+        assert await asyncio.wait_for(b.recv(), 5) == b"not media, not STUN"
         await wait_until(lambda: len(taken) == len(MEDIA))
         assert taken == [(data, 1) for data in MEDIA]
         (protocol,) = b._protocols  # media skipped the STUN parse: a wrapped datagram_received
@@ -148,6 +150,90 @@ async def test_the_nominated_pair_sends_what_connection_send_sends() -> None:
         assert [await asyncio.wait_for(b.recv(), 5) for _ in range(2)] == MEDIA[:2]
         assert [d for d in seen if d in MEDIA] == MEDIA[:2]
     assert nominated_pairs(a) == {}  # cleared on close: the writer's "not connected"
+
+
+async def test_datagrams_too_short_for_webrtc_are_dropped_before_aioice_parses_them() -> None:
+    """An empty datagram raised IndexError in the media path (issue 17): shorter than
+    MIN_DATAGRAM_BYTES, a datagram is dropped and counted at the socket, on the media fast
+    path too, and at the connection (a TURN relay's datagrams)."""
+    dropped: list[int] = []
+    a = scoped(True)
+    b = aioice.Connection(ice_controlling=False)
+    scope_connection(b, bind_addresses=lambda: ["127.0.0.1"], announced_ip="", allows=loopback_only,
+                     bind=bind_ephemeral, on_short=lambda: dropped.append(1))
+    async with connected(a, b):
+        taken: list[bytes] = []
+        take_datagrams(b, lambda queued: lambda data, component: taken.append(data) if data[:1] == b"\x80"
+                       else queued(data, component))
+        short = [b"", b"\x80", b"\x80" * 11, b"\x16\xfe", b"\x00" * 11]
+        (candidate,) = b.local_candidates
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as raw:  # asyncio sends no empty datagram
+            for data in short:
+                raw.sendto(data, (candidate.host, candidate.port))
+        for data in [MEDIA[0], b"not media, not STUN"]:
+            await a.send(data)
+        assert await asyncio.wait_for(b.recv(), 5) == b"not media, not STUN"
+        await wait_until(lambda: taken == [MEDIA[0]])
+        assert len(dropped) == len(short)
+        b.data_received(b"", 1)  # as a relayed datagram arrives
+        assert len(dropped) == len(short) + 1
+        assert b._queue.empty()
+
+
+def broken_stun() -> bytes:
+    """A Binding request whose ICE-CONTROLLED attribute holds 4 bytes instead of 8."""
+    attribute = struct.pack("!HH", 0x8029, 4) + bytes(4)
+    return struct.pack("!HHI", 0x0001, len(attribute), 0x2112A442) + bytes(range(12)) + attribute
+
+
+async def test_stun_aioice_cannot_parse_and_media_too_long_for_srtp_are_dropped() -> None:
+    """bench.fuzz, udp: a STUN header whose attribute is shorter than its type made aioice's
+    parser raise struct.error (a traceback per datagram, from anyone who knows the port); an
+    RTP/RTCP datagram longer than SRTP's buffer made pylibsrtp raise ValueError, which ended
+    aiortc's receive task. Both are dropped at the socket or the connection, and counted."""
+    errors: list[dict[str, Any]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda loop, context: errors.append(context))
+    malformed: list[int] = []
+    too_long: list[int] = []
+    a = scoped(True)
+    b = aioice.Connection(ice_controlling=False)
+    scope_connection(b, bind_addresses=lambda: ["127.0.0.1"], announced_ip="", allows=loopback_only,
+                     bind=bind_ephemeral, on_malformed=lambda: malformed.append(1),
+                     on_too_long=lambda: too_long.append(1))
+    async with connected(a, b):
+        long_rtcp = bytes([0x80, 200]) + bytes(aioice_internals.MAX_MEDIA_DATAGRAM_BYTES)
+        long_rtp = bytes([0x80, 96]) + bytes(aioice_internals.MAX_MEDIA_DATAGRAM_BYTES)
+        (candidate,) = b.local_candidates
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stranger:
+            for data in (broken_stun(), long_rtcp, long_rtp):
+                stranger.sendto(data, (candidate.host, candidate.port))
+        await a.send(long_rtcp)  # from the peer's own 5-tuple
+        biggest_dtls = bytes([23]) + bytes(aioice_internals.MAX_MEDIA_DATAGRAM_BYTES + 100)
+        for data in (biggest_dtls, MEDIA[0]):  # what is neither still arrives, in order
+            await a.send(data)
+            assert await asyncio.wait_for(b.recv(), 5) == data
+        assert (malformed, len(too_long)) == ([1], 3)
+        taken: list[bytes] = []  # the media fast path drops them too
+        take_datagrams(b, lambda queued: lambda data, component: taken.append(data) if len(data) < 1000
+                       else queued(data, component))
+        await a.send(long_rtp)
+        await a.send(MEDIA[1])
+        await wait_until(lambda: taken == [MEDIA[1]])
+        assert len(too_long) == 4 and b._queue.empty()
+    asyncio.get_running_loop().set_exception_handler(None)
+    assert not errors, errors
+
+
+async def test_close_sockets_closes_what_a_stuck_close_left_open() -> None:
+    a, b = scoped(True), scoped(False)
+    async with connected(a, b):
+        sockets = [p.transport for p in a._protocols]
+        assert a._query_consent_task is not None and not a._query_consent_task.done()
+        aioice_internals.close_sockets(a)
+        assert sockets and all(s.is_closing() for s in sockets)
+        assert nominated_pairs(a) == {}
+        await asyncio.sleep(0)
+        assert a._query_consent_task.done()
 
 
 def test_the_send_path_send_rtp_now_shortcuts():

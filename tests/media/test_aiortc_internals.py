@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import inspect
+import logging
 import struct
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from aiortc.rtp import is_rtcp
 
 from media import aioice_internals, aiortc_internals
 from media.ice import ScopedPeerConnection
+from sfu.rtp import SRTP_REPLAY_WINDOW
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -272,6 +274,40 @@ async def test_a_tapped_transport_receives_exactly_the_rtp_the_peer_sent():
         assert getattr(connection.data_received, "__func__", None) is not aioice.Connection.data_received  # direct
 
 
+async def test_hostile_datagrams_never_end_a_tapped_transports_receiving(caplog):
+    """bench.fuzz, udp: the call's media stopped for good after (1) an RTCP-looking datagram
+    longer than SRTP's buffer, from anyone (pylibsrtp's ValueError ended aiortc's receive
+    task), (2) an RTP-looking one (the same ValueError, out of the direct path: a traceback),
+    (3) the peer's own REMB that counts more SSRCs than it holds (aiortc's router: struct.error,
+    the receive task ended). Each is dropped; RTP still arrives, nothing is logged as an error."""
+    errors: list[dict[str, object]] = []
+    asyncio.get_running_loop().set_exception_handler(lambda loop, context: errors.append(context))
+    async with peers(lambda p: aiortc_internals.tap_transport(p.b_transport, p.on_rtp, p.on_rtp_now)) as pair:
+        aiortc_internals.send_rtp_now(pair.a_transport, rtp(1, 100))
+        await wait_until(lambda: len(pair.received) == 1)
+        pair_a = aioice_internals.nominated_pairs(aiortc_internals.ice_connection(pair.a_transport.transport))[1]
+        sendto, addr = aioice_internals.pair_destination(pair_a)
+        too_long = aioice_internals.MAX_MEDIA_DATAGRAM_BYTES + 1
+        sendto(bytes([0x80, 200]) + bytes(too_long - 2), addr)  # SRTCP-looking
+        sendto(bytes([0x80, 96]) + bytes(too_long - 2), addr)  # SRTP-looking
+        remb = struct.pack("!BBHII", 0x8F, 206, 5, pair.sender_ssrc, 0) + b"REMB" + bytes([255, 1, 2, 3]) + \
+            struct.pack("!I", pair.sender_ssrc)
+        await aiortc_internals.send_rtp(pair.a_transport, remb)
+        await asyncio.sleep(0.3)
+        for seq in range(2, 12):
+            aiortc_internals.send_rtp_now(pair.a_transport, rtp(seq, 100))
+        await wait_until(lambda: len(pair.received) == 11)
+        assert pair.b_transport.state == "connected"
+        assert pair.b.network.datagrams.too_long == 2
+        # The limits these rest on: pylibsrtp's buffer, aiortc's RTCP path, its replay window.
+        assert len(pair.b_transport._rx_srtp._cdata) == aioice_internals.MAX_MEDIA_DATAGRAM_BYTES
+    assert "await self._handle_rtcp_data(data)" in inspect.getsource(RTCDtlsTransport._recv_next)
+    assert f"tx_policy.window_size = {SRTP_REPLAY_WINDOW}" in inspect.getsource(RTCDtlsTransport._setup_srtp)
+    asyncio.get_running_loop().set_exception_handler(None)
+    assert not errors, errors
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], [r.getMessage() for r in caplog.records]
+
+
 async def test_a_tap_without_a_plain_handler_runs_the_coroutine():
     async with peers(lambda p: aiortc_internals.tap_transport(p.b_transport, p.on_rtp)) as pair:
         sent = [rtp(seq, 300) for seq in range(1, 11)]
@@ -374,6 +410,64 @@ async def test_the_receiver_fed_by_hand_nacks_what_went_missing():
         assert aiortc_internals.sender_started(pair.sender)
         codecs, _rtx = aiortc_internals.receiver_tables(receiver)
         assert "video/VP8" in [c.mimeType for c in codecs.values()]
+
+
+async def test_a_receiver_reports_on_a_bounded_number_of_ssrcs():
+    """Each SSRC fed is a block of the receiver's next report; past about 57, libsrtp refused
+    the report and aiortc's RTCP task died (issue 17). The oldest are forgotten."""
+    async with peers(lambda p: None) as pair:
+        receiver = pair.receiver
+        streams = receiver._RTCRtpReceiver__remote_streams  # type: ignore[attr-defined]
+        for ssrc in range(1000, 1080):
+            aiortc_internals.feed_receiver(receiver, ssrc, 1, 0, 90000)
+            aiortc_internals.feed_receiver_rtx(receiver, ssrc + 5000, 1, 0, 90000)
+        assert len(streams) == aiortc_internals.MAX_RECEIVER_STREAMS
+        assert 1079 in streams and 6079 in streams
+        aiortc_internals.forget_receiver_stream(receiver, 1079)
+        assert 1079 not in streams
+        assert "for ssrc, stream in self.__remote_streams.items():" in inspect.getsource(RTCRtpReceiver._run_rtcp)
+
+
+def test_the_close_release_replaces():
+    """release_peer_connection does what RTCPeerConnection.close does when one of its awaits
+    never ends: a receiver's stop waits for its RTCP task, which an exception other than
+    ConnectionError ends without saying so."""
+    close = inspect.getsource(RTCPeerConnection.close)
+    for step in ("await self.__isClosed", "await transceiver.stop()", "await self.__sctp.stop()",
+                 "await transceiver.receiver.transport.stop()", "await transceiver.receiver.transport.transport.stop()",
+                 "self.remove_all_listeners()"):
+        assert step in close, step
+    assert "await self.__rtcp_exited.wait()" in inspect.getsource(RTCRtpReceiver.stop)
+    assert "except ConnectionError:" in inspect.getsource(RTCRtpReceiver._send_rtcp)
+
+
+async def a_receiver_whose_rtcp_task_died(pair: Pair) -> None:
+    """As in issue 17: sending a receiver report raises (libsrtp: "packet is too long"), which
+    ends the receiver's RTCP task without setting what its stop() waits for."""
+    receiver = pair.receiver
+    send = receiver.transport._send_rtp
+
+    async def refuse_reports(data: bytes) -> None:
+        if data[1] == 201:
+            raise RuntimeError("packet is too long")
+        await send(data)
+
+    receiver.transport._send_rtp = refuse_reports  # type: ignore[method-assign]
+    aiortc_internals.feed_receiver(receiver, pair.sender_ssrc, 1, 0, 90000)  # something to report on
+    await wait_until(receiver._RTCRtpReceiver__rtcp_task.done, timeout=5)  # type: ignore[attr-defined]
+
+
+async def test_release_frees_a_peer_connection_whose_close_hangs():
+    async with peers(lambda p: None) as pair:
+        pc, dtls = pair.b, pair.receiver.transport
+        await a_receiver_whose_rtcp_task_died(pair)
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(pc.close(), 2)
+        sockets = [p.transport for p in aiortc_internals.ice_connection(dtls.transport)._protocols]
+        await asyncio.wait_for(aiortc_internals.release_peer_connection(pc, 0.5), 3)
+        assert sockets and all(s.is_closing() for s in sockets)
+        assert dtls.state == "closed" and dtls.transport.state == "closed"
+        await asyncio.wait_for(pc.close(), 1)  # settled: a later close returns at once
 
 
 async def test_the_hooked_peer_connection_hands_over_each_ice_connection():

@@ -3,13 +3,20 @@ relies on: tests/media/test_aiortc_internals.py and tests/media/test_aioice_inte
 
 import asyncio
 import ipaddress
+import logging
+import socket
 
+import aiohttp
 import aioice
+import pytest
 from aioice.candidate import Candidate
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from media.aiortc_internals import ice_connection
 from media.ice import MediaNetwork, ScopedPeerConnection
+from sfu.appkeys import SFU
+from tests.sfu.clients import FlatVideoTrack, play, publish, record_received
+from tests.support import loopback_settings, wait_for
 
 
 def candidates(sdp: str) -> list[str]:
@@ -103,3 +110,55 @@ async def test_checks_from_outside_the_allowed_networks_are_ignored() -> None:
     assert a.connectionState != "connected"
     await a.close()
     await b.close()
+
+
+@pytest.fixture
+def settings(tmp_path):
+    """The room below has hand-made tokens and no consultation: a standalone room."""
+    return loopback_settings(tmp_path / "data", sfu={"standalone_rooms": True})
+
+
+async def test_empty_and_short_datagrams_are_dropped_and_counted_never_traced(server, caplog) -> None:
+    """Issue 17, finding 6: an empty UDP datagram on a media port raised IndexError with a
+    1.3 KB traceback (20k of them wrote 26 MB of log). Empty and short datagrams, before the
+    peer connects and while media flows, are dropped and counted; the call goes on."""
+    sfu = server.app[SFU]
+    tokens = server.tokens
+    junk = [b""] * 200 + [bytes([0x80] * n) for n in range(1, 12)] + [b"\x16\xfe", b"\x00\x01", b"\x90"]
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    caplog.set_level(logging.INFO)
+
+    def spray(sdp: str) -> None:
+        for line in candidates(sdp):
+            port = int(line.split()[5])
+            for datagram in junk:
+                sock.sendto(datagram, ("127.0.0.1", port))
+
+    async with aiohttp.ClientSession() as http:
+        pub = await publish(http, server.url, "junk", tokens.issue_room("junk", "cabin", role="nurse",
+                                                                        publish=["camera"]), [FlatVideoTrack()])
+        sub = None
+        try:
+            spray(pub.answer)  # before ICE completes: the datagrams go to aiortc's own queue
+            await wait_for(lambda: sfu.metrics.totals().packets_in > 30, what="media at the SFU")
+            sub = await play(http, server.url, "junk", tokens.issue_room("junk", "doc", role="physician",
+                                                                          subscribe=True), ["video"])
+            received = record_received(sub.pc)
+            await wait_for(lambda: len(received) > 10, what="media to the subscriber")
+            spray(pub.answer)  # connected: SRTP goes straight from the socket to the SFU
+            spray(sub.answer)
+            await asyncio.sleep(0.5)
+            before = len(received)
+            await wait_for(lambda: len(received) > before + 30, what="the call going on")
+            assert sfu.network.datagrams.short >= 3 * len(junk)
+            async with http.get(server.url + "/metrics") as r:
+                scrape = await r.text()
+            assert 'teleconsult_media_datagrams_dropped_total{component="sfu",reason="short"}' in scrape
+        finally:
+            sock.close()
+            await pub.close()
+            if sub is not None:
+                await sub.close()
+    problems = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert not problems, [r.getMessage() for r in problems][:3]

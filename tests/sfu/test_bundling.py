@@ -287,3 +287,19 @@ async def test_a_bundle_only_section_is_published(server):
             what="both sections publishing")
     finally:
         await pc.close()
+
+
+@pytest.mark.parametrize("group", ["a=group:BUNDLE x 0 1", "a=group:BUNDLE 0 1 x", "a=group:BUNDLE 1 0 1"])
+async def test_a_bundle_group_naming_no_section_is_refused_with_a_clear_400(server, caplog, group):
+    """aiortc takes the group's first mid for the shared transport: naming no section, every
+    section got no transport at all, and aiortc's connect task died with an AttributeError,
+    unretrieved (bench.fuzz, sdp: ``'NoneType' object has no attribute 'transport'``)."""
+    offer = re.sub(r"a=group:BUNDLE[^\r\n]*", group, await _offer(["audio", "video"]))
+    token = server.tokens.issue_room("bx", "cabin", role="nurse", publish=["camera", "microphone"])
+    async with aiohttp.ClientSession() as http:
+        response = await post_offer(http, f"{server.url}/whip/bx", token, offer)
+        body = await response.json()
+    assert response.status == 400 and body["error"] == "bad_sdp" and "BUNDLE" in body["reason"], body
+    await asyncio.sleep(0.3)  # aiortc's connect task would have died by now
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], [r.getMessage() for r in caplog.records]
+    assert server.app[SFU].publications("bx") == []

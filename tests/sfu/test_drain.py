@@ -30,6 +30,7 @@ def serve(tmp_path: Path) -> tuple[subprocess.Popen[bytes], str, TokenService]:
     # Default settings on both sides (the tokens this test signs must verify there).
     env = {k: v for k, v in os.environ.items() if not k.startswith("TELECONSULT_")}
     env["TELECONSULT_SERVER__DATA_DIR"] = str(data)
+    env["TELECONSULT_SFU__STANDALONE_ROOMS"] = "true"  # rooms of hand-made tokens, no consultation
     with open(log, "wb") as out:
         process = subprocess.Popen([sys.executable, "-m", "teleconsult", "serve", "--port", str(free_port()),
                                     "--media-address", "127.0.0.1"], stdout=out, stderr=subprocess.STDOUT,

@@ -9,6 +9,7 @@ import pytest
 from aiortc.rtp import RtpPacket
 
 from sfu.rtp import (
+    SRTP_REPLAY_WINDOW,
     ExtensionRewriter,
     LossCounter,
     PacketHistory,
@@ -79,6 +80,18 @@ def test_sequence_mapper_offsets_wrap_and_switch():
     m.start(500, 77)  # the new source's numbering
     assert m.map(500, 77) == (1, (4294967000 + 3000 + 900) % 2**32)
     assert m.map(501, 3077) == (2, (4294967000 + 3000 + 900 + 3000) % 2**32)
+
+
+def test_sequence_mapper_drops_what_srtp_could_not_send():
+    """Output more than SRTP's replay window behind the highest sent: libsrtp refuses to protect
+    it ("index too old"), so the mapper drops it; within the window it keeps its place."""
+    m = SequenceMapper(1000, 0)
+    m.start(10, 0)
+    assert m.map(10 + 3000, 0) == (4000, 0)
+    assert m.map(10 + 3000 - SRTP_REPLAY_WINDOW, 0) is None
+    assert m.map(10 + 3000 - SRTP_REPLAY_WINDOW + 1, 0) == (4000 - SRTP_REPLAY_WINDOW + 1, 0)
+    assert m.map(20, 0) is None  # not older than the start, but 2990 behind
+    assert m.map(10 + 3001, 0) == (4001, 0)
 
 
 def test_input_sequence_wraparound():

@@ -27,12 +27,16 @@ class ServerProcess:
         return self.url.replace("http", "ws", 1) + "/ws"
 
 
-def spawn_server(data_dir: Path, redis_url: str, **signalling: object) -> ServerProcess:
-    """``teleconsult serve`` on a free loopback port, on ``redis_url`` (prefix ``tc:``)."""
+def spawn_server(data_dir: Path, redis_url: str | None, **signalling: object) -> ServerProcess:
+    """``teleconsult serve`` on a free loopback port, on ``redis_url`` (prefix ``tc:``); None: the
+    memory store (journal and records under ``data_dir``)."""
     env = {**os.environ, "TELECONSULT_SERVER__DATA_DIR": str(data_dir), "TELECONSULT_SERVER__LOG_LEVEL": "WARNING",
            "TELECONSULT_AUTH__SIGNING_KEY": SIGNING_KEY, "TELECONSULT_STORE__BACKEND": "redis",
-           "TELECONSULT_STORE__REDIS_URL": redis_url, "TELECONSULT_STORE__KEY_PREFIX": "tc:",
+           "TELECONSULT_STORE__REDIS_URL": redis_url or "", "TELECONSULT_STORE__KEY_PREFIX": "tc:",
            "TELECONSULT_MEDIA__LISTEN_IP": "127.0.0.1", "TELECONSULT_MEDIA__ALLOWED_REMOTE_NETWORKS": "127.0.0.0/8"}
+    if redis_url is None:
+        env["TELECONSULT_STORE__BACKEND"] = "memory"
+        del env["TELECONSULT_STORE__REDIS_URL"]
     for key, value in signalling.items():
         env[f"TELECONSULT_SIGNALLING__{key.upper()}"] = str(value)
     process = subprocess.Popen([sys.executable, "-m", "teleconsult", "serve", "--host", "127.0.0.1", "--port", "0"],

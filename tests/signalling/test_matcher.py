@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hypothesis import given, settings, strategies as st
 
-from signalling.matcher import Candidate, Waiting, eligible, plan, positions
+from signalling.matcher import Candidate, Waiting, eligible, estimated_wait_s, plan, positions
 from signalling.protocol import Priority
 
 
@@ -77,3 +77,10 @@ def test_plan_properties(requests: list[Waiting], candidates: list[Candidate]) -
         for r in requests:
             if r.consultation_id not in matched and eligible(r, by_phys[x.physician]):
                 assert taken.order_key() < r.order_key()
+
+
+def test_wait_estimates() -> None:
+    assert estimated_wait_s(1, online=0, free=0, mean_length_s=600.0) is None  # nobody to wait for
+    assert estimated_wait_s(2, online=2, free=2, mean_length_s=None) == 0.0  # a physician is free for it
+    assert estimated_wait_s(1, online=1, free=0, mean_length_s=None) is None  # no length known
+    assert estimated_wait_s(3, online=2, free=1, mean_length_s=300.0) == 300.0

@@ -53,6 +53,7 @@ async def test_every_request_has_a_reply_and_a_handler(tmp_path: Path) -> None:
     ('{"type":"presence.set","id":1,"status":"sleeping"}', "bad_message"),
     ('{"type":"visit.request","id":true}', "bad_message"),
     ('{"type":"hello","id":1,"version":1,"token":"' + "x" * 9000 + '"}', "too_large"),
+    ('{"type":"ping","id":1,"x":' + "[" * 5000 + "]" * 5000 + "}", "bad_json"),  # a RecursionError before
 ])
 def test_bad_frames(frame: str, code: str) -> None:
     with pytest.raises(ProtocolError) as info:

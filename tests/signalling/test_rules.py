@@ -147,6 +147,32 @@ async def test_errors_keep_the_connection(sig: RunningServer) -> None:
     await n.close()
 
 
+async def test_deeply_nested_json_is_refused_and_the_socket_goes_on(sig: RunningServer) -> None:
+    """Nesting deeper than the parser's recursion gave a RecursionError, ``HTTP/1.1 500`` written
+    onto the upgraded socket, and a 500 on REST: now ``bad_json`` / 400, and both go on."""
+    deep = "[" * 20000 + "]" * 20000
+    raw = await SigClient.connect(sig.ws_url)
+    await raw.send('{"type":"hello","id":1,"version":1,"token":' + deep + "}")
+    await raw.wait(lambda: raw.has_event("error", code="bad_json"), what="bad_json before hello")
+    await raw.close()
+    n = await nurse(sig)
+    await n.send('{"type":"ping","id":"deep","x":' + deep + "}")
+    await n.wait(lambda: n.has_event("error", code="bad_json"), what="bad_json")
+    assert (await n.request("ping"))["type"] == "ping.ok"
+    await n.close()
+    admin = sig.tokens.issue_access("admin", "root")
+    async with aiohttp.ClientSession() as http:
+        headers = {"Authorization": f"Bearer {admin}", "Content-Type": "application/json"}
+        for method, path in (("PUT", "/api/directory"), ("PUT", "/api/directory/sites/x"),
+                             ("POST", "/api/consultations/c-1/recording")):
+            r = await http.request(method, sig.url + path, data=deep, headers=headers)
+            assert r.status == 400, (path, r.status)
+            body = await r.json()
+            assert body["error"] == "bad_request" and set(body) == {"error", "reason"}
+        r = await http.get(sig.url + "/api/directory", headers=headers)
+        assert r.status == 200
+
+
 async def test_hello_rules(sig: RunningServer) -> None:
     c = await SigClient.connect(sig.ws_url)
     reply = await c.call("hello", version=1, token=sig.tokens.issue_room("r", "nurse", role="nurse"))

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import jwt
 import pytest
 from aiohttp import web
@@ -141,3 +142,48 @@ async def test_external_oidc_tokens(tmp_path: Path) -> None:
     finally:
         await sig.server.close()
         await runner.cleanup()
+
+
+@pytest.mark.parametrize("backend", ["memory"], indirect=False)
+async def test_claims_of_the_wrong_type_and_endless_tokens(sig: RunningServer) -> None:
+    """``specialties: 5`` (signed with the real key) raised a TypeError: now auth_failed on the socket
+    and the usual 401 on REST; a token valid until the year 5000 is refused; the service goes on."""
+    wrong_type = jwt.encode(claims(specialties=5), KEY, "HS256")
+    endless = jwt.encode(claims(exp=95_617_584_000), KEY, "HS256")
+    await refused(sig, wrong_type, "specialties")
+    await refused(sig, endless, "max_token_lifetime_s")
+    async with aiohttp.ClientSession() as http:
+        for token in (wrong_type, endless):
+            r = await http.get(sig.url + "/api/whoami", headers={"Authorization": f"Bearer {token}"})
+            assert r.status == 401
+            body = await r.json()
+            assert body["error"] == "unauthorized" and set(body) == {"error", "reason"}
+    d = await physician(sig)
+    await d.request("ping")
+    await d.close()
+
+
+@pytest.mark.parametrize("backend", ["memory"], indirect=False)
+async def test_time_claims_of_the_wrong_type_and_odd_characters(sig: RunningServer) -> None:
+    """Signed tokens with ``"iat": "1796284348"`` (PyJWT takes it: it calls ``int()``) or an
+    ``exp`` no float holds, and a token with a character outside ASCII: a TypeError,
+    OverflowError or UnicodeEncodeError, hence a 500 on every route that reads a token
+    (bench.fuzz: GET /api/consultations/{id}/report, POST /whep/{room}). Now a 401 / auth_failed."""
+    now = int(time.time())
+    hostile = [jwt.encode(claims(iat=str(now)), KEY, "HS256"), jwt.encode(claims(exp=10 ** 400), KEY, "HS256"),
+               jwt.encode(claims(typ="room", room="r1", iat=str(now)), KEY, "HS256")]
+    for token in hostile[:2]:
+        await refused(sig, token)
+    good = jwt.encode(claims(), KEY, "HS256")
+    hostile.append(good[:30] + "é" + good[30:])
+    async with aiohttp.ClientSession() as http:
+        for token in hostile:
+            for method, path in (("GET", "/api/consultations/c-0123456789abcdef/report"), ("GET", "/api/whoami"),
+                                 ("POST", "/whep/r1")):
+                r = await http.request(method, sig.url + path, data="v=0\r\n",
+                                       headers={"Authorization": f"Bearer {token}", "Content-Type": "application/sdp"})
+                body = await r.json()
+                assert r.status == 401 and body["error"] == "unauthorized", (path, r.status, body)
+    d = await physician(sig)
+    await d.request("ping")
+    await d.close()

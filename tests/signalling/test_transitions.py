@@ -6,7 +6,8 @@ from core.vocabulary import Act
 from signalling import consultation as lifecycle
 from signalling import protocol as p
 from signalling.consultation import (Archive, Busy, CloseRoom, Consultation, Forget, FreePhysician, GrantSeats,
-                                     JournalAct, Kick, Notify, QueueMove, ReleaseOfferLock, State, transition)
+                                     JournalAct, Kick, Notify, QueueMove, ReleaseOfferLock, State, VisitNotice,
+                                     transition)
 from signalling.hub import agents, nurses, user
 
 
@@ -25,17 +26,18 @@ def test_check_in_then_queued() -> None:
     assert t.old is None and t.store.queue is QueueMove.ENTER
     assert [e.act for e in t.effects if isinstance(e, JournalAct)] == [Act.VISIT_CHECKIN, Act.CONSENT]
     assert _kinds(t) == [JournalAct, JournalAct, Archive]
-    assert [type(e) for e in lifecycle.queued(c)] == [Notify, Kick]
+    assert [type(e) for e in lifecycle.queued(c)] == [Notify, Kick, VisitNotice]
 
 
 def test_offer_claims_and_rings() -> None:
     t = lifecycle.offer(_requested(), "dr", 10.0, 30.0)
     assert t.new.state is State.OFFERED and t.new.offer_seq == 1 and t.new.offer_expires_at == 40.0
     assert t.store.lock_for == "dr" and t.store.queue is QueueMove.LEAVE
-    journal, to_physician, to_nurses = t.effects
+    journal, to_physician, to_nurses, notice = t.effects
     assert isinstance(journal, JournalAct) and journal.act is Act.OFFER and journal.actor == lifecycle.MATCHER
     assert isinstance(to_physician, Notify) and to_physician.targets == (user("dr"),)
     assert isinstance(to_nurses, Notify) and to_nurses.targets == (nurses("s"),)
+    assert isinstance(notice, VisitNotice) and notice.status is p.VisitStatus.OFFERED
 
 
 def test_withdraw_names_the_decliner_only() -> None:
@@ -82,3 +84,28 @@ def test_finish_while_offered_withdraws_the_offer() -> None:
                                                                                   reason="cancelled")
     kick = t.effects[-1]
     assert isinstance(kick, Kick) and kick.physicians == ("dr",)
+
+
+def test_only_an_answer_keeps_a_physician_from_ringing_again() -> None:
+    offered = lifecycle.offer(_requested(), "dr", 10.0, 30.0, "Dr Who").new
+    assert offered.offered_to_name == "Dr Who"
+    vanished = lifecycle.withdraw(offered, p.WithdrawReason.VANISHED, lifecycle.MATCHER, 12.0)
+    assert vanished.new.tried == () and vanished.new.offered_to_name is None
+    notices = [e for e in vanished.effects if isinstance(e, VisitNotice)]
+    assert [(e.status, e.physician, e.physician_name) for e in notices] == \
+        [(p.VisitStatus.PHYSICIAN_LEFT, "dr", "Dr Who")]
+    for why, status in ((p.WithdrawReason.DECLINED, p.VisitStatus.DECLINED),
+                        (p.WithdrawReason.TIMEOUT, p.VisitStatus.NOT_ANSWERED)):
+        t = lifecycle.withdraw(offered, why, "dr", 12.0)
+        assert t.new.tried == ("dr",) and [e.status for e in t.effects if isinstance(e, VisitNotice)] == [status]
+
+
+def test_a_pick_rings_nobody_and_names_stay() -> None:
+    picked = lifecycle.offer(_requested(), "dr", 10.0, 30.0, "Dr Who", ring=False)
+    assert _kinds(picked) == [JournalAct, Notify]
+    first = picked.effects[0]
+    assert isinstance(first, JournalAct) and first.actor == "dr"
+    accepted = lifecycle.accept(picked.new, "dr", "s1", 11.0)
+    assert accepted.new.physician_name == "Dr Who"
+    started = lifecycle.start(accepted.new, "dr", None, 12.0)
+    assert started.new.started_at == 12.0 and started.new.view(True)["physician_name"] == "Dr Who"

@@ -2,6 +2,7 @@
 
 import os
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -71,3 +72,38 @@ def test_tls_selfsigned_command(tmp_path: Path) -> None:
                              "--name", "localhost", "--name", "127.0.0.1"], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "cert.pem").exists() and (tmp_path / "key.pem").stat().st_mode & 0o777 == 0o600
+
+
+def raw_request(url: str, request: bytes) -> bytes:
+    """``request`` after a good one on the same connection (aiohttp logs a bad method as the
+    first request of a connection at DEBUG, but not later ones)."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        reply = sock.recv(65536)
+        sock.sendall(request)
+        while chunk := sock.recv(65536):
+            reply += chunk
+    return reply
+
+
+def test_requests_the_http_parser_refuses_are_one_line_not_a_traceback(tmp_path: Path) -> None:
+    """A bad method or a line over 8190 bytes is answered 400 by aiohttp's parser, which logged
+    each as an ERROR with a traceback (bench.fuzz, rest): any client could fill the log."""
+    env = {"TELECONSULT_SERVER__LOG_FORMAT": "json", "TELECONSULT_SERVER__LOG_LEVEL": "INFO"}
+    process, url = start(tmp_path, "--port", str(free_port()), "--media-address", "127.0.0.1", env=env)
+    try:
+        for request in (b"FUZZ /readyz HTTP/1.1\r\nHost: x\r\n\r\n",
+                        b"GET /admin HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + b"a" * 9000 + b"\r\n\r\n",
+                        b"GET /api/consultations/" + b"x" * 9000 + b"/report HTTP/1.1\r\nHost: x\r\n\r\n"):
+            reply = raw_request(url, request)
+            assert reply.startswith(b"HTTP/1.1 200 ") and b"HTTP/1.0 400 Bad Request" in reply, (request[:30], reply)
+        assert get(url + "/healthz")[0] == 200
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(15) == 0
+    finally:
+        stop_process(process)  # type: ignore[arg-type]
+    assert process.stdout is not None
+    log = process.stdout.read()
+    assert "Traceback" not in log and '"level":"error"' not in log, log[-3000:]
+    assert log.count("malformed HTTP request refused") == 3, log[-3000:]

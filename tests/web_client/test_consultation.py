@@ -36,6 +36,14 @@ async def decoded_frames_grow(page) -> int:  # type: ignore[no-untyped-def]
     return int(await page.evaluate(FRAMES_DECODED))
 
 
+async def end_call(page) -> None:  # type: ignore[no-untyped-def]
+    """End the consultation for everyone: the button asks first, the page confirms."""
+    await page.click("#end-call")
+    await page.locator("#end-dialog").wait_for(timeout=5000)
+    assert await page.evaluate("document.activeElement.id") == "end-cancel"  # the safe choice first
+    await page.click("#end-confirm")
+
+
 async def check_in(nurse, priority: str = "urgent", record: bool = False) -> None:  # type: ignore[no-untyped-def]
     await nurse.fill("#patient-ref", PATIENT_REF)
     await nurse.fill("#reason", REASON)
@@ -63,7 +71,8 @@ async def test_consultation_from_check_in_to_end(server: RunningServer, chromium
     assert await nurse.locator("#queue-position").text_content() == "1"
     row = physician.locator("#queue-body tr[data-priority=urgent]")
     await row.wait_for(timeout=10000)
-    assert "cabin-demo" in await row.text_content() and "General medicine" in await row.text_content()
+    # Names, not ids: the site as the directory names it.
+    assert "Demo cabin" in await row.text_content() and "General medicine" in await row.text_content()
     await screenshot(nurse, "nurse-waiting.png")
     await screenshot(physician, "physician-queue.png")
 
@@ -116,7 +125,7 @@ async def test_consultation_from_check_in_to_end(server: RunningServer, chromium
     assert stored["report"]["findings"] == "Regular rhythm, no murmur."
 
     # End: both pages leave the call.
-    await physician.click("#end-call")
+    await end_call(physician)
     await physician.locator("#ended").wait_for(timeout=10000)
     await nurse.locator("#ended").wait_for(timeout=10000)
     assert await nurse.get_attribute("#ended", "data-state") == "ended"
@@ -179,7 +188,7 @@ async def test_dropped_socket_shows_banner_and_resumes(server: RunningServer, ch
     await decoded_frames_grow(physician)
     await decoded_frames_grow(nurse)
     # Still a working socket: the nurse may end the consultation.
-    await nurse.click("#end-call")
+    await end_call(nurse)
     await physician.locator("#ended").wait_for(timeout=10000)
     await nurse.locator("#ended").wait_for(timeout=10000)
     await nurse.context.close()
@@ -192,6 +201,8 @@ async def test_nurse_cancels_a_waiting_request(server: RunningServer, chromium) 
     await check_in(nurse, "emergency")
     assert await nurse.get_attribute("#waiting-state", "data-state") == "requested"
     assert await nurse.locator("#queue-wait").text_content() != "–"
+    # No physician online: the page says it cannot estimate the wait, not a made-up figure.
+    assert await nurse.locator("#queue-wait").text_content() == "cannot estimate"
     await nurse.click("#cancel-visit")
     await nurse.locator("#ended[data-state=cancelled]").wait_for(timeout=10000)
     assert await nurse.locator("#ended-text").text_content() == "The request was cancelled."

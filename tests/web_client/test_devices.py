@@ -13,7 +13,7 @@ from config.settings import Settings
 from devices.agent import AgentConfig, DeviceAgent
 from tests.support import RunningServer, loopback_settings
 from tests.web_client.conftest import Console, screenshot
-from tests.web_client.test_consultation import into_call
+from tests.web_client.test_consultation import end_call, into_call
 
 # The trace's colour in phonocardiogram.js (#5ee0a0): pixels of it are the drawn signal.
 TRACE_PIXELS = """
@@ -92,7 +92,7 @@ async def test_device_panels_with_the_device_agent(server: RunningServer, chromi
         assert await nurse.locator("#dermatoscope-still").count() == 0
         await screenshot(physician, "physician-devices.png")
         await screenshot(nurse, "nurse-devices.png")
-        await physician.click("#end-call")
+        await end_call(physician)
         await nurse.locator("#ended").wait_for(timeout=10000)
         await nurse.context.close()
         await physician.context.close()

@@ -53,13 +53,15 @@ async def test_pages_follow_the_browser_language(server: RunningServer, chromium
 async def test_sign_in_from_a_link_keeps_the_token_out_of_the_url(server: RunningServer, chromium) -> None:  # type: ignore[no-untyped-def]
     token = server.tokens.issue_access("physician", "dr-demo", specialties=["general", "cardiology"])
     page = await open_page(chromium, f"{server.url}/physician#token={token}")
-    await page.wait_for_function("document.querySelector('#who').textContent === 'dr-demo'")
+    # A name, not an id: the token has none, the directory names dr-demo "Dr Demo".
+    await page.wait_for_function("document.querySelector('#who').textContent === 'Dr Demo'")
+    assert await page.get_attribute("#who", "data-sub") == "dr-demo"
     assert page.url == server.url + "/physician"
     assert "token" not in await page.evaluate("location.href + history.state")
     assert await page.evaluate("sessionStorage.getItem('tc.token.physician')") == token
     assert await page.locator("#my-specialties").text_content() == "General medicine, Cardiology"
     await page.reload()  # the tab remembers the sign-in
-    await page.wait_for_function("document.querySelector('#who').textContent === 'dr-demo'")
+    await page.wait_for_function("document.querySelector('#who').textContent === 'Dr Demo'")
     await page.context.close()
 
 
@@ -90,33 +92,39 @@ async def test_no_token_and_wrong_role(server: RunningServer, chromium) -> None:
 
 
 async def test_auth_config_and_openid_redirect(tmp_path: Path, chromium) -> None:  # type: ignore[no-untyped-def]
+    # The page no longer runs the implicit flow: it sends the person to /auth/oidc/login, where the
+    # server runs the code flow with PKCE (issue 16; the whole flow: tests/interop/test_psc_http.py).
+    sso = "https://sso.example.test"
     settings = loopback_settings(tmp_path / "data", auth={
-        "oidc_authorize_url": "https://sso.example.test/authorize", "oidc_client_id": "teleconsult-web"})
+        "oidc_authorize_url": f"{sso}/authorize", "oidc_client_id": "teleconsult-web", "oidc_issuer": sso,
+        "oidc_jwks_url": f"{sso}/jwks", "oidc_token_url": f"{sso}/token", "oidc_userinfo_url": f"{sso}/userinfo"})
     running = await start_server(settings)
     try:
         async with aiohttp.ClientSession() as http:
             async with http.get(running.url + "/api/auth/config") as r:
-                assert await r.json() == {"oidc_authorize_url": "https://sso.example.test/authorize",
-                                          "oidc_client_id": "teleconsult-web", "issuer": ""}
+                assert await r.json() == {"oidc_authorize_url": f"{sso}/authorize",
+                                          "oidc_client_id": "teleconsult-web", "issuer": sso}
         context = await chromium.new_context(bypass_csp=True)
         page = await context.new_page()
         requested: list[str] = []
 
-        async def provider(route) -> None:  # type: ignore[no-untyped-def]
-            # Intercepted in the browser: nothing leaves the machine.
-            requested.append(route.request.url)
+        async def login(route) -> None:  # type: ignore[no-untyped-def]
+            # The server's answer, without following it to the provider: nothing leaves the machine.
+            response = await route.fetch(max_redirects=0)
+            requested.append(response.headers["location"])
             await route.fulfill(body="the provider's sign-in page", content_type="text/plain")
 
-        await page.route("https://sso.example.test/**", provider)
+        await page.route("**/auth/oidc/login?next=%2Fphysician", login)
         await page.goto(running.url + "/physician")
-        await page.wait_for_url("https://sso.example.test/**", timeout=10000)
+        await page.wait_for_url("**/auth/oidc/login?next=%2Fphysician", timeout=10000)
         url = requested[0]
-        assert "response_type=token" in url and "client_id=teleconsult-web" in url
-        assert "redirect_uri=" + running.url.replace(":", "%3A").replace("/", "%2F") + "%2Fphysician" in url
-        state = url.split("state=")[1].split("&")[0]
-        # The provider sends the person back with the token in the fragment.
+        assert url.startswith(f"{sso}/authorize?")
+        assert "response_type=code" in url and "client_id=teleconsult-web" in url
+        assert "code_challenge_method=S256" in url and "acr_values=eidas1" in url
+        assert "redirect_uri=" + running.url.replace(":", "%3A").replace("/", "%2F") + "%2Fauth%2Foidc%2Fcallback" in url
+        # The server's callback sends the person back with our token in the fragment.
         token = running.tokens.issue_access("physician", "dr-sso", specialties=["general"])
-        await page.goto(f"{running.url}/physician#access_token={token}&token_type=Bearer&state={state}")
+        await page.goto(f"{running.url}/physician#token={token}")
         await page.wait_for_function("document.querySelector('#who').textContent === 'dr-sso'")
         assert page.url == running.url + "/physician"
         await context.close()
@@ -150,8 +158,23 @@ async def test_token_expiring_during_the_session_shows_sign_in_again(server: Run
     problem = page.locator("#signin-problem[data-kind=expired]")
     await problem.wait_for(timeout=20000)
     assert "signin.expiring" in await page.evaluate("window.__banners")
+    # The expired screen alone: no "your session ends in 1 min" next to "Session expired".
+    await page.wait_for_timeout(300)
+    assert await page.locator("#banner").is_hidden()
     await page.wait_for_function("window.teleconsult.signalling.state === 'closed'", timeout=5000)
     assert await page.evaluate("sessionStorage.getItem('tc.token.physician')") is None
     await page.wait_for_timeout(1500)  # and it does not try to reconnect with the dead token
     assert await page.evaluate("window.teleconsult.signalling.state") == "closed"
     await page.context.close()
+
+
+async def test_static_names_the_file_system_refuses_are_404(server: RunningServer) -> None:
+    """``/static/`` + a name longer than the file system allows: aiohttp's static route let
+    ``OSError: File name too long`` out, a 500 and a traceback (bench.fuzz, rest)."""
+    async with aiohttp.ClientSession() as http:
+        for name in ("a" * 300, "\x1b[31mred" * 40, "x/" * 2100 + "y"):
+            async with http.get(server.url + "/static/" + name) as r:
+                assert r.status == 404, (name[:20], r.status, await r.text())
+                assert (await r.json())["error"] == "not_found"
+        async with http.get(server.url + "/static/common.js") as r:
+            assert r.status == 200

@@ -16,7 +16,7 @@ from devices.agent import AgentConfig, DeviceAgent
 from signalling.appkeys import SIGNALLING
 from tests.support import RunningServer, loopback_settings
 from tests.web_client.conftest import Console, open_page, screenshot
-from tests.web_client.test_consultation import check_in, decoded_frames_grow, signed_in
+from tests.web_client.test_consultation import check_in, decoded_frames_grow, end_call, signed_in
 
 CALL_STATE = """() => { const c = window.teleconsult.call; return {role: window.teleconsult.role, pc: c.pc.connectionState,
   sig: c.pc.signalingState, subs: [...c.subscriptions.entries()].map(([id, s]) => [id, s.publication.source,
@@ -87,7 +87,7 @@ async def test_reload_and_room_moved_mid_call(server: RunningServer, chromium) -
             await decoded_frames_grow(page)
         await physician.locator("#devices [data-source=stethoscope]").wait_for(timeout=30000)
 
-        await physician.click("#end-call")
+        await end_call(physician)
         await nurse.locator("#ended").wait_for(timeout=10000)
         assert not console.errors, console.errors
         await nurse.context.close()

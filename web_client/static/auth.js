@@ -1,11 +1,10 @@
 // Sign-in: a development link carries the access token in the URL fragment
-// (#token=...); an OpenID provider (implicit flow) sends it back the same way
-// (#access_token=...&state=...). The token lives in sessionStorage (this tab
+// (#token=...); with an OpenID provider (Pro Santé Connect) the server runs the
+// authorization code flow (/auth/oidc/login, PKCE) and sends the browser back with
+// our access token the same way. The token lives in sessionStorage (this tab
 // only) and is removed from the address bar at once. No passwords here.
 import { t } from "./i18n.js";
 import { ROLES } from "./vocabulary.js";
-
-const PENDING_STATE = "tc.oidc.state";
 
 function storageKey(role) {
   return `tc.token.${role}`;
@@ -22,12 +21,7 @@ export class SignInError extends Error {
 function takeTokenFromFragment(role) {
   if (!location.hash) return null;
   const params = new URLSearchParams(location.hash.slice(1));
-  let token = params.get("token");
-  if (!token && params.get("access_token")) {
-    const expected = sessionStorage.getItem(PENDING_STATE);
-    sessionStorage.removeItem(PENDING_STATE);
-    if (expected && params.get("state") === expected) token = params.get("access_token");
-  }
+  const token = params.get("token");
   // Never leave a token in the address bar, the history or a bookmark.
   history.replaceState(null, "", location.pathname + location.search);
   if (token) sessionStorage.setItem(storageKey(role), token);
@@ -42,23 +36,10 @@ export async function authConfig() {
   return { oidc_authorize_url: "", oidc_client_id: "", issuer: "" };
 }
 
-function randomString() {
-  const bytes = crypto.getRandomValues(new Uint8Array(16));
-  return [...bytes].map((b) => b.toString(16).padStart(2, "0")).join("");
-}
-
-/** Send the person to the OpenID provider; it comes back to this page with the token. */
-export function redirectToProvider(config) {
-  const state = randomString();
-  sessionStorage.setItem(PENDING_STATE, state);
-  const url = new URL(config.oidc_authorize_url);
-  url.searchParams.set("response_type", "token");
-  url.searchParams.set("client_id", config.oidc_client_id);
-  url.searchParams.set("redirect_uri", location.origin + location.pathname);
-  url.searchParams.set("scope", "openid");
-  url.searchParams.set("state", state);
-  url.searchParams.set("nonce", randomString());
-  location.assign(url.toString());
+/** Send the person to sign in at the OpenID provider: the server keeps state, nonce and the PKCE
+ * verifier, exchanges the code and comes back to this page with our access token (#token=...). */
+export function redirectToProvider(_config) {
+  location.assign(`/auth/oidc/login?next=${encodeURIComponent(location.pathname)}`);
 }
 
 /** Forget the token of this tab (after expiry, or on sign-out). */
@@ -135,12 +116,18 @@ export async function showSignInProblem(error, role) {
     again.addEventListener("click", () => redirectToProvider(config));
     box.append(again);
   } else {
+    // The clinician is told to ask for a new link; the command an administrator runs on a
+    // development server stays folded away.
     const hint = document.createElement("p");
-    hint.className = "muted";
     hint.textContent = t("signin.dev_hint");
+    const details = document.createElement("details");
+    details.className = "admin-only";
+    const summary = document.createElement("summary");
+    summary.textContent = t("signin.dev_details");
     const code = document.createElement("code");
     code.textContent = `teleconsult token access --role ${role} --sub <id>${role === ROLES.NURSE ? " --site <site>" : ""} --link`;
-    box.append(hint, code);
+    details.append(summary, code);
+    box.append(hint, details);
   }
   main.replaceChildren(box);
 }
@@ -148,5 +135,5 @@ export async function showSignInProblem(error, role) {
 // A new sign-in link pasted into a tab already on this page changes only the
 // fragment, which does not reload: take it as a fresh sign-in.
 window.addEventListener("hashchange", () => {
-  if (/(^#|&)(access_)?token=/.test(location.hash)) location.reload();
+  if (/(^#|&)token=/.test(location.hash)) location.reload();
 });

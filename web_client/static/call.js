@@ -10,11 +10,13 @@
 //
 // Events (CustomEvent detail): "track" {publication, track},
 // "track-removed" {publication}, "message" {from, role, data},
-// "participants" {participants}, "state" {state}, "channel" {state}.
+// "participant" {event: joined|left, identity, role, session}, "participants" {participants},
+// "state" {state}, "channel" {state}.
 import { gatheringComplete, iceTransportPolicy } from "./precheck.js";
 import { SOURCE_KINDS } from "./vocabulary.js";
 
 const MAX_RESYNCS = 3; // in a row, without a successful negotiation in between
+const MAX_QUEUED_COMMANDS = 8; // device commands kept while the room channel opens
 
 /** {mid: {stream, track}} from the a=msid lines of an SDP. */
 export function msidByMid(sdp) {
@@ -114,6 +116,7 @@ export class Call extends EventTarget {
     this.sending = []; // {source, transceiver}
     this.commandSeq = 0;
     this.commands = new Map(); // command id -> {device, action}
+    this.queued = []; // commands waiting for the channel to open
     this.closed = false;
     this.resyncs = 0;
     this.chain = Promise.resolve();
@@ -144,6 +147,8 @@ export class Call extends EventTarget {
     this.channel.addEventListener("open", () => {
       // Devices announce themselves when they start; who joins later asks.
       this.send({ type: "status_request" });
+      // Commands given while the channel was opening (a control used as soon as its panel shows).
+      for (const data of this.queued.splice(0)) this.send(data);
       this._emit("channel", { state: "open" });
     });
     this.channel.addEventListener("close", () => this._emit("channel", { state: "closed" }));
@@ -359,7 +364,7 @@ export class Call extends EventTarget {
         break;
       case "participant.joined":
       case "participant.left": {
-        const { identity, role } = participantFrom(data);
+        const { identity, role, session } = participantFrom(data);
         if (!identity || identity === this.identity) break;
         if (message.event === "participant.joined") {
           this.participants.set(identity, { identity, role: role || identity, state: "connected" });
@@ -367,6 +372,7 @@ export class Call extends EventTarget {
           this.participants.delete(identity);
           for (const [id, pub] of this.publications) if (pub.identity === identity) this.removePublication(id);
         }
+        this._emit("participant", { event: message.event.split(".")[1], identity, role: role || identity, session });
         this._emit("participants", { participants: [...this.participants.values()] });
         break;
       }
@@ -415,6 +421,12 @@ export class Call extends EventTarget {
     this._emit("message", wrapped ? message : { from: "", role: "", data: message });
   }
 
+  /** Send ``track`` instead of what ``source`` (camera, microphone) sent: a lost camera opened again. */
+  async replaceTrack(source, track) {
+    const sending = this.sending.find((s) => s.source === source);
+    if (sending) await sending.transceiver.sender.replaceTrack(track);
+  }
+
   /** Send a JSON message on the room channel; false when it is not open. */
   send(data) {
     if (this.channel?.readyState !== "open") return false;
@@ -422,11 +434,19 @@ export class Call extends EventTarget {
     return true;
   }
 
-  /** A device command ({device, action, ...}); returns its id, or null when the channel is closed. */
+  /**
+   * A device command ({device, action, ...}); returns its id. While the channel is still opening
+   * the command waits for it (a few of them); null when the call is over or too many wait.
+   */
   command(device, action, fields = {}) {
+    if (this.closed) return null;
     this.commandSeq += 1;
     const id = `c${this.commandSeq}`;
-    if (!this.send({ type: "command", id, device, action, ...fields })) return null;
+    const data = { type: "command", id, device, action, ...fields };
+    if (!this.send(data)) {
+      if (this.queued.length >= MAX_QUEUED_COMMANDS) return null;
+      this.queued.push(data);
+    }
     this.commands.set(id, { device, action });
     return id;
   }

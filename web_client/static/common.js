@@ -2,8 +2,9 @@
 // and joining a consultation's room.
 import { $ } from "./dom.js";
 import { t } from "./i18n.js";
-import { PreCheck } from "./precheck.js";
+import { PreCheck, hasLive, openLocalMedia } from "./precheck.js";
 import { CallView } from "./callview.js";
+import { StillStore } from "./stills.js";
 
 export async function fetchDirectory(token) {
   const response = await fetch("/api/directory", { headers: { Authorization: `Bearer ${token}` } });
@@ -31,15 +32,33 @@ export function mountPreCheck(token) {
   return check;
 }
 
+/**
+ * Camera and microphone for a consultation: the pre-call check's, handed over, or opened
+ * afresh when the check has none live (its tracks went to an earlier call, or stopped).
+ */
+export async function consultationMedia(precheck) {
+  await precheck.mediaReady?.catch(() => {});
+  let stream = precheck.takeStream();
+  if (!hasLive(stream, "video") || !hasLive(stream, "audio")) {
+    stream?.getTracks().forEach((track) => track.stop());
+    stream = (await openLocalMedia()).stream;
+  }
+  return stream;
+}
+
 /** Join a started consultation: the call screen in ``container``. */
-export async function joinCall(container, { signalling, token, role, consultation, grant, precheck }) {
-  await precheck.running?.catch(() => {});
-  const stream = precheck.takeStream();
+export async function joinCall(container, { signalling, token, role, consultation, grant, precheck, banner, stills }) {
+  const stream = await consultationMedia(precheck);
   const iceServers = signalling.hello?.ice_servers || [];
   const known = window.teleconsult.rooms?.publications(consultation.id) || [];
-  const view = new CallView(container, { signalling, consultation, grant, stream, token, role, iceServers, known }).mount();
+  const store = stills || new StillStore(consultation.id, () => signalling.token || token);
+  const view = new CallView(container, { signalling, consultation, grant, stream, token, role, iceServers, known,
+    banner, stills: store }).mount();
+  if (!stills) view.addEventListener("closed", () => store.release(), { once: true });
   window.teleconsult.view = view;
-  document.addEventListener("tc-signed-out", () => view.close(), { once: true });
+  const signedOut = () => view.close();
+  document.addEventListener("tc-signed-out", signedOut, { once: true });
+  view.addEventListener("closed", () => document.removeEventListener("tc-signed-out", signedOut), { once: true });
   view.start().catch(() => {});
   return view;
 }

@@ -1,20 +1,36 @@
 // Device panels in a call: one per device track (by source label), vitals as
 // they arrive, and the remote control of the site's devices over the room
 // data channel (physicians only: the grant's `command`).
+//
+// One device is "being examined": its panel is the large one, the others stay
+// visible and usable, smaller. The physician picks it (or uses a device: it
+// becomes the examined one).
 import { h } from "./dom.js";
-import { t, onLanguageChange, language } from "./i18n.js";
+import { t, onLanguageChange, translate, formatNumber, formatPercent, formatTime, setText, resolveParams } from "./i18n.js";
 import { Phonocardiogram } from "./phonocardiogram.js";
+import { StillViewer, stillCaption, stillFrom } from "./stills.js";
 import { DEVICES } from "./vocabulary.js";
 
 const STETHOSCOPE_MODES = ["bell", "diaphragm", "wide"];
-const UNITS = { Cel: "°C", "[degF]": "°F", "mm[Hg]": "mmHg", "/min": "/min", "%": "%" };
+const UNITS = { Cel: "°C", "[degF]": "°F", "mm[Hg]": "mmHg", "/min": "/min", "%": "%", kPa: "kPa" };
 const NOT_VITALS = new Set(["level_rms", "level_peak"]);
+const STILL_TIMEOUT_MS = 20000; // a still takes 3–7 s; past this, say it did not come
+// How many decimals a clinician reads each quantity with.
+const DIGITS = { heart_rate: 0, pulse_rate: 0, spo2: 0, systolic: 0, diastolic: 0, mean_arterial_pressure: 0,
+  body_temperature: 1, respiratory_rate: 0 };
 
-/** A measurement's value for people: one decimal at most, UCUM units written as usual. */
-export function formatMeasurement(value, unit) {
-  const number = typeof value === "number" ? Number(value.toFixed(1)).toLocaleString(language()) : String(value);
+/** A measurement's value for people: the quantity's usual precision, the locale's digits, usual units. */
+export function formatMeasurement(value, unit, name = "") {
+  if (typeof value !== "number" || Number.isNaN(value)) return "–";
   const shown = UNITS[unit] ?? unit ?? "";
-  return `${number} ${shown}`.trim();
+  if (unit === "%") return formatPercent(value, DIGITS[name] ?? 0);
+  const digits = DIGITS[name] ?? 1;
+  return `${formatNumber(value, digits)}\u00a0${shown}`.trim();
+}
+
+/** A heart rate as every panel writes it: a whole number of beats a minute. */
+export function formatHeartRate(value) {
+  return typeof value === "number" && !Number.isNaN(value) ? formatNumber(Math.round(value)) : "–";
 }
 
 function statusLine() {
@@ -31,8 +47,9 @@ class Panel {
     h("h3", { id: `panel-${source}-title`, "data-i18n": `device.${source}` }, t(`device.${source}`)));
   }
 
-  setStatus(text, isError = false) {
-    this.status.textContent = text;
+  /** The panel's status line (kept as a key: a language switch writes it again). */
+  setStatus(key, params = {}, isError = false) {
+    setText(this.status, key, params);
     this.status.classList.toggle("error", isError);
   }
 
@@ -86,7 +103,7 @@ export class StethoscopePanel extends Panel {
     }
     this.element.append(
       h("div", { class: "pcg-wrap" }, this.canvas,
-        h("div", { class: "rate" }, this.rate, h("span", { class: "unit" }, "bpm"))),
+        h("div", { class: "rate" }, this.rate, h("span", { class: "unit" }, "/min"))),
       controls, this.status, this.audio);
   }
 
@@ -99,12 +116,19 @@ export class StethoscopePanel extends Panel {
       this.gain.value = message.gain_db;
       this.gainValue.textContent = `${message.gain_db} dB`;
     }
-    const mode = message.mode ? t(`steth.mode.${message.mode}`) : "";
-    this.setStatus(message.on === false ? t("device.off") : [t("device.on"), mode].filter(Boolean).join(" · "));
+    if (message.on === false) this.setStatus("device.off");
+    else if (message.mode) this.setStatus("device.on_mode", { mode: { key: `steth.mode.${message.mode}` } });
+    else this.setStatus("device.on");
   }
 
   measurement(message) {
-    if (message.name === "heart_rate") this.rate.textContent = String(Math.round(message.value));
+    if (message.name !== "heart_rate") return;
+    this.heartRate = message.value;
+    this.rate.textContent = formatHeartRate(message.value);
+  }
+
+  retranslate() {
+    if (this.heartRate !== undefined) this.rate.textContent = formatHeartRate(this.heartRate);
   }
 
   close() {
@@ -117,11 +141,14 @@ export class CameraDevicePanel extends Panel {
   constructor(source, track, call, options) {
     super(source, options);
     this.call = call;
-    this.initialToken = options.token;
+    this.stills = options.stills; // the consultation's StillStore
+    this.viewer = options.viewer;
     this.video = h("video", { autoplay: true, muted: true, playsInline: true,
-      "aria-label": t(`device.${source}`) });
+      "aria-label": t(`device.${source}`), "data-i18n-aria-label": `device.${source}` });
     this.video.srcObject = new MediaStream([track]);
     this.gallery = h("ul", { class: "gallery", "aria-label": t("still.gallery"), "data-i18n-aria-label": "still.gallery" });
+    this.items = new Map(); // still_id -> li
+    this.pending = null; // {id, timer}: a still asked for, not arrived yet
     const controls = h("div", { class: "controls" });
     if (this.control) {
       this.stillButton = h("button", { type: "button", class: "primary", id: `${source}-still`,
@@ -129,85 +156,122 @@ export class CameraDevicePanel extends Panel {
       this.power = h("input", { type: "checkbox", id: `${source}-power`, checked: true, role: "switch",
         onchange: () => this.call.command(source, "power", { on: this.power.checked }) });
       controls.append(this.stillButton,
-        h("label", { class: "switch" }, this.power, h("span", { "data-i18n": "device.power" }, t("device.power"))));
+        h("label", { class: "switch", for: `${source}-power` }, this.power,
+          h("span", { "data-i18n": "device.power" }, t("device.power"))));
     }
     this.element.append(h("div", { class: "device-video" }, this.video), controls, this.status, this.gallery);
+    this.onStills = () => this.renderGallery();
+    this.stills?.addEventListener("change", this.onStills);
+    this.renderGallery();
   }
 
+  /** Ask for a still; the button stays disabled until it arrives (3–7 s), or clearly did not. */
   takeStill() {
+    if (this.pending) return;
     const id = this.call.command(this.source, "still");
     if (!id) {
-      this.setStatus(t("device.channel_closed"), true);
+      this.setStatus("device.channel_closed", {}, true);
       return;
     }
     this.stillButton.disabled = true;
-    this.setStatus(t("still.waiting"));
-    setTimeout(() => { this.stillButton.disabled = false; }, 1500);
+    this.stillButton.setAttribute("aria-busy", "true");
+    this.setStatus("still.waiting");
+    this.pending = { id, timer: setTimeout(() => this.stillDone("still.timeout", true), STILL_TIMEOUT_MS) };
+  }
+
+  /** The still asked for arrived, was refused, or never came: the button works again. */
+  stillDone(key, isError = false, params = {}) {
+    if (this.pending) clearTimeout(this.pending.timer);
+    this.pending = null;
+    if (this.stillButton) {
+      this.stillButton.disabled = false;
+      this.stillButton.removeAttribute("aria-busy");
+    }
+    if (key) this.setStatus(key, params, isError);
+  }
+
+  commandFailed(data) {
+    if (this.pending && data.id === this.pending.id) {
+      this.stillDone("device.command_failed", true, { error: data.error || "" });
+      return true;
+    }
+    return false;
   }
 
   deviceStatus(message) {
     if (this.power && typeof message.on === "boolean") this.power.checked = message.on;
-    this.setStatus(message.on === false ? t("device.off") : t("device.on"));
+    if (!this.pending) this.setStatus(message.on === false ? "device.off" : "device.on");
   }
 
-  /** The access token now (renewed by auth.renew on the signalling socket). */
-  get token() {
-    return this.call.signalling?.token || this.initialToken;
+  /** A still was stored: into the consultation's stills (the server then adds its time and label). */
+  stillReady(message) {
+    this.stills?.merge([{ ...message, device: message.device || this.source }]);
+    this.stillDone("still.received");
+    this.stills?.load();
   }
 
-  /** A full-resolution still: preview at once, then the file fetched with the access token. */
-  async stillReady(message) {
-    const image = h("img", { alt: t("still.alt", { device: t(`device.${this.source}`) }),
-      src: message.preview || "", class: "thumb" });
-    const caption = h("span", { class: "muted" }, message.width && message.height ? `${message.width}×${message.height}` : "");
-    const open = h("button", { type: "button", class: "still", disabled: true,
-      "aria-label": t("still.open"), dataset: { stillId: message.still_id || "" } }, image, caption);
-    const item = h("li", {}, open);
-    this.gallery.prepend(item);
-    this.setStatus(t("still.received"));
-    if (this.stillButton) this.stillButton.disabled = false;
-    try {
-      const response = await fetch(message.url, { headers: { Authorization: `Bearer ${this.token}` } });
-      if (!response.ok) throw new Error(String(response.status));
-      const url = URL.createObjectURL(await response.blob());
+  renderGallery() {
+    if (!this.stills) return;
+    for (const still of this.stills.list()) {
+      if (still.device !== this.source) continue;
+      let li = this.items.get(still.still_id);
+      if (!li) {
+        li = this.galleryItem(still);
+        this.items.set(still.still_id, li);
+        this.gallery.prepend(li);
+      }
+      // In its device's gallery a still is its label, else its time; the image's text says it all.
+      const caption = stillCaption(still);
+      const short = li.querySelector(".caption");
+      if (still.label) setText(short, "still.label_only", { label: still.label });
+      else setText(short, still.taken_at ? "still.time_only" : null, { time: { time: still.taken_at } });
+      const text = t(caption.key, resolveParams(caption.params));
+      li.querySelector("img").alt = text;
+      li.querySelector("button").setAttribute("aria-label", t("still.open_named", { still: text }));
+    }
+  }
+
+  galleryItem(still) {
+    const image = h("img", { alt: "", src: still.preview || "", class: "thumb" });
+    const caption = h("span", { class: "caption", "aria-hidden": "true" });
+    const open = h("button", { type: "button", class: "still", disabled: true, dataset: { stillId: still.still_id } },
+      image, caption);
+    const item = h("li", { dataset: { stillId: still.still_id } }, open);
+    open.addEventListener("click", () => this.viewer?.open(still.still_id));
+    this.stills.image(still.still_id).then(async (url) => {
       image.src = url;
       open.dataset.full = url;
       open.disabled = false;
       await image.decode().catch(() => {});
       item.dataset.width = image.naturalWidth;
       item.dataset.height = image.naturalHeight;
-      open.addEventListener("click", () => openStill(url, image.alt, image.naturalWidth, image.naturalHeight));
-    } catch (_) {
+    }).catch(() => {
       item.classList.add("error");
-      this.setStatus(t("still.fetch_failed"), true);
-    }
+      this.setStatus("still.fetch_failed", {}, true);
+    });
+    return item;
+  }
+
+  retranslate() {
+    this.renderGallery();
   }
 
   close() {
+    this.stillDone(null);
+    this.stills?.removeEventListener("change", this.onStills);
     this.video.srcObject = null;
   }
 }
 
-/** Show a still at full size in a modal dialog (Escape closes). */
-export function openStill(url, alt, width, height) {
-  let dialog = document.getElementById("still-dialog");
-  if (!dialog) {
-    dialog = h("dialog", { id: "still-dialog", class: "still-dialog" });
-    document.body.append(dialog);
-  }
-  const img = h("img", { src: url, alt, id: "still-full" });
-  const close = h("button", { type: "button", class: "close", "data-i18n": "action.close",
-    onclick: () => dialog.close() }, t("action.close"));
-  dialog.replaceChildren(h("div", { class: "still-bar" }, h("span", {}, `${alt} — ${width}×${height}`), close),
-    h("div", { class: "still-scroll" }, img));
-  dialog.showModal();
-  close.focus();
-}
-
+/**
+ * Vital signs as a clinician reads them: one heart rate (the monitor's pulse when there is
+ * one, else the stethoscope's), blood pressure on one row ("126/74 mmHg"), SpO₂, temperature.
+ */
 export class VitalsPanel extends Panel {
   constructor(options) {
     super("vitals", options);
-    this.rows = new Map();
+    this.latest = new Map(); // quantity -> {value, unit, measured_at, device}
+    this.rows = new Map(); // row name -> tr
     this.body = h("tbody");
     this.table = h("table", { class: "vitals" },
       h("thead", {}, h("tr", {}, h("th", { scope: "col", "data-i18n": "vitals.name" }, t("vitals.name")),
@@ -217,44 +281,114 @@ export class VitalsPanel extends Panel {
     this.empty = h("p", { class: "muted", "data-i18n": "vitals.none" }, t("vitals.none"));
     this.element.append(this.empty, this.table);
     this.table.hidden = true;
+    // It may scroll inside a small screen's workstation: reachable by keyboard then.
+    this.element.tabIndex = 0;
   }
 
   measurement(message) {
-    const key = `${message.device}:${message.name}`;
-    let row = this.rows.get(key);
-    if (!row) {
-      row = h("tr", { dataset: { name: message.name } }, h("th", { scope: "row" }), h("td", { class: "value" }), h("td"));
-      this.rows.set(key, row);
-      this.body.append(row);
+    if (typeof message.value !== "number") return;
+    this.latest.set(message.name, { value: message.value, unit: message.unit || "",
+      measured_at: typeof message.ts === "number" ? message.ts : Date.now() / 1000, device: message.device });
+    this.render();
+    this.element.dispatchEvent(new CustomEvent("vitals", { bubbles: true, detail: this.snapshot() }));
+  }
+
+  /** The rows to show now: [name, value text, time]. */
+  lines() {
+    const out = [];
+    const pulse = this.latest.get("pulse_rate") || this.latest.get("heart_rate");
+    if (pulse) out.push(["heart_rate", `${formatHeartRate(pulse.value)}\u00a0/min`, pulse.measured_at]);
+    const sys = this.latest.get("systolic");
+    const dia = this.latest.get("diastolic");
+    if (sys && dia) {
+      out.push(["blood_pressure", `${formatNumber(Math.round(sys.value))}/${formatNumber(Math.round(dia.value))}\u00a0${UNITS[sys.unit] || sys.unit}`,
+        sys.measured_at]);
     }
-    const label = t(`vitals.${message.name}`);
-    row.children[0].textContent = label.startsWith("vitals.") ? message.name : label;
-    row.children[1].textContent = formatMeasurement(message.value, message.unit);
-    const when = message.ts ? new Date(message.ts * 1000) : new Date();
-    row.children[2].textContent = when.toLocaleTimeString(language());
-    this.table.hidden = false;
-    this.empty.hidden = true;
+    for (const name of ["spo2", "body_temperature", "respiratory_rate"]) {
+      const m = this.latest.get(name);
+      if (m) out.push([name, formatMeasurement(m.value, m.unit, name), m.measured_at]);
+    }
+    for (const [name, m] of this.latest) {
+      const known = ["pulse_rate", "heart_rate", "systolic", "diastolic", "mean_arterial_pressure", "spo2",
+        "body_temperature", "respiratory_rate"];
+      if (!known.includes(name)) out.push([name, formatMeasurement(m.value, m.unit, name), m.measured_at]);
+    }
+    return out;
+  }
+
+  render() {
+    for (const [name, text, when] of this.lines()) {
+      let row = this.rows.get(name);
+      if (!row) {
+        row = h("tr", { dataset: { name } }, h("th", { scope: "row" }), h("td", { class: "value" }), h("td", { class: "time" }));
+        this.rows.set(name, row);
+        this.body.append(row);
+      }
+      const label = t(`vitals.${name}`);
+      row.children[0].textContent = label.startsWith("vitals.") ? name : label;
+      row.children[1].textContent = text;
+      row.children[2].textContent = when ? formatTime(when) : "";
+    }
+    this.table.hidden = this.rows.size === 0;
+    this.empty.hidden = this.rows.size > 0;
+  }
+
+  retranslate() {
+    this.render();
+  }
+
+  /** What goes into the report: {quantity: {value, unit, measured_at}} (the one heart rate). */
+  snapshot() {
+    const out = {};
+    const pulseName = this.latest.has("pulse_rate") ? "pulse_rate" : "heart_rate";
+    for (const [name, m] of this.latest) {
+      if ((name === "pulse_rate" || name === "heart_rate") && name !== pulseName) continue;
+      if (!REPORT_UNITS[name]?.includes(m.unit)) continue;
+      out[name] = { value: Number(m.value.toFixed(name === "body_temperature" ? 1 : 0)), unit: m.unit,
+        measured_at: m.measured_at };
+    }
+    return out;
   }
 }
 
+/** Quantities a report keeps, with their units (docs/protocol.md, report body). */
+export const REPORT_UNITS = {
+  heart_rate: ["/min"], pulse_rate: ["/min"], spo2: ["%"], systolic: ["mm[Hg]", "kPa"], diastolic: ["mm[Hg]", "kPa"],
+  mean_arterial_pressure: ["mm[Hg]", "kPa"], body_temperature: ["Cel", "[degF]"],
+};
+
 /** The devices area of a call: panels as tracks and messages arrive. */
-export class DeviceBoard {
-  constructor(container, call, { control, token }) {
+export class DeviceBoard extends EventTarget {
+  constructor(container, call, { control, token, stills }) {
+    super();
     this.container = container;
     this.call = call;
-    this.options = { control, token };
+    this.stills = stills || null;
+    this.viewer = stills ? new StillViewer(stills, { canLabel: control }) : null;
+    this.options = { control, token, stills, viewer: this.viewer };
     this.panels = new Map();
     this.vitals = null;
-    this.pendingCommands = new Map();
-    call.addEventListener("message", (event) => this.message(event.detail));
-    onLanguageChange(() => this._retranslate());
+    this.examined = null;
+    this.picker = h("div", { class: "segmented device-picker", role: "radiogroup", id: "device-picker",
+      "aria-label": t("device.examined"), "data-i18n-aria-label": "device.examined", hidden: true });
+    this.stack = h("div", { class: "device-stack" }, this.picker);
+    this.container.append(this.stack);
+    this.onMessage = (event) => this.message(event.detail);
+    call.addEventListener("message", this.onMessage);
+    this.stopLanguage = onLanguageChange(() => this._retranslate());
+    // Using a device makes it the one being examined (after the click: no layout change under it).
+    this.onClick = (event) => {
+      const panel = event.target.closest?.(".device[data-source]");
+      if (panel && panel.dataset.source !== "vitals") this.examine(panel.dataset.source);
+    };
+    this.container.addEventListener("click", this.onClick);
+    this.stills?.load();
   }
 
   _retranslate() {
-    for (const el of this.container.querySelectorAll("[data-i18n]")) el.textContent = t(el.dataset.i18n);
-    for (const el of this.container.querySelectorAll("[data-i18n-aria-label]")) {
-      el.setAttribute("aria-label", t(el.dataset.i18nAriaLabel));
-    }
+    translate(this.container);
+    for (const panel of this.panels.values()) panel.retranslate?.();
+    this.vitals?.retranslate();
   }
 
   addTrack(publication, track) {
@@ -266,8 +400,10 @@ export class DeviceBoard {
     panel.element.dataset.publication = publication.id;
     panel.element.dataset.identity = publication.identity;
     this.panels.set(source, panel);
-    this.container.append(panel.element);
+    this.stack.append(panel.element);
     this._order();
+    if (!this.examined || !this.panels.has(this.examined)) this.examine(source);
+    else this.examine(this.examined);
   }
 
   removeTrack(publication) {
@@ -276,20 +412,46 @@ export class DeviceBoard {
     panel.close();
     panel.element.remove();
     this.panels.delete(publication.source);
+    if (this.examined === publication.source) this.examine(this.panels.keys().next().value || null);
+    else this.renderPicker();
+  }
+
+  /** ``source`` is the device being examined: its panel large, the others small. */
+  examine(source) {
+    this.examined = source;
+    for (const [name, panel] of this.panels) {
+      panel.element.classList.toggle("examined", name === source);
+      panel.element.classList.toggle("compact", name !== source);
+    }
+    this.container.dataset.examined = source || "";
+    this.renderPicker();
+  }
+
+  renderPicker() {
+    const sources = DEVICES.filter((d) => this.panels.has(d));
+    this.picker.hidden = sources.length < 2;
+    this.picker.replaceChildren(...sources.flatMap((source) => {
+      const id = `examine-${source}`;
+      const input = h("input", { type: "radio", name: "examined-device", id, value: source,
+        checked: source === this.examined, onchange: () => this.examine(source) });
+      return [input, h("label", { for: id, "data-i18n": `device.${source}` }, t(`device.${source}`))];
+    }));
   }
 
   _order() {
     const order = DEVICES;
-    const children = [...this.container.children].sort(
+    const panels = [...this.stack.querySelectorAll(":scope > .device")].sort(
       (a, b) => order.indexOf(a.dataset.source) - order.indexOf(b.dataset.source));
-    this.container.append(...children);
+    this.stack.append(...panels);
   }
 
   _vitalsPanel() {
     if (!this.vitals) {
       this.vitals = new VitalsPanel(this.options);
       this.container.append(this.vitals.element);
-      this._order();
+      this.vitals.element.addEventListener("vitals", (event) => {
+        this.dispatchEvent(new CustomEvent("vitals", { detail: event.detail }));
+      });
     }
     return this.vitals;
   }
@@ -308,11 +470,13 @@ export class DeviceBoard {
         break;
       case "still_ready":
         if (panel instanceof CameraDevicePanel) panel.stillReady(data);
+        else this.stills?.merge([stillFrom(data)]);
         break;
       case "command_result":
         if (!data.ok) {
+          if (panel instanceof CameraDevicePanel && panel.commandFailed(data)) break;
           const target = panel || [...this.panels.values()][0];
-          target?.setStatus(t("device.command_failed", { error: data.error || "" }), true);
+          target?.setStatus("device.command_failed", { error: data.error || "" }, true);
         } else if (data.status && panel) {
           panel.deviceStatus({ device, ...data.status });
         }
@@ -323,6 +487,10 @@ export class DeviceBoard {
   }
 
   close() {
+    this.call.removeEventListener("message", this.onMessage);
+    this.container.removeEventListener("click", this.onClick);
+    this.stopLanguage();
+    this.viewer?.close();
     for (const panel of this.panels.values()) panel.close();
     this.panels.clear();
   }

@@ -1,24 +1,34 @@
-// The nurse's page: pre-call check, check a patient in, wait (position and
-// estimated wait), the call, the end.
+// The nurse's page: pre-call check, check a patient in, wait (position,
+// estimated wait, what happens: a physician asked, declined, none free), the
+// call, the end (a summary and the next step).
+//
+// Each consultation stands alone: the camera and microphone go to its call and
+// come back to the pre-call check after it, for the next patient.
 import { $, h, show, announce } from "./dom.js";
-import { t, onLanguageChange, formatDuration } from "./i18n.js";
+import { t, onLanguageChange, formatDuration, setText } from "./i18n.js";
 import { startPage } from "./page.js";
 import { fetchDirectory, specialtiesOf, specialtyLabel, mountPreCheck, joinCall, rejoinGrant } from "./common.js";
+import { CallLock } from "./tabs.js";
 
 const OPEN_STATES = new Set(["requested", "offered", "accepted", "active"]);
 
 async function main() {
   const session = await startPage("nurse");
   if (!session) return;
-  const { token, signalling } = session;
+  const { token, principal, signalling, banner } = session;
   const precheck = mountPreCheck(token);
+  const lock = new CallLock(`tc-call-nurse-${principal.sub}`);
   const form = $("#checkin-form");
   const waiting = $("#waiting");
   const callSlot = $("#call-slot");
   const ended = $("#ended");
   let current = null; // the open consultation
   let view = null;
+  let joining = null;
   let position = null;
+  const visitStatuses = new Map(); // consultation id -> its last visit.status (one may come before the reply)
+  let last = null; // the consultation that just ended, for the summary
+  let elsewhere = null; // the consultation another tab of this browser is in
 
   // -- specialties -----------------------------------------------------------
   const select = $("#specialty");
@@ -35,7 +45,7 @@ async function main() {
   }).catch(() => {
     $("#specialty-error").hidden = false;
   });
-  onLanguageChange(() => { renderSpecialties(); render(); });
+  onLanguageChange(() => { renderSpecialties(); render(); renderEnded(); renderElsewhere(); });
 
   // -- screens ---------------------------------------------------------------
   function screen(name) {
@@ -43,6 +53,7 @@ async function main() {
     show(waiting, name === "waiting");
     show(callSlot, name === "call");
     show(ended, name === "ended");
+    show($("#elsewhere"), name === "elsewhere");
     show($("#precheck-slot"), name === "checkin" || name === "waiting");
     document.body.dataset.screen = name;
   }
@@ -52,9 +63,31 @@ async function main() {
     $("#waiting-state").textContent = t(`nurse.state.${current.state}`);
     $("#waiting-state").dataset.state = current.state;
     if (position) {
-      $("#queue-position").textContent = String(position.position);
-      $("#queue-wait").textContent = formatDuration(position.estimated_wait_s);
+      $("#queue-position").textContent = position.position === null || position.position === undefined
+        ? "–" : String(position.position);
+      const wait = position.estimated_wait_s;
+      $("#queue-wait").textContent = wait === null || wait === undefined ? t("nurse.wait_unknown") : formatDuration(wait);
+      $("#queue-wait").dataset.unknown = String(wait === null || wait === undefined);
     }
+    renderVisitStatus();
+  }
+
+  /** What happens with the request: a physician is asked, declined, did not answer, none free. */
+  function renderVisitStatus() {
+    const note = $("#waiting-note");
+    const s = current ? visitStatuses.get(current.id) : null;
+    if (!s || !["requested", "offered"].includes(current.state)) {
+      note.hidden = true;
+      return;
+    }
+    const name = s.physician_name || t("role.physician");
+    let text;
+    if (s.status === "waiting") text = t(s.looking ? "nurse.status.searching" : "nurse.status.waiting");
+    else if (s.status === "offered") text = t("nurse.status.offered", { name });
+    else text = `${t(`nurse.status.${s.status}`, { name })} ${t(s.looking ? "nurse.status.looking" : "nurse.status.queued")}`;
+    note.textContent = text;
+    note.dataset.status = s.status;
+    note.hidden = false;
   }
 
   function showWaiting(consultation, pos) {
@@ -66,24 +99,86 @@ async function main() {
   }
 
   async function startCall(consultation, grant) {
-    if (view && view.consultation.id === consultation.id) return;
-    current = consultation;
-    screen("call");
-    announce(t("call.started"));
-    view = await joinCall(callSlot, { signalling, token, role: "nurse", consultation, grant, precheck });
+    if ((view && view.consultation.id === consultation.id) || joining === consultation.id) return;
+    joining = consultation.id;
+    try {
+      current = consultation;
+      // Another tab of this browser is in this call: say so, do not join with no camera.
+      if (!(await lock.acquire())) {
+        elsewhere = consultation;
+        renderElsewhere();
+        screen("elsewhere");
+        return;
+      }
+      screen("call");
+      announce(t("call.started"));
+      view = await joinCall(callSlot, { signalling, token, role: "nurse", consultation, grant, precheck, banner });
+    } finally {
+      joining = null;
+    }
+  }
+
+  // -- another tab ------------------------------------------------------------------
+  function renderElsewhere() {
+    if (!elsewhere) return;
+    $("#elsewhere-text").textContent = t("tabs.elsewhere.text");
+  }
+  $("#take-over").addEventListener("click", async () => {
+    const consultation = elsewhere;
+    if (!consultation) return;
+    $("#take-over").disabled = true;
+    lock.askToLeave();
+    await lock.acquire({ wait: true }); // held from now on: startCall goes ahead
+    $("#take-over").disabled = false;
+    elsewhere = null;
+    try {
+      await startCall(consultation, await rejoinGrant(signalling, consultation.id));
+    } catch (_) { showWaiting(consultation); }
+  });
+  lock.whenAskedToLeave(async () => {
+    if (!view) return;
+    const consultation = view.consultation;
+    const closing = view;
+    view = null;
+    await closing.close();
+    lock.release();
+    elsewhere = consultation;
+    $("#elsewhere-text").textContent = t("tabs.moved.text");
+    screen("elsewhere");
+    precheck.restore();
+  });
+
+  // -- the end -------------------------------------------------------------------------
+  function renderEnded() {
+    const c = last;
+    if (!c) return;
+    const reason = c.state === "ended" ? (c.end_reason || "completed") : c.state;
+    $("#ended-text").textContent = t(`nurse.ended.${c.state}`, { reason });
+    const rows = [];
+    if (c.patient_ref) rows.push(["ended.patient", c.patient_ref]);
+    if (c.physician_name) rows.push(["ended.physician", c.physician_name]);
+    if (c.started_at && c.ended_at) rows.push(["ended.duration", formatDuration(c.ended_at - c.started_at)]);
+    $("#ended-summary").replaceChildren(...rows.map(([key, value]) => h("div", {},
+      h("dt", {}, t(key)), h("dd", {}, value))));
+    setText($("#ended-next"), c.state === "ended" ? "nurse.next.ended" : "nurse.next.other");
   }
 
   async function finish(consultation) {
     if (view) {
-      await view.close();
+      const closing = view;
       view = null;
+      await closing.close();
     }
+    lock.release();
+    last = { ...(current || {}), ...consultation };
     current = null;
     position = null;
-    const reason = consultation.state === "ended" ? (consultation.end_reason || "completed") : consultation.state;
-    $("#ended-text").textContent = t(`nurse.ended.${consultation.state}`, { reason });
+    visitStatuses.clear();
     ended.dataset.state = consultation.state;
+    renderEnded();
     screen("ended");
+    // The camera and microphone again, for the next patient.
+    precheck.restore();
     announce($("#ended-text").textContent);
     $("#new-checkin").focus();
   }
@@ -138,9 +233,19 @@ async function main() {
       render();
     }
   });
+  signalling.on("visit.status", (m) => {
+    visitStatuses.set(m.consultation_id, m);
+    if (!current || m.consultation_id !== current.id) return;
+    if (m.position !== undefined || m.estimated_wait_s !== undefined) {
+      position = { ...(position || {}), position: m.position ?? position?.position ?? null,
+        estimated_wait_s: m.estimated_wait_s ?? null };
+    }
+    render();
+    if (m.status !== "offered") announce($("#waiting-note").textContent);
+  });
   signalling.on("consultation.updated", (m) => {
     if (!current || m.consultation.id !== current.id) return;
-    current = m.consultation;
+    current = { ...current, ...m.consultation };
     if (document.body.dataset.screen === "waiting") showWaiting(current);
   });
   signalling.on("consultation.started", (m) => startCall(m.consultation, m.grant));

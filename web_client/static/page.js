@@ -6,26 +6,12 @@ import { t, translate, mountLanguageSwitch, onLanguageChange } from "./i18n.js";
 import { signIn, showSignInProblem, SignInError, forgetToken, saveToken } from "./auth.js";
 import { Signalling } from "./signalling.js";
 import { RoomTracker } from "./call.js";
+import { Banner } from "./banners.js";
 
 export function startChrome() {
   translate();
   const button = $("#lang-switch");
   if (button) mountLanguageSwitch(button);
-}
-
-function showBanner(kind, key, params) {
-  const banner = $("#banner");
-  banner.hidden = false;
-  banner.dataset.kind = kind;
-  banner.dataset.key = key;
-  banner.textContent = t(key, params);
-}
-
-function hideBanner() {
-  const banner = $("#banner");
-  banner.hidden = true;
-  banner.dataset.kind = "";
-  banner.dataset.key = "";
 }
 
 /** Sign in as ``role`` and connect; returns {token, principal, signalling} or null (problem shown). */
@@ -40,44 +26,42 @@ export async function startPage(role) {
   }
   const { token, principal } = session;
   $("#who").textContent = principal.name || principal.sub;
+  $("#who").dataset.sub = principal.sub;
   const signalling = new Signalling(token);
+  const banner = new Banner($("#banner"));
   const connState = $("#conn-state");
   let everOpen = false;
-  let reconnectedTimer = null;
+  let signedOut = false;
+  // The socket's banner follows its state: down (never opened / lost), or nothing.
   const renderState = () => {
     connState.dataset.state = signalling.state;
     connState.textContent = t(`conn.${signalling.state}`);
+    const state = signalling.state;
+    if (signedOut || state === "open" || state === "idle") banner.clear("socket");
+    else if (state === "reconnecting" || state === "closed") {
+      banner.set("socket", everOpen ? "conn.banner.lost" : "conn.banner.unreachable", { priority: 30 });
+    }
   };
   signalling.addEventListener("connection", (event) => {
+    const wasDown = banner.has("socket") && everOpen;
     renderState();
-    const state = event.detail.state;
-    if (state === "reconnecting" && everOpen) {
-      clearTimeout(reconnectedTimer);
-      showBanner("warn", "conn.banner.lost");
-    } else if (state === "reconnecting") {
-      showBanner("warn", "conn.banner.unreachable");
-    } else if (state === "open") {
-      if (everOpen && $("#banner").dataset.kind === "warn") {
-        showBanner("ok", "conn.banner.back");
+    if (event.detail.state === "open") {
+      if (wasDown) {
+        banner.flash("conn.banner.back");
         announce(t("conn.banner.back"));
-        reconnectedTimer = setTimeout(hideBanner, 4000);
-      } else if ($("#banner").dataset.key === "conn.banner.unreachable") {
-        hideBanner();
       }
       everOpen = true;
     }
   });
-  onLanguageChange(() => {
-    renderState();
-    const banner = $("#banner");
-    if (!banner.hidden && banner.dataset.key) banner.textContent = t(banner.dataset.key);
-  });
+  onLanguageChange(renderState);
   signalling.addEventListener("auth-failed", () => {
+    signedOut = true;
     forgetToken(role);
     signalling.close();
     document.dispatchEvent(new CustomEvent("tc-signed-out"));
+    // The "session expired" screen says it all: no banner about a session ending or a socket down.
+    banner.reset();
     showSignInProblem(new SignInError("expired"), role);
-    hideBanner();
   });
   // Before the token expires the server mints a fresh one (auth.renew, up to the session's
   // maximum age); only when it refuses does the page warn that the session ends.
@@ -89,10 +73,14 @@ export async function startPage(role) {
       const reply = await signalling.request("auth.renew");
       signalling.token = reply.token;
       saveToken(role, reply.token);
-      if ($("#banner").dataset.key === "signin.expiring") hideBanner();
+      banner.clear("expiring");
       signalling.dispatchEvent(new CustomEvent("token-renewed", { detail: { expires_at: reply.token_expires_at } }));
-    } catch (_) {
-      showBanner("warn", "signin.expiring", { minutes: Math.max(1, Math.round(message.in_s / 60)) });
+    } catch (error) {
+      // A renewal lost with the socket says nothing about the session's end.
+      if (!signedOut && error.code !== "disconnected") {
+        banner.set("expiring", "signin.expiring", { params: { minutes: Math.max(1, Math.round(message.in_s / 60)) },
+          priority: 20 });
+      }
     } finally {
       renewing = false;
     }
@@ -100,9 +88,9 @@ export async function startPage(role) {
   renderState();
   // A handle for people debugging the page and for the tests (no patient data is logged).
   const rooms = new RoomTracker(signalling);
-  window.teleconsult = { role, principal, signalling, rooms };
+  window.teleconsult = { role, principal, signalling, rooms, banner };
   signalling.connect().catch(() => {});
-  return { token, principal, signalling, rooms };
+  return { token, principal, signalling, rooms, banner };
 }
 
 /** Seconds since ``created_at`` (server Unix time), with the server's clock. */

@@ -128,35 +128,48 @@ export function iceTransportPolicy() {
   return new URLSearchParams(location.search).get("ice") === "relay" ? "relay" : "all";
 }
 
-/** Data channel round trips and media to the echo endpoint. */
-export async function checkNetwork(token, stream) {
+/**
+ * Data channel round trips and media to the echo endpoint. ``signal`` aborts it (a consultation
+ * starts: its media comes first): the verdict is then "interrupted".
+ */
+export async function checkNetwork(token, stream, signal = null) {
   const result = { verdict: "blocked", rtt_ms: null, frames: null, reason: "" };
   const pc = new RTCPeerConnection({ iceServers: await iceServers(token), iceTransportPolicy: iceTransportPolicy() });
   let location = null;
+  const aborted = new Promise((_, reject) => {
+    const stop = () => {
+      pc.close();
+      reject(new Error("aborted"));
+    };
+    if (signal?.aborted) stop();
+    else signal?.addEventListener("abort", stop, { once: true });
+  });
+  aborted.catch(() => {});
+  const step = (promise) => Promise.race([promise, aborted]);
   try {
     const channel = pc.createDataChannel("check");
     if (stream) for (const track of stream.getTracks()) pc.addTrack(track.clone(), stream);
-    await pc.setLocalDescription(await pc.createOffer());
-    await gatheringComplete(pc);
-    const response = await fetch("/api/echo", {
+    await step(pc.setLocalDescription(await pc.createOffer()));
+    await step(gatheringComplete(pc));
+    const response = await step(fetch("/api/echo", {
       method: "POST", body: pc.localDescription.sdp,
       headers: { "Content-Type": "application/sdp", Authorization: `Bearer ${token}` },
-    });
+    }));
     if (response.status !== 201) {
       result.reason = `HTTP ${response.status}`;
       return result;
     }
     location = response.headers.get("Location");
-    await pc.setRemoteDescription({ type: "answer", sdp: await response.text() });
-    await new Promise((resolve, reject) => {
+    await step(pc.setRemoteDescription({ type: "answer", sdp: await response.text() }));
+    await step(new Promise((resolve, reject) => {
       if (channel.readyState === "open") return resolve();
       channel.addEventListener("open", resolve, { once: true });
       setTimeout(() => reject(new Error("timeout")), ECHO_OPEN_TIMEOUT_MS);
-    });
+    }));
     const rtts = [];
     for (let i = 0; i < PINGS; i += 1) {
       const started = performance.now();
-      const reply = await new Promise((resolve, reject) => {
+      const reply = await step(new Promise((resolve, reject) => {
         const onMessage = (event) => {
           if (event.data === `pong-${i}`) {
             channel.removeEventListener("message", onMessage);
@@ -166,7 +179,7 @@ export async function checkNetwork(token, stream) {
         channel.addEventListener("message", onMessage);
         channel.send(`ping-${i}`);
         setTimeout(() => reject(new Error("timeout")), 3000);
-      });
+      }));
       if (reply) rtts.push(performance.now() - started);
     }
     rtts.sort((a, b) => a - b);
@@ -174,25 +187,43 @@ export async function checkNetwork(token, stream) {
     result.verdict = "connected";
     if (stream && location) {
       // Give media a moment to flow, then ask what the server received.
-      for (let i = 0; i < 10; i += 1) {
+      for (let i = 0; i < 10 && !signal?.aborted; i += 1) {
         await new Promise((r) => setTimeout(r, 300));
-        const state = await (await fetch(location)).json().catch(() => null);
+        const state = await (await fetch(location, { headers: { Authorization: `Bearer ${token}` } }))
+          .json().catch(() => null);
         result.frames = state?.frames || null;
         if (result.frames && Object.values(result.frames).some((n) => n > 0)) break;
       }
     }
   } catch (error) {
+    if (signal?.aborted) {
+      result.verdict = "interrupted";
+      result.reason = "aborted";
+      return result;
+    }
     result.reason = pc.iceConnectionState === "failed" || pc.connectionState !== "connected"
       ? "ice" : String(error.message || error);
   } finally {
     pc.getSenders().forEach((s) => s.track?.stop());
     pc.close();
-    if (location) fetch(location, { method: "DELETE" }).catch(() => {});
+    if (location) {
+      fetch(location, { method: "DELETE", headers: { Authorization: `Bearer ${token}` } }).catch(() => {});
+    }
   }
   return result;
 }
 
-/** The check's card: mount(container) then run(); ``stream`` is kept for the call. */
+/** Whether ``stream`` has a live track of ``kind`` ("video", "audio"). */
+export function hasLive(stream, kind) {
+  return Boolean(stream?.getTracks().some((track) => track.kind === kind && track.readyState === "live"));
+}
+
+/**
+ * The check's card: mount(container) then run(). The camera and microphone it opens go to
+ * the call (takeStream: the card says so and shows no preview); after the call, restore()
+ * opens them again for the preview and the next call. A track that stops (unplugged, taken
+ * by another application) turns its row red.
+ */
 export class PreCheck extends EventTarget {
   constructor(token) {
     super();
@@ -201,6 +232,8 @@ export class PreCheck extends EventTarget {
     this.meter = null;
     this.result = { camera: "pending", microphone: "pending", network: "pending" };
     this.network = null;
+    this.handedOver = false;
+    this.mediaReady = Promise.resolve();
   }
 
   mount(container) {
@@ -232,7 +265,8 @@ export class PreCheck extends EventTarget {
     for (const name of ["camera", "microphone", "network"]) {
       const li = this.card.querySelector(`[data-check="${name}"]`);
       const state = this.result[name];
-      li.dataset.state = state === "ok" || state === "connected" ? "ok" : state === "pending" ? "pending" : "fail";
+      li.dataset.state = ["ok", "connected", "in_call"].includes(state) ? "ok"
+        : state === "pending" || state === "interrupted" ? "pending" : "fail";
       let text = t(`precheck.state.${state}`);
       if (name === "network" && state === "connected" && this.network?.rtt_ms !== null) {
         text = t("precheck.state.connected_rtt", { rtt: this.network.rtt_ms });
@@ -242,50 +276,95 @@ export class PreCheck extends EventTarget {
     const advice = [];
     for (const name of ["camera", "microphone"]) {
       const state = this.result[name];
-      if (!["ok", "pending"].includes(state)) advice.push(t(`precheck.advice.${name}.${state}`));
+      if (!["ok", "pending", "in_call"].includes(state)) advice.push(t(`precheck.advice.${name}.${state}`));
     }
     if (this.result.network === "blocked") advice.push(t("precheck.advice.network"));
     this.advice.textContent = advice.join(" ");
     this.advice.hidden = advice.length === 0;
     this.card.dataset.verdict = this.verdict();
+    this.card.dataset.media = this.handedOver ? "in_call" : this.stream ? "preview" : "none";
   }
 
   verdict() {
     const r = this.result;
     if (Object.values(r).includes("pending")) return "pending";
-    return r.camera === "ok" && r.microphone === "ok" && r.network === "connected" ? "ok" : "problem";
+    const ok = (state) => state === "ok" || state === "in_call";
+    const path = r.network === "connected" || r.network === "interrupted";
+    return ok(r.camera) && ok(r.microphone) && path ? "ok" : "problem";
+  }
+
+  /** Open camera and microphone for the preview (and the next call). */
+  async openMedia() {
+    this.meter?.close();
+    this.meter = null;
+    this.stream?.getTracks().forEach((track) => track.stop());
+    this.stream = null;
+    const media = await openLocalMedia();
+    this.stream = media.stream;
+    this.handedOver = false;
+    this.result.camera = media.camera;
+    this.result.microphone = media.microphone;
+    this.video.srcObject = this.stream;
+    const audio = this.stream?.getAudioTracks()[0];
+    if (audio) this.meter = new LevelMeter(audio, this.level);
+    for (const track of this.stream?.getTracks() || []) {
+      track.addEventListener("ended", () => this.trackEnded(track));
+    }
+    this.render();
+  }
+
+  /** A preview track stopped by itself (unplugged, taken by another application). */
+  trackEnded(track) {
+    if (this.handedOver || !this.stream?.getTracks().includes(track)) return;
+    this.result[track.kind === "video" ? "camera" : "microphone"] = "lost";
+    this.render();
   }
 
   async run() {
     this.again.disabled = true;
     this.result = { camera: "pending", microphone: "pending", network: "pending" };
     this.render();
-    this.meter?.close();
-    this.stream?.getTracks().forEach((track) => track.stop());
-    const media = await openLocalMedia();
-    this.stream = media.stream;
-    this.result.camera = media.camera;
-    this.result.microphone = media.microphone;
-    this.video.srcObject = this.stream;
-    const audio = this.stream?.getAudioTracks()[0];
-    if (audio) this.meter = new LevelMeter(audio, this.level);
-    this.render();
-    this.network = await checkNetwork(this.token, this.stream);
-    this.result.network = this.network.verdict;
-    this.render();
+    this.mediaReady = this.openMedia();
+    await this.mediaReady;
+    await this.checkNetwork();
     this.again.disabled = false;
     this.dispatchEvent(new CustomEvent("done", { detail: { ...this.result, network: this.network } }));
     return this.result;
   }
 
-  /** Hand the camera/microphone stream to the call (the check stops using it). */
+  /** The media path to the server (interrupted when a consultation starts meanwhile). */
+  async checkNetwork() {
+    this.abort = new AbortController();
+    this.result.network = "pending";
+    this.render();
+    this.network = await checkNetwork(this.token, this.stream, this.abort.signal);
+    this.result.network = this.network.verdict;
+    this.render();
+  }
+
+  /** Hand the camera/microphone stream to the call: the call owns (and stops) its tracks now. */
   takeStream() {
+    // The consultation's media comes first: a check still running stops.
+    this.abort?.abort();
     this.meter?.close();
     this.meter = null;
     const stream = this.stream;
     this.stream = null;
     this.video.srcObject = null;
+    this.handedOver = true;
+    for (const name of ["camera", "microphone"]) if (this.result[name] === "ok") this.result[name] = "in_call";
+    this.render();
     return stream;
+  }
+
+  /** After a call: camera and microphone again, for the preview and the next call. */
+  restore() {
+    if (!this.handedOver && hasLive(this.stream, "video")) return this.mediaReady;
+    this.result.camera = this.result.microphone = "pending";
+    this.render();
+    this.mediaReady = this.openMedia().catch(() => {});
+    if (this.result.network === "interrupted") this.mediaReady.then(() => this.checkNetwork());
+    return this.mediaReady;
   }
 
   close() {

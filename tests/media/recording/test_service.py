@@ -183,6 +183,8 @@ async def test_a_consultation_is_recorded_in_sync_with_access_control(server: Ru
             for source, n in expected.items():
                 assert counts[source].frames == n, (source, counts[source])
                 assert by_source[source]["frames"] == n, (source, by_source[source])
+                # What the recorder saw is what the SFU counted; nothing came before a keyframe.
+                assert by_source[source]["frames_seen"] == n and by_source[source]["frames_before_keyframe"] == 0
             store = server.app[RECORDING].store
             report = await asyncio.to_thread(store.verify, cid)
             assert report.ok, report.to_dict()

@@ -82,6 +82,31 @@ def test_video_starts_at_first_keyframe(tmp_path: Path, vp8_clip: Clip, plain_va
     assert manifest.tracks[0].frames == len(vp8_clip.frames) - 30
 
 
+def test_every_frame_seen_is_recorded_or_came_before_the_first_keyframe(
+        tmp_path: Path, vp8_clip: Clip, opus_clip: Clip, plain_vault: Vault) -> None:
+    """A recording that starts mid-GOP (from the middle of a frame, even) cannot record the
+    frames before its first keyframe: they reference pictures it never saw. The manifest
+    counts them apart, so that frames seen = frames recorded + frames before the keyframe."""
+    session = RecordingSession.start(tmp_path, "c-k", plain_vault, started_by="dr")
+    session.add_track("cam", "n", "camera", VP8)
+    session.add_track("mic", "n", "microphone", OPUS)
+    start = next(i for i, g in enumerate(vp8_clip.packets) if i > 5 and len(g) > 1)
+    assert start < 30  # within the first GOP: its keyframe is frame 30
+    video = vp8_clip.packets[start][1:] + [p for g in vp8_clip.packets[start + 1:] for p in g]  # mid-frame
+    for packet in video:
+        session.feed("cam", packet, 1.0)
+    for packet in opus_clip.flat():
+        session.feed("mic", packet, 1.0)
+    live = session.manifest.track("cam")
+    assert live.frames_seen == len(vp8_clip.frames) - start and live.frames_before_keyframe == 30 - start
+    cam, mic = session.stop("dr").tracks
+    assert cam.frames == len(vp8_clip.frames) - 30
+    assert cam.frames_seen == len(vp8_clip.frames) - start  # the SFU's count: one per marker bit
+    assert cam.frames_before_keyframe == 30 - start
+    assert cam.frames + cam.frames_before_keyframe == cam.frames_seen
+    assert mic.frames == mic.frames_seen == len(opus_clip.frames) and mic.frames_before_keyframe == 0
+
+
 class FailingVault(Vault):
     """Disk full after a few bytes."""
 

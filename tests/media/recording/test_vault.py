@@ -195,7 +195,7 @@ def test_load_master_key_from_env_and_file(tmp_path: Path) -> None:
     assert load_master_key(RecordingSettings(encrypt=True, master_key_file=str(file)), {}) == key
     vault = Vault.from_settings(RecordingSettings(encrypt=True, master_key_file=str(file)), {})
     assert vault.encrypted
-    assert not Vault.from_settings(RecordingSettings(), {}).encrypted
+    assert not Vault.from_settings(RecordingSettings(encrypt=False), {}).encrypted
 
 
 @pytest.mark.parametrize(
@@ -215,3 +215,25 @@ def test_missing_master_key_file(tmp_path: Path) -> None:
     with pytest.raises(MasterKeyError, match="cannot read"):
         load_master_key(RecordingSettings(encrypt=True, master_key_file=str(tmp_path / "nope")), {})
     assert "key=" not in repr(MasterKey.generate())
+
+
+def test_files_are_private_whatever_the_umask(vault: Vault, plain_vault: Vault, tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        seal(vault, tmp_path / "sealed")
+        seal(plain_vault, tmp_path / "plain")
+        vault.write_bytes(tmp_path / "still.bin", b"x" * 10)
+    finally:
+        os.umask(old)
+    for name in ("sealed", "sealed.key", "plain", "still.bin", "still.bin.key"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o600, name
+
+
+def test_the_development_key_comes_from_data_dir(tmp_path: Path) -> None:
+    first = Vault.from_settings(RecordingSettings(), {}, data_dir=str(tmp_path))
+    assert first.encrypted
+    seal(first, tmp_path / "a")
+    again = Vault.from_settings(RecordingSettings(), {}, data_dir=str(tmp_path))
+    assert b"".join(again.read_chunks(tmp_path / "a")) == DATA
+    with pytest.raises(MasterKeyError, match="production needs"):
+        Vault.from_settings(RecordingSettings(), {}, data_dir=str(tmp_path / "prod"), allow_development=False)

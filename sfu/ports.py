@@ -1,0 +1,23 @@
+"""What the SFU needs from the layers above it, as small Protocols (``teleconsult/app.py`` passes
+the implementations in: the SFU imports neither signalling nor the assembly).
+
+* :class:`RoomGate`: whether a room's consultation is live. A room opens only for a live
+  consultation, and media for a room whose consultation ended is refused (403): a room token
+  dies with its consultation. ``[sfu] standalone_rooms = true`` opens rooms for any valid room
+  token instead (benches and SFU tests that make tokens by hand).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from core.vocabulary import RoomId
+
+
+class RoomGate(Protocol):
+    async def is_live(self, room_id: RoomId) -> bool:
+        """True while the consultation the room is named after is live (accepted or active)."""
+        ...
+
+
+__all__ = ["RoomGate"]
