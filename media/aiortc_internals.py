@@ -734,6 +734,11 @@ def stand_in_dtls_transport(connection: Any, rx: pylibsrtp.Session | None = None
                                 _state=_CONNECTED, state="connected")
     for name in ("rx_bytes", "rx_packets", "tx_bytes", "tx_packets"):
         setattr(transport, "_RTCDtlsTransport__" + name, 0)
+
+    async def no_rtcp_route(data: bytes) -> None:
+        """A stand-in has no receivers or senders to route RTCP to (``guard_rtcp`` wraps it)."""
+
+    transport._handle_rtcp_data = no_rtcp_route
     return transport
 
 
