@@ -261,7 +261,10 @@ class Sessions:
         if s.role is Role.PHYSICIAN:
             await safely(self.presences.detached(s, list(self.local.values())))
             await self.offers.withdraw_from(s)
-        await safely(self._peer_notice(s, p.PeerState.DROPPED))
+        if not self._present_elsewhere(s):
+            # A reload's new socket can say hello (and "resumed") before the old one is seen to
+            # close: a "dropped" then would contradict the party's current state for good.
+            await safely(self._peer_notice(s, p.PeerState.DROPPED))
         s.grace = asyncio.get_running_loop().call_later(self.ctx.sig.resume_grace_s,
                                                         lambda: self.ctx.tasks.spawn(self._grace_timer(s)))
         logger.info("session dropped", extra={"session": s.id, "role": s.role.value})
@@ -335,6 +338,11 @@ class Sessions:
             elif c.state in LIVE and ((s.role is Role.NURSE and c.requested_by == s.sub)
                                       or (s.role is Role.PHYSICIAN and c.physician == s.sub)):
                 await self.consultations.finish(c.id, State.ENDED, actor=s.sub, reason="connection_lost")
+
+    def _present_elsewhere(self, s: Session) -> bool:
+        """Whether the same person (subject and role) has another socket attached here."""
+        return any(o is not s and o.conn is not None and o.sub == s.sub and o.role is s.role
+                   for o in self.local.values())
 
     async def _peer_notice(self, s: Session, state: p.PeerState) -> None:
         """Tell the other parties of ``s``'s live consultations that its socket dropped, came back

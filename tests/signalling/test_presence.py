@@ -180,6 +180,26 @@ async def test_peers_hear_a_reload_without_resume_as_resumed(sig: RunningServer)
         await n.close()
 
 
+async def test_an_old_socket_closing_after_the_reload_said_hello_is_no_drop(sig: RunningServer) -> None:
+    """A reload's new socket can say hello before the old one is seen to close: the other side
+    must not be left on "dropped" while the party is back (clinic_day found it)."""
+    n = await nurse(sig)
+    d = await physician(sig, "dr-cardio")
+    try:
+        cid = (await n.request("visit.request", **VISIT))["consultation"]["id"]
+        await d.event("offer.received", consultation__id=cid)
+        await d.request("offer.accept", consultation_id=cid)
+        n2 = await nurse(sig)
+        try:
+            await n.drop()
+            await asyncio.sleep(1.0)
+            assert not d.has_event("peer.connection", role="nurse", state="dropped")
+        finally:
+            await n2.close()
+    finally:
+        await d.close()
+
+
 def test_status_on_arrival_table() -> None:
     def entry(status: PresenceStatus, after: PresenceStatus | None = None) -> Presence:
         return Presence("dr", status, ("general",), (), 0.0, "s", "p", False, after)
