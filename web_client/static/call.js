@@ -117,6 +117,8 @@ export class Call extends EventTarget {
     this.commandSeq = 0;
     this.commands = new Map(); // command id -> {device, action}
     this.queued = []; // commands waiting for the channel to open
+    // Command ids unique to this page: answers to a page that reloaded are not taken for ours.
+    this.commandPrefix = `c${Math.random().toString(36).slice(2, 8)}-`;
     this.closed = false;
     this.resyncs = 0;
     this.chain = Promise.resolve();
@@ -441,7 +443,7 @@ export class Call extends EventTarget {
   command(device, action, fields = {}) {
     if (this.closed) return null;
     this.commandSeq += 1;
-    const id = `c${this.commandSeq}`;
+    const id = `${this.commandPrefix}${this.commandSeq}`;
     const data = { type: "command", id, device, action, ...fields };
     if (!this.send(data)) {
       if (this.queued.length >= MAX_QUEUED_COMMANDS) return null;

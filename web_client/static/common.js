@@ -24,8 +24,34 @@ export function specialtyLabel(s) {
   return label.startsWith("specialty.") ? s : label;
 }
 
-export function mountPreCheck(token) {
+const OPEN = new Set(["requested", "offered", "accepted", "active"]);
+const GATE_MS = 3000;
+
+/**
+ * Whether the pre-call check may test the media path now: not when the first hello says a
+ * consultation is open (a reload while waiting or in a call: the consultation's media comes
+ * first, the check runs after it); yes when the socket does not answer within 3 s (the check
+ * is what tells why).
+ */
+function openNow(hello) {
+  const state = hello.state || {};
+  return (state.consultations || []).some((c) => OPEN.has(c.state)) || (state.offers || []).length > 0;
+}
+
+function networkGate(signalling) {
+  if (signalling.hello) return Promise.resolve(!openNow(signalling.hello));
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => resolve(true), GATE_MS);
+    signalling.addEventListener("ready", (event) => {
+      clearTimeout(timer);
+      resolve(!openNow(event.detail));
+    }, { once: true });
+  });
+}
+
+export function mountPreCheck(token, signalling) {
   const check = new PreCheck(token);
+  if (signalling) check.networkGate = networkGate(signalling);
   check.mount($("#precheck-slot"));
   check.running = check.run();
   window.teleconsult.precheck = check;

@@ -206,7 +206,10 @@ export class CameraDevicePanel extends Panel {
   /** A still was stored: into the consultation's stills (the server then adds its time and label). */
   stillReady(message) {
     this.stills?.merge([{ ...message, device: message.device || this.source }]);
-    this.stillDone("still.received");
+    // Ours (or one that says not whose): the button works again. Another's (this page before a
+    // reload) only joins the gallery.
+    if (!this.pending) this.setStatus("still.received");
+    else if (!message.id || message.id === this.pending.id) this.stillDone("still.received");
     this.stills?.load();
   }
 

@@ -11,12 +11,27 @@ import { fetchDirectory, specialtiesOf, specialtyLabel, mountPreCheck, joinCall,
 import { CallLock } from "./tabs.js";
 
 const OPEN_STATES = new Set(["requested", "offered", "accepted", "active"]);
+const REQUESTED_HERE = "tc.nurse.requested"; // sessionStorage: consultations this tab checked in
+const OTHER_TAB_DELAY_MS = 1500; // a tab that did not check the patient in lets the one that did go first
+
+/** The consultations this tab (this one, across its reloads) checked in. */
+function requestedHere() {
+  try {
+    return JSON.parse(sessionStorage.getItem(REQUESTED_HERE) || "[]");
+  } catch (_) {
+    return [];
+  }
+}
+
+function rememberRequested(id) {
+  sessionStorage.setItem(REQUESTED_HERE, JSON.stringify([...requestedHere(), id].slice(-20)));
+}
 
 async function main() {
   const session = await startPage("nurse");
   if (!session) return;
   const { token, principal, signalling, banner } = session;
-  const precheck = mountPreCheck(token);
+  const precheck = mountPreCheck(token, signalling);
   const lock = new CallLock(`tc-call-nurse-${principal.sub}`);
   const form = $("#checkin-form");
   const waiting = $("#waiting");
@@ -103,7 +118,11 @@ async function main() {
     joining = consultation.id;
     try {
       current = consultation;
-      // Another tab of this browser is in this call: say so, do not join with no camera.
+      // Another tab of this browser is in this call: say so, do not join with no camera. When
+      // several tabs are open, the one that checked the patient in takes the call.
+      if (!lock.held && !requestedHere().includes(consultation.id)) {
+        await new Promise((resolve) => setTimeout(resolve, OTHER_TAB_DELAY_MS));
+      }
       if (!(await lock.acquire())) {
         elsewhere = consultation;
         renderElsewhere();
@@ -201,6 +220,7 @@ async function main() {
         consent_recording: $("#consent-rec").checked,
       });
       form.reset();
+      rememberRequested(reply.consultation.id);
       showWaiting(reply.consultation, { position: reply.position, estimated_wait_s: reply.estimated_wait_s });
       announce(t("nurse.waiting.title"));
     } catch (err) {

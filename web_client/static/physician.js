@@ -21,7 +21,7 @@ async function main() {
   const session = await startPage("physician");
   if (!session) return;
   const { token, principal, signalling, banner } = session;
-  const precheck = mountPreCheck(token);
+  const precheck = mountPreCheck(token, signalling);
   const ringer = new Ringer();
   let queue = [];
   let queueFetchedAt = 0;

@@ -234,6 +234,7 @@ export class PreCheck extends EventTarget {
     this.network = null;
     this.handedOver = false;
     this.mediaReady = Promise.resolve();
+    this.networkGate = null; // a promise of whether the first run may test the media path
   }
 
   mount(container) {
@@ -326,7 +327,13 @@ export class PreCheck extends EventTarget {
     this.render();
     this.mediaReady = this.openMedia();
     await this.mediaReady;
-    await this.checkNetwork();
+    // The first run waits for the page's word (a consultation open: later); a run asked for runs.
+    const gate = this.networkGate;
+    this.networkGate = null;
+    if (gate && !(await gate)) {
+      this.result.network = "interrupted";
+      this.render();
+    } else await this.checkNetwork();
     this.again.disabled = false;
     this.dispatchEvent(new CustomEvent("done", { detail: { ...this.result, network: this.network } }));
     return this.result;

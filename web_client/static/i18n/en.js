@@ -252,7 +252,7 @@ export default {
   "action.cancel": "Cancel",
   "form.required_note": "Required fields",
   "precheck.state.in_call": "in use by the consultation",
-  "precheck.state.interrupted": "not checked: a consultation started",
+  "precheck.state.interrupted": "not checked during a consultation",
   "precheck.state.lost": "stopped working",
   "precheck.advice.camera.lost": "The camera stopped (unplugged, or taken by another application): check it, then run the check again.",
   "precheck.advice.microphone.lost": "The microphone stopped (unplugged, or taken by another application): check it, then run the check again.",

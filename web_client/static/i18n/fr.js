@@ -252,7 +252,7 @@ export default {
   "action.cancel": "Annuler",
   "form.required_note": "Champs obligatoires",
   "precheck.state.in_call": "utilisée par la consultation",
-  "precheck.state.interrupted": "non vérifiée : une consultation a commencé",
+  "precheck.state.interrupted": "non vérifiée pendant une consultation",
   "precheck.state.lost": "a cessé de fonctionner",
   "precheck.advice.camera.lost": "La caméra s'est arrêtée (débranchée, ou prise par une autre application) : vérifiez-la, puis relancez la vérification.",
   "precheck.advice.microphone.lost": "Le micro s'est arrêté (débranché, ou pris par une autre application) : vérifiez-le, puis relancez la vérification.",
