@@ -34,8 +34,9 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from core import appkeys
 from core.auth import Principal, bearer_token
+from core.http import read_body
 from media.ice import MediaNetwork, ScopedPeerConnection
-from media.sdp import SdpError, parse_offer
+from media.sdp import MAX_SDP_BYTES, SdpError, parse_offer
 from media.teardown import close_peer_connection
 
 logger = logging.getLogger(__name__)
@@ -162,7 +163,7 @@ async def post_echo(request: web.Request) -> web.Response:
     if request.content_type != "application/sdp":
         raise web.HTTPUnsupportedMediaType(reason="send the offer as application/sdp")
     try:
-        offer = (await request.read()).decode("utf-8")
+        offer = (await read_body(request, MAX_SDP_BYTES)).decode("utf-8")
     except UnicodeDecodeError:
         raise web.HTTPBadRequest(reason="the offer is not UTF-8 text") from None
     check, answer = await request.app[ECHO].open(offer, principal.subject)

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from core import appkeys
 from core.auth import RoomGrant, bearer_token
+from core.http import BodyTooLarge, read_body
 from sfu.appkeys import SFU
 from sfu.errors import Forbidden, NotFound, SfuError
 from sfu.sdp import MAX_SDP_BYTES
@@ -34,9 +35,10 @@ async def _offer(request: web.Request) -> tuple[RoomGrant, str]:
                                                    request.match_info["room"])
     if request.content_type != "application/sdp":
         raise SfuError("Content-Type must be application/sdp", status=415, error="unsupported_media_type")
-    body = await request.content.read(MAX_SDP_BYTES + 1)
-    if len(body) > MAX_SDP_BYTES:
-        raise SfuError(f"SDP offer larger than {MAX_SDP_BYTES} bytes", status=413, error="too_large")
+    try:
+        body = await read_body(request, MAX_SDP_BYTES)
+    except BodyTooLarge:
+        raise SfuError(f"SDP offer larger than {MAX_SDP_BYTES} bytes", status=413, error="too_large") from None
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:

@@ -16,7 +16,7 @@ from config.settings import Settings
 from core import appkeys
 from core.auth import TokenService, bearer_token
 from core.keyring import Keyring
-from core.http import request_context
+from core.http import MAX_JSON_BYTES, request_context
 from core.lifecycle import Lifecycle
 from core.metrics import Metrics
 from core.vocabulary import RoomId
@@ -100,7 +100,7 @@ def create_app(settings: Settings, *, tokens: TokenService | None = None,
 
     The key of health data at rest is loaded here, once (``core.keyring``: the
     development key under data_dir only when the setup is not production)."""
-    app = web.Application(middlewares=[request_context], client_max_size=16 * 1024 * 1024)
+    app = web.Application(middlewares=[request_context], client_max_size=MAX_JSON_BYTES)
     app[appkeys.SETTINGS] = settings
     app[appkeys.TOKENS] = tokens or TokenService(settings.auth, settings.server.data_dir)
     app[appkeys.KEYRING] = keyring or Keyring.from_settings(settings, production=is_production(settings))

@@ -35,7 +35,7 @@ from aiohttp import web
 
 from core import appkeys
 from core.auth import Principal, Role, bearer_token
-from core.http import json_error
+from core.http import BodyTooLarge, json_body, json_error, read_body
 from core.vocabulary import STILL_DEVICES, Act, ConsultationId
 from media.recording import ports
 from media.recording.appkeys import SIGNALLING, STILLS
@@ -64,19 +64,6 @@ def still_view(meta: StillMeta, label: str = "") -> dict[str, Any]:
             "label": label, "url": still_url(meta.consultation_id, meta.still_id)}
 
 
-async def _read_body(request: web.Request) -> bytes:
-    if request.content_length is not None and request.content_length > MAX_STILL_BYTES:
-        raise BadImage(413, "too_large", f"a still is at most {MAX_STILL_BYTES} bytes")
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.content.iter_chunked(1 << 16):
-        size += len(chunk)
-        if size > MAX_STILL_BYTES:
-            raise BadImage(413, "too_large", f"a still is at most {MAX_STILL_BYTES} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 async def post_still(request: web.Request) -> web.Response:
     cid = request.match_info["id"]
     grant = request.app[appkeys.TOKENS].verify_room(bearer_token(request.headers.get("Authorization")))
@@ -99,10 +86,12 @@ async def post_still(request: web.Request) -> web.Response:
     if mime not in MIMES:
         return json_error(415, "unsupported_media_type", f"Content-Type must be one of {', '.join(MIMES)}")
     try:
-        data = await _read_body(request)
+        data = await read_body(request, MAX_STILL_BYTES)
         if not data:
             raise BadImage(400, "bad_image", "empty body")
         width, height = await asyncio.to_thread(check_image, data, mime)
+    except BodyTooLarge:
+        return json_error(413, "too_large", f"a still is at most {MAX_STILL_BYTES} bytes")
     except BadImage as exc:
         logger.info("still refused (%s)", exc.error, extra={"consultation": cid})
         return json_error(exc.status, exc.error, exc.reason)
@@ -160,7 +149,7 @@ async def patch_still(request: web.Request) -> web.Response:
     if principal.role is not Role.PHYSICIAN:
         return json_error(403, "forbidden", "only the consultation's physician labels its stills")
     try:
-        body = await request.json()
+        body = await json_body(request)
     except ValueError:
         return json_error(400, "bad_request", "body is not JSON")
     if not isinstance(body, dict) or set(body) != {"label"} or not isinstance(body["label"], str):
