@@ -89,6 +89,12 @@ _CLAIM_TYPES: dict[str, tuple[type, ...]] = {
 _LIST_CLAIMS = ("specialties", "publish")
 """List claims hold strings only."""
 _TIME_CLAIMS = ("iat", "exp", "nbf")
+_ID_CLAIMS = ("sub", "site", "jti", "room")
+MAX_ID_CHARS = 128
+"""Ids in claims go into the journal and logs as they are (``signalling.journal`` holds ids of at
+most 128 characters): a longer or unprintable one is refused at the door, not at the journal
+(where it was a 500 after the work was done)."""
+MAX_NAME_CHARS = 256
 _TIME_LIMIT = 1e12
 """Unix times beyond this (year 33658) are refused before any arithmetic: PyJWT accepts
 ``"iat": "5"`` (it calls ``int()``) and ``10**400`` (which no float can hold)."""
@@ -108,6 +114,11 @@ def check_claim_types(claims: dict[str, Any], role_claim: str = "role") -> None:
             raise AuthError(f"token claim {name!r} must be a list of strings")
         if isinstance(value, (int, float)) and name in _TIME_CLAIMS and not -_TIME_LIMIT < value < _TIME_LIMIT:
             raise AuthError(f"token claim {name!r} is out of range")
+        if name in _ID_CLAIMS and isinstance(value, str) and not (0 < len(value) <= MAX_ID_CHARS
+                                                                and value.isprintable()):
+            raise AuthError(f"token claim {name!r} must be 1-{MAX_ID_CHARS} printable characters")
+        if name == "name" and isinstance(value, str) and len(value) > MAX_NAME_CHARS:
+            raise AuthError(f"token claim 'name' is longer than {MAX_NAME_CHARS} characters")
 
 
 def _check_ascii(token: str) -> None:

@@ -140,6 +140,9 @@ class Directory:
     def from_dict(cls, data: Any) -> "Directory":
         if not isinstance(data, dict) or set(data) - {"sites", "clinicians"}:
             raise DirectoryError("directory: an object with 'sites' and 'clinicians'")
+        for key in ("sites", "clinicians"):
+            if not isinstance(data.get(key, []), list):
+                raise DirectoryError(f"{key}: a list")
         sites: dict[str, Site] = {}
         for i, s in enumerate(data.get("sites", [])):
             site = parse_site(s, f"sites[{i}]")

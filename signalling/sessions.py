@@ -322,8 +322,10 @@ class Sessions:
             return
         self.local.pop(s.id, None)
         await store.delete_session(s.id)
-        if any(o.conn is not None and o.sub == s.sub for o in self.local.values()):
-            return  # the same person is back on a new session
+        if any(o.sub == s.sub and (o.conn is not None or o.grace is not None) for o in self.local.values()):
+            # The same person is back on another session, or may still come back on one within
+            # its own grace (a second tab closed while the first reloads): that one decides.
+            return
         if s.role is Role.PHYSICIAN:
             entry = await self.presences.get(s.sub)
             if entry is not None and entry.session != s.id:

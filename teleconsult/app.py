@@ -89,7 +89,7 @@ async def whoami(request: web.Request) -> web.Response:
     """Who the bearer access token says the caller is (tokens and clients check themselves here)."""
     principal = await request.app[appkeys.TOKENS].verify_access(bearer_token(request.headers.get("Authorization")))
     return web.json_response({
-        "sub": principal.subject, "role": principal.role.value, "site": principal.site,
+        "sub": principal.subject, "name": principal.name, "role": principal.role.value, "site": principal.site,
         "specialties": list(principal.specialties), "exp": principal.expires_at,
     })
 

@@ -34,6 +34,13 @@ def test_rpps_is_optional_checked_and_unique() -> None:
     assert all(not c.rpps for c in load_directory().clinicians.values())
 
 
+def test_sites_and_clinicians_must_be_lists() -> None:
+    """``{"sites": true}`` was iterated as it came: a TypeError, a 500 (bench.fuzz rest, PUT /api/directory)."""
+    for bad in ({"sites": True}, {"clinicians": 5}, {"sites": {"a": 1}}, {"clinicians": "dr"}):
+        with pytest.raises(DirectoryError, match="a list"):
+            Directory.from_dict(bad)
+
+
 async def test_admins_set_an_rpps(server: RunningServer) -> None:
     admin = {"Authorization": f"Bearer {server.tokens.issue_access('admin', 'admin-1')}"}
     async with aiohttp.ClientSession() as http:

@@ -200,6 +200,34 @@ async def test_an_old_socket_closing_after_the_reload_said_hello_is_no_drop(sig:
         await d.close()
 
 
+async def test_a_closed_second_tab_ending_its_grace_while_the_first_reloads_ends_no_call(sig: RunningServer) -> None:
+    """Two nurse tabs; the second is closed, the first reloads. The second's grace ends while the
+    first is between its old and new socket: the first may still come back, so the call goes on
+    (it ended with connection_lost: clinic_day)."""
+    n = await nurse(sig)
+    d = await physician(sig, "dr-cardio")
+    try:
+        cid = (await n.request("visit.request", **VISIT))["consultation"]["id"]
+        await d.event("offer.received", consultation__id=cid)
+        await d.request("offer.accept", consultation_id=cid)
+        second = await nurse(sig)
+        await second.drop()  # the second tab closed: its grace (2 s) starts
+        await asyncio.sleep(1.2)
+        await n.drop()  # the first tab reloads: its grace runs to 3.2 s
+        await asyncio.sleep(1.4)  # the second tab's grace is over, the first's is not
+        back = await SigClient.connect(sig.ws_url, sig.tokens.issue_access("nurse", "nurse-1", site="cabin-demo"),
+                                       resume=n.hello["session"])
+        try:
+            assert back.hello["resumed"] is True
+            assert [c["id"] for c in back.hello["state"]["consultations"]] == [cid]
+            assert not d.has_event("consultation.ended", consultation_id=cid)
+            await back.request("consultation.end", consultation_id=cid)
+        finally:
+            await back.close()
+    finally:
+        await d.close()
+
+
 def test_status_on_arrival_table() -> None:
     def entry(status: PresenceStatus, after: PresenceStatus | None = None) -> Presence:
         return Presence("dr", status, ("general",), (), 0.0, "s", "p", False, after)

@@ -39,9 +39,10 @@ async def whoami(server: RunningServer, token: str) -> tuple[int, dict[str, obje
 
 
 async def test_tokens_accepted_and_attacks_refused(server: RunningServer) -> None:
-    good = server.tokens.issue_access("physician", "dr-1", specialties=["cardiology"])
+    good = server.tokens.issue_access("physician", "dr-1", specialties=["cardiology"], name="Dr Une")
     status, body = await whoami(server, good)
     assert status == 200 and body["sub"] == "dr-1" and body["specialties"] == ["cardiology"]
+    assert body["name"] == "Dr Une", "the pages greet the person by name"
 
     key = server.tokens._keys.signing
     now = int(time.time())
