@@ -5,8 +5,12 @@ on both pages; a dropped socket comes back by itself."""
 
 from __future__ import annotations
 
+import json
+import re
+
 import aiohttp
 
+from tests.signalling.client import SigClient
 from tests.support import RunningServer, wait_for
 from tests.web_client.conftest import Console, open_page, screenshot
 
@@ -210,3 +214,67 @@ async def test_nurse_cancels_a_waiting_request(server: RunningServer, chromium) 
     assert await nurse.locator("#checkin").is_visible()
     assert await nurse.evaluate("document.activeElement.id") == "patient-ref"
     await nurse.context.close()
+
+
+async def test_a_check_in_retried_after_a_lost_reply_queues_the_patient_once(server: RunningServer, chromium) -> None:  # type: ignore[no-untyped-def]
+    """The server took the request but its reply was lost (here: replaced by ``unavailable`` on the
+    way to the page). The nurse submits again: the page sends the same ``request_key``, so the
+    patient is queued once; a new check-in afterwards has a new key."""
+    token = server.tokens.issue_access("nurse", "nurse-3", site="ehpad-demo")
+    context = await chromium.new_context(bypass_csp=True)
+    page = await context.new_page()
+    keys: list[str] = []
+    lost: list[str] = []
+
+    def route(ws):  # type: ignore[no-untyped-def]
+        upstream = ws.connect_to_server()
+
+        def to_server(message: str | bytes) -> None:
+            data = json.loads(message)
+            if data.get("type") == "visit.request":
+                keys.append(data.get("request_key"))
+            upstream.send(message)
+
+        def to_page(message: str | bytes) -> None:
+            data = json.loads(message)
+            if data.get("type") == "visit.request.ok" and not lost:
+                lost.append(data["consultation"]["id"])
+                ws.send(json.dumps({"type": "error", "id": data["id"], "code": "unavailable",
+                                    "message": "the store did not answer"}))
+                return
+            ws.send(message)
+
+        ws.on_message(to_server)
+        upstream.on_message(to_page)
+
+    await page.route_web_socket("**/ws", route)
+    await page.goto(f"{server.url}/nurse#token={token}")
+    await page.wait_for_function("window.teleconsult && window.teleconsult.signalling.state === 'open'", timeout=15000)
+    await page.fill("#patient-ref", PATIENT_REF)
+    await page.fill("#reason", REASON)
+    await page.wait_for_function("document.querySelectorAll('#specialty option').length > 1")
+    await page.select_option("#specialty", "general")
+    await page.check("#consent-tele")
+    await page.click("#checkin-submit")
+    await page.locator("#checkin-error").wait_for(timeout=10000)
+    await page.click("#checkin-submit")  # the nurse tries again
+    await page.locator("#waiting").wait_for(timeout=10000)
+    assert len(keys) == 2 and keys[0] == keys[1] and re.fullmatch(r"[0-9a-f]{32}", keys[0]), keys
+    doctor = await SigClient.connect(server.url.replace("http", "ws", 1) + "/ws",
+                                     server.tokens.issue_access("physician", "dr-q", specialties=["general"]))
+    try:
+        waiting = (await doctor.request("queue.list"))["waiting"]
+    finally:
+        await doctor.close()
+    # Queued once: the consultation the lost reply was about, which the retry got back.
+    assert [w["consultation_id"] for w in waiting if w["site"] == "ehpad-demo"] == lost, waiting
+    await page.click("#cancel-visit")
+    await page.click("#new-checkin")
+    await page.fill("#patient-ref", PATIENT_REF)
+    await page.fill("#reason", REASON)
+    await page.select_option("#specialty", "general")
+    await page.check("#consent-tele")
+    await page.click("#checkin-submit")
+    await page.locator("#waiting").wait_for(timeout=10000)
+    assert len(keys) == 3 and keys[2] != keys[0], keys
+    await context.close()

@@ -203,6 +203,12 @@ async function main() {
   }
 
   // -- check-in ----------------------------------------------------------------
+  // One idempotency key per check-in: a retry after "unavailable" or no answer (the request may
+  // have been taken) reuses it, so the patient is never queued twice; a changed form is a new one.
+  let requestKey = null;
+  const newRequestKey = () => Array.from(crypto.getRandomValues(new Uint8Array(16)),
+    (b) => b.toString(16).padStart(2, "0")).join("");
+  form.addEventListener("input", () => { requestKey = null; });
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     const error = $("#checkin-error");
@@ -210,8 +216,10 @@ async function main() {
     if (!form.reportValidity()) return;
     const submit = $("#checkin-submit");
     submit.disabled = true;
+    requestKey ??= newRequestKey();
     try {
       const reply = await signalling.request("visit.request", {
+        request_key: requestKey,
         patient_ref: $("#patient-ref").value.trim(),
         reason: $("#reason").value.trim(),
         specialty: select.value,
@@ -220,10 +228,13 @@ async function main() {
         consent_recording: $("#consent-rec").checked,
       });
       form.reset();
+      requestKey = null;
       rememberRequested(reply.consultation.id);
       showWaiting(reply.consultation, { position: reply.position, estimated_wait_s: reply.estimated_wait_s });
       announce(t("nurse.waiting.title"));
     } catch (err) {
+      // Refused: not taken, a new key next time. Unknown outcome: the retry must reuse it.
+      if (!["unavailable", "timeout", "disconnected"].includes(err.code)) requestKey = null;
       error.textContent = t(`error.${err.code}`, { message: err.message }).startsWith("error.")
         ? t("error.generic", { message: err.message }) : t(`error.${err.code}`, { message: err.message });
       error.hidden = false;
