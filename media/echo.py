@@ -35,6 +35,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from core import appkeys
 from core.auth import Principal, bearer_token
 from core.http import read_body
+from media import aiortc_internals
 from media.ice import MediaNetwork, ScopedPeerConnection
 from media.sdp import MAX_SDP_BYTES, SdpError, parse_offer
 from media.teardown import close_peer_connection
@@ -93,6 +94,10 @@ class EchoService:
         pc.on("track", lambda track: self._spawn(check, self._count(check, track)))
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+            for transceiver in pc.getTransceivers():  # a malformed REMB must not end the check's media
+                aiortc_internals.guard_rtcp(transceiver.receiver.transport)
+            if pc.sctp is not None:
+                aiortc_internals.guard_rtcp(pc.sctp.transport)
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception as exc:  # aiortc raises ValueError and others for SDP it cannot answer
             await self.close_check(check.id)

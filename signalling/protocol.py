@@ -524,9 +524,10 @@ class VisitCancelOk(Wire):
 @dataclass(frozen=True)
 class QueueListOk(Wire):
     waiting: list[dict[str, Any]] = doc("``[{consultation_id, site, site_name, specialty, priority, language, "
-                                        "waiting_s, state, declined_by_me}]`` in matching order "
+                                        "waiting_s, state, declined_by_me, flagged}]`` in matching order "
                                         "(``declined_by_me``: the caller declined it or let it time out; "
-                                        "``queue.pick`` still takes it).")
+                                        "``queue.pick`` still takes it; ``flagged``: an emergency above its "
+                                        "site's rate, see ``visit.flagged``).")
 
 
 @reply("queue.pick")

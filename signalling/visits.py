@@ -222,7 +222,7 @@ class Visits:
             {"consultation_id": e.consultation_id, "site": e.site, "specialty": e.specialty,
              "priority": e.priority.value, "language": e.language, "waiting_s": round(now - e.since, 1),
              "state": "requested", "site_name": sites[e.site].name if e.site in sites else "",
-             "declined_by_me": s.sub in e.tried} for e in queue_order(entries)])
+             "declined_by_me": s.sub in e.tried, "flagged": e.flagged} for e in queue_order(entries)])
 
     async def expire_overdue(self, now: float) -> None:
         """Requests that waited longer than ``queue.MAX_WAIT_S`` expire."""

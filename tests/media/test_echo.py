@@ -3,11 +3,13 @@
 import asyncio
 import gc
 import os
+import struct
 
 import aiohttp
 import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
 
+from media import aiortc_internals
 from media.echo import ECHO, MAX_CHECKS_PER_USER
 from media.ice import ScopedPeerConnection
 from tests.support import RunningServer, wait_for
@@ -55,6 +57,39 @@ async def _frames(server: RunningServer, location: str, token: str) -> dict[str,
     frames = state["frames"]
     assert isinstance(frames, dict)
     return state if frames.get("video", 0) > 5 else None
+
+
+async def test_a_malformed_remb_does_not_end_the_check(server: RunningServer) -> None:
+    """A REMB that counts more SSRCs than it holds made aiortc's RTCP router raise out of the
+    transport's receive task: the pre-call check's media stopped for good (the SFU's transports
+    were guarded, the check's were not)."""
+    token = server.tokens.issue_access("nurse", "n-1", site="cabin-demo")
+    pc = ScopedPeerConnection()
+    channel = pc.createDataChannel("check")
+    pc.addTrack(VideoStreamTrack())
+    replies: asyncio.Queue[str] = asyncio.Queue()
+    channel.on("message", replies.put_nowait)
+    try:
+        await pc.setLocalDescription(await pc.createOffer())
+        answer, location = await post_offer(server, token, pc.localDescription.sdp)
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        await wait_for(lambda: channel.readyState == "open", what="data channel open")
+        transport = pc.getTransceivers()[0].sender.transport
+        ssrc = pc.getTransceivers()[0].sender._ssrc
+        remb = struct.pack("!BBHII", 0x8F, 206, 5, ssrc, 0) + b"REMB" + bytes([255, 1, 2, 3]) + struct.pack("!I", ssrc)
+        await aiortc_internals.send_rtp(transport, remb)
+        await asyncio.sleep(0.3)
+        channel.send("ping-7")
+        assert await asyncio.wait_for(replies.get(), 5) == "pong-7"
+        before = (await echo_state(server, location, token))["frames"]["video"]  # type: ignore[index]
+        await wait_for(lambda: _frames_over(server, location, token, before + 10), what="video goes on")
+    finally:
+        await pc.close()
+
+
+async def _frames_over(server: RunningServer, location: str, token: str, n: int) -> bool:
+    frames = (await echo_state(server, location, token))["frames"]
+    return isinstance(frames, dict) and frames.get("video", 0) > n
 
 
 async def test_bad_offer_is_400_and_server_goes_on(server: RunningServer) -> None:

@@ -184,6 +184,7 @@ async def test_a_flood_of_emergencies_is_flagged_and_another_sites_real_one_goes
         q = await d.request("queue.list")
         assert [x["consultation_id"] for x in q["waiting"]][:2] == [c["id"] for c in within]
         assert [x["consultation_id"] for x in q["waiting"]][2:] == [c["id"] for c in flagged]
+        assert [x["flagged"] for x in q["waiting"]] == [False, False] + [True] * len(flagged)  # the admin page marks them
         await d.close()
     finally:
         for c in (admin, flood, real):

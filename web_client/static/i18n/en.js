@@ -223,6 +223,8 @@ export default {
   "quality.loss": "Loss",
   "quality.fps": "Frames/s",
   "quality.size": "Size",
+  "quality.sent": "Sent by the cabin",
+  "quality.paused": "paused",
 
   "report.title": "Report",
   "report.reason": "Reason",
@@ -239,6 +241,10 @@ export default {
   "admin.title": "Administration",
   "admin.physicians": "Physicians online",
   "admin.sites": "Sites",
+  "admin.flagged": "Flagged emergencies",
+  "admin.flagged_none": "None since this page opened.",
+  "admin.flagged_mark": "flagged: above its site's rate",
+  "admin.flagged_item": "{time}: {site} sent an emergency above its rate ({count} requests in the window); check it, cancel it if it is not one.",
 
   "error.generic": "Something went wrong: {message}",
   "error.bad_message": "Please check the form: {message}",
@@ -276,6 +282,8 @@ export default {
   "call.banner.peer_away": "{name}: connection lost, waiting for them to come back…",
   "call.banner.peer_lost": "{name} did not come back.",
   "call.banner.media": "The video connection is interrupted; reconnecting…",
+  "call.banner.uplink_weak": "Weak network at the cabin: video reduced, stethoscope first.",
+  "call.banner.uplink_audio_only": "Weak network at the cabin: video paused, the stethoscope goes on.",
   "call.local.lost.camera": "Your camera stopped; restarting it…",
   "call.local.lost.microphone": "Your microphone stopped; restarting it…",
   "call.local.back.camera": "Your camera works again.",

@@ -223,6 +223,8 @@ export default {
   "quality.loss": "Pertes",
   "quality.fps": "Images/s",
   "quality.size": "Taille",
+  "quality.sent": "Envoi de la cabine",
+  "quality.paused": "en pause",
 
   "report.title": "Compte rendu",
   "report.reason": "Motif",
@@ -239,6 +241,10 @@ export default {
   "admin.title": "Administration",
   "admin.physicians": "Médecins en ligne",
   "admin.sites": "Sites",
+  "admin.flagged": "Urgences signalées",
+  "admin.flagged_none": "Aucune depuis l'ouverture de cette page.",
+  "admin.flagged_mark": "signalée : au-delà du débit du site",
+  "admin.flagged_item": "{time} : {site} a envoyé une urgence au-delà de son débit ({count} demandes dans la fenêtre) ; à vérifier, à annuler si ce n'en est pas une.",
 
   "error.generic": "Un problème est survenu : {message}",
   "error.bad_message": "Vérifiez le formulaire : {message}",
@@ -276,6 +282,8 @@ export default {
   "call.banner.peer_away": "{name} : connexion perdue, en attente de son retour…",
   "call.banner.peer_lost": "{name} n'est pas revenu·e.",
   "call.banner.media": "La connexion vidéo est interrompue ; reconnexion…",
+  "call.banner.uplink_weak": "Réseau faible : vidéo réduite, stéthoscope prioritaire.",
+  "call.banner.uplink_audio_only": "Réseau faible : vidéo suspendue, le stéthoscope continue.",
   "call.local.lost.camera": "Votre caméra s'est arrêtée ; redémarrage…",
   "call.local.lost.microphone": "Votre micro s'est arrêté ; redémarrage…",
   "call.local.back.camera": "Votre caméra fonctionne de nouveau.",
