@@ -12,6 +12,7 @@ import aiohttp
 
 from tests.signalling.client import SigClient
 from tests.support import RunningServer, wait_for
+from tests.web_client.axe_check import axe_violations
 from tests.web_client.conftest import Console, open_page, screenshot
 
 PATIENT_REF = "PAT-7731-XQ"
@@ -109,6 +110,9 @@ async def test_consultation_from_check_in_to_end(server: RunningServer, chromium
     assert await physician.get_attribute("#record", "aria-pressed") == "true"
     await screenshot(nurse, "nurse-call.png")
     await screenshot(physician, "physician-call.png")
+    for page, who in ((nurse, "nurse in a call"), (physician, "physician in a call")):
+        problems = await axe_violations(page)
+        assert not problems, (who, problems)
     await physician.click("#record")
     await nurse.locator("#recording").wait_for(state="hidden", timeout=10000)
 
@@ -135,6 +139,7 @@ async def test_consultation_from_check_in_to_end(server: RunningServer, chromium
     assert await nurse.get_attribute("#ended", "data-state") == "ended"
     assert await physician.locator("#report-form").is_visible()  # still editable after the end
     await screenshot(nurse, "nurse-ended.png")
+    assert not await axe_violations(nurse), "nurse, the end"
 
     # Patient data never reaches the console.
     assert PATIENT_REF not in console.text() and "zqv-marker" not in console.text()
