@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from tests.signalling.client import SigClient
 from tests.support import loopback_settings, start_server
 from tests.web_client.conftest import Console, open_page
 
-VISIT = {"patient_ref": "PAT-ADM-1", "reason": "test", "specialty": "general", "priority": "emergency",
+VISIT: dict[str, Any] = {"patient_ref": "PAT-ADM-1", "reason": "test", "specialty": "general", "priority": "emergency",
          "consent_teleconsultation": True}
 
 
