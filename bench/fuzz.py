@@ -88,14 +88,15 @@ class FindingsFile:
               f"{finding.detail.splitlines()[0][:150] if finding.detail else ''}", file=sys.stderr, flush=True)
         if self.path is None:
             return
-        with self.path.open("a") as f:
+        # Inputs hold lone surrogates on purpose: written escaped, never refused.
+        with self.path.open("a", errors="backslashreplace") as f:
             f.write(f"## [{surface}] {finding.kind}: {finding.where}\n\n"
                     f"Input:\n\n```\n{finding.input[:1500]}\n```\n\nWhat happened:\n\n```\n{finding.detail}\n```\n\n")
 
     def summary(self, result: dict[str, Any]) -> None:
         if self.path is None:
             return
-        with self.path.open("a") as f:
+        with self.path.open("a", errors="backslashreplace") as f:
             f.write("## Summary (counts per distinct finding)\n\n| surface | kind | where | count |\n|---|---|---|---|\n")
             for name, s in result["surfaces"].items():
                 for finding in s["findings"]:

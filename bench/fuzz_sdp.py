@@ -410,7 +410,7 @@ def h_kinds(g: Grammar, lines: Lines) -> Lines:
     if sec:
         parts = lines[sec[0]].split(" ")
         parts[0] = "m=" + g.pick(("audio", "video", "application", "text", "message", "", "VIDEO"))
-        if g.chance(0.4):
+        if g.chance(0.4) and len(parts) > 1:  # an earlier mutation may have left "m=" alone
             parts[1] = str(g.pick((0, -1, 65536, 9, "x")))
         if g.chance(0.4) and len(parts) > 2:
             parts[2] = g.pick(("RTP/AVP", "UDP/DTLS/SCTP", "RTP/SAVP", "TCP/DTLS/RTP/SAVPF", "UDP/TLS/RTP/SAVPF", ""))

@@ -169,6 +169,9 @@ def raw_datagram(g: Grammar, pts: list[int], ssrcs: list[int]) -> tuple[str, byt
     return "random bytes", g.random_bytes(size)
 
 
+CALL_SITES = 8
+
+
 class UdpSurface(Surface):
     name = "udp"
     batch_size = 500
@@ -186,7 +189,8 @@ class UdpSurface(Surface):
         self.foreign.setblocking(False)
 
     async def open_call(self) -> Call:
-        call = await open_call(self.ctx, "udp")
+        # A call per batch: spread over sites, each within its rate of visit requests.
+        call = await open_call(self.ctx, f"udp{self.calls % CALL_SITES}")
         self.calls += 1
         return call
 
