@@ -51,6 +51,8 @@ class Sock:
         self.rid = rid
         self.role = role
         self.subject = subject
+        self.dead = False
+        """Closed under us: a send failed (the server closed it between two frames)."""
 
     async def exchange(self, frame: str | bytes, seen: set[str]) -> tuple[str, Any]:
         """("reply", message) | ("closed", code) | ("abnormal", detail) | ("hang", None)."""
@@ -62,7 +64,10 @@ class Sock:
                 # A text frame as written, lone surrogates included (invalid UTF-8 on the wire).
                 await ws.send_frame(frame.encode("utf-8", "surrogatepass"), aiohttp.WSMsgType.TEXT)
         except (ConnectionError, RuntimeError, aiohttp.ClientError) as exc:
-            return "closed", f"send: {type(exc).__name__}"
+            # Closed by the server between two frames (say, the token of an auth.refresh expired):
+            # its close frame, unread until now, tells why; the next frame gets a new socket.
+            self.dead = True
+            return "closed", await self._close_code() or f"send: {type(exc).__name__}"
         deadline = time.monotonic() + HANG_S
         while True:
             left = deadline - time.monotonic()
@@ -91,6 +96,18 @@ class Sock:
                 return "closed", code
             if msg.type is aiohttp.WSMsgType.ERROR:
                 return "abnormal", f"{msg.data!r}"[:300]
+
+    async def _close_code(self) -> int | None:
+        try:
+            while (msg := await self.ws.receive(timeout=1.0)).type not in (
+                    aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED,
+                    aiohttp.WSMsgType.ERROR):
+                pass
+        except (asyncio.TimeoutError, aiohttp.ClientError, ConnectionError, RuntimeError):
+            return None
+        # The close frame's code (the socket itself says 1006: our side could not answer it).
+        code = msg.data if msg.type is aiohttp.WSMsgType.CLOSE else self.ws.close_code
+        return code if isinstance(code, int) and code != 1006 else None
 
     async def close(self) -> None:
         try:
@@ -149,7 +166,7 @@ class WsSurface(Surface):
 
     async def sock(self, role: str) -> Sock:
         sock = self.socks.get(role)
-        if sock is None or sock.ws.closed:
+        if sock is None or sock.ws.closed or sock.dead:
             sock = await within(f"connect {role}", self._open(role))
             await within(f"hello {role}", self._hello(sock))
             if role == "physician":

@@ -96,9 +96,24 @@ class MediaSettings:
     NACKed packets beyond are not resent."""
     retransmit_bytes_per_s: float = 250_000.0
     """The same budget in bytes per second (before SRTP)."""
+    retransmit_share: float = 0.1
+    """Once a peer's bandwidth estimate is known, retransmissions are held to this share of it:
+    what the SFU resends to a subscriber (within the two budgets above too), and what its NACKs
+    ask a publisher to resend (docs/whip-whep.md, Congestion control)."""
+    nack_max_retries: int = 3
+    """Times the SFU asks a publisher for one lost packet."""
+    nack_max_age_ms: float = 1000.0
+    """A packet missing from a publisher for longer is no longer asked for."""
+    nurse_site_share: float = 0.35
+    """The nurse's browser is sent a REMB of at most this share of the site's estimate (its
+    own and the device agent's, which share the uplink) while the agent publishes too."""
     close_timeout_s: float = 5.0
     """Deadline for closing a peer connection (a participant, a room, the pre-call check):
     past it, its transports and sockets are released without waiting for aiortc."""
+    dscp: bool = True
+    """Mark the device agent's media packets with DSCP (IP TOS): the stethoscope's session
+    EF (46), the video devices' AF41 (34), so that site routers that honour it queue the
+    heart sounds first. Off: the system's default (some networks drop marked packets)."""
 
     def validate(self) -> list[tuple[str, str]]:
         errors = []
@@ -122,6 +137,13 @@ class MediaSettings:
         for key in ("retransmit_packets_per_s", "retransmit_bytes_per_s", "close_timeout_s"):
             if getattr(self, key) <= 0:
                 errors.append((key, "must be > 0"))
+        for key in ("retransmit_share", "nurse_site_share"):
+            if not 0 < getattr(self, key) <= 1:
+                errors.append((key, "must be within (0, 1]"))
+        if not 1 <= self.nack_max_retries <= 20:
+            errors.append(("nack_max_retries", "must be between 1 and 20"))
+        if not 20 <= self.nack_max_age_ms <= 10_000:
+            errors.append(("nack_max_age_ms", "must be between 20 and 10000"))
         return errors
 
     def bound_to(self, http_host: str) -> "MediaSettings":
@@ -362,6 +384,35 @@ class DevicesSettings:
 
 
 @dataclass(frozen=True)
+class ExpertiseSettings:
+    """Télé-expertise (``signalling.expertise``, docs/expertise.md)."""
+
+    upload_max_bytes: int = 15 * 1024 * 1024
+    """The largest photo a browser may upload to a case (JPEG or PNG)."""
+    upload_max_pixels: int = 50_000_000
+    """Width x height beyond which an upload is refused before it is decoded."""
+    max_attachments: int = 20
+    due_warning_s: float = 12 * 3600.0
+    """A case this close to its due date (or past it) is flagged to its expert and opened to the
+    specialty's pool by the sweeper."""
+    sweep_interval_s: float = 60.0
+
+    def validate(self) -> list[tuple[str, str]]:
+        errors = []
+        if not 1024 <= self.upload_max_bytes <= 100 * 1024 * 1024:
+            errors.append(("upload_max_bytes", "must be between 1024 and 104857600"))
+        if not 1 <= self.upload_max_pixels <= 200_000_000:
+            errors.append(("upload_max_pixels", "must be between 1 and 200000000"))
+        if not 1 <= self.max_attachments <= 200:
+            errors.append(("max_attachments", "must be between 1 and 200"))
+        if self.due_warning_s < 0:
+            errors.append(("due_warning_s", "must be >= 0"))
+        if self.sweep_interval_s <= 0:
+            errors.append(("sweep_interval_s", "must be > 0"))
+        return errors
+
+
+@dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     media: MediaSettings = field(default_factory=MediaSettings)
@@ -372,6 +423,7 @@ class Settings:
     signalling: SignallingSettings = field(default_factory=SignallingSettings)
     recording: RecordingSettings = field(default_factory=RecordingSettings)
     devices: DevicesSettings = field(default_factory=DevicesSettings)
+    expertise: ExpertiseSettings = field(default_factory=ExpertiseSettings)
     source: str = ""
     """Where the settings came from (for messages)."""
 

@@ -166,6 +166,26 @@ class Act(enum.StrEnum):
     """A clinician signed in through the OpenID provider (Pro Santé Connect) and got our access token."""
     AUTH_REFUSED = "auth.refused"
     """A sign-in through the OpenID provider refused (the ``cause`` code says why)."""
+    # Télé-expertise (signalling.expertise): one act per step of a case, keyed by the case.
+    CASE_CREATE = "case.create"
+    CASE_SUBMIT = "case.submit"
+    CASE_ATTACH = "case.attach"
+    CASE_MESSAGE = "case.message"
+    """A requester's note in the thread while no question is pending."""
+    CASE_QUESTION = "case.question"
+    CASE_REPLY = "case.reply"
+    CASE_TAKE = "case.take"
+    CASE_DECLINE = "case.decline"
+    CASE_ANSWER = "case.answer"
+    CASE_CLOSE = "case.close"
+    CASE_CANCEL = "case.cancel"
+    CASE_ESCALATE = "case.escalate"
+    CASE_OVERDUE = "case.overdue"
+    """The sweeper flagged a case close to or past its due date and opened it to the specialty's pool."""
+    CASE_ACCESS = "case.access"
+    """An attachment of a case downloaded."""
+    CASE_ADMIN_VIEW = "case.admin_view"
+    """An admin read a case's (or the cases') metadata, with a reason code."""
 
 
 # -- the JS constants (web_client/static/vocabulary.js is checked against this) ---------------

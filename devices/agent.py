@@ -210,7 +210,7 @@ class DeviceAgent:
                 seed=self.config.seed, stethoscope_signal=self.config.stethoscope_signal)
             link = RoomLink(http=self.http, base_url=self.config.server, consultation_id=consultation_id, room=room,
                             token=token, adapters=adapters, network=self._network, sfu_url=sfu_url,
-                            on_refused=self._refused)
+                            on_refused=self._refused, dscp=self.settings.media.dscp)
             self.links[consultation_id] = link
             await link.start()
 

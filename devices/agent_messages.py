@@ -7,6 +7,11 @@ Physician → agent (relayed by the SFU in an envelope ``{"from", "role", "data"
 actions: ``set_mode`` (mode), ``set_gain`` (gain_db), ``power`` (on), ``still``,
 ``capabilities``, and ``calibrate`` for the dermatoscope.
 
+Physician → agent: the device the physician is looking at (the large panel), which gets the
+uplink's video budget first (devices/uplink.py)::
+
+    {"type": "viewing", "device": "dermatoscope"}
+
 Agent → everyone in the room::
 
     {"type": "command_result", "id", "device", "action", "ok": true, "status": {...}}
@@ -14,6 +19,8 @@ Agent → everyone in the room::
     {"type": "device_status", "device", "kind", "on", "mode", "gain_db", "capabilities"}
     {"type": "measurement", "device", "name", "value", "unit", "ts", "confidence"}
     {"type": "still_ready", "id", "device", "still_id", "width", "height", "mime", "url", "preview"}
+    {"type": "uplink", "mode", "budget_kbps", "viewing", "tracks": [{"device", "kind", "target_kbps",
+     "paused", "reason"}]}
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import numpy as np
 
 from .adapter import DeviceAdapter
 from .measurements import Measurement, Quantity
+from .uplink import Allocation
 
 CommandId = Union[str, int, None]
 
@@ -165,3 +173,22 @@ def make_preview(image: bytes, max_chars: int = PREVIEW_MAX_CHARS) -> Optional[s
 
 def dumps(message: dict[str, Any]) -> str:
     return json.dumps(message, separators=(",", ":"))
+
+
+def parse_viewing(envelope: dict[str, Any], devices: set[str]) -> Optional[str]:
+    """The device a ``viewing`` message names, when the physician sent it and the agent has
+    that device; None for anything else (other messages, other roles, unknown devices)."""
+    data = envelope.get("data")
+    if not isinstance(data, dict) or data.get("type") != "viewing" or envelope.get("role") != COMMANDER_ROLE:
+        return None
+    device = data.get("device")
+    return device if isinstance(device, str) and device in devices else None
+
+
+def uplink_message(allocation: Allocation, viewing: Optional[str]) -> dict[str, Any]:
+    """What the physician's page shows of the uplink: a banner when video is reduced or
+    paused, and each track's target."""
+    budget = allocation.budget_kbps
+    return {"type": "uplink", "mode": allocation.mode.value,
+            "budget_kbps": None if budget is None else round(budget), "viewing": viewing,
+            "tracks": [t.to_json() for t in allocation.targets]}

@@ -24,23 +24,27 @@ closed, adapters closed; idempotent).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from typing import Any, Callable, Optional
 from urllib.parse import urljoin
 
 import aiohttp
-from aiortc import RTCConfiguration, RTCRtpSender, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcconfiguration import RTCBundlePolicy
 
 from media.ice import MediaNetwork, ScopedPeerConnection
+from media.red import set_red_fmtp
 
 from .adapter import DeviceAdapter, MediaKind
 from .agent_messages import (Command, CommandRefused, device_status_message, dumps, make_preview,
-                             measurement_message, parse_command, parse_envelope, result_error, result_ok)
+                             measurement_message, parse_command, parse_envelope, parse_viewing, result_error,
+                             result_ok)
+from .agent_uplink import SiteUplink, tos_for
 from .errors import DeviceCommandError
 from .measurements import Measurement
-from .opus_encoder import OpusConfig, use_stethoscope_encoder
+from .opus_encoder import OpusConfig, stethoscope_codecs, use_stethoscope_encoder
 from .sdp import set_opus_fmtp, stethoscope_opus_params
 
 logger = logging.getLogger(__name__)
@@ -136,15 +140,18 @@ class WhipPublisher:
     async def _publish(self) -> None:
         self._lost.clear()
         self.connected.clear()
-        pc = ScopedPeerConnection(self.link.network, RTCConfiguration(bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
+        network = self.link.network
+        if self.link.dscp:
+            network = dataclasses.replace(network, tos=tos_for(self.track.kind))
+        pc = ScopedPeerConnection(network, RTCConfiguration(bundlePolicy=RTCBundlePolicy.MAX_BUNDLE))
         self.pc = pc
         transceiver = pc.addTransceiver(SessionTrack(self.track), direction="sendonly")
         stethoscope = self.source == "stethoscope"
         if stethoscope:
-            opus = [c for c in RTCRtpSender.getCapabilities("audio").codecs if c.mimeType.lower() == "audio/opus"]
-            transceiver.setCodecPreferences(opus)
+            # RED first, then Opus (devices/opus_encoder.py).
+            transceiver.setCodecPreferences(stethoscope_codecs(OpusConfig()))
             # Not VOIP: see devices/opus_encoder.py (the VOIP high-pass eats S1/S2).
-            use_stethoscope_encoder(transceiver.sender, OpusConfig())
+            encoder = use_stethoscope_encoder(transceiver.sender, OpusConfig())
         if self.data_channel:
             channel = pc.createDataChannel(DATA_LABEL)
             self.channel = channel
@@ -165,6 +172,7 @@ class WhipPublisher:
             # Tell the far end what the encoder sends: stereo, FEC, no DTX, >= 64 kbit/s.
             assert transceiver.mid is not None  # set by setLocalDescription
             offer = set_opus_fmtp(offer, transceiver.mid, stethoscope_opus_params(OpusConfig().bitrate))
+            offer = set_red_fmtp(offer, levels=OpusConfig().red_distance + 1)
         whip_base = self.link.whip_base
         url = f"{whip_base}/whip/{self.link.room}?source={self.source}"
         headers = {"Authorization": f"Bearer {self.link.token}", "Content-Type": "application/sdp"}
@@ -176,6 +184,11 @@ class WhipPublisher:
             self.location = response.headers.get("Location")
             self.session_url = urljoin(whip_base + "/", self.location) if self.location else None
         await pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
+        if stethoscope:
+            assert transceiver.mid is not None
+            encoder.answered(body, transceiver.mid)  # RED when the SFU accepted it
+        # Its REMB, encoder target and pacing join the site's uplink (devices/agent_uplink.py).
+        self.link.uplink.attach(self.source, transceiver.sender)
         await asyncio.wait_for(self.connected.wait(), CONNECT_TIMEOUT_S)
         self.publishes += 1
         logger.info("whip %s: published", self.source,
@@ -183,6 +196,9 @@ class WhipPublisher:
 
     async def _teardown(self, *, delete: bool) -> None:
         pc, self.pc = self.pc, None
+        if pc is not None:
+            for transceiver in pc.getTransceivers():
+                self.link.uplink.detach(self.source, transceiver.sender)
         location = self.session_url
         self.location = self.session_url = None
         self.channel = None if self.data_channel else self.channel
@@ -225,7 +241,7 @@ class RoomLink:
 
     def __init__(self, *, http: aiohttp.ClientSession, base_url: str, consultation_id: str, room: str, token: str,
                  adapters: dict[str, DeviceAdapter], network: MediaNetwork, sfu_url: Optional[str] = None,
-                 on_refused: Optional[Callable[["RoomLink", int], None]] = None) -> None:
+                 on_refused: Optional[Callable[["RoomLink", int], None]] = None, dscp: bool = True) -> None:
         self.http = http
         self.base_url = base_url.rstrip("/")
         """The teleconsult server: REST (stills), and WHIP when there is no ``sfu_url``."""
@@ -238,7 +254,11 @@ class RoomLink:
         """How many ``room.moved`` were followed."""
         self.adapters = adapters
         self.network = network
+        self.dscp = dscp
+        """Mark each session's packets by its kind (``media.dscp``)."""
         self.publishers: dict[str, WhipPublisher] = {}
+        self.uplink = SiteUplink([name for name, a in adapters.items() if a.kind is not MediaKind.DATA],
+                                 self._uplink_changed)
         self.closed = False
         self._on_refused = on_refused
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -256,6 +276,7 @@ class RoomLink:
 
             adapter.add_measurement_listener(listener)
             self._listeners.append((adapter, listener))
+        self.uplink.start()
         first = True
         for name, adapter in self.adapters.items():
             if adapter.kind is MediaKind.DATA:
@@ -281,6 +302,7 @@ class RoomLink:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*(p.close() for p in self.publishers.values()), return_exceptions=True)
+        await self.uplink.close()
         for adapter in self.adapters.values():
             await adapter.close()
         logger.info("left room", extra={"consultation": self.consultation_id, "room": self.room})
@@ -346,6 +368,13 @@ class RoomLink:
         """Every device's status (at join, and when someone joins later)."""
         for adapter in self.adapters.values():
             self.send(device_status_message(adapter))
+        uplink = self.uplink.message()
+        if uplink is not None:
+            self.send(uplink)
+
+    def _uplink_changed(self, message: dict[str, Any]) -> None:
+        if not self.closed:
+            self.send(message)
 
     def channel_open(self) -> None:
         self.announce()
@@ -362,6 +391,10 @@ class RoomLink:
         data = envelope.get("data")
         if isinstance(data, dict) and data.get("type") == "status_request":
             self.announce()
+            return
+        viewing = parse_viewing(envelope, set(self.adapters))
+        if viewing is not None:
+            self.uplink.view(viewing)
             return
         try:
             command = parse_command(envelope, set(self.adapters))

@@ -99,17 +99,31 @@ def _ignore() -> None:
     pass
 
 
+def set_tos(sock: socket.socket, tos: int) -> None:
+    """Mark what ``sock`` sends with ``tos`` (IPv4 TOS, IPv6 traffic class); a system that
+    refuses leaves the default (marking is a hint to the networks on the way, never required)."""
+    try:
+        if sock.family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, tos)
+        else:
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, tos)
+    except OSError as exc:
+        logger.warning("cannot set the media socket's DSCP: %s", exc)
+
+
 def scope_connection(connection: aioice.Connection, *, bind_addresses: Callable[[], list[str]],
                      announced_ip: str, allows: Callable[[str], bool], bind: Binder,
                      hook: DatagramHook | None = None, on_short: Callable[[], None] = _ignore,
-                     on_too_long: Callable[[], None] = _ignore, on_malformed: Callable[[], None] = _ignore) -> None:
+                     on_too_long: Callable[[], None] = _ignore, on_malformed: Callable[[], None] = _ignore,
+                     tos: int = 0) -> None:
     """Replace host gathering and remote-candidate intake of one aioice connection: host
     candidates on ``bind_addresses()`` only, bound by ``bind`` and announced as ``announced_ip``
     (when set); remote candidates and incoming checks from hosts that ``allows`` refuses are
     ignored. ``hook`` sees every datagram of the host sockets. Datagrams shorter than
     :data:`MIN_DATAGRAM_BYTES` are dropped, each calling ``on_short``; RTP/RTCP ones longer
     than :data:`MAX_MEDIA_DATAGRAM_BYTES`, ``on_too_long``; STUN ones aioice cannot parse,
-    ``on_malformed``."""
+    ``on_malformed``. ``tos`` (not 0): the IP TOS / traffic class byte of the host sockets
+    (DSCP << 2)."""
     original_component = connection.get_component_candidates
     original_add_remote = connection.add_remote_candidate
     original_data_received = connection.data_received
@@ -140,6 +154,8 @@ def scope_connection(connection: aioice.Connection, *, bind_addresses: Callable[
             sock = transport.get_extra_info("socket")
             if sock is not None:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, aioice.turn.UDP_SOCKET_BUFFER_SIZE)
+                if tos:
+                    set_tos(sock, tos)
             host, port = transport.get_extra_info("sockname")[:2]
             announced = announced_ip or host
             candidate = Candidate(

@@ -48,9 +48,29 @@ instance (never by patching classes or modules, but for the benchmarks'
   :func:`watch_routed_rtp`), ``_send_rtp`` wrapped to see or rewrite what leaves
   (:func:`watch_sent_rtp`, :func:`rewrite_sent_rtp`); ``RTCRtpSender._ssrc``
   (:func:`sender_ssrc`), ``RTCDtlsTransport._rtp_router.register_sender``
-  (:func:`route_rtcp_for_ssrc`), ``_send_keyframe`` (:func:`request_keyframe`).
+  (:func:`route_rtcp_for_ssrc`), ``_send_keyframe`` (:func:`request_keyframe`);
+  ``RTCRtpSender._handle_rtcp_packet`` wrapped to see the feedback a publisher gets
+  (:func:`watch_sender_rtcp`, :func:`remb_of`).
+* Congestion control in the SFU: the receiver's ``_send_rtcp`` and RTCP SSRC send the REMB
+  the SFU computes (:func:`send_remb`); subscribers' REMB reaches the SFU through
+  :func:`intercept_sender_rtcp`; the receiver's NACK generator is bypassed
+  (``feed_receiver_packet(nack=False)``: ``sfu/nack.py`` decides).
+* The device agent's uplink: a sender's REMB goes to the agent instead of its encoder
+  (:func:`intercept_remb`); its VP8/H.264 encoder's private ``__target_bitrate`` is set past
+  aiortc's clamp (:func:`set_encoder_bitrate`); ``RTCRtpSender._enabled`` pauses it
+  (:func:`set_sender_paused`); ``RTCDtlsTransport._send_rtp`` and ``RTCRtpSender._retransmit``
+  are wrapped to pace what it sends (:func:`pace_sent_rtp`), with abs-send-time written
+  again at the real send (the id in its private header extension map,
+  :func:`sender_abs_send_time_id`); its receiver reports give the round trip of each one
+  (``__lsr``, ``__lsr_time``: :func:`watch_receiver_reports`).
 * ``aiortc.rtcpeerconnection.is_codec_compatible``: :func:`codecs_compatible`;
   ``H264Encoder._split_bitstream``: :func:`split_h264_nal_units` (recording).
+* RED (RFC 2198), which aiortc does not know: :func:`register_red_codec` (run when this
+  module loads) adds ``audio/red`` to ``aiortc.codecs.CODECS`` so that offers and answers
+  negotiate it like any codec, and wraps the ``get_decoder`` of ``aiortc.rtcrtpreceiver`` so
+  that an aiortc receiver that negotiated RED decodes the primary block with Opus. These two
+  are process-wide (aiortc keeps its codec table and decoder lookup in modules); an aiortc
+  *sender* sends RED only with an encoder that builds it (``devices/opus_encoder.py``).
 
 The aioice and libsrtp halves of those paths are in :mod:`media.aioice_internals` and
 :mod:`media.pylibsrtp_internals`. Loads only on the aiortc versions
@@ -71,18 +91,20 @@ from types import SimpleNamespace
 from typing import Any, Awaitable, Callable, Optional, Sequence
 
 import aioice
+import aiortc.codecs
 import aiortc.rtcrtpreceiver
 import pylibsrtp
 from aiortc import RTCPeerConnection, RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
 from aiortc.codecs import h264, vpx
 from aiortc.codecs.base import Encoder
 from aiortc.codecs.h264 import H264Encoder
+from aiortc.jitterbuffer import JitterFrame
 from aiortc.mediastreams import MediaStreamTrack
 from aiortc.rtcdtlstransport import SRTP_PROFILES, RTCDtlsTransport
 from aiortc.rtcdtlstransport import State as DtlsState
 from aiortc.rtcicetransport import RTCIceTransport
 from aiortc.rtcpeerconnection import is_codec_compatible
-from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+from aiortc.rtcrtpparameters import RTCRtpCodecCapability, RTCRtpCodecParameters
 from aiortc.rtcrtpreceiver import NackGenerator, StreamStatistics
 from aiortc.rtp import (
     RTCP_PSFB_APP,
@@ -90,15 +112,21 @@ from aiortc.rtp import (
     RTCP_PSFB_PLI,
     RTCP_RTPFB_NACK,
     RtcpPsfbPacket,
+    RtcpRrPacket,
     RtcpRtpfbPacket,
+    RtcpSrPacket,
     RtpPacket,
     is_rtcp,
+    pack_remb_fci,
+    unpack_remb_fci,
 )
 
 from media import aioice_internals
 from media.eager import run_now
 from media.library_versions import VersionRange
 from media.pylibsrtp_internals import Protect, Unprotect, srtp_protector, srtp_unprotector
+from media.red import RedError
+from media.red import primary as red_primary
 
 logger = logging.getLogger(__name__)
 
@@ -181,6 +209,7 @@ RtpTap = Callable[[bytes, int], Awaitable[None]]
 """Called with each decrypted RTP datagram and its arrival time (ms)."""
 
 _TAPPED = "_sfu_tap"
+_GUARDED = "_rtcp_guarded"
 _MAX_DATAGRAM = aioice_internals.MAX_MEDIA_DATAGRAM_BYTES
 _CONNECTED = DtlsState.CONNECTED
 _NTP_EPOCH_OFFSET_S = 2208988800
@@ -208,7 +237,10 @@ def guard_rtcp(transport: RTCDtlsTransport) -> None:
     (``unpack_remb_fci``); out of ``_recv_next`` it ended ``RTCDtlsTransport.__run``, and
     with it every packet of the session, for good (bench.fuzz, udp). It is a participant's
     own authenticated RTCP: dropped quietly. Anything else a handler raises is logged (a bug
-    of ours), and the transport goes on receiving."""
+    of ours), and the transport goes on receiving. Idempotent."""
+    if getattr(transport, _GUARDED, False):
+        return
+    setattr(transport, _GUARDED, True)
     handle = transport._handle_rtcp_data
 
     async def guarded(data: bytes) -> None:
@@ -321,18 +353,21 @@ def feed_receiver(receiver: RTCRtpReceiver, ssrc: int, sequence_number: int, tim
 
 
 def feed_receiver_packet(receiver: RTCRtpReceiver, seen: Any, clock_rate: int, *,
-                         count_stats: bool = True) -> list[int] | None:
+                         count_stats: bool = True, nack: bool = True) -> list[int] | None:
     """:func:`feed_receiver` for anything with the ``ssrc``, ``sequence_number`` and
-    ``timestamp`` of the media packet (a parsed RTP header: no object made per packet)."""
+    ``timestamp`` of the media packet (a parsed RTP header: no object made per packet).
+    ``nack=False``: statistics only (the SFU decides its NACKs itself: ``sfu/nack.py``)."""
     if count_stats:
         streams: dict[int, StreamStatistics] = receiver._RTCRtpReceiver__remote_streams  # type: ignore[attr-defined]
         stats = streams.get(seen.ssrc)
         if stats is None:
             stats = _new_stream(streams, seen.ssrc, clock_rate)
         stats.add(seen)
-    nack = receiver._RTCRtpReceiver__nack_generator  # type: ignore[attr-defined]
-    if nack is not None and nack.add(seen):
-        return sorted(nack.missing)
+    if not nack:
+        return None
+    generator = receiver._RTCRtpReceiver__nack_generator  # type: ignore[attr-defined]
+    if generator is not None and generator.add(seen):
+        return sorted(generator.missing)
     return None
 
 
@@ -352,6 +387,18 @@ async def send_nack(receiver: RTCRtpReceiver, media_ssrc: int, lost: list[int]) 
 
 async def send_pli(receiver: RTCRtpReceiver, media_ssrc: int) -> None:
     await receiver._send_rtcp_pli(media_ssrc)
+
+
+async def send_remb(receiver: RTCRtpReceiver, bitrate: int, ssrcs: list[int]) -> None:
+    """Send a REMB (RTCP PSFB APP, what ``RTCRtpReceiver._handle_rtp_packet`` sends from its
+    own estimator) from the receiver's RTCP SSRC: ``bitrate`` bit/s for the streams ``ssrcs``.
+    Nothing before the receiver has its RTCP SSRC (negotiation not applied yet)."""
+    rtcp_ssrc: int | None = getattr(receiver, "_RTCRtpReceiver__rtcp_ssrc", None)
+    if rtcp_ssrc is None:
+        return
+    packet = RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=rtcp_ssrc, media_ssrc=0,
+                            fci=pack_remb_fci(int(bitrate), list(ssrcs)))
+    await receiver._send_rtcp(packet)
 
 
 def reset_nack_generator(receiver: RTCRtpReceiver) -> None:
@@ -513,9 +560,12 @@ NackHandler = Callable[[list[int]], Awaitable[None]]
 KeyframeHandler = Callable[[str], None]
 
 
-def intercept_sender_rtcp(sender: RTCRtpSender, on_nack: NackHandler, on_keyframe: KeyframeHandler) -> None:
-    """NACKs (``on_nack(lost)``) and PLI/FIR (``on_keyframe("pli"|"fir")``) received for this
-    sender go to the SFU; receiver reports and REMB keep aiortc's handling (statistics)."""
+def intercept_sender_rtcp(sender: RTCRtpSender, on_nack: NackHandler, on_keyframe: KeyframeHandler,
+                          on_remb: Callable[[int], None] | None = None) -> None:
+    """NACKs (``on_nack(lost)``), PLI/FIR (``on_keyframe("pli"|"fir")``) and REMB
+    (``on_remb(bitrate)``: the subscriber's estimate of its whole transport; aiortc's router
+    hands it to each sender whose SSRC it lists) received for this sender go to the SFU;
+    receiver reports keep aiortc's handling (statistics)."""
     original = sender._handle_rtcp_packet
 
     async def handle_rtcp_packet(packet: Any) -> None:
@@ -524,7 +574,12 @@ def intercept_sender_rtcp(sender: RTCRtpSender, on_nack: NackHandler, on_keyfram
         elif isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
             on_keyframe("fir" if packet.fmt == RTCP_PSFB_FIR else "pli")
         elif isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
-            return  # REMB: no encoder to steer
+            if on_remb is not None:  # no encoder of ours to steer: the SFU passes it upstream
+                try:
+                    bitrate, _ = unpack_remb_fci(packet.fci)
+                except ValueError:
+                    return  # another application-layer feedback
+                on_remb(bitrate)
         else:
             await original(packet)
 
@@ -649,6 +704,124 @@ def _unbound_sendto(data: bytes, addr: Any) -> None:
     raise AssertionError("unreachable")
 
 
+# -- the agent's uplink (devices/agent_uplink.py) -------------------------------------------
+RembHandler = Callable[[int], None]
+PacedSend = Callable[[bytes], Awaitable[None]]
+PacedEnqueue = Callable[[bytes, bool, PacedSend], None]
+
+
+def intercept_remb(sender: RTCRtpSender, on_remb: RembHandler) -> None:
+    """A REMB received for this sender calls ``on_remb(bits_per_s)`` instead of setting its
+    encoder's ``target_bitrate`` (``RTCRtpSender._handle_rtcp_packet``): the agent splits one
+    site budget between its sessions. Other RTCP keeps aiortc's handling."""
+    original = sender._handle_rtcp_packet
+
+    async def handle_rtcp_packet(packet: Any) -> None:
+        if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+            try:
+                bitrate, ssrcs = unpack_remb_fci(packet.fci)
+            except ValueError:
+                return
+            if sender._ssrc in ssrcs:
+                on_remb(bitrate)
+            return
+        await original(packet)
+
+    sender._handle_rtcp_packet = handle_rtcp_packet  # type: ignore[method-assign]
+
+
+ReportHandler = Callable[[Optional[float], float], None]
+
+
+def watch_receiver_reports(sender: RTCRtpSender, on_report: ReportHandler) -> None:
+    """Each receiver report block about this sender's stream calls ``on_report(rtt_s,
+    fraction_lost)``: the round trip of that report alone (``RTCRtpSender`` keeps only a
+    smoothed one, which lags seconds behind a queue that drained; None when the report does
+    not echo the sender's last Sender Report: its private ``__lsr`` / ``__lsr_time``) and the
+    fraction lost (0-1) since the report before. aiortc handles the report as usual after."""
+    original = sender._handle_rtcp_packet
+
+    async def handle_rtcp_packet(packet: Any) -> None:
+        if isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
+            for report in packet.reports:
+                if report.ssrc != sender._ssrc:
+                    continue
+                lsr = getattr(sender, "_RTCRtpSender__lsr", None)
+                lsr_time = getattr(sender, "_RTCRtpSender__lsr_time", None)
+                rtt = None
+                if lsr is not None and lsr_time is not None and report.lsr == lsr and report.dlsr:
+                    rtt = max(0.0, time.time() - lsr_time - report.dlsr / 65536)
+                on_report(rtt, report.fraction_lost / 256)
+        await original(packet)
+
+    sender._handle_rtcp_packet = handle_rtcp_packet  # type: ignore[method-assign]
+
+
+def sender_abs_send_time_id(sender: RTCRtpSender) -> Optional[int]:
+    """The header extension id this sender writes abs-send-time with (None: not negotiated,
+    or not started yet): ``RTCRtpSender.__rtp_header_extensions_map``'s private ids."""
+    extensions = getattr(sender, "_RTCRtpSender__rtp_header_extensions_map", None)
+    ids = getattr(extensions, "_HeaderExtensionsMap__ids", None)
+    value = getattr(ids, "abs_send_time", None)
+    return value if isinstance(value, int) and value > 0 else None
+
+
+_TARGET_ATTRIBUTES = ((vpx.Vp8Encoder, "_Vp8Encoder__target_bitrate"),
+                      (H264Encoder, "_H264Encoder__target_bitrate"))
+
+
+def set_encoder_bitrate(sender: RTCRtpSender, bitrate: int) -> bool:
+    """Set the target of the VP8 or H.264 encoder ``sender`` holds, to ``bitrate`` as is:
+    aiortc's ``target_bitrate`` setter clamps to 250 kbit/s (VP8) or 500 kbit/s (H.264) at
+    least, more than a thin uplink can give a device that is not being examined. The encoder
+    applies it from its next frame (aiortc re-creates its codec on a change over 10 %).
+    False when the sender holds no such encoder (not started yet, audio)."""
+    encoder = sender_encoder(sender)
+    for cls, attribute in _TARGET_ATTRIBUTES:
+        if isinstance(encoder, cls) and hasattr(encoder, attribute):
+            setattr(encoder, attribute, int(bitrate))
+            return True
+    return False
+
+
+def set_sender_paused(sender: RTCRtpSender, paused: bool) -> None:
+    """Paused, the sender still reads its track but drops each frame before encoding
+    (``RTCRtpSender._enabled``, what an inactive direction sets), and sends no RTP; its
+    RTCP goes on. Resumed, its next frame is a keyframe."""
+    if not paused and not sender._enabled:
+        sender._send_keyframe()
+    sender._enabled = not paused
+
+
+def pace_sent_rtp(transport: RTCDtlsTransport, sender: RTCRtpSender, enqueue: PacedEnqueue) -> None:
+    """Each RTP packet ``transport`` sends on aiortc's own path (``RTCDtlsTransport._send_rtp``)
+    goes to ``enqueue(packet, is_retransmission, send)`` instead, which sends it later with
+    ``send`` (SRTP-protect and send). RTCP goes out at once. ``sender``'s retransmissions
+    (``RTCRtpSender._retransmit``) are flagged: they call ``_send_rtp`` without suspending,
+    so a flag set around them marks exactly their packets."""
+    send = transport._send_rtp
+    retransmitting = False
+
+    async def paced(data: bytes) -> None:
+        if is_rtcp(data):
+            await send(data)
+        else:
+            enqueue(data, retransmitting, send)
+
+    retransmit = sender._retransmit
+
+    async def flagged_retransmit(sequence_number: int) -> None:
+        nonlocal retransmitting
+        retransmitting = True
+        try:
+            await retransmit(sequence_number)
+        finally:
+            retransmitting = False
+
+    transport._send_rtp = paced  # type: ignore[method-assign]
+    sender._retransmit = flagged_retransmit  # type: ignore[method-assign]
+
+
 # -- watching and steering a client peer (tests) -------------------------------------------
 def watch_received_rtp(transport: RTCDtlsTransport, on_rtp: Callable[[bytes], None]) -> None:
     """``on_rtp`` sees each decrypted RTP datagram ``transport`` receives on aiortc's own path
@@ -697,6 +870,29 @@ def watch_sent_rtp(transport: RTCDtlsTransport, on_packet: Callable[[bytes], Non
         return data
 
     rewrite_sent_rtp(transport, watched)
+
+
+def watch_sender_rtcp(sender: RTCRtpSender, on_packet: Callable[[Any], None]) -> None:
+    """``on_packet`` sees each RTCP packet aiortc's router hands to ``sender`` (NACK, PLI, REMB,
+    reports: ``RTCRtpSender._handle_rtcp_packet``), before the sender handles it as usual."""
+    handle = sender._handle_rtcp_packet
+
+    async def watched(packet: Any) -> None:
+        on_packet(packet)
+        await handle(packet)
+
+    sender._handle_rtcp_packet = watched  # type: ignore[method-assign]
+
+
+def remb_of(packet: Any) -> tuple[int, list[int]] | None:
+    """(bitrate, ssrcs) of an RTCP REMB packet; None for any other packet."""
+    if not (isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP):
+        return None
+    try:
+        bitrate, ssrcs = unpack_remb_fci(packet.fci)
+    except ValueError:
+        return None
+    return bitrate, list(ssrcs)
 
 
 def sender_ssrc(sender: RTCRtpSender) -> int:
@@ -769,3 +965,80 @@ def stand_in_sender() -> Any:
                         ("packet_count", 0)):
         setattr(sender, "_RTCRtpSender__" + name, value)
     return sender
+
+
+# -- RED (RFC 2198) --------------------------------------------------------------------------
+RED_MIME_TYPE = "audio/red"
+RED_PAYLOAD_TYPE = 63
+"""The payload type aiortc offers RED with: Chromium's. aiortc answers with the offer's own
+type only within 96-127 and with this one otherwise, so an offer that puts RED at another
+type below 96 cannot have it (:func:`red_payload_type_usable`)."""
+
+
+def is_red(codec: object) -> bool:
+    mime = getattr(codec, "mimeType", "")
+    return isinstance(mime, str) and mime.lower() == RED_MIME_TYPE
+
+
+def red_payload_type_usable(payload_type: int | None) -> bool:
+    """Whether aiortc answers an offered RED of ``payload_type`` with that same type
+    (``find_common_codecs`` keeps an offered dynamic type, 96-127, and its own otherwise)."""
+    return payload_type is not None and (96 <= payload_type <= 127 or payload_type == RED_PAYLOAD_TYPE)
+
+
+def red_capability() -> RTCRtpCodecCapability:
+    """RED as aiortc lists it in its audio capabilities (for codec preferences)."""
+    for capability in RTCRtpSender.getCapabilities("audio").codecs:
+        if is_red(capability):
+            return capability
+    raise IncompatibleAiortcError("audio/red is not registered with aiortc")
+
+
+class RedPrimaryDecoder:
+    """An aiortc decoder for RED: the primary block of each payload to ``decoder`` (Opus);
+    a malformed payload decodes to nothing."""
+
+    def __init__(self, decoder: Any) -> None:
+        self.decoder = decoder
+
+    def decode(self, encoded_frame: JitterFrame) -> list[Any]:
+        try:
+            _, data = red_primary(encoded_frame.data)
+        except RedError:
+            return []
+        if not data:
+            return []
+        result: list[Any] = self.decoder.decode(JitterFrame(data=data, timestamp=encoded_frame.timestamp))
+        return result
+
+
+_OPUS_FOR_RED = RTCRtpCodecParameters(mimeType="audio/opus", clockRate=48000, channels=2)
+
+
+def register_red_codec() -> None:
+    """Make every aiortc peer of this process negotiate ``audio/red`` (after its other audio
+    codecs, so that a peer without codec preferences still sends Opus) and decode its
+    primary. Idempotent."""
+    codecs = aiortc.codecs.CODECS.get("audio")
+    lookup = getattr(aiortc.rtcrtpreceiver, "get_decoder", None)
+    if not isinstance(codecs, list) or lookup is None:
+        raise IncompatibleAiortcError("aiortc.codecs.CODECS['audio'] or aiortc.rtcrtpreceiver.get_decoder "
+                                      "changed; update media/aiortc_internals.py for this aiortc version")
+    if any(c.payloadType == RED_PAYLOAD_TYPE and not is_red(c) for c in codecs):
+        raise IncompatibleAiortcError(f"aiortc uses payload type {RED_PAYLOAD_TYPE} for another audio codec")
+    if not any(is_red(c) for c in codecs):
+        codecs.append(RTCRtpCodecParameters(mimeType=RED_MIME_TYPE, clockRate=48000, channels=2,
+                                            payloadType=RED_PAYLOAD_TYPE))
+    if getattr(lookup, "_red_aware", False):
+        return
+
+    def get_decoder(codec: RTCRtpCodecParameters) -> Any:
+        if is_red(codec):
+            return RedPrimaryDecoder(lookup(_OPUS_FOR_RED))
+        return lookup(codec)
+
+    get_decoder._red_aware = True  # type: ignore[attr-defined]
+    aiortc.rtcrtpreceiver.get_decoder = get_decoder  # type: ignore[assignment]
+
+
+register_red_codec()

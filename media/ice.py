@@ -122,6 +122,9 @@ class MediaNetwork:
     ice_servers: tuple[RTCIceServer, ...] = ()
     datagrams: DatagramCounts = field(default_factory=DatagramCounts, compare=False, repr=False)
     """What the sockets of every peer connection on this network dropped."""
+    tos: int = 0
+    """IP TOS byte (DSCP << 2) of the media sockets; 0: the system's default. The agent marks
+    each device's session by its kind (``media.dscp``): audio EF, video AF41."""
 
     @classmethod
     def from_settings(cls, media: MediaSettings, ice: IceSettings | None = None,
@@ -212,4 +215,4 @@ class ScopedPeerConnection(IceHookedPeerConnection):
         scope_connection(connection, bind_addresses=network.bind_addresses, announced_ip=network.announced_ip,
                          allows=network.allows, bind=self._allocator.bind, hook=self.datagram_hook,
                          on_short=network.datagrams.dropped_short, on_too_long=network.datagrams.dropped_too_long,
-                         on_malformed=network.datagrams.dropped_malformed)
+                         on_malformed=network.datagrams.dropped_malformed, tos=network.tos)

@@ -10,6 +10,7 @@ command -v redis-server >/dev/null || missing+=(redis-server)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 command -v turnserver >/dev/null || missing+=(coturn)
 command -v ip >/dev/null || missing+=(iproute2)
+command -v nft >/dev/null || missing+=(nftables)  # the network lab drops packets with it (bench/netlab.py)
 command -v unshare >/dev/null || missing+=(util-linux)
 command -v pdftotext >/dev/null || missing+=(poppler-utils)  # the PDF report's tests read it as text and PNG
 if [ ${#missing[@]} -gt 0 ]; then

@@ -3,8 +3,9 @@
 * :class:`TokenBucket`: ``rate`` tokens a second, at most ``burst`` saved up.
 * :class:`RetransmitBudget`: what one subscriber's NACKs may have retransmitted, in
   packets and bytes a second (issue 17: 1,334 NACKs once caused about 24k
-  retransmissions). A NACKed packet beyond the budget is not resent. Issue 13 adds
-  limits from the subscriber's RTT and bandwidth estimate here.
+  retransmissions). A NACKed packet beyond the budget is not resent. Once the subscriber's
+  bandwidth estimate (REMB) is known, both rates follow ``[media] retransmit_share`` of it
+  (:meth:`RetransmitBudget.follow_estimate`, issue 13).
 
 Sans-I/O: the caller gives the time (seconds, any monotonic clock).
 """
@@ -47,11 +48,23 @@ class RetransmitBudget:
     """Retransmissions one subscriber may cause: ``packets_per_s`` and ``bytes_per_s``, with
     ``burst_s`` seconds of each saved up. Shared by every subscription of the subscriber."""
 
-    __slots__ = ("packets", "bytes")
+    __slots__ = ("packets", "bytes", "_limits", "_burst_s")
 
     def __init__(self, packets_per_s: float, bytes_per_s: float, burst_s: float = 1.0) -> None:
         self.packets = TokenBucket(packets_per_s, max(1.0, packets_per_s * burst_s))
         self.bytes = TokenBucket(bytes_per_s, max(1500.0, bytes_per_s * burst_s))
+        self._limits = (packets_per_s, bytes_per_s)
+        self._burst_s = burst_s
+
+    def follow_estimate(self, estimate_bps: float, share: float) -> None:
+        """Hold the byte rate to ``share`` of the subscriber's bandwidth estimate (issue 13),
+        never above the configured one; what is saved up shrinks with the burst. The packet
+        rate stays as configured: it bounds the work, bytes bound the link."""
+        bytes_per_s = min(self._limits[1], max(1500.0, share * estimate_bps / 8))
+        bucket = self.bytes
+        bucket.rate = bytes_per_s
+        bucket.burst = max(1500.0, bytes_per_s * self._burst_s)
+        bucket.tokens = min(bucket.tokens, bucket.burst)
 
     @classmethod
     def from_settings(cls, media: MediaSettings) -> "RetransmitBudget":

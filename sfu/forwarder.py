@@ -50,6 +50,11 @@ class Forwarder:
         """Taps (recording) that see each media packet (and its parsed header) before the
         subscriptions; must not raise."""
         self.ssrc: int | None = None
+        self.payload_type: int | None = None
+        """The publisher's payload type for the codec (its subscriptions map it to theirs)."""
+        self.red_payload_type: int | None = None
+        """The publisher's RED (RFC 2198) payload type, when negotiated: such packets go to
+        each subscription as RED, or as their primary block where RED was not negotiated."""
         self._last_keyframe_ts: int | None = None
         self.closed = False
 

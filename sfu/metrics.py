@@ -14,10 +14,19 @@ Exported (all ``teleconsult_sfu_``):
   subscribers / sent upstream to publishers;
 * ``nack_total`` {kind, source, direction=received|sent}, ``retransmits_total``;
 * ``retransmits_refused_total`` {kind, source}: NACKed packets not resent, beyond the
-  subscriber's retransmission budget (``[media] retransmit_*_per_s``);
+  subscriber's retransmission budget (``[media] retransmit_*_per_s``, ``retransmit_share``
+  of its estimate) or resent ``nack_max_retries`` times already;
 * ``packets_dropped_total`` {reason}: RTP the SFU would not take from a publisher
-  (``unknown_ssrc``: an SSRC its offer did not declare, beyond the budget for new ones);
+  (``unknown_ssrc``: an SSRC its offer did not declare, beyond the budget for new ones;
+  ``malformed_red``: a RED payload that does not parse or carries another codec);
 * ``packets_lost_total`` {kind, source}: gaps in what publishers sent;
+* ``retransmit_bytes_total`` {kind, source, direction=received|sent}: RTX bytes from
+  publishers / bytes resent to subscribers;
+* ``nack_given_up_total`` {kind, source}: packets lost from publishers that the SFU stopped
+  asking for (``[media] nack_max_retries``, ``nack_max_age_ms``: ``sfu/nack.py``);
+* ``uplink_estimate_bps`` / ``remb_bps`` {kind, source} (gauges): the publishers' own uplink
+  estimates and the REMB last sent to them, summed over the live publications of that source
+  (``sfu/congestion.py``);
 * ``media_transcode_total`` {op=decode|encode}: frames aiortc decoded or
   encoded in SFU peer connections: 0 by design;
 * ``rooms``, ``participants``, ``publications``, ``subscriptions`` (gauges).
@@ -50,6 +59,12 @@ class TrackCounts:
     retransmits: int = 0
     retransmits_refused: int = 0
     lost: int = 0
+    retransmit_bytes: int = 0
+    """Bytes the SFU resent to subscribers."""
+    rtx_bytes_in: int = 0
+    """Bytes of retransmissions (RTX) received from publishers."""
+    nack_given_up: int = 0
+    """Packets lost from a publisher that the SFU stopped asking for (retries or age, ``sfu/nack.py``)."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +73,16 @@ class Gauges:
     participants: int
     publications: int
     subscriptions: int
+
+
+@dataclass(frozen=True)
+class UplinkFigures:
+    """The bandwidth feedback of one live publication (``sfu/congestion.py``), bit/s."""
+
+    kind: str
+    source: str
+    uplink_bps: int | None
+    remb_bps: int | None
 
 
 @dataclass
@@ -69,6 +94,8 @@ class SfuMetrics:
     dropped: dict[str, int] = field(default_factory=lambda: {"unknown_ssrc": 0})
     """Packets dropped on the receive path, by reason."""
     gauges: Callable[[], Gauges] = lambda: Gauges(0, 0, 0, 0)
+    uplinks: Callable[[], list[UplinkFigures]] = lambda: []
+    """The live publications' estimates (the service sets it), read at scrape time."""
 
     def track(self, kind: str, source: str) -> TrackCounts:
         key = (kind, source)
@@ -119,6 +146,10 @@ class _Collector(Collector):
                                       labels=["kind", "source"])
         lost = CounterMetricFamily(PREFIX + "packets_lost", "Packets missing from publishers",
                                    labels=["kind", "source"])
+        rtx_bytes = CounterMetricFamily(PREFIX + "retransmit_bytes", "Retransmitted RTP bytes (before SRTP)",
+                                        labels=["kind", "source", "direction"])
+        given_up = CounterMetricFamily(PREFIX + "nack_given_up", "Lost packets no longer asked for (bounded NACK)",
+                                       labels=["kind", "source"])
         for (kind, source), c in sorted(m.tracks.items()):
             packets.add_metric([kind, source, "in"], c.packets_in)
             packets.add_metric([kind, source, "out"], c.packets_out)
@@ -133,6 +164,9 @@ class _Collector(Collector):
             retransmits.add_metric([kind, source], c.retransmits)
             refused.add_metric([kind, source], c.retransmits_refused)
             lost.add_metric([kind, source], max(0, c.lost))
+            rtx_bytes.add_metric([kind, source, "received"], c.rtx_bytes_in)
+            rtx_bytes.add_metric([kind, source, "sent"], c.retransmit_bytes)
+            given_up.add_metric([kind, source], c.nack_given_up)
         transcode = CounterMetricFamily(PREFIX + "media_transcode", "Frames decoded or encoded by the SFU (0 by design)",
                                         labels=["op"])
         for op, value in sorted(m.transcodes.items()):
@@ -141,7 +175,21 @@ class _Collector(Collector):
                                       labels=["reason"])
         for reason, value in sorted(m.dropped.items()):
             dropped.add_metric([reason], value)
-        yield from (packets, octets, frames, keyframes, pli, nack, retransmits, refused, lost, transcode, dropped)
+        yield from (packets, octets, frames, keyframes, pli, nack, retransmits, refused, lost, rtx_bytes, given_up,
+                    transcode, dropped)
+        uplink = GaugeMetricFamily(PREFIX + "uplink_estimate_bps", "Publishers' uplink estimates, summed per source",
+                                   labels=["kind", "source"])
+        remb = GaugeMetricFamily(PREFIX + "remb_bps", "REMB last sent to publishers, summed per source",
+                                 labels=["kind", "source"])
+        sums: dict[tuple[str, str], list[int]] = {}
+        for figures in m.uplinks():
+            entry = sums.setdefault((figures.kind, figures.source), [0, 0])
+            entry[0] += figures.uplink_bps or 0
+            entry[1] += figures.remb_bps or 0
+        for (kind, source), (uplink_bps, remb_bps) in sorted(sums.items()):
+            uplink.add_metric([kind, source], uplink_bps)
+            remb.add_metric([kind, source], remb_bps)
+        yield from (uplink, remb)
         g = m.gauges()
         for name, value in (("rooms", g.rooms), ("participants", g.participants),
                             ("publications", g.publications), ("subscriptions", g.subscriptions)):

@@ -9,6 +9,8 @@ the answer:
   the offer the SFU forwards (VP8, H.264, Opus) plus RTX -> a :class:`Publication`;
 * a section the caller subscribes on: ``sendonly``, narrowed to the
   publication's exact codec plus RTX -> a :class:`Subscription`;
+* RED (RFC 2198) over Opus is accepted on both when offered (on a subscriber's, when the
+  publication negotiated it too); the answer says ``a=fmtp:<red> <opus>/<opus>``;
 * anything else: ``inactive``.
 
 Re-offers (renegotiation) keep existing sections; new sections get new
@@ -34,23 +36,44 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from aiortc import RTCConfiguration, RTCSessionDescription
+from aiortc.rate import RemoteBitrateEstimator
 from aiortc.rtcconfiguration import RTCBundlePolicy
 
 from config.settings import MediaSettings
 from core.auth import RoomGrant
+from core.vocabulary import Role
 from media import aiortc_internals
+from media import red as rfc2198
 from media.eager import run_now
 from media.ice import MediaNetwork, ScopedPeerConnection
 from media.teardown import close_peer_connection
-from sfu.budgets import RetransmitBudget
+from sfu.budgets import RetransmitBudget, TokenBucket
+from sfu.congestion import (
+    LinkEstimate,
+    publication_cap,
+    remb_bps,
+    retransmit_packets_per_s,
+    site_cap,
+    subscriber_share,
+)
 from sfu.errors import SfuError
 from sfu.events import ParticipantInfo, PublicationInfo
 from sfu.metrics import SfuMetrics
-from sfu.publication import Publication, new_publication_id, now, publisher_codec, subscriber_codec
-from sfu.rtp import RtpError, extension_elements, parse_header, unwrap_rtx
+from sfu.publication import Publication, new_publication_id, now, offered_red, publisher_codec, subscriber_codec
+from sfu.nack import NackPolicy
+from sfu.rtp import (
+    RtpError,
+    RtpHeader,
+    abs_send_time_now,
+    extension_elements,
+    extension_value_at,
+    parse_header,
+    unwrap_rtx,
+)
 from sfu.sdp import (
     LegParameters,
     MediaLine,
@@ -81,7 +104,7 @@ class Participant:
     def __init__(self, session_id: str, grant: RoomGrant, room: "Room", network: MediaNetwork,
                  metrics: SfuMetrics, history_size: int, pli_interval: float,
                  on_gone: Callable[["Participant"], None], *, retransmit_budget: RetransmitBudget | None = None,
-                 close_timeout_s: float = 5.0) -> None:
+                 close_timeout_s: float = 5.0, media: MediaSettings | None = None) -> None:
         self.id = session_id
         self.grant = grant
         self.room = room
@@ -100,6 +123,7 @@ class Participant:
         self.retransmit_budget = retransmit_budget or RetransmitBudget.from_settings(MediaSettings())
         """What this participant's NACKs may have retransmitted, all its subscriptions together."""
         self.close_timeout_s = close_timeout_s
+        self.init_congestion_control(media or MediaSettings())
         self.channel: Any = None
         self._sending: set[asyncio.Task[None]] = set()
         """NACKs upstream that had to wait (``media.eager.run_now``)."""
@@ -108,6 +132,20 @@ class Participant:
         self._on_gone = on_gone
         self.pc.on("connectionstatechange", self._connection_state)
         self.pc.on("datachannel", self._datachannel)
+
+    def init_congestion_control(self, media: MediaSettings) -> None:
+        """The state of this participant's bandwidth feedback and NACKs, from the start (also
+        for ``bench.hotpath``'s stand-in participant)."""
+        self.media = media
+        self.nack_policy = NackPolicy(max_retries=media.nack_max_retries, max_age_ms=media.nack_max_age_ms)
+        self.estimator = RemoteBitrateEstimator()
+        """This transport's uplink estimate from the abs-send-time of what it publishes (aiortc's)."""
+        self.uplink = LinkEstimate()
+        """The latest of that estimate (bit/s)."""
+        self.downlink = LinkEstimate()
+        """The latest REMB this participant sent for what it receives (its subscriptions')."""
+        self._nack_budget: TokenBucket | None = None
+        """Packets the SFU's NACKs may ask of this publisher, once its uplink estimate is known."""
 
     @property
     def info(self) -> ParticipantInfo:
@@ -144,7 +182,8 @@ class Participant:
                 plan.append((line, "publish", prefs))
             elif line.mid in subscribe:
                 publication = subscribe[line.mid]
-                prefs = subscriber_codec(publication.codec)
+                red = publication.red_payload_type is not None and offered_red(line.codecs) is not None
+                prefs = subscriber_codec(publication.codec, red=red)
                 if not prefs or not any(aiortc_internals.codecs_compatible(c, publication.codec)
                                         for c in line.codecs):
                     raise SdpError(f"m-line {line.mid} does not offer {publication.codec.mimeType}, "
@@ -179,7 +218,7 @@ class Participant:
         except Exception as exc:
             logger.info("negotiation failed", extra={"session": self.id, "error": type(exc).__name__})
             raise SdpError(f"offer could not be negotiated: {exc}") from None
-        local = self.pc.localDescription.sdp
+        local = rfc2198.set_red_fmtp(self.pc.localDescription.sdp)  # aiortc writes none for RED
         for transceiver in self.pc.getTransceivers():
             aiortc_internals.tap_transport(transceiver.receiver.transport, self.on_rtp, self.on_rtp_now)
 
@@ -201,9 +240,10 @@ class Participant:
             leg = leg_parameters(local, line.mid)
             subscription = Subscription(f"SU_{self.id}_{line.mid}", self.id, transceiver.sender,
                                         transceiver.sender.transport, leg, publication.extensions,
-                                        self.history_size, publication.counts, budget=self.retransmit_budget)
+                                        self.history_size, publication.counts, budget=self.retransmit_budget,
+                                        max_resends=self.media.nack_max_retries)
             aiortc_internals.intercept_sender_rtcp(transceiver.sender, subscription.on_nack,
-                                                   subscription.on_keyframe_request)
+                                                   subscription.on_keyframe_request, self._subscriber_remb)
             self.subscriptions[line.mid] = subscription
             subscription.attach(publication.forwarder, publication.id, publication.extensions)
             labels[line.mid] = (publication.info.identity, publication.info.source)
@@ -225,7 +265,8 @@ class Participant:
             codec=leg.codec.mimeType, published_at=now(),
         )
         return Publication(info, transceiver.receiver, leg, line.ssrcs, dict(line.rtx_ssrcs), self.pli_interval,
-                           self.metrics.track(line.kind, source), self.metrics.decoded)
+                           self.metrics.track(line.kind, source), self.metrics.decoded,
+                           nack_policy=self.nack_policy)
 
     def _end(self, mid: str) -> None:
         publication = self.publications.pop(mid, None)
@@ -257,6 +298,8 @@ class Participant:
         publication, media_ssrc = route
         if publication.closed:
             return
+        if publication.abs_send_time_id and header.extension_profile:
+            data = self._estimate_uplink(data, header, publication.abs_send_time_id, arrival_time_ms)
         receiver = publication.receiver
         clock_rate = publication.codec.clockRate
         if media_ssrc is not None:
@@ -269,21 +312,116 @@ class Participant:
             try:
                 data, header = unwrap_rtx(data, header, payload_type=publication.payload_type, ssrc=media_ssrc)
             except RtpError:
-                return  # padding-only RTX (bandwidth probing)
+                return  # padding-only RTX (bandwidth probing): not a retransmission
             # header.ssrc: the media ssrc now
-            aiortc_internals.feed_receiver_packet(receiver, header, clock_rate, count_stats=False)
+            publication.counts.rtx_bytes_in += len(data)
             publication.counts.lost += publication.loss.add(header.sequence_number)
+            if publication.nack is not None:
+                publication.nack.received(header.sequence_number, arrival_time_ms)
         else:
             if header.payload_type != publication.payload_type:
-                return
+                if header.payload_type != publication.red_payload_type:
+                    return
+                if not rfc2198.valid(data[header.payload_start:header.payload_end], publication.payload_type):
+                    self.metrics.drop("malformed_red")
+                    return
             if not publication.accept_media_ssrc(header.ssrc, arrival_time_ms):
                 return
-            lost = aiortc_internals.feed_receiver_packet(receiver, header, clock_rate)
+            aiortc_internals.feed_receiver_packet(receiver, header, clock_rate, nack=False)
             publication.counts.lost += publication.loss.add(header.sequence_number)
-            if lost:
-                publication.counts.nack_sent += 1
-                run_now(aiortc_internals.send_nack(receiver, header.ssrc, lost), self._sending)
+            nacks = publication.nack
+            if nacks is not None:
+                nacks.received(header.sequence_number, arrival_time_ms)
+                if nacks.wants_check(arrival_time_ms):
+                    self._ask_again(publication, header.ssrc, arrival_time_ms)
         publication.forwarder.forward_now(data, header)
+
+    # -- congestion control (sfu/congestion.py, sfu/nack.py) ----------------
+    def _ask_again(self, publication: Publication, ssrc: int, now_ms: int) -> None:
+        """NACK upstream what :class:`sfu.nack.NackRequester` says is due, within the share of
+        this publisher's uplink estimate that retransmissions may take."""
+        nacks = publication.nack
+        assert nacks is not None
+        bucket = self._nack_budget
+        allowance = None if bucket is None else int(bucket.refill(now_ms / 1000))
+        lost = nacks.due(now_ms, allowance)
+        publication.counts.nack_given_up += nacks.pop_given_up()
+        if not lost:
+            return
+        if bucket is not None:
+            bucket.tokens -= len(lost)
+        publication.counts.nack_sent += 1
+        run_now(aiortc_internals.send_nack(publication.receiver, ssrc, lost), self._sending)
+
+    def _estimate_uplink(self, data: bytes, header: RtpHeader, ext_id: int, arrival_ms: int) -> bytes:
+        """Feed this transport's estimator with the packet's abs-send-time; returns the packet
+        with the SFU's own send time in its place, so that subscribers' estimators measure
+        the leg from the SFU to them (as mediasoup does), not the publisher's uplink too."""
+        at = extension_value_at(data, header, ext_id)
+        if at < 0 or at + 3 > header.payload_start:
+            return data
+        estimate = self.estimator.add(arrival_time_ms=arrival_ms, abs_send_time=int.from_bytes(data[at:at + 3], "big"),
+                                      payload_size=len(data) - header.payload_start, ssrc=header.ssrc)
+        if estimate is not None:
+            self._uplink_estimated(estimate[0])
+        return b"".join((data[:at], abs_send_time_now(time.time_ns()), data[at + 3:]))
+
+    def _uplink_estimated(self, bps: int) -> None:
+        """aiortc's estimator has a new estimate of this transport (every 0.5 s at most, or at
+        once on overuse): send the REMB, capped by subscribers and site (``sfu/congestion.py``)."""
+        now_s = time.monotonic()
+        self.uplink.update(bps, now_s)
+        rate = retransmit_packets_per_s(bps, self.media.retransmit_share)
+        if self._nack_budget is None:
+            self._nack_budget = TokenBucket(rate, max(4.0, rate))
+        else:
+            self._nack_budget.rate, self._nack_budget.burst = rate, max(4.0, rate)
+        video = [p for p in self.publications.values() if p.info.kind == "video" and not p.closed]
+        if not video:
+            return
+        caps = [self._subscribers_cap(p, now_s) for p in video]
+        site = self._site_cap(now_s)
+        value = remb_bps(bps, caps, site)
+        ssrcs: list[int] = []
+        for publication, cap in zip(video, caps):
+            feedback = publication.feedback
+            feedback.uplink_bps, feedback.subscribers_cap_bps, feedback.site_cap_bps = bps, cap, site
+            feedback.remb_bps = value
+            if publication.media_ssrc is not None:
+                ssrcs.append(publication.media_ssrc)
+                ssrcs += [rtx for rtx, media in publication.rtx_ssrcs.items() if media == publication.media_ssrc]
+        if ssrcs:
+            run_now(aiortc_internals.send_remb(video[0].receiver, value, ssrcs), self._sending)
+
+    def _subscribers_cap(self, publication: Publication, now_s: float) -> float | None:
+        """The smallest share of a subscriber's REMB that this publication's subscription takes."""
+        shares: list[float | None] = []
+        for subscription in publication.forwarder.subscriptions:
+            subscriber = self.room.participants.get(subscription.session_id)
+            estimate = subscriber.downlink.current(now_s) if subscriber is not None else None
+            if subscriber is None or estimate is None:
+                continue
+            legs = [s for s in subscriber.subscriptions.values() if not s.closed]
+            total = sum(s.rate.sample(s.bytes_sent, now_s) for s in legs)
+            own = subscription.rate.sample(subscription.bytes_sent, now_s)
+            shares.append(subscriber_share(estimate, own, total, len(legs)))
+        return publication_cap(shares)
+
+    def _site_cap(self, now_s: float) -> float | None:
+        """A nurse's browser: its share of the site's uplink estimate, while the site's device
+        agent publishes in the room too (it shares the uplink, and comes first)."""
+        if self.grant.role is not Role.NURSE:
+            return None
+        site = [(p.grant.role, p.uplink.current(now_s)) for p in self.room.participants.values()
+                if p.grant.role in (Role.NURSE, Role.AGENT)]
+        if not any(role is Role.AGENT and bps is not None for role, bps in site):
+            return None
+        return site_cap([bps for _, bps in site if bps is not None], self.media.nurse_site_share)
+
+    def _subscriber_remb(self, bitrate: int) -> None:
+        """This participant, as a subscriber, sent a REMB for its transport."""
+        self.downlink.update(bitrate, time.monotonic())
+        self.retransmit_budget.follow_estimate(bitrate, self.media.retransmit_share)
 
     def _learn(self, data: bytes, header: Any, arrival_ms: int) -> tuple[Publication, int | None] | None:
         """Route a packet of an SSRC the offer did not declare: by mid extension, else by
@@ -303,7 +441,8 @@ class Participant:
                         route = self._route_for(publication, header)
                     break
         if route is None:
-            matches = [p for p in publications if header.payload_type in (p.payload_type, p.rtx_payload_type)]
+            matches = [p for p in publications
+                       if header.payload_type in (p.payload_type, p.rtx_payload_type, p.red_payload_type)]
             if len(matches) == 1:
                 route = self._route_for(matches[0], header)
         if route is None or not route[0].admit_new_ssrc(arrival_ms):

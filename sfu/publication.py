@@ -22,9 +22,11 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 from core.vocabulary import MEDIA_SOURCES, MediaKind, Source
 from media import aiortc_internals
 from sfu.budgets import TokenBucket
+from sfu.congestion import ABS_SEND_TIME_URI, PublicationFeedback
 from sfu.events import PublicationInfo
 from sfu.forwarder import Forwarder
 from sfu.metrics import TrackCounts
+from sfu.nack import NackPolicy, NackRequester
 from sfu.rtp import LossCounter, RtpHeader
 from sfu.sdp import LegParameters
 
@@ -52,41 +54,63 @@ FORWARDED_CODECS = ("video/vp8", "video/h264", "audio/opus")
 """Codecs the SFU forwards (it understands their keyframes, or they have none)."""
 
 
+def offered_red(offered: tuple[RTCRtpCodecParameters, ...]) -> RTCRtpCodecParameters | None:
+    """The RED (RFC 2198) codec of an m-line's offered codecs that the SFU can answer with
+    the same payload type (:func:`media.aiortc_internals.red_payload_type_usable`), if any."""
+    for codec in offered:
+        if aiortc_internals.is_red(codec) and codec.clockRate == 48000:
+            return codec if aiortc_internals.red_payload_type_usable(codec.payloadType) else None
+    return None
+
+
 def publisher_codec(kind: str, offered: tuple[RTCRtpCodecParameters, ...]) -> list[RTCRtpCodecCapability] | None:
     """Codec preferences for a publisher's m-line: the first codec of the offer the SFU
-    forwards (the offerer's own order), with RTX; None when there is none."""
+    forwards (the offerer's own order), with RTX; with Opus, RED too when offered, before or
+    after Opus as the offer orders them (the first one is what an aiortc offerer without
+    preferences sends); None when there is none."""
     capabilities: RTCRtpCapabilities = RTCRtpSender.getCapabilities(kind)
     rtx = next((c for c in capabilities.codecs if c.mimeType.lower().endswith("/rtx")), None)
-    for codec in offered:
+    for index, codec in enumerate(offered):
         if codec.mimeType.lower() not in FORWARDED_CODECS:
             continue
         for capability in capabilities.codecs:
             if aiortc_internals.codecs_compatible(capability, codec):
+                red = offered_red(offered) if capability.mimeType.lower() == "audio/opus" else None
+                if red is not None:
+                    red_first = offered.index(red) < index
+                    pair = [aiortc_internals.red_capability(), capability]
+                    return pair if red_first else pair[::-1]
                 return [capability] + ([rtx] if rtx is not None and kind == "video" else [])
     return None
 
 
-def subscriber_codec(codec: RTCRtpCodecParameters) -> list[RTCRtpCodecCapability]:
-    """Codec preferences for a subscriber's m-line: exactly the publication's codec (+ RTX)."""
+def subscriber_codec(codec: RTCRtpCodecParameters, *, red: bool = False) -> list[RTCRtpCodecCapability]:
+    """Codec preferences for a subscriber's m-line: exactly the publication's codec (+ RTX),
+    then RED when ``red`` (the publication may send it and the subscriber offered it)."""
     capabilities = RTCRtpSender.getCapabilities(codec.mimeType.split("/")[0])
     preferred = [c for c in capabilities.codecs if aiortc_internals.codecs_compatible(c, codec)
                  and c.parameters == codec.parameters][:1]
     rtx = [c for c in capabilities.codecs if c.mimeType.lower().endswith("/rtx")]
     if preferred and codec.mimeType.lower().startswith("video/"):
         preferred += rtx[:1]
+    if preferred and red and codec.mimeType.lower() == "audio/opus":
+        preferred.append(aiortc_internals.red_capability())
     return preferred
 
 
 class Publication:
     def __init__(self, info: PublicationInfo, receiver: RTCRtpReceiver, leg: LegParameters,
                  media_ssrcs: tuple[int, ...], rtx_ssrcs: dict[int, int], pli_interval: float,
-                 counts: TrackCounts, on_decode: Callable[[], None]) -> None:
+                 counts: TrackCounts, on_decode: Callable[[], None], *,
+                 nack_policy: NackPolicy | None = None) -> None:
         self.info = info
         self.receiver = receiver
         self.mid = leg.mid
         self.codec = leg.codec
         self.payload_type = leg.payload_type
         self.rtx_payload_type = leg.rtx_payload_type
+        self.red_payload_type = leg.red_payload_type
+        """RED (RFC 2198) payloads the publisher may send besides plain ``codec`` ones."""
         self.extensions = leg.extensions
         """Header extension uri -> id on the publisher's leg."""
         self.declared_ssrcs = media_ssrcs
@@ -100,6 +124,13 @@ class Publication:
         self._new_ssrcs = TokenBucket(1 / NEW_SSRC_REFILL_S, NEW_SSRC_BURST)
         self.forwarder = Forwarder(info.id, info.kind, leg.codec.mimeType.split("/")[1], leg.codec.clockRate,
                                    pli_interval, self.send_pli, counts)
+        self.forwarder.payload_type = leg.payload_type
+        self.forwarder.red_payload_type = leg.red_payload_type
+        self.nack = NackRequester(nack_policy or NackPolicy()) if info.kind == "video" else None
+        """Which lost packets to ask the publisher for (video: aiortc negotiates no NACK for audio)."""
+        self.abs_send_time_id = self.extensions.get(ABS_SEND_TIME_URI, 0)
+        """The publisher leg's id of abs-send-time (0: not negotiated: no uplink estimate from it)."""
+        self.feedback = PublicationFeedback()
         self._tasks: set[asyncio.Task[None]] = set()
         self.closed = False
 
@@ -144,6 +175,8 @@ class Publication:
             self._switched_at_ms = now_ms
             self.loss = LossCounter()
             aiortc_internals.reset_nack_generator(self.receiver)
+            if self.nack is not None:
+                self.nack.reset()
             # No receiver report on a source no longer sent: aiortc's reports stay small.
             aiortc_internals.forget_receiver_stream(self.receiver, current)
             logger.info("publisher ssrc changed", extra={"publication": self.id})

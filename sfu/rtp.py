@@ -11,8 +11,9 @@ NACK, :func:`wrap_rtx` (RFC 4588).
 
 Rules:
 
-* The payload is never touched: bytes in = bytes out (Opus in-band FEC, VP8
-  and H.264 payloads arrive as the publisher sent them).
+* The payload is never touched here: bytes in = bytes out (Opus in-band FEC, VP8
+  and H.264 payloads arrive as the publisher sent them). RED (RFC 2198) is the one
+  exception, made by the subscription with media/red.py for a leg that needs it.
 * Sequence numbers are 16 bits and timestamps 32 bits; all arithmetic is
   modulo those, and "newer" is the RFC 3550 half-range comparison.
 * When the source behind a subscription changes (a publication replaced by a
@@ -394,7 +395,8 @@ class SequenceMapper:
 
 
 class PacketHistory:
-    """The last ``size`` packets sent on one subscription, by output sequence number."""
+    """The last ``size`` packets sent on one subscription, by output sequence number, and how
+    many times each was resent."""
 
     def __init__(self, size: int) -> None:
         if size < 1:
@@ -402,17 +404,29 @@ class PacketHistory:
         self._size = size
         self._seqs: list[int] = [-1] * size
         self._data: list[bytes | None] = [None] * size
+        self._resent: list[int] = [0] * size
 
     def put(self, sequence_number: int, data: bytes) -> None:
         i = sequence_number % self._size
         self._seqs[i] = sequence_number
         self._data[i] = data
+        self._resent[i] = 0
 
     def get(self, sequence_number: int) -> bytes | None:
         i = sequence_number % self._size
         if self._seqs[i] == sequence_number:
             return self._data[i]
         return None
+
+    def resent(self, sequence_number: int) -> int:
+        """Times the packet was resent (:meth:`note_resent`); 0 when not held."""
+        i = sequence_number % self._size
+        return self._resent[i] if self._seqs[i] == sequence_number else 0
+
+    def note_resent(self, sequence_number: int) -> None:
+        i = sequence_number % self._size
+        if self._seqs[i] == sequence_number:
+            self._resent[i] += 1
 
 
 class LossCounter:
@@ -438,3 +452,36 @@ class LossCounter:
             self.lost -= 1
             return -1
         return 0
+
+
+def extension_value_at(data: bytes, header: RtpHeader, ext_id: int) -> int:
+    """Offset of the value of header extension element ``ext_id`` in ``data``; -1 when the
+    packet has none (one-byte or two-byte form). Once per video packet: the one-byte form,
+    which browsers and aiortc send, is scanned without building the layout."""
+    pos, end = header.extension_start, header.payload_start
+    if header.extension_profile == ONE_BYTE_PROFILE:
+        while pos < end:
+            byte = data[pos]
+            if byte == 0:  # padding
+                pos += 1
+                continue
+            element = byte >> 4
+            if element == 15:
+                return -1
+            if element == ext_id:
+                return pos + 1
+            pos += 2 + (byte & 0x0F)
+        return -1
+    for element, start, _ in extension_layout(data, header):
+        if element == ext_id:
+            return start
+    return -1
+
+
+_NTP_EPOCH_OFFSET_NS = 2208988800 * 1_000_000_000
+
+
+def abs_send_time_now(unix_ns: int) -> bytes:
+    """The 3-byte abs-send-time (6.18 fixed-point seconds of NTP time, modulo 64 s) at
+    ``unix_ns`` (``time.time_ns()``): what aiortc's sender writes, without its datetimes."""
+    return ((((unix_ns + _NTP_EPOCH_OFFSET_NS) << 18) // 1_000_000_000) & 0xFFFFFF).to_bytes(3, "big")

@@ -25,6 +25,7 @@ from aiortc import sdp as aiortc_sdp
 from aiortc.codecs import is_rtx
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
+from media.aiortc_internals import is_red
 from sfu.errors import SfuError
 
 MAX_SDP_BYTES = 64 * 1024
@@ -147,6 +148,8 @@ class LegParameters:
     rtx_ssrc: int | None
     extensions: dict[str, int]
     """Header extension uri -> id."""
+    red_payload_type: int | None = None
+    """RED (RFC 2198) over ``codec`` on this section, when negotiated (media/red.py)."""
 
     @property
     def payload_type(self) -> int:
@@ -162,8 +165,9 @@ def leg_parameters(answer: str, mid: str) -> LegParameters:
     for media in description.media:
         if media.rtp.muxId != mid:
             continue
-        main = next(c for c in media.rtp.codecs if not is_rtx(c))
+        main = next(c for c in media.rtp.codecs if not is_rtx(c) and not is_red(c))
         rtx = next((c for c in media.rtp.codecs if is_rtx(c) and c.parameters.get("apt") == main.payloadType), None)
+        red = next((c for c in media.rtp.codecs if is_red(c)), None)
         ssrc = rtx_ssrc = None
         for group in media.ssrc_group:
             if group.semantic == "FID" and len(group.items) == 2:
@@ -174,6 +178,7 @@ def leg_parameters(answer: str, mid: str) -> LegParameters:
             mid=mid, kind=media.kind, codec=main, rtx_payload_type=rtx.payloadType if rtx else None,
             ssrc=ssrc, rtx_ssrc=rtx_ssrc,
             extensions={ext.uri: ext.id for ext in media.rtp.headerExtensions},
+            red_payload_type=red.payloadType if red is not None and main.mimeType.lower() == "audio/opus" else None,
         )
     raise KeyError(mid)
 

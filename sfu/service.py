@@ -24,6 +24,7 @@ WebSocket path codes against it)::
     service.on_room_event(room, callback) -> unsubscribe()  (callback(RoomEvent), sync)
     service.create_room(room) / await service.close_room(room)   (idempotent)
     service.rooms() -> list[str]
+    service.feedback(room) -> {publication_id: PublicationFeedback}   (bandwidth estimates, REMB)
     service.send_data(room, message) -> int   (server message on every ``room`` channel)
     await service.close()                      (every room)
 
@@ -40,7 +41,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterable
 
 from config.settings import Settings
@@ -50,7 +51,8 @@ from media.ice import MediaNetwork
 from sfu.budgets import RetransmitBudget
 from sfu.errors import Forbidden, NotFound, SfuError, Unavailable
 from sfu.events import PublicationInfo, RoomListener
-from sfu.metrics import Gauges, SfuMetrics
+from sfu.congestion import PublicationFeedback
+from sfu.metrics import Gauges, SfuMetrics, UplinkFigures
 from sfu.participant import Participant
 from sfu.ports import RoomGate
 from sfu.publication import Publication, source_kind
@@ -81,6 +83,7 @@ class SfuService:
         self.accepting = accepting
         self.metrics = SfuMetrics()
         self.metrics.gauges = self._gauges
+        self.metrics.uplinks = self._uplinks
         self._rooms: dict[str, Room] = {}
         self._sessions: dict[str, Participant] = {}
         self.closed = False
@@ -162,7 +165,7 @@ class SfuService:
                 "SE_" + secrets.token_hex(8), grant, room, self.network, self.metrics,
                 media.nack_history, media.pli_interval_s, self._gone,
                 retransmit_budget=RetransmitBudget.from_settings(media),
-                close_timeout_s=media.close_timeout_s)
+                close_timeout_s=media.close_timeout_s, media=media)
         try:
             answer, created = await participant.negotiate(offer, publish, targets)
         except BaseException:
@@ -310,6 +313,16 @@ class SfuService:
         if participant.id in self._sessions:
             task = asyncio.ensure_future(self.leave(participant.id))
             task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+
+    def feedback(self, room: str) -> dict[str, PublicationFeedback]:
+        """Publication id -> the bandwidth feedback last worked out for it (``sfu/congestion.py``):
+        the publisher's uplink estimate, its subscribers' cap, the REMB sent."""
+        existing = self._rooms.get(room)
+        return {p.id: replace(p.feedback) for p in existing.publications.values()} if existing else {}
+
+    def _uplinks(self) -> list[UplinkFigures]:
+        return [UplinkFigures(p.info.kind, p.info.source, p.feedback.uplink_bps, p.feedback.remb_bps)
+                for r in self._rooms.values() for p in r.publications.values()]
 
     def _gauges(self) -> Gauges:
         rooms = list(self._rooms.values())

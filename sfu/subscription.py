@@ -15,9 +15,13 @@ itself on the subscriber's DTLS transport:
   continuing where they were;
 * NACKs from the subscriber are answered from its :class:`sfu.rtp.PacketHistory`
   as RTX when negotiated, else as plain retransmissions, within the subscriber's
-  :class:`sfu.budgets.RetransmitBudget` (beyond it a NACKed packet is not resent, and
-  counted: ``retransmits_refused``);
-* PLI/FIR from the subscriber go to the forwarder, which asks the publisher.
+  :class:`sfu.budgets.RetransmitBudget` and at most ``max_resends`` times per packet (beyond
+  either a NACKed packet is not resent, and counted: ``retransmits_refused``);
+* PLI/FIR from the subscriber go to the forwarder, which asks the publisher;
+* REMB from the subscriber is its participant's (``sfu/congestion.py``);
+* RED (RFC 2198) audio from the publisher goes out as RED where this leg negotiated it (its
+  blocks' payload type renumbered for this leg when the legs differ), else as its primary
+  Opus block alone (no decoding: the RED header is cut off; media/red.py).
 
 Lifecycle: waiting (transport not connected) -> ready, waiting for a keyframe ->
 forwarding -> closed (idempotent ``close()``).
@@ -34,10 +38,12 @@ from aiortc import RTCDtlsTransport, RTCRtpSender
 
 from config.settings import MediaSettings
 from media import aiortc_internals
+from media import red as rfc2198
 from sfu.budgets import RetransmitBudget
+from sfu.congestion import RateMeter
 from sfu.metrics import TrackCounts
-from sfu.rtp import (ExtensionRewriter, Layout, PacketHistory, RtpHeader, SequenceMapper, extension_layout,
-                     rewrite_packet, wrap_rtx)
+from sfu.rtp import (ExtensionRewriter, Layout, PacketHistory, RtpError, RtpHeader, SequenceMapper,
+                     extension_layout, parse_header, rewrite_packet, wrap_rtx)
 from sfu.sdp import LegParameters
 
 if TYPE_CHECKING:
@@ -50,7 +56,7 @@ class Subscription:
     def __init__(self, subscription_id: str, session_id: str, sender: RTCRtpSender, transport: RTCDtlsTransport,
                  leg: LegParameters, publisher_extensions: dict[str, int], history_size: int,
                  counts: TrackCounts, clock: Callable[[], float] = time.monotonic, *,
-                 budget: RetransmitBudget | None = None) -> None:
+                 budget: RetransmitBudget | None = None, max_resends: int = 3) -> None:
         if leg.ssrc is None:
             raise ValueError("a subscription leg needs a sending SSRC")
         self.id = subscription_id
@@ -65,6 +71,12 @@ class Subscription:
         self.clock_rate = leg.codec.clockRate
         self.rtx_payload_type = leg.rtx_payload_type if leg.rtx_ssrc is not None else None
         self.rtx_ssrc = leg.rtx_ssrc
+        self.red_payload_type = leg.red_payload_type
+        """This leg's RED payload type (None: RED is cut down to its primary block here)."""
+        self._red_in: int | None = None
+        """The publisher's RED payload type, from the forwarder followed."""
+        self._red_map: dict[int, int] = {}
+        """Publisher's codec payload type -> this leg's, for the blocks of a RED payload."""
         self._rtx_seq = random.randrange(1 << 15)
         self.leg_extensions = leg.extensions
         self.rewriter = ExtensionRewriter.between(publisher_extensions, leg.extensions, leg.mid)
@@ -72,6 +84,9 @@ class Subscription:
         self.history = PacketHistory(history_size)
         self.counts = counts
         self.clock = clock
+        self.max_resends = max_resends
+        """Times one packet is resent at most (``[media] nack_max_retries``): beyond, a
+        subscriber that keeps losing it is better served by a keyframe."""
         self.budget = budget or RetransmitBudget.from_settings(MediaSettings())
         """Shared by the subscriber's subscriptions."""
         self.forwarder: "Forwarder | None" = None
@@ -79,6 +94,10 @@ class Subscription:
         self._ready = False
         self._last_sent: float | None = None
         self.first_packet_at: float | None = None
+        self.bytes_sent = 0
+        """Bytes forwarded on this leg (retransmissions aside): its share of the subscriber's
+        estimate is measured from it (``sfu/congestion.py``)."""
+        self.rate = RateMeter()
         self.closed = False
 
     # -- state -----------------------------------------------------------
@@ -96,6 +115,8 @@ class Subscription:
             self.source_changed(self.clock())
         self.forwarder = forwarder
         self.publication_id = publication_id
+        self._red_in = forwarder.red_payload_type
+        self._red_map = {forwarder.payload_type: self.payload_type} if forwarder.payload_type is not None else {}
         self.rewriter = ExtensionRewriter.between(publisher_extensions, self.leg_extensions, self.mid)
         self.counts = forwarder.counts
         forwarder.add(self)
@@ -125,6 +146,12 @@ class Subscription:
                 return False
             if self.forwarder is not None:  # just became ready: the keyframe to start on
                 self.forwarder.keyframe_wanted("ready")
+        payload_type = self.payload_type
+        if header.payload_type == self._red_in:
+            red = self._red_for_leg(data, header)
+            if red is None:
+                return False
+            data, header, payload_type = red
         mapper = self.mapper
         if not mapper.started:
             if not keyframe:
@@ -136,7 +163,7 @@ class Subscription:
         seq, ts = mapped
         if layout is None:
             layout = extension_layout(data, header)
-        packet = rewrite_packet(data, header.csrc_end, header.payload_start, self.ssrc, self.payload_type, seq, ts,
+        packet = rewrite_packet(data, header.csrc_end, header.payload_start, self.ssrc, payload_type, seq, ts,
                                 self.rewriter.block(data, layout))
         self.history.put(seq, packet)
         try:
@@ -152,7 +179,30 @@ class Subscription:
         counts = self.counts
         counts.packets_out += 1
         counts.bytes_out += len(packet)
+        self.bytes_sent += len(packet)
         return False
+
+    def _red_for_leg(self, data: bytes, header: RtpHeader) -> tuple[bytes, RtpHeader, int] | None:
+        """A RED packet of the publisher as this leg takes it: (datagram, its header, payload
+        type). The header bytes (extensions: the layout) stay where they were; only the payload
+        changes, padding dropped. None: not usable (the receive path already dropped malformed
+        RED; this is the last guard)."""
+        payload = data[header.payload_start:header.payload_end]
+        try:
+            if self.red_payload_type is not None:
+                if all(a == b for a, b in self._red_map.items()) and not data[0] & 0x20:
+                    return data, header, self.red_payload_type
+                payload = rfc2198.retag(payload, self._red_map)
+                payload_type = self.red_payload_type
+            else:
+                block_type, payload = rfc2198.primary(payload)
+                if block_type not in self._red_map or not payload:
+                    return None
+                payload_type = self.payload_type
+            rebuilt = bytes((data[0] & 0xDF,)) + data[1:header.payload_start] + payload
+            return rebuilt, parse_header(rebuilt), payload_type
+        except (rfc2198.RedError, RtpError):
+            return None
 
     async def on_nack(self, lost: list[int]) -> None:
         """The subscriber reports these (output) sequence numbers lost."""
@@ -162,9 +212,11 @@ class Subscription:
             packet = self.history.get(seq)
             if packet is None:
                 continue
-            if not self.budget.allow(len(packet) + 2, now):  # + 2: RTX's original sequence number
+            if (self.history.resent(seq) >= self.max_resends
+                    or not self.budget.allow(len(packet) + 2, now)):  # + 2: RTX's original sequence number
                 self.counts.retransmits_refused += 1
                 continue
+            self.history.note_resent(seq)
             if self.rtx_payload_type is not None and self.rtx_ssrc is not None:
                 packet = wrap_rtx(packet, payload_type=self.rtx_payload_type, ssrc=self.rtx_ssrc,
                                   sequence_number=self._rtx_seq)
@@ -174,6 +226,7 @@ class Subscription:
             except ConnectionError:
                 return
             self.counts.retransmits += 1
+            self.counts.retransmit_bytes += len(packet)
 
     def on_keyframe_request(self, kind: str) -> None:
         self.counts.pli_received += 1

@@ -826,6 +826,34 @@ class RecordingFailed(Wire):
     error: str = doc("A short code, e.g. ``disk_full``, ``write_error``.")
 
 
+@event("expertise.updated")
+@dataclass(frozen=True)
+class ExpertiseUpdated(Wire):
+    """A télé-expertise case changed (docs/expertise.md): to its site's nurses, the requester, the
+    expert who holds (or held) it, and the specialty's experts when it enters their pool (or the named
+    expert when it is submitted to them). Ids and codes only: read the case over REST."""
+
+    case_id: str = doc("The case.")
+    state: str = doc("Its state now: ``draft``, ``submitted``, ``question``, ``answered``, ``closed``, "
+                     "``cancelled``, ``escalated``.")
+    action: str = doc("What happened: ``submit``, ``attach``, ``note``, ``ask``, ``reply``, ``take``, "
+                      "``decline``, ``answer``, ``close``, ``cancel``, ``escalate``, ``overdue``.")
+    specialty: str = doc("The case's specialty.")
+    due_at: float = doc("Unix time it is due.")
+    expert: str | None = doc("Who holds it (null: nobody, in the pool or named to an expert).")
+    flagged: bool = doc("The sweeper flagged it as close to or past its due date.")
+
+
+@event("expertise.escalated")
+@dataclass(frozen=True)
+class ExpertiseEscalated(Wire):
+    """To the case's site's nurses and the requester: a case was turned into a live consultation
+    request; the page checks the patient in (``visit.request``) for this specialty."""
+
+    case_id: str = doc("The case.")
+    specialty: str = doc("The specialty of the live consultation asked for.")
+
+
 # -- parsing -----------------------------------------------------------------
 _HINTS: dict[type, dict[str, Any]] = {}
 

@@ -14,6 +14,10 @@ Rules:
   Retransmissions must arrive with their original sequence numbers (RTX unwrapped).
 * Video frames end on the RTP marker bit (RFC 3550 / 7741 / 6184), or when the
   timestamp changes, and must start with a start-of-frame packet.
+* Opus may arrive as RED (RFC 2198, ``red_payload_type``): each packet's primary block is
+  the frame; when packets before it are still missing, the frames its redundant blocks
+  carry take their place (``recovered``), so a lost packet costs nothing if the next one
+  arrives. A RED payload that does not parse counts as lost (``malformed``).
 * VP8 payloads keep their bytes exactly (RFC 7741 descriptor stripped); H.264 payloads
   become Annex-B access units (RFC 6184 single NAL, STAP-A, FU-A), and a keyframe
   without SPS/PPS gets the last seen ones put in front.
@@ -40,6 +44,8 @@ from aiortc.codecs.h264 import H264PayloadDescriptor
 from aiortc.rtp import RtpPacket
 
 from media.aiortc_internals import split_h264_nal_units
+from media.red import RedError
+from media.red import parse as parse_red
 
 logger = logging.getLogger(__name__)
 
@@ -207,6 +213,9 @@ class RtpHeaderLike(Protocol):
     offsets into the datagram, so that the payload is sliced once, without re-parsing."""
 
     @property
+    def payload_type(self) -> int: ...
+
+    @property
     def sequence_number(self) -> int: ...
 
     @property
@@ -275,10 +284,13 @@ class Depacketizer:
         *,
         reorder_packets: int = 256,
         reorder_delay_s: float = 0.5,
+        red_payload_type: int | None = None,
     ) -> None:
         mime = codec.mimeType.lower()
         if mime not in ("video/vp8", "video/h264", "audio/opus"):
             raise ValueError(f"cannot depacketize {codec.mimeType}")
+        self._red = red_payload_type if mime == "audio/opus" else None
+        """RED (RFC 2198) packets of this type carry Opus frames: unwrapped."""
         self.mime = mime
         self.clock_rate = codec.clockRate
         self.is_video = mime.startswith("video/")
@@ -306,6 +318,10 @@ class Depacketizer:
         with the marker bit, every audio packet (retransmissions included)."""
         self.frames_before_keyframe = 0
         """Video frames dropped before the first keyframe: undecodable without it."""
+        self.recovered = 0
+        """Opus frames of lost packets taken from a later packet's RED redundancy."""
+        self.malformed = 0
+        """RED payloads that did not parse (dropped: lost)."""
 
     @property
     def waiting_for_keyframe(self) -> bool:
@@ -316,6 +332,9 @@ class Depacketizer:
         payload = packet.payload
         if packet.marker or not self.is_video:
             self.frames_seen += 1
+        if self._red is not None and packet.payload_type == self._red:
+            return list(self._push_red(payload, 0, len(payload), packet.sequence_number, packet.timestamp,
+                                       arrival))
         return list(
             self._push(payload, 0, len(payload), packet.sequence_number, packet.timestamp,
                        bool(packet.marker), arrival)
@@ -327,6 +346,8 @@ class Depacketizer:
         seq16 = header.sequence_number
         if header.marker or not self.is_video:
             self.frames_seen += 1
+        if self._red is not None and header.payload_type == self._red:
+            return self._push_red(data, header.payload_start, header.payload_end, seq16, header.timestamp, arrival)
         next_seq = self._next_seq
         if next_seq is not None and not self._pending and seq16 == next_seq & (_SEQ_MOD - 1):
             # In order, nothing waiting (the common case): straight to assembly. The
@@ -367,6 +388,39 @@ class Depacketizer:
         self._pending[seq] = (data, start, end, timestamp, marker, arrival)
         events = []
         self._release(arrival, events)
+        return events or _NO_EVENTS
+
+    def _push_red(self, data: bytes, start: int, end: int, seq16: int, timestamp: int,
+                  arrival: float) -> list[Event] | tuple[Event, ...]:
+        """One RED packet: the frames of missing packets its redundancy carries (oldest first:
+        the ``i``-th block back stands for the packet ``i`` sequence numbers earlier, with
+        timestamp offsets growing going back), then its primary."""
+        try:
+            blocks = parse_red(data[start:end])
+        except RedError:
+            self.malformed += 1
+            return _NO_EVENTS  # its sequence number stays missing: a loss
+        events: list[Event] = []
+        next_seq = self._next_seq
+        if next_seq is not None:
+            recovered: list[tuple[int, int, bytes]] = []
+            previous_offset = 0
+            for back, block in enumerate(reversed(blocks[:-1]), start=1):
+                if block.timestamp_offset <= previous_offset:
+                    break
+                previous_offset = block.timestamp_offset
+                lost16 = (seq16 - back) & (_SEQ_MOD - 1)
+                delta = ((lost16 - next_seq + _SEQ_MOD // 2) & (_SEQ_MOD - 1)) - _SEQ_MOD // 2
+                if delta < 0:
+                    break  # released already (arrived, or given up)
+                if next_seq + delta in self._pending or not block.data:
+                    continue
+                recovered.insert(0, (lost16, (timestamp - block.timestamp_offset) & 0xFFFFFFFF, block.data))
+            for lost16, lost_ts, frame in recovered:
+                self.recovered += 1
+                events.extend(self._push(frame, 0, len(frame), lost16, lost_ts, False, arrival))
+        primary = blocks[-1].data
+        events.extend(self._push(primary, 0, len(primary), seq16, timestamp, False, arrival))
         return events or _NO_EVENTS
 
     def flush(self, now: float) -> list[Event]:

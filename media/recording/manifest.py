@@ -41,7 +41,8 @@ class TrackEntry:
     frames_before_keyframe: int = 0
     """Video frames of those that came before the track's first keyframe: undecodable
     without it, so not recorded. Without packet loss, frames + frames_before_keyframe ==
-    frames_seen."""
+    frames_seen; RED audio may have more frames than that: those of packets lost before the
+    SFU, recovered from the next packet's redundancy."""
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ The SFU, as recording sees it::
 
     MediaServer.create_room(name) -> Room
     Room: publications, publication(id), listen(callback) -> remover
-    Publication: info (id, room, identity, source, kind), codec, closed,
+    Publication: info (id, room, identity, source, kind), codec, red_payload_type, closed,
                  add_packet_listener(listener) -> remover, request_keyframe(reason)
     RoomEvent: type (publication added / removed, room closed), publication info
 
@@ -75,6 +75,10 @@ class Publication(Protocol):
 
     @property
     def codec(self) -> RTCRtpCodecParameters: ...
+
+    @property
+    def red_payload_type(self) -> int | None:
+        """The publisher's RED (RFC 2198) payload type over ``codec`` (None: plain only)."""
 
     @property
     def closed(self) -> bool: ...

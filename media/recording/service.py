@@ -235,7 +235,8 @@ class RecordingService:
         if info.id in active.taps or publication.closed:
             return
         try:
-            active.session.add_track(info.id, info.identity, info.source, publication.codec)
+            active.session.add_track(info.id, info.identity, info.source, publication.codec,
+                                     publication.red_payload_type)
         except ValueError as exc:  # a source or codec the recorder does not keep (screen...)
             logger.info("recording %s: publication %s not recorded: %s", active.consultation_id, info.id, exc)
             return

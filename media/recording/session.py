@@ -135,8 +135,11 @@ class RecordingSession:
         participant_identity: str,
         source: str,
         codec: RTCRtpCodecParameters,
+        red_payload_type: int | None = None,
     ) -> None:
-        """Start recording a publication (idempotent for the same publication id)."""
+        """Start recording a publication (idempotent for the same publication id).
+        ``red_payload_type``: the publication's RED (RFC 2198) packets, recorded as their
+        primary Opus frames (a lost packet's frame taken from the next one's redundancy)."""
         if self._state != "recording" or publication_id in self._tracks:
             return
         if source not in RECORDED:
@@ -164,7 +167,7 @@ class RecordingSession:
             clock=self._clock,
             sync_executor=self._sync_executor,
         )
-        self._tracks[publication_id] = _Track(entry, Depacketizer(codec), recorder)
+        self._tracks[publication_id] = _Track(entry, Depacketizer(codec, red_payload_type=red_payload_type), recorder)
         self._manifest = replace(self._manifest, tracks=self._manifest.tracks + (entry,))
         self._save()
 

@@ -153,3 +153,11 @@ def test_nack_history_stays_within_srtps_replay_window() -> None:
     with pytest.raises(SettingsError, match="media.nack_history: must be between 16 and 1024"):
         settings.replace(media={"nack_history": 4096})
     assert settings.replace(media={"nack_history": 1024}).media.nack_history == 1024
+
+
+def test_dscp_marking_is_on_by_default_and_a_bool(tmp_path: Path) -> None:
+    assert load_settings(None, env={}).media.dscp is True
+    assert load_settings(ROOT / "config" / "default.toml", env={}).media.dscp is True
+    assert load_settings(None, env={"TELECONSULT_MEDIA__DSCP": "false"}).media.dscp is False
+    with pytest.raises(SettingsError, match=r":2: media.dscp: expected"):
+        load_settings(write(tmp_path, '[media]\ndscp = "yes"\n'), env={})

@@ -13,11 +13,13 @@ from devices.opus_encoder import (
     OpusConfig,
     StethoscopeOpusEncoder,
     sender_encoder,
+    stethoscope_codecs,
     use_stethoscope_encoder,
 )
 from devices.sdp import opus_fmtp, set_opus_fmtp
 from devices.simulated import PhonocardiogramSimulator, make_multitone
 from devices.stethoscope import StethoscopeAdapter
+from media import red
 from media.aiortc_internals import replace_sender_encoder
 from media.ice import ScopedPeerConnection
 
@@ -121,3 +123,45 @@ async def test_hook_refuses_a_started_sender() -> None:
             use_stethoscope_encoder(transceiver.sender)
     finally:
         await pc.close()
+
+
+RED_ANSWER = "\r\n".join([
+    "v=0", "o=- 1 1 IN IP4 127.0.0.1", "s=-", "t=0 0",
+    "m=audio 9 UDP/TLS/RTP/SAVPF 63 96", "a=mid:0",
+    "a=rtpmap:63 red/48000/2", "a=fmtp:63 96/96", "a=rtpmap:96 opus/48000/2", "",
+])
+
+
+def test_red_once_answered_each_packet_carries_the_previous_frame():
+    encoder = StethoscopeOpusEncoder(OpusConfig(red_distance=1))
+    assert not encoder.answered(RED_ANSWER.replace("a=rtpmap:63 red/48000/2\r\n", ""), "0")
+    assert encoder.answered(RED_ANSWER, "0")
+    signal = make_multitone(REFERENCE, 0.5, 0.3)
+    pcm = np.repeat(np.rint(signal * 32767).astype(np.int16)[:, None], 2, axis=1)
+    payloads = []
+    for start in range(0, len(pcm) - 959, 960):
+        frame = av.AudioFrame.from_ndarray(pcm[start:start + 960].reshape(1, -1), format="s16", layout="stereo")
+        frame.sample_rate, frame.pts, frame.time_base = 48000, start, fractions.Fraction(1, 48000)
+        payloads += encoder.encode(frame)[0]
+    blocks = [red.parse(p) for p in payloads]
+    assert len(blocks) > 10 and all(b[-1].payload_type == 96 for b in blocks)
+    for previous, current in zip(blocks, blocks[1:]):
+        assert [(b.timestamp_offset, b.data) for b in current[:-1]] == [(960, previous[-1].data)]
+    # What a plain decoder gets from the primaries is the stethoscope's audio.
+    decoder = OpusDecoder()
+    decoded = [f for b in blocks for f in decoder.decode(JitterFrame(data=b[-1].data, timestamp=0))]
+    assert len(decoded) == len(blocks)
+
+
+def test_stethoscope_codecs_put_red_first_unless_off():
+    assert [c.mimeType for c in stethoscope_codecs(OpusConfig())] == ["audio/red", "audio/opus"]
+    assert [c.mimeType for c in stethoscope_codecs(OpusConfig(red_distance=0))] == ["audio/opus"]
+    encoder = StethoscopeOpusEncoder(OpusConfig(red_distance=0))
+    assert encoder.answered(RED_ANSWER, "0")  # negotiated anyway: RED framing, primary alone
+    assert encoder.red is not None and encoder.red.distance == 0
+    encoder.set_red_distance(2)
+    assert encoder.red.distance == 2
+    with pytest.raises(ValueError):
+        encoder.set_red_distance(-1)
+    with pytest.raises(ValueError):
+        OpusConfig(red_distance=8)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import fractions
 import inspect
 import logging
 import struct
@@ -16,6 +17,7 @@ from typing import AsyncIterator, Callable
 
 import aioice
 import aiortc
+import aiortc.codecs
 import aiortc.rtcrtpreceiver
 import pytest
 from aiortc import RTCRtpReceiver, RTCRtpSender, RTCSessionDescription, clock
@@ -27,7 +29,8 @@ from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcicetransport import RTCIceTransport
 from aiortc.rtcpeerconnection import RTCPeerConnection
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
-from aiortc.rtp import is_rtcp
+from aiortc.rtp import RtpPacket, is_rtcp
+from aiortc.rtcrtpsender import RTP_HISTORY_SIZE
 
 from media import aioice_internals, aiortc_internals
 from media.ice import ScopedPeerConnection
@@ -399,6 +402,32 @@ async def test_an_intercepted_sender_gets_the_peers_nack_and_keyframe_requests()
         assert nacks == [[7, 9, 300]] and keyframes == ["pli"]
 
 
+async def test_remb_goes_from_a_receiver_to_the_peers_sender_and_to_the_sfu_handler():
+    """``send_remb`` (the SFU's REMB to a publisher) reaches the peer's sender, where
+    ``watch_sender_rtcp`` sees it; an intercepted sender hands it to ``on_remb`` instead of
+    an encoder."""
+    seen: list[tuple[int, list[int]]] = []
+    rembs: list[int] = []
+
+    async def on_nack(lost: list[int]) -> None:
+        return None
+
+    def watch(packet: object) -> None:
+        remb = aiortc_internals.remb_of(packet)
+        if remb is not None:
+            seen.append(remb)
+
+    def prepare(pair: Pair) -> None:
+        aiortc_internals.intercept_sender_rtcp(pair.sender, on_nack, lambda kind: None, rembs.append)
+        aiortc_internals.watch_sender_rtcp(pair.sender, watch)  # the outer wrapper: sees it first
+
+    async with peers(prepare) as pair:
+        await aiortc_internals.send_remb(pair.receiver, 123_456, [pair.sender_ssrc])
+        await wait_until(lambda: bool(rembs))
+        assert rembs[0] == pytest.approx(123_456, rel=1e-3)
+        assert seen and seen[0][1] == [pair.sender_ssrc]
+
+
 async def test_the_receiver_fed_by_hand_nacks_what_went_missing():
     async with peers(lambda p: None) as pair:
         receiver = pair.receiver
@@ -517,6 +546,36 @@ def test_null_decoders_decode_nothing():
     assert aiortc.rtcrtpreceiver.get_decoder is original
 
 
+def test_red_is_registered_once_after_aiortcs_audio_codecs():
+    aiortc_internals.register_red_codec()  # again: idempotent
+    audio = aiortc.codecs.CODECS["audio"]
+    reds = [c for c in audio if aiortc_internals.is_red(c)]
+    assert len(reds) == 1 and audio[-1] is reds[0] and audio[0].mimeType == "audio/opus"
+    assert reds[0].payloadType == aiortc_internals.RED_PAYLOAD_TYPE
+    assert aiortc_internals.red_capability() in RTCRtpSender.getCapabilities("audio").codecs
+    assert aiortc_internals.red_payload_type_usable(63) and aiortc_internals.red_payload_type_usable(120)
+    assert not aiortc_internals.red_payload_type_usable(35)
+
+
+def test_an_aiortc_receiver_decodes_reds_primary_with_opus():
+    from av import AudioFrame
+    from media import red
+
+    frame = AudioFrame(format="s16", layout="stereo", samples=960)
+    for plane in frame.planes:
+        plane.update(bytes(plane.buffer_size))
+    frame.sample_rate = 48000
+    frame.pts = 0
+    frame.time_base = fractions.Fraction(1, 48000)
+    (opus_frame,), _ = OpusEncoder().encode(frame)
+    codec = RTCRtpCodecParameters(mimeType="audio/red", clockRate=48000, channels=2, payloadType=63)
+    decoder = aiortc.rtcrtpreceiver.get_decoder(codec)
+    payload = red.build([red.RedBlock(111, 960, b"old"), red.RedBlock(111, 0, opus_frame)])
+    decoded = decoder.decode(JitterFrame(data=payload, timestamp=960))
+    assert len(decoded) == 1 and isinstance(decoded[0], AudioFrame) and decoded[0].samples == 960
+    assert decoder.decode(JitterFrame(data=b"\xff\x00", timestamp=1920)) == []  # malformed: nothing
+
+
 def test_codecs_compatible_is_aiortcs_rule():
     vp8 = RTCRtpCodecParameters(mimeType="video/VP8", clockRate=90000, payloadType=96)
     assert aiortc_internals.codecs_compatible(vp8, RTCRtpCodecParameters(mimeType="video/vp8", clockRate=90000,
@@ -570,3 +629,56 @@ def test_default_video_bitrate_is_what_new_encoders_start_at():
         assert (vpx.DEFAULT_BITRATE, h264.DEFAULT_BITRATE) == (vpx.MAX_BITRATE, h264.MAX_BITRATE)
     finally:
         vpx.DEFAULT_BITRATE, h264.DEFAULT_BITRATE = saved
+
+
+# -- the device agent's uplink (devices/agent_uplink.py) ------------------------------------
+def test_the_agents_uplink_internals():
+    assert "if not self._enabled:" in inspect.getsource(RTCRtpSender._next_encoded_frame)
+    assert "await self.transport._send_rtp(packet_bytes)" in inspect.getsource(RTCRtpSender._retransmit)
+    assert "await self._retransmit(seq)" in inspect.getsource(RTCRtpSender._handle_rtcp_packet)
+    for encoder in (vpx.Vp8Encoder(), h264.H264Encoder()):
+        assert any(hasattr(encoder, name) for name in ("_Vp8Encoder__target_bitrate", "_H264Encoder__target_bitrate"))
+
+
+async def test_the_agents_encoder_targets_go_below_aiortcs_clamp_and_senders_pause():
+    pc = ScopedPeerConnection()
+    try:
+        sender = pc.addTransceiver("video", direction="sendonly").sender
+        assert not aiortc_internals.set_encoder_bitrate(sender, 100_000)  # no encoder yet
+        encoder = vpx.Vp8Encoder()
+        aiortc_internals.replace_sender_encoder(sender, encoder)
+        assert aiortc_internals.set_encoder_bitrate(sender, 100_000)
+        assert encoder.target_bitrate == 100_000 < vpx.MIN_BITRATE
+        aiortc_internals.set_sender_paused(sender, True)
+        assert sender._enabled is False
+        aiortc_internals.set_sender_paused(sender, False)
+        assert sender._enabled is True and sender._RTCRtpSender__force_keyframe is True
+    finally:
+        await pc.close()
+
+
+async def test_an_agent_sender_gets_remb_paces_its_rtp_and_flags_its_retransmissions():
+    rembs: list[int] = []
+    paced: list[tuple[bytes, bool]] = []
+
+    def prepare(pair: Pair) -> None:
+        aiortc_internals.intercept_remb(pair.sender, rembs.append)
+
+        def enqueue(data: bytes, retransmission: bool, send: aiortc_internals.PacedSend) -> None:
+            paced.append((data, retransmission))
+            asyncio.ensure_future(send(data))
+
+        aiortc_internals.pace_sent_rtp(pair.a_transport, pair.sender, enqueue)
+
+    async with peers(prepare) as pair:
+        await aiortc_internals.send_remb(pair.receiver, 77_000, [pair.sender_ssrc])
+        await wait_until(lambda: bool(rembs))
+        assert rembs[0] == pytest.approx(77_000, rel=1e-3)
+        assert isinstance(aiortc_internals.sender_abs_send_time_id(pair.sender), int)
+        # What the sender sends goes through the pacer; a NACK's resend is flagged.
+        history = pair.sender._RTCRtpSender__rtp_history  # type: ignore[attr-defined]
+        history[100 % RTP_HISTORY_SIZE] = RtpPacket.parse(rtp(100, 200, ssrc=pair.sender_ssrc))
+        await pair.sender._retransmit(100)
+        assert paced and paced[-1][1] is True
+        # RTCP (its sender reports) is not paced.
+        assert not any(is_rtcp(data) for data, _ in paced)

@@ -15,8 +15,10 @@ from sfu.rtp import (
     PacketHistory,
     RtpError,
     SequenceMapper,
+    abs_send_time_now,
     extension_elements,
     extension_layout,
+    extension_value_at,
     pack_extensions,
     parse_header,
     rewrite,
@@ -116,6 +118,30 @@ def test_history_and_rtx_round_trip():
     assert rtx[h.payload_start:h.payload_start + 2] == struct.pack("!H", 40000)
     original, oh = unwrap_rtx(rtx, h, payload_type=96, ssrc=1234)
     assert original == data
+
+
+def test_history_counts_resends_per_packet_until_the_slot_is_reused():
+    history = PacketHistory(16)
+    history.put(5, b"a")
+    assert history.resent(5) == 0
+    history.note_resent(5)
+    history.note_resent(5)
+    assert history.resent(5) == 2 and history.resent(21) == 0
+    history.note_resent(21)  # not held: nothing
+    history.put(21, b"b")
+    assert history.resent(21) == 0 and history.resent(5) == 0
+
+
+def test_abs_send_time_is_found_and_written_in_place():
+    one_byte = packet(seq=1, payload=b"x", ext=[(1, b"0"), (3, b"\x01\x02\x03")])
+    h = parse_header(one_byte)
+    at = extension_value_at(one_byte, h, 3)
+    assert one_byte[at:at + 3] == b"\x01\x02\x03"
+    assert extension_value_at(one_byte, h, 5) == -1
+    assert len(abs_send_time_now(0)) == 3
+    # 6.18 fixed point, modulo 64 s: a quarter second later is 2^16 more
+    assert (int.from_bytes(abs_send_time_now(250_000_000), "big") - int.from_bytes(abs_send_time_now(0), "big")) \
+        % (1 << 24) == 1 << 16
 
 
 def test_loss_counter():

@@ -11,7 +11,8 @@ import pytest
 
 from config.settings import Settings
 from devices.agent import AgentConfig, DeviceAgent
-from tests.support import RunningServer, loopback_settings
+from sfu.appkeys import SFU
+from tests.support import RunningServer, loopback_settings, wait_for
 from tests.web_client.conftest import Console, screenshot
 from tests.web_client.test_consultation import end_call, into_call
 
@@ -62,6 +63,14 @@ async def test_device_panels_with_the_device_agent(server: RunningServer, chromi
         second = await physician.evaluate(TRACE_PIXELS)
         assert second["trace"] > 200 and second["rows"] > 20, second
         assert first["url"] != second["url"]
+        # The agent sends RED (RFC 2198) and Chromium, which offers it, gets RED and plays it.
+        sfu = server.app[SFU]
+        (room,) = [sfu.create_room(name) for name in sfu.rooms()]
+        (steth,) = [p for p in room.publications.values() if p.info.source == "stethoscope"]
+        assert steth.red_payload_type is not None
+        red_legs = [s for participant in room.participants.values() for s in participant.subscriptions.values()
+                    if s.publication_id == steth.id and s.red_payload_type is not None]
+        assert red_legs, "no subscriber leg of the stethoscope negotiated RED"
 
         # Stethoscope controls: the agent confirms the new mode and gain.
         await physician.wait_for_function("document.querySelector('#steth-mode input:checked') !== null",
@@ -85,6 +94,33 @@ async def test_device_panels_with_the_device_agent(server: RunningServer, chromi
                                           timeout=10000)
         await screenshot(physician, "physician-still.png", full_page=False)
         await physician.keyboard.press("Escape")
+
+        # The physician examines the otoscope: the page tells the agent (`viewing`), whose uplink
+        # gives that device's video first. The agent's `uplink` state shows on the page: a banner
+        # while the cabin's network is weak, each device's target in the quality table.
+        await physician.click("label[for=examine-otoscope]")
+        (link,) = agent.links.values()
+        await wait_for(lambda: link.uplink.controller.viewed == "otoscope", 10, what="the viewing message")
+        weak = {"type": "uplink", "mode": "normal", "budget_kbps": 576, "viewing": "otoscope", "tracks": [
+            {"device": "stethoscope", "kind": "audio", "target_kbps": 140, "paused": False, "reason": "full"},
+            {"device": "dermatoscope", "kind": "video", "target_kbps": 0, "paused": True, "reason": "paused"},
+            {"device": "otoscope", "kind": "video", "target_kbps": 436, "paused": False, "reason": "reduced"}]}
+        link.send(weak)  # as the agent sends it on a weak uplink (tests/devices/test_agent_uplink.py)
+        await physician.wait_for_function(
+            "document.querySelector('#banner').dataset.key === 'call.banner.uplink_weak'", timeout=10000)
+        banner = await physician.locator("#banner").text_content() or ""
+        assert "stethoscope first" in banner or "stéthoscope prioritaire" in banner, banner
+        await physician.click("#quality summary")
+        await physician.wait_for_function(
+            "document.querySelector('#quality tr[data-source=otoscope] td:last-child')?.textContent.includes('436')",
+            timeout=10000)
+        paused = await physician.locator("#quality tr[data-source=dermatoscope] td:last-child").text_content()
+        assert paused in ("paused", "en pause"), paused
+        message = link.uplink.message()
+        assert message is not None
+        link.send(message)  # the real state again: a loopback link, nothing limited
+        await physician.wait_for_function(
+            "document.querySelector('#banner').dataset.key !== 'call.banner.uplink_weak'", timeout=10000)
 
         # Vitals, and the nurse sees the device tracks as previews without controls.
         await physician.locator("#devices [data-source=vitals] tbody tr").first.wait_for(timeout=20000)

@@ -45,6 +45,7 @@ export class CallView extends EventTarget {
     this.listeners = [];
     this.releases = []; // functions that undo what this consultation set up
     this.lastQuality = [];
+    this.uplink = null; // the cabin agent's latest `uplink` message (devices/agent_uplink.py)
     this.closed = false;
     this.everConnected = false;
     this.reacquiring = new Set();
@@ -101,7 +102,7 @@ export class CallView extends EventTarget {
     this.quality = h("details", { class: "card quality", id: "quality" },
       h("summary", { "data-i18n": "quality.title" }, t("quality.title")),
       h("table", {}, h("thead", {}, h("tr", {},
-        ...["quality.track", "quality.bitrate", "quality.loss", "quality.fps", "quality.size"].map(
+        ...["quality.track", "quality.bitrate", "quality.loss", "quality.fps", "quality.size", "quality.sent"].map(
           (key) => h("th", { scope: "col", "data-i18n": key }, t(key))))), this.qualityBody));
     this.extra = h("div", { class: "call-extra" });
     // The physician starts and stops the recording, only with the patient's consent.
@@ -185,6 +186,7 @@ export class CallView extends EventTarget {
     this.call = call;
     this.board = new DeviceBoard(this.devices, call, { control: Boolean(this.grant.command), token: this.token,
       stills: this.stills });
+    this.board.addEventListener("uplink", (event) => this.onUplink(event.detail));
     call.addEventListener("track", (event) => this.onTrack(event.detail));
     call.addEventListener("track-removed", (event) => this.onTrackRemoved(event.detail));
     call.addEventListener("participant", (event) => this.onParticipant(event.detail));
@@ -448,7 +450,35 @@ export class CallView extends EventTarget {
       h("td", { class: "num" }, q.bitrate_kbps === null ? "–" : t("unit.kbps", { value: formatNumber(q.bitrate_kbps) })),
       h("td", { class: "num" }, formatPercent(q.loss_pct)),
       h("td", { class: "num" }, q.fps === null ? "–" : formatNumber(Math.round(q.fps))),
-      h("td", { class: "num" }, q.width ? `${q.width}×${q.height}` : "–"))));
+      h("td", { class: "num" }, q.width ? `${q.width}×${q.height}` : "–"),
+      h("td", { class: "num", dataset: { reason: this.uplinkTrack(q.publication.source)?.reason || "" } },
+        this.uplinkText(q.publication.source)))));
+  }
+
+  // -- the cabin's uplink (the agent's `uplink` message) ----------------------------------------
+
+  uplinkTrack(source) {
+    return this.uplink?.tracks?.find((track) => track.device === source) || null;
+  }
+
+  /** What the agent sends of ``source`` now: its target, or that it is paused. */
+  uplinkText(source) {
+    const track = this.uplinkTrack(source);
+    if (!track) return "–";
+    if (track.paused) return t("quality.paused");
+    return t("unit.kbps", { value: formatNumber(track.target_kbps) });
+  }
+
+  /** A weak uplink at the cabin: the banner says what the agent gave up, the table shows each track. */
+  onUplink(state) {
+    this.uplink = state;
+    const tracks = state?.tracks || [];
+    const audioOnly = state?.mode === "audio_only" || state?.mode === "probing";
+    const reduced = tracks.some((track) => track.kind === "video" && track.reason !== "full");
+    const key = audioOnly ? "call.banner.uplink_audio_only" : reduced ? "call.banner.uplink_weak" : null;
+    if (!this.closed) this.banner?.set("uplink", key, { priority: 4 });
+    this.element.dataset.uplink = state?.mode || "";
+    this.renderQuality();
   }
 
   // -- end ---------------------------------------------------------------------------------------
@@ -473,7 +503,7 @@ export class CallView extends EventTarget {
     for (const release of this.releases.splice(0)) release();
     if (this.endDialog.open) this.endDialog.close();
     for (const name of ["media", "local-camera", "local-microphone",
-      ...[...HUMAN_ROLES, ROLES.AGENT].map((role) => `peer-${role}`)]) this.banner?.clear(name);
+      ...[...HUMAN_ROLES, ROLES.AGENT].map((role) => `peer-${role}`), "uplink"]) this.banner?.clear(name);
     this.board?.close();
     await this.call?.close({ leave: false });
     // Our camera and microphone: stopped, so that the next consultation opens them afresh.

@@ -4,7 +4,8 @@
 //
 // One device is "being examined": its panel is the large one, the others stay
 // visible and usable, smaller. The physician picks it (or uses a device: it
-// becomes the examined one).
+// becomes the examined one). The physician's page tells the agent which video
+// device that is (`viewing`): on a weak uplink it keeps its video first.
 import { h } from "./dom.js";
 import { t, onLanguageChange, translate, formatNumber, formatPercent, formatTime, setText, resolveParams } from "./i18n.js";
 import { Phonocardiogram } from "./phonocardiogram.js";
@@ -378,6 +379,11 @@ export class DeviceBoard extends EventTarget {
     this.container.append(this.stack);
     this.onMessage = (event) => this.message(event.detail);
     call.addEventListener("message", this.onMessage);
+    this.uplink = null; // the agent's latest `uplink` message
+    this.onChannel = (event) => {
+      if (event.detail?.state === "open") this._sendViewing();
+    };
+    call.addEventListener("channel", this.onChannel);
     this.stopLanguage = onLanguageChange(() => this._retranslate());
     // Using a device makes it the one being examined (after the click: no layout change under it).
     this.onClick = (event) => {
@@ -428,6 +434,14 @@ export class DeviceBoard extends EventTarget {
     }
     this.container.dataset.examined = source || "";
     this.renderPicker();
+    this._sendViewing();
+  }
+
+  /** Tell the agent which video device the physician looks at (the stethoscope: no change). */
+  _sendViewing() {
+    const source = this.examined;
+    if (!this.options.control || !source || source === "stethoscope" || source === "vitals") return;
+    this.call.send({ type: "viewing", device: source });
   }
 
   renderPicker() {
@@ -471,6 +485,10 @@ export class DeviceBoard extends EventTarget {
         if (data.device === "stethoscope" && panel) panel.measurement(data);
         if (!NOT_VITALS.has(data.name)) this._vitalsPanel().measurement(data);
         break;
+      case "uplink":
+        this.uplink = data;
+        this.dispatchEvent(new CustomEvent("uplink", { detail: data }));
+        break;
       case "still_ready":
         if (panel instanceof CameraDevicePanel) panel.stillReady(data);
         else this.stills?.merge([stillFrom(data)]);
@@ -491,6 +509,7 @@ export class DeviceBoard extends EventTarget {
 
   close() {
     this.call.removeEventListener("message", this.onMessage);
+    this.call.removeEventListener("channel", this.onChannel);
     this.container.removeEventListener("click", this.onClick);
     this.stopLanguage();
     this.viewer?.close();

@@ -16,6 +16,7 @@ from media.recording.depacketizer import (
     vp8_descriptor_end,
     vp8_is_keyframe,
 )
+from media.red import RedPacker
 from sfu.rtp import parse_header
 from tests.media.conftest import H264, OPUS, VP8, Clip, encode_video, packetize
 
@@ -189,3 +190,50 @@ def test_push_rtp_with_parsed_headers_equals_push(vp8_clip: Clip, opus_clip: Cli
         got += b.flush(10.0)
         assert got == expected and frames_of(got)
         assert (b.lost, b.duplicates, b.late, b.frames_dropped) == (a.lost, a.duplicates, a.late, a.frames_dropped)
+
+
+def red_packets(clip: Clip, red_pt: int = 63, distance: int = 1) -> list[bytes]:
+    """The clip's Opus frames as RED (RFC 2198) RTP datagrams: each frame the primary, the
+    ``distance`` before it as redundancy."""
+    packer = RedPacker(OPUS.payloadType or 111, distance=distance)
+    out = []
+    for (group,) in clip.packets:
+        packet = RtpPacket(payload_type=red_pt, sequence_number=group.sequence_number, timestamp=group.timestamp,
+                           ssrc=group.ssrc)
+        packet.payload = packer.pack(group.payload, group.timestamp)
+        out.append(packet.serialize())
+    return out
+
+
+def test_red_opus_keeps_the_primary_and_recovers_lost_packets(opus_clip: Clip) -> None:
+    datagrams = red_packets(opus_clip)
+    dep = Depacketizer(OPUS, red_payload_type=63)
+    events: list[Event] = []
+    lost = {10, 41, 42, 90}  # 41 and 42 in a row: 41 is beyond a distance of 1
+    for i, data in enumerate(datagrams):
+        if i not in lost:
+            events += dep.push_rtp(data, parse_header(data), i * 0.02)
+    events += dep.flush(10.0)
+    frames = frames_of(events)
+    got = [(f.data, f.timestamp) for f in frames]
+    expected = [(group[0].payload, group[0].timestamp) for i, group in enumerate(opus_clip.packets) if i != 41]
+    assert got == expected
+    assert dep.recovered == 3 and dep.lost == 1
+    assert sum(g.lost_packets for g in gaps_of(events)) == 1
+
+
+def test_malformed_red_is_a_loss_and_plain_opus_still_passes(opus_clip: Clip) -> None:
+    datagrams = red_packets(opus_clip)[:5]
+    bad = bytearray(datagrams[2])
+    bad[12] = 0xFF  # the RED header: F=1 with a block that runs past the payload
+    bad[13:16] = b"\xff\xff\xff"
+    plain = opus_clip.packets[3][0]
+    plain.payload_type = 111
+    dep = Depacketizer(OPUS, red_payload_type=63)
+    events: list[Event] = []
+    for i, data in enumerate([datagrams[0], datagrams[1], bytes(bad), plain.serialize(), datagrams[4]]):
+        events += dep.push_rtp(data, parse_header(data), i * 0.02)
+    events += dep.flush(10.0)
+    # The packet after the malformed one is plain Opus: nothing to recover it from.
+    assert [f.data for f in frames_of(events)] == [opus_clip.frames[i][0] for i in (0, 1, 3, 4)]
+    assert dep.malformed == 1 and dep.lost == 1 and dep.recovered == 0

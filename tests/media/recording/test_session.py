@@ -12,12 +12,14 @@ from pathlib import Path
 
 import av
 import pytest
+from aiortc.rtp import RtpPacket
 
 from media.recording.manifest import read_manifest
 from media.recording.muxer import count_frames
 from media.recording.recovery import recover
 from media.recording.session import RecordingSession
 from media.recording.vault import MasterKey, SealedWriter, Vault
+from media.red import RedPacker
 from sfu.rtp import parse_header
 from tests.media.conftest import H264, OPUS, VP8, Clip
 
@@ -329,3 +331,27 @@ def test_feed_rtp_batches_with_sfu_headers_record_the_same(tmp_path: Path, vp8_c
     assert [t.frames for t in manifest.tracks] == [len(vp8_clip.frames), len(opus_clip.frames)]
     for track in manifest.tracks:
         assert decode_all(vault, tmp_path / "c-b" / track.file) == (track.frames, track.frames)
+
+
+def test_red_stethoscope_is_recorded_as_its_primary_opus(tmp_path: Path, opus_clip: Clip) -> None:
+    """A stethoscope publishing RED (RFC 2198): the file holds the primary Opus frames, byte for
+    byte, a lost packet's frame taken from the next packet's redundancy."""
+    vault = Vault(None, fsync=False)
+    session = RecordingSession.start(tmp_path, "c-red", vault, started_by="dr", clock=lambda: 5.0)
+    session.add_track("steth", "agent", "stethoscope", OPUS, red_payload_type=63)
+    packer = RedPacker(111, distance=1)
+    for i, (packet,) in enumerate(opus_clip.packets):
+        red = RtpPacket(payload_type=63, sequence_number=packet.sequence_number, timestamp=packet.timestamp,
+                        ssrc=packet.ssrc)
+        red.payload = packer.pack(packet.payload, packet.timestamp)
+        if i % 25 == 7:
+            continue  # lost on the way; the next packet brings it back
+        data = red.serialize()
+        session.feed_rtp("steth", data, parse_header(data), 5.0 + i * 0.02)
+    manifest = session.stop("dr")
+    (track,) = manifest.tracks
+    assert track.frames == len(opus_clip.frames)
+    with vault.open_reader(tmp_path / "c-red" / track.file) as f, av.open(f, "r") as container:
+        recorded = [bytes(p) for p in container.demux() if p.size]
+    assert recorded == [data for data, _, _ in opus_clip.frames]
+    assert decode_all(vault, tmp_path / "c-red" / track.file) == (track.frames, track.frames)

@@ -1,0 +1,228 @@
+"""The uplink allocator as tables: budgets in, per-track targets out; then the audio-only
+state and its probes over time."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import pytest
+
+from devices.uplink import (STETHOSCOPE, Mode, Reason, TrackSpec, UplinkController, UplinkPolicy, allocate,
+                            default_spec)
+
+CABIN = tuple(default_spec(d) for d in ("stethoscope", "dermatoscope", "otoscope"))
+P, R, F = Reason.PAUSED, Reason.REDUCED, Reason.FULL
+
+# budget (kbit/s), viewed -> {device: (target kbit/s, reason)}
+SPLITS: list[tuple[Optional[float], str, dict[str, tuple[float, Reason]]]] = [
+    # No estimate yet: everything at its maximum (what the agent did before it had one).
+    (None, "dermatoscope", {"stethoscope": (140, F), "dermatoscope": (540, F), "otoscope": (540, F)}),
+    # A good link: everyone full.
+    (3000, "dermatoscope", {"stethoscope": (140, F), "dermatoscope": (540, F), "otoscope": (540, F)}),
+    # 4g-weak (1 Mbit/s, 0.9 of it usable): the viewed device full, the other reduced.
+    (900, "dermatoscope", {"stethoscope": (140, F), "dermatoscope": (540, F), "otoscope": (220, R)}),
+    # The physician looks at the otoscope: it goes first.
+    (900, "otoscope", {"stethoscope": (140, F), "dermatoscope": (220, R), "otoscope": (540, F)}),
+    # Less: the other is under its minimum, paused.
+    (800, "dermatoscope", {"stethoscope": (140, F), "dermatoscope": (540, F), "otoscope": (0, P)}),
+    # Less still: the viewed device reduced.
+    (500, "dermatoscope", {"stethoscope": (140, F), "dermatoscope": (360, R), "otoscope": (0, P)}),
+    # Under the stethoscope and the viewed device's minimum: the viewed one paused too
+    # (the controller turns this into audio-only).
+    (380, "dermatoscope", {"stethoscope": (140, F), "dermatoscope": (0, P), "otoscope": (0, P)}),
+    # Even under the stethoscope's rate, it keeps its full rate: it is what the link is for.
+    (100, "dermatoscope", {"stethoscope": (140, F), "dermatoscope": (0, P), "otoscope": (0, P)}),
+]
+
+
+@pytest.mark.parametrize("budget,viewed,expected", SPLITS)
+def test_split(budget: Optional[float], viewed: str, expected: dict[str, tuple[float, Reason]]) -> None:
+    targets = allocate(budget, CABIN, viewed)
+    assert [t.device for t in targets] == [t.device for t in CABIN]
+    got = {t.device: (round(t.target_kbps), t.reason) for t in targets}
+    assert got == expected
+    assert all(t.paused == (t.reason is P) for t in targets)
+
+
+def test_three_videos_share_in_device_order() -> None:
+    tracks = CABIN + (TrackSpec("camera2", "video", 150, 540),)
+    got = {t.device: round(t.target_kbps) for t in allocate(1200, tracks, "otoscope")}
+    # otoscope 540, then dermatoscope gets what is left (520), then camera2 nothing.
+    assert got == {"stethoscope": 140, "otoscope": 540, "dermatoscope": 520, "camera2": 0}
+
+
+def test_only_a_stethoscope() -> None:
+    assert [(t.target_kbps, t.reason) for t in allocate(50, (STETHOSCOPE,), None)] == [(140, F)]
+
+
+def policy() -> UplinkPolicy:
+    return UplinkPolicy(utilization=0.9, hold_s=1.0, probe_interval_s=3.0, probe_interval_max_s=6.0, probe_s=2.0)
+
+
+def run(controller: UplinkController, script: list[tuple[float, dict[str, float], dict[str, float]]],
+        audio_loss: float = 0.2) -> list[tuple[float, Mode, dict[str, tuple[int, Reason]]]]:
+    """Each (time, REMBs received now, what each session sent) -> the allocation then; the
+    stethoscope's receiver report at each step says ``audio_loss`` (0.2: its path suffers)."""
+    out = []
+    for now, rembs, sent in script:
+        for device, kbps in rembs.items():
+            controller.estimate(device, kbps, now)
+        controller.audio_report(now, 0.02, audio_loss)
+        allocation = controller.step(now, sent)
+        out.append((now, allocation.mode, {t.device: (round(t.target_kbps), t.reason) for t in allocation.targets}))
+    return out
+
+
+def test_audio_only_when_the_stethoscope_is_at_risk_and_back_after_a_probe() -> None:
+    c = UplinkController(CABIN, policy(), viewed="dermatoscope")
+    full = {"stethoscope": 140.0, "dermatoscope": 540.0, "otoscope": 540.0}
+    # Congested: every REMB under what its session sends; 0.9 * 360 = 324 < 140 + 250.
+    low = {"stethoscope": 120.0, "dermatoscope": 150.0, "otoscope": 90.0}
+    steps = run(c, [
+        (0.0, {}, {}),
+        (0.5, low, full),
+        (1.0, low, full),
+        (1.6, low, full),   # low for 1.1 s >= hold_s: audio only
+        (3.0, {"stethoscope": 220.0}, {"stethoscope": 140.0}),
+        (4.7, {"stethoscope": 220.0}, {"stethoscope": 140.0}),  # 3.1 s in audio-only: probe
+        # The link is back: the probe's REMBs say so (capped at 1.5 x what arrives).
+        (5.5, {"stethoscope": 220.0, "dermatoscope": 385.0}, {"stethoscope": 140.0, "dermatoscope": 250.0}),
+        (6.8, {"stethoscope": 220.0, "dermatoscope": 385.0}, {"stethoscope": 140.0, "dermatoscope": 250.0}),
+    ])
+    modes = [(t, m) for t, m, _ in steps]
+    assert modes == [(0.0, Mode.NORMAL), (0.5, Mode.NORMAL), (1.0, Mode.NORMAL), (1.6, Mode.AUDIO_ONLY),
+                     (3.0, Mode.AUDIO_ONLY), (4.7, Mode.PROBING), (5.5, Mode.PROBING), (6.8, Mode.NORMAL)]
+    assert steps[3][2] == {"stethoscope": (140, F), "dermatoscope": (0, Reason.AUDIO_ONLY),
+                           "otoscope": (0, Reason.AUDIO_ONLY)}
+    assert steps[5][2] == {"stethoscope": (140, F), "dermatoscope": (250, Reason.PROBE),
+                           "otoscope": (0, Reason.AUDIO_ONLY)}
+    # Back to normal: the probe's sessions are unconstrained (REMB >= 1.15 x sent), so each
+    # gets max(REMB, target x 1.08): 0.9 * (220 + 385) = 544.
+    assert steps[7][2]["dermatoscope"] == (404, R)
+
+
+def test_a_failed_probe_backs_off() -> None:
+    c = UplinkController(CABIN, policy(), viewed="dermatoscope")
+    low = {"stethoscope": 120.0, "dermatoscope": 150.0, "otoscope": 90.0}
+    sent = {"stethoscope": 140.0, "dermatoscope": 540.0, "otoscope": 540.0}
+    script = [(0.0, low, sent), (1.0, low, sent)]
+    # Audio-only at 1.0; probes at 4.0 (3 s), then the link is still weak: the probe's REMB
+    # is under what it sends. Next probe 6 s after the failure.
+    weak = {"stethoscope": 120.0, "dermatoscope": 200.0}
+    script += [(t, weak, {"stethoscope": 140.0, "dermatoscope": 250.0}) for t in (4.0, 5.0, 6.0, 6.5, 9.0, 12.6)]
+    modes = [(t, m) for t, m, _ in run(c, script)]
+    assert modes == [(0.0, Mode.NORMAL), (1.0, Mode.AUDIO_ONLY), (4.0, Mode.PROBING), (5.0, Mode.PROBING),
+                     (6.0, Mode.AUDIO_ONLY), (6.5, Mode.AUDIO_ONLY), (9.0, Mode.AUDIO_ONLY), (12.6, Mode.PROBING)]
+
+
+def test_a_single_low_remb_does_not_pause_video() -> None:
+    c = UplinkController(CABIN, policy(), viewed="dermatoscope")
+    sent = {"stethoscope": 140.0, "dermatoscope": 540.0, "otoscope": 300.0}
+    steps = run(c, [(0.0, {}, sent), (0.5, {"stethoscope": 100.0, "dermatoscope": 150.0}, sent),
+                    (1.0, {"stethoscope": 150.0, "dermatoscope": 700.0, "otoscope": 400.0}, sent)])
+    assert [m for _, m, _ in steps] == [Mode.NORMAL] * 3
+
+
+def test_an_encoder_that_undershoots_is_no_weak_link() -> None:
+    c = UplinkController(CABIN, policy(), viewed="dermatoscope")
+    # Still scenes: the encoders send a fraction of their targets, and the SFU's REMBs (at
+    # most 1.5 x what arrives + 10) are low: ceilings, not congestion. No REMB for audio.
+    sent = {"stethoscope": 140.0, "dermatoscope": 100.0, "otoscope": 60.0}
+    rembs = {"dermatoscope": 160.0, "otoscope": 100.0}
+    steps = run(c, [(t, rembs, sent) for t in (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)], audio_loss=0.0)
+    assert {m for _, m, _ in steps} == {Mode.NORMAL}
+    assert all(not s[2]["dermatoscope"][1] is P for s in steps)
+
+
+def test_after_congestion_the_budget_grows_back() -> None:
+    c = UplinkController(CABIN, policy(), viewed="dermatoscope")
+    rembs = {"dermatoscope": 450.0, "otoscope": 200.0}  # and the stethoscope's 140: 0.9 * 790 = 711
+    sent = {"stethoscope": 140.0, "dermatoscope": 540.0, "otoscope": 540.0}  # over the REMBs
+    first = run(c, [(0.0, rembs, sent)])[0]
+    assert first[2] == {"stethoscope": (140, F), "dermatoscope": (540, F), "otoscope": (0, P)}  # 31 < 150
+    # Clean again: the REMB governs for congestion_hold_s (10 s), then the budget grows 8 % a
+    # second until every track has its maximum.
+    quiet = {"stethoscope": 140.0, "dermatoscope": 540.0, "otoscope": 0.0}
+    steps = run(c, [(float(t), rembs, quiet) for t in range(1, 24)], audio_loss=0.0)
+    budgets = {int(t): sum(v[0] for v in targets.values()) for t, _, targets in steps}
+    assert budgets[9] == 680  # still the REMB's
+    assert 960 <= budgets[13] <= 970  # 711 * 1.08^4 = 967: the otoscope back (287)
+    assert all(budgets[t + 1] >= budgets[t] for t in range(10, 23))
+    assert budgets[23] == 1220
+    # Congested again: back to the REMBs at once.
+    last = run(c, [(24.0, rembs, sent)])[0]
+    assert sum(v[0] for v in last[2].values()) == 680
+
+
+def test_viewing_moves_the_budget() -> None:
+    c = UplinkController(CABIN, policy(), viewed="dermatoscope")
+    sent = {"stethoscope": 140.0, "dermatoscope": 540.0, "otoscope": 220.0}
+    rembs = {"stethoscope": 130.0, "dermatoscope": 500.0, "otoscope": 370.0}  # 0.9 * 1000 = 900
+    assert run(c, [(0.0, rembs, sent)])[0][2]["otoscope"] == (220, R)
+    assert c.view("otoscope") and not c.view("otoscope") and not c.view("stethoscope") and not c.view("x")
+    assert run(c, [(0.5, rembs, sent)])[0][2] == {"stethoscope": (140, F), "dermatoscope": (220, R),
+                                                  "otoscope": (540, F)}
+
+
+def test_stale_estimates_are_forgotten() -> None:
+    c = UplinkController(CABIN, policy(), viewed="dermatoscope")
+    c.estimate("dermatoscope", 100.0, 0.0)
+    allocation = c.step(10.0, {})
+    assert allocation.budget_kbps is None and not allocation.degraded
+
+
+def test_policy_checks() -> None:
+    for bad in ({"utilization": 0}, {"step_up": 0.9}, {"probe_interval_s": 10, "probe_interval_max_s": 5}):
+        with pytest.raises(ValueError):
+            UplinkPolicy(**bad)  # type: ignore[arg-type]
+
+
+def test_the_stethoscope_counts_at_what_it_sends() -> None:
+    # With RED each Opus frame goes twice (~270 kbit/s): the video gets what is left, and the
+    # need (stethoscope + the viewed device's minimum) grows with it.
+    c = UplinkController(CABIN, policy(), viewed="dermatoscope")
+    rembs = {"dermatoscope": 400.0, "otoscope": 200.0}  # and no REMB for audio
+    sent = {"stethoscope": 270.0, "dermatoscope": 400.0, "otoscope": 200.0}
+    steps = run(c, [(0.0, rembs, sent)])
+    # 0.9 * (600 + 270) = 783: 270 for the stethoscope, 513 for the dermatoscope, none left.
+    assert steps[0][2] == {"stethoscope": (270, F), "dermatoscope": (513, R), "otoscope": (0, P)}
+    # 0.9 * (230 + 270) = 450 < 270 + 250, congested: audio only after hold_s.
+    low = {"dermatoscope": 200.0, "otoscope": 30.0}
+    assert [m for _, m, _ in run(c, [(0.5, low, sent), (1.6, low, sent)])] == [Mode.NORMAL, Mode.AUDIO_ONLY]
+
+
+def test_a_low_remb_with_a_clean_stethoscope_path_pauses_nothing() -> None:
+    # REMBs far under what the sessions send (an SFU capping them by its subscribers' own
+    # estimates), but the stethoscope's reports show no queue: no congestion, full video.
+    c = UplinkController(CABIN, policy(), viewed="dermatoscope")
+    sent = {"stethoscope": 140.0, "dermatoscope": 540.0, "otoscope": 540.0}
+    low = {"dermatoscope": 40.0, "otoscope": 40.0}
+    steps = run(c, [(t, low, sent) for t in (0.0, 0.5, 1.0, 2.0, 3.0)], audio_loss=0.0)
+    assert {m for _, m, _ in steps} == {Mode.NORMAL}
+    assert steps[-1][2]["otoscope"] == (540, F)
+    # Its round trip grows by 100 ms (a queue): the REMB governs, audio only.
+    for now in (3.5, 4.0, 4.6):
+        c.estimate("dermatoscope", 40.0, now)
+        c.estimate("otoscope", 40.0, now)
+        c.audio_report(now, 0.12, 0.0)
+        mode = c.step(now, sent).mode
+    assert mode is Mode.AUDIO_ONLY
+
+
+def test_a_probe_with_a_clean_stethoscope_path_succeeds() -> None:
+    c = UplinkController(CABIN, policy(), viewed="dermatoscope")
+    low = {"dermatoscope": 40.0, "otoscope": 40.0}
+    sent = {"stethoscope": 140.0, "dermatoscope": 540.0, "otoscope": 540.0}
+    assert [m for _, m, _ in run(c, [(0.0, low, sent), (1.0, low, sent)])] == [Mode.NORMAL, Mode.AUDIO_ONLY]
+    # The probe's REMB stays low (capped elsewhere), but nothing suffers: video is back.
+    probe = {"stethoscope": 140.0, "dermatoscope": 250.0}
+    steps = run(c, [(t, {"dermatoscope": 60.0}, probe) for t in (4.0, 5.0, 6.5)], audio_loss=0.0)
+    assert [m for _, m, _ in steps] == [Mode.PROBING, Mode.PROBING, Mode.NORMAL]
+
+
+def test_a_start_budget_grows_until_every_track_is_full() -> None:
+    c = UplinkController(CABIN, UplinkPolicy(start_kbps=680.0), viewed="otoscope")
+    got = [c.step(float(t), {}) for t in range(0, 10)]
+    assert got[0].target("otoscope").target_kbps == 540  # type: ignore[union-attr]
+    assert got[0].target("dermatoscope").paused  # type: ignore[union-attr]
+    assert got[-1].budget_kbps is None and not got[-1].degraded  # 680 * 1.08^8 > 1220
