@@ -18,7 +18,7 @@ from core.appkeys import KEYRING, LIFECYCLE, METRICS, OUTAGES, READY_PROBES, SET
 from core.sealing import ValueSealer
 from media.recording.appkeys import STILLS
 from sfu.appkeys import SFU
-from signalling import http, ws
+from signalling import expertise, http, ws
 from signalling.appkeys import SIGNALLING, STORE
 from signalling.journal import FileJournal, Journal, RedisJournal
 from signalling.records import Records, RedisRecords, SqliteRecords
@@ -72,6 +72,7 @@ def setup(app: web.Application) -> None:
     app[OUTAGES].extend(STORE_FAULTS)
     app.router.add_get("/ws", ws.websocket)
     http.add_routes(app)
+    expertise.setup(app)  # after signalling's lifetime: it shares its store, journal and events
 
 
 async def _check_aof(store: RedisStore) -> None:
