@@ -185,10 +185,11 @@ def parse_viewing(envelope: dict[str, Any], devices: set[str]) -> Optional[str]:
     return device if isinstance(device, str) and device in devices else None
 
 
-def uplink_message(allocation: Allocation, viewing: Optional[str]) -> dict[str, Any]:
-    """What the physician's page shows of the uplink: a banner when video is reduced or
-    paused, and each track's target."""
+def uplink_message(allocation: Allocation, viewing: Optional[str], congested: bool) -> dict[str, Any]:
+    """What the physician's page shows of the uplink: a banner when the link reduced or paused
+    video (``congested``; a start's ramp reduces video too, on any link), and each track's
+    target."""
     budget = allocation.budget_kbps
-    return {"type": "uplink", "mode": allocation.mode.value,
+    return {"type": "uplink", "mode": allocation.mode.value, "congested": congested,
             "budget_kbps": None if budget is None else round(budget), "viewing": viewing,
             "tracks": [t.to_json() for t in allocation.targets]}

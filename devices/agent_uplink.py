@@ -154,7 +154,7 @@ class SiteUplink:
         """The ``uplink`` message for the current allocation (None before the first tick)."""
         if self.allocation is None:
             return None
-        return uplink_message(self.allocation, self.controller.viewed)
+        return uplink_message(self.allocation, self.controller.viewed, self.controller.in_congestion(self.clock()))
 
     @property
     def dropped_retransmissions(self) -> int:

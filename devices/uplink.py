@@ -175,6 +175,10 @@ class UplinkPolicy:
     """An estimate older than this is forgotten (its session sends nothing, or is gone)."""
     viewed_min_kbps: float = VIEWED_MIN_KBPS
     rtt_rise_s: float = 0.04
+    rtt_rise_reports: int = 2
+    """Reports in a row that must show the rise: a queue lasts, where a CPU hiccup of the cabin
+    (a full-resolution still encoded) raised one report and, with the REMB it also lowered,
+    paused both videos on a loopback link for 10 s (tests/web_client/test_devices.py)."""
     distress_loss: float = 0.1
     """Above a lossy radio link's random loss (3 %, which one report of ~50 packets shows as
     8 % now and then): a queue that overflows."""
@@ -193,6 +197,8 @@ class UplinkPolicy:
             raise ValueError("step_up, resume_factor and congested_ratio must be >= 1")
         if not 0 < self.probe_interval_s <= self.probe_interval_max_s or self.probe_s <= 0:
             raise ValueError("probe intervals must be > 0 and ordered")
+        if self.rtt_rise_reports < 1:
+            raise ValueError("rtt_rise_reports must be >= 1")
 
 
 @dataclass
@@ -227,6 +233,8 @@ class UplinkController:
     _mode_since: float = 0.0
     _probe_interval_s: float = 0.0
     _normal_since: Optional[float] = None
+    _rtt_rises: int = 0
+    """Reports in a row whose round trip rose past ``rtt_rise_s``."""
 
     def __post_init__(self) -> None:
         self._probe_interval_s = self.policy.probe_interval_s
@@ -234,6 +242,11 @@ class UplinkController:
         self._ceiling = self.policy.start_kbps
         if self.viewed is None:
             self.viewed = next((t.device for t in self.tracks if t.kind == "video"), None)
+
+    def in_congestion(self, now: float) -> bool:
+        """Congestion was seen within ``congestion_hold_s``: what is reduced is reduced by the link
+        (not by the start's ramp, which the physician's page must not call a weak network)."""
+        return now < self._congested_until
 
     def view(self, device: Optional[str]) -> bool:
         """The physician views ``device`` (True when that changes anything)."""
@@ -276,6 +289,8 @@ class UplinkController:
         and the fraction of its packets lost since the report before."""
         if rtt_s is not None:
             self._rtt_base = rtt_s if self._rtt_base is None else min(self._rtt_base, rtt_s)
+            risen = rtt_s - self._rtt_base > self.policy.rtt_rise_s
+            self._rtt_rises = self._rtt_rises + 1 if risen else 0
         self._rtt, self._loss, self._report_at = rtt_s, loss_fraction, now
         if self._audio_distressed(now):
             self._distress_at = now
@@ -288,8 +303,7 @@ class UplinkController:
             return True
         if self._report_at is None or now - self._report_at > self.policy.report_ttl_s:
             return False
-        rising = self._rtt is not None and self._rtt_base is not None and \
-            self._rtt - self._rtt_base > self.policy.rtt_rise_s
+        rising = self._rtt_rises >= self.policy.rtt_rise_reports
         return rising or (self._loss is not None and self._loss >= self.policy.distress_loss)
 
     def _need(self) -> float:

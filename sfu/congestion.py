@@ -41,6 +41,11 @@ ESTIMATE_MAX_AGE_S = 5.0
 """A subscriber's REMB older than this is ignored (its sender refreshes it every second)."""
 RATE_INTERVAL_S = 0.5
 """Rates are measured over at least this long."""
+CONGESTION_HEADROOM = 1.25
+"""A subscriber's REMB below this many times what it receives says its link is near capacity.
+On a clean link a receiver's estimate climbs to ~1.5 times what arrives; a publisher held to a
+subscriber's cap sends about the cap, which stays below this headroom: the cap holds steady
+instead of lifting as soon as the publisher obeys it."""
 TYPICAL_PACKET_BYTES = 1200
 """Turns a retransmission budget in bit/s into packets (a video packet is near the MTU)."""
 
@@ -87,12 +92,12 @@ def subscriber_share(estimate_bps: float, own_bps: float, total_bps: float, coun
     """What one of a subscriber's ``count`` subscriptions may take of its estimate: its part
     of what the subscriber receives now (``own_bps`` of ``total_bps``), at least an equal split.
 
-    None (no cap) while the estimate covers what the subscriber receives: a receiver's REMB
-    is at most ~1.5 times what arrives (it cannot see capacity it is not offered), so taken as
-    a capacity it held a clean link's publishers at a fraction of their uplink and kept a
-    paused track from coming back. Below what arrives, the subscriber's link is congested:
-    then it caps."""
-    if total_bps <= 0 or estimate_bps >= total_bps:
+    None (no cap) while the estimate is well above what the subscriber receives
+    (:data:`CONGESTION_HEADROOM`): a receiver's REMB is at most ~1.5 times what arrives (it
+    cannot see capacity it is not offered), so taken as a capacity it held a clean link's
+    publishers at a fraction of their uplink and kept a paused track from coming back. Near
+    or below what arrives, the subscriber's link is at capacity: then it caps."""
+    if total_bps <= 0 or estimate_bps >= CONGESTION_HEADROOM * total_bps:
         return None
     equal = estimate_bps / max(1, count)
     return max(equal, estimate_bps * min(1.0, own_bps / total_bps))

@@ -129,8 +129,9 @@ def test_viewing_and_uplink_messages() -> None:
     c.estimate("dermatoscope", 400.0, 0.0)
     c.estimate("otoscope", 100.0, 0.0)
     c.audio_report(0.0, 0.02, 0.2)  # the stethoscope loses a fifth of its packets: congested
-    message = uplink_message(c.step(0.0, {"dermatoscope": 500.0, "otoscope": 300.0}), c.viewed)
-    assert message == {"type": "uplink", "mode": "normal", "budget_kbps": 576, "viewing": "dermatoscope", "tracks": [
+    message = uplink_message(c.step(0.0, {"dermatoscope": 500.0, "otoscope": 300.0}), c.viewed, c.in_congestion(0.0))
+    assert message == {"type": "uplink", "mode": "normal", "congested": True, "budget_kbps": 576,
+                       "viewing": "dermatoscope", "tracks": [
         {"device": "stethoscope", "kind": "audio", "target_kbps": 140, "paused": False, "reason": "full"},
         {"device": "dermatoscope", "kind": "video", "target_kbps": 436, "paused": False, "reason": "reduced"},
         {"device": "otoscope", "kind": "video", "target_kbps": 0, "paused": True, "reason": "paused"}]}

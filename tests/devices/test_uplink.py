@@ -200,8 +200,9 @@ def test_a_low_remb_with_a_clean_stethoscope_path_pauses_nothing() -> None:
     steps = run(c, [(t, low, sent) for t in (0.0, 0.5, 1.0, 2.0, 3.0)], audio_loss=0.0)
     assert {m for _, m, _ in steps} == {Mode.NORMAL}
     assert steps[-1][2]["otoscope"] == (540, F)
-    # Its round trip grows by 100 ms (a queue): the REMB governs, audio only.
-    for now in (3.5, 4.0, 4.6):
+    # Its round trip grows by 100 ms (a queue, two reports in a row and on): the REMB governs,
+    # audio only once the need lasted hold_s.
+    for now in (3.5, 4.0, 4.6, 5.2):
         c.estimate("dermatoscope", 40.0, now)
         c.estimate("otoscope", 40.0, now)
         c.audio_report(now, 0.12, 0.0)
@@ -226,3 +227,24 @@ def test_a_start_budget_grows_until_every_track_is_full() -> None:
     assert got[0].target("otoscope").target_kbps == 540  # type: ignore[union-attr]
     assert got[0].target("dermatoscope").paused  # type: ignore[union-attr]
     assert got[-1].budget_kbps is None and not got[-1].degraded  # 680 * 1.08^8 > 1220
+
+
+def test_one_report_with_a_round_trip_spike_is_no_congestion_two_in_a_row_are() -> None:
+    """A CPU hiccup of the cabin (a full-resolution still encoded) raises one report's round trip
+    and lowers the REMB at once: that paused both videos on a loopback link for 10 s. A queue
+    lasts: two reports in a row."""
+    c = UplinkController(CABIN, policy(), viewed="dermatoscope")
+    sent = {"stethoscope": 140.0, "dermatoscope": 540.0, "otoscope": 540.0}
+    low = {"dermatoscope": 100.0, "otoscope": 100.0}
+    for now, rtt in ((0.0, 0.002), (1.0, 0.150), (2.0, 0.002), (3.0, 0.002)):
+        for device, kbps in low.items():
+            c.estimate(device, kbps, now)
+        c.audio_report(now, rtt, 0.0)
+        allocation = c.step(now, sent)
+        assert not c.in_congestion(now) and not allocation.degraded, (now, allocation)
+    for now in (4.0, 5.0):
+        for device, kbps in low.items():
+            c.estimate(device, kbps, now)
+        c.audio_report(now, 0.150, 0.0)
+        allocation = c.step(now, sent)
+    assert c.in_congestion(5.0) and allocation.degraded

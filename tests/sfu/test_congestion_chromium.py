@@ -58,7 +58,7 @@ async def test_the_chromium_camera_follows_the_remb_of_the_sfu(server, chromium)
         await wait_for(lambda: publication.feedback.remb_bps is not None, timeout=20,
                        what="a REMB to Chromium from the SFU's estimate")
 
-        low = 150_000
+        low = 60_000  # below what Chromium sends from the start, even on a loaded machine (136 kbit/s seen)
 
         async def chromium_target() -> int:
             return int(await page.evaluate(TARGET))
@@ -66,7 +66,7 @@ async def test_the_chromium_camera_follows_the_remb_of_the_sfu(server, chromium)
         before = await wait_for(chromium_target, timeout=10, what="Chromium's encoder target")
         assert before > 1.5 * low, before  # it starts at 300 kbit/s and ramps up on loopback
 
-        # A viewer whose estimate is 150 kbit/s (its leg has no abs-send-time: no REMB of its own).
+        # A viewer whose estimate is 60 kbit/s (its leg has no abs-send-time: no REMB of its own).
         transceiver = viewer.addTransceiver("video", direction="recvonly")
         await viewer.setLocalDescription(await viewer.createOffer())
         offer = re.sub(r"a=extmap:\d+ http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time\r\n", "",

@@ -101,7 +101,7 @@ async def test_device_panels_with_the_device_agent(server: RunningServer, chromi
         await physician.click("label[for=examine-otoscope]")
         (link,) = agent.links.values()
         await wait_for(lambda: link.uplink.controller.viewed == "otoscope", 10, what="the viewing message")
-        weak = {"type": "uplink", "mode": "normal", "budget_kbps": 576, "viewing": "otoscope", "tracks": [
+        weak = {"type": "uplink", "mode": "normal", "congested": True, "budget_kbps": 576, "viewing": "otoscope", "tracks": [
             {"device": "stethoscope", "kind": "audio", "target_kbps": 140, "paused": False, "reason": "full"},
             {"device": "dermatoscope", "kind": "video", "target_kbps": 0, "paused": True, "reason": "paused"},
             {"device": "otoscope", "kind": "video", "target_kbps": 436, "paused": False, "reason": "reduced"}]}

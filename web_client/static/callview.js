@@ -474,7 +474,8 @@ export class CallView extends EventTarget {
     this.uplink = state;
     const tracks = state?.tracks || [];
     const audioOnly = state?.mode === "audio_only" || state?.mode === "probing";
-    const reduced = tracks.some((track) => track.kind === "video" && track.reason !== "full");
+    // Reduced by the link only: at the start the agent ramps its devices up on any link.
+    const reduced = state?.congested === true && tracks.some((track) => track.kind === "video" && track.reason !== "full");
     const key = audioOnly ? "call.banner.uplink_audio_only" : reduced ? "call.banner.uplink_weak" : null;
     if (!this.closed) this.banner?.set("uplink", key, { priority: 4 });
     this.element.dataset.uplink = state?.mode || "";
