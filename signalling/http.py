@@ -26,7 +26,8 @@ async def _principal(request: web.Request) -> Principal:
     return await request.app[appkeys.TOKENS].verify_access(bearer_token(request.headers.get("Authorization")))
 
 
-async def _json(request: web.Request) -> Any:
+async def json_or_400(request: web.Request) -> Any:
+    """The JSON body, or the 400 of every signalling route (not JSON, too deep)."""
     try:
         return await json_body(request)
     except JsonTooDeep as exc:
@@ -59,7 +60,7 @@ async def put_directory(request: web.Request) -> web.Response:
     if isinstance(who, web.Response):
         return who
     try:
-        directory = Directory.from_dict(await _json(request))
+        directory = Directory.from_dict(await json_or_400(request))
     except DirectoryError as exc:
         return json_error(400, "bad_request", str(exc))
     await _svc(request).set_directory(directory)
@@ -71,7 +72,7 @@ async def put_entry(request: web.Request) -> web.Response:
     if isinstance(who, web.Response):
         return who
     kind, eid = request.match_info["kind"], request.match_info["id"]
-    body = await _json(request)
+    body = await json_or_400(request)
     if not isinstance(body, dict):
         return json_error(400, "bad_request", "body must be an object")
     body = {**body, "id": eid}
@@ -137,7 +138,7 @@ async def _write_report(request: web.Request, final: bool) -> web.Response:
     reports = _svc(request).reports
     try:
         reports.check_writer(principal, c)
-        report = await reports.validated(c, await _json(request))
+        report = await reports.validated(c, await json_or_400(request))
         if final:
             saved_at = await reports.save(c, report, principal.subject)
             return web.json_response({"consultation_id": c.id, "saved_at": saved_at, "status": "final"})

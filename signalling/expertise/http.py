@@ -6,18 +6,17 @@ know of is the same 404 as no case at all.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from aiohttp import web
 
 from core import appkeys
 from core.auth import Principal, bearer_token
-from core.http import json_body, json_error, read_body
-from core.json_limits import JsonTooDeep
+from core.http import json_error, read_body
 from signalling.expertise.appkeys import EXPERTISE
 from signalling.expertise.case import Action, Refused
 from signalling.expertise.service import ExpertiseService, NotFound
+from signalling.http import json_or_400
 
 _STATUS = {"bad_request": 400, "forbidden": 403, "not_found": 404, "conflict": 409, "unsupported": 415}
 _ERRORS = {"unsupported": "unsupported_media_type"}
@@ -33,16 +32,8 @@ def _svc(request: web.Request) -> ExpertiseService:
 
 
 async def _json(request: web.Request) -> Any:
-    if not request.can_read_body:
-        return {}
-    try:
-        return await json_body(request)
-    except JsonTooDeep as exc:
-        raise web.HTTPBadRequest(text=json.dumps({"error": "bad_request", "reason": str(exc)}),
-                                 content_type="application/json") from None
-    except ValueError:
-        raise web.HTTPBadRequest(text='{"error":"bad_request","reason":"body is not JSON"}',
-                                 content_type="application/json") from None
+    """The JSON body (an action without one: ``{}``), or signalling's 400."""
+    return await json_or_400(request) if request.can_read_body else {}
 
 
 def _refused(exc: Refused) -> web.Response:
