@@ -118,9 +118,12 @@ async def test_device_panels_with_the_device_agent(server: RunningServer, chromi
         assert paused in ("paused", "en pause"), paused
         message = link.uplink.message()
         assert message is not None
-        link.send(message)  # the real state again: a loopback link, nothing limited
+        link.send(message)  # the real state again
+        # Known issue (issue 13): on loopback the agent can latch congestion for its hold
+        # (congestion_hold_s, 10 s) after a CPU burst such as the full-resolution still above;
+        # the banner must clear once that hold is over.
         await physician.wait_for_function(
-            "document.querySelector('#banner').dataset.key !== 'call.banner.uplink_weak'", timeout=10000)
+            "document.querySelector('#banner').dataset.key !== 'call.banner.uplink_weak'", timeout=30000)
 
         # Vitals, and the nurse sees the device tracks as previews without controls.
         await physician.locator("#devices [data-source=vitals] tbody tr").first.wait_for(timeout=20000)
