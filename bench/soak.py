@@ -20,10 +20,18 @@ The bench samples the server every few seconds: RSS (``/proc``), open file descr
 ``/metrics``). The run is cut into windows of min(5, M/3) minutes; the first window is the
 warm-up.
 
+A running consultation holds about 14 fds and 45 tasks, so while C slots run, fds and tasks
+move by where each slot is in its cycle, not by what the server keeps. Their growth is read
+at **quiet points** instead: at the end of every window, each slot finishes its consultation
+and waits; once no room is open and the server's fds and tasks hold still, they are read, and
+the slots go on (the windows' samples are taken while they run). The last quiet point is after
+the run, every client gone.
+
 JSON (contract keys):
 
 * ``rss_growth_pct``: median RSS of the last window against the first after the warm-up, %;
-* ``fd_growth``, ``tasks_growth``: the same difference (medians) in open fds and live tasks;
+* ``fd_growth``, ``tasks_growth``: open fds and live tasks at the last quiet point (after the
+  run) against the first (after the warm-up), every client gone both times;
 * ``delivery``: frames delivered / frames sent over every consultation's hold, all six tracks;
 * ``rooms_left_open``: SFU rooms still open (``teleconsult_sfu_rooms``) after every
   consultation ended and every client left;
@@ -31,7 +39,7 @@ JSON (contract keys):
   event loops lagging, or their frames going out late), so figures may reflect the clients.
 
 Also: ``cycles``, ``cycles_failed``, ``errors``, ``recordings_started``, ``ends_ok``, ``end_errors``,
-per-kind delivery, the windows, the server's tracebacks, ``machine``.
+per-kind delivery, the windows, ``quiet_points``, the server's tracebacks, ``machine``.
 """
 
 from __future__ import annotations
@@ -58,14 +66,16 @@ from bench.rtc import Player, Source, TickStats, cpu_seconds, machine, own_cpu_s
 TARGETS = {"rss_growth_pct": 5.0, "fd_growth": 0, "tasks_growth": 0, "delivery": 0.99, "rooms_left_open": 0}
 JOIN_S = 20.0
 END_S = 10.0
+QUIET_STILL_S = 1.5  # fds and tasks unchanged this long: what the server holds now, it keeps
+QUIET_MAX_S = 20.0
 LAG_SATURATED_MS = 100.0
 CLIENT_LATE = 0.02
 
 
 # -- a worker: slots of consultations, one after another ---------------------------------------
-def _worker_main(base: str, slots: list[int], codec: str, hold: float, stop: Any, out: "mp.Queue[Any]",
-                 give_up_at: float) -> None:
-    uvloop.run(_worker(base, slots, codec, hold, stop, out, give_up_at))
+def _worker_main(base: str, slots: list[int], codec: str, hold: float, stop: Any, quiet: Any,
+                 out: "mp.Queue[Any]", give_up_at: float) -> None:
+    uvloop.run(_worker(base, slots, codec, hold, stop, quiet, out, give_up_at))
 
 
 async def _lag(samples: list[float]) -> None:
@@ -147,17 +157,22 @@ async def _close(c: Consultation, http: aiohttp.ClientSession) -> None:
 
 
 async def _slot(http: aiohttp.ClientSession, base: str, slot: int, clips: dict[str, Any], stats: TickStats,
-                codec: str, hold: float, stop: Any, out: "mp.Queue[Any]", give_up_at: float,
+                codec: str, hold: float, stop: Any, quiet: Any, out: "mp.Queue[Any]", give_up_at: float,
                 dummy: tuple[Player, Source]) -> None:
     while not stop.is_set() and time.time() < give_up_at:
+        if quiet.value:
+            out.put(("idle", {"slot": slot, "round": quiet.value}))
+            while quiet.value and not stop.is_set() and time.time() < give_up_at:
+                await asyncio.sleep(0.1)
+            continue
         result = await _cycle(http, base, slot, clips, stats, codec, hold, dummy)
         out.put(("cycle", result))
         if result["error"]:
             await asyncio.sleep(1.0)  # a failing server is not hammered
 
 
-async def _worker(base: str, slots: list[int], codec: str, hold: float, stop: Any, out: "mp.Queue[Any]",
-                  give_up_at: float) -> None:
+async def _worker(base: str, slots: list[int], codec: str, hold: float, stop: Any, quiet: Any,
+                  out: "mp.Queue[Any]", give_up_at: float) -> None:
     clips = _clips(codec)
     stats = TickStats()
     lags: list[float] = []
@@ -165,11 +180,12 @@ async def _worker(base: str, slots: list[int], codec: str, hold: float, stop: An
     dummy = (Player("none"), Source("none", clips["camera"]))
     cpu0 = own_cpu_seconds()
     t0 = time.monotonic()
-    connector = aiohttp.TCPConnector(limit=0)
+    # No kept-alive connections: at a quiet point the server's fds are what it keeps, not a pool's.
+    connector = aiohttp.TCPConnector(limit=0, force_close=True)
     try:
         async with aiohttp.ClientSession(connector=connector) as http:
-            await asyncio.gather(*(_slot(http, base, slot, clips, stats, codec, hold, stop, out, give_up_at, dummy)
-                                   for slot in slots))
+            await asyncio.gather(*(_slot(http, base, slot, clips, stats, codec, hold, stop, quiet, out, give_up_at,
+                                         dummy) for slot in slots))
     finally:
         lag_task.cancel()
         await dummy[0].close()
@@ -228,6 +244,47 @@ def windows(samples: list[dict[str, Any]], minutes: float) -> list[dict[str, Any
     return out
 
 
+def _settle(base: str, pid: int, target: Target, t0: float) -> dict[str, Any]:
+    """Waits until no room is open and the server's fds and tasks hold still (at most QUIET_MAX_S), and
+    reads them."""
+    last: tuple[Any, ...] = ()
+    still_since = time.monotonic()
+    end = still_since + QUIET_MAX_S
+    settled = False
+    while True:
+        fds = _fds(pid)  # before the scrape, whose own connection the server may not have closed yet
+        gauges = _gauges(base)
+        reading = (fds, gauges.get("teleconsult_asyncio_tasks"), gauges.get("teleconsult_sfu_rooms"))
+        now = time.monotonic()
+        if reading != last:
+            last, still_since = reading, now
+        elif reading[2] == 0 and now - still_since >= QUIET_STILL_S:
+            settled = True
+            break
+        if now >= end:
+            break
+        time.sleep(0.25)
+    return {"t": round(time.monotonic() - t0, 2), "fds": last[0], "tasks": last[1], "rooms": last[2],
+            "rss_mb": round(target.rss_mb(), 1), "settled": settled}
+
+
+def _quiet_point(base: str, pid: int, target: Target, quiet: Any, number: int, slots: int, hold: float,
+                 out: "mp.Queue[Any]", cycles: list[dict[str, Any]], done: list[dict[str, Any]],
+                 t0: float) -> dict[str, Any]:
+    """Every slot ends its consultation and waits; what the server holds then; the slots go on."""
+    quiet.value = number
+    idle: set[int] = set()
+    deadline = time.monotonic() + hold + 3 * JOIN_S + 2 * END_S + 30
+    try:
+        while len(idle) < slots and time.monotonic() < deadline:
+            _drain(out, cycles, done, timeout=0.5, idle=(number, idle))
+        point = _settle(base, pid, target, t0)
+    finally:
+        quiet.value = 0
+    point.update({"number": number, "slots_idle": len(idle), "complete": len(idle) == slots and point["settled"]})
+    return point
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     target = Target({"TELECONSULT_SIGNALLING__OFFER_TIMEOUT_S": "60"})
     base = target.start()
@@ -236,6 +293,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     workers = max(1, min(args.workers, args.consultations))
     shares = [[i for i in range(args.consultations) if i % workers == w] for w in range(workers)]
     stop = ctx.Event()
+    quiet = ctx.Value("i", 0)  # > 0: the number of the quiet point every slot must wait for
     out: "mp.Queue[Any]" = ctx.Queue()
     samples: list[dict[str, Any]] = []
     cycles: list[dict[str, Any]] = []
@@ -243,9 +301,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     errors_logged: list[str] = []
     seconds = args.minutes * 60
     give_up_at = time.time() + seconds + 180  # workers stop by themselves even if this process died
-    procs = [ctx.Process(target=_worker_main, args=(base, share, args.codec, args.hold, stop, out, give_up_at),
+    procs = [ctx.Process(target=_worker_main,
+                         args=(base, share, args.codec, args.hold, stop, quiet, out, give_up_at),
                          daemon=True) for share in shares]
-    every = max(1.0, min(5.0, min(5.0, args.minutes / 3) * 60 / 10))
+    span = min(5.0, args.minutes / 3) * 60
+    every = max(1.0, min(5.0, span / 10))
+    quiet_at = [k * span for k in range(1, len(windows([], args.minutes)))]  # each window's end but the last's
+    quiet_points: list[dict[str, Any]] = []
     after: dict[str, Any] = {}
     cpu0 = cpu_seconds(pid)
     try:
@@ -257,9 +319,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         last_print = t0
         while time.monotonic() - t0 < seconds:
             now = time.monotonic()
+            if quiet_at and now - t0 >= quiet_at[0]:
+                quiet_at.pop(0)
+                quiet_points.append(_quiet_point(base, pid, target, quiet, len(quiet_points) + 1,
+                                                 args.consultations, args.hold, out, cycles, done, t0))
+                q = quiet_points[-1]
+                print(f"  {q['t']:5.0f} s: quiet point {q['number']}: fds {q['fds']}, tasks {q['tasks']}, "
+                      f"rooms {q['rooms']}{'' if q['complete'] else ' (incomplete)'}", file=sys.stderr, flush=True)
+                next_sample = max(next_sample, time.monotonic())
+                continue
             if now >= next_sample:
+                fds = _fds(pid)
                 gauges = _gauges(base)
-                samples.append({"t": round(now - t0, 2), "rss_mb": target.rss_mb(), "fds": _fds(pid),
+                samples.append({"t": round(now - t0, 2), "rss_mb": target.rss_mb(), "fds": fds,
                                 "tasks": gauges.get("teleconsult_asyncio_tasks"),
                                 "rooms": gauges.get("teleconsult_sfu_rooms")})
                 next_sample += every
@@ -284,9 +356,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 _drain(out, cycles, done, timeout=0.5)
                 break
         time.sleep(3.0)  # every client left: what the server still holds now, it keeps
-        gauges = _gauges(base)
-        after = {"rooms_left_open": gauges.get("teleconsult_sfu_rooms"), "fds": _fds(pid),
-                 "tasks": gauges.get("teleconsult_asyncio_tasks"), "rss_mb": round(target.rss_mb(), 1),
+        last = _settle(base, pid, target, t0)
+        quiet_points.append({**last, "number": len(quiet_points) + 1, "slots_idle": args.consultations,
+                             "complete": last["settled"] and len(done) == len(procs), "after_end": True})
+        after = {"rooms_left_open": last["rooms"], "fds": last["fds"], "tasks": last["tasks"],
+                 "rss_mb": last["rss_mb"],
                  "server_cpu_pct": round((cpu_seconds(pid) - cpu0) / max(1.0, time.monotonic() - t0) * 100, 1)}
         errors, _ = target.scan_log()
         errors_logged += [e.summary for e in errors]
@@ -297,30 +371,38 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 p.kill()
                 p.join(5)
         target.stop()
-    return summarise(args, samples, cycles, done, after, errors_logged)
+    return summarise(args, samples, cycles, done, after, errors_logged, quiet_points)
 
 
 def _drain(out: "mp.Queue[Any]", cycles: list[dict[str, Any]], done: list[dict[str, Any]],
-           timeout: float = 0.0) -> None:
+           timeout: float = 0.0, idle: tuple[int, set[int]] | None = None) -> None:
+    """What the workers said: cycles, ends, and the slots waiting at quiet point ``idle[0]`` (into ``idle[1]``)."""
     while True:
         try:
             kind, body = out.get(timeout=timeout) if timeout else out.get_nowait()
         except Exception:  # noqa: BLE001 - queue.Empty
             return
-        (cycles if kind == "cycle" else done).append(body)
+        if kind == "idle":
+            if idle is not None and body["round"] == idle[0]:
+                idle[1].add(body["slot"])
+        else:
+            (cycles if kind == "cycle" else done).append(body)
         timeout = 0.0
 
 
 def summarise(args: argparse.Namespace, samples: list[dict[str, Any]], cycles: list[dict[str, Any]],
-              done: list[dict[str, Any]], after: dict[str, Any], errors_logged: list[str]) -> dict[str, Any]:
+              done: list[dict[str, Any]], after: dict[str, Any], errors_logged: list[str],
+              quiet_points: list[dict[str, Any]]) -> dict[str, Any]:
     wins = windows(samples, args.minutes)
     first = wins[1] if len(wins) > 1 else (wins[0] if wins else None)
     last = wins[-1] if wins else None
+    quiet = [q for q in quiet_points if q["complete"]]
 
     def growth(key: str) -> float | None:
-        if first is None or last is None or first[key] is None or last[key] is None:
+        """The last quiet point against the first (after the warm-up), when both were reached."""
+        if len(quiet) < 2 or not quiet_points[-1]["complete"] or quiet[0][key] is None or quiet[-1][key] is None:
             return None
-        return round(last[key] - first[key], 2)
+        return round(quiet[-1][key] - quiet[0][key], 2)
 
     rss_growth = None
     if first and last and first["rss_mb"] and last["rss_mb"] is not None:
@@ -356,7 +438,8 @@ def summarise(args: argparse.Namespace, samples: list[dict[str, Any]], cycles: l
         "after_end": after,
         "client": {"cpu_pct": round(client_cpu_pct, 1), "capacity_pct": capacity, "loop_lag_ms_p99": round(lag, 1),
                    "late_fraction": round(late, 4), "workers_reported": len(done)},
-        "windows": wins, "samples": samples, "targets": TARGETS, "machine": machine(),
+        "windows": wins, "quiet_points": quiet_points, "samples": samples, "targets": TARGETS,
+        "machine": machine(),
     }
 
 
@@ -368,6 +451,10 @@ def report(r: dict[str, Any]) -> None:
         label = f"{w['start_s']:.0f}-{w['end_s']:.0f} s"
         print(f"{label:>13} {w['samples']:>7} {w['rss_mb']!s:>8.8} {w['fds']!s:>6} {w['tasks']!s:>6} "
               f"{w['live_rooms']!s:>6}{'  (warm-up)' if i == 0 else ''}")
+    print("quiet points (every slot between consultations, no room open; the last after the run):")
+    for q in r["quiet_points"]:
+        print(f"  {q['t']:7.0f} s: fds {q['fds']}, tasks {q['tasks']}, rooms {q['rooms']}, rss {q['rss_mb']} MB"
+              f"{'' if q['complete'] else '  (incomplete: not counted)'}")
     print(f"consultations: {r['cycles']} ({r['cycles_failed']} failed), recordings started {r['recordings_started']}, "
           f"ended ok {r['ends_ok']}")
     for e in r["errors"][:5]:

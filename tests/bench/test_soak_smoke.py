@@ -35,4 +35,8 @@ def test_soak_smoke(tmp_path: Path) -> None:
     assert result["rooms_left_open"] == 0
     assert result["server_tracebacks"] == 0, result["server_traceback_kinds"]
     assert len(result["windows"]) == 3
+    # fd and task growth are read between consultations, every slot idle: after the warm-up, then after the run
+    quiet = result["quiet_points"]
+    assert len(quiet) >= 2 and quiet[0]["complete"] and quiet[-1]["complete"] and quiet[-1]["after_end"], quiet
+    assert all(q["rooms"] == 0 for q in quiet if q["complete"]), quiet
     assert "client_saturated" in run.stdout
