@@ -263,6 +263,10 @@ class RoomLink:
         self._on_refused = on_refused
         self._tasks: set[asyncio.Task[Any]] = set()
         self._listeners: list[tuple[DeviceAdapter, Callable[[Measurement], None]]] = []
+        self._latest: dict[tuple[str, str], dict[str, Any]] = {}
+        """This consultation's last measurement of each device and quantity: a cuff reads once in 30 s
+        and a thermometer once in 10 s, so a physician who joins (or reloads) after a reading still sees
+        it, with its own time. Per room: one patient's readings never reach the next consultation."""
 
     # -- life ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -365,9 +369,11 @@ class RoomLink:
         return True
 
     def announce(self) -> None:
-        """Every device's status (at join, and when someone joins later)."""
+        """Every device's status and its last measurements (at join, and when someone joins later)."""
         for adapter in self.adapters.values():
             self.send(device_status_message(adapter))
+        for message in list(self._latest.values()):
+            self.send(message)
         uplink = self.uplink.message()
         if uplink is not None:
             self.send(uplink)
@@ -462,4 +468,5 @@ class RoomLink:
             return
         message = measurement_message(measurement)
         if message is not None:
+            self._latest[(message["device"], message["name"])] = message
             self.send(message)

@@ -6,6 +6,7 @@ Simulated devices at 5 frames per second keep the VP8 encoders affordable on two
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +110,13 @@ async def test_room_token_agent_publishes_obeys_the_physician_and_sends_stills(s
         assert status["dermatoscope"]["capabilities"]["still_size"] == [1920, 1080]
         envelope = next(e for e in physician.messages if e["data"].get("type") == "device_status")
         assert (envelope["from"], envelope["role"]) == ("agent", "agent")
+        # The cuff's reading came before the physician (the simulated cuff reads at once, then every 30 s):
+        # the status answer carries the last one, with the time it was measured.
+        await physician.wait_message(lambda e: e["data"].get("type") == "measurement"
+                                     and e["data"].get("name") == "systolic", timeout=5,
+                                     what="the last blood pressure, replayed")
+        bp = next(m for m in physician.of_type("measurement") if m["name"] == "systolic")
+        assert time.time() - bp["ts"] > 1.0, bp  # the reading's own time, not the replay's
 
         # Drive the stethoscope: command_result ok, then device_status with the new mode.
         steth = agent.links[c.id].adapters["stethoscope"]
