@@ -14,11 +14,14 @@ Rules:
 from __future__ import annotations
 
 import dataclasses
+import email.utils
+import enum
 import ipaddress
 import os
 import re
 import tomllib
 import typing
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -412,6 +415,131 @@ class ExpertiseSettings:
         return errors
 
 
+class SmtpSecurity(str, enum.Enum):
+    """How the connection to the relay is protected, named by the URL's scheme."""
+
+    PLAIN = "smtp"
+    """No TLS (a relay on this host or a trusted LAN); never STARTTLS, even when offered."""
+    TLS = "smtps"
+    """TLS from the first byte (implicit TLS, "SMTPS")."""
+    STARTTLS = "smtp+starttls"
+    """Plain connection upgraded with STARTTLS, which the relay must offer (else nothing is sent)."""
+
+
+_SMTP_DEFAULT_PORTS = {SmtpSecurity.PLAIN: 25, SmtpSecurity.TLS: 465, SmtpSecurity.STARTTLS: 587}
+
+
+@dataclass(frozen=True)
+class SmtpRelay:
+    """Where ``smtp.url`` points."""
+
+    security: SmtpSecurity
+    host: str
+    port: int
+
+    @property
+    def loopback(self) -> bool:
+        host = self.host.strip("[]")
+        if host.lower() == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
+
+
+def parse_smtp_url(url: str) -> SmtpRelay:
+    """``smtp://host[:port]`` (25), ``smtps://host[:port]`` (465) or ``smtp+starttls://host[:port]``
+    (587); ValueError saying what is wrong."""
+    try:
+        parts = urllib.parse.urlsplit(url.strip())
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"not a URL ({exc})") from None  # not echoed: it might hold a password
+    try:
+        security = SmtpSecurity(parts.scheme.lower())
+    except ValueError:
+        raise ValueError(f"the scheme must be one of {', '.join(s.value + '://' for s in SmtpSecurity)}") from None
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("no credentials in the URL: set smtp.username and smtp.password_file or password_env")
+    if not parts.hostname:
+        raise ValueError("needs a host, e.g. smtp+starttls://relay.example.org:587")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError("only a scheme, a host and a port (no path or query)")
+    if port == 0:
+        raise ValueError("port must be between 1 and 65535")
+    return SmtpRelay(security, parts.hostname, port or _SMTP_DEFAULT_PORTS[security])
+
+
+def _bad_address(value: str) -> str | None:
+    """Why ``value`` is not one mail address (optionally with a display name), or None."""
+    if any(c in value for c in "\r\n\0"):
+        return "must be one line"
+    name, address = email.utils.parseaddr(value)
+    local, at, domain = address.rpartition("@")
+    if not at or not local or "." not in domain.strip(".") or any(c.isspace() for c in address):
+        return f"{value!r} is not a mail address (e.g. 'Téléconsultation <noreply@example.org>')"
+    return None
+
+
+@dataclass(frozen=True)
+class SmtpSettings:
+    """E-mail through an SMTP relay (``core/mail.py``): télé-expertise notifications, invitations.
+    Sending is best effort and off the request's path; a failure is logged, never an error."""
+
+    url: str = ""
+    """``smtp://host[:port]`` (no TLS, port 25), ``smtps://host[:port]`` (implicit TLS, 465) or
+    ``smtp+starttls://host[:port]`` (STARTTLS required, 587). Empty: no e-mail is sent."""
+    sender: str = ""
+    """The From address, with an optional name: ``Téléconsultation <noreply@example.org>``."""
+    username: str = ""
+    """Login at the relay (empty: none); its password comes from password_env or password_file."""
+    password_file: str = ""
+    """A file holding the relay password (read once at start; never logged)."""
+    password_env: str = ""
+    """Name of an environment variable holding the relay password (read before password_file)."""
+    timeout_s: float = 10.0
+    """Connecting and each SMTP command, at most this long; past it the message is given up (logged)."""
+    queue_size: int = 1000
+    """Messages waiting to be sent; beyond, new ones are dropped (logged and counted)."""
+    validate_certs: bool = True
+    """Check the relay's TLS certificate (smtps, smtp+starttls) against the system's CAs."""
+
+    @property
+    def relay(self) -> SmtpRelay | None:
+        """Where to send (None: e-mail is off)."""
+        return parse_smtp_url(self.url) if self.url.strip() else None
+
+    def validate(self) -> list[tuple[str, str]]:
+        errors = []
+        relay = None
+        if self.url.strip():
+            try:
+                relay = parse_smtp_url(self.url)
+            except ValueError as exc:
+                errors.append(("url", str(exc)))
+            if not self.sender:
+                errors.append(("sender", "required when url is set"))
+        if self.sender and (why := _bad_address(self.sender)):
+            errors.append(("sender", why))
+        has_password = bool(self.password_file or self.password_env)
+        if self.username and not has_password:
+            errors.append(("username", "needs password_file or password_env"))
+        if has_password and not self.username:
+            errors.append(("username", "required with password_file or password_env"))
+        if self.password_env and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.password_env):
+            errors.append(("password_env", "must be an environment variable's name"))
+        if (relay is not None and self.username and relay.security is SmtpSecurity.PLAIN
+                and not relay.loopback):
+            # A password in clear over the network is worse than no e-mail.
+            errors.append(("url", "a login needs smtps:// or smtp+starttls:// (smtp:// only to a loopback relay)"))
+        if not 0 < self.timeout_s <= 300:
+            errors.append(("timeout_s", "must be within (0, 300]"))
+        if not 1 <= self.queue_size <= 100_000:
+            errors.append(("queue_size", "must be between 1 and 100000"))
+        return errors
+
+
 @dataclass(frozen=True)
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
@@ -424,6 +552,7 @@ class Settings:
     recording: RecordingSettings = field(default_factory=RecordingSettings)
     devices: DevicesSettings = field(default_factory=DevicesSettings)
     expertise: ExpertiseSettings = field(default_factory=ExpertiseSettings)
+    smtp: SmtpSettings = field(default_factory=SmtpSettings)
     source: str = ""
     """Where the settings came from (for messages)."""
 
@@ -618,7 +747,8 @@ def load_settings(
     return settings
 
 
-__all__ = ["Settings", "SettingsError", "load_settings", "ENV_PREFIX", "media_address_of"] + [
+__all__ = ["Settings", "SettingsError", "load_settings", "ENV_PREFIX", "media_address_of", "parse_smtp_url"] + [
     t.__name__ for t in (ServerSettings, MediaSettings, IceSettings, AuthSettings, StoreSettings, SfuSettings,
-                         SignallingSettings, RecordingSettings, DevicesSettings)
+                         SignallingSettings, RecordingSettings, DevicesSettings, SmtpSettings, SmtpRelay,
+                         SmtpSecurity)
 ]

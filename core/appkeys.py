@@ -15,6 +15,7 @@ from config.settings import Settings
 from core.auth import TokenService
 from core.keyring import Keyring
 from core.lifecycle import Lifecycle
+from core.mail import Mailer
 from core.metrics import Metrics
 
 ReadyProbe = Callable[[], Awaitable[tuple[str, bool]]]
@@ -30,3 +31,5 @@ READY_PROBES = web.AppKey("ready_probes", list[ReadyProbe])
 OUTAGES = web.AppKey("outages", list[type[BaseException]])
 """Exceptions that mean a dependency (the shared store, a disk) is down: a request that meets one
 is answered 503 ``unavailable`` (retry later), not 500 ``internal``. Components add their own."""
+MAILER = web.AppKey("mailer", Mailer)
+"""E-mail through ``[smtp]`` (off when its url is empty): started before the components, stopped after them."""

@@ -8,12 +8,16 @@ signalling process sees admin changes.
 
 File format::
 
-    {"sites": [{"id", "name", "kind", "region"}],
-     "clinicians": [{"id", "name", "specialties": [..], "languages": [..], "rpps"}]}
+    {"sites": [{"id", "name", "kind", "region", "email"}],
+     "clinicians": [{"id", "name", "specialties": [..], "languages": [..], "rpps", "email"}]}
 
 A clinician's ``rpps`` (optional) is their national professional id (RPPS: 11 digits, the
 last a Luhn check digit): Pro Santé Connect sign-in finds the clinician by it. Ids
 stay the pseudonymous subjects every token, record and journal entry names.
+
+``email`` (optional, one plain address) is where notifications go (télé-expertise): a
+clinician's own, or a site's shared mailbox (a nursing home's care team: nurses change
+shifts and are not in the directory). Only admins read addresses through the API.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from typing import Any
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _RPPS = re.compile(r"^\d{11}$")
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_EMAIL = re.compile(rf"^[A-Za-z0-9.!#$%&'*+/=?^_`{{|}}~-]{{1,64}}@{_LABEL}(?:\.{_LABEL})+$")
 
 
 class SiteKind(str, enum.Enum):
@@ -48,9 +54,14 @@ class Site:
     name: str
     kind: SiteKind
     region: str = ""
+    email: str = ""
+    """The site's shared mailbox for notifications ("" when none)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "kind": self.kind.value, "region": self.region}
+        out = {"id": self.id, "name": self.name, "kind": self.kind.value, "region": self.region}
+        if self.email:
+            out["email"] = self.email
+        return out
 
 
 @dataclass(frozen=True)
@@ -61,12 +72,16 @@ class Clinician:
     languages: tuple[str, ...] = ()
     rpps: str = ""
     """The RPPS number ("" when unknown)."""
+    email: str = ""
+    """Where notifications to them go ("" when none)."""
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"id": self.id, "name": self.name, "specialties": list(self.specialties),
                                "languages": list(self.languages)}
         if self.rpps:
             out["rpps"] = self.rpps
+        if self.email:
+            out["email"] = self.email
         return out
 
 
@@ -97,13 +112,26 @@ def _entry_id(obj: Any, where: str, keys: set[str]) -> str:
     return entry_id
 
 
+def check_email(value: str, where: str = "email") -> str:
+    """One plain address (no display name), as mail relays take it."""
+    if len(value) > 254 or not _EMAIL.fullmatch(value):
+        raise DirectoryError(f"{where}: one e-mail address such as name@example.org")
+    return value
+
+
+def _email(obj: dict[str, Any], where: str) -> str:
+    value = _str(obj, "email", where, required=False)
+    return check_email(value, f"{where}.email") if value else ""
+
+
 def parse_site(obj: Any, where: str = "site") -> Site:
-    sid = _entry_id(obj, where, {"id", "name", "kind", "region"})
+    sid = _entry_id(obj, where, {"id", "name", "kind", "region", "email"})
     try:
         kind = SiteKind(obj.get("kind"))
     except ValueError:
         raise DirectoryError(f"{where}.kind: one of {[k.value for k in SiteKind]}") from None
-    return Site(sid, _str(obj, "name", where), kind, _str(obj, "region", where, required=False))
+    return Site(sid, _str(obj, "name", where), kind, _str(obj, "region", where, required=False),
+                _email(obj, where))
 
 
 def luhn_ok(digits: str) -> bool:
@@ -122,13 +150,13 @@ def check_rpps(value: str, where: str = "rpps") -> str:
 
 
 def parse_clinician(obj: Any, where: str = "clinician") -> Clinician:
-    cid = _entry_id(obj, where, {"id", "name", "specialties", "languages", "rpps"})
+    cid = _entry_id(obj, where, {"id", "name", "specialties", "languages", "rpps", "email"})
     specialties = _strs(obj, "specialties", where)
     if not specialties:
         raise DirectoryError(f"{where}.specialties: at least one")
     rpps = _str(obj, "rpps", where, required=False)
     return Clinician(cid, _str(obj, "name", where), specialties, _strs(obj, "languages", where),
-                     check_rpps(rpps, f"{where}.rpps") if rpps else "")
+                     check_rpps(rpps, f"{where}.rpps") if rpps else "", _email(obj, where))
 
 
 @dataclass(frozen=True)
@@ -162,6 +190,13 @@ class Directory:
     def to_dict(self) -> dict[str, Any]:
         return {"sites": [s.to_dict() for s in self.sites.values()],
                 "clinicians": [c.to_dict() for c in self.clinicians.values()]}
+
+    def public_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` without e-mail addresses: what roles other than admin read."""
+        out = self.to_dict()
+        for entry in (*out["sites"], *out["clinicians"]):
+            entry.pop("email", None)
+        return out
 
     def specialties(self) -> list[str]:
         return sorted({s for c in self.clinicians.values() for s in c.specialties})

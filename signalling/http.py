@@ -44,8 +44,10 @@ def _svc(request: web.Request) -> SignallingService:
 
 
 async def get_directory(request: web.Request) -> web.Response:
-    await _principal(request)
-    return web.json_response(_svc(request).directory.to_dict())
+    principal = await _principal(request)
+    directory = _svc(request).directory
+    # Addresses are for notifications, not for every signed-in page (guests, agents) to collect.
+    return web.json_response(directory.to_dict() if principal.role is Role.ADMIN else directory.public_dict())
 
 
 async def _admin(request: web.Request) -> Principal | web.Response:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import AsyncIterator, Callable
 
 from aiohttp import web
 
@@ -18,6 +18,7 @@ from core.auth import TokenService, bearer_token
 from core.keyring import Keyring
 from core.http import MAX_JSON_BYTES, request_context
 from core.lifecycle import Lifecycle
+from core.mail import Mailer
 from core.metrics import Metrics
 from core.vocabulary import RoomId
 from sfu.appkeys import SFU
@@ -94,6 +95,13 @@ async def whoami(request: web.Request) -> web.Response:
     })
 
 
+async def run_mailer(app: web.Application) -> AsyncIterator[None]:
+    mailer = app[appkeys.MAILER]
+    await mailer.start()
+    yield
+    await mailer.close()
+
+
 def create_app(settings: Settings, *, tokens: TokenService | None = None,
                keyring: Keyring | None = None) -> web.Application:
     """Build the whole service for ``settings``; nothing starts until the app runs.
@@ -108,6 +116,8 @@ def create_app(settings: Settings, *, tokens: TokenService | None = None,
     app[appkeys.LIFECYCLE] = Lifecycle()
     app[appkeys.READY_PROBES] = []
     app[appkeys.OUTAGES] = []
+    app[appkeys.MAILER] = Mailer.from_settings(settings.smtp, registry=app[appkeys.METRICS].registry)
+    app.cleanup_ctx.append(run_mailer)  # first in, last out: components may send until they stop
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)

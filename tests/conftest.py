@@ -19,6 +19,7 @@ from tests.support import (
     CHROMIUM_ARGS,
     RedisProcess,
     RunningServer,
+    SmtpSink,
     loopback_settings,
     spawn_redis,
     start_server,
@@ -54,6 +55,16 @@ def redis_process(tmp_path: Path) -> Iterator[RedisProcess]:
 @pytest.fixture
 def redis_url(redis_process: RedisProcess) -> str:
     return redis_process.url
+
+
+@pytest.fixture
+async def smtp_server() -> AsyncIterator[SmtpSink]:
+    """A real SMTP server (aiosmtpd) on a loopback ephemeral port that keeps what arrives."""
+    sink = await SmtpSink().start()
+    try:
+        yield sink
+    finally:
+        await sink.close()
 
 
 @pytest.fixture

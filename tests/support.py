@@ -9,12 +9,17 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from email import policy as email_policy
+from email import message_from_bytes
+from email.message import EmailMessage
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from config.settings import Settings, load_settings
 from core import appkeys
@@ -151,3 +156,55 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) 
     return subprocess.run([sys.executable, "-m", "teleconsult", *args], capture_output=True, text=True,
                           timeout=timeout, env=full_env, cwd=ROOT)
 
+
+
+@dataclass
+class SmtpSink:
+    """A real SMTP server (aiosmtpd) on 127.0.0.1, an ephemeral port, in the test's own loop: it keeps
+    every message that arrives. With ``logins`` it offers AUTH (PLAIN, LOGIN) over plain loopback and
+    accepts only those user/password pairs."""
+
+    logins: dict[str, str] = field(default_factory=dict)
+    messages: list[EmailMessage] = field(default_factory=list)
+    envelopes: list[Envelope] = field(default_factory=list)
+    authenticated: list[str] = field(default_factory=list)
+    port: int = 0
+    _server: asyncio.AbstractServer | None = None
+
+    @property
+    def url(self) -> str:
+        return f"smtp://127.0.0.1:{self.port}"
+
+    async def start(self) -> SmtpSink:
+        loop = asyncio.get_running_loop()
+        options: dict[str, Any] = {}
+        if self.logins:
+            options = {"authenticator": self._authenticate, "auth_require_tls": False}
+        self._server = await loop.create_server(
+            lambda: SMTP(self, hostname="localhost", loop=loop, **options), "127.0.0.1", 0)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        return self
+
+    def _authenticate(self, server: SMTP, session: Session, envelope: Envelope, mechanism: str,
+                      data: Any) -> AuthResult:
+        login = data.login.decode() if isinstance(data, LoginPassword) else ""
+        ok = isinstance(data, LoginPassword) and self.logins.get(login) == data.password.decode()
+        if ok:
+            self.authenticated.append(login)
+        return AuthResult(success=ok)
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.envelopes.append(envelope)
+        raw = (envelope.original_content or b"").replace(b"\r\n", b"\n")  # as a mail client reads it
+        self.messages.append(message_from_bytes(raw, _class=EmailMessage, policy=email_policy.default))
+        return "250 OK"
+
+    async def wait_for(self, count: int, timeout: float = 10.0) -> list[EmailMessage]:
+        await wait_for(lambda: len(self.messages) >= count, timeout, what=f"{count} message(s) at the SMTP server")
+        return self.messages
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None

@@ -3,8 +3,9 @@
 One module per concept: ``case`` (the case and its transition table, sans I/O),
 ``questionnaire`` (versioned questionnaires as data, and the answers' check),
 ``store`` (cases on memory or Redis), ``attachments`` (uploads cleaned and sealed),
-``service`` (steps committed, journaled, notified; the due-date sweeper) and ``http``
-(the REST API). :func:`setup` wires it into the app next to signalling, whose store
+``service`` (steps committed, journaled, notified; the due-date sweeper),
+``mail_notifications`` (who gets an e-mail for a step, and what it says, sans I/O) and
+``http`` (the REST API). :func:`setup` wires it into the app next to signalling, whose store
 connection, journal, directory and events it shares.
 """
 
@@ -16,7 +17,7 @@ from typing import AsyncIterator
 
 from aiohttp import web
 
-from core.appkeys import KEYRING, SETTINGS
+from core.appkeys import KEYRING, MAILER, SETTINGS
 from core.auth import Principal
 from core.sealing import ValueSealer
 from media.recording.appkeys import STILLS
@@ -52,7 +53,8 @@ def setup(app: web.Application) -> None:
             blobs=AttachmentBlobs.for_data_dir(settings.server.data_dir, Vault(app[KEYRING].master)),
             settings=settings.expertise, clock=signalling.clock, emit=signalling.emit,
             directory=lambda: signalling.directory, stills=lambda: app.get(STILLS),
-            consultation_site=consultation_site)
+            consultation_site=consultation_site, mailer=app.get(MAILER),
+            base_url=lambda: signalling.node_url)  # server.public_url, else the bound URL
         app[EXPERTISE] = service
         sweeper = asyncio.create_task(service.sweep_loop(), name="expertise-sweeper")
         yield

@@ -3,8 +3,9 @@
 A step reads the case, finds what the caller is to it (``case.party``), lets
 ``case.step`` decide, and commits with one compare-and-set of the case (retried
 from a fresh read when another process changed it meanwhile). Then, in this order:
-the journal act (keyed by the case), and ``expertise.updated`` to whoever is online
-and concerned. Events and logs carry ids and codes only.
+the journal act (keyed by the case), ``expertise.updated`` to whoever is online
+and concerned, then e-mail to those concerned the directory has an address for
+(``mail_notifications``: queued, never awaited). Events, e-mails and logs carry ids and codes only.
 """
 
 from __future__ import annotations
@@ -14,15 +15,17 @@ import builtins
 import dataclasses
 import logging
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterable
 
 from config.settings import ExpertiseSettings
 from core.auth import Principal
+from core.mail import Mailer
 from core.vocabulary import Act, CaseId, Role
 from media.recording.stills import StillStore
 from signalling.directory import Directory
 from signalling.expertise import attachments as att
+from signalling.expertise.mail_notifications import MAILED, mails_for
 from signalling.expertise.case import (OPEN, Action, Answer, Attachment, Case, CaseState, Message, Party,
                                        Recommendation, Refused, Row, Step, Urgency, allowed, in_pool, new_case,
                                        party, step, visible)
@@ -97,6 +100,10 @@ class ExpertiseService:
     directory: Callable[[], Directory]
     stills: Callable[[], StillStore | None]
     consultation_site: ConsultationSite
+    mailer: Mailer | None = None
+    """E-mail through ``[smtp]`` (None, or a mailer whose url is empty: none is sent)."""
+    base_url: Callable[[], str] = field(default=lambda: "")
+    """The base of the links e-mails carry: ``server.public_url``, else the URL this process is bound to."""
 
     def resolve(self, principal: Principal) -> Principal:
         """A physician's specialties as the directory knows them (else as the token claims), as
@@ -334,6 +341,18 @@ class ExpertiseService:
                     case_id=new.id, specialty=new.escalated_to or new.specialty).to_wire())
         except Exception as exc:  # the step is committed and journaled; an event is best effort
             logger.warning("expertise event not sent: %s", type(exc).__name__, extra={"case_id": new.id})
+        self._mail(st)
+
+    def _mail(self, st: Step) -> None:
+        """Queue the step's e-mails (best effort: the mailer sends them in the background)."""
+        mailer = self.mailer
+        if mailer is None or not mailer.enabled or st.action not in MAILED:
+            return
+        try:
+            for mail in mails_for(st, self.directory(), self.base_url()):
+                mailer.submit(mail)
+        except Exception as exc:  # the step stands whatever happens to its e-mail
+            logger.warning("expertise mail not queued: %s", type(exc).__name__, extra={"case_id": st.new.id})
 
     # -- attachments ----------------------------------------------------------------------
     def _check_room(self, case: Case) -> None:

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from config.settings import SettingsError, load_settings
+from config.settings import SettingsError, SmtpSecurity, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -161,3 +161,57 @@ def test_dscp_marking_is_on_by_default_and_a_bool(tmp_path: Path) -> None:
     assert load_settings(None, env={"TELECONSULT_MEDIA__DSCP": "false"}).media.dscp is False
     with pytest.raises(SettingsError, match=r":2: media.dscp: expected"):
         load_settings(write(tmp_path, '[media]\ndscp = "yes"\n'), env={})
+
+
+def test_smtp_is_off_by_default_and_each_scheme_has_its_port(tmp_path: Path) -> None:
+    assert load_settings(None, env={}).smtp.relay is None
+    assert load_settings(ROOT / "config" / "default.toml", env={}).smtp.relay is None
+    sender = {"TELECONSULT_SMTP__SENDER": "Téléconsultation <noreply@example.org>"}
+    for url, security, port in (("smtp://127.0.0.1", SmtpSecurity.PLAIN, 25),
+                                ("smtps://relay.example.org", SmtpSecurity.TLS, 465),
+                                ("smtp+starttls://relay.example.org", SmtpSecurity.STARTTLS, 587),
+                                ("SMTP+STARTTLS://relay.example.org:2525", SmtpSecurity.STARTTLS, 2525),
+                                ("smtp://[::1]:1025", SmtpSecurity.PLAIN, 1025)):
+        relay = load_settings(None, env={"TELECONSULT_SMTP__URL": url, **sender}).smtp.relay
+        assert relay is not None and (relay.security, relay.port) == (security, port), url
+    path = write(tmp_path, '[smtp]\nurl = "smtps://relay.example.org"\nsender = "noreply@example.org"\n'
+                           'username = "tc"\npassword_env = "SMTP_PASSWORD"\ntimeout_s = 5\n')
+    smtp = load_settings(path, env={}).smtp
+    assert (smtp.username, smtp.password_env, smtp.timeout_s) == ("tc", "SMTP_PASSWORD", 5.0)
+
+
+@pytest.mark.parametrize("toml, problem", [
+    ('url = "http://relay.example.org"\nsender = "a@example.org"', ":2: smtp.url: the scheme must be one of"),
+    ('url = "smtp://user:pw@relay.example.org"\nsender = "a@example.org"', ":2: smtp.url: no credentials in"),
+    ('url = "smtps://"\nsender = "a@example.org"', ":2: smtp.url: needs a host"),
+    ('url = "smtps://relay.example.org:99999"\nsender = "a@example.org"', ":2: smtp.url: "),
+    ('url = "smtps://relay.example.org/x?y=1"\nsender = "a@example.org"', ":2: smtp.url: only a scheme"),
+    ('url = "smtps://relay.example.org"', ": smtp.sender: required when url is set"),
+    ('url = "smtps://relay.example.org"\nsender = "nobody"', ":3: smtp.sender: 'nobody' is not a mail address"),
+    ('sender = "a@example.org\\nBcc: b@example.org"', ":2: smtp.sender: must be one line"),
+    ('url = "smtps://r.example.org"\nsender = "a@example.org"\nusername = "tc"', ":4: smtp.username: needs"),
+    ('password_file = "/etc/pw"', ": smtp.username: required with password_file"),
+    ('url = "smtp://relay.example.org"\nsender = "a@example.org"\nusername = "tc"\npassword_env = "PW"',
+     ":2: smtp.url: a login needs smtps:// or smtp+starttls://"),
+    ('username = "tc"\npassword_env = "not a name"', ":3: smtp.password_env: must be"),
+    ("timeout_s = 0", ":2: smtp.timeout_s: must be within"),
+    ("queue_size = 0", ":2: smtp.queue_size: must be between"),
+    ('validate_certs = "no"', ":2: smtp.validate_certs: expected a boolean"),
+    ('pasword_file = "/etc/pw"', ":2: smtp.pasword_file: unknown key"),
+])
+def test_smtp_settings_name_the_wrong_key(tmp_path: Path, toml: str, problem: str) -> None:
+    path = write(tmp_path, f"[smtp]\n{toml}\n")
+    with pytest.raises(SettingsError) as err:
+        load_settings(path, env={})
+    assert any(problem in p for p in err.value.problems), err.value.problems
+
+
+def test_smtp_from_the_environment_and_a_loopback_login_in_clear() -> None:
+    env = {"TELECONSULT_SMTP__URL": "smtp://localhost:1025", "TELECONSULT_SMTP__SENDER": "a@example.org",
+           "TELECONSULT_SMTP__USERNAME": "tc", "TELECONSULT_SMTP__PASSWORD_ENV": "PW"}
+    relay = load_settings(None, env=env).smtp.relay
+    assert relay is not None and relay.loopback  # a login over smtp:// stays on this host
+    with pytest.raises(SettingsError, match=r"\$TELECONSULT_SMTP__TIMEOUT_S: smtp.timeout_s: expected a number"):
+        load_settings(None, env={"TELECONSULT_SMTP__TIMEOUT_S": "soon"})
+    with pytest.raises(SettingsError, match="smtp.url"):
+        load_settings(None, env={}).replace(smtp={"url": "smtp:/relay", "sender": "a@example.org"})

@@ -1,11 +1,12 @@
-"""The directory's ``rpps`` field: 11 digits with a Luhn key, unique, optional, found by number; over the admin API too."""
+"""The directory's ``rpps`` field: 11 digits with a Luhn key, unique, optional, found by number; over the admin API
+too. Its optional ``email``: one plain address, read by admins only."""
 
 from __future__ import annotations
 
 import aiohttp
 import pytest
 
-from signalling.directory import Directory, DirectoryError, load_directory, luhn_ok, parse_clinician
+from signalling.directory import Directory, DirectoryError, load_directory, luhn_ok, parse_clinician, parse_site
 from tests.support import RunningServer
 
 DR = {"id": "dr-psc", "name": "Dr PSC", "specialties": ["general"], "rpps": "10000000009"}
@@ -55,3 +56,39 @@ async def test_admins_set_an_rpps(server: RunningServer) -> None:
         async with http.get(f"{server.url}/api/directory", headers=admin) as r:
             entry = next(c for c in (await r.json())["clinicians"] if c["id"] == "dr-psc")
     assert entry["rpps"] == DR["rpps"]
+
+
+def test_email_is_optional_checked_and_kept() -> None:
+    clinician = parse_clinician({**DR, "email": "dr.psc@chu.example.org"})
+    assert clinician.email == "dr.psc@chu.example.org" and clinician.to_dict()["email"] == clinician.email
+    assert "email" not in parse_clinician(DR).to_dict()  # none: the entry reads as before
+    for bad in ("dr.psc", "dr psc@chu.example.org", "Dr <dr@chu.example.org>", "dr@chu", "dr@chu.example.org\n",
+                "a@b.org\r\nBcc: c@d.org", 5, "x" * 250 + "@example.org"):
+        with pytest.raises(DirectoryError, match=r"clinician\.email"):
+            parse_clinician({**DR, "email": bad})
+    site = parse_site({"id": "ehpad-x", "name": "EHPAD", "kind": "ehpad", "email": "soins@ehpad.example.org"})
+    assert site.email == "soins@ehpad.example.org"
+    with pytest.raises(DirectoryError, match=r"site\.email"):
+        parse_site({"id": "ehpad-x", "name": "EHPAD", "kind": "ehpad", "email": "soins"})
+    directory = Directory.from_dict({"sites": [site.to_dict()], "clinicians": [clinician.to_dict()]})
+    assert Directory.from_dict(directory.to_dict()) == directory  # what the store keeps
+    public = directory.public_dict()
+    assert "email" not in public["sites"][0] and "email" not in public["clinicians"][0]
+    assert directory.clinicians["dr-psc"].email  # public_dict copies, never changes the directory
+
+
+async def test_only_admins_read_addresses(server: RunningServer) -> None:
+    admin = {"Authorization": f"Bearer {server.tokens.issue_access('admin', 'admin-1')}"}
+    nurse = {"Authorization": f"Bearer {server.tokens.issue_access('nurse', 'nurse-1', site='ehpad-demo')}"}
+    async with aiohttp.ClientSession() as http:
+        url = f"{server.url}/api/directory/clinicians/dr-mail"
+        body = {"name": "Dr Mail", "specialties": ["dermatology"], "email": "dr.mail@chu.example.org"}
+        async with http.put(url, json=body, headers=admin) as r:
+            assert r.status == 200, await r.text()
+        async with http.put(url, json={**body, "email": "not an address"}, headers=admin) as r:
+            assert r.status == 400 and (await r.json())["reason"].startswith("clinician.email:")
+        async with http.get(f"{server.url}/api/directory", headers=admin) as r:
+            assert next(c for c in (await r.json())["clinicians"] if c["id"] == "dr-mail")["email"]
+        async with http.get(f"{server.url}/api/directory", headers=nurse) as r:
+            entry = next(c for c in (await r.json())["clinicians"] if c["id"] == "dr-mail")
+    assert "email" not in entry
