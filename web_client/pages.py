@@ -1,4 +1,5 @@
-"""Serve the browser pages: ``/`` (landing), ``/nurse``, ``/physician``, ``/admin``, ``/static/``.
+"""Serve the browser pages: ``/`` (landing), ``/nurse``, ``/physician``, ``/admin``, ``/expertise``
+(télé-expertise: the requester's cases and the expert's inbox), ``/static/``.
 
 The pages are static files under ``web_client/static``: one HTML shell per page
 and plain ES modules (no build step). Sign-in happens in the page: a
@@ -26,6 +27,7 @@ PAGES = {
     "/nurse": "nurse.html",
     "/physician": "physician.html",
     "/admin": "admin.html",
+    "/expertise": "expertise.html",
 }
 
 CSP = "; ".join([

@@ -138,6 +138,11 @@ async def test_consultation_from_check_in_to_end(server: RunningServer, chromium
     await nurse.locator("#ended").wait_for(timeout=10000)
     assert await nurse.get_attribute("#ended", "data-state") == "ended"
     assert await physician.locator("#report-form").is_visible()  # still editable after the end
+    # Both end screens offer an expert opinion on this consultation (tests/web_client/test_expertise.py).
+    for page, role in ((nurse, "nurse"), (physician, "physician")):
+        assert await page.get_attribute("#ended-expertise", "href") == \
+            f"/expertise?as={role}&consultation={consultation_id}"
+        assert await page.locator("#ended-expertise").is_visible()
     await screenshot(nurse, "nurse-ended.png")
     assert not await axe_violations(nurse), "nurse, the end"
 

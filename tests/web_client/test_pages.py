@@ -14,6 +14,7 @@ from signalling.appkeys import SIGNALLING
 from tests.support import RunningServer, loopback_settings, start_server, wait_for
 from tests.web_client.conftest import Console, open_page, screenshot
 from tests.web_client.test_consultation import RECORD_BANNER
+from web_client.pages import SECURITY_HEADERS
 
 
 async def _text_is(page, selector: str, text: str) -> bool:  # type: ignore[no-untyped-def]
@@ -178,3 +179,29 @@ async def test_static_names_the_file_system_refuses_are_404(server: RunningServe
                 assert (await r.json())["error"] == "not_found"
         async with http.get(server.url + "/static/common.js") as r:
             assert r.status == 200
+
+
+async def test_expertise_page_is_served_with_the_pages_headers(server: RunningServer, chromium) -> None:  # type: ignore[no-untyped-def]
+    """/expertise (télé-expertise) is a page like the others: the strict CSP and security headers,
+    its modules served, and it signs in and runs under that CSP with no violation."""
+    async with aiohttp.ClientSession() as http:
+        async with http.get(server.url + "/expertise") as r:
+            assert r.status == 200 and r.content_type == "text/html"
+            for name, value in SECURITY_HEADERS.items():
+                assert r.headers[name] == value, name
+            assert "script-src 'self'" in r.headers["Content-Security-Policy"]
+            assert '<script type="module" src="/static/expertise.js"></script>' in await r.text()
+        for module in ("expertise.js", "expertise_case.js", "expertise_request.js", "expertise_inbox.js"):
+            async with http.get(f"{server.url}/static/{module}") as r:
+                assert r.status == 200 and "javascript" in r.content_type, module
+    console = Console()
+    token = server.tokens.issue_access("nurse", "nurse-1", site="ehpad-demo")
+    page = await open_page(chromium, f"{server.url}/expertise#token={token}", locale="fr-FR", console=console,
+                           enforce_csp=True)
+    # Polled from Python: Playwright's in-page predicates need eval, which the page's CSP forbids.
+    await wait_for(lambda: _text_is(page, "#sent-empty", "Aucune demande pour l'instant."), what="the site's cases")
+    assert page.url == server.url + "/expertise"
+    await page.locator("#new-case").wait_for(state="visible", timeout=10000)
+    assert await page.locator("#inbox").is_hidden()  # a nurse has no inbox
+    assert not console.errors and "Content Security Policy" not in console.text(), console.text()
+    await page.context.close()

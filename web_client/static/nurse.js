@@ -180,6 +180,9 @@ async function main() {
     $("#ended-summary").replaceChildren(...rows.map(([key, value]) => h("div", {},
       h("dt", {}, t(key)), h("dd", {}, value))));
     setText($("#ended-next"), c.state === "ended" ? "nurse.next.ended" : "nurse.next.other");
+    // A finished consultation can go on as a request for an expert opinion, its stills offered.
+    $("#ended-expertise").hidden = c.state !== "ended" || !c.id;
+    if (c.id) $("#ended-expertise").href = `/expertise?as=nurse&consultation=${encodeURIComponent(c.id)}`;
   }
 
   async function finish(consultation) {

@@ -264,6 +264,9 @@ async function main() {
     $("#ended-summary").replaceChildren(...rows.map(([key, value]) => h("div", {},
       h("dt", {}, t(key)), h("dd", {}, value))));
     setText($("#ended-next"), "physician.ended.next");
+    // A finished consultation can go on as a request to another specialty, its stills offered.
+    $("#ended-expertise").hidden = c.state !== "ended" || !c.id;
+    if (c.id) $("#ended-expertise").href = `/expertise?as=physician&consultation=${encodeURIComponent(c.id)}`;
   }
 
   async function finish(consultation) {
