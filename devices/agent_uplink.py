@@ -10,6 +10,10 @@ applied (:meth:`SiteUplink.attach`): from then on
 * the stethoscope's receiver reports (the round trip of each, the loss: the allocator's
   sign that its share is at risk) go to the allocator
   (:func:`~media.aiortc_internals.watch_receiver_reports`);
+* its own event loop's stalls (a CPU burst in the agent: a full-resolution still encoded)
+  are measured every ``LAG_PROBE_S`` and go to the allocator, which does not read what
+  they delayed as a queue on the link (:meth:`~devices.uplink.UplinkController.loop_lag`);
+  what each session sent is measured across a stall, not in the ticks it split;
 * every ``tick_s`` the allocator runs; each video encoder gets its target
   (:func:`~media.aiortc_internals.set_encoder_bitrate`: moved by more than 20 % only, raised
   at most every 4 s, because aiortc re-creates the VP8 codec, a keyframe, on each change over
@@ -21,7 +25,7 @@ applied (:meth:`SiteUplink.attach`): from then on
   target moved by more than 15 %), ``on_change`` gets the ``uplink`` message
   (devices/agent_messages.py) to send on the room channel.
 
-Lifecycle: new → started (``start()``: the tick and pacer tasks) → closed (``close()``,
+Lifecycle: new → started (``start()``: the tick, pacer and lag tasks) → closed (``close()``,
 idempotent; sessions' senders are left as they are: their peer connections are closing).
 """
 
@@ -59,6 +63,18 @@ MIN_CHANGE = 0.2
 first frame is a keyframe (tens of kilobytes on a thin link): the target moves only by more
 than this, and goes up at most every ``RAISE_EVERY_S``."""
 NOTIFY_CHANGE = 0.15
+LAG_PROBE_S = 0.02
+"""How often the agent's loop checks how late it wakes: a stall of the loop (nothing runs
+while one callback or the GIL holds it) shows as a late wake-up, within this much."""
+LAG_FLOOR_S = 0.005
+"""Lateness under this is ordinary scheduling, not told to the allocator."""
+RATE_STALL_S = 0.05
+"""A tick window in which the loop stalled this long is no measure of what a session sends:
+nothing left during the stall and the backlog leaves in the next window (a rate twice or
+three times the real one, which a REMB's 1.15 headroom reads as a link that cannot carry it).
+Such a window is measured together with the next."""
+RATE_WINDOW_MAX_S = 2.0
+"""...but a rate is measured at least this often, stalls or not."""
 
 
 def tos_for(kind: str) -> int:
@@ -98,6 +114,8 @@ class SiteUplink:
     _notified: Optional[Allocation] = None
     _closed: bool = False
     _last_tick: Optional[float] = None
+    _lag_since_tick: float = 0.0
+    """The longest stall of the loop since what the sessions sent was last measured."""
 
     def __post_init__(self) -> None:
         tracks = tuple(default_spec(d) for d in self.devices)
@@ -114,7 +132,8 @@ class SiteUplink:
     def start(self) -> None:
         if not self._tasks and not self._closed:
             self._tasks = [asyncio.create_task(self._tick_loop(), name="uplink-tick"),
-                           asyncio.create_task(self._pace_loop(), name="uplink-pacer")]
+                           asyncio.create_task(self._pace_loop(), name="uplink-pacer"),
+                           asyncio.create_task(self._lag_loop(), name="uplink-lag")]
 
     async def close(self) -> None:
         self._closed = True
@@ -171,17 +190,51 @@ class SiteUplink:
                 self._update(self.clock())
             except Exception:  # noqa: BLE001 - one bad tick must not leave the encoders where they are for good
                 logger.exception("uplink tick failed")
+            before = self.clock()
             await asyncio.sleep(self.tick_s)
+            # A tick that wakes late closes a window the loop stalled in, whichever task
+            # the loop runs first after the stall.
+            late = self.clock() - before - self.tick_s
+            if late > LAG_FLOOR_S:
+                self.lagged(self.clock(), late)
+
+    def lagged(self, now: float, lag_s: float) -> None:
+        """The agent's event loop woke ``lag_s`` late just before ``now``."""
+        self._lag_since_tick = max(self._lag_since_tick, lag_s)
+        self.controller.loop_lag(now, lag_s)
+
+    async def _lag_loop(self) -> None:
+        while True:
+            before = self.clock()
+            await asyncio.sleep(LAG_PROBE_S)
+            now = self.clock()
+            lag = now - before - LAG_PROBE_S
+            if lag > LAG_FLOOR_S:
+                self.lagged(now, lag)
+
+    def _measure_sent(self, now: float) -> None:
+        """Each session's sent rate since the last measure (two windows' smoothing: a frame's
+        burst lands in one tick). A window the loop stalled in waits for the next one, which
+        carries what the stall held back; so does one shorter than half a tick (an update
+        for ``view`` just after a tick: one frame's burst over 10 ms is no rate)."""
+        if self._last_tick is None or now <= self._last_tick:
+            self._last_tick = now
+            return
+        elapsed = now - self._last_tick
+        if elapsed < self.tick_s / 2:
+            return
+        if self._lag_since_tick >= RATE_STALL_S and elapsed < RATE_WINDOW_MAX_S:
+            self._lag_since_tick = 0.0
+            return
+        for session in self._sessions.values():
+            rate = session.sent_bytes * 8 / 1000.0 / elapsed
+            session.sent_kbps = 0.5 * session.sent_kbps + 0.5 * rate
+            session.sent_bytes = 0
+        self._last_tick = now
+        self._lag_since_tick = 0.0
 
     def _update(self, now: float) -> None:
-        if self._last_tick is not None and now > self._last_tick:
-            elapsed = now - self._last_tick
-            for session in self._sessions.values():
-                # Two ticks' smoothing: a frame's burst lands in one tick.
-                rate = session.sent_bytes * 8 / 1000.0 / elapsed
-                session.sent_kbps = 0.5 * session.sent_kbps + 0.5 * rate
-                session.sent_bytes = 0
-        self._last_tick = now
+        self._measure_sent(now)
         before = self.allocation
         allocation = self.controller.step(now, {d: s.sent_kbps for d, s in self._sessions.items()})
         self.allocation = allocation

@@ -31,6 +31,13 @@ signs at once:
   That is what "the stethoscope's share is at risk" means, measured, and it keeps a REMB
   that is low for other reasons (subscribers' caps) from pausing video on a good link.
 
+A stall of the agent's own event loop (a CPU burst in its process: a full-resolution still
+encoded) is no congestion, though it looks like one: packets and reports wait it out, so a
+report's round trip grows by the stall (the SFU in the same process on loopback stalls
+too, and its estimator cuts its REMB). The agent measures how late its loop wakes
+(``loop_lag``) and a round trip is judged less twice the longest stall of the last
+``own_lag_s`` (a sender's estimator likewise ignores its own send gaps).
+
 Until congestion is seen there is no limit (every track at its maximum), or the budget
 grows from ``start_kbps``. While it lasts,
 the budget follows the REMBs; after, it grows ``step_up`` every ``step_every_s`` until every
@@ -43,6 +50,7 @@ Rates are kbit/s as the estimator counts them (RTP packets before SRTP).
 from __future__ import annotations
 
 import enum
+from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Mapping, Optional, Sequence
 
@@ -176,13 +184,18 @@ class UplinkPolicy:
     viewed_min_kbps: float = VIEWED_MIN_KBPS
     rtt_rise_s: float = 0.04
     rtt_rise_reports: int = 2
-    """Reports in a row that must show the rise: a queue lasts, where a CPU hiccup of the cabin
-    (a full-resolution still encoded) raised one report and, with the REMB it also lowered,
-    paused both videos on a loopback link for 10 s (tests/web_client/test_devices.py)."""
+    """Reports in a row that must show the rise: a queue lasts. (Two in a row do not make a CPU
+    burst of the agent a queue: the SFU may echo the Sender Report that waited out the stall in
+    two reports, each with the stall in its round trip. That is ``own_lag_s``'s part.)"""
     distress_loss: float = 0.1
     """Above a lossy radio link's random loss (3 %, which one report of ~50 packets shows as
     8 % now and then): a queue that overflows."""
     report_ttl_s: float = 3.0
+    own_lag_s: float = 3.0
+    """How long a stall of the agent's own event loop (:meth:`UplinkController.loop_lag`)
+    counts against what is measured after it: a receiver report's round trip runs from its
+    Sender Report (sent up to 1.5 s before the report) to the report's arrival (up to 1.5 s
+    after the Sender Report's)."""
     congestion_hold_s: float = 10.0
     """Once congestion was seen, the REMB governs this long (no stepping past it)."""
     start_kbps: Optional[float] = None
@@ -199,6 +212,8 @@ class UplinkPolicy:
             raise ValueError("probe intervals must be > 0 and ordered")
         if self.rtt_rise_reports < 1:
             raise ValueError("rtt_rise_reports must be >= 1")
+        if self.own_lag_s < 0:
+            raise ValueError("own_lag_s must be >= 0")
 
 
 @dataclass
@@ -235,6 +250,11 @@ class UplinkController:
     _normal_since: Optional[float] = None
     _rtt_rises: int = 0
     """Reports in a row whose round trip rose past ``rtt_rise_s``."""
+    _rtt_at: Optional[float] = None
+    """When the last report with a round trip came (a report that echoes no Sender Report
+    has none, and must not keep older rises alive)."""
+    _lags: deque[tuple[float, float]] = field(default_factory=deque)
+    """(when, how late) of the agent's own event loop's stalls within ``own_lag_s``."""
 
     def __post_init__(self) -> None:
         self._probe_interval_s = self.policy.probe_interval_s
@@ -284,13 +304,32 @@ class UplinkController:
                 return True
         return False
 
+    def loop_lag(self, now: float, lag_s: float) -> None:
+        """The agent's own event loop woke ``lag_s`` late just before ``now``: a CPU burst in
+        its process (a full-resolution still encoded, a keyframe), during which nothing it
+        sends leaves and nothing it receives is read. What spans that stall measures the
+        agent, not the link (as a sender-side estimator ignores its own send gaps)."""
+        if lag_s > 0:
+            self._lags.append((now, lag_s))
+        while self._lags and now - self._lags[0][0] > self.policy.own_lag_s:
+            self._lags.popleft()
+
+    def own_delay(self, now: float) -> float:
+        """How much of a round trip measured now may be the agent's own stalls: twice the
+        longest within ``own_lag_s`` (a report's Sender Report waits out a stall on its way
+        out or, with the SFU in the same process, in, and the report on its way back)."""
+        return 2 * max((lag for at, lag in self._lags if now - at <= self.policy.own_lag_s), default=0.0)
+
     def audio_report(self, now: float, rtt_s: Optional[float], loss_fraction: Optional[float]) -> None:
         """The stethoscope session's latest receiver report from the SFU: its round-trip time
-        and the fraction of its packets lost since the report before."""
+        and the fraction of its packets lost since the report before. The round trip is
+        judged less the agent's own stalls (``own_delay``): a stall is no queue."""
         if rtt_s is not None:
+            # The least seen stays a plain minimum: a stall only adds to a round trip.
             self._rtt_base = rtt_s if self._rtt_base is None else min(self._rtt_base, rtt_s)
-            risen = rtt_s - self._rtt_base > self.policy.rtt_rise_s
+            risen = rtt_s - self.own_delay(now) - self._rtt_base > self.policy.rtt_rise_s
             self._rtt_rises = self._rtt_rises + 1 if risen else 0
+            self._rtt_at = now
         self._rtt, self._loss, self._report_at = rtt_s, loss_fraction, now
         if self._audio_distressed(now):
             self._distress_at = now
@@ -303,7 +342,8 @@ class UplinkController:
             return True
         if self._report_at is None or now - self._report_at > self.policy.report_ttl_s:
             return False
-        rising = self._rtt_rises >= self.policy.rtt_rise_reports
+        rising = (self._rtt_rises >= self.policy.rtt_rise_reports and self._rtt_at is not None
+                  and now - self._rtt_at <= self.policy.report_ttl_s)
         return rising or (self._loss is not None and self._loss >= self.policy.distress_loss)
 
     def _need(self) -> float:

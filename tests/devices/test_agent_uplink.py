@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -24,10 +25,10 @@ from config.settings import Settings
 from devices.agent import AgentConfig, DeviceAgent
 from devices.agent_room import RoomLink
 from devices.agent_messages import parse_viewing, uplink_message
-from devices.agent_uplink import DSCP_AF41, DSCP_EF, tos_for
+from devices.agent_uplink import DSCP_AF41, DSCP_EF, SiteUplink, _Session, tos_for
 from devices.uplink import UplinkController, default_spec
 from media.aioice_internals import hook_datagrams
-from media.aiortc_internals import ice_connection, send_remb, sender_encoder
+from media.aiortc_internals import ice_connection, send_remb, sender_encoder, stand_in_sender
 from media.ice import RandomLoss
 from sfu.appkeys import SFU
 from tests.devices.agent_clients import AGENT_SOURCES, Viewer, start_consultation, view, wait_publications
@@ -214,3 +215,59 @@ async def test_remb_sets_the_encoders_and_pauses_video_under_the_stethoscope_nee
         await asyncio.wait_for(task, 20)
         await http.close()
         await c.close()
+
+
+# Issue 13: a CPU burst of the agent's own process (a full-resolution still encoded) is no
+# congestion of its link. These two need no SFU: what they check happens in the agent.
+async def test_a_stall_of_the_agent_loop_reaches_the_allocator() -> None:
+    uplink = SiteUplink(["stethoscope", "dermatoscope"], on_change=lambda message: None)
+    uplink.start()
+    try:
+        await asyncio.sleep(0.1)
+        time.sleep(0.3)  # a CPU burst holds the agent's event loop
+        # Measured (a late wake-up of at least ~0.28 s) and told to the allocator, which takes
+        # up to twice that off the stethoscope's next round trips.
+        await wait_for(lambda: uplink.controller.own_delay(uplink.clock()) >= 0.5, 2, what="the stall measured")
+    finally:
+        await uplink.close()
+
+
+def test_what_a_session_sent_is_measured_across_a_stall() -> None:
+    """The stethoscope sends 140 kbit/s (8750 bytes a tick). The loop stalls from 3.2 to 4.1 s:
+    the tick due at 3.5 runs at 4.1 having seen 0.2 s of packets, and the next one sees the
+    0.9 s held back leave at once. Measured tick by tick that is 25 then 392 kbit/s (a
+    smoothed 237: 1.7 times what the session sends, which a REMB near 1.5 times what arrives
+    reads as a link short of it); measured across the stall, 140."""
+    clock = [0.0]
+
+    def run(tell: bool) -> list[float]:
+        uplink = SiteUplink(["stethoscope"], on_change=lambda message: None, clock=lambda: clock[0])
+        session = _Session(default_spec("stethoscope"), stand_in_sender())
+        uplink._sessions["stethoscope"] = session
+        rates = []
+        for now, sent in [(t / 2, 8750) for t in range(7)] + [(4.1, 3500), (4.6, 24500), (5.1, 8750), (5.6, 8750)]:
+            clock[0] = now
+            session.sent_bytes += sent
+            if now == 4.1 and tell:
+                uplink.lagged(now, 0.6)  # the tick's own lateness
+            uplink._update(now)
+            rates.append(session.sent_kbps)
+        return rates
+
+    assert max(run(tell=False)) > 230
+    assert all(abs(rate - 140) < 1 for rate in run(tell=True)[2:]), run(tell=True)
+
+
+def test_an_update_just_after_a_tick_measures_no_rate() -> None:
+    # The physician's ``viewing`` updates the allocation at once: 10 ms after a tick, one
+    # frame's burst (1500 bytes) is no 1200 kbit/s.
+    clock = [0.0]
+    uplink = SiteUplink(["stethoscope"], on_change=lambda message: None, clock=lambda: clock[0])
+    session = _Session(default_spec("stethoscope"), stand_in_sender())
+    uplink._sessions["stethoscope"] = session
+    for now in (0.0, 0.5, 1.0, 1.01, 1.5):
+        clock[0] = now
+        session.sent_bytes += 1500 if now == 1.01 else 8750
+        uplink._update(now)
+        if now >= 1.0:
+            assert 135 < session.sent_kbps < 165, (now, session.sent_kbps)

@@ -248,3 +248,84 @@ def test_one_report_with_a_round_trip_spike_is_no_congestion_two_in_a_row_are() 
         c.audio_report(now, 0.150, 0.0)
         allocation = c.step(now, sent)
     assert c.in_congestion(5.0) and allocation.degraded
+
+
+def stall_script(c: UplinkController, *, tell: bool) -> list[tuple[float, bool, bool]]:
+    """What a CPU stall of the agent's own process (a full-resolution still encoded, with the
+    SFU in the same process on loopback) feeds the controller: the loop stalls 0.9 s (no tick
+    at 5.0: a gap in time); the first tick after it measures a send-rate collapse (nothing
+    left during the stall), the next one the backlog leaving at once; the SFU's estimator,
+    stalled too, read the late arrivals as a queue and cut its REMBs; its two next receiver
+    reports echo the one Sender Report that waited out the stall (the same 0.9 s more round
+    trip, twice in a row). ``tell``: the controller is told of the stall (``loop_lag``), as
+    the agent's lag probe does. -> (time, in congestion, degraded) at each tick."""
+    good = {"dermatoscope": 800.0, "otoscope": 800.0}
+    steady = {"stethoscope": 270.0, "dermatoscope": 540.0, "otoscope": 540.0}
+    cut = {"dermatoscope": 250.0, "otoscope": 250.0}
+    ticks: list[tuple[float, dict[str, float], dict[str, float], Optional[float]]] = [
+        (t / 2, good, steady, 0.002 if t % 2 == 0 else None) for t in range(10)]  # 0 .. 4.5 s
+    ticks += [
+        (5.5, cut, {"stethoscope": 135.0, "dermatoscope": 270.0, "otoscope": 270.0}, 0.902),
+        (6.0, cut, {"stethoscope": 400.0, "dermatoscope": 900.0, "otoscope": 900.0}, 0.902),
+        (6.5, cut, {"stethoscope": 335.0, "dermatoscope": 720.0, "otoscope": 720.0}, None),
+        (7.0, {"dermatoscope": 500.0, "otoscope": 500.0}, steady, 0.003),
+    ]
+    ticks += [(7.5 + t / 2, good, steady, 0.002 if t % 2 == 0 else None) for t in range(20)]  # .. 17 s
+    out = []
+    for now, rembs, sent, rtt in ticks:
+        if now == 5.5 and tell:
+            c.loop_lag(now, 0.9)
+        for device, kbps in rembs.items():
+            c.estimate(device, kbps, now)
+        if rtt is not None:
+            c.audio_report(now, rtt, 0.0)
+        allocation = c.step(now, sent)
+        out.append((now, c.in_congestion(now), allocation.degraded))
+    return out
+
+
+def test_a_stall_of_the_agent_itself_is_no_congestion() -> None:
+    """Issue 13: on loopback the agent latched congestion for 10 s after a CPU burst. The same
+    inputs latch a controller that is not told of the stall; told, nothing they show is
+    taken for the link's."""
+    blind = stall_script(UplinkController(CABIN, policy(), viewed="dermatoscope"), tell=False)
+    assert [t for t, congested, _ in blind if congested][:1] == [6.0]
+    assert any(congested for t, congested, _ in blind if t >= 15.5)  # held 10 s after its last sign
+    told = stall_script(UplinkController(CABIN, policy(), viewed="dermatoscope"), tell=True)
+    assert [(t, congested, degraded) for t, congested, degraded in told if congested or degraded] == []
+
+
+def test_a_queue_during_a_stall_is_still_congestion() -> None:
+    c = UplinkController(CABIN, policy(), viewed="dermatoscope")
+    sent = {"stethoscope": 140.0, "dermatoscope": 540.0, "otoscope": 540.0}
+    low = {"dermatoscope": 100.0, "otoscope": 100.0}
+
+    def tick(now: float, rtt: float) -> bool:
+        for device, kbps in low.items():
+            c.estimate(device, kbps, now)
+        c.audio_report(now, rtt, 0.0)
+        c.step(now, sent)
+        return c.in_congestion(now)
+
+    assert not tick(0.0, 0.002)
+    # A short lateness of the loop (10 ms: two of them in a round trip) hides no queue of 150 ms.
+    c.loop_lag(0.9, 0.01)
+    assert [tick(now, 0.150) for now in (1.0, 2.0)] == [False, True]
+    # A long stall discounts the round trips that span it; a queue that outlasts it is seen again.
+    c = UplinkController(CABIN, policy(), viewed="dermatoscope")
+    assert not tick(0.0, 0.002)
+    c.loop_lag(0.9, 0.3)
+    assert [tick(now, 0.150) for now in (1.0, 2.0, 3.0, 4.0, 5.0)] == [False, False, False, False, True]
+
+
+def test_reports_without_a_round_trip_keep_no_old_rise_alive() -> None:
+    # Receiver reports that echo no current Sender Report carry no round trip: two risen
+    # ones, then only those, are no sign any more once report_ttl_s passed.
+    c = UplinkController(CABIN, policy(), viewed="dermatoscope")
+    c.audio_report(0.0, 0.002, 0.0)
+    c.audio_report(1.0, 0.150, 0.0)
+    c.audio_report(2.0, 0.150, 0.0)
+    assert c._audio_distressed(2.0)
+    for now in (3.0, 4.0, 5.0, 6.0):
+        c.audio_report(now, None, 0.0)
+    assert not c._audio_distressed(6.0)
