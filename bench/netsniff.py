@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import socket
 import sys
 import time
@@ -78,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, required=True)
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
+    # The bench stops it with SIGINT; a process started in the background by a shell inherits SIGINT
+    # ignored, and Python then leaves it so: the handler is set here whatever it inherited.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     packets = sniff(args.dev, args.seconds)
     with open(args.out, "w") as fh:
         json.dump({"packets": packets}, fh)
