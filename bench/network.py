@@ -143,7 +143,9 @@ def run_profile(profile: Profile, seconds: float, log: Callable[[str], None] = p
             assert sniffer.stdout is not None
             if sniffer.stdout.readline().strip() != "ready":
                 raise RuntimeError(f"uplink log failed: {(work / 'sniff.log').read_text()[-2000:]}")
-            env = {**os.environ, "TELECONSULT_SERVER__LOG_LEVEL": "WARNING"}
+            # Kept (``raw``), the agent's log says when and why its uplink changed mode (INFO); else only
+            # warnings, which cost the shared cores nothing.
+            env = {**os.environ, "TELECONSULT_SERVER__LOG_LEVEL": "INFO" if raw is not None else "WARNING"}
             agent = subprocess.Popen(lab.cabin([sys.executable, "-m", "teleconsult", "agent", "--server", server.url,
                                                 "--token", agent_token, "--devices", ",".join(DEVICES), "--simulate"]),
                                      stdout=subprocess.DEVNULL, stderr=(work / "agent.log").open("wb"), env=env,
