@@ -100,6 +100,13 @@ RECORDED: tuple[Source, ...] = (Source.CAMERA, Source.MICROPHONE, Source.STETHOS
 """Sources a consultation recording keeps."""
 
 
+class Language(enum.StrEnum):
+    """The languages the pages, the reports, the questionnaires and the e-mails are written in."""
+
+    FR = "fr"
+    EN = "en"
+
+
 class Role(enum.StrEnum):
     """What an access or room token lets its holder be."""
 

@@ -236,7 +236,6 @@ class UplinkController:
     """What the allocation may use: None, no limit (no congestion seen, or grown past every
     maximum since); the REMB-based budget while congested; then growing."""
     _ceiling_at: float = 0.0
-    _rtt: Optional[float] = None
     _rtt_base: Optional[float] = None
     _loss: Optional[float] = None
     _report_at: Optional[float] = None
@@ -330,7 +329,7 @@ class UplinkController:
             risen = rtt_s - self.own_delay(now) - self._rtt_base > self.policy.rtt_rise_s
             self._rtt_rises = self._rtt_rises + 1 if risen else 0
             self._rtt_at = now
-        self._rtt, self._loss, self._report_at = rtt_s, loss_fraction, now
+        self._loss, self._report_at = loss_fraction, now
         if self._audio_distressed(now):
             self._distress_at = now
 

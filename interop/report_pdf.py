@@ -26,12 +26,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from fpdf import FPDF
 from fpdf.enums import XPos, YPos
 
+from core.vocabulary import Language
 from interop.dossier import Dossier, Still
 from interop.vital_codes import UNIT_DISPLAY, vital_label
 
 logger = logging.getLogger(__name__)
 
-LANGUAGES = ("fr", "en")
+LANGUAGES = tuple(language.value for language in Language)
 FONT = "DejaVu"
 TIMEZONE = "Europe/Paris"
 """Reports are read in France: their times are Paris time (UTC when the system has no time zone data)."""

@@ -19,18 +19,13 @@ The language is the recipient's first of ``fr``/``en`` in the directory's ``lang
 
 from __future__ import annotations
 
-import enum
 import time
 from dataclasses import dataclass
 
 from core.mail import Mail
+from core.vocabulary import Language
 from signalling.directory import Directory
 from signalling.expertise.case import OPEN, Action, Case, CaseState, Step
-
-
-class Lang(enum.StrEnum):
-    FR = "fr"
-    EN = "en"
 
 
 @dataclass(frozen=True)
@@ -38,34 +33,34 @@ class Recipient:
     id: str
     """A clinician's id, or ``site:<id>`` for a site's mailbox (what logs name)."""
     address: str
-    language: Lang
+    language: Language
 
 
 MAILED = frozenset({Action.SUBMIT, Action.DECLINE, Action.ASK, Action.REPLY, Action.NOTE, Action.ANSWER,
                     Action.OVERDUE})
 
-_STATES: dict[Lang, dict[CaseState, str]] = {
-    Lang.FR: {CaseState.DRAFT: "brouillon", CaseState.SUBMITTED: "en attente de l'expert",
+_STATES: dict[Language, dict[CaseState, str]] = {
+    Language.FR: {CaseState.DRAFT: "brouillon", CaseState.SUBMITTED: "en attente de l'expert",
               CaseState.QUESTION: "question posée au demandeur", CaseState.ANSWERED: "avis rendu",
               CaseState.CLOSED: "clôturée", CaseState.CANCELLED: "annulée",
               CaseState.ESCALATED: "transformée en téléconsultation"},
-    Lang.EN: {CaseState.DRAFT: "draft", CaseState.SUBMITTED: "waiting for the expert",
+    Language.EN: {CaseState.DRAFT: "draft", CaseState.SUBMITTED: "waiting for the expert",
               CaseState.QUESTION: "question to the requester", CaseState.ANSWERED: "opinion given",
               CaseState.CLOSED: "closed", CaseState.CANCELLED: "cancelled",
               CaseState.ESCALATED: "turned into a live teleconsultation"},
 }
 
-_WHAT: dict[Lang, dict[str, str]] = {
-    Lang.FR: {"new": "nouvelle demande", "question": "question de l'expert",
+_WHAT: dict[Language, dict[str, str]] = {
+    Language.FR: {"new": "nouvelle demande", "question": "question de l'expert",
               "message": "nouveau message du demandeur", "answer": "avis rendu",
               "due_soon": "échéance proche", "overdue": "échéance dépassée"},
-    Lang.EN: {"new": "new request", "question": "the expert asks a question",
+    Language.EN: {"new": "new request", "question": "the expert asks a question",
               "message": "new message from the requester", "answer": "opinion given",
               "due_soon": "due soon", "overdue": "past its due date"},
 }
 
-_TEXT: dict[Lang, str] = {
-    Lang.FR: """Bonjour,
+_TEXT: dict[Language, str] = {
+    Language.FR: """Bonjour,
 
 Demande de télé-expertise {case_id} : {what}.
 
@@ -78,7 +73,7 @@ Ouvrir la demande : {link}
 Ce message ne contient aucune donnée de patient : connectez-vous pour lire la demande.
 Message automatique, merci de ne pas y répondre.
 """,
-    Lang.EN: """Hello,
+    Language.EN: """Hello,
 
 Tele-expertise request {case_id}: {what}.
 
@@ -93,8 +88,8 @@ Automatic message, please do not reply.
 """,
 }
 
-_SUBJECT: dict[Lang, str] = {Lang.FR: "Télé-expertise {case_id} : {what}",
-                             Lang.EN: "Tele-expertise {case_id}: {what}"}
+_SUBJECT: dict[Language, str] = {Language.FR: "Télé-expertise {case_id} : {what}",
+                             Language.EN: "Tele-expertise {case_id}: {what}"}
 
 
 def case_link(base_url: str, case_id: str) -> str:
@@ -115,11 +110,11 @@ def _what(st: Step) -> str:
     return "overdue" if flagged >= st.new.due_at else "due_soon"
 
 
-def _language(languages: tuple[str, ...]) -> Lang:
+def _language(languages: tuple[str, ...]) -> Language:
     for code in languages:
-        if code.lower() in (Lang.FR, Lang.EN):
-            return Lang(code.lower())
-    return Lang.FR
+        if code.lower() in tuple(Language):
+            return Language(code.lower())
+    return Language.FR
 
 
 def _pool(case: Case, directory: Directory) -> set[str]:
@@ -184,4 +179,4 @@ def mails_for(st: Step, directory: Directory, base_url: str) -> list[Mail]:
     return [compose(st, r, base_url) for r in recipients(st, directory)]
 
 
-__all__ = ["Lang", "MAILED", "Recipient", "case_link", "compose", "mails_for", "recipients"]
+__all__ = ["MAILED", "Recipient", "case_link", "compose", "mails_for", "recipients"]

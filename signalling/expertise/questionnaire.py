@@ -26,9 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from core.vocabulary import Language
+
 HERE = Path(__file__).resolve().parent / "questionnaires"
 FIELD_TYPES = frozenset({"choice", "multi", "text", "number", "boolean", "photos"})
-LANGUAGES = ("fr", "en")
+LANGUAGES = tuple(language.value for language in Language)
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _FILE = re.compile(r"([a-z][a-z0-9_]*)\.v([0-9]+)\.json")
 MAX_TEXT = 4000

@@ -33,7 +33,7 @@ from config.settings import Settings
 from tests.support import ROOT, RunningServer, loopback_settings
 from tests.web_client.axe_check import axe_violations
 from tests.web_client.conftest import Console, open_page, screenshot
-from tests.web_client.test_consultation import end_call
+from tests.web_client.test_consultation import check_in as check_in_form, end_call
 
 pytestmark = pytest.mark.timeout(600)  # six consultations; under 5 min on an idle two-core machine
 
@@ -223,14 +223,7 @@ async def check_in(day: Day, ref: str, reason: str) -> None:
     # The camera came back from the last call: a live preview, ready for this patient.
     await nurse.wait_for_function("document.querySelector('#precheck').dataset.media === 'preview'"
                                   " && document.querySelector('#precheck-video').videoWidth > 0", timeout=20000)
-    await nurse.fill("#patient-ref", ref)
-    await nurse.fill("#reason", reason)
-    await nurse.wait_for_function("document.querySelectorAll('#specialty option').length > 1")
-    await nurse.select_option("#specialty", "general")
-    await nurse.click("label[for=priority-routine]")
-    await nurse.check("#consent-tele")
-    await nurse.click("#checkin-submit")
-    await nurse.locator("#waiting").wait_for(timeout=15000)
+    await check_in_form(nurse, "routine", ref=ref, reason=reason, waiting_ms=15000)
 
 
 async def first_video_ms(day: Day, doctor: Physician, cid: str) -> tuple[int, int]:

@@ -49,9 +49,10 @@ async def end_call(page) -> None:  # type: ignore[no-untyped-def]
     await page.click("#end-confirm")
 
 
-async def check_in(nurse, priority: str = "urgent", record: bool = False) -> None:  # type: ignore[no-untyped-def]
-    await nurse.fill("#patient-ref", PATIENT_REF)
-    await nurse.fill("#reason", REASON)
+async def check_in(nurse, priority: str = "urgent", record: bool = False, *,  # type: ignore[no-untyped-def]
+                   ref: str = PATIENT_REF, reason: str = REASON, waiting_ms: int = 10000) -> None:
+    await nurse.fill("#patient-ref", ref)
+    await nurse.fill("#reason", reason)
     await nurse.wait_for_function("document.querySelectorAll('#specialty option').length > 1")
     await nurse.select_option("#specialty", "general")
     await nurse.click(f"label[for=priority-{priority}]")
@@ -59,7 +60,7 @@ async def check_in(nurse, priority: str = "urgent", record: bool = False) -> Non
     if record:
         await nurse.check("#consent-rec")
     await nurse.click("#checkin-submit")
-    await nurse.locator("#waiting").wait_for(timeout=10000)
+    await nurse.locator("#waiting").wait_for(timeout=waiting_ms)
 
 
 async def test_consultation_from_check_in_to_end(server: RunningServer, chromium) -> None:  # type: ignore[no-untyped-def]
