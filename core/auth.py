@@ -6,8 +6,14 @@ required and a ``typ`` claim that keeps one kind from being used as the other:
 * access tokens (``typ=access``): ``role`` (nurse, physician, agent, admin),
   ``site`` for nurses and device agents, ``specialties`` for physicians;
 * room tokens (``typ=room``): ``room``, ``role``, ``publish`` (the sources the
-  holder may publish, default none), ``subscribe`` (default false) and
-  ``command`` (may send device commands, default false).
+  holder may publish, default none), ``subscribe`` (default false),
+  ``subscribe_sources`` (the sources it may receive when it subscribes; absent:
+  every one) and ``command`` (may send device commands, default false);
+* guest access tokens (``typ=guest``, issue 14): what an invitation link gives once
+  claimed: ``role`` (interpreter, specialist, guest), ``consultation`` (the one it
+  opens) and ``name``; the subject is the invitation's id. Only the routes that say
+  so take one (``verify_access(..., guest=True)``): every other refuses it as not
+  an access token, and no other kind of token may carry a guest role.
 
 The accepted algorithm is the one in settings, never the token's header. Tokens
 of an external OpenID provider are accepted as access tokens when settings name
@@ -22,7 +28,7 @@ import os
 import re
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterable
 
@@ -31,12 +37,13 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 
 from config.settings import AuthSettings
-from core.vocabulary import Role, Source
+from core.vocabulary import DEVICES, Role, Source
 
 logger = logging.getLogger(__name__)
 
 ACCESS = "access"
 ROOM = "room"
+GUEST = "guest"
 
 # msid tokens (RFC 8830 / RFC 4566 token chars): identities end up in a=msid lines.
 _IDENTITY = re.compile(r"^[A-Za-z0-9!#$%&'*+\-.^_`{|}~]{1,64}$")
@@ -62,6 +69,8 @@ class Principal:
     name: str = ""
     expires_at: float = 0.0
     issuer: str = ""
+    consultation: str | None = None
+    """The one consultation a guest's token opens (None for everyone else)."""
 
 
 @dataclass(frozen=True)
@@ -75,21 +84,33 @@ class RoomGrant:
     subscribe: bool = False
     command: bool = False
     expires_at: float = 0.0
+    subscribe_sources: tuple[str, ...] | None = None
+    """The sources it may receive when ``subscribe``; None: every one."""
 
     def may_publish(self, source: str) -> bool:
         return source in self.publish
+
+    def may_subscribe(self, source: str) -> bool:
+        return self.subscribe and (self.subscribe_sources is None or source in self.subscribe_sources)
+
+    @property
+    def sees_devices(self) -> bool:
+        """Whether the devices' data (status, vitals, still previews, commands) is for this seat: it
+        publishes a device (the agent) or may receive one."""
+        return any(Source(s).is_device for s in self.publish) or any(self.may_subscribe(d.value) for d in DEVICES)
 
 
 _CLAIM_TYPES: dict[str, tuple[type, ...]] = {
     "sub": (str,), "typ": (str,), "jti": (str,), "site": (str,), "name": (str,),
     "specialties": (list, str), "room": (str,), "publish": (list,), "subscribe": (bool,), "command": (bool,),
+    "subscribe_sources": (list,), "consultation": (str,),
     "iat": (int, float), "exp": (int, float), "nbf": (int, float),
 }
 """Claims whose values we read, and the JSON types they may have (absent or null: not given)."""
-_LIST_CLAIMS = ("specialties", "publish")
+_LIST_CLAIMS = ("specialties", "publish", "subscribe_sources")
 """List claims hold strings only."""
 _TIME_CLAIMS = ("iat", "exp", "nbf")
-_ID_CLAIMS = ("sub", "site", "jti", "room")
+_ID_CLAIMS = ("sub", "site", "jti", "room", "consultation")
 MAX_ID_CHARS = 128
 """Ids in claims go into the journal and logs as they are (``signalling.journal`` holds ids of at
 most 128 characters): a longer or unprintable one is refused at the door, not at the journal
@@ -213,6 +234,10 @@ class TokenService:
     _jwks: jwt.PyJWKSet | None = field(default=None, init=False)
     _jwks_fetched_at: float = field(default=0.0, init=False)
     _jwks_lock: asyncio.Lock | None = field(default=None, init=False)
+    guest_standing: Callable[[Principal], Awaitable[bool]] | None = field(default=None, init=False)
+    """Whether a guest's invitation still stands (set by signalling, which keeps invitations): a
+    refused, revoked or removed guest's token, or one of a consultation that ended, opens nothing
+    though it has not expired. None: no guest token is accepted."""
 
     def __post_init__(self) -> None:
         self._keys = _load_keys(self.settings, self.data_dir)
@@ -245,6 +270,8 @@ class TokenService:
         ttl: int | None = None,
     ) -> str:
         role = Role(role)
+        if role.invited:
+            raise ValueError(f"a {role.value} gets a guest token (issue_guest), not an access token")
         if role in (Role.NURSE, Role.AGENT) and not site:
             raise ValueError(f"a {role.value} token needs a site")
         if not subject:
@@ -259,6 +286,19 @@ class TokenService:
             claims["name"] = name
         return self._sign(claims, ttl or self.settings.access_ttl_s)
 
+    def issue_guest(self, role: Role | str, invitation: str, consultation: str, *, name: str = "",
+                    ttl: int | None = None) -> str:
+        """A guest's access token: the invitation ``invitation`` claimed, for ``consultation`` only."""
+        role = Role(role)
+        if not role.invited:
+            raise ValueError(f"{role.value} is not a guest role")
+        if not invitation or not consultation:
+            raise ValueError("a guest token needs its invitation and consultation")
+        claims: dict[str, Any] = {"typ": GUEST, "sub": invitation, "role": role.value, "consultation": consultation}
+        if name:
+            claims["name"] = name
+        return self._sign(claims, ttl or self.settings.access_ttl_s)
+
     def issue_room(
         self,
         room: str,
@@ -268,6 +308,7 @@ class TokenService:
         publish: Iterable[str] = (),
         subscribe: bool = False,
         command: bool = False,
+        subscribe_sources: Iterable[str] | None = None,
         ttl: int | None = None,
     ) -> str:
         validate_identity(identity)
@@ -282,6 +323,8 @@ class TokenService:
             "subscribe": bool(subscribe),
             "command": bool(command),
         }
+        if subscribe_sources is not None:
+            claims["subscribe_sources"] = list(_parse_sources(subscribe_sources))
         return self._sign(claims, ttl or self.settings.room_ttl_s)
 
     # -- verifying -------------------------------------------------------
@@ -341,6 +384,8 @@ class TokenService:
                 subscribe=claims.get("subscribe") is True,
                 command=claims.get("command") is True,
                 expires_at=float(claims["exp"]),
+                subscribe_sources=None if claims.get("subscribe_sources") is None
+                else _parse_sources(claims["subscribe_sources"]),
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise AuthError(f"room token malformed: {exc}") from None
@@ -348,8 +393,9 @@ class TokenService:
             raise AuthError("room token is for another room")
         return grant
 
-    async def verify_access(self, token: str) -> Principal:
-        """An access token's principal, ours or the external provider's."""
+    async def verify_access(self, token: str, *, guest: bool = False) -> Principal:
+        """An access token's principal, ours or the external provider's; ``guest``: a guest's
+        access token (``issue_guest``) is taken too."""
         _check_ascii(token)
         try:
             unverified = jwt.decode(token, options={"verify_signature": False})
@@ -357,23 +403,35 @@ class TokenService:
             raise AuthError("token malformed") from None
         if self.settings.oidc_issuer and unverified.get("iss") == self.settings.oidc_issuer:
             return await self._verify_oidc(token)
-        claims = self._decode_local(token)
-        if claims.get("typ") != ACCESS:
-            raise AuthError("not an access token")
-        return self._principal(claims)
+        principal = self.verify_access_local(token, guest=guest)
+        if principal.role.invited and (self.guest_standing is None or not await self.guest_standing(principal)):
+            raise AuthError("this invitation no longer stands")
+        return principal
 
-    def verify_access_local(self, token: str) -> Principal:
+    def verify_access_local(self, token: str, *, guest: bool = False) -> Principal:
         """Synchronous check of one of our own access tokens (CLI, tests)."""
         claims = self._decode_local(token)
-        if claims.get("typ") != ACCESS:
-            raise AuthError("not an access token")
+        typ = claims.get("typ")
+        if typ == GUEST and guest:
+            return self._guest(claims)
+        if typ != ACCESS:
+            raise AuthError("a guest token does not open this" if typ == GUEST else "not an access token")
         return self._principal(claims)
 
-    def _principal(self, claims: dict[str, Any], role_claim: str = "role") -> Principal:
+    def _guest(self, claims: dict[str, Any]) -> Principal:
+        principal = self._principal(claims, guest=True)
+        consultation = claims.get("consultation")
+        if not isinstance(consultation, str):
+            raise AuthError("a guest token must name its consultation")
+        return replace(principal, consultation=consultation)
+
+    def _principal(self, claims: dict[str, Any], role_claim: str = "role", guest: bool = False) -> Principal:
         try:
             role = Role(claims[role_claim])
         except (KeyError, ValueError):
             raise AuthError("token has no valid role") from None
+        if role.invited is not guest:  # a guest role only from a guest token, and only a guest role there
+            raise AuthError("token has no valid role")
         site = claims.get("site")
         if role in (Role.NURSE, Role.AGENT) and not isinstance(site, str):
             raise AuthError(f"a {role.value} token must name its site")

@@ -114,6 +114,20 @@ class Role(enum.StrEnum):
     PHYSICIAN = "physician"
     AGENT = "agent"
     ADMIN = "admin"
+    INTERPRETER = "interpreter"
+    SPECIALIST = "specialist"
+    """A second clinician invited into one consultation (sees the devices, writes addenda)."""
+    GUEST = "guest"
+    """A family member, carer or the referring GP, invited into one consultation."""
+
+    @property
+    def invited(self) -> bool:
+        """Someone without an account, let into one consultation by an invitation link."""
+        return self in GUEST_ROLES
+
+
+GUEST_ROLES: frozenset[Role] = frozenset({Role.INTERPRETER, Role.SPECIALIST, Role.GUEST})
+"""The roles of an invitation (issue 14): only a guest access token carries one."""
 
 
 class JournalSubject(enum.StrEnum):
@@ -149,6 +163,20 @@ class Act(enum.StrEnum):
     CONSULTATION_RECOVER = "consultation.recover"
     """At startup, or when a dead process's sessions are taken over: what recovery found and did."""
     ROOM_MOVE = "room.move"
+    INVITATION_CREATE = "invitation.create"
+    INVITATION_SEND = "invitation.send"
+    """The link sent by e-mail (queued to the SMTP relay)."""
+    INVITATION_CLAIM = "invitation.claim"
+    INVITATION_ADMIT = "invitation.admit"
+    INVITATION_CONSENT = "invitation.consent"
+    """The nurse confirmed that the patient's consent covers this guest."""
+    INVITATION_REFUSE = "invitation.refuse"
+    INVITATION_REVOKE = "invitation.revoke"
+    PARTICIPANT_JOIN = "participant.join"
+    """A guest's media joined the room."""
+    PARTICIPANT_LEAVE = "participant.leave"
+    PARTICIPANT_REMOVE = "participant.remove"
+    REPORT_ADDENDUM = "report.addendum"
     REPORT_SAVE = "report.save"
     REPORT_DRAFT = "report.draft"
     AUTH_RENEW = "auth.renew"
@@ -211,6 +239,7 @@ def render_js() -> str:
         const("DEVICE_SOURCES", [s.value for s in MEDIA_DEVICES]),
         const("STILL_DEVICES", [s.value for s in STILL_DEVICES]),
         const("ROLES", {r.name: r.value for r in Role}),
+        const("GUEST_ROLES", sorted(r.value for r in GUEST_ROLES)),
     ])
 
 

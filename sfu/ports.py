@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from core.vocabulary import RoomId
+from core.vocabulary import ParticipantId, RoomId
 
 
 class RoomGate(Protocol):
-    async def is_live(self, room_id: RoomId) -> bool:
-        """True while the consultation the room is named after is live (accepted or active)."""
+    async def is_live(self, room_id: RoomId, identity: ParticipantId | None = None) -> bool:
+        """True while the consultation the room is named after is live (accepted or active) and,
+        given ``identity``, that identity holds a seat in it now (a removed guest does not)."""
         ...
 
 

@@ -13,7 +13,9 @@ Rules:
   envelope ``{"from": identity, "role": role, "data": <message>}`` stamped from
   the sender's grant, so receivers can trust who sent it. ``"type": "command"``
   needs the ``command`` grant; refused messages get an error envelope back
-  (``from`` = ``"sfu"``) and go nowhere.
+  (``from`` = ``"sfu"``) and go nowhere. The devices' messages (of a seat publishing a
+  device: the agent) and commands reach only the seats that see the devices (the
+  physician, the nurse, a specialist, the agent: ``RoomGrant.sees_devices``).
 * Listeners get :class:`sfu.events.RoomEvent` callbacks; a failing listener is
   logged and does not stop the others.
 
@@ -30,6 +32,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Callable
 
 from core import json_limits
+from core.vocabulary import Source
 from sfu.events import PublicationInfo, RoomEvent, RoomEventType, RoomListener
 from sfu.publication import Publication
 
@@ -140,8 +143,12 @@ class Room:
             self._refuse(sender, "command not granted")
             return
         text = envelope(sender.grant.identity, sender.grant.role.value, data)
+        # The devices' talk (the agent's status, vitals, still previews; commands to it) is for the
+        # seats that see the devices only: an interpreter or a family member gets none of it.
+        devices_only = any(Source(s).is_device for s in sender.grant.publish) or (
+            isinstance(data, dict) and data.get("type") == "command")
         for participant in list(self.participants.values()):
-            if participant is not sender:
+            if participant is not sender and (participant.grant.sees_devices or not devices_only):
                 participant.send_data(text)
 
     def send_data(self, data: Any) -> int:

@@ -46,7 +46,7 @@ from typing import Any, Callable, Iterable
 
 from config.settings import Settings
 from core.auth import RoomGrant
-from core.vocabulary import RoomId
+from core.vocabulary import ParticipantId, RoomId
 from media.ice import MediaNetwork
 from sfu.budgets import RetransmitBudget
 from sfu.errors import Forbidden, NotFound, SfuError, Unavailable
@@ -150,7 +150,7 @@ class SfuService:
         else:
             if not self.accepting() or self.closed:
                 raise Unavailable("this node is draining: no new sessions")
-            await self.check_room_live(grant.room)
+            await self.check_room_live(grant.room, grant.identity)
             room = self.create_room(grant.room)
             if len(room.participants) >= MAX_SESSIONS_PER_ROOM:
                 raise SfuError("room is full", status=409, error="room_full")
@@ -212,6 +212,8 @@ class SfuService:
             publication = room.publication(publication_id)
             if publication is None:
                 raise NotFound(f"no publication {publication_id!r} in this room")
+            if not grant.may_subscribe(publication.info.source):
+                raise Forbidden(f"the room token does not grant receiving {publication.info.source!r}")
             if publication.info.kind != line.kind:
                 raise SfuError(f"publication {publication_id} is {publication.info.kind}, m-line {mid} is "
                                f"{line.kind}", error="kind_mismatch")
@@ -260,12 +262,12 @@ class SfuService:
             raise Forbidden("the room token does not grant subscribing")
         self._check_accepting()
         offer = parse_offer(offer_sdp)
-        await self.check_room_live(grant.room)
+        await self.check_room_live(grant.room, grant.identity)
         room = self._rooms.get(grant.room)
         available = {"audio": [], "video": []}  # type: dict[str, list[PublicationInfo]]
         if room is not None:
             for info in room.infos():
-                if info.identity != grant.identity:  # one does not play one's own tracks
+                if info.identity != grant.identity and grant.may_subscribe(info.source):  # not one's own
                     available[info.kind].append(info)
         subscribe: dict[str, str] = {}
         for line in offer.media:
@@ -278,21 +280,21 @@ class SfuService:
             raise SfuError("nothing to play in this room yet", status=409, error="no_publications")
         return await self.negotiate(grant, offer_sdp, subscribe=subscribe)
 
-    async def check_room_live(self, room: str) -> None:
-        """A new session enters ``room`` only while its consultation is live: a room token dies
-        with its consultation (403), and no room is made again for one that ended. Not with
-        ``sfu.standalone_rooms``."""
+    async def check_room_live(self, room: str, identity: str) -> None:
+        """A new session enters ``room`` only while its consultation is live and ``identity`` holds a
+        seat in it: a room token dies with its consultation, or with its guest's removal (403), and
+        no room is made again for one that ended. Not with ``sfu.standalone_rooms``."""
         if self.settings.sfu.standalone_rooms:
             return
         if self.gate is None:
             raise Forbidden("rooms open only for a live consultation, and this node knows of none")
         try:
-            live = await self.gate.is_live(RoomId(room))
+            live = await self.gate.is_live(RoomId(room), ParticipantId(identity))
         except Exception as exc:  # the store behind the gate: retry later, never a 500
             logger.warning("room gate unavailable: %s", type(exc).__name__, extra={"room": room})
             raise Unavailable("cannot check the room's consultation now; retry") from None
         if not live:
-            raise Forbidden("the room's consultation is not live (its room tokens died with it)")
+            raise Forbidden("the room's consultation is not live, or this seat left it (its room tokens died)")
 
     def _check_accepting(self) -> None:
         if not self.accepting() or self.closed:
@@ -304,6 +306,18 @@ class SfuService:
             return False
         await participant.room.leave(participant)
         return True
+
+    async def remove(self, room: str, identity: str) -> int:
+        """End every session of ``identity`` in ``room`` now (a guest removed): its media stops and
+        its publications leave the room. Returns how many sessions it had."""
+        existing = self._rooms.get(room)
+        if existing is None:
+            return 0
+        gone = [p for p in existing.participants.values() if p.grant.identity == identity]
+        for participant in gone:
+            await self.leave(participant.id)
+        logger.info("participant removed", extra={"room": room, "identity": identity, "sessions": len(gone)})
+        return len(gone)
 
     def session(self, session_id: str) -> Participant | None:
         return self._sessions.get(session_id)

@@ -14,7 +14,7 @@ from typing import AsyncIterator
 
 from aiohttp import web
 
-from core.appkeys import KEYRING, LIFECYCLE, METRICS, OUTAGES, READY_PROBES, SETTINGS, TOKENS
+from core.appkeys import KEYRING, LIFECYCLE, MAILER, METRICS, OUTAGES, READY_PROBES, SETTINGS, TOKENS
 from core.sealing import ValueSealer
 from media.recording.appkeys import STILLS
 from sfu.appkeys import SFU
@@ -53,6 +53,8 @@ def build_service(app: web.Application) -> SignallingService:
 def setup(app: web.Application) -> None:
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
         service = build_service(app)
+        service.invitations.mailer = lambda: app.get(MAILER)  # invitation links sent through [smtp]
+        app[TOKENS].guest_standing = service.invitations.standing
         await service.start()
         if isinstance(service.store, RedisStore):
             await _check_aof(service.store)

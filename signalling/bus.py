@@ -34,6 +34,8 @@ class Note(str, enum.Enum):
     """``{"place": room, "node": id}``: that node opens the room."""
     CLOSE_ROOM = "close_room"
     """``{"close_room": room, "node": id}``: that node closes the room."""
+    REMOVE = "remove"
+    """``{"remove": room, "node": id, "identity": guest}``: that node ends the guest's media."""
     ENDED = "ended"
     """``{"ended": consultation}``: it left the store; forget its timers."""
 

@@ -58,8 +58,10 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from core.vocabulary import Act
+from core.vocabulary import Act, Role
 from signalling import protocol as p
+from signalling.invitation import FINAL as INVITATION_FINAL
+from signalling.invitation import Invitation, InvitationState
 from signalling.hub import Target, admins, agents, nurses, user
 from signalling.journal import JournalValue
 from signalling.protocol import Priority, WithdrawReason
@@ -148,12 +150,35 @@ class Consultation:
     flag: str | None = None
     """Why the admins should look at this request (None: no reason): ``site_rate``, an emergency above
     its site's rate of visit requests (still an emergency, queued after the other sites' ones)."""
+    invitations: tuple[Invitation, ...] = ()
+    """Third parties invited in (``signalling.invitation``); kept in the document, so that each step
+    is one compare-and-set with the rest and the links die with the consultation."""
+
+    addenda: tuple[dict[str, Any], ...] = ()
+    """Addenda to the report, each ``{author, role, name, text, at}`` (``Reports.add_addendum``): clinical,
+    never in :meth:`view`."""
+
+    def invitation(self, inv_id: str) -> Invitation | None:
+        return next((i for i in self.invitations if i.id == inv_id), None)
+
+    def guest(self, identity: str) -> Invitation | None:
+        """The admitted guest seated as ``identity`` in the room."""
+        return next((i for i in self.invitations if i.identity == identity and i.state is InvitationState.ADMITTED),
+                    None)
+
+    def with_invitation(self, inv: Invitation, now: float) -> "Consultation":
+        others = tuple(i for i in self.invitations if i.id != inv.id)
+        return dataclasses.replace(self, invitations=others + (inv,) if len(others) == len(self.invitations)
+                                   else tuple(inv if i.id == inv.id else i for i in self.invitations),
+                                   updated_at=now)
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["priority"] = self.priority.value
         out["state"] = self.state.value
         out["tried"] = list(self.tried)
+        out["invitations"] = [i.to_dict() for i in self.invitations]
+        out["addenda"] = [dict(a) for a in self.addenda]
         return out
 
     @classmethod
@@ -162,13 +187,15 @@ class Consultation:
         values["priority"] = Priority(values["priority"])
         values["state"] = State(values["state"])
         values["tried"] = tuple(values.get("tried") or ())
+        values["addenda"] = tuple(dict(a) for a in values.get("addenda") or ())
+        values["invitations"] = tuple(Invitation.from_dict(i) for i in values.get("invitations") or ())
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
 
     def view(self, clinical: bool) -> dict[str, Any]:
         """The wire form; ``clinical`` adds patient_ref, ins and reason."""
         out = self.to_dict()
-        del out["tried"], out["offer_seq"], out["requested_by"]
+        del out["tried"], out["offer_seq"], out["requested_by"], out["invitations"], out["addenda"]
         out["recording"] = recording_view(self.recording)
         if not clinical:
             for name in CLINICAL_FIELDS:
@@ -489,6 +516,10 @@ def finish(c: Consultation, target: State, actor: str, reason: str, now: float) 
         effects.append(Notify((user(c.physician),), p.ConsultationEnded(consultation=new.view(True))))
     if c.state in LIVE:
         effects.append(Notify((agents(c.site),), p.ConsultationEnded(consultation=new.view(False))))
+        for guest in c.invitations:
+            if guest.state not in INVITATION_FINAL:
+                effects.append(Notify((user(guest.id),), p.ConsultationEnded(
+                    consultation=new.view(guest.role is Role.SPECIALIST))))
     effects.append(Kick(physicians=tuple(ph for ph in (c.offered_to, c.physician) if ph)))
     return Transition(c, new, store, tuple(effects))
 

@@ -25,6 +25,8 @@ from signalling.bus import Note
 from signalling.consultation import (LIVE, Archive, Consultation, Effect, Forget, InvalidTransition, JournalAct,
                                      Notify, QueueMove, ReleaseOfferLock, State, Transition, recording_state)
 from signalling.context import Context, safely
+from signalling.invitation import FINAL as INVITATION_FINAL
+from signalling.invitation import InvitationState
 from signalling.protocol import ErrorCode, ProtocolError
 from signalling.session import Session
 from signalling.store.base import QueueOp
@@ -72,17 +74,23 @@ class Consultations:
             return True
         if principal.role in (Role.NURSE, Role.AGENT):
             return principal.site == c.site
+        if principal.role.invited:  # its own consultation, while its invitation stands
+            inv = c.invitation(principal.subject)
+            return principal.consultation == c.id and inv is not None and inv.state not in INVITATION_FINAL
         return principal.subject in (c.physician, c.offered_to)
 
     @staticmethod
     def clinical_for(principal: Principal) -> bool:
-        return principal.role in (Role.NURSE, Role.PHYSICIAN)
+        return principal.role in (Role.NURSE, Role.PHYSICIAN, Role.SPECIALIST)
 
     @staticmethod
     def seat(principal: Principal, c: Consultation) -> bool:
         """Whether ``principal`` has a seat in ``c``'s room."""
         if principal.role is Role.PHYSICIAN:
             return c.physician == principal.subject
+        if principal.role.invited:
+            inv = c.invitation(principal.subject)
+            return principal.consultation == c.id and inv is not None and inv.state is InvitationState.ADMITTED
         return principal.role in (Role.NURSE, Role.AGENT) and principal.site == c.site
 
     async def load_visible(self, principal: Principal, cid: str) -> Consultation:

@@ -6,7 +6,7 @@ Errors use the app's one HTTP shape ``{"error", "reason"}``.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
@@ -17,13 +17,18 @@ from core.json_limits import JsonTooDeep
 from core.vocabulary import Act, ConsultationId, Role
 from signalling.appkeys import SIGNALLING
 from signalling.directory import Directory, DirectoryError, parse_clinician, parse_site
+from signalling.invitation import Step
+from signalling.invitations import InvitationGoneError
 from signalling.protocol import ErrorCode, ProtocolError
 from signalling.service import SignallingService
 from signalling.turn import ice_servers
 
 
-async def _principal(request: web.Request) -> Principal:
-    return await request.app[appkeys.TOKENS].verify_access(bearer_token(request.headers.get("Authorization")))
+async def _principal(request: web.Request, *, guest: bool = False) -> Principal:
+    """The caller; ``guest``: a guest's access token (issue 14) is taken too, on the few routes
+    that say so (every other refuses it: 401)."""
+    return await request.app[appkeys.TOKENS].verify_access(bearer_token(request.headers.get("Authorization")),
+                                                           guest=guest)
 
 
 async def json_or_400(request: web.Request) -> Any:
@@ -188,9 +193,83 @@ async def get_journal(request: web.Request) -> web.Response:
 
 
 async def get_ice_servers(request: web.Request) -> web.Response:
-    principal = await _principal(request)
+    principal = await _principal(request, guest=True)
     svc = _svc(request)
     return web.json_response({"ice_servers": ice_servers(svc.settings.ice, principal.subject, svc.clock())})
+
+
+# -- invitations (issue 14) -------------------------------------------------------------------------
+def _origin(request: web.Request) -> str:
+    """Where the guest page is: the public URL when set, else the origin the physician called."""
+    public = _svc(request).settings.server.public_url
+    return public or f"{request.scheme}://{request.host}"
+
+
+async def _invitation_call(request: web.Request, call: Callable[[Principal], Awaitable[Any]],
+                           status: int = 200) -> web.Response:
+    principal = await _principal(request)
+    try:
+        return web.json_response(await call(principal), status=status)
+    except ProtocolError as exc:
+        return _refused(exc)
+
+
+async def post_invitation(request: web.Request) -> web.Response:
+    invitations, cid = _svc(request).invitations, request.match_info["id"]
+    body = await json_or_400(request)
+    return await _invitation_call(request, lambda who: invitations.create(who, cid, body, _origin(request)), 201)
+
+
+async def get_invitations(request: web.Request) -> web.Response:
+    invitations, cid = _svc(request).invitations, request.match_info["id"]
+
+    async def listed(who: Principal) -> dict[str, Any]:
+        return {"consultation_id": cid, "invitations": await invitations.list(who, cid)}
+    return await _invitation_call(request, listed)
+
+
+def _invitation_step(step: Step) -> Callable[[web.Request], Awaitable[web.Response]]:
+    async def handler(request: web.Request) -> web.Response:
+        invitations = _svc(request).invitations
+        cid, inv_id = request.match_info["id"], request.match_info["inv_id"]
+
+        async def done(who: Principal) -> dict[str, Any]:
+            return {"invitation": await invitations.act(who, cid, inv_id, step)}
+        return await _invitation_call(request, done)
+    return handler
+
+
+async def delete_participant(request: web.Request) -> web.Response:
+    invitations = _svc(request).invitations
+    cid, identity = request.match_info["id"], request.match_info["identity"]
+
+    async def removed(who: Principal) -> dict[str, Any]:
+        return {"invitation": await invitations.remove(who, cid, identity)}
+    return await _invitation_call(request, removed)
+
+
+async def claim_invitation(request: web.Request) -> web.Response:
+    """The guest page's claim (no Authorization: the link's token is the credential)."""
+    body = await json_or_400(request)
+    if not isinstance(body, dict):
+        return json_error(400, "bad_request", "body must be an object")
+    try:
+        return web.json_response(await _svc(request).invitations.claim(body.get("token"), body.get("name")))
+    except InvitationGoneError as exc:
+        return json_error(410, "invitation_gone", exc.gone.value)
+    except ProtocolError as exc:
+        return _refused(exc)
+
+
+async def post_addendum(request: web.Request) -> web.Response:
+    principal = await _principal(request, guest=True)
+    body = await json_or_400(request)
+    text = body.get("text") if isinstance(body, dict) else None
+    try:
+        addendum = await _svc(request).reports.add_addendum(principal, request.match_info["id"], text)
+    except ProtocolError as exc:
+        return _refused(exc)
+    return web.json_response({"addendum": addendum}, status=201)
 
 
 def add_routes(app: web.Application) -> None:
@@ -204,3 +283,11 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/api/consultations/{id}/report", get_report)
     app.router.add_get("/api/consultations/{id}/journal", get_journal)
     app.router.add_get("/api/ice-servers", get_ice_servers)
+    app.router.add_post("/api/consultations/{id}/report/addenda", post_addendum)
+    app.router.add_post("/api/consultations/{id}/invitations", post_invitation)
+    app.router.add_get("/api/consultations/{id}/invitations", get_invitations)
+    app.router.add_delete("/api/consultations/{id}/invitations/{inv_id}", _invitation_step(Step.REVOKE))
+    for step in (Step.ADMIT, Step.REFUSE, Step.CONSENT):
+        app.router.add_post(f"/api/consultations/{{id}}/invitations/{{inv_id}}/{step.value}", _invitation_step(step))
+    app.router.add_delete("/api/consultations/{id}/participants/{identity}", delete_participant)
+    app.router.add_post("/api/invitations/claim", claim_invitation)

@@ -168,6 +168,9 @@ PUBLICATIONS_DOC = ("The room's publications now: ``[{id, identity, role, source
 
 # -- registry ----------------------------------------------------------------
 ALL_ROLES: tuple[str, ...] = tuple(r.value for r in Role)
+ACCOUNT_ROLES: tuple[str, ...] = tuple(r.value for r in Role if not r.invited)
+"""Everyone but guests (an invitation's interpreter, specialist or guest: issue 14)."""
+GUESTS: tuple[str, ...] = tuple(r.value for r in Role if r.invited)
 
 
 @dataclass(frozen=True)
@@ -270,7 +273,7 @@ class AuthRefresh:
     token: str = doc("The new access token.", max_len=8192)
 
 
-@request("auth.renew")
+@request("auth.renew", roles=ACCOUNT_ROLES)
 @dataclass(frozen=True)
 class AuthRenew:
     """Ask the server for a fresh access token (same subject, role, site, specialties) while the
@@ -280,7 +283,7 @@ class AuthRenew:
     ``forbidden``, sign in again."""
 
 
-@request("room.publications", roles=("nurse", "physician", "agent"))
+@request("room.publications", roles=("nurse", "physician", "agent") + GUESTS)
 @dataclass(frozen=True)
 class RoomPublications:
     """The publications of the consultation's room now (for a page that joins or reloads mid-call)."""
@@ -368,7 +371,7 @@ class OfferDecline:
     consultation_id: str = doc("The offered consultation.", max_len=64)
 
 
-@request("consultation.get", roles=("nurse", "physician", "agent", "admin"))
+@request("consultation.get", roles=("nurse", "physician", "agent", "admin") + GUESTS)
 @dataclass(frozen=True)
 class ConsultationGet:
     """One consultation the caller is a party of (admins: any)."""
@@ -386,7 +389,7 @@ class ConsultationEnd:
                       "completed", max_len=32)
 
 
-@request("room.token", roles=("nurse", "physician", "agent"))
+@request("room.token", roles=("nurse", "physician", "agent") + GUESTS)
 @dataclass(frozen=True)
 class RoomToken:
     """A fresh room token for the caller's seat in an active consultation."""
@@ -423,7 +426,7 @@ class ReportGet:
     consultation_id: str = doc("The consultation.", max_len=64)
 
 
-@request("media.offer", roles=("nurse", "physician", "agent"))
+@request("media.offer", roles=("nurse", "physician", "agent") + GUESTS)
 @dataclass(frozen=True)
 class MediaOffer:
     """Browser media through the SFU: an SDP offer for the caller's seat in the consultation's room."""
@@ -437,7 +440,7 @@ class MediaOffer:
     """A second offer on the same socket re-negotiates the same peer connection (add or stop sections)."""
 
 
-@request("media.leave", roles=("nurse", "physician", "agent"))
+@request("media.leave", roles=("nurse", "physician", "agent") + GUESTS)
 @dataclass(frozen=True)
 class MediaLeave:
     """Leave the consultation's room (closes the caller's peer connection on the SFU)."""
@@ -613,6 +616,9 @@ class ReportGetOk(Wire):
     physician_name: str | None = doc("The consultation's physician's name.", None)
     nurse_name: str = doc("The name of the nurse who checked the patient in.", "")
     state: str = doc("The consultation's state.", "")
+    addenda: list[dict[str, Any]] = doc("Addenda by the physician or an admitted specialist (issue 14): "
+                                        "``[{author, role, name, text, at}]``, oldest first.",
+                                        default_factory=list)
 
 
 @reply("media.offer")
@@ -741,9 +747,12 @@ class ConsultationStarted(Wire):
     consultation: dict[str, Any] = doc("The consultation, ``active``.")
     room: str = doc("The SFU room.")
     room_token: str = doc("A room token for the receiver's seat.")
-    grant: dict[str, Any] = doc("``{identity, role, publish, subscribe, command}``: nurse publishes camera and "
-                                "microphone and subscribes; the agent publishes stethoscope, dermatoscope, "
-                                "otoscope; the physician publishes camera and microphone, subscribes and commands.")
+    grant: dict[str, Any] = doc("``{identity, role, publish, subscribe, command, subscribe_sources}``: nurse "
+                                "publishes camera and microphone and subscribes; the agent publishes stethoscope, "
+                                "dermatoscope, otoscope; the physician publishes camera and microphone, subscribes "
+                                "and commands; an admitted guest publishes camera and microphone and receives "
+                                "``subscribe_sources`` (an interpreter or guest: camera and microphone; a "
+                                "specialist: every source).")
     sfu_url: str | None = doc("Base URL of the media node hosting the room: its ``/whip/{room}``, "
                               "``/whep/{room}``, or ``media.offer`` on its ``/ws`` (null: no SFU).", None)
     publications: list[dict[str, Any]] = doc(PUBLICATIONS_DOC, default_factory=list)
@@ -763,10 +772,22 @@ class RoomMoved(Wire):
     publications: list[dict[str, Any]] = doc(PUBLICATIONS_DOC, default_factory=list)
 
 
+@event("invitation.updated")
+@dataclass(frozen=True)
+class InvitationUpdated(Wire):
+    """To the physician, the site's nurses and the guest: an invitation changed (claimed, admitted, consent
+    given, refused, revoked, removed; its guest's media joined or left the room). The guest, once admitted,
+    also gets ``consultation.started`` with its seat's grant."""
+
+    consultation_id: str = doc("The consultation.")
+    invitation: dict[str, Any] = doc("``{id, role, label, state, name, identity, admitted, consent, emailed, "
+                                     "present, created_at, expires_at}`` (docs/protocol.md, *Invitations*).")
+
+
 @event("consultation.ended")
 @dataclass(frozen=True)
 class ConsultationEnded(Wire):
-    """To the parties: the consultation is over (ended, cancelled, expired or failed)."""
+    """To the parties (admitted guests too): the consultation is over (ended, cancelled, expired or failed)."""
 
     consultation: dict[str, Any] = doc("The consultation in its final state, with ``end_reason``.")
 

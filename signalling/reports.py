@@ -7,13 +7,17 @@ report keeps the consultation's vitals and the stills the physician attached (th
 read back with each still's label and time from the still store).
 
 The report's text is clinical: it goes to the records only; the journal gets the
-act (``report.save``, ``report.draft``) and ids.
+act (``report.save``, ``report.draft``, ``report.addendum``) and ids. While the
+consultation is open, the physician or an admitted specialist (issue 14) may add an
+addendum: signed by its author, kept with the consultation (and archived at once), read
+back with the report.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+from dataclasses import replace
 from typing import Any, Callable
 
 from core.auth import Principal
@@ -22,13 +26,14 @@ from media.recording.stills import StillStore
 from media.recording.stills_http import still_view
 from signalling import protocol as p
 from signalling.consultation import Consultation, State
-from signalling.consultations import Consultations
+from signalling.consultations import CAS_TRIES, Consultations
 from signalling.context import Context
 from signalling.protocol import ErrorCode, ProtocolError
 from signalling.session import Session
 
 REPORTABLE = (State.ACCEPTED, State.ACTIVE, State.ENDED)
 """States in which a consultation has a report."""
+MAX_ADDENDUM_CHARS = 4000
 
 StillsAccess = Callable[[], StillStore | None]
 """The stills' store of this process (None where stills are not set up)."""
@@ -110,6 +115,32 @@ class Reports:
         await self.ctx.journal.append(Act.REPORT_DRAFT, actor=author, consultation_id=ConsultationId(c.id))
         return now, True
 
+    async def add_addendum(self, principal: Principal, cid: str, text: Any) -> dict[str, Any]:
+        """An addendum to the report by the physician or an admitted specialist (an accountable author
+        other than the report's), kept in the consultation and in the records at once."""
+        if not isinstance(text, str) or not text.strip() or len(text) > MAX_ADDENDUM_CHARS:
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, f"text must be 1-{MAX_ADDENDUM_CHARS} characters")
+        for _ in range(CAS_TRIES):
+            got = await self.consultations.get(cid)
+            if got is None or not self.consultations.visible(principal, got[0]):
+                raise ProtocolError(ErrorCode.NOT_FOUND, "no such open consultation")
+            c, version = got
+            if not ((principal.role is Role.PHYSICIAN and c.physician == principal.subject)
+                    or (principal.role is Role.SPECIALIST and self.consultations.seat(principal, c))):
+                raise ProtocolError(ErrorCode.FORBIDDEN, "the physician or an admitted specialist only")
+            if c.state not in REPORTABLE:
+                raise ProtocolError(ErrorCode.CONFLICT, f"a {c.state.value} consultation has no report")
+            now = self.ctx.clock()
+            addendum: dict[str, Any] = {"author": principal.subject, "role": principal.role.value,
+                                        "name": principal.name, "text": text.strip(), "at": now}
+            new = replace(c, addenda=c.addenda + (addendum,), updated_at=now)
+            if await self.ctx.store.update_consultation(cid, version, new.to_dict()) is not None:
+                await self.ctx.records.save_consultation(new.to_dict())
+                await self.ctx.journal.append(Act.REPORT_ADDENDUM, actor=principal.subject,
+                                              consultation_id=ConsultationId(cid), role=principal.role.value)
+                return addendum
+        raise ProtocolError(ErrorCode.CONFLICT, "the consultation keeps changing; retry")
+
     # -- reading -------------------------------------------------------------------------------
     async def read(self, principal: Principal, c: Consultation) -> dict[str, Any]:
         """The report as the reader sees it: status, what to show, when, by whom, with the names and
@@ -132,7 +163,7 @@ class Reports:
             "draft_saved_at": draft.get("saved_at") if draft else None,
             "patient_ref": c.patient_ref if self.consultations.clinical_for(principal) else "",
             "site_name": c.site_name or self._site_name(c.site), "physician_name": c.physician_name,
-            "nurse_name": c.nurse_name, "state": c.state.value,
+            "nurse_name": c.nurse_name, "state": c.state.value, "addenda": list(c.addenda),
         }
 
     async def _stills_now(self, cid: str, attached: list[Any]) -> list[dict[str, Any]]:

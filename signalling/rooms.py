@@ -14,10 +14,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
-from core.auth import AuthError
-from core.vocabulary import MEDIA_DEVICES, Act, ConsultationId, Role, RoomId, Source
+from core.auth import AuthError, Principal
+from core.vocabulary import MEDIA_DEVICES, Act, ConsultationId, ParticipantId, Role, RoomId, Source
 from sfu.events import RoomEvent
 from sfu.node import NodeInfo, choose_node
 from sfu.service import SfuService
@@ -27,6 +27,7 @@ from signalling.consultation import LIVE, CloseRoom, Consultation, GrantSeats, S
 from signalling.consultations import Consultations
 from signalling.context import Context, safely
 from signalling.hub import agents, nurses, user
+from signalling.invitation import Invitation, InvitationState
 from signalling.protocol import ErrorCode, ProtocolError
 from signalling.session import Session
 
@@ -42,15 +43,26 @@ class Seat:
     subscribe: bool
     command: bool
     """Drive the devices (stethoscope mode, stills)."""
+    receive: tuple[str, ...] | None = None
+    """The sources it may receive when it subscribes (None: every one)."""
 
 
+_PEOPLE = (Source.CAMERA.value, Source.MICROPHONE.value)
+"""A person's own camera and microphone."""
 SEATS: dict[Role, Seat] = {
-    Role.NURSE: Seat("nurse", (Source.CAMERA.value, Source.MICROPHONE.value), subscribe=True, command=False),
-    Role.PHYSICIAN: Seat("physician", (Source.CAMERA.value, Source.MICROPHONE.value), subscribe=True,
-                         command=True),
+    Role.NURSE: Seat("nurse", _PEOPLE, subscribe=True, command=False),
+    Role.PHYSICIAN: Seat("physician", _PEOPLE, subscribe=True, command=True),
     Role.AGENT: Seat("agent", tuple(s.value for s in MEDIA_DEVICES), subscribe=False, command=False),
+    # Guests (issue 14): their identity is their invitation's. An interpreter or a family member
+    # sees and hears the people, not the devices; a specialist examines with the devices but
+    # drives none of them (the physician leads the examination).
+    Role.INTERPRETER: Seat("interpreter", _PEOPLE, subscribe=True, command=False, receive=_PEOPLE),
+    Role.GUEST: Seat("guest", _PEOPLE, subscribe=True, command=False, receive=_PEOPLE),
+    Role.SPECIALIST: Seat("specialist", _PEOPLE, subscribe=True, command=False),
 }
 """Room grants per seat (default deny: only what is listed)."""
+CORE_IDENTITIES = frozenset(seat.identity for role, seat in SEATS.items() if not role.invited)
+"""The seats every consultation has; any other identity in a room is an admitted guest's."""
 
 PUBLICATION_FIELDS = ("id", "identity", "role", "source", "kind", "codec", "published_at", "replaces")
 
@@ -76,21 +88,46 @@ class Rooms:
         """Room -> stop relaying its events (rooms open on this node)."""
         self._media_sessions: dict[tuple[str, str], str] = {}
         """(signalling session, consultation) -> the SFU session its ``media.offer`` opened."""
+        self.guest_presence: Callable[[str, str, bool], Awaitable[None]] = _nobody
+        """(consultation, identity, present): a guest's media joined or left the room (set by the
+        service to ``Invitations.presence``)."""
 
     # -- grants ----------------------------------------------------------------------------
-    def grant(self, c: Consultation, role: Role, sfu_url: str | None = None) -> dict[str, Any]:
-        """A seat's room token and grant (the fields of ``consultation.started``, ``room.token.ok``...)."""
+    def grant(self, c: Consultation, role: Role, sfu_url: str | None = None,
+              identity: str | None = None) -> dict[str, Any]:
+        """A seat's room token and grant (the fields of ``consultation.started``, ``room.token.ok``...);
+        a guest's ``identity`` is its invitation's."""
         seat = SEATS[role]
-        token = self.ctx.tokens.issue_room(c.id, seat.identity, role=role, publish=seat.publish,
-                                           subscribe=seat.subscribe, command=seat.command)
+        identity = identity or seat.identity
+        token = self.ctx.tokens.issue_room(c.id, identity, role=role, publish=seat.publish,
+                                           subscribe=seat.subscribe, command=seat.command,
+                                           subscribe_sources=seat.receive)
         return {"room": c.id, "room_token": token, "sfu_url": sfu_url,
-                "grant": {"identity": seat.identity, "role": role.value, "publish": list(seat.publish),
-                          "subscribe": seat.subscribe, "command": seat.command}}
+                "grant": {"identity": identity, "role": role.value, "publish": list(seat.publish),
+                          "subscribe": seat.subscribe, "command": seat.command,
+                          "subscribe_sources": list(seat.receive if seat.receive is not None
+                                                    else (s.value for s in Source))}}
 
-    async def join(self, c: Consultation, role: Role) -> dict[str, Any]:
-        """What a party needs to join the room now: grant, token, node URL, current publications."""
+    @staticmethod
+    def identity_of(c: Consultation, principal: Principal) -> str:
+        """``principal``'s identity in ``c``'s room."""
+        if principal.role.invited:
+            inv = c.invitation(principal.subject)
+            assert inv is not None, "a guest without its invitation has no seat"
+            return inv.identity
+        return SEATS[principal.role].identity
+
+    async def join(self, c: Consultation, principal: Principal) -> dict[str, Any]:
+        """What a party needs to join the room now: grant, token, node URL, the publications it may
+        receive."""
         room = c.room or c.id
-        return {**self.grant(c, role, await self.sfu_url(room)), "publications": await self.publications(room)}
+        return {**self.grant(c, principal.role, await self.sfu_url(room), self.identity_of(c, principal)),
+                "publications": await self.publications(room, principal.role)}
+
+    async def join_guest(self, c: Consultation, inv: Invitation) -> dict[str, Any]:
+        room = c.room or c.id
+        return {**self.grant(c, inv.role, await self.sfu_url(room), inv.identity),
+                "publications": await self.publications(room, inv.role)}
 
     async def grant_seats(self, effect: GrantSeats) -> None:
         c = effect.consultation
@@ -102,16 +139,16 @@ class Rooms:
                 consultation=c.view(role is not Role.AGENT), publications=await self.publications(c.room or c.id),
                 **grant).to_wire())
 
-    async def publications(self, room: str) -> list[dict[str, Any]]:
-        """The room's publications when this process's SFU hosts it; [] otherwise (another node:
-        its own socket or WHEP knows them)."""
+    async def publications(self, room: str, role: Role | None = None) -> list[dict[str, Any]]:
+        """The room's publications (those ``role`` may receive) when this process's SFU hosts it; []
+        otherwise (another node: its own socket or WHEP knows them)."""
         sfu = self.ctx.sfu()
         if sfu is None:
             return []
         node = await self.ctx.store.room_node(room)
         if node is not None and node != self.ctx.node_id:
             return []
-        return [publication(pub) for pub in sfu.publications(room)]
+        return [publication(pub) for pub in sfu.publications(room) if role is None or receives(role, pub.source)]
 
     async def _seated(self, s: Session, cid: str) -> Consultation:
         c = await self.consultations.load_visible(s.principal, cid)
@@ -121,7 +158,7 @@ class Rooms:
 
     async def token_request(self, s: Session, msg: p.RoomToken) -> p.RoomTokenOk:
         c = await self._seated(s, msg.consultation_id)
-        return p.RoomTokenOk(**await self.join(c, s.role))
+        return p.RoomTokenOk(**await self.join(c, s.principal))
 
     async def publications_request(self, s: Session, msg: p.RoomPublications) -> p.RoomPublicationsOk:
         c = await self._seated(s, msg.consultation_id)
@@ -130,7 +167,8 @@ class Rooms:
         if node is not None and node != self.ctx.node_id:
             raise ProtocolError(ErrorCode.WRONG_NODE,
                                 "the room is on another media node: use the consultation's sfu_url")
-        return p.RoomPublicationsOk(consultation_id=c.id, room=room, publications=await self.publications(room))
+        return p.RoomPublicationsOk(consultation_id=c.id, room=room,
+                                    publications=await self.publications(room, s.role))
 
     # -- rooms on this node ------------------------------------------------------------------
     def _open(self, sfu: SfuService, room: str) -> None:
@@ -139,11 +177,14 @@ class Rooms:
         if room not in self._listeners:
             self._listeners[room] = sfu.on_room_event(room, self.on_room_event)
 
-    async def is_live(self, room_id: RoomId) -> bool:
+    async def is_live(self, room_id: RoomId, identity: ParticipantId | None = None) -> bool:
         """``sfu.ports.RoomGate``: the consultation the room is named after is open and live (an
-        ended one has left the store), so the room's tokens are good for media."""
+        ended one has left the store), so the room's tokens are good for media; a guest's only
+        while it is admitted (removed: its tokens died)."""
         got = await self.consultations.get(room_id)
-        return got is not None and got[0].state in LIVE and (got[0].room or got[0].id) == room_id
+        if got is None or got[0].state not in LIVE or (got[0].room or got[0].id) != room_id:
+            return False
+        return identity is None or identity in CORE_IDENTITIES or got[0].guest(identity) is not None
 
     def open_local(self, room: str) -> None:
         sfu = self.ctx.sfu()
@@ -192,9 +233,17 @@ class Rooms:
         c = await self.consultations.get_any(room)
         if c is None:
             return
+        wire = p.RoomEvent(consultation_id=c.id, room=room, event=event, data=data).to_wire()
         targets = [nurses(c.site), agents(c.site)] + ([user(c.physician)] if c.physician else [])
-        await self.ctx.bus.emit(targets, p.RoomEvent(consultation_id=c.id, room=room, event=event,
-                                                     data=data).to_wire())
+        await self.ctx.bus.emit(targets, wire)
+        source = (data.get("publication") or {}).get("source")
+        guests = [user(i.id) for i in c.invitations
+                  if i.state is InvitationState.ADMITTED and (source is None or receives(i.role, source))]
+        if guests:
+            await self.ctx.bus.emit(guests, wire)
+        identity = (data.get("participant") or {}).get("identity")
+        if identity and identity not in CORE_IDENTITIES and event in ("participant.joined", "participant.left"):
+            await safely(self.guest_presence(c.id, str(identity), event == "participant.joined"))
 
     # -- media nodes (sfu.node) ------------------------------------------------------------------
     async def heartbeat_node(self) -> None:
@@ -275,6 +324,26 @@ class Rooms:
             await self.ctx.bus.emit([target], p.RoomMoved(consultation=c.view(role is not Role.AGENT),
                                                           publications=await self.publications(room),
                                                           **self.grant(c, role, sfu_url)).to_wire())
+        for inv in c.invitations:
+            if inv.state is InvitationState.ADMITTED:
+                await self.ctx.bus.emit([user(inv.id)], p.RoomMoved(
+                    consultation=c.view(inv.role is Role.SPECIALIST),
+                    publications=await self.publications(room, inv.role),
+                    **self.grant(c, inv.role, sfu_url, inv.identity)).to_wire())
+
+    async def remove(self, c: Consultation, identity: str) -> None:
+        """End a removed guest's media now, on whichever node hosts the room."""
+        room = c.room or c.id
+        node = await self.ctx.store.room_node(room)
+        if node is None or node == self.ctx.node_id:
+            await self.remove_local(room, identity)
+        else:
+            await self.ctx.bus.note(Note.REMOVE, room, node=node, identity=identity)
+
+    async def remove_local(self, room: str, identity: str) -> None:
+        sfu = self.ctx.sfu()
+        if sfu is not None:
+            await sfu.remove(room, identity)
 
     # -- the media proxy (media.offer, media.leave) ------------------------------------------------
     async def media_offer(self, s: Session, msg: p.MediaOffer) -> p.MediaOfferOk:
@@ -287,11 +356,13 @@ class Rooms:
             except AuthError as exc:
                 raise ProtocolError(ErrorCode.AUTH_FAILED, exc.reason) from None
             c = await self.consultations.load_visible(s.principal, grant.room)
-            if grant.role is not s.role:
+            if grant.role is not s.role or (s.role.invited and not self.consultations.seat(s.principal, c)) or (
+                    s.role.invited and grant.identity != self.identity_of(c, s.principal)):
                 raise ProtocolError(ErrorCode.FORBIDDEN, "the room token is for another seat")
         elif msg.consultation_id:
             c = await self._seated(s, msg.consultation_id)
-            grant = self.ctx.tokens.verify_room(self.grant(c, s.role)["room_token"], c.id)
+            grant = self.ctx.tokens.verify_room(self.grant(c, s.role, identity=self.identity_of(c, s.principal))
+                                                ["room_token"], c.id)
         else:
             raise ProtocolError(ErrorCode.BAD_MESSAGE, "give consultation_id or room_token")
         if c.state is not State.ACTIVE:
@@ -307,10 +378,12 @@ class Rooms:
         except Exception as exc:
             raise _sfu_error(exc) from None
         self._media_sessions[key] = result.session_id
+        # A guest hears only of what it may receive (as in room.publications and room.event).
+        shown = await self.publications(c.room or c.id, s.role if s.role.invited else None)
         return p.MediaOfferOk(sdp=result.answer_sdp, room=c.id, identity=grant.identity,
                               media_session=result.session_id,
                               publications=[info(pub) for pub in result.publications],
-                              room_publications=await self.publications(c.room or c.id))
+                              room_publications=shown)
 
     async def media_leave(self, s: Session, msg: p.MediaLeave) -> p.MediaLeaveOk:
         sfu = self.ctx.sfu()
@@ -322,6 +395,16 @@ class Rooms:
             except Exception as exc:
                 logger.warning("leaving the room failed: %s", exc, extra={"consultation": c.id})
         return p.MediaLeaveOk(consultation_id=c.id)
+
+
+def receives(role: Role, source: str) -> bool:
+    """Whether the seat of ``role`` may receive ``source``."""
+    seat = SEATS.get(role)
+    return seat is not None and seat.subscribe and (seat.receive is None or source in seat.receive)
+
+
+async def _nobody(consultation: str, identity: str, present: bool) -> None:
+    return None
 
 
 def _sfu_error(exc: Exception) -> ProtocolError:

@@ -28,7 +28,7 @@ from typing import Any, Awaitable, Callable, Iterable
 
 from config.settings import Settings, SignallingSettings
 from core.auth import Principal, TokenService
-from core.vocabulary import NodeId, RoomId
+from core.vocabulary import NodeId, ParticipantId, RoomId
 from sfu.service import SfuService
 from signalling import protocol as p
 from signalling.bus import Bus, Note
@@ -37,6 +37,7 @@ from signalling.consultations import Consultations
 from signalling.context import Context, safely
 from signalling.directory import Directory, load_directory
 from signalling.hub import Hub, Outbox, Target
+from signalling.invitations import Invitations
 from signalling.journal import Journal
 from signalling.matching import Matching
 from signalling.offers import Offers
@@ -86,6 +87,8 @@ class SignallingService:
         self.recovery = Recovery(ctx, self.consultations)
         self.sessions = Sessions(ctx, self.consultations, self.presences, self.offers, self.rooms, self.recovery)
         self.reports = Reports(ctx, self.consultations, stills)
+        self.invitations = Invitations(ctx, self.consultations, self.rooms)
+        self.rooms.guest_presence = self.invitations.presence
 
         self.consultations.on(Kick, self.matching.on_kick)
         self.consultations.on(Busy, self.sessions.busy)
@@ -102,6 +105,7 @@ class SignallingService:
         bus.on(Note.CLOSE_ROOM, self._for_this_node(Note.CLOSE_ROOM,
                                                     lambda room: self._spawn(self.rooms.close_local(room))))
         bus.on(Note.ENDED, self._ended)
+        bus.on(Note.REMOVE, self._remove_note)
 
         self.handlers: dict[type, Handler] = {
             p.Hello: self._hello_again,
@@ -132,6 +136,11 @@ class SignallingService:
         """A consultation left the store (on any process)."""
         self.offers.forget(str(envelope[Note.ENDED.value]))
         self.visits.note_ended(envelope)
+
+    def _remove_note(self, envelope: Envelope) -> None:
+        """A guest removed from a room this node hosts: its media ends here."""
+        if envelope.get("node") == self.node_id:
+            self._spawn(self.rooms.remove_local(str(envelope[Note.REMOVE.value]), str(envelope.get("identity"))))
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         self.ctx.tasks.spawn(coro)
@@ -195,9 +204,10 @@ class SignallingService:
     async def get_any(self, cid: str) -> Consultation | None:
         return await self.consultations.get_any(cid)
 
-    async def is_live(self, room_id: RoomId) -> bool:
-        """``sfu.ports.RoomGate``: whether the room's consultation is live (its tokens good for media)."""
-        return await self.rooms.is_live(room_id)
+    async def is_live(self, room_id: RoomId, identity: ParticipantId | None = None) -> bool:
+        """``sfu.ports.RoomGate``: whether the room's consultation is live (its tokens good for media),
+        and ``identity`` seated there."""
+        return await self.rooms.is_live(room_id, identity)
 
     def visible(self, principal: Principal, c: Consultation) -> bool:
         return self.consultations.visible(principal, c)

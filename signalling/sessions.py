@@ -125,18 +125,19 @@ class Sessions:
 
     async def _verify(self, token: str) -> Principal:
         try:
-            return await self.ctx.tokens.verify_access(token)
+            return await self.ctx.tokens.verify_access(token, guest=True)
         except AuthError as exc:
             raise ProtocolError(ErrorCode.AUTH_FAILED, exc.reason) from None
 
     def _record(self, s: Session, state: str) -> dict[str, Any]:
         return {"sub": s.sub, "role": s.role.value, "site": s.principal.site, "proc": self.ctx.proc,
-                "state": state, "status": s.status.value}
+                "state": state, "status": s.status.value, "consultation": s.principal.consultation}
 
     @staticmethod
     def _from_record(sid: str, record: dict[str, Any]) -> Session:
         """A session this process never held (its process died): enough to end it."""
-        principal = Principal(subject=record["sub"], role=Role(record["role"]), site=record.get("site"))
+        principal = Principal(subject=record["sub"], role=Role(record["role"]), site=record.get("site"),
+                              consultation=record.get("consultation"))
         return Session(id=sid, principal=principal, status=PresenceStatus(record.get("status", "away")))
 
     async def _resume(self, sid: str, principal: Principal) -> Session | None:
@@ -167,6 +168,8 @@ class Sessions:
             state["presence_after"] = s.after.value if s.after else None
         if s.role is Role.ADMIN:
             return state
+        if s.role.invited:
+            return await self._guest_state(s, state)
         for c in sorted(await self.consultations.open_of(s.principal), key=lambda c: c.created_at):
             if s.role is Role.NURSE and c.state.final:
                 continue
@@ -175,7 +178,21 @@ class Sessions:
                 state["offers"].append({"consultation": c.view(True), "expires_at": c.offer_expires_at,
                                         "timeout_s": self.ctx.sig.offer_timeout_s})
             if c.state is State.ACTIVE and c.room and self.consultations.seat(s.principal, c):
-                state["rooms"][c.id] = await self.rooms.join(c, s.role)
+                state["rooms"][c.id] = await self.rooms.join(c, s.principal)
+        return state
+
+    async def _guest_state(self, s: Session, state: dict[str, Any]) -> dict[str, Any]:
+        """A guest's: its one consultation, its invitation, and its room once admitted."""
+        got = await self.consultations.get(s.principal.consultation or "")
+        c = got[0] if got else None
+        if c is None or not self.consultations.visible(s.principal, c):
+            return state
+        state["consultations"].append(c.view(clinical=self.consultations.clinical_for(s.principal)))
+        inv = c.invitation(s.sub)
+        assert inv is not None
+        state["invitation"] = inv.view(c.id, self.ctx.clock())
+        if c.state is State.ACTIVE and c.room and self.consultations.seat(s.principal, c):
+            state["rooms"][c.id] = await self.rooms.join(c, s.principal)
         return state
 
     # -- tokens ------------------------------------------------------------------------------
@@ -217,6 +234,8 @@ class Sessions:
             raise ProtocolError(ErrorCode.TOKEN_EXPIRED, "the connection's token has expired")
         if principal.issuer != ctx.settings.auth.issuer:
             raise ProtocolError(ErrorCode.FORBIDDEN, "tokens of the identity provider are renewed there")
+        if principal.role.invited:
+            raise ProtocolError(ErrorCode.FORBIDDEN, "a guest's token is not renewed: it lasts the consultation")
         claims = jwt.decode(token, options={"verify_signature": False})
         jti, iat = str(claims.get("jti") or ""), float(claims.get("iat") or now)
         chain = await ctx.store.get_session(RENEW_CHAIN_PREFIX + jti) if jti else None
@@ -349,7 +368,7 @@ class Sessions:
     async def _peer_notice(self, s: Session, state: p.PeerState) -> None:
         """Tell the other parties of ``s``'s live consultations that its socket dropped, came back
         or was lost."""
-        if s.role not in SEATS:
+        if s.role not in SEATS or s.role.invited:
             return
         own = seat_of(s.sub, s.role, s.principal.site)
         for c in await self.consultations.open_of(s.principal):

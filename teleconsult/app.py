@@ -20,7 +20,7 @@ from core.http import MAX_JSON_BYTES, request_context
 from core.lifecycle import Lifecycle
 from core.mail import Mailer
 from core.metrics import Metrics
-from core.vocabulary import RoomId
+from core.vocabulary import ParticipantId, RoomId
 from sfu.appkeys import SFU
 from signalling.appkeys import SIGNALLING
 from signalling.service import SignallingService
@@ -42,9 +42,9 @@ class LiveConsultationRooms:
     def __init__(self, signalling: Callable[[], SignallingService | None]) -> None:
         self.signalling = signalling
 
-    async def is_live(self, room_id: RoomId) -> bool:
+    async def is_live(self, room_id: RoomId, identity: ParticipantId | None = None) -> bool:
         service = self.signalling()
-        return service is not None and await service.is_live(room_id)
+        return service is not None and await service.is_live(room_id, identity)
 
 
 # The SFU sits below signalling: here is where it is handed the consultations' say on its rooms.

@@ -171,7 +171,8 @@ async def test_room_token_agent_publishes_obeys_the_physician_and_sends_stills(s
         refused = await nurse.wait_message(lambda e: e.get("from") == "sfu")
         assert refused["data"]["type"] == "error"
         # A token with the command grant but not the physician's role: the agent refuses.
-        odd = server.tokens.issue_room(c.id, "nurse2", role="nurse", subscribe=True, command=True)
+        # (The nurse's seat identity: the room admits only its seats' identities and admitted guests'.)
+        odd = server.tokens.issue_room(c.id, "nurse", role="nurse", subscribe=True, command=True)
         intruder = await view(http, server, c.id, odd)
         viewers.append(intruder)
         result = await intruder.command("stethoscope", "set_mode", mode="wide")

@@ -38,5 +38,13 @@ export const ROLES = Object.freeze({
   "NURSE": "nurse",
   "PHYSICIAN": "physician",
   "AGENT": "agent",
-  "ADMIN": "admin"
+  "ADMIN": "admin",
+  "INTERPRETER": "interpreter",
+  "SPECIALIST": "specialist",
+  "GUEST": "guest"
 });
+export const GUEST_ROLES = Object.freeze([
+  "guest",
+  "interpreter",
+  "specialist"
+]);
