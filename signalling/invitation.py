@@ -123,6 +123,9 @@ class Invitation:
     emailed: bool = False
     present: bool = False
     updated_at: float = 0.0
+    clinician: str | None = None
+    """A specialist picked from the directory (its id): the accountable author of what it writes,
+    named as the directory names it, whatever is typed at the claim."""
 
     @property
     def identity(self) -> str:
@@ -142,7 +145,8 @@ class Invitation:
         return {"id": self.id, "consultation_id": consultation_id, "role": self.role.value, "label": self.label,
                 "state": self.shown_state(now), "name": self.name, "identity": self.identity,
                 "admitted": self.admitted, "consent": self.consent, "emailed": self.emailed,
-                "present": self.present, "created_at": self.created_at, "expires_at": self.expires_at}
+                "present": self.present, "created_at": self.created_at, "expires_at": self.expires_at,
+                "clinician": self.clinician}
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

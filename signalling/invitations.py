@@ -125,6 +125,14 @@ class Invitations:
         if not isinstance(ttl, int) or isinstance(ttl, bool) or not isinstance(label, str):
             raise ProtocolError(ErrorCode.BAD_MESSAGE, "ttl_s must be an integer and label a string")
         email = _clean_email(body.get("email"))
+        clinician = None
+        if body.get("clinician") is not None:
+            clinician = self.ctx.directory.clinicians.get(str(body.get("clinician")))
+            if clinician is None or role is not Role.SPECIALIST:
+                raise ProtocolError(ErrorCode.BAD_MESSAGE, "clinician must be a directory clinician, invited "
+                                                           "as a specialist")
+            email = email or clinician.email or None  # the link to their own address: who holds it is them
+            label = label or clinician.name
         secret = inv_mod.new_secret()
         try:
             inv = inv_mod.create("iv-" + secrets.token_hex(6), role, label, ttl, principal.subject, secret,
@@ -135,7 +143,7 @@ class Invitations:
         mailer = self.mailer()
         if email is not None and (mailer is None or not mailer.enabled):
             raise ProtocolError(ErrorCode.CONFLICT, "e-mail is not set up on this server ([smtp] url): copy the link")
-        inv = replace(inv, emailed=email is not None)
+        inv = replace(inv, emailed=email is not None, clinician=clinician.id if clinician else None)
         c = await self._change(cid, lambda c: self._added(c, inv))
         await self.ctx.journal.append(Act.INVITATION_CREATE, actor=principal.subject,
                                       consultation_id=ConsultationId(c.id), invitation=inv.id, role=role.value,
@@ -190,14 +198,15 @@ class Invitations:
         if not isinstance(token, str) or token.count(".") < 2 or len(token) > 400 or not token.isascii():
             raise AuthError("invitation token malformed")
         cid, inv_id, secret = token.rsplit(".", 2)
-        try:
-            clean = inv_mod.clean_name(name)
-        except ValueError as exc:
-            raise ProtocolError(ErrorCode.BAD_MESSAGE, str(exc)) from None
         c_any = await self.consultations.get_any(cid)
         inv = c_any.invitation(inv_id) if c_any is not None else None
         if c_any is None or inv is None or not inv.matches(secret):
             raise AuthError("invitation token invalid")
+        known = self.ctx.directory.clinicians.get(inv.clinician or "")
+        try:  # a directory specialist is named as the directory names them
+            clean = known.name if known is not None else inv_mod.clean_name(name)
+        except ValueError as exc:
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, str(exc)) from None
         if c_any.state is not State.ACTIVE:
             raise InvitationGoneError(Gone.EXPIRED)  # the consultation is over: so is its link
         try:

@@ -131,8 +131,10 @@ class Reports:
             if c.state not in REPORTABLE:
                 raise ProtocolError(ErrorCode.CONFLICT, f"a {c.state.value} consultation has no report")
             now = self.ctx.clock()
-            addendum: dict[str, Any] = {"author": principal.subject, "role": principal.role.value,
-                                        "name": principal.name, "text": text.strip(), "at": now}
+            guest = c.invitation(principal.subject) if principal.role.invited else None
+            addendum: dict[str, Any] = {"author": (guest.clinician if guest else None) or principal.subject,
+                                        "role": principal.role.value, "name": principal.name,
+                                        "text": text.strip(), "at": now}
             new = replace(c, addenda=c.addenda + (addendum,), updated_at=now)
             if await self.ctx.store.update_consultation(cid, version, new.to_dict()) is not None:
                 await self.ctx.records.save_consultation(new.to_dict())

@@ -22,7 +22,7 @@ T0 = 1_000_000.0
 TTL = 600
 SECRET = "the-links-secret-0123456789abcdef"
 WIRE_KEYS = {"id", "consultation_id", "role", "label", "state", "name", "identity", "admitted", "consent",
-             "emailed", "created_at", "expires_at", "present"}
+             "emailed", "created_at", "expires_at", "present", "clinician"}
 """The invitation object on the wire (the issue's contract), nothing more."""
 
 

@@ -5,6 +5,7 @@ seat receives what its role may and nothing else, and removal ends its media and
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -15,7 +16,8 @@ from tests.sfu.clients import FlatVideoTrack, play, post_offer, publish
 from tests.signalling.client import SigClient
 from tests.signalling.test_flow import VISIT, agent, nurse, physician
 from tests.signalling.test_rooms import offer_sdp
-from tests.support import RunningServer, wait_for
+from tests.signalling.expertise.test_mail_notifications import DERMA, server_with_mail
+from tests.support import RunningServer, SmtpSink, wait_for
 
 
 async def active(sig: RunningServer) -> tuple[SigClient, SigClient, SigClient, str, dict[str, str]]:
@@ -193,3 +195,53 @@ async def test_links_that_no_longer_work(sig: RunningServer) -> None:
     finally:
         for c in (n, a, d):
             await c.close()
+
+
+async def test_a_directory_specialist_is_mailed_the_link_and_signs_an_addendum(
+        tmp_path: Path, backend: str, store_url: str | None, smtp_server: SmtpSink) -> None:
+    sig = await server_with_mail(tmp_path, backend, store_url, smtp_server.url)
+    n, a, d, cid, _ = await active(sig)
+    doctor = sig.tokens.issue_access("physician", "dr-demo")
+    try:
+        async with aiohttp.ClientSession() as http:
+            created = await invite(http, sig, cid, doctor, "specialist", clinician="dr-derma")
+            assert created["invitation"]["clinician"] == "dr-derma" and created["invitation"]["emailed"] is True
+            [message] = await smtp_server.wait_for(1)
+            assert message["To"] == DERMA and message["Auto-Submitted"] == "auto-generated"
+            text = message.get_content()
+            assert created["link"] in text and VISIT["patient_ref"] not in text and VISIT["reason"] not in text
+            # Whatever is typed, a directory specialist is named as the directory names them.
+            status, body = await claim(http, sig, token_of(created["link"]), "someone else")
+            assert status == 200 and body["invitation"]["name"] == "Dr Derma"
+            specialist = body["access_token"]
+            # Only once admitted may it write, and the addendum is signed by the clinician.
+            r = await http.post(f"{sig.url}/api/consultations/{cid}/report/addenda", headers=bearer(specialist),
+                                json={"text": "Dermoscopy: no sign of melanoma."})
+            assert r.status == 403
+            for step, who in (("admit", doctor), ("consent", sig.tokens.issue_access("nurse", "nurse-1",
+                                                                                      site="cabin-demo"))):
+                r = await http.post(f"{sig.url}/api/consultations/{cid}/invitations/{created['id']}/{step}",
+                                    headers=bearer(who))
+                assert r.status == 200, await r.text()
+            r = await http.post(f"{sig.url}/api/consultations/{cid}/report/addenda", headers=bearer(specialist),
+                                json={"text": "Dermoscopy: no sign of melanoma."})
+            assert r.status == 201, await r.text()
+            assert (await r.json())["addendum"]["author"] == "dr-derma"
+            r = await http.post(f"{sig.url}/api/consultations/{cid}/report/addenda", headers=bearer(specialist),
+                                json={"text": ""})
+            assert r.status == 400
+            report = await d.request("report.get", consultation_id=cid)
+            assert [(x["author"], x["role"], x["name"]) for x in report["addenda"]] == \
+                [("dr-derma", "specialist", "Dr Derma")]
+            # A specialist may not end the consultation.
+            guest = await SigClient.connect(sig.ws_url, specialist)
+            await guest.error("consultation.end", "forbidden", consultation_id=cid)
+            await guest.close()
+            # The addendum is in the records at once, and stays after the end.
+            await d.request("consultation.end", consultation_id=cid)
+            report = await d.request("report.get", consultation_id=cid)
+            assert [x["author"] for x in report["addenda"]] == ["dr-derma"]
+    finally:
+        for c in (n, a, d):
+            await c.close()
+        await sig.server.close()
