@@ -92,6 +92,16 @@ class Recording:
 
 
 @dataclass(frozen=True)
+class Addendum:
+    author: str
+    """Who signs it: a clinician's directory id, or a guest's invitation id."""
+    name: str
+    role: str
+    text: str
+    at: float
+
+
+@dataclass(frozen=True)
 class Report:
     status: str
     """``empty``, ``draft`` or ``final`` (``signalling.reports.ReportStatus``)."""
@@ -101,6 +111,8 @@ class Report:
     conclusion: str = ""
     prescriptions: tuple[str, ...] = ()
     follow_up: str = ""
+    addenda: tuple[Addendum, ...] = ()
+    """By the physician or an admitted specialist (issue 14), oldest first."""
 
 
 @dataclass(frozen=True)
@@ -133,7 +145,10 @@ def _report(read: dict[str, Any]) -> Report:
     text = {name: body.get(name, [] if name == "prescriptions" else "") for name in REPORT_FIELDS}
     return Report(status=str(read.get("status", "empty")), saved_at=read.get("saved_at"),
                   reason=text["reason"], findings=text["findings"], conclusion=text["conclusion"],
-                  prescriptions=tuple(text["prescriptions"]), follow_up=text["follow_up"])
+                  prescriptions=tuple(text["prescriptions"]), follow_up=text["follow_up"],
+                  addenda=tuple(Addendum(author=str(a.get("author", "")), name=str(a.get("name", "")),
+                                         role=str(a.get("role", "")), text=str(a.get("text", "")),
+                                         at=float(a.get("at", 0.0))) for a in read.get("addenda") or ()))
 
 
 def _vitals(read: dict[str, Any]) -> tuple[Vital, ...]:

@@ -67,6 +67,10 @@ WORDS: dict[str, dict[str, str]] = {
     "conclusion": {"fr": "Conclusion", "en": "Conclusion"},
     "prescriptions": {"fr": "Prescriptions", "en": "Prescriptions"},
     "follow_up": {"fr": "Suivi", "en": "Follow-up"},
+    "addenda": {"fr": "Compléments", "en": "Addenda"},
+    "addendum_by": {"fr": "{name} ({role}), le {at}", "en": "{name} ({role}), {at}"},
+    "role_physician": {"fr": "médecin", "en": "physician"},
+    "role_specialist": {"fr": "spécialiste invité", "en": "invited specialist"},
     "vitals": {"fr": "Constantes", "en": "Vital signs"},
     "measured_at": {"fr": "mesurée le", "en": "measured"},
     "stills": {"fr": "Images", "en": "Stills"},
@@ -187,8 +191,11 @@ class _Writer:
         self.pdf.multi_cell(0, 5.5, text or self.w("none"), new_x=XPos.LMARGIN, new_y=YPos.NEXT, align="L")
 
     def section(self, key: str, text: str) -> None:
+        self.section_text(self.w(key), text)
+
+    def section_text(self, title: str, text: str) -> None:
         self.pdf.set_font(FONT, "B", 10)
-        self.pdf.cell(0, 6, self.w(key), new_x=XPos.LMARGIN, new_y=YPos.NEXT, align="L")
+        self.pdf.cell(0, 6, title, new_x=XPos.LMARGIN, new_y=YPos.NEXT, align="L")
         self.paragraph(text)
         self.pdf.ln(1)
 
@@ -288,6 +295,12 @@ def render(dossier: Dossier, lang: str = "fr", *, issued_at: float) -> bytes:
         out.paragraph("")
     pdf.ln(1)
     out.section("follow_up", report.follow_up)
+    if report.addenda:
+        out.heading(out.w("addenda"))
+        for addendum in report.addenda:
+            role = WORDS.get(f"role_{addendum.role}", {}).get(lang, addendum.role)
+            out.section_text(out.w("addendum_by").format(name=addendum.name or addendum.author, role=role,
+                                                         at=format_time(addendum.at, lang)), addendum.text)
 
     out.heading(out.w("vitals"))
     if not dossier.vitals:

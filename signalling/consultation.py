@@ -167,10 +167,11 @@ class Consultation:
                     None)
 
     def with_invitation(self, inv: Invitation, now: float) -> "Consultation":
-        others = tuple(i for i in self.invitations if i.id != inv.id)
-        return dataclasses.replace(self, invitations=others + (inv,) if len(others) == len(self.invitations)
-                                   else tuple(inv if i.id == inv.id else i for i in self.invitations),
-                                   updated_at=now)
+        """``inv`` added, or put in place of the invitation with its id."""
+        kept = tuple(inv if i.id == inv.id else i for i in self.invitations)
+        if all(i.id != inv.id for i in self.invitations):
+            kept += (inv,)
+        return dataclasses.replace(self, invitations=kept, updated_at=now)
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

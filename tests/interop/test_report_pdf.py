@@ -12,7 +12,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from interop import report_pdf
-from interop.dossier import Dossier, Report, Still, Vital
+from interop.dossier import Addendum, Dossier, Report, Still, Vital
 from interop.example import EXAMPLE
 from tests.interop.pdf_tools import pdf_fonts, pdf_pngs, pdf_text
 from tests.support import ARTIFACTS
@@ -37,7 +37,10 @@ REPORT = Report(status="final", saved_at=EXAMPLE.when + 1500,
                 conclusion="Douleur pariétale probable — pas d’argument pour un syndrome coronarien",
                 prescriptions=("Paracétamol 1 g, 3 fois par jour, 5 jours", "ECG de contrôle à J+7",
                                "Kinésithérapie : 10 séances"),
-                follow_up="Revoir le médecin traitant sous 1 semaine ; urgences si la douleur s’étend au bras")
+                follow_up="Revoir le médecin traitant sous 1 semaine ; urgences si la douleur s’étend au bras",
+                addenda=(Addendum(author="dr-derma", name="Dr Derma", role="specialist",
+                                  text="Lésion de l’avant-bras : pas d’argument dermoscopique pour un mélanome.",
+                                  at=EXAMPLE.when + 1080),))
 
 DOSSIER: Dossier = dataclasses.replace(
     EXAMPLE, report=REPORT,
@@ -66,6 +69,7 @@ def test_every_field_in_french(tmp_path: Path) -> None:
         "P-0042", "2 95 10 99 126 111 93 (NIR-TEST, OID 1.2.250.1.213.1.4.10)", "MARTIN", "MARIE ANNE",
         "21/10/1995", "féminin", "99126",
         REPORT.reason, REPORT.findings, REPORT.conclusion, REPORT.follow_up,
+        "Compléments", "Dr Derma (spécialiste invité), le 01/01/2026 à 15:18", REPORT.addenda[0].text,
         "72 /min (mesurée le 01/01/2026 à 15:04)", "Saturation en oxygène (SpO₂)", "98 %",
         "126 mmHg", "78 mmHg", "36,8 °C", "98,2 °F", "16,8 kPa",
         "naevus, avant-bras gauche — dermatoscope, prise le 01/01/2026 à 15:10",
