@@ -9,14 +9,18 @@ and ``teleconsult serve`` for such a setup refuse, naming each problem:
 * the example TURN secret of ``config/production.example.toml``;
 * health data in clear (``recording.encrypt = false``), or encrypted with the
   development master key (no ``recording.master_key_file`` nor ``master_key_env``,
-  or the file under ``server.data_dir`` that development generates).
+  or the file under ``server.data_dir`` that development generates);
+* e-mail that would cross the network unprotected: a relay reached without TLS
+  (``smtp://``) anywhere but on this host, or TLS whose certificate is not checked
+  (``smtp.validate_certs = false``). The messages carry invitation links (a link lets
+  its holder into a consultation) and télé-expertise notices.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from config.settings import Settings
+from config.settings import Settings, SmtpSecurity
 from core.auth import DEVELOPMENT_SIGNING_KEY_FILE
 from core.keyring import DEVELOPMENT_KEY_FILE
 
@@ -63,6 +67,16 @@ def production_problems(settings: Settings) -> list[str]:
             Path(recording.master_key_file).name == DEVELOPMENT_KEY_FILE):
         problems.append(f"recording.master_key_file: is the development master key ({DEVELOPMENT_KEY_FILE}); "
                         "make a key of your own, kept away from server.data_dir")
+    try:
+        relay = settings.smtp.relay
+    except ValueError:  # the settings' own validation names a bad URL
+        relay = None
+    if relay is not None and relay.security is SmtpSecurity.PLAIN and not relay.loopback:
+        problems.append("smtp.url: smtp:// reaches the relay without TLS over the network, and the messages carry "
+                        "invitation links that open a consultation; use smtps:// or smtp+starttls://")
+    if relay is not None and relay.security is not SmtpSecurity.PLAIN and not settings.smtp.validate_certs:
+        problems.append("smtp.validate_certs: false: anyone on the path could pose as the relay and read the "
+                        "invitation links; check the relay's certificate")
     return problems
 
 

@@ -42,6 +42,17 @@ def test_each_problem_is_named(tmp_path: Path) -> None:
     dev_master = settings.replace(recording={"encrypt": True, "master_key_file": str(tmp_path / "data" /
                                                                                       "dev-master.key")})
     assert "is the development master key" in production_problems(dev_master)[-1]
+    # E-mail carries invitation links: no clear text over the network, no unchecked TLS.
+    safe = dev_master.replace(recording={"master_key_file": str(tmp_path / "master.key")},
+                              auth={"signing_key": "s" * 48}, ice={"turn_secret": "a-real-secret-of-length"})
+    assert production_problems(safe) == []
+    sender = "Teleconsult <noreply@example.org>"
+    for smtp, problem in (({"url": "smtp://mail.example.org"}, "smtp.url"),
+                          ({"url": "smtps://mail.example.org", "validate_certs": False}, "smtp.validate_certs")):
+        assert [p.split(":")[0] for p in production_problems(safe.replace(smtp={**smtp, "sender": sender}))] == \
+            [problem]
+    for smtp in ({"url": "smtp://127.0.0.1:2525"}, {"url": "smtp+starttls://mail.example.org"}):
+        assert production_problems(safe.replace(smtp={**smtp, "sender": sender})) == []
 
 
 def test_a_safe_setup_passes(tmp_path: Path) -> None:
