@@ -244,7 +244,11 @@ def bundle_candidates(text: str) -> str:
 
 def label_answer(answer: str, labels: dict[str, tuple[str, str]]) -> str:
     """``answer`` with ``a=msid:<stream> <track>`` set for each ``mid -> (stream, track)``
-    (and ``a=ssrc:... msid:`` lines, if any, made to agree)."""
+    (and ``a=ssrc:... msid:`` lines, if any, made to agree). A section left unlabelled (a
+    subscription whose publication ended) keeps aiortc's msid with its mid added to the track:
+    aiortc gives every section of a connection one stream id and the source as the track, so two
+    ended cameras would repeat one msid, and a browser refuses the whole answer for it
+    ("Duplicate a=msid lines")."""
     newline = "\r\n" if "\r\n" in answer else "\n"
     sections: list[list[str]] = [[]]
     for line in answer.split(newline):
@@ -256,8 +260,11 @@ def label_answer(answer: str, labels: dict[str, tuple[str, str]]) -> str:
         mid = next((line[6:] for line in section if line.startswith("a=mid:")), None)
         label = labels.get(mid) if mid is not None else None
         if label is None:
-            out.extend(section)
-            continue
+            default = next((line[7:].split(" ", 1) for line in section if line.startswith("a=msid:")), None)
+            if mid is None or default is None or len(default) != 2:
+                out.extend(section)
+                continue
+            label = (default[0], f"{default[1]}-{mid}")
         msid = f"{label[0]} {label[1]}"
         lines = [line for line in section if not line.startswith("a=msid:")]
         ssrc_lines = []

@@ -199,3 +199,38 @@ async def test_a_publisher_changing_ssrc_mid_stream_keeps_subscribers_continuous
             if sub:
                 await sub.close()
             await pub.close()
+
+
+async def test_sections_of_ended_publications_keep_distinct_msids(server):
+    """Two cameras (two parties) end while a viewer holds them: its next answer must not repeat one
+    ``a=msid`` (aiortc labels every unlabelled section "<connection stream> camera"), or a browser
+    refuses the whole answer ("Duplicate a=msid lines") and can subscribe to nothing more."""
+    sfu = server.app[SFU]
+    tokens = server.tokens
+    room = "two-left"
+    async with aiohttp.ClientSession() as http:
+        pubs = [await publish(http, server.url, room, tokens.issue_room(room, who, role="nurse", publish=["camera"]),
+                              [FlatVideoTrack(160, 120)]) for who in ("guest-a", "guest-b")]
+        await wait_for(lambda: len(sfu.publications(room)) == 2, what="both cameras")
+        viewer = tokens.verify_room(tokens.issue_room(room, "doc", role="physician", subscribe=True), room)
+        pc = client_pc()
+        try:
+            for _ in pubs:
+                pc.addTransceiver("video", direction="recvonly")
+            await pc.setLocalDescription(await pc.createOffer())
+            ids = [p.id for p in sfu.publications(room)]
+            mids = [t.mid for t in pc.getTransceivers()]
+            first = await sfu.negotiate(viewer, pc.localDescription.sdp, subscribe=dict(zip(mids, ids)))
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=first.answer_sdp, type="answer"))
+            for p in pubs:
+                await p.close()
+            for info in list(sfu.publications(room)):
+                await sfu.leave(info.session_id)
+            await wait_for(lambda: not sfu.publications(room), what="both cameras gone")
+            pc.addTransceiver("audio", direction="recvonly")  # the page re-offers for something new
+            await pc.setLocalDescription(await pc.createOffer())
+            answer = (await sfu.negotiate(viewer, pc.localDescription.sdp, session_id=first.session_id)).answer_sdp
+            msids = re.findall(r"^a=msid:(.*)$", answer, flags=re.M)
+            assert len(msids) == len(set(msids)) >= 2, msids
+        finally:
+            await pc.close()
