@@ -1,5 +1,6 @@
 """Serve the browser pages: ``/`` (landing), ``/nurse``, ``/physician``, ``/admin``, ``/expertise``
-(télé-expertise: the requester's cases and the expert's inbox), ``/static/``.
+(télé-expertise: the requester's cases and the expert's inbox), ``/join`` (a guest invited into
+a consultation: ``/join#invite=<token>``), ``/static/``.
 
 The pages are static files under ``web_client/static``: one HTML shell per page
 and plain ES modules (no build step). Sign-in happens in the page: a
@@ -28,6 +29,7 @@ PAGES = {
     "/physician": "physician.html",
     "/admin": "admin.html",
     "/expertise": "expertise.html",
+    "/join": "join.html",
 }
 
 CSP = "; ".join([

@@ -1,6 +1,11 @@
-// The in-call screen shared by the nurse and the physician pages: the other
-// party's camera large, our own preview, device panels, who is connected,
+// The in-call screen shared by the nurse, the physician and the guest pages: the
+// other party's camera large, our own preview, device panels, who is connected,
 // the recording indicator, connection quality per track, and "end" (confirmed).
+//
+// With guests (issue 14: an interpreter, a specialist, a relative) the stage is a
+// grid: the primary party (the patient's side, or the physician for the nurse)
+// keeps the large tile, each other person a labelled tile (name and role) with its
+// own audio, our preview one more tile. Device tracks stay on the device board.
 //
 // Everything here lives for one consultation: the camera and microphone it was
 // given (it stops them at the end), its listeners on the socket, its language
@@ -14,11 +19,17 @@ import { h, $, announce } from "./dom.js";
 import { t, onLanguageChange, translate, formatNumber, formatPercent, setText } from "./i18n.js";
 import { Call } from "./call.js";
 import { DeviceBoard } from "./devices.js";
-import { DEVICE_SOURCES, ROLES } from "./vocabulary.js";
+import { DEVICE_SOURCES, GUEST_ROLES, ROLES } from "./vocabulary.js";
 
 const QUALITY_INTERVAL_MS = 2000;
 const REACQUIRE_DELAYS_MS = [0, 1000, 2000, 4000, 8000];
 const HUMAN_ROLES = [ROLES.NURSE, ROLES.PHYSICIAN];
+// A guest's room identity is "<role>-<hex>": its media tells who it is even without a role.
+const GUEST_IDENTITY = new RegExp(`^(${GUEST_ROLES.join("|")})-`);
+
+export function isGuestRole(role) {
+  return GUEST_ROLES.includes(role);
+}
 
 /** The constraints a lost local track of ``kind`` is opened again with. */
 function constraintsFor(kind) {
@@ -49,6 +60,8 @@ export class CallView extends EventTarget {
     this.closed = false;
     this.everConnected = false;
     this.reacquiring = new Set();
+    this.tiles = new Map(); // identity -> {element, video, audio, label, role}: the other people's tiles
+    this.guests = new Map(); // identity -> invitation (name, role) of the consultation's guests
     // For people debugging and for the tests: when the page joined, when the other party's
     // camera showed its first frame (Date.now() milliseconds).
     this.timeline = { mounted: Date.now(), firstRemoteFrame: null, localTrackRestarts: 0 };
@@ -59,8 +72,27 @@ export class CallView extends EventTarget {
     return this.signalling.token || this.initialToken;
   }
 
+  /** The party on the large tile: the physician for the nurse, the patient's side for everyone else. */
   get otherRole() {
     return this.role === ROLES.NURSE ? ROLES.PHYSICIAN : ROLES.NURSE;
+  }
+
+  get isGuest() {
+    return isGuestRole(this.role);
+  }
+
+  /** Who a participant, publication or event is in the participants list: a guest by its identity
+   * (two guests may share a role), everyone else by role. */
+  partyKey({ role, identity }) {
+    if (isGuestRole(role) || (!role && GUEST_IDENTITY.test(identity || ""))) return identity || role;
+    return role || identity;
+  }
+
+  /** Whether ``publication`` (camera, microphone) is the primary party's: the large tile. */
+  isPrimary(publication) {
+    const role = publication.role || "";
+    if (this.isGuest) return role === ROLES.NURSE;
+    return !isGuestRole(role) && !GUEST_IDENTITY.test(publication.identity || "");
   }
 
   _listen(type, fn) {
@@ -76,6 +108,22 @@ export class CallView extends EventTarget {
     return name || t(`role.${role}`);
   }
 
+  /** A tile's or a list row's words for a person: "name · role" (a guest's name from its invitation). */
+  personLabel(role, identity = "") {
+    const guest = identity ? this.guests.get(identity) : null;
+    const roleWord = role ? t(`role.${role}`) : "";
+    const name = guest ? guest.name : isGuestRole(role) ? "" : this.partyName(role);
+    if (!name || name === roleWord) return roleWord || identity;
+    return t("call.person", { name, role: roleWord });
+  }
+
+  /** The consultation's guests (their invitations): names on their tiles and in the list. */
+  setGuests(invitations) {
+    this.guests = new Map((invitations || []).filter((i) => i.identity).map((i) => [i.identity, i]));
+    for (const [identity, tile] of this.tiles) tile.label.textContent = this.personLabel(tile.role, identity);
+    this.renderParticipants();
+  }
+
   mount() {
     const other = this.otherRole;
     this.remoteVideo = h("video", { id: "remote-video", autoplay: true, playsInline: true,
@@ -89,13 +137,26 @@ export class CallView extends EventTarget {
     this.remoteAudio = h("audio", { id: "remote-audio", autoplay: true });
     this.placeholder = h("p", { class: "placeholder", id: "remote-placeholder",
       "data-i18n": `call.waiting_video.${other}` }, t(`call.waiting_video.${other}`));
+    this.primaryLabel = h("p", { class: "tile-label", id: "remote-label" }, this.personLabel(other));
+    this.primaryTile = h("div", { class: "tile primary", dataset: { role: other } },
+      this.remoteVideo, this.placeholder, this.primaryLabel);
     this.selfVideo = h("video", { id: "self-video", autoplay: true, muted: true, playsInline: true,
       "aria-label": t("call.self"), "data-i18n-aria-label": "call.self" });
     this.selfVideo.srcObject = this.stream;
+    this.selfTile = h("div", { class: "self" }, this.selfVideo,
+      h("p", { class: "tile-label", "data-i18n": "call.self" }, t("call.self")));
+    this.stageElement = h("div", { class: "stage", id: "stage", dataset: { layout: "single", videos: "2" } },
+      this.primaryTile, this.remoteAudio, this.selfTile);
     this.localStatus = h("p", { class: "local-status", id: "local-media", role: "status", hidden: true });
     this.participantsList = h("ul", { class: "participants", id: "participants" });
-    this.endButton = h("button", { type: "button", class: "danger", id: "end-call", "data-i18n": "call.end",
-      onclick: () => this.confirmEnd() }, t("call.end"));
+    // A guest leaves; it does not end the consultation for everyone.
+    this.endButton = this.isGuest
+      ? h("button", { type: "button", id: "leave-call", "data-i18n": "call.leave",
+        onclick: () => this.dispatchEvent(new Event("leave")) }, t("call.leave"))
+      : h("button", { type: "button", class: "danger", id: "end-call", "data-i18n": "call.end",
+        onclick: () => this.confirmEnd() }, t("call.end"));
+    // Where the page puts its guests' panel (the physician's invitations, the nurse's consent).
+    this.guestSlot = h("div", { class: "guest-slot", id: "guest-slot" });
     this.devices = h("div", { class: "devices", id: "devices", role: "region",
       "aria-label": t("call.devices"), "data-i18n-aria-label": "call.devices" });
     this.qualityBody = h("tbody");
@@ -113,17 +174,16 @@ export class CallView extends EventTarget {
     }
     this.recordError = h("p", { class: "error", id: "record-error", role: "alert", hidden: true });
     this.patientLine = h("p", { class: "patient-line", id: "call-patient" });
-    this.endDialog = this._endDialog();
+    this.endDialog = this.isGuest ? null : this._endDialog();
     this.element = h("section", { class: "call", id: "call", "aria-labelledby": "call-title",
       dataset: { role: this.role } },
-    h("div", { class: "call-stage" },
-      h("div", { class: "stage" }, this.remoteVideo, this.placeholder, this.remoteAudio,
-        h("div", { class: "self" }, this.selfVideo))),
+    h("div", { class: "call-stage" }, this.stageElement),
     h("aside", { class: "call-side card" },
       h("h2", { id: "call-title", "data-i18n": "call.title" }, t("call.title")),
       this.patientLine,
       h("h3", { id: "participants-title", "data-i18n": "call.connected" }, t("call.connected")),
       this.participantsList, this.localStatus,
+      this.guestSlot,
       h("div", { class: "call-actions" }, this.recordButton, this.endButton),
       this.recordError),
     this.devices, this.quality, this.extra, this.endDialog);
@@ -135,8 +195,11 @@ export class CallView extends EventTarget {
       this.renderPatient();
       this.renderParticipants();
       this.renderQuality();
+      this.primaryLabel.textContent = this.personLabel(this.otherRole);
+      for (const [identity, tile] of this.tiles) tile.label.textContent = this.personLabel(tile.role, identity);
     }));
     this._watchLocalTracks();
+    this.layout();
     return this;
   }
 
@@ -169,7 +232,7 @@ export class CallView extends EventTarget {
 
   /** "End the consultation" ends it for everyone: ask first (the safe choice has the focus). */
   confirmEnd() {
-    if (this.endDialog.open) return;
+    if (!this.endDialog || this.endDialog.open) return;
     this.endDialog.showModal();
     this.endDialog.querySelector("#end-cancel").focus();
   }
@@ -184,8 +247,9 @@ export class CallView extends EventTarget {
       known: this.known,
     });
     this.call = call;
+    // A remote specialist listens to the stethoscope like the physician (the cabin's page stays silent).
     this.board = new DeviceBoard(this.devices, call, { control: Boolean(this.grant.command), token: this.token,
-      stills: this.stills });
+      stills: this.stills, audible: this.isGuest });
     this.board.addEventListener("uplink", (event) => this.onUplink(event.detail));
     call.addEventListener("track", (event) => this.onTrack(event.detail));
     call.addEventListener("track-removed", (event) => this.onTrackRemoved(event.detail));
@@ -194,8 +258,9 @@ export class CallView extends EventTarget {
     call.addEventListener("state", (event) => this.onMediaState(event.detail.state));
     this._listen("peer.connection", (m) => {
       if (m.consultation_id !== this.consultation.id) return;
-      this.setPeer(m.role, m.state, "peer.connection");
-      announce(t(`peer.${m.state}`, { role: this.partyName(m.role) }));
+      if (isGuestRole(m.role) && !m.identity) return; // which guest: its tile and its row say
+      this.setPeer(this.partyKey(m), m.state, "peer.connection");
+      announce(t(`peer.${m.state}`, { role: this.personLabel(m.role, m.identity || "") }));
     });
     for (const type of ["recording.started", "recording.stopped", "recording.failed"]) {
       this._listen(type, (m) => {
@@ -210,6 +275,7 @@ export class CallView extends EventTarget {
       this.consultation = { ...this.consultation, ...m.consultation };
       this.renderPatient();
       this.renderParticipants();
+      this.primaryLabel.textContent = this.personLabel(this.otherRole);
     });
     // The room moved to another node (the old one died): new room token, new peer connection.
     this._listen("room.moved", (m) => {
@@ -244,7 +310,7 @@ export class CallView extends EventTarget {
   }
 
   onParticipant({ event, role, identity, session }) {
-    const who = role || identity;
+    const who = this.partyKey({ role, identity });
     if (event === "joined") {
       this.joinedSession.set(who, session || "");
       this.setPeer(who, "connected", "room");
@@ -264,17 +330,27 @@ export class CallView extends EventTarget {
     if (!this.participantsList) return;
     const rows = [{ key: this.role, label: t("call.you", { role: t(`role.${this.role}`) }), state: "connected", self: true }];
     const seen = new Set([this.role]);
-    const add = (role) => {
-      if (!role || seen.has(role)) return;
-      seen.add(role);
-      const state = this.peerState(role) || "connected";
-      rows.push({ key: role, label: role === ROLES.AGENT ? t("role.agent") : this.partyName(role), state });
+    const roleOf = new Map(); // a guest's key (its identity) -> its role
+    const add = (key) => {
+      if (!key || seen.has(key)) return;
+      seen.add(key);
+      const state = this.peerState(key) || "connected";
+      const role = roleOf.get(key) || this.guests.get(key)?.role || key;
+      const label = role === ROLES.AGENT ? t("role.agent") : isGuestRole(role) ? this.personLabel(role, key)
+        : this.partyName(role);
+      rows.push({ key, role, label, state });
     };
-    for (const p of this.call?.participants.values() || []) add(p.role && t(`role.${p.role}`) !== `role.${p.role}` ? p.role : p.identity);
-    for (const role of this.peers.keys()) add(role);
-    this.participantsList.replaceChildren(...rows.map((r) => h("li", { dataset: { role: r.key, state: r.state } },
-      h("span", { class: "dot", "aria-hidden": "true" }), h("span", { class: "name" }, r.label),
-      h("span", { class: "muted" }, t(`peer.state.${r.state}`)))));
+    for (const p of this.call?.participants.values() || []) {
+      const known = p.role && t(`role.${p.role}`) !== `role.${p.role}`;
+      const key = known ? this.partyKey(p) : p.identity;
+      if (known && isGuestRole(p.role)) roleOf.set(key, p.role);
+      add(key);
+    }
+    for (const key of this.peers.keys()) add(key);
+    this.participantsList.replaceChildren(...rows.map((r) => h("li", { dataset: { role: r.role || r.key, state: r.state,
+      ...(r.role && r.key !== r.role ? { identity: r.key } : {}) } },
+    h("span", { class: "dot", "aria-hidden": "true" }), h("span", { class: "name" }, r.label),
+    h("span", { class: "muted" }, t(`peer.state.${r.state}`)))));
     this.renderPeerBanner();
   }
 
@@ -365,7 +441,9 @@ export class CallView extends EventTarget {
   // -- recording ---------------------------------------------------------------------------------
 
   setRecording(on) {
+    const changed = this.recording !== on;
     this.recording = on;
+    if (changed) this.dispatchEvent(new CustomEvent("recording", { detail: { on } }));
     const badge = $("#recording");
     if (badge) badge.hidden = !on;
     if (on) announce(t("call.recording"));
@@ -405,9 +483,11 @@ export class CallView extends EventTarget {
     const source = publication.source;
     // Media from a party is the surest sign that it is here (a reloaded page has no "resumed").
     if (publication.role || publication.identity) {
-      this.setPeer(publication.role || publication.identity, "connected", `track ${source}`);
+      this.setPeer(this.partyKey(publication), "connected", `track ${source}`);
     }
-    if (source === "camera") {
+    if ((source === "camera" || source === "microphone") && !this.isPrimary(publication)) {
+      this.tileTrack(publication, track);
+    } else if (source === "camera") {
       this.remoteStream ||= new MediaStream();
       this.remoteStream.getVideoTracks().forEach((tr) => this.remoteStream.removeTrack(tr));
       this.remoteStream.addTrack(track);
@@ -423,13 +503,72 @@ export class CallView extends EventTarget {
   }
 
   onTrackRemoved({ publication }) {
-    if (publication.source === "camera" && this.remoteVideo.dataset.publication === publication.id) {
+    const tile = this.tiles.get(publication.identity);
+    if (tile && (publication.source === "camera" || publication.source === "microphone")) {
+      const element = publication.source === "camera" ? tile.video : tile.audio;
+      if (element.dataset.publication === publication.id) {
+        element.srcObject = null;
+        delete element.dataset.publication;
+      }
+      if (!tile.video.dataset.publication && !tile.audio.dataset.publication) this.removeTile(publication.identity);
+      else tile.element.dataset.video = tile.video.dataset.publication ? "on" : "off";
+    } else if (publication.source === "camera" && this.remoteVideo.dataset.publication === publication.id) {
       this.remoteVideo.srcObject = null;
       this.placeholder.hidden = false;
     } else if (publication.source !== "microphone") {
       this.board.removeTrack(publication);
     }
     this.renderParticipants();
+  }
+
+  // -- the other people's tiles (guests; everyone else on a guest's page) -------------------------
+
+  tileFor(publication) {
+    const identity = publication.identity || publication.id;
+    let tile = this.tiles.get(identity);
+    if (tile) return tile;
+    const role = publication.role || GUEST_IDENTITY.exec(identity)?.[1] || "";
+    const label = h("p", { class: "tile-label" }, this.personLabel(role, identity));
+    const video = h("video", { autoplay: true, playsInline: true, muted: true, "aria-label": label.textContent });
+    const audio = h("audio", { autoplay: true });
+    const element = h("div", { class: "tile guest", dataset: { identity, role, video: "off" } }, video,
+      h("p", { class: "placeholder", "data-i18n": "call.no_video" }, t("call.no_video")), label, audio);
+    tile = { element, video, audio, label, role };
+    this.tiles.set(identity, tile);
+    this.stageElement.insertBefore(element, this.selfTile);
+    this.layout();
+    return tile;
+  }
+
+  tileTrack(publication, track) {
+    const tile = this.tileFor(publication);
+    if (publication.source === "camera") {
+      tile.video.srcObject = new MediaStream([track]);
+      tile.video.dataset.publication = publication.id;
+      tile.video.setAttribute("aria-label", t("call.video_of_person", { name: tile.label.textContent }));
+      tile.element.dataset.video = "on";
+    } else {
+      tile.audio.srcObject = new MediaStream([track]);
+      tile.audio.dataset.publication = publication.id;
+    }
+  }
+
+  removeTile(identity) {
+    const tile = this.tiles.get(identity);
+    if (!tile) return;
+    tile.video.srcObject = null;
+    tile.audio.srcObject = null;
+    tile.element.remove();
+    this.tiles.delete(identity);
+    this.layout();
+  }
+
+  /** One large tile and our preview in its corner; with more people a grid (the primary tile first). */
+  layout() {
+    const videos = 2 + this.tiles.size;
+    this.stageElement.dataset.layout = this.tiles.size > 0 ? "grid" : "single";
+    this.stageElement.dataset.videos = String(videos);
+    this.element.dataset.videos = String(videos);
   }
 
   // -- quality -----------------------------------------------------------------------------------
@@ -502,7 +641,7 @@ export class CallView extends EventTarget {
     for (const [type, fn] of this.listeners) this.signalling.removeEventListener(type, fn);
     this.listeners = [];
     for (const release of this.releases.splice(0)) release();
-    if (this.endDialog.open) this.endDialog.close();
+    if (this.endDialog?.open) this.endDialog.close();
     for (const name of ["media", "local-camera", "local-microphone",
       ...[...HUMAN_ROLES, ROLES.AGENT].map((role) => `peer-${role}`), "uplink"]) this.banner?.clear(name);
     this.board?.close();
@@ -512,6 +651,7 @@ export class CallView extends EventTarget {
     this.selfVideo.srcObject = null;
     this.remoteVideo.srcObject = null;
     this.remoteAudio.srcObject = null;
+    for (const identity of [...this.tiles.keys()]) this.removeTile(identity);
     this.setRecording(false);
     this.dispatchEvent(new Event("closed"));
   }

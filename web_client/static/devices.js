@@ -39,9 +39,10 @@ function statusLine() {
 }
 
 class Panel {
-  constructor(source, { control }) {
+  constructor(source, { control, audible = false }) {
     this.source = source;
     this.control = control;
+    this.audible = control || audible; // the stethoscope heard here (not at the cabin: feedback)
     this.status = statusLine();
     this.element = h("section", { class: `card device ${source}`, dataset: { source },
       "aria-labelledby": `panel-${source}-title` },
@@ -76,7 +77,7 @@ export class StethoscopePanel extends Panel {
     this.volume.addEventListener("input", () => { this.audio.volume = Number(this.volume.value); });
     // At the cabin the stethoscope is in the room: silent by default there (no feedback
     // into the nurse's microphone), the trace still drawn.
-    this.volume.value = this.control ? 0.8 : 0;
+    this.volume.value = this.audible ? 0.8 : 0;
     this.audio.volume = Number(this.volume.value);
     const controls = h("div", { class: "controls" });
     const volumeLabel = h("label", { for: "steth-volume", "data-i18n": "steth.volume" }, t("steth.volume"));
@@ -363,13 +364,13 @@ export const REPORT_UNITS = {
 
 /** The devices area of a call: panels as tracks and messages arrive. */
 export class DeviceBoard extends EventTarget {
-  constructor(container, call, { control, token, stills }) {
+  constructor(container, call, { control, token, stills, audible = false }) {
     super();
     this.container = container;
     this.call = call;
     this.stills = stills || null;
     this.viewer = stills ? new StillViewer(stills, { canLabel: control }) : null;
-    this.options = { control, token, stills, viewer: this.viewer };
+    this.options = { control, token, stills, viewer: this.viewer, audible };
     this.panels = new Map();
     this.vitals = null;
     this.examined = null;

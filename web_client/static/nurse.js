@@ -9,6 +9,7 @@ import { t, onLanguageChange, formatDuration, setText } from "./i18n.js";
 import { startPage } from "./page.js";
 import { fetchDirectory, specialtiesOf, specialtyLabel, mountPreCheck, joinCall, rejoinGrant } from "./common.js";
 import { CallLock } from "./tabs.js";
+import { mountGuests } from "./guests.js";
 
 const OPEN_STATES = new Set(["requested", "offered", "accepted", "active"]);
 const REQUESTED_HERE = "tc.nurse.requested"; // sessionStorage: consultations this tab checked in
@@ -132,6 +133,8 @@ async function main() {
       screen("call");
       announce(t("call.started"));
       view = await joinCall(callSlot, { signalling, token, role: "nurse", consultation, grant, precheck, banner });
+      // Who else is there (guests), and the patient's consent for each one who waits (issue 14).
+      mountGuests(view, { signalling, token, seat: "nurse" });
     } finally {
       joining = null;
     }

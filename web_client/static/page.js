@@ -24,7 +24,15 @@ export async function startPage(role) {
     await showSignInProblem(error, role);
     return null;
   }
-  const { token, principal } = session;
+  return connectPage(role, session.token, session.principal);
+}
+
+/**
+ * Connect a page whose sign-in is done: the socket, its banner, renewal (the token kept in
+ * this tab's sessionStorage under ``role``), the "signed out" screen; ``onSignedOut`` replaces
+ * that screen (the guest page says its invitation is no longer valid).
+ */
+export function connectPage(role, token, principal, { onSignedOut = null } = {}) {
   $("#who").textContent = principal.name || principal.sub;
   $("#who").dataset.sub = principal.sub;
   const signalling = new Signalling(token);
@@ -61,7 +69,8 @@ export async function startPage(role) {
     document.dispatchEvent(new CustomEvent("tc-signed-out"));
     // The "session expired" screen says it all: no banner about a session ending or a socket down.
     banner.reset();
-    showSignInProblem(new SignInError("expired"), role);
+    if (onSignedOut) onSignedOut();
+    else showSignInProblem(new SignInError("expired"), role);
   });
   // Before the token expires the server mints a fresh one (auth.renew, up to the session's
   // maximum age); only when it refuses does the page warn that the session ends.
@@ -88,7 +97,7 @@ export async function startPage(role) {
   renderState();
   // A handle for people debugging the page and for the tests (no patient data is logged).
   const rooms = new RoomTracker(signalling);
-  window.teleconsult = { role, principal, signalling, rooms, banner };
+  window.teleconsult = { ...(window.teleconsult || {}), role, principal, signalling, rooms, banner };
   signalling.connect().catch(() => {});
   return { token, principal, signalling, rooms, banner };
 }

@@ -13,6 +13,7 @@ import { specialtyLabel, mountPreCheck, joinCall, rejoinGrant, fetchDirectory } 
 import { Ringer } from "./ring.js";
 import { ReportForm } from "./report.js";
 import { StillStore } from "./stills.js";
+import { mountGuests } from "./guests.js";
 
 const QUEUE_POLL_MS = 5000;
 const CHOOSABLE = new Set(["available", "busy", "away"]);
@@ -244,6 +245,8 @@ async function main() {
       screen("call");
       view = await joinCall($("#call-slot"), { signalling, token, role: "physician", consultation, grant, precheck,
         banner, stills });
+      // Invite an interpreter, a specialist, a relative; admit them, remove them (issue 14).
+      mountGuests(view, { signalling, token, seat: "physician" });
       // The vital signs measured go with this consultation's report (the board lives as long as the call).
       const boundReport = report;
       view.board?.addEventListener("vitals", (event) => boundReport.setVitals(event.detail));

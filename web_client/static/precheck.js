@@ -267,7 +267,7 @@ export class PreCheck extends EventTarget {
       const li = this.card.querySelector(`[data-check="${name}"]`);
       const state = this.result[name];
       li.dataset.state = ["ok", "connected", "in_call"].includes(state) ? "ok"
-        : state === "pending" || state === "interrupted" ? "pending" : "fail";
+        : state === "pending" || state === "interrupted" || state === "later" ? "pending" : "fail";
       let text = t(`precheck.state.${state}`);
       if (name === "network" && state === "connected" && this.network?.rtt_ms !== null) {
         text = t("precheck.state.connected_rtt", { rtt: this.network.rtt_ms });
