@@ -191,7 +191,6 @@ export class Call extends EventTarget {
     // must neither renegotiate the old connection nor offer the new one before the old
     // session is left (see negotiate()).
     this.moving = true;
-    this.mediaSession = null; // the old session's end, when the room tells it, is not news
     this._buildPeerConnection();
     old?.close();
     try {
@@ -218,7 +217,6 @@ export class Call extends EventTarget {
     }
     // aiortc has no ICE restart: leave the SFU session, the next offer opens a new one.
     this.moving = true;
-    this.mediaSession = null; // the old session's end, when the room tells it, is not news
     this._buildPeerConnection();
     old.close();
     try {
@@ -246,10 +244,6 @@ export class Call extends EventTarget {
         // queues its own negotiation behind this one.
         if (error.code === "not_found" && /publication/.test(error.message || "") && !this.closed) {
           this._resync();
-        }
-        // Our SFU session is gone (its side of the connection failed): a new one.
-        if (error.code === "not_found" && /session/.test(error.message || "") && !this.closed && !this.moving) {
-          this.restart();
         }
         if (error.code === "disconnected" && !this.closed) {
           await this.signalling.whenOpen();
@@ -373,14 +367,7 @@ export class Call extends EventTarget {
       case "participant.joined":
       case "participant.left": {
         const { identity, role, session } = participantFrom(data);
-        if (!identity) break;
-        if (identity === this.identity) {
-          // The SFU ended our own session (its side of the peer connection failed) while ours may
-          // still look connected for many seconds: start over now, not when ICE gives up here.
-          if (message.event === "participant.left" && session && session === this.mediaSession
-            && !this.closed && !this.moving) this.restart();
-          break;
-        }
+        if (!identity || identity === this.identity) break;
         if (message.event === "participant.joined") {
           this.participants.set(identity, { identity, role: role || identity, state: "connected" });
         } else {
