@@ -119,14 +119,20 @@ async function main() {
     await closing.close();
   }
 
-  /** Removed, refused, revoked: out of the call, and the page says why. */
-  async function left(reason) {
-    if (done) return;
+  /** Out of the call for good: media, check, stored token and socket. False when already out. */
+  async function leaveForGood() {
+    if (done) return false;
     done = true;
     await closeView();
     precheck.close();
     forgetGuest(guest?.role);
     session?.signalling.close();
+    return true;
+  }
+
+  /** Removed, refused, revoked: out of the call, and the page says why. */
+  async function left(reason) {
+    if (!(await leaveForGood())) return;
     $("#join-left").dataset.reason = reason;
     setText($("#join-left-title"), `join.left.${reason}.title`);
     setText($("#join-left-text"), `join.left.${reason}.text`);
@@ -135,12 +141,7 @@ async function main() {
   }
 
   async function ended() {
-    if (done) return;
-    done = true;
-    await closeView();
-    precheck.close();
-    forgetGuest(guest?.role);
-    session?.signalling.close();
+    if (!(await leaveForGood())) return;
     screen("ended");
     announce($("#ended-text").textContent);
   }
