@@ -88,6 +88,8 @@ class SignallingService:
         self.sessions = Sessions(ctx, self.consultations, self.presences, self.offers, self.rooms, self.recovery)
         self.reports = Reports(ctx, self.consultations, stills)
         self.invitations = Invitations(ctx, self.consultations, self.rooms)
+        self._directory_reads = 0
+        """Directory reads started (``_reload_directory``) or superseded (``set_directory``)."""
         self.rooms.guest_presence = self.invitations.presence
 
         self.consultations.on(Kick, self.matching.on_kick)
@@ -265,12 +267,17 @@ class SignallingService:
         await ctx.store.close()
 
     async def _reload_directory(self) -> None:
+        # Reloads run concurrently (one per note): only the latest started may apply what it read,
+        # else an earlier, slower read puts an older directory back over a newer one.
+        self._directory_reads += 1
+        mine = self._directory_reads
         stored = await self.ctx.store.get_directory()
-        if stored is not None:
+        if stored is not None and mine == self._directory_reads:
             self.ctx.directory = Directory.from_dict(stored)
 
     async def set_directory(self, directory: Directory) -> None:
         await self.ctx.store.put_directory(directory.to_dict())
+        self._directory_reads += 1  # a reload started before this write must not undo it
         self.ctx.directory = directory
         await self.ctx.bus.note(Note.DIRECTORY)
 

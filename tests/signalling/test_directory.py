@@ -3,10 +3,14 @@ too. Its optional ``email``: one plain address, read by admins only."""
 
 from __future__ import annotations
 
+import asyncio
+from typing import Any
+
 import aiohttp
 import pytest
 
 from signalling.directory import Directory, DirectoryError, load_directory, luhn_ok, parse_clinician, parse_site
+from signalling.appkeys import SIGNALLING
 from tests.support import RunningServer
 
 DR = {"id": "dr-psc", "name": "Dr PSC", "specialties": ["general"], "rpps": "10000000009"}
@@ -92,3 +96,37 @@ async def test_only_admins_read_addresses(server: RunningServer) -> None:
         async with http.get(f"{server.url}/api/directory", headers=nurse) as r:
             entry = next(c for c in (await r.json())["clinicians"] if c["id"] == "dr-mail")
     assert "email" not in entry
+
+
+async def test_a_slow_reload_never_puts_an_older_directory_back(server: RunningServer) -> None:
+    """Two changes in a row make two reload notes; their reads run concurrently, and the first may
+    answer last. The process keeps the newer directory (a process left with an old one refused the
+    check-ins of a site just added)."""
+    svc = server.app[SIGNALLING]
+    old = load_directory().to_dict()
+    new = {**old, "sites": old["sites"] + [{"id": "site-new", "name": "New site", "kind": "cabin",
+                                            "region": "BFC"}]}
+    first_asked, answers = asyncio.Event(), [old, new]
+    store = svc.ctx.store
+
+    async def slow_then_fast() -> dict[str, Any]:
+        doc = answers.pop(0)
+        if doc is old:  # the first read: it answers after the second one
+            first_asked.set()
+            await asyncio.sleep(0.2)
+        return doc
+
+    store.get_directory = slow_then_fast  # type: ignore[method-assign]
+    first = asyncio.create_task(svc._reload_directory())
+    await first_asked.wait()
+    await svc._reload_directory()
+    await first
+    assert "site-new" in svc.directory.sites
+    # A change this process makes is not undone by a reload that started before it.
+    answers[:] = [old]
+    first_asked.clear()
+    late = asyncio.create_task(svc._reload_directory())
+    await first_asked.wait()
+    await svc.set_directory(Directory.from_dict(new))
+    await late
+    assert "site-new" in svc.directory.sites
