@@ -163,17 +163,16 @@ class Server:
 
 
 class Client:
-    """One socket: requests by id (futures), events into a queue. Given ``events``, only those are
+    """One socket: requests by id (futures), events into a queue. Only the events of ``events`` are
     parsed and kept while no request waits for its reply: the rest (the presence of every physician,
-    hundreds a second with 200 of them) is counted, not parsed, so that this bench's measuring process
-    does not fall behind its sockets and add its own backlog to the latencies it measures. Without
-    (the other benches and the fuzzer, which wait for other events), every event is kept."""
+    hundreds a second with 200 of them) is counted, not parsed, so that the measuring process does not
+    fall behind its sockets and add its own backlog to the latencies it measures."""
 
     def __init__(self, ws: aiohttp.ClientWebSocketResponse, counter: list[int],
-                 events: tuple[str, ...] | None = None) -> None:
+                 events: tuple[str, ...] = ("offer.received",)) -> None:
         self.ws = ws
         self.counter = counter
-        self.wanted = None if events is None else tuple(f'"{e}"' for e in events)
+        self.wanted = tuple(f'"{e}"' for e in events)
         self.next_id = 0
         self.pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
@@ -184,7 +183,7 @@ class Client:
             if msg.type is not aiohttp.WSMsgType.TEXT:
                 break
             self.counter[0] += 1
-            if self.wanted is not None and not self.pending and not any(w in msg.data for w in self.wanted):
+            if not self.pending and not any(w in msg.data for w in self.wanted):
                 continue
             data = json.loads(msg.data)
             mid = data.get("id")
@@ -215,14 +214,9 @@ class Client:
                 return event
 
 
-MATCHING_EVENTS = ("offer.received",)
-"""What this bench's own nurses and physicians wait for (the rest is counted, not parsed)."""
-
-
-async def connect(http: aiohttp.ClientSession, url: str, token: str, counter: list[int],
-                  events: tuple[str, ...] | None = None) -> Client:
+async def connect(http: aiohttp.ClientSession, url: str, token: str, counter: list[int]) -> Client:
     ws = await http.ws_connect(url, heartbeat=None, autoping=True, max_msg_size=0)
-    client = Client(ws, counter, events)
+    client = Client(ws, counter)
     reply = await client.call("hello", version=1, token=token)
     if reply["type"] != "hello.ok":
         raise RuntimeError(f"hello refused: {reply}")
@@ -234,7 +228,7 @@ async def connect_idle(http: aiohttp.ClientSession, ws_url: str, tokens: TokenSe
     idle: list[Client] = []
     for chunk in range(0, n, 200):
         batch = await asyncio.gather(*(connect(http, ws_url, tokens.issue_access(
-            "agent", f"idle-{i}", site="ehpad-demo"), counter, MATCHING_EVENTS)
+            "agent", f"idle-{i}", site="ehpad-demo"), counter)
             for i in range(chunk, min(chunk + 200, n))), return_exceptions=True)
         idle += [c for c in batch if isinstance(c, Client)]
     return idle
@@ -344,8 +338,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await directory_everywhere(http, bases, admin, [f"bench-site-{i}" for i in range(n_nurses)])
             # Nurses and physicians take the processes in turn.
             nurses = [await connect(http, ws_urls[i % len(ws_urls)], tokens.issue_access(
-                "nurse", f"bench-nurse-{i}", site=f"bench-site-{i}"), counter, MATCHING_EVENTS)
-                for i in range(n_nurses)]
+                "nurse", f"bench-nurse-{i}", site=f"bench-site-{i}"), counter) for i in range(n_nurses)]
             visit = {"patient_ref": "bench", "reason": "bench", "specialty": SPECIALTY, "consent_teleconsultation": True}
             priorities = ["routine", "urgent", "emergency"]
 
@@ -366,8 +359,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             double = 0
             latencies: list[float] = []
             physicians = [await connect(http, ws_urls[i % len(ws_urls)], tokens.issue_access(
-                "physician", f"bench-dr-{i}", specialties=[SPECIALTY]), counter, MATCHING_EVENTS)
-                for i in range(args.physicians)]
+                "physician", f"bench-dr-{i}", specialties=[SPECIALTY]), counter) for i in range(args.physicians)]
             cpu0 = server.cpu() if server else float("nan")
             msgs0 = counter[0]
             started = time.monotonic()
