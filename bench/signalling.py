@@ -2,13 +2,10 @@
 
     python -m bench.signalling --clients N --requests N --seconds S --json FILE
                                [--server URL] [--store memory|redis] [--physicians P]
-                               [--processes N]
 
 Without ``--server`` it starts its own server on loopback in a subprocess
 (and its own redis-server for ``--store redis``), signing tokens with a key it
-gives that server; ``--processes N`` (Redis only) starts N such servers on one
-redis-server and spreads the nurses and physicians over them (the idle clients
-stay on the first). Phases:
+gives that server. Phases:
 
 1. idle: ``--clients`` connections say hello and stay open (device agents),
    held by a child process of the bench (``--idle-in-process``: by the
@@ -24,11 +21,9 @@ stay on the first). Phases:
 JSON keys (a contract): ``requests``, ``matched``, ``double_assigned`` (must be
 0), ``decision_latency_ms_p50``, ``decision_latency_ms_p99``,
 ``messages_per_second``, ``cpu_us_per_message`` (server process),
-``messages_per_core_second``, ``idle_clients_held``, ``processes``, plus details
-(CPU figures: all the server processes together).
+``messages_per_core_second``, ``idle_clients_held``, plus details.
 Targets: 1000 waiting requests matched with decision p99 <= 50 ms; 5000 idle
-clients on one process; >= 2000 messages/s per core. With several processes the
-defaults are the issue's figures: 1000 waiting requests, 200 physicians.
+clients on one process; >= 2000 messages/s per core.
 """
 
 from __future__ import annotations
@@ -86,22 +81,14 @@ def pct(values: list[float], q: float) -> float:
 
 
 class Server:
-    """Our own servers (and redis-server) in subprocesses, stopped by PID."""
+    """Our own server (and redis-server) in subprocesses, stopped by PID."""
 
-    def __init__(self, store: str, processes: int = 1) -> None:
+    def __init__(self, store: str) -> None:
         self.store = store
-        self.processes = processes
         self.tmp = Path(tempfile.mkdtemp(prefix="bench-signalling-"))
         self.procs: list[subprocess.Popen[bytes]] = []
-        self.urls: list[str] = []
-        self.pids: list[int] = []
-
-    @property
-    def url(self) -> str:
-        return self.urls[0]
-
-    def cpu(self) -> float:
-        return sum(cpu_seconds(pid) for pid in self.pids)
+        self.url = ""
+        self.pid = 0
 
     def start(self) -> None:
         env = {**os.environ, "TELECONSULT_SERVER__DATA_DIR": str(self.tmp / "data"),
@@ -126,15 +113,11 @@ class Server:
                 except OSError:
                     time.sleep(0.05)
             env.update(TELECONSULT_STORE__BACKEND="redis", TELECONSULT_STORE__REDIS_URL=f"redis://127.0.0.1:{port}/0")
-        for _ in range(self.processes):
-            self._serve(env)
-
-    def _serve(self, env: dict[str, str]) -> None:
         server = subprocess.Popen([sys.executable, "-m", "teleconsult", "serve", "--port", "0"], env=env,
                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                   preexec_fn=raise_fd_limit)
         self.procs.append(server)
-        self.pids.append(server.pid)
+        self.pid = server.pid
         assert server.stdout is not None
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -142,9 +125,10 @@ class Server:
             if not line and server.poll() is not None:
                 raise RuntimeError("the server exited at start")
             if "serving on" in line:
-                self.urls.append(line.split("serving on", 1)[1].strip())
-                return
-        raise RuntimeError("the server did not start within 30 s")
+                self.url = line.split("serving on", 1)[1].strip()
+                break
+        if not self.url:
+            raise RuntimeError("the server did not start within 30 s")
 
     def stop(self) -> None:
         for proc in reversed(self.procs):
@@ -163,16 +147,11 @@ class Server:
 
 
 class Client:
-    """One socket: requests by id (futures), events into a queue. Only the events of ``events`` are
-    parsed and kept while no request waits for its reply: the rest (the presence of every physician,
-    hundreds a second with 200 of them) is counted, not parsed, so that the measuring process does not
-    fall behind its sockets and add its own backlog to the latencies it measures."""
+    """One socket: requests by id (futures), events into a queue."""
 
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse, counter: list[int],
-                 events: tuple[str, ...] = ("offer.received",)) -> None:
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, counter: list[int]) -> None:
         self.ws = ws
         self.counter = counter
-        self.wanted = tuple(f'"{e}"' for e in events)
         self.next_id = 0
         self.pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
@@ -183,8 +162,6 @@ class Client:
             if msg.type is not aiohttp.WSMsgType.TEXT:
                 break
             self.counter[0] += 1
-            if not self.pending and not any(w in msg.data for w in self.wanted):
-                continue
             data = json.loads(msg.data)
             mid = data.get("id")
             if mid is not None and mid in self.pending:
@@ -277,43 +254,18 @@ async def idle_child(ws_url: str, n: int) -> None:
             print(f"held {sum(1 for c in idle if not c.ws.closed)}", flush=True)
 
 
-async def directory_everywhere(http: aiohttp.ClientSession, bases: list[str], admin: dict[str, str],
-                               sites: list[str]) -> None:
-    """Wait (20 s at most) until every process has ``sites`` in its directory. The others reload it on
-    a note per change, and a reload that read the store before a later change can land after it:
-    a site missing somewhere is put again (its note makes every process reload once more)."""
-    deadline = time.monotonic() + 20
-    while True:
-        await asyncio.sleep(0.3)  # the notes of the last changes land first
-        missing: set[str] = set()
-        for b in bases:
-            async with http.get(f"{b.rstrip('/')}/api/directory", headers=admin) as r:
-                known = {e["id"] for e in (await r.json()).get("sites", [])} if r.status == 200 else set()
-            missing |= {site for site in sites if site not in known}
-        if not missing:
-            return
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"sites missing from a process's directory: {sorted(missing)}")
-        for site in sorted(missing):
-            async with http.put(f"{bases[0].rstrip('/')}/api/directory/sites/{site}", headers=admin,
-                                json={"name": site.replace("bench-site-", "bench "), "kind": "cabin"}) as r:
-                r.raise_for_status()
-
-
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     raise_fd_limit()
     server = None
     base = args.server
-    bases = [base]
     if not base:
-        server = Server(args.store, args.processes)
+        server = Server(args.store)
         server.start()
-        base, bases = server.url, server.urls
+        base = server.url
     ws_url = base.replace("http", "ws", 1).rstrip("/") + "/ws"
-    ws_urls = [b.replace("http", "ws", 1).rstrip("/") + "/ws" for b in bases]
     tokens = TokenService(AuthSettings(signing_key=KEY), tempfile.gettempdir())
     counter = [0]
-    result: dict[str, Any] = {"store": args.store, "server": "own" if server else base, "processes": len(bases)}
+    result: dict[str, Any] = {"store": args.store, "server": "own" if server else base}
     connector = aiohttp.TCPConnector(limit=0)
     try:
         async with aiohttp.ClientSession(connector=connector) as http:
@@ -335,20 +287,15 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                                     json={"name": f"bench {i}", "kind": "cabin"}) as r:
                     if r.status != 200:
                         raise RuntimeError(f"cannot add bench sites: {r.status} {await r.text()}")
-            await directory_everywhere(http, bases, admin, [f"bench-site-{i}" for i in range(n_nurses)])
-            # Nurses and physicians take the processes in turn.
-            nurses = [await connect(http, ws_urls[i % len(ws_urls)], tokens.issue_access(
-                "nurse", f"bench-nurse-{i}", site=f"bench-site-{i}"), counter) for i in range(n_nurses)]
+            nurses = [await connect(http, ws_url, tokens.issue_access("nurse", f"bench-nurse-{i}",
+                                                                      site=f"bench-site-{i}"), counter)
+                      for i in range(n_nurses)]
             visit = {"patient_ref": "bench", "reason": "bench", "specialty": SPECIALTY, "consent_teleconsultation": True}
             priorities = ["routine", "urgent", "emergency"]
 
             async def nurse_work(k: int) -> None:
                 for j in range(k, args.requests, len(nurses)):
-                    for _ in range(50):  # a process may still reload the directory (a note per change)
-                        reply = await nurses[k].call("visit.request", priority=priorities[j % 3], **visit)
-                        if reply.get("code") != "forbidden":
-                            break
-                        await asyncio.sleep(0.1)
+                    reply = await nurses[k].call("visit.request", priority=priorities[j % 3], **visit)
                     if reply["type"] != "visit.request.ok":
                         raise RuntimeError(f"visit.request refused: {reply}")
             started = time.monotonic()
@@ -358,9 +305,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             accepted: dict[str, str] = {}
             double = 0
             latencies: list[float] = []
-            physicians = [await connect(http, ws_urls[i % len(ws_urls)], tokens.issue_access(
+            physicians = [await connect(http, ws_url, tokens.issue_access(
                 "physician", f"bench-dr-{i}", specialties=[SPECIALTY]), counter) for i in range(args.physicians)]
-            cpu0 = server.cpu() if server else float("nan")
+            cpu0 = cpu_seconds(server.pid) if server else float("nan")
             msgs0 = counter[0]
             started = time.monotonic()
 
@@ -391,7 +338,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             for w in work:
                 w.cancel()
             match_msgs = counter[0] - msgs0
-            match_cpu = (server.cpu() - cpu0) if server else float("nan")
+            match_cpu = (cpu_seconds(server.pid) - cpu0) if server else float("nan")
             result.update(requests=args.requests, matched=len(accepted), double_assigned=double,
                           match_s=round(match_s, 3),
                           decision_latency_ms_p50=round(pct(latencies, 50) * 1000, 2),
@@ -405,7 +352,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     c.events.get_nowait()
             stop_at = time.monotonic() + args.seconds
             msgs0 = counter[0]
-            cpu0 = server.cpu() if server else float("nan")
+            cpu0 = cpu_seconds(server.pid) if server else float("nan")
             rtts: list[float] = []
 
             async def pinger(c: Client) -> None:
@@ -417,7 +364,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.gather(*(pinger(c) for c in active))
             elapsed = time.monotonic() - started
             msgs = counter[0] - msgs0
-            cpu = (server.cpu() - cpu0) if server else float("nan")
+            cpu = (cpu_seconds(server.pid) - cpu0) if server else float("nan")
             result.update(messages_per_second=round(msgs / elapsed, 1),
                           cpu_us_per_message=round(cpu / max(msgs, 1) * 1e6, 1),
                           messages_per_core_second=round(msgs / cpu, 1) if cpu and cpu == cpu else None,
@@ -441,14 +388,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.signalling", description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=100, help="idle connections held open")
-    parser.add_argument("--requests", type=int, help="visit requests queued then matched (default 100; "
-                        "1000 with several processes)")
+    parser.add_argument("--requests", type=int, default=100, help="visit requests queued then matched")
     parser.add_argument("--seconds", type=float, default=3.0, help="ping throughput phase")
-    parser.add_argument("--physicians", type=int,
-                        help="physicians in a closed accept/end loop (default 5, 200 with several processes; "
-                        "more: a saturation test)")
-    parser.add_argument("--processes", type=int, default=1,
-                        help="signalling processes started on one redis-server (more than 1: --store redis)")
+    parser.add_argument("--physicians", type=int, default=5,
+                        help="physicians in a closed accept/end loop (more: a saturation test)")
     parser.add_argument("--json", metavar="FILE", help="write the figures here")
     parser.add_argument("--server", metavar="URL", help="use this server (tokens must be signed with the bench key)")
     parser.add_argument("--store", choices=["memory", "redis"], default="memory")
@@ -456,13 +399,6 @@ def main(argv: list[str] | None = None) -> int:
                         help="hold the idle connections in the measuring process (the old way)")
     parser.add_argument("--idle-child", metavar="WS_URL", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    several = args.processes > 1
-    if args.requests is None:
-        args.requests = 1000 if several else 100
-    if args.physicians is None:
-        args.physicians = 200 if several else 5
-    if several and (args.store != "redis" or args.server):
-        parser.error("--processes above 1 needs --store redis and no --server (processes share state in Redis)")
     if args.idle_child:
         asyncio.run(idle_child(args.idle_child, args.clients))
         return 0

@@ -130,11 +130,11 @@ class Presences:
         for s in self.local.values():
             if s.sub == physician:
                 s.status, s.after = status, after
-        if entry.matchable:  # first: matching reads the store while the change is announced
-            await self.matching.kick(physicians=[physician])
         await self.ctx.bus.emit(PRESENCE_WATCHERS, p.PresenceChanged(
             physician=physician, status=status.value, specialties=list(specialties), name=entry.name,
             connected=connected).to_wire())
+        if entry.matchable:
+            await self.matching.kick(physicians=[physician])
         return entry
 
     async def put_session(self, s: Session, status: PresenceStatus, after: PresenceStatus | None = None) -> Presence:
