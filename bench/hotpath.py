@@ -1,6 +1,7 @@
 """In-process micro-benchmark of the SFU's per-packet path (CPU time per packet).
 
-``python -m bench.hotpath [--subscribers 1,4] [--packets 2000] [--repeats 15] [--json FILE]``
+``python -m bench.hotpath [--subscribers 1,4,8] [--packets 2000] [--repeats 15] [--send-path native|python]
+[--json FILE]``
 
 What runs is the SFU's real code, from the datagram callback on: SRTP datagrams
 (protected beforehand with the publisher's session, outside the measurement)
@@ -10,8 +11,10 @@ go to the tapped transport's ``Connection.data_received``
 NACK generator), :class:`sfu.forwarder.Forwarder` (keyframe detection, counters)
 and, per subscriber, :class:`sfu.subscription.Subscription` (sequence/timestamp
 mapping, header and extension rewriting, NACK history, SRTP protect with a real
-libsrtp session, ``sendto`` on a real uvloop UDP transport to a real loopback
-socket, Sender Report counters). Only the aiortc and aioice objects around them are
+libsrtp session, a :class:`media.send_batch.SendBatch` that sends each subscriber's
+packets of one event-loop turn with one ``sendmmsg`` (``--send-path native``, the default) or
+one ``sendto`` each (``python``) on a real uvloop UDP socket to a real loopback socket, Sender
+Report counters). Only the aiortc and aioice objects around them are
 stand-ins that carry the attributes the SFU reads (no DTLS handshake, no ICE), made by
 ``media.aiortc_internals`` and ``media.aioice_internals``, which know those attributes.
 
@@ -20,9 +23,12 @@ The traffic is one consultation-like publisher: VP8 ~1.5 Mbit/s at 30 fps
 extensions, and Opus 20 ms with ``mid`` + ``ssrc-audio-level``, interleaved as they
 would arrive; each subscriber takes both tracks.
 
-Measured: ``time.process_time()`` around each batch of datagrams (receiving
-sockets are drained between batches, outside the measurement), per input packet
-and per (packet x subscriber); the figure is the median over ``--repeats``
+Datagrams arrive in real bursts: a video frame's packets (and the audio packets that arrive
+with it), then the event loop turns (``asyncio.sleep(0)``), as it would between two reads of
+the socket, and the batched writes go out. Measured: ``time.process_time()`` around every
+burst of a batch of about 200 datagrams, the loop turns included (receiving sockets are
+drained between batches, outside the measurement), per input packet and per (packet x
+subscriber); ``datagrams_per_syscall``: datagrams sent per system call that sent them; the figure is the median over ``--repeats``
 repetitions, which is robust against the other jobs of a shared machine (CPU
 time, not wall time; a descheduled process does not count). Several subscriber
 counts are interleaved repetition by repetition.
@@ -32,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import json
 import random
 import socket
@@ -111,26 +118,32 @@ class Traffic:
         self.ats += 960
         return packet
 
-    def next(self, n: int) -> list[bytes]:
-        """The next ``n`` packets in arrival order (per 100 ms: 3 video frames, 5 audio packets)."""
-        out, self.pending = self.pending, []
-        while len(out) < n:
-            for _ in range(3):
-                out.extend(self._video_frame())
-                out.append(self._audio())
+    def bursts(self, n: int) -> list[list[bytes]]:
+        """The next bursts (at least ``n`` packets, whole bursts), in arrival order: per 100 ms,
+        3 video frames, each with the audio packets that arrive with it (5 in all)."""
+        out: list[list[bytes]] = []
+        total = 0
+        while total < n:
+            for i in range(3):
+                burst = self._video_frame()
+                burst.append(self._audio())
                 if self.frame % 3 == 0:
-                    out.append(self._audio())
-            out.append(self._audio())
-        self.pending = out[n:]  # the rest of the last frame: next time, none is lost
-        return out[:n]
+                    burst.append(self._audio())
+                if i == 2:
+                    burst.append(self._audio())
+                out.append(burst)
+                total += len(burst)
+        return out
 
 
 class Setup:
     """One publisher (video + audio) forwarded to ``n`` subscribers over loopback."""
 
-    def __init__(self, n: int, seed: int) -> None:
+    def __init__(self, n: int, seed: int, send_path: str) -> None:
         self.n = n
         self.seed = seed
+        self.send_path = send_path
+        self.send_batch: Any = None
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -172,6 +185,11 @@ class Setup:
         self.data_received = connection.data_received
         self.sinks: list[socket.socket] = []
         self.subscriptions = []
+        batched = {}
+        if "batch" in inspect.signature(Subscription).parameters:  # this issue's batching (A/B runs)
+            from media.send_batch import SendBatch
+            self.send_batch = SendBatch(native=self.send_path == "native")
+            batched = {"batch": self.send_batch}
         self.transports = []
         for i in range(self.n):
             sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -184,20 +202,29 @@ class Setup:
             tx, _unused = aiortc_internals.srtp_session_pairs()[0]
             sub_dtls = aiortc_internals.stand_in_dtls_transport(
                 aioice_internals.stand_in_connection(udp, sink.getsockname()), tx=tx)
+            if self.send_batch is not None:
+                batched["writer"] = aiortc_internals.RtpWriter(sub_dtls)  # shared, as a participant's
             for mid, pub, ext in (("0", self.publications[0], VIDEO_EXT), ("1", self.publications[1], AUDIO_EXT)):
                 leg = LegParameters(mid=mid, kind=pub.info.kind, codec=pub.codec,
                                     rtx_payload_type=97 if pub.info.kind == "video" else None,
                                     ssrc=rng.randrange(1 << 32), rtx_ssrc=rng.randrange(1 << 32)
                                     if pub.info.kind == "video" else None, extensions=dict(ext))
                 sub = Subscription(f"SU_{i}_{mid}", f"s{i}", aiortc_internals.stand_in_sender(), sub_dtls, leg,
-                                   pub.extensions, 256, pub.counts)
+                                   pub.extensions, 256, pub.counts, **batched)
                 sub.attach(pub.forwarder, pub.id, pub.extensions)
                 self.subscriptions.append(sub)
         await asyncio.sleep(0)
 
-    def batch(self, n: int) -> list[bytes]:
+    def bursts(self, n: int) -> list[list[bytes]]:
         protect = self.pub_tx.protect
-        return [protect(p) for p in self.traffic.next(n)]
+        return [[protect(p) for p in burst] for burst in self.traffic.bursts(n)]
+
+    def syscall_counts(self) -> tuple[int, int]:
+        """(datagrams sent, system calls that sent them) so far."""
+        if self.send_batch is None:  # the code before batching: one sendto per datagram
+            sent = sum(p.counts.packets_out for p in self.publications)
+            return sent, sent
+        return self.send_batch.counts.datagrams, self.send_batch.counts.syscalls
 
     def drain(self) -> int:
         got = 0
@@ -216,8 +243,9 @@ class Setup:
             sink.close()
 
 
-async def measure(counts: list[int], packets: int, repeats: int, warmup: int) -> dict[str, Any]:
-    setups = {n: Setup(n, seed=7 + n) for n in counts}
+async def measure(counts: list[int], packets: int, repeats: int, warmup: int,
+                  send_path: str = "native") -> dict[str, Any]:
+    setups = {n: Setup(n, seed=7 + n, send_path=send_path) for n in counts}
     for s in setups.values():
         await s.start()
     samples: dict[int, list[float]] = {n: [] for n in counts}
@@ -229,22 +257,29 @@ async def measure(counts: list[int], packets: int, repeats: int, warmup: int) ->
             left = packets
             got = 0
             while left > 0:
-                datagrams = s.batch(min(BATCH, left))
-                left -= len(datagrams)
+                bursts = s.bursts(min(BATCH, left))
+                left -= sum(len(b) for b in bursts)
                 received = s.data_received
                 t0 = time.process_time()
-                for d in datagrams:
-                    received(d, 1)
+                for burst in bursts:
+                    for d in burst:
+                        received(d, 1)
+                    await asyncio.sleep(0)  # the loop turns: batched writes go out (and any PLI task)
                 spent += time.process_time() - t0
-                await asyncio.sleep(0)  # let any spawned task (PLI) run, outside the measurement
                 got += s.drain()
             if rep >= warmup:
                 samples[n].append(spent / packets * 1e6)
                 out_bytes[n] += got
-    result: dict[str, Any] = {"packets": packets, "repeats": repeats, "steps": []}
+    batch = next(iter(setups.values())).send_batch
+    result: dict[str, Any] = {"packets": packets, "repeats": repeats, "steps": [],
+                              "send_path": "sendto" if batch is None else "native" if batch.uses_native else "python"}
+    all_datagrams = all_calls = 0
     for n in counts:
         s = setups[n]
         sent = sum(p.counts.packets_out for p in s.publications)
+        datagrams, calls = s.syscall_counts()
+        all_datagrams += datagrams
+        all_calls += calls
         med = statistics.median(samples[n])
         result["steps"].append({
             "subscribers": n,
@@ -254,8 +289,10 @@ async def measure(counts: list[int], packets: int, repeats: int, warmup: int) ->
             "us_per_packet_subscriber_p50": round(med / n, 3) if n else None,
             "packets_out": sent,
             "received_bytes": out_bytes[n],
+            "datagrams_per_syscall": round(datagrams / calls, 2) if calls else None,
         })
         s.close()
+    result["datagrams_per_syscall"] = round(all_datagrams / all_calls, 2) if all_calls else None
     if len(counts) >= 2:
         lo, hi = min(counts), max(counts)
         a = next(x for x in result["steps"] if x["subscribers"] == lo)["us_per_packet_p50"]
@@ -266,18 +303,21 @@ async def measure(counts: list[int], packets: int, repeats: int, warmup: int) ->
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.hotpath", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--subscribers", default="1,4", help="comma-separated subscriber counts (interleaved)")
+    parser.add_argument("--subscribers", default="1,4,8", help="comma-separated subscriber counts (interleaved)")
     parser.add_argument("--packets", type=int, default=2000, help="input packets per repetition")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--send-path", choices=("native", "python"), default="native",
+                        help="how subscriptions write ([media] send_path; native needs media._rtpsend built)")
     parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args(argv)
     counts = [int(x) for x in args.subscribers.split(",") if x.strip()]
-    result = uvloop.run(measure(counts, args.packets, args.repeats, args.warmup))
+    result = uvloop.run(measure(counts, args.packets, args.repeats, args.warmup, args.send_path))
     for step in result["steps"]:
         print(f"{step['subscribers']} subscriber(s): {step['us_per_packet_p50']:.2f} us/packet "
               f"(min {step['us_per_packet_min']:.2f}, max {step['us_per_packet_max']:.2f}), "
-              f"{step['us_per_packet_subscriber_p50'] or 0:.2f} us per packet and subscriber")
+              f"{step['us_per_packet_subscriber_p50'] or 0:.2f} us per packet and subscriber, "
+              f"{step['datagrams_per_syscall']} datagrams per system call")
     if "marginal_us_per_subscriber" in result:
         print(f"marginal: {result['marginal_us_per_subscriber']:.2f} us per packet per added subscriber")
     if args.json:

@@ -117,9 +117,17 @@ class MediaSettings:
     """Mark the device agent's media packets with DSCP (IP TOS): the stethoscope's session
     EF (46), the video devices' AF41 (34), so that site routers that honour it queue the
     heart sounds first. Off: the system's default (some networks drop marked packets)."""
+    send_path: str = "auto"
+    """How the SFU writes forwarded packets (media/send_batch.py): each socket's packets of one
+    event-loop turn go together. ``native``: SRTP-protected and sent by the C extension
+    ``media._rtpsend`` (one ``sendmmsg`` per socket and turn); the server refuses to start where
+    it was not built. ``python``: pylibsrtp and one ``sendto`` per packet. ``auto``: native
+    where built, else python (logged)."""
 
     def validate(self) -> list[tuple[str, str]]:
         errors = []
+        if self.send_path not in ("auto", "native", "python"):
+            errors.append(("send_path", "must be 'auto', 'native' or 'python'"))
         for key in tuple(k for k in ("listen_ip", "announced_ip") if getattr(self, k)):
             try:
                 ipaddress.ip_address(getattr(self, key))

@@ -15,8 +15,10 @@ aioice has no hooks for what a server needs, so we reach inside one ``Connection
 * the receive path (:func:`take_datagrams`): the connection's ``data_received`` (which
   otherwise only queues a datagram for ``Connection.recv``) is wrapped, and media datagrams
   skip ``StunProtocol.datagram_received``'s STUN parse;
-* the send path (:func:`nominated_pairs`, :func:`pair_destination`): the private
-  ``_nominated`` pairs, and each pair's ``protocol.transport`` and ``remote_addr``.
+* the send path (:func:`nominated_pairs`, :func:`pair_destination`, :func:`pair_socket`,
+  :func:`pair_transport`): the private ``_nominated`` pairs, and each pair's
+  ``protocol.transport`` (and, when it is a plain UDP transport, its socket's descriptor) and
+  ``remote_addr``.
 * closing what a stuck close left open (:func:`close_sockets`): ``_query_consent_task``,
   ``_nominated``, each of ``_protocols``' transport.
 
@@ -35,6 +37,7 @@ from typing import Any, Awaitable, Callable, cast
 import aioice
 import aioice.ice
 import aioice.turn
+import uvloop.loop
 from aioice.candidate import Candidate, candidate_foundation, candidate_priority
 
 from media.library_versions import VersionRange
@@ -284,6 +287,27 @@ def pair_destination(pair: Any) -> tuple[SendTo, Any]:
     ``Connection.sendto`` -> ``StunProtocol.send_data`` do for a datagram, without their
     coroutines (neither waits for anything)."""
     return pair.protocol.transport.sendto, pair.remote_addr
+
+
+_PLAIN_UDP = (uvloop.loop.UDPTransport, asyncio.selector_events._SelectorDatagramTransport)  # type: ignore[attr-defined]
+
+
+def pair_socket(pair: Any) -> int | None:
+    """The file descriptor of the pair's local socket when what ``pair_destination`` sends
+    through is a plain UDP transport (uvloop's or asyncio's), so that writing the socket
+    directly sends the same datagrams; None for anything in between (a TURN relay's
+    ``TurnTransport``, a datagram hook's wrapper) or a closed socket."""
+    transport = pair.protocol.transport
+    if type(transport) not in _PLAIN_UDP or transport.is_closing():
+        return None
+    sock = transport.get_extra_info("socket")
+    fd = sock.fileno() if sock is not None else -1
+    return fd if fd >= 0 else None
+
+
+def pair_transport(pair: Any) -> Any:
+    """What the pair sends through (``protocol.transport``)."""
+    return pair.protocol.transport
 
 
 # -- stand-ins for in-process benchmarks ---------------------------------------------------

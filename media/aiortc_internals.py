@@ -124,9 +124,10 @@ from aiortc.rtp import (
 from media import aioice_internals
 from media.eager import run_now
 from media.library_versions import VersionRange
-from media.pylibsrtp_internals import Protect, Unprotect, srtp_protector, srtp_unprotector
+from media.pylibsrtp_internals import Protect, Unprotect, native_session, srtp_protector, srtp_unprotector
 from media.red import RedError
 from media.red import primary as red_primary
+from media.send_batch import NATIVE, NativeRoute, SendBatch, Sink
 
 logger = logging.getLogger(__name__)
 
@@ -660,10 +661,11 @@ class RtpWriter:
     the transport's SRTP session (protect through libsrtp directly, reusing one length cell,
     instead of ``Session.protect``'s checks and allocation per call) and aioice's nominated
     pair (re-read per packet from the connection's dict, re-resolved when it changes).
-    The forwarding hot path: one call per packet and subscriber. Raises ConnectionError when
-    not connected, like :func:`send_rtp_now`; the bytes sent are the same."""
+    The forwarding hot path: one call per packet and subscriber, or, with :meth:`queue`, one
+    :class:`media.send_batch.SendBatch` entry sent at the end of the event-loop turn. Raises
+    ConnectionError when not connected, like :func:`send_rtp_now`; the bytes sent are the same."""
 
-    __slots__ = ("transport", "_session", "_protect", "_nominated", "_pair", "_sendto", "_addr")
+    __slots__ = ("transport", "_session", "_protect", "_nominated", "_pair", "_sendto", "_addr", "_sink")
 
     def __init__(self, transport: RTCDtlsTransport) -> None:
         self.transport = transport
@@ -673,15 +675,17 @@ class RtpWriter:
         self._pair: Any = None
         self._sendto: aioice_internals.SendTo = _unbound_sendto
         self._addr: Any = None
+        self._sink: Sink | None = None
 
-    def __call__(self, data: bytes) -> None:
+    def _resolve(self) -> None:
+        """Follow the transport's SRTP session and nominated pair (ConnectionError: none)."""
         transport = self.transport
         if transport._state is not _CONNECTED:
             raise ConnectionError("Cannot send encrypted RTP, not connected")
         if transport._tx_srtp is not self._session:
             self._session = transport._tx_srtp
             self._protect = srtp_protector(self._session)
-        protected = self._protect(data)
+            self._sink = None
         nominated = self._nominated
         if nominated is None:
             nominated = self._nominated = aioice_internals.nominated_pairs(ice_connection(transport.transport))
@@ -691,9 +695,55 @@ class RtpWriter:
                 raise ConnectionError("Cannot send data, not connected")
             self._pair = pair
             self._sendto, self._addr = aioice_internals.pair_destination(pair)
+            self._sink = None
+
+    def __call__(self, data: bytes) -> None:
+        self._resolve()
+        protected = self._protect(data)
         self._sendto(protected, self._addr)
+        transport = self.transport
         transport._RTCDtlsTransport__tx_bytes += len(protected)  # type: ignore[attr-defined]
         transport._RTCDtlsTransport__tx_packets += 1  # type: ignore[attr-defined]
+
+    def queue(self, data: bytes, batch: SendBatch) -> None:
+        """Write ``data`` at the end of this event-loop turn, with what else is due to this
+        transport (:class:`media.send_batch.SendBatch`)."""
+        sink = self._sink
+        transport = self.transport
+        # Per packet and subscriber: only what :meth:`_resolve` would find changed is checked.
+        if (sink is None or transport._state is not _CONNECTED or transport._tx_srtp is not self._session
+                or self._nominated.get(1) is not self._pair):  # type: ignore[union-attr]
+            self._resolve()
+            sink = self._sink
+            if sink is None:
+                sink = self._sink = self._new_sink()
+        pending = sink.pending
+        if not pending:
+            batch.due(sink)
+        pending.append(data)
+
+    def _new_sink(self) -> Sink:
+        transport, session, pair = self.transport, self._session, self._pair
+        assert session is not None and pair is not None
+        native = None
+        fd = aioice_internals.pair_socket(pair)
+        if fd is not None and NATIVE is not None:
+            protect, srtp = native_session(session)
+            try:
+                address = NATIVE.pack_address(str(self._addr[0]), int(self._addr[1]))
+            except ValueError:
+                address = None  # not a numeric address: the transport resolves it
+            if address is not None:
+                native = NativeRoute(fd=fd, protect=protect, session=srtp, address=address)
+
+        def on_sent(datagrams: int, octets: int) -> None:
+            transport._RTCDtlsTransport__tx_bytes += octets  # type: ignore[attr-defined]
+            transport._RTCDtlsTransport__tx_packets += datagrams  # type: ignore[attr-defined]
+
+        # The sink holds the session: libsrtp's srtp_t lives as long as the sink can use it.
+        return Sink(protect=self._protect, sendto=self._sendto, address=self._addr,
+                    transport=aioice_internals.pair_transport(pair), on_sent=on_sent, native=native,
+                    session=session)
 
 
 def _unbound(data: bytes) -> bytes:

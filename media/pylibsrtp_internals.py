@@ -6,6 +6,10 @@ the cost. :func:`srtp_protector` and :func:`srtp_unprotector` make the same libs
 session's own buffer (``Session._cdata``, ``_buffer``, ``_srtp``; ``pylibsrtp._binding``;
 ``pylibsrtp._srtp_assert``), reusing one length cell: the same bytes out, the same errors.
 
+:func:`native_session` gives the same session to C (``media/_rtpsend.c``): the address of
+libsrtp's ``srtp_protect`` in pylibsrtp's bundled libsrtp (``lib.srtp_protect``, whose 1.0
+signature is ``srtp_err_status_t (srtp_t, void *, int *)``) and the session's ``srtp_t``.
+
 Loads only on the pylibsrtp versions ``tests/media/test_pylibsrtp_internals.py`` checked.
 """
 
@@ -72,3 +76,13 @@ def srtp_unprotector(session: pylibsrtp.Session) -> Unprotect:
         return buffer[0:length[0]]
 
     return unprotect_now
+
+
+def native_session(session: pylibsrtp.Session) -> tuple[int, int]:
+    """(address of libsrtp's ``srtp_protect``, the session's ``srtp_t``), as integers, for C
+    code that protects in its own buffers. The session must outlive their use (it owns the
+    ``srtp_t``: ``Session._srtp``)."""
+    binding = pylibsrtp._binding
+    ffi, lib = binding.ffi, binding.lib
+    protect = int(ffi.cast("uintptr_t", ffi.addressof(lib, "srtp_protect")))
+    return protect, int(ffi.cast("uintptr_t", session._srtp[0]))

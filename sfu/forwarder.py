@@ -115,8 +115,9 @@ class Forwarder:
         waiting = False
         if self.subscriptions:
             layout = extension_layout(data, header)  # once per packet, for every subscription
+            now = self.clock()
             for subscription in self.subscriptions:
-                if subscription.send(data, header, keyframe, layout):
+                if subscription.send(data, header, keyframe, layout, now):
                     waiting = True
         if waiting and self.kind == "video" and self.requester.due(self.clock()):
             self.keyframe_wanted("still waiting")

@@ -39,7 +39,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
-from aiortc import RTCConfiguration, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCDtlsTransport, RTCSessionDescription
 from aiortc.rate import RemoteBitrateEstimator
 from aiortc.rtcconfiguration import RTCBundlePolicy
 
@@ -50,6 +50,7 @@ from media import aiortc_internals
 from media import red as rfc2198
 from media.eager import run_now
 from media.ice import MediaNetwork, ScopedPeerConnection
+from media.send_batch import SendBatch
 from media.teardown import close_peer_connection
 from sfu.budgets import RetransmitBudget, TokenBucket
 from sfu.congestion import (
@@ -104,7 +105,8 @@ class Participant:
     def __init__(self, session_id: str, grant: RoomGrant, room: "Room", network: MediaNetwork,
                  metrics: SfuMetrics, history_size: int, pli_interval: float,
                  on_gone: Callable[["Participant"], None], *, retransmit_budget: RetransmitBudget | None = None,
-                 close_timeout_s: float = 5.0, media: MediaSettings | None = None) -> None:
+                 close_timeout_s: float = 5.0, media: MediaSettings | None = None,
+                 send_batch: SendBatch | None = None) -> None:
         self.id = session_id
         self.grant = grant
         self.room = room
@@ -123,6 +125,10 @@ class Participant:
         self.retransmit_budget = retransmit_budget or RetransmitBudget.from_settings(MediaSettings())
         """What this participant's NACKs may have retransmitted, all its subscriptions together."""
         self.close_timeout_s = close_timeout_s
+        self.send_batch = send_batch
+        """Where its subscriptions write (None: each packet at once)."""
+        self._writers: dict[RTCDtlsTransport, aiortc_internals.RtpWriter] = {}
+        """One per transport (with bundling, one): its subscriptions' packets go out together."""
         self.init_congestion_control(media or MediaSettings())
         self.channel: Any = None
         self._sending: set[asyncio.Task[None]] = set()
@@ -241,7 +247,8 @@ class Participant:
             subscription = Subscription(f"SU_{self.id}_{line.mid}", self.id, transceiver.sender,
                                         transceiver.sender.transport, leg, publication.extensions,
                                         self.history_size, publication.counts, budget=self.retransmit_budget,
-                                        max_resends=self.media.nack_max_retries)
+                                        max_resends=self.media.nack_max_retries, batch=self.send_batch,
+                                        writer=self._writer_for(transceiver.sender.transport))
             aiortc_internals.intercept_sender_rtcp(transceiver.sender, subscription.on_nack,
                                                    subscription.on_keyframe_request, self._subscriber_remb)
             self.subscriptions[line.mid] = subscription
@@ -465,6 +472,12 @@ class Participant:
         return (publication, None)
 
     # -- events ------------------------------------------------------------
+    def _writer_for(self, transport: RTCDtlsTransport) -> aiortc_internals.RtpWriter:
+        writer = self._writers.get(transport)
+        if writer is None:
+            writer = self._writers[transport] = aiortc_internals.RtpWriter(transport)
+        return writer
+
     def _connection_state(self) -> None:
         state = self.pc.connectionState
         if state == "connected":

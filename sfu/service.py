@@ -48,6 +48,7 @@ from config.settings import Settings
 from core.auth import RoomGrant
 from core.vocabulary import ParticipantId, RoomId
 from media.ice import MediaNetwork
+from media.send_batch import NATIVE, SendBatch
 from sfu.budgets import RetransmitBudget
 from sfu.errors import Forbidden, NotFound, SfuError, Unavailable
 from sfu.events import PublicationInfo, RoomListener
@@ -72,6 +73,16 @@ class Negotiation:
     """Publications this negotiation created."""
 
 
+def _send_batch(send_path: str) -> SendBatch:
+    if send_path == "native" and NATIVE is None:
+        raise RuntimeError("[media] send_path = \"native\", but the C extension media._rtpsend was not built "
+                           "(it needs gcc and the Python headers: reinstall with scripts/install.sh)")
+    batch = SendBatch(native=send_path != "python")
+    if send_path == "auto" and not batch.uses_native:
+        logger.warning("media._rtpsend was not built: forwarding sends one packet per system call")
+    return batch
+
+
 class SfuService:
     def __init__(self, settings: Settings, *, accepting: Callable[[], bool] = lambda: True,
                  network: MediaNetwork | None = None, gate: RoomGate | None = None) -> None:
@@ -86,6 +97,8 @@ class SfuService:
         self.metrics.uplinks = self._uplinks
         self._rooms: dict[str, Room] = {}
         self._sessions: dict[str, Participant] = {}
+        self.send_batch = _send_batch(settings.media.send_path)
+        """Every subscription's writes of one event-loop turn, sent together at its end."""
         self.closed = False
 
     # -- rooms -----------------------------------------------------------------
@@ -165,7 +178,7 @@ class SfuService:
                 "SE_" + secrets.token_hex(8), grant, room, self.network, self.metrics,
                 media.nack_history, media.pli_interval_s, self._gone,
                 retransmit_budget=RetransmitBudget.from_settings(media),
-                close_timeout_s=media.close_timeout_s, media=media)
+                close_timeout_s=media.close_timeout_s, media=media, send_batch=self.send_batch)
         try:
             answer, created = await participant.negotiate(offer, publish, targets)
         except BaseException:
@@ -353,3 +366,4 @@ class SfuService:
         self.closed = True
         # Together: each close is bounded ([media] close_timeout_s), so is the node's.
         await asyncio.gather(*(self.close_room(room) for room in list(self._rooms)))
+        self.send_batch.close()

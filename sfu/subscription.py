@@ -39,6 +39,7 @@ from aiortc import RTCDtlsTransport, RTCRtpSender
 from config.settings import MediaSettings
 from media import aiortc_internals
 from media import red as rfc2198
+from media.send_batch import SendBatch
 from sfu.budgets import RetransmitBudget
 from sfu.congestion import RateMeter
 from sfu.metrics import TrackCounts
@@ -56,14 +57,21 @@ class Subscription:
     def __init__(self, subscription_id: str, session_id: str, sender: RTCRtpSender, transport: RTCDtlsTransport,
                  leg: LegParameters, publisher_extensions: dict[str, int], history_size: int,
                  counts: TrackCounts, clock: Callable[[], float] = time.monotonic, *,
-                 budget: RetransmitBudget | None = None, max_resends: int = 3) -> None:
+                 budget: RetransmitBudget | None = None, max_resends: int = 3,
+                 batch: SendBatch | None = None, writer: aiortc_internals.RtpWriter | None = None) -> None:
         if leg.ssrc is None:
             raise ValueError("a subscription leg needs a sending SSRC")
         self.id = subscription_id
         self.session_id = session_id
         self.sender = sender
         self.transport = transport
-        self._write = aiortc_internals.RtpWriter(transport)
+        self._write = writer if writer is not None and writer.transport is transport \
+            else aiortc_internals.RtpWriter(transport)
+        """Shared by the subscriptions on one transport, so that a turn's packets to it, audio
+        and video, leave in one batch."""
+        self._batch = batch
+        """Where packets go at the end of the event-loop turn, with the rest of this turn's to the
+        same transport (None: each at once)."""
         self.mid = leg.mid
         self.kind = leg.kind
         self.ssrc = leg.ssrc
@@ -135,13 +143,13 @@ class Subscription:
         self.mapper.switch(gap)
 
     # -- packet path -------------------------------------------------------
-    def send(self, data: bytes, header: RtpHeader, keyframe: bool, layout: Layout | None = None) -> bool:
+    def send(self, data: bytes, header: RtpHeader, keyframe: bool, layout: Layout | None = None,
+             now: float | None = None) -> bool:
         """Forward one packet; returns True while this subscription waits for a keyframe.
-        ``layout``: the packet's :func:`sfu.rtp.extension_layout` (the forwarder works it out
-        once for all subscriptions). Synchronous: nothing on this path waits."""
-        if self.closed:
-            return False
-        if not self._ready:
+        ``layout``: the packet's :func:`sfu.rtp.extension_layout` and ``now`` the clock's time
+        (the forwarder works them out once for all subscriptions). Synchronous: nothing on this
+        path waits. Once per packet and subscriber: what it does is kept to the minimum."""
+        if not self._ready:  # also closed: close() clears it, and ready stays False after
             if not self.ready:
                 return False
             if self.forwarder is not None:  # just became ready: the keyframe to start on
@@ -153,13 +161,16 @@ class Subscription:
                 return False
             data, header, payload_type = red
         mapper = self.mapper
-        if not mapper.started:
+        mapped = mapper.map(header.sequence_number, header.timestamp)
+        if mapped is None:
+            if mapper.started:
+                return False
             if not keyframe:
                 return True
             mapper.start(header.sequence_number, header.timestamp)
-        mapped = mapper.map(header.sequence_number, header.timestamp)
-        if mapped is None:
-            return False
+            mapped = mapper.map(header.sequence_number, header.timestamp)
+            if mapped is None:
+                return False
         seq, ts = mapped
         if layout is None:
             layout = extension_layout(data, header)
@@ -167,19 +178,24 @@ class Subscription:
                                 self.rewriter.block(data, layout))
         self.history.put(seq, packet)
         try:
-            self._write(packet)
+            if self._batch is not None:
+                self._write.queue(packet, self._batch)
+            else:
+                self._write(packet)
         except ConnectionError:
             self._ready = False
             return False
-        now = self.clock()
+        if now is None:
+            now = self.clock()
         if self.first_packet_at is None:
             self.first_packet_at = now
         self._last_sent = now
         aiortc_internals.note_sent(self.sender, ts, header.payload_end - header.payload_start)
+        size = len(packet)
         counts = self.counts
         counts.packets_out += 1
-        counts.bytes_out += len(packet)
-        self.bytes_sent += len(packet)
+        counts.bytes_out += size
+        self.bytes_sent += size
         return False
 
     def _red_for_leg(self, data: bytes, header: RtpHeader) -> tuple[bytes, RtpHeader, int] | None:
@@ -237,6 +253,7 @@ class Subscription:
         if self.closed:
             return
         self.closed = True
+        self._ready = False
         if self.forwarder is not None:
             self.forwarder.remove(self)
             self.forwarder = None

@@ -1,0 +1,215 @@
+/* Protect a batch of RTP packets with libsrtp and send them in one sendmmsg.
+ *
+ * The SFU's forwarding cost per packet and subscriber was mostly fixed costs: one sendto
+ * system call and one crossing into libsrtp through cffi each.  Here the packets due to one
+ * subscriber's socket in one event-loop turn cross into C once, are protected in place in
+ * this module's buffers, and leave in one sendmmsg (media/send_batch.py decides what goes
+ * together; media/pylibsrtp_internals.py hands over the libsrtp session).
+ *
+ * libsrtp is pylibsrtp's bundled copy: its srtp_protect is reached through the function
+ * pointer cffi gives for it, and the session through its srtp_t, both passed as integers.
+ * Everything runs with the GIL held, on the event loop's thread, as pylibsrtp's own calls
+ * do, so the static buffers are never shared.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+
+#define BATCH 64
+#define TRAILER_MAX (16 + 128) /* pylibsrtp.SRTP_MAX_TRAILER_LEN: tag and MKI */
+#define DATAGRAM_MAX (1500 - TRAILER_MAX) /* the longest packet pylibsrtp 1.0 protects */
+
+typedef int (*srtp_protect_fn)(void *ctx, void *rtp, int *len);
+
+static unsigned char buffers[BATCH][DATAGRAM_MAX + TRAILER_MAX];
+static struct iovec iovecs[BATCH];
+static struct mmsghdr messages[BATCH];
+
+/* pack_address(host, port) -> bytes: the sockaddr of a numeric IPv4 or IPv6 address. */
+static PyObject *pack_address(PyObject *self, PyObject *args) {
+    const char *host;
+    int port;
+    if (!PyArg_ParseTuple(args, "si", &host, &port))
+        return NULL;
+    if (port < 0 || port > 65535) {
+        PyErr_SetString(PyExc_ValueError, "port out of range");
+        return NULL;
+    }
+    struct addrinfo hints, *found = NULL;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_flags = AI_NUMERICHOST;
+    hints.ai_socktype = SOCK_DGRAM;
+    int rc = getaddrinfo(host, NULL, &hints, &found);
+    if (rc != 0 || found == NULL) {
+        PyErr_Format(PyExc_ValueError, "not a numeric address: %s", host);
+        return NULL;
+    }
+    struct sockaddr_storage address;
+    memset(&address, 0, sizeof address);
+    memcpy(&address, found->ai_addr, found->ai_addrlen);
+    socklen_t length = found->ai_addrlen;
+    freeaddrinfo(found);
+    if (address.ss_family == AF_INET)
+        ((struct sockaddr_in *)&address)->sin_port = htons((uint16_t)port);
+    else if (address.ss_family == AF_INET6)
+        ((struct sockaddr_in6 *)&address)->sin6_port = htons((uint16_t)port);
+    else {
+        PyErr_SetString(PyExc_ValueError, "neither IPv4 nor IPv6");
+        return NULL;
+    }
+    return PyBytes_FromStringAndSize((const char *)&address, length);
+}
+
+/* send(fd, protect, session, address, packets)
+ *     -> (sent, sent_bytes, unsent, failed, last_error, calls)
+ *
+ * Protects each packet of the list ``packets`` (bytes) with ``protect(session, ...)`` and sends
+ * them to ``address`` (from pack_address) on ``fd``, BATCH at a time.  ``unsent``: the
+ * protected packets the socket would not take now (EAGAIN), in order, for the caller's
+ * transport to queue (they are protected already: protecting again would repeat an SRTP
+ * index).  ``failed``: packets dropped, because libsrtp refused them (too long, key limit) or the
+ * socket refused them for good (as a UDP transport drops them); ``last_error``: the last such
+ * libsrtp status or errno, negated for errno (0: none); ``calls``: the sendmmsg calls made. */
+static PyObject *send_packets(PyObject *self, PyObject *args) {
+    int fd;
+    unsigned long long protect_address, session_address;
+    Py_buffer address;
+    PyObject *packets;
+    if (!PyArg_ParseTuple(args, "iKKy*O!", &fd, &protect_address, &session_address, &address,
+                          &PyList_Type, &packets))
+        return NULL;
+    srtp_protect_fn protect = (srtp_protect_fn)(uintptr_t)protect_address;
+    void *session = (void *)(uintptr_t)session_address;
+    Py_ssize_t total = PyList_GET_SIZE(packets);
+    Py_ssize_t sent = 0, sent_bytes = 0, failed = 0, calls = 0;
+    int last_error = 0;
+    PyObject *unsent = PyList_New(0);
+    if (unsent == NULL) {
+        PyBuffer_Release(&address);
+        return NULL;
+    }
+    Py_ssize_t next = 0;
+    int blocked = 0;
+    while (next < total && !blocked) {
+        int count = 0;
+        while (next < total && count < BATCH) {
+            PyObject *packet = PyList_GET_ITEM(packets, next++);
+            char *data;
+            Py_ssize_t length;
+            if (PyBytes_AsStringAndSize(packet, &data, &length) < 0)
+                goto error;
+            if (length > DATAGRAM_MAX) {
+                failed++;
+                last_error = 2; /* srtp_err_status_bad_param: what pylibsrtp refuses as too long */
+                continue;
+            }
+            memcpy(buffers[count], data, (size_t)length);
+            int protected_length = (int)length;
+            int status = protect(session, buffers[count], &protected_length);
+            if (status != 0) {
+                failed++;
+                last_error = status;
+                continue;
+            }
+            iovecs[count].iov_base = buffers[count];
+            iovecs[count].iov_len = (size_t)protected_length;
+            memset(&messages[count].msg_hdr, 0, sizeof messages[count].msg_hdr);
+            messages[count].msg_hdr.msg_name = address.buf;
+            messages[count].msg_hdr.msg_namelen = (socklen_t)address.len;
+            messages[count].msg_hdr.msg_iov = &iovecs[count];
+            messages[count].msg_hdr.msg_iovlen = 1;
+            count++;
+        }
+        int done = 0;
+        while (done < count) {
+            int n = sendmmsg(fd, messages + done, (unsigned int)(count - done), 0);
+            calls++;
+            if (n > 0) {
+                for (int i = done; i < done + n; i++)
+                    sent_bytes += (Py_ssize_t)iovecs[i].iov_len;
+                sent += n;
+                done += n;
+            } else if (n < 0 && errno == EINTR) {
+                continue;
+            } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+                blocked = 1;
+                break;
+            } else { /* refused for good (e.g. a firewall, an unreachable network): drop that one */
+                last_error = n < 0 ? -errno : 0;
+                failed++;
+                done++;
+            }
+        }
+        for (int i = done; i < count; i++) { /* blocked: the caller's transport queues them */
+            PyObject *rest = PyBytes_FromStringAndSize((const char *)iovecs[i].iov_base,
+                                                       (Py_ssize_t)iovecs[i].iov_len);
+            if (rest == NULL || PyList_Append(unsent, rest) < 0) {
+                Py_XDECREF(rest);
+                goto error;
+            }
+            Py_DECREF(rest);
+        }
+    }
+    /* Packets after a blocked batch are protected here too, in order, and handed back. */
+    while (next < total) {
+        PyObject *packet = PyList_GET_ITEM(packets, next++);
+        char *data;
+        Py_ssize_t length;
+        if (PyBytes_AsStringAndSize(packet, &data, &length) < 0)
+            goto error;
+        if (length > DATAGRAM_MAX) {
+            failed++;
+            last_error = 2;
+            continue;
+        }
+        memcpy(buffers[0], data, (size_t)length);
+        int protected_length = (int)length;
+        int status = protect(session, buffers[0], &protected_length);
+        if (status != 0) {
+            failed++;
+            last_error = status;
+            continue;
+        }
+        PyObject *rest = PyBytes_FromStringAndSize((const char *)buffers[0], protected_length);
+        if (rest == NULL || PyList_Append(unsent, rest) < 0) {
+            Py_XDECREF(rest);
+            goto error;
+        }
+        Py_DECREF(rest);
+    }
+    PyBuffer_Release(&address);
+    return Py_BuildValue("nnNnin", sent, sent_bytes, unsent, failed, last_error, calls);
+error:
+    PyBuffer_Release(&address);
+    Py_DECREF(unsent);
+    return NULL;
+}
+
+static PyMethodDef methods[] = {
+    {"pack_address", pack_address, METH_VARARGS, "pack_address(host, port) -> sockaddr bytes"},
+    {"send", send_packets, METH_VARARGS,
+     "send(fd, protect, session, address, packets) -> (sent, sent_bytes, unsent, failed, last_error, calls)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "media._rtpsend",
+    "SRTP-protect a batch of RTP packets and send them with one sendmmsg.", -1, methods,
+};
+
+PyMODINIT_FUNC PyInit__rtpsend(void) {
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL && (PyModule_AddIntConstant(m, "BATCH", BATCH) < 0
+                      || PyModule_AddIntConstant(m, "DATAGRAM_MAX", DATAGRAM_MAX) < 0)) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
