@@ -32,6 +32,30 @@ static unsigned char buffers[BATCH][DATAGRAM_MAX + TRAILER_MAX];
 static struct iovec iovecs[BATCH];
 static struct mmsghdr messages[BATCH];
 
+/* Protect ``packet`` (bytes) into ``buffer``: 1 done (its length in *length), 0 refused (too
+ * long, or libsrtp's status: counted in *failed, *last_error), -1 a Python error. */
+static int protect_into(PyObject *packet, srtp_protect_fn protect, void *session, unsigned char *buffer,
+                        int *length, Py_ssize_t *failed, int *last_error) {
+    char *data;
+    Py_ssize_t size;
+    if (PyBytes_AsStringAndSize(packet, &data, &size) < 0)
+        return -1;
+    if (size > DATAGRAM_MAX) {
+        (*failed)++;
+        *last_error = 2; /* srtp_err_status_bad_param: what pylibsrtp refuses as too long */
+        return 0;
+    }
+    memcpy(buffer, data, (size_t)size);
+    *length = (int)size;
+    int status = protect(session, buffer, length);
+    if (status != 0) {
+        (*failed)++;
+        *last_error = status;
+        return 0;
+    }
+    return 1;
+}
+
 /* pack_address(host, port) -> bytes: the sockaddr of a numeric IPv4 or IPv6 address. */
 static PyObject *pack_address(PyObject *self, PyObject *args) {
     const char *host;
@@ -100,24 +124,13 @@ static PyObject *send_packets(PyObject *self, PyObject *args) {
     while (next < total && !blocked) {
         int count = 0;
         while (next < total && count < BATCH) {
-            PyObject *packet = PyList_GET_ITEM(packets, next++);
-            char *data;
-            Py_ssize_t length;
-            if (PyBytes_AsStringAndSize(packet, &data, &length) < 0)
+            int protected_length;
+            int done = protect_into(PyList_GET_ITEM(packets, next++), protect, session, buffers[count],
+                                    &protected_length, &failed, &last_error);
+            if (done < 0)
                 goto error;
-            if (length > DATAGRAM_MAX) {
-                failed++;
-                last_error = 2; /* srtp_err_status_bad_param: what pylibsrtp refuses as too long */
+            if (done == 0)
                 continue;
-            }
-            memcpy(buffers[count], data, (size_t)length);
-            int protected_length = (int)length;
-            int status = protect(session, buffers[count], &protected_length);
-            if (status != 0) {
-                failed++;
-                last_error = status;
-                continue;
-            }
             iovecs[count].iov_base = buffers[count];
             iovecs[count].iov_len = (size_t)protected_length;
             memset(&messages[count].msg_hdr, 0, sizeof messages[count].msg_hdr);
@@ -159,24 +172,13 @@ static PyObject *send_packets(PyObject *self, PyObject *args) {
     }
     /* Packets after a blocked batch are protected here too, in order, and handed back. */
     while (next < total) {
-        PyObject *packet = PyList_GET_ITEM(packets, next++);
-        char *data;
-        Py_ssize_t length;
-        if (PyBytes_AsStringAndSize(packet, &data, &length) < 0)
+        int protected_length;
+        int done = protect_into(PyList_GET_ITEM(packets, next++), protect, session, buffers[0],
+                                &protected_length, &failed, &last_error);
+        if (done < 0)
             goto error;
-        if (length > DATAGRAM_MAX) {
-            failed++;
-            last_error = 2;
+        if (done == 0)
             continue;
-        }
-        memcpy(buffers[0], data, (size_t)length);
-        int protected_length = (int)length;
-        int status = protect(session, buffers[0], &protected_length);
-        if (status != 0) {
-            failed++;
-            last_error = status;
-            continue;
-        }
         PyObject *rest = PyBytes_FromStringAndSize((const char *)buffers[0], protected_length);
         if (rest == NULL || PyList_Append(unsent, rest) < 0) {
             Py_XDECREF(rest);
