@@ -22,12 +22,16 @@ def test_hotpath_smoke(tmp_path: Path) -> None:
                          cwd=ROOT, capture_output=True, text=True, timeout=50)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     result = json.loads(out.read_text())
-    assert set(result) >= {"packets", "repeats", "steps", "marginal_us_per_subscriber"}
+    assert set(result) >= {"packets", "repeats", "steps", "marginal_us_per_subscriber", "datagrams_per_syscall"}
+    assert result["send_path"] == "native"
     steps = {s["subscribers"]: s for s in result["steps"]}
     assert set(steps) == {0, 2}
     for n, step in steps.items():
         assert step["us_per_packet_p50"] > 0
-        # every input packet (warmup included) went out to every subscriber, none dropped
-        assert step["packets_out"] == n * 300 * 3
+        # every input packet (warmup included, whole bursts) went out to every subscriber, none dropped
+        assert step["packets_in"] >= 300 * 3
+        assert step["packets_out"] == n * step["packets_in"]
+    # a frame's packets and the audio with them leave together
+    assert steps[2]["datagrams_per_syscall"] > 3
     assert steps[2]["received_bytes"] > 2 * 300 * 2 * 100
     assert steps[0]["received_bytes"] == 0
