@@ -133,11 +133,15 @@ def default_spec(device: str) -> TrackSpec:
 
 
 def allocate(budget_kbps: Optional[float], tracks: Sequence[TrackSpec], viewed: Optional[str], *,
-             viewed_min_kbps: float = VIEWED_MIN_KBPS) -> list[TrackTarget]:
+             viewed_min_kbps: float = VIEWED_MIN_KBPS, keep_viewed: bool = False) -> list[TrackTarget]:
     """The split of one budget (the priority order above), without the audio-only state: a
     video whose share is under its minimum is paused (``viewed_min_kbps`` for the viewed one);
     when the viewed one is paused, so are the others (no other device instead of the one
-    being examined: the controller goes audio-only)."""
+    being examined: the controller goes audio-only). With ``keep_viewed`` the viewed one
+    keeps its minimum however short the budget (what the controller does in normal mode:
+    only the stethoscope's own distress pauses the device being examined, and a budget can
+    be short for other reasons: a REMB from before a queue drained, another device's
+    burst); the others are paused."""
     if budget_kbps is None:
         return [TrackTarget(t.device, t.kind, t.max_kbps, False, Reason.FULL) for t in tracks]
     order = ([t for t in tracks if t.kind == "audio"] + [t for t in tracks if t.kind != "audio" and t.device == viewed]
@@ -151,6 +155,8 @@ def allocate(budget_kbps: Optional[float], tracks: Sequence[TrackSpec], viewed: 
             continue
         minimum = max(track.min_kbps, viewed_min_kbps) if track.device == viewed else track.min_kbps
         share = min(track.max_kbps, left)
+        if keep_viewed and track.device == viewed:
+            share = max(share, minimum)
         viewed_paused = viewed in out and out[viewed].paused
         if share < minimum or viewed_paused:
             out[track.device] = TrackTarget(track.device, track.kind, 0.0, True, Reason.PAUSED)
@@ -414,7 +420,8 @@ class UplinkController:
 
     def _targets(self, usable: Optional[float]) -> list[TrackTarget]:
         if self.mode is Mode.NORMAL:
-            return allocate(usable, self._current, self.viewed, viewed_min_kbps=self.policy.viewed_min_kbps)
+            return allocate(usable, self._current, self.viewed, viewed_min_kbps=self.policy.viewed_min_kbps,
+                            keep_viewed=True)
         out = []
         for t in self._current:
             if t.kind == "audio":

@@ -57,6 +57,7 @@ from sfu.congestion import (
     LinkEstimate,
     publication_cap,
     remb_bps,
+    retransmit_burst,
     retransmit_packets_per_s,
     site_cap,
     subscriber_share,
@@ -380,9 +381,9 @@ class Participant:
         self.uplink.update(bps, now_s)
         rate = retransmit_packets_per_s(bps, self.media.retransmit_share)
         if self._nack_budget is None:
-            self._nack_budget = TokenBucket(rate, max(4.0, rate))
+            self._nack_budget = TokenBucket(rate, retransmit_burst(rate))
         else:
-            self._nack_budget.rate, self._nack_budget.burst = rate, max(4.0, rate)
+            self._nack_budget.rate, self._nack_budget.burst = rate, retransmit_burst(rate)
         video = [p for p in self.publications.values() if p.info.kind == "video" and not p.closed]
         if not video:
             return

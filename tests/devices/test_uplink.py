@@ -329,3 +329,26 @@ def test_reports_without_a_round_trip_keep_no_old_rise_alive() -> None:
     for now in (3.0, 4.0, 5.0, 6.0):
         c.audio_report(now, None, 0.0)
     assert not c._audio_distressed(6.0)
+
+
+def test_a_short_budget_without_stethoscope_distress_keeps_the_viewed_device_at_its_minimum() -> None:
+    """In normal mode only the stethoscope's own distress pauses the device being examined. A
+    budget that was short when congestion was seen (REMBs from before a queue drained, another
+    device's burst) once paused it silently, in normal mode, until the budget had grown back
+    (about 15 s in bench.network's 4g-weak, the dermatoscope frozen all along)."""
+    c = UplinkController(CABIN, policy(), viewed="dermatoscope")
+    sent = {"stethoscope": 300.0, "dermatoscope": 540.0, "otoscope": 300.0}  # RED: 300
+    low = {"dermatoscope": 120.0, "otoscope": 60.0}  # 0.9 * (300 + 180) = 432 < 300 + 250
+    steps = run(c, [(0.0, low, sent)], audio_loss=0.2)  # congestion seen, the stethoscope hurting
+    assert steps[0][1] is Mode.NORMAL
+    # The stethoscope's path is clean again: congestion is latched, the budget short.
+    steps = run(c, [(t, low, sent) for t in (0.5, 1.0, 2.0, 4.0)], audio_loss=0.0)
+    for _, mode, targets in steps:
+        assert mode is Mode.NORMAL
+        assert targets["dermatoscope"] == (250, R)
+        assert targets["otoscope"] == (0, P)
+
+
+def test_keep_viewed_floors_only_the_viewed_device() -> None:
+    got = {t.device: (round(t.target_kbps), t.reason) for t in allocate(380, CABIN, "dermatoscope", keep_viewed=True)}
+    assert got == {"stethoscope": (140, F), "dermatoscope": (250, R), "otoscope": (0, P)}

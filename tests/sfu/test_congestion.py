@@ -12,6 +12,7 @@ from sfu.congestion import (
     RateMeter,
     publication_cap,
     remb_bps,
+    retransmit_burst,
     retransmit_packets_per_s,
     site_cap,
     subscriber_share,
@@ -79,3 +80,12 @@ def test_retransmissions_follow_a_share_of_the_subscriber_estimate() -> None:
     budget.follow_estimate(1e12, 0.1)  # never above the configured budget
     assert budget.bytes.rate == MediaSettings().retransmit_bytes_per_s
     assert retransmit_packets_per_s(960_000, 0.1) == pytest.approx(10)
+
+
+def test_a_publishers_nack_budget_covers_a_run_of_drops() -> None:
+    """A queue overflow drops a run of packets: at a thin uplink's rate (2-3 a second) the
+    budget still asks for a run of 16 at once, and for two seconds' worth at higher rates."""
+    rate = retransmit_packets_per_s(300_000, 0.1)
+    assert rate < 4
+    assert retransmit_burst(rate) == 16
+    assert retransmit_burst(retransmit_packets_per_s(9_600_000, 0.1)) == pytest.approx(200)
