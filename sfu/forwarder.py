@@ -69,8 +69,10 @@ class Forwarder:
             self.subscriptions.remove(subscription)
 
     def keyframe_wanted(self, reason: str) -> None:
-        """A subscriber needs a keyframe (new, PLI/FIR, source change)."""
-        if self.kind != "video" or self.closed:
+        """A subscriber needs a keyframe (new, PLI/FIR, source change), or all of them do (a
+        packet lost for good upstream). Nobody to show it to (no subscription, no tap): no
+        request."""
+        if self.kind != "video" or self.closed or not (self.subscriptions or self.packet_listeners):
             return
         if self.requester.request(self.clock()):
             self.counts.pli_sent += 1

@@ -353,7 +353,12 @@ class Participant:
         bucket = self._nack_budget
         allowance = None if bucket is None else int(bucket.refill(now_ms / 1000))
         lost = nacks.due(now_ms, allowance)
-        publication.counts.nack_given_up += nacks.pop_given_up()
+        given_up = nacks.pop_given_up()
+        if given_up:
+            publication.counts.nack_given_up += given_up
+            # Every subscriber (and the recording) now holds a frame it cannot complete: ask
+            # for the keyframe once here, not after each of them found out (rate-limited).
+            publication.forwarder.keyframe_wanted("lost upstream")
         if not lost:
             return
         if bucket is not None:

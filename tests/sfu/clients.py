@@ -53,8 +53,9 @@ def prefer(transceiver: Any, mime: str) -> None:
 
 
 async def publish(http: aiohttp.ClientSession, base: str, room: str, token: str, tracks: list[MediaStreamTrack],
-                  *, sources: Sequence[str] = (), codecs: dict[str, str] | None = None) -> Session:
-    pc = client_pc()
+                  *, sources: Sequence[str] = (), codecs: dict[str, str] | None = None,
+                  hook: DatagramHook | None = None) -> Session:
+    pc = client_pc(hook)
     transceivers = []
     for track in tracks:
         t = pc.addTransceiver(track, direction="sendonly")

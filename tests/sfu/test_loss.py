@@ -157,3 +157,37 @@ async def test_opus_in_band_fec_crosses_a_lossy_leg_untouched(server):
         for session in sessions:
             await session.close()
         await pc.close()
+
+
+async def test_packets_lost_for_good_upstream_make_the_sfu_ask_the_publisher_for_a_keyframe(server, caplog):
+    """Every subscriber of a publication holds a frame it cannot complete once the SFU gives up
+    on a lost packet (bounded NACK): the SFU asks the publisher for a keyframe then, instead of
+    leaving each subscriber to find out (an aiortc receiver asks only when its jitter buffer
+    overflows: seconds of frozen video on a thin uplink, bench.network 4g-weak)."""
+    sfu = server.app[SFU]
+    tokens = server.tokens
+    cut = RandomLoss(0.0, seed=1)  # the publisher's link, cut
+    caplog.set_level("DEBUG", logger="sfu.forwarder")
+    async with aiohttp.ClientSession() as http:
+        pub = await publish(http, server.url, "cut", tokens.issue_room("cut", "cabin", role="nurse",
+                                                                      publish=["camera"]), [FlatVideoTrack()], hook=cut)
+        sessions = [pub]
+        try:
+            await wait_for(lambda: sfu.publications("cut"), what="publication")
+            viewer = await play(http, server.url, "cut", tokens.issue_room("cut", "doc", role="physician",
+                                                                           subscribe=True), ["video"])
+            sessions.append(viewer)
+            got = record_received(viewer.pc)
+            await wait_for(lambda: len(got) > 30, what="video through the SFU")
+            (publication,) = sfu._rooms["cut"].publications.values()
+            cut.probability = 1.0
+            # Longer than the publisher keeps packets to resend (aiortc: 128, ~1 a frame here):
+            # the oldest of the gap can never be repaired.
+            await asyncio.sleep(5.0)
+            cut.probability = 0.0
+            await wait_for(lambda: publication.counts.nack_given_up > 0, timeout=10, what="NACKs given up")
+            await wait_for(lambda: any(getattr(r, "why", None) == "lost upstream" for r in caplog.records),
+                           timeout=5, what="a keyframe asked for because of the loss upstream")
+        finally:
+            for s in sessions:
+                await s.close()
