@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Callable
 
+import pylibsrtp
+
 from media.pylibsrtp_internals import Protect
 
 logger = logging.getLogger(__name__)
@@ -89,9 +91,8 @@ class SendBatch:
     """Packets added during a turn are sent at its end (:meth:`flush`, also callable directly);
     :meth:`close` flushes what is left."""
 
-    def __init__(self, *, native: bool = True, loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def __init__(self, *, native: bool = True) -> None:
         self.native = NATIVE if native else None
-        self._loop = loop
         self._due: list[Sink] = []
         self._scheduled = False
         self.counts = BatchCounts()
@@ -111,7 +112,7 @@ class SendBatch:
         self._due.append(sink)
         if not self._scheduled:
             self._scheduled = True
-            (self._loop or asyncio.get_running_loop()).call_soon(self.flush)
+            asyncio.get_running_loop().call_soon(self.flush)
 
     def flush(self) -> None:
         self._scheduled = False
@@ -155,7 +156,7 @@ class SendBatch:
         for packet in packets:
             try:
                 datagram = protect(packet)
-            except Exception as exc:  # pylibsrtp.Error or ValueError: too long, key limit
+            except (pylibsrtp.Error, ValueError) as exc:  # the key's limit reached; too long
                 counts.failed += 1
                 logger.debug("packet not protected", extra={"error": str(exc)})
                 continue

@@ -27,6 +27,9 @@ Exported (all ``teleconsult_sfu_``):
 * ``uplink_estimate_bps`` / ``remb_bps`` {kind, source} (gauges): the publishers' own uplink
   estimates and the REMB last sent to them, summed over the live publications of that source
   (``sfu/congestion.py``);
+* ``send_syscalls_total``, ``send_datagrams_total``, ``send_failed_total``: what the batched
+  writes (``media/send_batch.py``) did: system calls (one ``sendmmsg`` carries a turn's packets
+  to one subscriber), datagrams they sent, packets dropped (refused by libsrtp or the socket);
 * ``media_transcode_total`` {op=decode|encode}: frames aiortc decoded or
   encoded in SFU peer connections: 0 by design;
 * ``rooms``, ``participants``, ``publications``, ``subscriptions`` (gauges).
@@ -96,6 +99,8 @@ class SfuMetrics:
     gauges: Callable[[], Gauges] = lambda: Gauges(0, 0, 0, 0)
     uplinks: Callable[[], list[UplinkFigures]] = lambda: []
     """The live publications' estimates (the service sets it), read at scrape time."""
+    sends: Callable[[], tuple[int, int, int]] = lambda: (0, 0, 0)
+    """(system calls, datagrams, failed) of the batched writes (the service sets it)."""
 
     def track(self, kind: str, source: str) -> TrackCounts:
         key = (kind, source)
@@ -177,6 +182,12 @@ class _Collector(Collector):
             dropped.add_metric([reason], value)
         yield from (packets, octets, frames, keyframes, pli, nack, retransmits, refused, lost, rtx_bytes, given_up,
                     transcode, dropped)
+        for name, value, what in zip(("send_syscalls", "send_datagrams", "send_failed"), m.sends(),
+                                     ("System calls that sent forwarded packets", "Forwarded datagrams sent",
+                                      "Forwarded packets dropped (SRTP or socket refused)")):
+            counter = CounterMetricFamily(PREFIX + name, what)
+            counter.add_metric([], value)
+            yield counter
         uplink = GaugeMetricFamily(PREFIX + "uplink_estimate_bps", "Publishers' uplink estimates, summed per source",
                                    labels=["kind", "source"])
         remb = GaugeMetricFamily(PREFIX + "remb_bps", "REMB last sent to publishers, summed per source",

@@ -99,6 +99,8 @@ class SfuService:
         self._sessions: dict[str, Participant] = {}
         self.send_batch = _send_batch(settings.media.send_path)
         """Every subscription's writes of one event-loop turn, sent together at its end."""
+        sends = self.send_batch.counts
+        self.metrics.sends = lambda: (sends.syscalls, sends.datagrams, sends.failed)
         self.closed = False
 
     # -- rooms -----------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 
 import aiohttp
 import pytest
@@ -61,6 +62,15 @@ async def test_bytes_in_equal_bytes_out(server, codec):
             packets, octets, _ = sender_report_counts(subscription.sender)
             media = [r for r in received if r.payload_type == media_pt]
             assert packets >= len(media) and octets >= sum(len(r.payload) for r in media)
+            # The writes went the configured way, and /metrics counts them
+            sends = server.app[SFU].send_batch
+            assert sends.uses_native == (server.settings.media.send_path == "native")
+            assert sends.counts.datagrams >= len(media) and sends.counts.failed == 0
+            assert 0 < sends.counts.syscalls <= sends.counts.datagrams
+            counted = sends.counts.datagrams
+            metrics = await (await http.get(server.url + "/metrics")).text()
+            (exported,) = re.findall(r"^teleconsult_sfu_send_datagrams_total (\S+)$", metrics, re.M)
+            assert float(exported) >= counted  # packets go on flowing meanwhile
             # a real aiortc receiver decodes what it gets
             track_in = sub.transceivers[0].receiver.track
             frame = await asyncio.wait_for(track_in.recv(), 10)
