@@ -310,6 +310,14 @@ class SfuService:
             raise Unavailable("cannot check the room's consultation now; retry") from None
         if not live:
             raise Forbidden("the room's consultation is not live, or this seat left it (its room tokens died)")
+        try:
+            here = await self.gate.hosted_here(RoomId(room))
+        except Exception as exc:
+            logger.warning("room gate unavailable: %s", type(exc).__name__, extra={"room": room})
+            raise Unavailable("cannot check where the room is now; retry") from None
+        if not here:
+            raise SfuError("the room is hosted on another media node: use the consultation's sfu_url",
+                           status=409, error="wrong_node")
 
     def _check_accepting(self) -> None:
         if not self.accepting() or self.closed:

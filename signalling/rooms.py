@@ -186,6 +186,12 @@ class Rooms:
             return False
         return identity is None or identity in CORE_IDENTITIES or got[0].guest(identity) is not None
 
+    async def hosted_here(self, room_id: RoomId) -> bool:
+        """``sfu.ports.RoomGate``: the room is placed on this process's media node, or nowhere yet
+        (one node, the memory store): a room token opens no second room on another node."""
+        node = await self.ctx.store.room_node(room_id)
+        return node is None or node == self.ctx.node_id
+
     def open_local(self, room: str) -> None:
         sfu = self.ctx.sfu()
         if sfu is None:

@@ -211,6 +211,10 @@ class SignallingService:
         and ``identity`` seated there."""
         return await self.rooms.is_live(room_id, identity)
 
+    async def hosted_here(self, room_id: RoomId) -> bool:
+        """``sfu.ports.RoomGate``: the room is placed on this process's node (or nowhere yet)."""
+        return await self.rooms.hosted_here(room_id)
+
     def visible(self, principal: Principal, c: Consultation) -> bool:
         return self.consultations.visible(principal, c)
 

@@ -46,6 +46,10 @@ class LiveConsultationRooms:
         service = self.signalling()
         return service is not None and await service.is_live(room_id, identity)
 
+    async def hosted_here(self, room_id: RoomId) -> bool:
+        service = self.signalling()
+        return service is not None and await service.hosted_here(room_id)
+
 
 # The SFU sits below signalling: here is where it is handed the consultations' say on its rooms.
 def gate_rooms(app: web.Application) -> None:

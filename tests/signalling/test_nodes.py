@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from core import appkeys
 from core.vocabulary import ConsultationId
@@ -89,6 +90,11 @@ async def test_rooms_go_to_the_least_loaded_node_and_clients_follow_sfu_url(tmp_
         await n.error("media.offer", "wrong_node", consultation_id=cid, sdp="v=0")
         d_started = await d.event("consultation.started")
         peers += await _media_flows(started["sfu_url"], cid, started["room_token"], d_started["room_token"])
+        # The room token works on the room's node only: no second room of that name on b.
+        async with aiohttp.ClientSession() as http:
+            with pytest.raises(AssertionError, match="WHIP 409.*wrong_node"):
+                await publish(http, b.url, cid, started["room_token"], [FlatVideoTrack(160, 120)])
+        assert cid not in b.app[SFU].rooms()
         # Room events of node a reach the sockets on process b.
         await d.event("room.event", event="publication.added", data__publication__source="camera")
         # A fresh room token says where the room is too.
