@@ -1,7 +1,7 @@
 """Consultations bench (issue 8): how many full consultations one SFU process holds.
 
     python -m bench.consultations [--rooms N] [--ramp 1,2,4,...] [--seconds S] [--json FILE]
-                                  [--plot FILE.png] [--server URL] [--baseline]
+                                  [--plot FILE.png] [--server URL] [--baseline] [--media-workers N]
 
 Each simulated consultation goes through the real signalling and the real SFU:
 a nurse checks a patient in over ``/ws``, the physician (a clinician of its own
@@ -30,10 +30,23 @@ fails while their own frames went out late), ``client_saturated`` is true and
 ``projected_consultations_per_core`` = 100 % / (SFU CPU % per consultation at
 the highest clean step): a projection, not a measurement.
 
+``--media-workers N`` (N > 1) runs the server as ``teleconsult serve
+--media-workers N`` on a redis-server of the bench's own: the signalling in one
+process, N SFU worker processes, rooms placed on the least loaded worker; the
+clients use each room's ``sfu_url`` for WHIP/WHEP. ``sfu_cpu_pct`` (and
+``sfu_rss_mb``) then count the server's whole process tree, and each step also
+has ``media_worker_cpu_pct`` (one figure per worker) and
+``signalling_cpu_pct``. The server and its workers are pinned to the first N
+cores only when the clients still get one of their own.
+
 JSON (contract keys): ``steps`` (each ``consultations``, ``sfu_cpu_pct``,
 ``delivery``, ``latency_ms_p95``, ``join_ms_p95``, ``sfu_rss_mb`` and more),
 ``consultations_per_core``, ``projected_consultations_per_core``,
-``client_saturated``, ``machine``.
+``client_saturated``, ``machine``, ``media_workers``,
+``host_consultations_per_core`` (measured when the workers reached their limit:
+the highest clean step over N; else projected, and
+``host_consultations_per_core_projected`` is true: 100 % / the whole tree's CPU %
+per consultation at the highest clean step).
 """
 
 from __future__ import annotations
@@ -47,7 +60,11 @@ import re
 import sys
 import tempfile
 import time
+import shutil
+import socket
+import subprocess
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,18 +80,21 @@ from bench.rtc import (
     ServerProcess,
     Source,
     TickStats,
+    child_pids,
     cpu_seconds,
     machine,
     match_frames,
     own_cpu_seconds,
     pct,
+    process_tree,
     publish,
     relay_server,
     rounded,
     rss_mb,
     teleconsult_server,
+    tree_cpu_seconds,
 )
-from bench.signalling import connect
+from bench.signalling import connect, free_port
 from config.settings import AuthSettings
 from core.auth import TokenService
 
@@ -154,9 +174,12 @@ class Consultation:
         started_nurse = await nurse.next_event("consultation.started", 20)
         started_agent = await agent.next_event("consultation.started", 20)
         return {"room": accepted["room"], "physician": accepted["room_token"],
-                "nurse": started_nurse["room_token"], "agent": started_agent["room_token"]}
+                "nurse": started_nurse["room_token"], "agent": started_agent["room_token"],
+                "sfu_url": accepted.get("sfu_url") or ""}
 
     async def join(self, http: aiohttp.ClientSession, base: str, seats: dict[str, str], codec: str) -> None:
+        # WHIP/WHEP go to the room's media node (a worker of `serve --media-workers`), as clients do.
+        base = seats.get("sfu_url") or base
         room = seats["room"]
         s = self.sources
         mime = f"video/{codec}"
@@ -342,14 +365,20 @@ def analyse(consultations: list[Consultation], direct_player: Player, direct_sou
 
 
 # -- the ramp ---------------------------------------------------------------------------
-def _metrics(base: str) -> dict[str, float]:
-    """Sums of the SFU's counters (/metrics), by name and direction."""
+def _metrics(*bases: str) -> dict[str, float]:
+    """Sums of the SFUs' counters (/metrics of each node), by name and direction."""
+    out: dict[str, float] = {}
+    for base in bases:
+        _add_metrics(base, out)
+    return out
+
+
+def _add_metrics(base: str, out: dict[str, float]) -> None:
     try:
         with urllib.request.urlopen(base.rstrip("/") + "/metrics", timeout=5) as response:
             text = response.read().decode()
     except OSError:
-        return {}
-    out: dict[str, float] = {}
+        return
     for line in text.splitlines():
         m = re.match(r'(teleconsult_sfu_(?:bytes|packets|packets_lost)_total)\{([^}]*)\} ([0-9.e+]+)', line)
         if not m:
@@ -357,7 +386,50 @@ def _metrics(base: str) -> dict[str, float]:
         direction = re.search(r'direction="(\w+)"', m.group(2))
         key = m.group(1) + (f":{direction.group(1)}" if direction else "")
         out[key] = out.get(key, 0.0) + float(m.group(3))
-    return out
+
+
+@dataclass(frozen=True)
+class MediaWorker:
+    """A worker of ``serve --media-workers``, as the server printed it."""
+
+    index: int
+    url: str
+    pid: int
+
+
+WORKER_LINE = re.compile(r"media worker (\d+): (\S+) \(pid (\d+)")
+
+
+def media_workers_of(banner: list[str]) -> list[MediaWorker]:
+    return [MediaWorker(int(m[1]), m[2], int(m[3])) for m in map(WORKER_LINE.search, banner) if m]
+
+
+@dataclass(frozen=True)
+class Served:
+    """What a step measures: the server's base URL, its process (None: --server) and its workers."""
+
+    base: str
+    pid: int | None
+    workers: tuple[MediaWorker, ...] = ()
+
+    @property
+    def metrics_urls(self) -> list[str]:
+        return [w.url for w in self.workers] or [self.base]
+
+    def cpu(self) -> dict[str, float]:
+        """CPU seconds: "tree" (the server and its workers), "parent", and each worker's."""
+        if self.pid is None:
+            return {"tree": float("nan"), "parent": float("nan")}
+        out = {"tree": tree_cpu_seconds(self.pid) if self.workers else cpu_seconds(self.pid),
+               "parent": cpu_seconds(self.pid)}
+        for w in self.workers:
+            out[f"worker {w.index}"] = cpu_seconds(w.pid)
+        return out
+
+    def rss(self) -> float:
+        if self.pid is None:
+            return float("nan")
+        return sum(rss_mb(p) for p in process_tree(self.pid)) if self.workers else rss_mb(self.pid)
 
 
 def _setup_directory(base: str, count: int) -> None:
@@ -375,8 +447,9 @@ def _setup_directory(base: str, count: int) -> None:
                     raise RuntimeError(f"directory {kind}/{ident}: {response.status}")
 
 
-def run_step(base: str, server_pid: int | None, n: int, offset: int, args: argparse.Namespace, baseline: bool,
+def run_step(served: Served, n: int, offset: int, args: argparse.Namespace, baseline: bool,
              client_cpus: list[int] | None) -> dict[str, Any]:
+    base = served.base
     ctx = mp.get_context("spawn")
     workers = max(1, min(args.workers, n))
     shares = [[offset + i for i in range(n) if i % workers == w] for w in range(workers)]
@@ -409,15 +482,15 @@ def run_step(base: str, server_pid: int | None, n: int, offset: int, args: argpa
         window.value = w0
         go.set()
         time.sleep(max(0.0, w0 - time.monotonic()))
-        m0 = _metrics(base) if not baseline else {}
-        cpu0 = cpu_seconds(server_pid) if server_pid else float("nan")
+        m0 = _metrics(*served.metrics_urls) if not baseline else {}
+        cpu0 = served.cpu()
         for _ in range(int(args.seconds)):
             time.sleep(1)
             print(".", end="", file=sys.stderr, flush=True)
         time.sleep(max(0.0, w0 + args.seconds - time.monotonic()))
-        cpu1 = cpu_seconds(server_pid) if server_pid else float("nan")
-        m1 = _metrics(base) if not baseline else {}
-        rss = rss_mb(server_pid) if server_pid else float("nan")
+        cpu1 = served.cpu()
+        m1 = _metrics(*served.metrics_urls) if not baseline else {}
+        rss = served.rss()
         deadline = time.monotonic() + 60 + n
         while len(results) < workers and time.monotonic() < deadline:
             try:
@@ -442,7 +515,9 @@ def run_step(base: str, server_pid: int | None, n: int, offset: int, args: argpa
     raw = [lat * 1000 for r in results for lat in r["raw_latency"]]
     joins = [j for r in results for j in r["joins"]]
     fwd_mbps = sum(r["fwd_bytes"] for r in results) * 8 / span / 1e6
-    cpu_pct = (cpu1 - cpu0) / span * 100
+    cpu_pct = (cpu1["tree"] - cpu0["tree"]) / span * 100
+    worker_cpu = {name: rounded((cpu1[name] - cpu0[name]) / span * 100, 1)
+                  for name in cpu1 if name.startswith("worker")}
     client_cpu_pct = sum(r["client_cpu_s"] for r in results) / span * 100
     ticks = sum(r["ticks"] for r in results)
     late = sum(r["late"] for r in results) / ticks if ticks else 0.0
@@ -480,6 +555,10 @@ def run_step(base: str, server_pid: int | None, n: int, offset: int, args: argpa
         "errors": [e for r in results for e in r["errors"]][:5],
         "loadavg_1min": round(os.getloadavg()[0], 2),
     }
+    if served.workers:
+        # sfu_cpu_pct is the whole tree's (signalling + workers); here are its parts.
+        step["media_worker_cpu_pct"] = [worker_cpu[f"worker {w.index}"] for w in served.workers]
+        step["signalling_cpu_pct"] = rounded((cpu1["parent"] - cpu0["parent"]) / span * 100, 1)
     step["clean"] = bool(delivery is not None and delivery >= TARGETS["delivery"] and step["latency_ms_p95"] is not None
                          and step["latency_ms_p95"] <= TARGETS["latency_ms_p95"] and not step["errors"])
     # The clients are the limit when their cores are nearly full, or when a step fails while
@@ -498,64 +577,126 @@ def run_ramp(args: argparse.Namespace, baseline: bool) -> dict[str, Any]:
     else:
         ramp = DEFAULT_RAMP
     cores = os.cpu_count() or 1
-    server_cpus = [0] if args.pin and cores > 1 else None
-    client_cpus = list(range(1, cores)) if server_cpus else None
+    media_workers = 1 if baseline else args.media_workers
+    # The server (and its workers) get the first cores, the clients the others, when both fit.
+    server_cores = media_workers if media_workers > 1 else 1
+    server_cpus = list(range(server_cores)) if args.pin and cores > server_cores else None
+    client_cpus = list(range(server_cores, cores)) if server_cpus else None
     server: ServerProcess | None = None
+    redis: subprocess.Popen[bytes] | None = None
     base = args.server
-    if not base:
-        server = (relay_server(server_cpus) if baseline else teleconsult_server(
-            server_cpus, env={"TELECONSULT_SIGNALLING__OFFER_TIMEOUT_S": "60"}))
-        server.start()
-        base = server.url
-    pid = server.pid if server else None
-    steps: list[dict[str, Any]] = []
-    idle_cpu: float | None = None
+    served = Served(base, None)
     try:
-        if not baseline:
-            _setup_directory(base, sum(ramp) * (1 + args.retries))
-        idle_rss = rss_mb(pid) if pid else float("nan")
-        if pid:
-            c0 = cpu_seconds(pid)
-            time.sleep(3.0)
-            idle_cpu = round((cpu_seconds(pid) - c0) / 3.0 * 100, 2)
-        offset = 0
-        for n in ramp:
-            step = run_step(base, pid, n, offset, args, baseline, client_cpus)
-            offset += n
-            for attempt in range(args.retries):
-                if step["clean"]:
-                    break
-                # On a shared machine one stall of the client or server process can spoil a
-                # step: try it again (bounded) before taking it as the limit.
-                print(f"  {n} consultations: not clean, again ({attempt + 1}/{args.retries})", file=sys.stderr,
-                      flush=True)
-                step = run_step(base, pid, n, offset, args, baseline, client_cpus)
-                step["attempts"] = attempt + 2
-                offset += n
-            step["rss_mb_per_consultation"] = rounded((step["sfu_rss_mb"] - idle_rss) / n, 2) \
-                if step["sfu_rss_mb"] is not None and idle_rss == idle_rss else None
-            steps.append(step)
-            print(f"  {n} consultations: sfu cpu {step['sfu_cpu_pct']} %, delivery {step['delivery']}, "
-                  f"p95 {step['latency_ms_p95']} ms, join p95 {step['join_ms_p95']} ms, "
-                  f"clients {step['client_cpu_pct']} % of {step['client_capacity_pct']:.0f} %"
-                  f"{' (saturated)' if step['client_saturated'] else ''}", file=sys.stderr, flush=True)
-            if not step["clean"] or step["client_saturated"]:
-                break
-            time.sleep(1.0)
+        if not base:
+            env = {"TELECONSULT_SIGNALLING__OFFER_TIMEOUT_S": "60"}
+            if media_workers > 1:
+                redis, redis_url = start_redis()
+                env.update(TELECONSULT_STORE__BACKEND="redis", TELECONSULT_STORE__REDIS_URL=redis_url)
+            server = relay_server(server_cpus) if baseline else teleconsult_server(server_cpus, env=env)
+            if media_workers > 1:
+                server.argv += ["--media-workers", str(media_workers)]
+            server.start(timeout=120)
+            workers = media_workers_of(server.banner)
+            if media_workers > 1 and (len(workers) != media_workers
+                                      or not {w.pid for w in workers} <= set(child_pids(server.pid))):
+                raise RuntimeError(f"the server did not start {media_workers} media workers: {server.banner}")
+            served = Served(server.url, server.pid, tuple(workers))
+        steps, idle_cpu = _ramp_steps(served, ramp, args, baseline, client_cpus)
     finally:
         if server is not None:
             server.stop()
-    return summarise(steps, idle_cpu)
+        if redis is not None:
+            redis.kill()  # by its PID; nothing of it is kept
+            redis.wait(10)
+    result = summarise(steps, idle_cpu, media_workers)
+    result["media_workers_pinned_cpus"] = server_cpus
+    return result
 
 
-def summarise(steps: list[dict[str, Any]], idle_cpu: float | None) -> dict[str, Any]:
+def start_redis() -> tuple[subprocess.Popen[bytes], str]:
+    """A redis-server of the bench's own (the store of ``--media-workers`` above 1), with nothing on disk."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("--media-workers above 1 needs redis-server (the Redis store): install it")
+    port = free_port()
+    redis = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                              "--dir", tempfile.gettempdir()], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return redis, f"redis://127.0.0.1:{port}/0"
+        except OSError:
+            time.sleep(0.05)
+    redis.kill()
+    raise RuntimeError("redis-server did not answer within 10 s")
+
+
+def _ramp_steps(served: Served, ramp: list[int], args: argparse.Namespace, baseline: bool,
+                client_cpus: list[int] | None) -> tuple[list[dict[str, Any]], float | None]:
+    base, pid = served.base, served.pid
+    steps: list[dict[str, Any]] = []
+    idle_cpu: float | None = None
+    if not baseline:
+        _setup_directory(base, sum(ramp) * (1 + args.retries))
+    idle_rss = served.rss()
+    if pid:
+        c0 = served.cpu()["tree"]
+        time.sleep(3.0)
+        idle_cpu = round((served.cpu()["tree"] - c0) / 3.0 * 100, 2)
+    offset = 0
+    for n in ramp:
+        step = run_step(served, n, offset, args, baseline, client_cpus)
+        offset += n
+        for attempt in range(args.retries):
+            if step["clean"]:
+                break
+            # On a shared machine one stall of the client or server process can spoil a
+            # step: try it again (bounded) before taking it as the limit.
+            print(f"  {n} consultations: not clean, again ({attempt + 1}/{args.retries})", file=sys.stderr,
+                  flush=True)
+            step = run_step(served, n, offset, args, baseline, client_cpus)
+            step["attempts"] = attempt + 2
+            offset += n
+        step["rss_mb_per_consultation"] = rounded((step["sfu_rss_mb"] - idle_rss) / n, 2) \
+            if step["sfu_rss_mb"] is not None and idle_rss == idle_rss else None
+        steps.append(step)
+        print(f"  {n} consultations: sfu cpu {step['sfu_cpu_pct']} %, delivery {step['delivery']}, "
+              f"p95 {step['latency_ms_p95']} ms, join p95 {step['join_ms_p95']} ms, "
+              f"clients {step['client_cpu_pct']} % of {step['client_capacity_pct']:.0f} %"
+              f"{' (saturated)' if step['client_saturated'] else ''}", file=sys.stderr, flush=True)
+        if "media_worker_cpu_pct" in step:
+            print(f"    per media worker cpu %: {step['media_worker_cpu_pct']}, signalling "
+                  f"{step['signalling_cpu_pct']} %", file=sys.stderr, flush=True)
+        if not step["clean"] or step["client_saturated"]:
+            break
+        time.sleep(1.0)
+    return steps, idle_cpu
+
+
+def _sfu_full(step: dict[str, Any]) -> bool:
+    """The SFU was at its limit in ``step``: its process's core (with media workers, one worker's
+    core) near full."""
+    workers = step.get("media_worker_cpu_pct")
+    if workers:
+        return max((w or 0.0) for w in workers) >= SFU_FULL_PCT
+    return step["sfu_cpu_pct"] is not None and step["sfu_cpu_pct"] >= SFU_FULL_PCT
+
+
+def summarise(steps: list[dict[str, Any]], idle_cpu: float | None, media_workers: int = 1) -> dict[str, Any]:
     """The ramp's outcome: what limited it, consultations per core (only when the SFU was the
-    limit), and the projections from the clean steps."""
+    limit), and the projections from the clean steps.
+
+    With media workers, ``sfu_cpu_pct`` is the whole server tree's (signalling + workers), and
+    ``host_consultations_per_core`` says what the host holds per core: measured (the highest
+    clean step over the workers' cores) when the workers reached their limit, else projected
+    (``host_consultations_per_core_projected``: 100 % / the tree's CPU % per consultation at the
+    highest clean step, the signalling's share included)."""
     clean = [s for s in steps if s["clean"]]
     best = clean[-1] if clean else None
     failed = next((s for s in steps if not s["clean"]), None)
     client_saturated = any(s["client_saturated"] for s in steps)
-    if failed is not None and failed["sfu_cpu_pct"] is not None and failed["sfu_cpu_pct"] >= SFU_FULL_PCT:
+    if failed is not None and _sfu_full(failed):
         limit = "sfu"
     elif client_saturated:
         limit = "clients"
@@ -563,10 +704,20 @@ def summarise(steps: list[dict[str, Any]], idle_cpu: float | None) -> dict[str, 
         limit = "unattributed"  # neither the SFU's core nor the clients' was full: interference
     else:
         limit = "ramp_end"
-    per_core = (best["consultations"] if best else 0) if limit == "sfu" else None
+    # One SFU process, one core: consultations_per_core keeps that meaning with N workers (N cores).
+    per_core = (round((best["consultations"] if best else 0) / media_workers, 1) if media_workers > 1
+                else (best["consultations"] if best else 0)) if limit == "sfu" else None
     projected = None
     if best and best["sfu_cpu_pct_per_consultation"]:
         projected = round(100.0 / best["sfu_cpu_pct_per_consultation"], 1)
+    host: dict[str, Any] = {"media_workers": media_workers, "host_consultations_per_core": per_core,
+                            "host_consultations_per_core_projected": False,
+                            "host_projection_basis": None}
+    if per_core is None:
+        host.update(host_consultations_per_core=projected, host_consultations_per_core_projected=True,
+                    host_projection_basis=(f"PROJECTION: 100 % / server tree CPU per consultation at "
+                                           f"{best['consultations']} consultations ({limit} limited the ramp)"
+                                           if best else None))
     # The marginal cost: a least-squares line through the clean steps' CPU (the intercept is
     # what does not grow with consultations: timers, sockets of the idle server).
     marginal = None
@@ -585,14 +736,22 @@ def summarise(steps: list[dict[str, Any]], idle_cpu: float | None) -> dict[str, 
             "projection_basis": (f"100 % / SFU CPU per consultation at {best['consultations']} consultations"
                                  if best else None),
             "projection_marginal": marginal, "sfu_idle_cpu_pct": idle_cpu, "limit": limit,
-            "client_saturated": client_saturated, "highest_clean_step": best["consultations"] if best else None}
+            "client_saturated": client_saturated, "highest_clean_step": best["consultations"] if best else None,
+            **host}
 
 
 def report(result: dict[str, Any]) -> None:
     m = result["machine"]
     print(f"machine: {m['cores']} cores ({m['cpu_model']}), shared with other work: figures are noisy")
-    print("server = signalling + SFU in one process (the default deployment)" +
-          (", pinned to core 0; clients on the other core(s)" if result.get("pinned") else ""))
+    workers = result.get("media_workers", 1)
+    if workers > 1:
+        pinned = result.get("media_workers_pinned_cpus")
+        print(f"server = signalling + {workers} media workers (serve --media-workers {workers}); sfu cpu% is the "
+              f"whole process tree's" + (f", pinned to cores {pinned}" if pinned else ", not pinned (clients share "
+                                                                                 "the cores)"))
+    else:
+        print("server = signalling + SFU in one process (the default deployment)" +
+              (", pinned to core 0; clients on the other core(s)" if result.get("pinned") else ""))
     print(f"{'consult':>7} {'sfu cpu%':>8} {'%/consult':>9} {'%/Mbit/s':>8} {'Mbit/s':>7} {'delivery':>8} "
           f"{'p50':>6} {'p95':>6} {'p99':>6} {'join95':>7} {'MB/c':>6} {'client%':>7}")
     for s in result["steps"]:
@@ -601,6 +760,8 @@ def report(result: dict[str, Any]) -> None:
               f"{s['latency_ms_p50']!s:>6} {s['latency_ms_p95']!s:>6} {s['latency_ms_p99']!s:>6} "
               f"{s['join_ms_p95']!s:>7} {s.get('rss_mb_per_consultation')!s:>6} {s['client_cpu_pct']!s:>7}"
               f"{' client-saturated' if s['client_saturated'] else ''}{'' if s['clean'] else ' UNCLEAN'}")
+        if "media_worker_cpu_pct" in s:
+            print(f"{'':>7} per media worker cpu%: {s['media_worker_cpu_pct']}, signalling {s['signalling_cpu_pct']}")
     print(f"client_saturated: {str(result['client_saturated']).lower()}")
     per_core = result["consultations_per_core"]
     projected = result["projected_consultations_per_core"]
@@ -613,6 +774,10 @@ def report(result: dict[str, Any]) -> None:
     if projected is not None:
         print(f"projected_consultations_per_core: {projected} (PROJECTION from {result['projection_basis']}; "
               f">= 25) {'OK' if projected >= 25 else 'MISSED'}")
+    host = result.get("host_consultations_per_core")
+    if host is not None:
+        print(f"host_consultations_per_core: {host} ({workers} media worker(s); "
+              f"{result['host_projection_basis'] or 'measured: the workers reached their limit'})")
     marginal = result.get("projection_marginal")
     if marginal:
         print(f"  marginal: {marginal['cpu_pct_per_consultation']} % per consultation over a fixed "
@@ -687,11 +852,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server", metavar="URL", help="an already running server (signed with the bench key)")
     parser.add_argument("--baseline", action="store_true", help="also run the MediaRelay SFU (no signalling)")
     parser.add_argument("--no-pin", dest="pin", action="store_false", help="do not pin server/clients to cores")
+    parser.add_argument("--media-workers", type=int, default=1, metavar="N",
+                        help="run the server as `teleconsult serve --media-workers N` on a redis-server of the "
+                             "bench's own: rooms spread over N SFU processes; CPU counts its whole process tree "
+                             "and each worker's is shown (default 1: one process, signalling + SFU)")
     args = parser.parse_args(argv)
+    if args.media_workers < 1 or (args.media_workers > 1 and args.server):
+        parser.error("--media-workers is at least 1, and above 1 the bench starts the server itself (no --server)")
     _clips(args.codec)  # encoded once, before anything is measured
     result: dict[str, Any] = {"machine": machine(), "codec": args.codec, "seconds": args.seconds,
-                              "pinned": bool(args.pin and (os.cpu_count() or 1) > 1 and not args.server),
-                              "server_process": "teleconsult serve: signalling + SFU in one process"}
+                              "pinned": bool(args.pin and (os.cpu_count() or 1) > max(1, args.media_workers)
+                                             and not args.server),
+                              "server_process": "teleconsult serve: signalling + SFU in one process"
+                              if args.media_workers == 1 else
+                              f"teleconsult serve --media-workers {args.media_workers}: signalling in one process, "
+                              f"{args.media_workers} SFU worker processes (Redis store); CPU of the whole tree"}
     result.update(run_ramp(args, baseline=False))
     if args.baseline:
         base_args = argparse.Namespace(**{**vars(args), "server": None})

@@ -68,6 +68,35 @@ def cpu_seconds(pid: int) -> float:
         return float("nan")
 
 
+def child_pids(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (a server's media workers), from /proc."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(entry.name))
+    return out
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants."""
+    tree = [pid]
+    for child in child_pids(pid):
+        tree += process_tree(child)
+    return tree
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of ``pid`` and its live descendants (``serve --media-workers``: signalling and
+    workers); nan when ``pid`` is gone."""
+    return sum(cpu_seconds(p) for p in process_tree(pid))
+
+
 def own_cpu_seconds() -> float:
     t = os.times()
     return t.user + t.system
@@ -140,6 +169,8 @@ class ServerProcess:
         self.cpus = cpus
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
+        self.banner: list[str] = []
+        """The lines it printed up to its ``serving on`` line (``serve --media-workers``: its workers)."""
         self.log = self.tmp / "server.log"
 
     @property
@@ -160,6 +191,7 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             line = self.proc.stdout.readline().decode()
+            self.banner.append(line.rstrip("\n"))
             if not line and self.proc.poll() is not None:
                 raise RuntimeError(f"{self.argv} exited at start: {self.log.read_text()[-2000:]}")
             if "serving on" in line:

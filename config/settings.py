@@ -42,6 +42,21 @@ def _default_data_dir() -> str:
     return os.path.join(base, "teleconsult")
 
 
+MAX_MEDIA_WORKERS = 64
+
+
+def _is_origin(value: str) -> bool:
+    """``scheme://host[:port]`` with an http(s) scheme and nothing after: what a CSP source and
+    a browser's ``Origin`` are."""
+    parsed = urllib.parse.urlsplit(value)
+    try:
+        parsed.port
+    except ValueError:
+        return False
+    return (parsed.scheme in ("http", "https") and bool(parsed.hostname) and parsed.path in ("", "/")
+            and not parsed.query and not parsed.fragment and not parsed.username)
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     host: str = "127.0.0.1"
@@ -61,11 +76,28 @@ class ServerSettings:
     log_level: str = "INFO"
     allowed_origins: list[str] = field(default_factory=list)
     """Origins allowed to open the WebSocket besides the server's own."""
+    media_workers: int = 1
+    """SFU processes ``teleconsult serve`` runs beside its signalling (``--media-workers``).
+    1: the one process is signalling and SFU. More: that many worker processes, each a media
+    node of the Redis store's registry on HTTP port ``port + i`` (i = 1..N; free ports when
+    port is 0) with its slice of ``media.port_min..port_max``; the first process is then the
+    signalling and the pages only. Needs ``store.backend = "redis"``."""
+    media_origins: list[str] = field(default_factory=list)
+    """Origins of media nodes (``scheme://host:port``) the pages may connect to besides their own
+    (their Content-Security-Policy ``connect-src``); ``serve --media-workers`` adds its workers'."""
 
     def validate(self) -> list[tuple[str, str]]:
         errors = []
         if not 0 <= self.port <= 65535:
             errors.append(("port", "must be between 0 and 65535"))
+        if not 1 <= self.media_workers <= MAX_MEDIA_WORKERS:
+            errors.append(("media_workers", f"must be between 1 and {MAX_MEDIA_WORKERS}"))
+        elif self.port and self.port + self.media_workers > 65535 and self.media_workers > 1:
+            errors.append(("media_workers", f"the workers' HTTP ports (port + 1 .. port + {self.media_workers}) "
+                                            "must stay <= 65535"))
+        for origin in self.media_origins:
+            if not _is_origin(origin):
+                errors.append(("media_origins", f"{origin!r} is not an origin (http(s)://host[:port], no path)"))
         if bool(self.tls_cert) != bool(self.tls_key):
             errors.append(("tls_cert", "tls_cert and tls_key go together"))
         if self.drain_timeout_s < 0:
@@ -669,7 +701,35 @@ def _validate(settings: Settings, lines: Mapping[tuple[str, str], int]) -> list[
     if not settings.media.listen_ip and media_address_of(settings.server.host) is None:
         problems.append(_where(settings.source, lines, "server", "host") + f"media.listen_ip: must be set when "
                         f"server.host ({settings.server.host!r}) is not an IP address")
+    workers = settings.server.media_workers
+    if workers > 1 and settings.store.backend != "redis":
+        # The workers are nodes of the store's registry; the memory store lives in one process.
+        problems.append(_where(settings.source, lines, "server", "media_workers") +
+                        f"server.media_workers (--media-workers) is {workers}: more than one media worker needs "
+                        f"the Redis store (store.backend = \"redis\", store.redis_url); the memory store "
+                        f"({settings.store.backend!r}) holds one process's state only")
+    if workers > 1 and settings.media.port_max - settings.media.port_min + 1 < workers * MIN_WORKER_MEDIA_PORTS:
+        problems.append(_where(settings.source, lines, "media", "port_min") +
+                        f"media.port_min..port_max: {workers} media workers need at least "
+                        f"{MIN_WORKER_MEDIA_PORTS} UDP ports each (the range is split between them)")
     return problems
+
+
+MIN_WORKER_MEDIA_PORTS = 16
+"""UDP ports a media worker gets at least (one per peer connection with BUNDLE)."""
+
+
+def worker_port_ranges(port_min: int, port_max: int, workers: int) -> list[tuple[int, int]]:
+    """``port_min..port_max`` split into ``workers`` contiguous slices, in order, the first ones one
+    port larger when the range does not divide evenly."""
+    size, extra = divmod(port_max - port_min + 1, workers)
+    ranges = []
+    start = port_min
+    for i in range(workers):
+        end = start + size + (1 if i < extra else 0) - 1
+        ranges.append((start, end))
+        start = end + 1
+    return ranges
 
 
 def _where(source: str, lines: Mapping[tuple[str, str], int], section: str, key: str) -> str:

@@ -69,6 +69,9 @@ COMPONENTS: tuple[Component, ...] = (
     web_client.setup,
 )
 
+MEDIA_NODE_COMPONENTS: frozenset[Component] = frozenset({sfu.setup, gate_rooms})
+"""The components that make a process a media node."""
+
 
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
@@ -126,6 +129,15 @@ def create_app(settings: Settings, *, tokens: TokenService | None = None,
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_get("/api/whoami", whoami)
-    for component in COMPONENTS:
+    for component in components(settings):
         component(app)
     return app
+
+
+def components(settings: Settings) -> tuple[Component, ...]:
+    """What this process runs: everything, except that the signalling process of
+    ``serve --media-workers N`` (N > 1) has no SFU, so that it is no media node (rooms go to
+    its workers: teleconsult/workers.py)."""
+    if settings.server.media_workers > 1:
+        return tuple(c for c in COMPONENTS if c not in MEDIA_NODE_COMPONENTS)
+    return COMPONENTS

@@ -25,6 +25,7 @@ from teleconsult.demo import add_demo_command
 from teleconsult.production import is_production, production_problems
 from teleconsult.server import serve
 from teleconsult.tls import write_self_signed
+from teleconsult.workers import worker_command
 
 logger = logging.getLogger("teleconsult")
 
@@ -50,6 +51,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         server["host"] = args.host
     if args.port is not None:
         server["port"] = args.port
+    if args.media_workers is not None:
+        server["media_workers"] = args.media_workers
     media = {}
     if args.media_address:
         media = {"listen_ip": args.media_address, "announced_ip": args.media_address}
@@ -63,7 +66,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
                 print(f"{settings.source or 'settings'}: production (public_url is https): {problem}", file=sys.stderr)
             return EXIT_CONFIG
     logs.configure(settings.server.log_format, settings.server.log_level)
-    return uvloop.run(serve(settings))
+    return uvloop.run(serve(settings, worker_command=worker_command(args.config, args.host, args.media_address)))
 
 
 # -- token -------------------------------------------------------------------
@@ -124,10 +127,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", metavar="FILE", help="TOML settings (environment TELECONSULT_<SECTION>__<KEY> overrides)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve_p = sub.add_parser("serve", help="run signalling, SFU and web pages in one process")
+    serve_p = sub.add_parser(
+        "serve", help="run signalling, SFU and web pages in one process (or beside N media workers)",
+        description="Run signalling, SFU and web pages in one process. With --media-workers N (N > 1, the "
+                    "Redis store) this process runs the signalling and the pages only and starts N SFU "
+                    "worker processes, each a media node of the store's registry with HTTP port PORT + i "
+                    "(free ones when PORT is 0) and 1/N of media.port_min..port_max; rooms go to the least "
+                    "loaded worker. A worker that dies is started again and its rooms are re-placed on the "
+                    "others (room.moved); SIGTERM/SIGINT are passed to the workers (drain, then stop).")
     serve_p.add_argument("--host", help="HTTP bind address (default 127.0.0.1)")
     serve_p.add_argument("--port", type=int, help="HTTP port (default 8080; 0 picks a free one)")
     serve_p.add_argument("--media-address", metavar="IP", help="bind and announce WebRTC media on this address only")
+    serve_p.add_argument("--media-workers", type=int, metavar="N",
+                         help="SFU processes beside the signalling (default 1: one process does both; more "
+                              "needs store.backend = \"redis\"); sets server.media_workers")
     serve_p.set_defaults(func=cmd_serve)
 
     token_p = sub.add_parser("token", help="sign tokens with the configured key")

@@ -7,8 +7,9 @@ import logging
 import os
 import signal
 import ssl
+import sys
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 from aiohttp import web
 
@@ -17,6 +18,7 @@ from core.appkeys import LIFECYCLE
 from core.http import ConnectionLog
 from signalling.appkeys import SIGNALLING
 from teleconsult.app import create_app
+from teleconsult.workers import MediaWorkers
 
 logger = logging.getLogger("teleconsult")
 
@@ -63,16 +65,54 @@ PRIVATE_UMASK = 0o077
 folders 0700, SQLite's -wal and -shm files included (SQLite creates them itself)."""
 
 
-async def serve(settings: Settings, ready: Callable[[str], None] | None = None) -> int:
-    """Run the server until signals stop it (first: drain, second: stop now)."""
+async def serve(settings: Settings, ready: Callable[[str], None] | None = None,
+                worker_command: Sequence[str] | None = None) -> int:
+    """Run the server until signals stop it (first: drain, second: stop now).
+
+    With ``server.media_workers`` > 1 this process is the signalling and the pages only, and
+    first starts the media workers (``worker_command``: how to run ``teleconsult serve`` for
+    them, without --port) and supervises them (teleconsult/workers.py)."""
     os.umask(PRIVATE_UMASK)
+    workers: MediaWorkers | None = None
+    if settings.server.media_workers > 1:
+        workers = MediaWorkers(settings, worker_command or default_worker_command())
+        try:
+            await workers.start()
+        except (RuntimeError, OSError) as exc:
+            print(f"teleconsult: {exc}", file=sys.stderr, flush=True)
+            return 1
+        # The pages may reach the workers (WHIP/WHEP): their origins join the CSP's connect-src.
+        settings = settings.replace(server={"media_origins": [*settings.server.media_origins, *workers.origins]})
+    try:
+        return await _serve_app(settings, ready, workers)
+    finally:
+        if workers is not None:
+            await workers.stop(timeout=settings.server.drain_timeout_s + 10)
+
+
+def default_worker_command() -> list[str]:
+    return [sys.executable, "-m", "teleconsult", "serve"]
+
+
+async def _serve_app(settings: Settings, ready: Callable[[str], None] | None, workers: MediaWorkers | None) -> int:
     app = create_app(settings)
     lifecycle = app[LIFECYCLE]
     listening = await listen(app, settings)
     runner, base = listening.runner, listening.base
     loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        lifecycle.signal()
+        if workers is not None:
+            workers.signal(sig)  # each worker drains (then stops) as the parent does
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lifecycle.signal)
+        loop.add_signal_handler(sig, on_signal, sig)
+    if workers is not None:
+        # Before the "serving on" line, so that whoever waits for it has these too.
+        for w in workers.workers:
+            print(f"  media worker {w.plan.index}: {w.url} (pid {w.pid}, media ports "
+                  f"{w.plan.port_min}-{w.plan.port_max})", flush=True)
     print(f"teleconsult serving on {base}", flush=True)
     print(f"  pages:   {base}/", flush=True)
     print(f"  health:  {base}/healthz  {base}/readyz  {base}/metrics", flush=True)

@@ -9,12 +9,15 @@ the server); in production the page asks ``GET /api/auth/config`` where the
 OpenID provider is and sends the person there.
 
 Every page response carries a strict Content-Security-Policy: scripts and
-styles only from this origin, media and sockets only to this origin.
+styles only from this origin, media only from this origin, HTTP requests only to
+this origin and the media nodes of ``server.media_origins`` (``serve
+--media-workers`` adds its workers'), sockets to ws:/wss:.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Mapping, Sequence
 
 from aiohttp import web
 
@@ -32,34 +35,48 @@ PAGES = {
     "/join": "join.html",
 }
 
-CSP = "; ".join([
-    "default-src 'self'",
-    "script-src 'self'",
-    "style-src 'self'",
-    "img-src 'self' data: blob:",
-    "media-src 'self' blob:",
-    "connect-src 'self' ws: wss:",
-    "object-src 'none'",
-    "base-uri 'none'",
-    "frame-ancestors 'none'",
-    "form-action 'self'",
-])
-
-SECURITY_HEADERS = {
-    "Content-Security-Policy": CSP,
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "Permissions-Policy": "camera=(self), microphone=(self), geolocation=()",
-    # The pages change with the server; ES modules are small: always revalidate.
-    "Cache-Control": "no-cache",
-}
+def csp(media_origins: Sequence[str] = ()) -> str:
+    """The pages' Content-Security-Policy; ``media_origins`` (``server.media_origins``: media nodes
+    on other origins, the workers of ``serve --media-workers``) may be fetched from (WHIP/WHEP)
+    besides this origin. Sockets may go to any ws:/wss: origin already (a node's ``/ws``)."""
+    connect = " ".join(["'self'", *dict.fromkeys(o.rstrip("/") for o in media_origins), "ws:", "wss:"])
+    return "; ".join([
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self' data: blob:",
+        "media-src 'self' blob:",
+        f"connect-src {connect}",
+        "object-src 'none'",
+        "base-uri 'none'",
+        "frame-ancestors 'none'",
+        "form-action 'self'",
+    ])
 
 
-def _page(filename: str):  # type: ignore[no-untyped-def]
+CSP = csp()
+"""The policy of a server whose media nodes are all on its own origin."""
+
+
+def security_headers(media_origins: Sequence[str] = ()) -> dict[str, str]:
+    return {
+        "Content-Security-Policy": csp(media_origins),
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+        "Permissions-Policy": "camera=(self), microphone=(self), geolocation=()",
+        # The pages change with the server; ES modules are small: always revalidate.
+        "Cache-Control": "no-cache",
+    }
+
+
+SECURITY_HEADERS = security_headers()
+
+
+def _page(filename: str, headers: Mapping[str, str]):  # type: ignore[no-untyped-def]
     path = STATIC / filename
 
     async def handler(request: web.Request) -> web.FileResponse:
-        return web.FileResponse(path, headers=SECURITY_HEADERS)
+        return web.FileResponse(path, headers=headers)
 
     return handler
 
@@ -93,8 +110,9 @@ async def _static_headers(request: web.Request, response: web.StreamResponse) ->
 
 
 def setup(app: web.Application) -> None:
+    headers = security_headers(app[appkeys.SETTINGS].server.media_origins)
     for route, filename in PAGES.items():
-        app.router.add_get(route, _page(filename))
+        app.router.add_get(route, _page(filename, headers))
     app.router.add_get("/api/auth/config", auth_config)
     app.router.add_static("/static/", STATIC, show_index=False, follow_symlinks=False)
     app.middlewares.append(_static_not_found)

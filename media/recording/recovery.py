@@ -4,7 +4,8 @@ A recording whose manifest has no ``stopped_at`` was running when the process di
 Each of its track files is remuxed from what is readable (``allow_truncated``: the last
 sealed chunk) into a properly closed file, its frame count taken from that file, and
 the manifest marked ``stopped_reason="recovered"``. The torn files go only once the
-manifest names the recovered ones.
+manifest names the recovered ones. A recording another live process is writing (its
+directory locked: ``ownership``; processes sharing one data_dir) is left alone.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
-from media.recording.manifest import TrackEntry, read_manifest, write_manifest
+from media.recording import ownership
+from media.recording.manifest import Manifest, TrackEntry, read_manifest, write_manifest
 from media.recording.muxer import remux_file
 from media.recording.vault import Vault, key_path
 
@@ -36,27 +38,40 @@ def recover(recordings_dir: Path, vault: Vault, *, wall_clock: Callable[[], floa
             continue
         if manifest.stopped_at is not None:
             continue
-        tracks = []
-        superseded: list[Path] = []
-        for entry in manifest.tracks:
-            new_entry, old = _recover_track(directory, entry, vault, wall_clock)
-            tracks.append(new_entry)
-            if old is not None:
-                superseded.append(old)
-        manifest = replace(
-            manifest,
-            tracks=tuple(tracks),
-            stopped_at=wall_clock(),
-            stopped_by="system",
-            stopped_reason="recovered",
-        )
-        write_manifest(directory, manifest)
-        # Only once the manifest names the recovered files do the torn ones go.
-        for old in superseded:
-            vault.shred(old)
-        recovered.append(manifest.consultation_id)
-        logger.info("recording %s recovered (%d tracks)", manifest.consultation_id, len(tracks))
+        owner = ownership.hold(directory)
+        if owner is None:
+            # Another live process (a media worker on the same data_dir) is writing it.
+            logger.info("recording dir %s: being written by a live process, left as it is", directory.name)
+            continue
+        try:
+            recovered.append(_recover(directory, manifest, vault, wall_clock))
+        finally:
+            ownership.release(owner)
     return recovered
+
+
+def _recover(directory: Path, manifest: Manifest, vault: Vault, wall_clock: Callable[[], float]) -> str:
+    """Close one recording (its directory locked by this process); its consultation id."""
+    tracks = []
+    superseded: list[Path] = []
+    for entry in manifest.tracks:
+        new_entry, old = _recover_track(directory, entry, vault, wall_clock)
+        tracks.append(new_entry)
+        if old is not None:
+            superseded.append(old)
+    manifest = replace(
+        manifest,
+        tracks=tuple(tracks),
+        stopped_at=wall_clock(),
+        stopped_by="system",
+        stopped_reason="recovered",
+    )
+    write_manifest(directory, manifest)
+    # Only once the manifest names the recovered files do the torn ones go.
+    for old in superseded:
+        vault.shred(old)
+    logger.info("recording %s recovered (%d tracks)", manifest.consultation_id, len(tracks))
+    return manifest.consultation_id
 
 
 def _recover_track(

@@ -28,6 +28,7 @@ from aiortc.rtp import RtpPacket
 
 from core.vocabulary import RECORDED
 from media.recording.depacketizer import Depacketizer, EncodedFrame, RtpHeaderLike
+from media.recording import ownership
 from media.recording.ids import check_id
 from media.recording.manifest import Manifest, TrackEntry, write_manifest
 from media.recording.muxer import FORMATS, TrackRecorder
@@ -72,6 +73,8 @@ class RecordingSession:
         self._tracks: dict[str, _Track] = {}
         self._state = "recording"
         self.error: BaseException | None = None
+        self._owner = ownership.hold(directory)
+        """This process writes the recording while it holds this lock (recovery elsewhere skips it)."""
 
     @classmethod
     def start(
@@ -285,6 +288,7 @@ class RecordingSession:
         except Exception as exc:
             errors.append(exc)
         logger.info("recording %s stopped by %s (%s)", self.consultation_id, stopped_by, reason)
+        self._let_go()
         if errors:
             self._state = "failed"
             self._notify(errors[0])
@@ -356,7 +360,13 @@ class RecordingSession:
             self._save()
         except Exception:  # the disk that failed the media may fail the manifest too
             logger.exception("recording %s: manifest not saved", self.consultation_id)
+        self._let_go()
         self._notify(exc)
+
+    def _let_go(self) -> None:
+        """Closed or failed: the recording is no longer being written."""
+        ownership.release(self._owner)
+        self._owner = None
 
     def _notify(self, exc: BaseException) -> None:
         if self._on_error is None:

@@ -33,6 +33,7 @@ from av.container import InputContainer
 from av.stream import Stream
 from av.video.codeccontext import VideoCodecContext
 
+from media.recording import ownership
 from media.recording.ids import check_id
 from media.recording.manifest import MANIFEST_NAME, Manifest, TrackEntry, read_manifest, write_manifest
 from media.recording.muxer import add_stream_like, iter_packets
@@ -215,16 +216,31 @@ class RecordingStore:
             if now - manifest.stopped_at < self._retention_s:
                 continue
             directory = self.root / manifest.consultation_id
-            files = []
-            for track in manifest.tracks:
-                if self._vault.shred(directory / track.file):
-                    files.append(track.file)
-            manifest = replace(manifest, shredded_at=now)
-            write_manifest(directory, manifest)
-            assert manifest.stopped_at is not None
-            shredded.append(Shredded(manifest.consultation_id, tuple(files), manifest.stopped_at, now))
-            logger.info("recording %s shredded (retention)", manifest.consultation_id)
+            # Processes sharing this data_dir purge too: one of them shreds (and journals) each.
+            owner = ownership.hold(directory)
+            if owner is None:
+                continue
+            try:
+                done = self._shred(directory, now)
+            finally:
+                ownership.release(owner)
+            if done is not None:
+                shredded.append(done)
         return shredded
+
+    def _shred(self, directory: Path, now: float) -> Shredded | None:
+        manifest = read_manifest(directory)  # as it is now that this process holds it
+        if manifest.stopped_at is None or manifest.shredded_at is not None:
+            return None
+        files = []
+        for track in manifest.tracks:
+            if self._vault.shred(directory / track.file):
+                files.append(track.file)
+        manifest = replace(manifest, shredded_at=now)
+        write_manifest(directory, manifest)
+        assert manifest.stopped_at is not None
+        logger.info("recording %s shredded (retention)", manifest.consultation_id)
+        return Shredded(manifest.consultation_id, tuple(files), manifest.stopped_at, now)
 
 
 def _shifted(

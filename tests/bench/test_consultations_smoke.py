@@ -39,3 +39,28 @@ def test_consultations_smoke(tmp_path: Path) -> None:
     assert step["forwarded_mbps"] > 2.0
     assert png.stat().st_size > 1000
     assert "client_saturated" in run.stdout
+
+
+def test_consultations_smoke_over_two_media_workers(tmp_path: Path) -> None:
+    """``--media-workers 2``: the bench's own redis-server, two consultations on two workers (each
+    WHIP/WHEP at its room's sfu_url), CPU of the whole server tree and of each worker."""
+    out = tmp_path / "workers.json"
+    run = subprocess.run([sys.executable, "-m", "bench.consultations", "--media-workers", "2", "--ramp", "2",
+                          "--seconds", "2", "--warmup", "0.5", "--workers", "2", "--json", str(out)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=140)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["media_workers"] == 2
+    for key in ("consultations_per_core", "host_consultations_per_core", "host_consultations_per_core_projected",
+                "client_saturated"):
+        assert key in result, key
+    # The ramp stops short of the workers' limit here: the figure is a projection, and says so.
+    assert result["host_consultations_per_core_projected"] is True and result["host_consultations_per_core"] > 0
+    (step,) = result["steps"]
+    assert step["consultations_joined"] == 2 and not step["errors"], step
+    assert step["delivery_video"] >= 0.97 and step["delivery_audio"] >= 0.97, step
+    workers = step["media_worker_cpu_pct"]
+    assert len(workers) == 2 and all(w > 0 for w in workers), workers  # a room on each worker
+    assert step["sfu_cpu_pct"] >= sum(workers) - 1.0  # the tree: signalling + workers
+    assert step["forwarded_mbps_sfu_counter"] > 2.0  # the workers' counters, summed
+    assert "per media worker cpu%" in run.stdout

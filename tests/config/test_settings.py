@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from config.settings import SettingsError, SmtpSecurity, load_settings
+from config.settings import SettingsError, SmtpSecurity, load_settings, worker_port_ranges
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -215,3 +215,31 @@ def test_smtp_from_the_environment_and_a_loopback_login_in_clear() -> None:
         load_settings(None, env={"TELECONSULT_SMTP__TIMEOUT_S": "soon"})
     with pytest.raises(SettingsError, match="smtp.url"):
         load_settings(None, env={}).replace(smtp={"url": "smtp:/relay", "sender": "a@example.org"})
+
+
+def test_media_workers_need_redis_ports_and_origins() -> None:
+    redis = {"TELECONSULT_STORE__BACKEND": "redis"}
+    settings = load_settings(None, env={**redis, "TELECONSULT_SERVER__MEDIA_WORKERS": "4",
+                                        "TELECONSULT_SERVER__MEDIA_ORIGINS": "https://tc.example.org:8444"})
+    assert settings.server.media_workers == 4 and settings.server.media_origins == ["https://tc.example.org:8444"]
+    assert load_settings(None, env={}).server.media_workers == 1
+    with pytest.raises(SettingsError, match=r"server.media_workers \(--media-workers\) is 2: .* needs the Redis store"):
+        load_settings(None, env={}).replace(server={"media_workers": 2})
+    with pytest.raises(SettingsError, match="server.media_workers: must be between 1 and 64"):
+        load_settings(None, env={**redis, "TELECONSULT_SERVER__MEDIA_WORKERS": "0"})
+    with pytest.raises(SettingsError, match="server.media_workers: the workers' HTTP ports"):
+        load_settings(None, env={**redis, "TELECONSULT_SERVER__MEDIA_WORKERS": "2",
+                                 "TELECONSULT_SERVER__PORT": "65534"})
+    with pytest.raises(SettingsError, match="2 media workers need at least 16 UDP ports each"):
+        load_settings(None, env={**redis, "TELECONSULT_SERVER__MEDIA_WORKERS": "2",
+                                 "TELECONSULT_MEDIA__PORT_MIN": "40000", "TELECONSULT_MEDIA__PORT_MAX": "40020"})
+    for bad in ("https://tc.example.org/whip", "ftp://tc.example.org", "tc.example.org:8443",
+                "https://tc.example.org:99999"):
+        with pytest.raises(SettingsError, match="server.media_origins: .* is not an origin"):
+            load_settings(None, env={"TELECONSULT_SERVER__MEDIA_ORIGINS": bad})
+
+
+def test_worker_port_ranges_cover_the_range_in_order() -> None:
+    assert worker_port_ranges(40000, 49999, 2) == [(40000, 44999), (45000, 49999)]
+    assert worker_port_ranges(10, 20, 3) == [(10, 13), (14, 17), (18, 20)]
+    assert worker_port_ranges(5, 9, 1) == [(5, 9)]

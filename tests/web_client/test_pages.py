@@ -205,3 +205,25 @@ async def test_expertise_page_is_served_with_the_pages_headers(server: RunningSe
     assert await page.locator("#inbox").is_hidden()  # a nurse has no inbox
     assert not console.errors and "Content Security Policy" not in console.text(), console.text()
     await page.context.close()
+
+
+async def test_csp_lets_the_pages_reach_the_configured_media_nodes(tmp_path: Path, server: RunningServer) -> None:
+    """``server.media_origins`` (``serve --media-workers`` adds its workers') join connect-src, read
+    from the settings the app was made with; without them the policy is this origin's and sockets'."""
+    def connect_src(csp: str) -> list[str]:
+        return next(d for d in csp.split("; ") if d.startswith("connect-src")).split()[1:]
+
+    async with aiohttp.ClientSession() as http:
+        async with http.get(server.url + "/nurse") as r:
+            assert connect_src(r.headers["Content-Security-Policy"]) == ["'self'", "ws:", "wss:"]
+    nodes = ["http://127.0.0.1:8081", "https://media.example.org:8443"]
+    running = await start_server(loopback_settings(tmp_path / "nodes", server={"media_origins": nodes}))
+    try:
+        async with aiohttp.ClientSession() as http:
+            for page in ("/", "/nurse", "/physician", "/join", "/expertise", "/admin"):
+                async with http.get(running.url + page) as r:
+                    assert r.status == 200
+                    assert connect_src(r.headers["Content-Security-Policy"]) == ["'self'", *nodes, "ws:", "wss:"]
+                    assert "script-src 'self'" in r.headers["Content-Security-Policy"]
+    finally:
+        await running.server.close()

@@ -198,11 +198,18 @@ def test_sigkill_mid_recording_is_readable(tmp_path: Path) -> None:
     written = 0
     deadline = time.monotonic() + 30
     assert proc.stdout is not None
+    checked_live = False
     while written < 600 and time.monotonic() < deadline:  # 20 s of media
         line = proc.stdout.readline()
         if not line:
             break
         written = int(line)
+        if written >= 300 and not checked_live:
+            # Another process sharing the data_dir (a media worker starting) leaves the live one alone.
+            assert recover(tmp_path, Vault(key, fsync=False)) == []
+            assert read_manifest(tmp_path / "crash").stopped_at is None
+            checked_live = True
+    assert checked_live
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     proc.stdout.close()
@@ -224,6 +231,19 @@ def test_sigkill_mid_recording_is_readable(tmp_path: Path) -> None:
     assert decode_all(vault, tmp_path / "crash" / track.file) == (readable, readable)
     assert not path.exists()
     assert recover(tmp_path, vault) == []
+
+
+def test_recovery_leaves_a_recording_being_written_alone(tmp_path: Path, vp8_clip: Clip,
+                                                        plain_vault: Vault) -> None:
+    """Recovery takes only the recordings no live session holds (its directory's lock)."""
+    session = RecordingSession.start(tmp_path, "live", plain_vault, started_by="dr")
+    session.add_track("cam", "n", "camera", VP8)
+    feed_clip(session, "cam", vp8_clip, 0.0)
+    assert recover(tmp_path, plain_vault) == []
+    assert read_manifest(tmp_path / "live").stopped_at is None and session.state == "recording"
+    manifest = session.stop("dr")
+    assert manifest.stopped_reason == "stopped" and recover(tmp_path, plain_vault) == []
+    assert read_manifest(tmp_path / "live").stopped_reason == "stopped"
 
 
 class CountingVault(Vault):

@@ -6,6 +6,7 @@ from pathlib import Path
 import av
 import pytest
 
+from media.recording import ownership
 from media.recording.manifest import read_manifest
 from media.recording.stills import StillStore
 from media.recording.store import RecordingNotFound, RecordingStore
@@ -82,6 +83,24 @@ def test_purge_expired_shreds(store: RecordingStore, tmp_path: Path, vp8_clip: C
     with pytest.raises(RecordingNotFound):
         store.export("c-3", tmp_path / "x.mkv")
     assert not store.verify("c-3").ok
+
+
+def test_purge_of_processes_sharing_the_data_dir_shreds_each_once(store: RecordingStore, tmp_path: Path,
+                                                                   vp8_clip: Clip, opus_clip: Clip) -> None:
+    """Another process at a recording (its directory locked) makes this purge pass it by; the
+    next purge that holds it shreds it, and no purge shreds it twice."""
+    record(store, "c-5", vp8_clip, opus_clip)
+    stopped = store.manifest("c-5").stopped_at
+    assert stopped is not None
+    other = ownership.hold(tmp_path / "recordings" / "c-5")
+    assert other is not None
+    try:
+        assert store.purge_expired(stopped + 31 * 86400) == []
+        assert read_manifest(tmp_path / "recordings" / "c-5").shredded_at is None
+    finally:
+        ownership.release(other)
+    assert [s.consultation_id for s in store.purge_expired(stopped + 31 * 86400)] == ["c-5"]
+    assert store.purge_expired(stopped + 32 * 86400) == []
 
 
 def test_unknown_recording(store: RecordingStore, tmp_path: Path) -> None:
