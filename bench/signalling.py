@@ -2,10 +2,13 @@
 
     python -m bench.signalling --clients N --requests N --seconds S --json FILE
                                [--server URL] [--store memory|redis] [--physicians P]
+                               [--processes N] [--hold-s S]
 
 Without ``--server`` it starts its own server on loopback in a subprocess
 (and its own redis-server for ``--store redis``), signing tokens with a key it
-gives that server. Phases:
+gives that server; ``--processes N`` (Redis only) starts N such servers on one
+redis-server and spreads the nurses and physicians over them (the idle clients
+stay on the first). Phases:
 
 1. idle: ``--clients`` connections say hello and stay open (device agents),
    held by a child process of the bench (``--idle-in-process``: by the
@@ -13,17 +16,24 @@ gives that server. Phases:
    latencies it measures);
 2. queue: nurses check in ``--requests`` visit requests while no physician is available;
 3. match: ``--physicians`` physicians come online; each accepts its offer, ends
-   the consultation at once and waits for the next. Decision latency: from the
-   moment a physician is free (presence.set / consultation.end sent) to its next
-   ``offer.received``;
+   the consultation at once (``--hold-s``: after that long) and waits for the
+   next. Decision latency: from the moment a physician is free (presence.set /
+   consultation.end sent) to its next ``offer.received``. With no hold this is
+   a saturation loop: every physician is always waiting for a decision, so the
+   latency is at least physicians / decisions per second (Little's law);
 4. throughput: for ``--seconds``, request/reply pings on the active sockets.
+
+Nurses and physicians say hello as the pages do (``presence: own``: no other
+physician's status; docs/protocol.md, Presence).
 
 JSON keys (a contract): ``requests``, ``matched``, ``double_assigned`` (must be
 0), ``decision_latency_ms_p50``, ``decision_latency_ms_p99``,
 ``messages_per_second``, ``cpu_us_per_message`` (server process),
-``messages_per_core_second``, ``idle_clients_held``, plus details.
+``messages_per_core_second``, ``idle_clients_held``, ``processes``, plus details
+(CPU figures: all the server processes together).
 Targets: 1000 waiting requests matched with decision p99 <= 50 ms; 5000 idle
-clients on one process; >= 2000 messages/s per core.
+clients on one process; >= 2000 messages/s per core. With several processes the
+defaults are the issue's figures: 1000 waiting requests, 200 physicians.
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import resource
 import shutil
 import signal
@@ -81,14 +92,22 @@ def pct(values: list[float], q: float) -> float:
 
 
 class Server:
-    """Our own server (and redis-server) in subprocesses, stopped by PID."""
+    """Our own servers (and redis-server) in subprocesses, stopped by PID."""
 
-    def __init__(self, store: str) -> None:
+    def __init__(self, store: str, processes: int = 1) -> None:
         self.store = store
+        self.processes = processes
         self.tmp = Path(tempfile.mkdtemp(prefix="bench-signalling-"))
         self.procs: list[subprocess.Popen[bytes]] = []
-        self.url = ""
-        self.pid = 0
+        self.urls: list[str] = []
+        self.pids: list[int] = []
+
+    @property
+    def url(self) -> str:
+        return self.urls[0]
+
+    def cpu(self) -> float:
+        return sum(cpu_seconds(pid) for pid in self.pids)
 
     def start(self) -> None:
         env = {**os.environ, "TELECONSULT_SERVER__DATA_DIR": str(self.tmp / "data"),
@@ -113,11 +132,15 @@ class Server:
                 except OSError:
                     time.sleep(0.05)
             env.update(TELECONSULT_STORE__BACKEND="redis", TELECONSULT_STORE__REDIS_URL=f"redis://127.0.0.1:{port}/0")
+        for _ in range(self.processes):
+            self._serve(env)
+
+    def _serve(self, env: dict[str, str]) -> None:
         server = subprocess.Popen([sys.executable, "-m", "teleconsult", "serve", "--port", "0"], env=env,
                                   stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                   preexec_fn=raise_fd_limit)
         self.procs.append(server)
-        self.pid = server.pid
+        self.pids.append(server.pid)
         assert server.stdout is not None
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -125,10 +148,9 @@ class Server:
             if not line and server.poll() is not None:
                 raise RuntimeError("the server exited at start")
             if "serving on" in line:
-                self.url = line.split("serving on", 1)[1].strip()
-                break
-        if not self.url:
-            raise RuntimeError("the server did not start within 30 s")
+                self.urls.append(line.split("serving on", 1)[1].strip())
+                return
+        raise RuntimeError("the server did not start within 30 s")
 
     def stop(self) -> None:
         for proc in reversed(self.procs):
@@ -147,11 +169,17 @@ class Server:
 
 
 class Client:
-    """One socket: requests by id (futures), events into a queue."""
+    """One socket: requests by id (futures), events into a queue. Given ``events``, only those are
+    parsed and kept while no request waits for its reply: the rest (the presence of every physician,
+    hundreds a second with 200 of them) is counted, not parsed, so that this bench's measuring process
+    does not fall behind its sockets and add its own backlog to the latencies it measures. Without
+    (the other benches and the fuzzer, which wait for other events), every event is kept."""
 
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse, counter: list[int]) -> None:
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, counter: list[int],
+                 events: tuple[str, ...] | None = None) -> None:
         self.ws = ws
         self.counter = counter
+        self.wanted = None if events is None else tuple(f'"{e}"' for e in events)
         self.next_id = 0
         self.pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
@@ -162,6 +190,8 @@ class Client:
             if msg.type is not aiohttp.WSMsgType.TEXT:
                 break
             self.counter[0] += 1
+            if self.wanted is not None and not self.pending and not any(w in msg.data for w in self.wanted):
+                continue
             data = json.loads(msg.data)
             mid = data.get("id")
             if mid is not None and mid in self.pending:
@@ -191,10 +221,20 @@ class Client:
                 return event
 
 
-async def connect(http: aiohttp.ClientSession, url: str, token: str, counter: list[int]) -> Client:
+MATCHING_EVENTS = ("offer.received",)
+"""What this bench's own nurses and physicians wait for (the rest is counted, not parsed)."""
+PAGES_PRESENCE = "own"
+"""``hello.presence`` as the pages ask it (web_client/static/signalling.js): this bench's nurses and
+physicians get what the pages would."""
+
+
+async def connect(http: aiohttp.ClientSession, url: str, token: str, counter: list[int],
+                  events: tuple[str, ...] | None = None, presence: str | None = None) -> Client:
+    """A socket that said hello (``presence``: ``hello.presence``, None for the role's default)."""
     ws = await http.ws_connect(url, heartbeat=None, autoping=True, max_msg_size=0)
-    client = Client(ws, counter)
-    reply = await client.call("hello", version=1, token=token)
+    client = Client(ws, counter, events)
+    fields: dict[str, Any] = {} if presence is None else {"presence": presence}
+    reply = await client.call("hello", version=1, token=token, **fields)
     if reply["type"] != "hello.ok":
         raise RuntimeError(f"hello refused: {reply}")
     return client
@@ -205,7 +245,7 @@ async def connect_idle(http: aiohttp.ClientSession, ws_url: str, tokens: TokenSe
     idle: list[Client] = []
     for chunk in range(0, n, 200):
         batch = await asyncio.gather(*(connect(http, ws_url, tokens.issue_access(
-            "agent", f"idle-{i}", site="ehpad-demo"), counter)
+            "agent", f"idle-{i}", site="ehpad-demo"), counter, MATCHING_EVENTS)
             for i in range(chunk, min(chunk + 200, n))), return_exceptions=True)
         idle += [c for c in batch if isinstance(c, Client)]
     return idle
@@ -254,18 +294,43 @@ async def idle_child(ws_url: str, n: int) -> None:
             print(f"held {sum(1 for c in idle if not c.ws.closed)}", flush=True)
 
 
+async def directory_everywhere(http: aiohttp.ClientSession, bases: list[str], admin: dict[str, str],
+                               sites: list[str]) -> None:
+    """Wait (20 s at most) until every process has ``sites`` in its directory. The others reload it on
+    a note per change, and a reload that read the store before a later change can land after it:
+    a site missing somewhere is put again (its note makes every process reload once more)."""
+    deadline = time.monotonic() + 20
+    while True:
+        await asyncio.sleep(0.3)  # the notes of the last changes land first
+        missing: set[str] = set()
+        for b in bases:
+            async with http.get(f"{b.rstrip('/')}/api/directory", headers=admin) as r:
+                known = {e["id"] for e in (await r.json()).get("sites", [])} if r.status == 200 else set()
+            missing |= {site for site in sites if site not in known}
+        if not missing:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"sites missing from a process's directory: {sorted(missing)}")
+        for site in sorted(missing):
+            async with http.put(f"{bases[0].rstrip('/')}/api/directory/sites/{site}", headers=admin,
+                                json={"name": site.replace("bench-site-", "bench "), "kind": "cabin"}) as r:
+                r.raise_for_status()
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     raise_fd_limit()
     server = None
     base = args.server
+    bases = [base]
     if not base:
-        server = Server(args.store)
+        server = Server(args.store, args.processes)
         server.start()
-        base = server.url
+        base, bases = server.url, server.urls
     ws_url = base.replace("http", "ws", 1).rstrip("/") + "/ws"
+    ws_urls = [b.replace("http", "ws", 1).rstrip("/") + "/ws" for b in bases]
     tokens = TokenService(AuthSettings(signing_key=KEY), tempfile.gettempdir())
     counter = [0]
-    result: dict[str, Any] = {"store": args.store, "server": "own" if server else base}
+    result: dict[str, Any] = {"store": args.store, "server": "own" if server else base, "processes": len(bases)}
     connector = aiohttp.TCPConnector(limit=0)
     try:
         async with aiohttp.ClientSession(connector=connector) as http:
@@ -287,15 +352,21 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                                     json={"name": f"bench {i}", "kind": "cabin"}) as r:
                     if r.status != 200:
                         raise RuntimeError(f"cannot add bench sites: {r.status} {await r.text()}")
-            nurses = [await connect(http, ws_url, tokens.issue_access("nurse", f"bench-nurse-{i}",
-                                                                      site=f"bench-site-{i}"), counter)
-                      for i in range(n_nurses)]
+            await directory_everywhere(http, bases, admin, [f"bench-site-{i}" for i in range(n_nurses)])
+            # Nurses and physicians take the processes in turn.
+            nurses = [await connect(http, ws_urls[i % len(ws_urls)], tokens.issue_access(
+                "nurse", f"bench-nurse-{i}", site=f"bench-site-{i}"), counter, MATCHING_EVENTS, PAGES_PRESENCE)
+                for i in range(n_nurses)]
             visit = {"patient_ref": "bench", "reason": "bench", "specialty": SPECIALTY, "consent_teleconsultation": True}
             priorities = ["routine", "urgent", "emergency"]
 
             async def nurse_work(k: int) -> None:
                 for j in range(k, args.requests, len(nurses)):
-                    reply = await nurses[k].call("visit.request", priority=priorities[j % 3], **visit)
+                    for _ in range(50):  # a process may still reload the directory (a note per change)
+                        reply = await nurses[k].call("visit.request", priority=priorities[j % 3], **visit)
+                        if reply.get("code") != "forbidden":
+                            break
+                        await asyncio.sleep(0.1)
                     if reply["type"] != "visit.request.ok":
                         raise RuntimeError(f"visit.request refused: {reply}")
             started = time.monotonic()
@@ -305,11 +376,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             accepted: dict[str, str] = {}
             double = 0
             latencies: list[float] = []
-            physicians = [await connect(http, ws_url, tokens.issue_access(
-                "physician", f"bench-dr-{i}", specialties=[SPECIALTY]), counter) for i in range(args.physicians)]
-            cpu0 = cpu_seconds(server.pid) if server else float("nan")
+            physicians = [await connect(http, ws_urls[i % len(ws_urls)], tokens.issue_access(
+                "physician", f"bench-dr-{i}", specialties=[SPECIALTY]), counter, MATCHING_EVENTS, PAGES_PRESENCE)
+                for i in range(args.physicians)]
+            cpu0 = server.cpu() if server else float("nan")
             msgs0 = counter[0]
             started = time.monotonic()
+
+            hold_rng = random.Random(19)
 
             async def physician_work(c: Client) -> None:
                 nonlocal double
@@ -328,18 +402,21 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     if cid in accepted:
                         double += 1
                     accepted[cid] = "x"
+                    if args.hold_s:  # spread: physicians ending together would make one burst
+                        await asyncio.sleep(hold_rng.uniform(0, 2 * args.hold_s))
                     free_at = time.perf_counter()
                     await c.call("consultation.end", consultation_id=cid)
             work = [asyncio.ensure_future(physician_work(c)) for c in physicians]
-            deadline = time.monotonic() + max(60.0, args.requests * 0.2)
+            deadline = time.monotonic() + max(60.0, args.requests * 0.2) + \
+                args.hold_s * args.requests / max(1, args.physicians)
             while len(accepted) < args.requests and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
             match_s = time.monotonic() - started
             for w in work:
                 w.cancel()
             match_msgs = counter[0] - msgs0
-            match_cpu = (cpu_seconds(server.pid) - cpu0) if server else float("nan")
-            result.update(requests=args.requests, matched=len(accepted), double_assigned=double,
+            match_cpu = (server.cpu() - cpu0) if server else float("nan")
+            result.update(requests=args.requests, matched=len(accepted), double_assigned=double, hold_s=args.hold_s,
                           match_s=round(match_s, 3),
                           decision_latency_ms_p50=round(pct(latencies, 50) * 1000, 2),
                           decision_latency_ms_p99=round(pct(latencies, 99) * 1000, 2),
@@ -352,7 +429,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     c.events.get_nowait()
             stop_at = time.monotonic() + args.seconds
             msgs0 = counter[0]
-            cpu0 = cpu_seconds(server.pid) if server else float("nan")
+            cpu0 = server.cpu() if server else float("nan")
             rtts: list[float] = []
 
             async def pinger(c: Client) -> None:
@@ -364,7 +441,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             await asyncio.gather(*(pinger(c) for c in active))
             elapsed = time.monotonic() - started
             msgs = counter[0] - msgs0
-            cpu = (cpu_seconds(server.pid) - cpu0) if server else float("nan")
+            cpu = (server.cpu() - cpu0) if server else float("nan")
             result.update(messages_per_second=round(msgs / elapsed, 1),
                           cpu_us_per_message=round(cpu / max(msgs, 1) * 1e6, 1),
                           messages_per_core_second=round(msgs / cpu, 1) if cpu and cpu == cpu else None,
@@ -388,10 +465,18 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.signalling", description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=100, help="idle connections held open")
-    parser.add_argument("--requests", type=int, default=100, help="visit requests queued then matched")
+    parser.add_argument("--requests", type=int, help="visit requests queued then matched (default 100; "
+                        "1000 with several processes)")
     parser.add_argument("--seconds", type=float, default=3.0, help="ping throughput phase")
-    parser.add_argument("--physicians", type=int, default=5,
-                        help="physicians in a closed accept/end loop (more: a saturation test)")
+    parser.add_argument("--physicians", type=int,
+                        help="physicians in a closed accept/end loop (default 5, 200 with several processes; "
+                        "more: a saturation test)")
+    parser.add_argument("--hold-s", type=float, default=0.0,
+                        help="how long on average a physician keeps each consultation before ending it "
+                        "(uniform in 0..2x; default 0: a saturation loop, where the decision latency is "
+                        "mostly the wait behind the other physicians' decisions)")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="signalling processes started on one redis-server (more than 1: --store redis)")
     parser.add_argument("--json", metavar="FILE", help="write the figures here")
     parser.add_argument("--server", metavar="URL", help="use this server (tokens must be signed with the bench key)")
     parser.add_argument("--store", choices=["memory", "redis"], default="memory")
@@ -399,6 +484,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="hold the idle connections in the measuring process (the old way)")
     parser.add_argument("--idle-child", metavar="WS_URL", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    several = args.processes > 1
+    if args.requests is None:
+        args.requests = 1000 if several else 100
+    if args.physicians is None:
+        args.physicians = 200 if several else 5
+    if several and (args.store != "redis" or args.server):
+        parser.error("--processes above 1 needs --store redis and no --server (processes share state in Redis)")
     if args.idle_child:
         asyncio.run(idle_child(args.idle_child, args.clients))
         return 0

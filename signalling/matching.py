@@ -5,20 +5,22 @@ entered the queue. The process that saw it matches just those, incrementally
 (:meth:`Matching.match_hints`); every process also runs the whole matcher now
 and then (:data:`FULL_ROUND_INTERVAL_S`, and after a kick note), a safety net
 under the incremental path. Claims stay atomic in the store, so that processes
-matching at the same time never double-book.
+matching at the same time never double-book. A decision costs a fixed number of
+store round trips (one read, one read of the consultations, one batch of claims),
+however many hints it takes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import AsyncIterator, Iterable
+from typing import Collection, Iterable
 
 from signalling import queue as queue_mod
 from signalling.bus import Note
 from signalling.consultation import Kick
 from signalling.context import Context
-from signalling.matcher import Candidate, Waiting, eligible, plan, queue_order
+from signalling.matcher import Pairing, plan
 from signalling.offers import Offers
 from signalling.presence import Presence
 from signalling.store.base import Envelope
@@ -29,7 +31,11 @@ logger = logging.getLogger(__name__)
 FULL_ROUND_INTERVAL_S = 5.0
 """The whole matcher runs this often anyway (a safety net under incremental matching)."""
 MAX_CLAIM_TRIES = 5
+"""Decisions in a row whose claims were lost to other processes before a full round is asked for."""
 QUEUE_PAGE = 32
+"""The first page of a queue read for a decision (plus one entry per physician looked for)."""
+MAX_PAGES = 8
+"""Further pages a decision reads, each twice the last (32 << 8: thousands of requests deep)."""
 MAX_LATENCIES = 10000
 
 
@@ -113,21 +119,9 @@ class Matching:
                     del self.decision_latency[:MAX_LATENCIES // 2]
 
     async def match_round(self) -> int:
-        """One pass of the pure matcher over the whole store; returns the offers made."""
-        store = self.ctx.store
-        entries = [queue_mod.waiting(e) for e in await store.waiting()]
-        if not entries:
-            return 0
-        presences = [Presence.from_dict(e) for e in (await store.presences()).values()]
-        available = [pr for pr in presences if pr.matchable]
-        if not available:
-            return 0
-        locked = await store.offer_locks([pr.physician for pr in available])
-        candidates = [pr.candidate() for pr in available if pr.physician not in locked]
-        # Concurrently: the journal's group commit makes one fsync for the whole round.
-        results = await asyncio.gather(*(self.offers.offer(x.consultation_id, x.physician)
-                                         for x in plan(entries, candidates)))
-        return sum(1 for ok in results if ok)
+        """One pass of the pure matcher over the whole store (every free physician, the queues of
+        their specialties read page by page); returns the offers made."""
+        return await self._decide(set(), set(), full=True)
 
     async def match_hints(self, requests: set[str], physicians: set[str]) -> int:
         """Incremental matching: only the new requests and the freed physicians.
@@ -135,70 +129,74 @@ class Matching:
         After a full round no eligible pair is left unmatched, so a new request's best
         physician is the longest-available eligible one, and a freed physician's best request
         is the first eligible one in queue order: the same pairs the full plan would make,
-        without loading the whole queue. Claims stay atomic in the store; a claim that keeps
-        failing asks for a full round."""
+        without loading the whole queue. All the hints of a wake-up are one decision: one read
+        (:meth:`~signalling.store.base.Store.match_view`), the pure plan, one read of the
+        consultations and one batch of claims (:meth:`Offers.offer_many`). Claims stay atomic in
+        the store; a claim lost to another process is decided again, and one that keeps failing
+        asks for a full round."""
+        return await self._decide(requests, physicians, full=False)
+
+    async def _decide(self, requests: Collection[str], physicians: Collection[str], *, full: bool) -> int:
         made = 0
-        if requests:
-            entries = await self.ctx.store.queue_entries(sorted(requests))
-            for w in queue_order(queue_mod.waiting(e) for e in entries):
-                made += await self._match_request(w)
-        for physician in sorted(physicians):
-            made += await self._match_physician(physician)
+        for _ in range(MAX_CLAIM_TRIES):
+            pairs = await self._plan(requests, physicians, full)
+            if not pairs:
+                return made
+            offered = await self.offers.offer_many(pairs)
+            made += sum(offered)
+            lost = [x for x, ok in zip(pairs, offered) if not ok]
+            if not lost:
+                return made
+            # Another process took the request or the physician meanwhile: decide again for those.
+            requests = {x.consultation_id for x in lost}
+            physicians = {x.physician for x in lost}
+            full = False
+        self.full_round()
         return made
 
-    async def _free_candidates(self, physicians: Iterable[str] | None = None) -> list[Candidate]:
-        presences = await self.ctx.store.presences()
-        wanted = presences if physicians is None else {ph: presences[ph] for ph in physicians if ph in presences}
-        available = [pr for pr in map(Presence.from_dict, wanted.values()) if pr.matchable]
-        locked = await self.ctx.store.offer_locks([pr.physician for pr in available])
-        return sorted((pr.candidate() for pr in available if pr.physician not in locked),
-                      key=lambda c: (c.available_since, c.physician))
-
-    async def _match_request(self, w: Waiting) -> int:
-        tries = 0
-        for candidate in await self._free_candidates():
-            if not eligible(w, candidate):
-                continue
-            if await self.offers.offer(w.consultation_id, candidate.physician):
-                return 1
-            tries += 1
-            if tries >= MAX_CLAIM_TRIES or await self.ctx.store.get_consultation(w.consultation_id) is None:
-                break
-        return 0
-
-    async def _match_physician(self, physician: str) -> int:
-        found = await self._free_candidates([physician])
-        if not found:
-            return 0
-        candidate = found[0]
-        tries = 0
-        async for w in self._in_queue_order(sorted(candidate.specialties)):
-            if not eligible(w, candidate):
-                continue
-            if await self.offers.offer(w.consultation_id, physician):
-                return 1
-            tries += 1
-            if tries >= MAX_CLAIM_TRIES or await self.ctx.store.offer_locks([physician]):
-                break
-        if tries >= MAX_CLAIM_TRIES:
-            self.full_round()
-        return 0
-
-    async def _in_queue_order(self, specialties: list[str]) -> AsyncIterator[Waiting]:
-        """Waiting requests of ``specialties``, merged in queue order, read page by page."""
-        offsets = dict.fromkeys(specialties, 0)
-        buffers: dict[str, list[Waiting]] = {sp: [] for sp in specialties}
-        done: set[str] = set()
-        while True:
-            for sp in specialties:
-                if not buffers[sp] and sp not in done:
-                    ids = await self.ctx.store.queue_ids(sp, offsets[sp], offsets[sp] + QUEUE_PAGE - 1)
-                    offsets[sp] += len(ids)
-                    if len(ids) < QUEUE_PAGE:
-                        done.add(sp)
-                    entries = await self.ctx.store.queue_entries(ids)
-                    buffers[sp] = [queue_mod.waiting(e) for e in reversed(entries)]
-            heads = [(buffers[sp][-1].order_key(), sp) for sp in specialties if buffers[sp]]
-            if not heads:
-                return
-            yield buffers[min(heads)[1]].pop()
+    async def _plan(self, requests: Collection[str], physicians: Collection[str], full: bool) -> list[Pairing]:
+        """The pure plan over the free physicians and the head of the queues that concern the hints,
+        read page by page (each page twice the last) while a physician looked for (hinted, or any in
+        a full round) is left without a pair and its queues go on, or a hinted request lies beyond
+        what was read of its queue (it must not pass the requests before it)."""
+        store = self.ctx.store
+        count = QUEUE_PAGE + len(physicians)
+        view = await store.match_view(physicians=sorted(physicians), requests=sorted(requests), all_free=full,
+                                      count=count)
+        candidates = [pr.candidate() for pr in map(Presence.from_dict, view.free.values()) if pr.matchable]
+        if not candidates:
+            return []
+        wanted = {c.physician for c in candidates} if full else set(physicians)
+        hinted = [queue_mod.waiting(e) for e in view.requests]
+        asked = {w.consultation_id for w in hinted}
+        loaded = {sp: [queue_mod.waiting(e) for e in page] for sp, page in view.queues.items()}
+        exhausted = {sp for sp, page in view.queues.items() if len(page) < count}
+        offset = count
+        for pages in range(MAX_PAGES + 1):
+            entries = {w.consultation_id: w for ws in loaded.values() for w in ws}
+            beyond: set[str] = set()
+            for w in hinted:
+                head = loaded.get(w.specialty, [])
+                if w.specialty in exhausted or (head and w.order_key() <= head[-1].order_key()):
+                    entries.setdefault(w.consultation_id, w)
+                else:
+                    beyond.add(w.specialty)
+            pairs = plan(entries.values(), candidates)
+            used = {x.physician for x in pairs}
+            more = sorted({sp for c in candidates if c.physician not in used for sp in c.specialties
+                           if sp in loaded and sp not in exhausted and (c.physician in wanted or sp in beyond)})
+            if not more or pages == MAX_PAGES:
+                if full:
+                    return pairs
+                # Only the pairs of this decision's hints: another free physician is another process's
+                # hint (or the safety net's), and claiming it here would only race that process.
+                return [x for x in pairs if x.physician in wanted or x.consultation_id in asked]
+            count *= 2
+            page = await store.match_view(specialties=more, offset=offset, count=count)
+            offset += count
+            for sp in more:
+                got = page.queues.get(sp, [])
+                loaded[sp] += [queue_mod.waiting(e) for e in got]
+                if len(got) < count:
+                    exhausted.add(sp)
+        return []  # not reached: the last page returns

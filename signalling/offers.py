@@ -11,17 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, Sequence
 
 from core.vocabulary import Role
 from signalling import consultation
 from signalling import protocol as p
-from signalling.consultation import MATCHER, Consultation, State
-from signalling.consultations import CAS_TRIES, Consultations
+from signalling.consultation import MATCHER, Consultation, State, Transition
+from signalling.consultations import CAS_TRIES, OFFER_LOCK_MARGIN_S, Consultations
 from signalling.context import Context, safely
+from signalling.matcher import Pairing
 from signalling.protocol import ErrorCode, ProtocolError, WithdrawReason
 from signalling.rooms import Rooms
 from signalling.session import Session
+from signalling.store.base import OfferClaim
 
 logger = logging.getLogger(__name__)
 
@@ -72,11 +74,54 @@ class Offers:
         t = consultation.offer(c, physician, self.ctx.clock(), timeout, self._name(physician), ring=ring)
         if await self.consultations.apply(t, version) is None:
             return False
-        seq = t.new.offer_seq
-        self._timers[cid] = asyncio.get_running_loop().call_later(
-            timeout, lambda: self.ctx.tasks.spawn(self.withdraw(cid, seq, WithdrawReason.TIMEOUT)))
+        self._arm(cid, t.new.offer_seq, timeout)
         logger.info("offer", extra={"consultation": cid, "physician": physician})
         return True
+
+    def _arm(self, cid: str, seq: int, timeout: float) -> None:
+        """Offer ``seq`` of ``cid`` stops ringing after ``timeout``."""
+        self._timers[cid] = asyncio.get_running_loop().call_later(
+            timeout, lambda: self.ctx.tasks.spawn(self.withdraw(cid, seq, WithdrawReason.TIMEOUT)))
+
+    async def offer_many(self, pairs: Sequence[Pairing]) -> list[bool]:
+        """Ring each pair's physician for its request, as :meth:`offer` does one: the consultations
+        read in one round trip, claimed in another (each claim atomic: exactly one offer per
+        request, one per physician, across processes), then the effects of those that held carried
+        out concurrently. Which pairs were offered, in order."""
+        if not pairs:
+            return []
+        store = self.ctx.store
+        docs = {v.doc.get("id"): v for v in await store.get_consultations([x.consultation_id for x in pairs])}
+        timeout = self.ctx.sig.offer_timeout_s
+        now = self.ctx.clock()
+        staged: list[tuple[int, Transition]] = []
+        claims: list[OfferClaim] = []
+        for i, x in enumerate(pairs):
+            got = docs.get(x.consultation_id)
+            if got is None:
+                continue
+            c = Consultation.from_dict(got.doc)
+            if c.state is not State.REQUESTED:
+                continue
+            t = consultation.offer(c, x.physician, now, timeout, self._name(x.physician))
+            assert t.new.offer_expires_at is not None
+            staged.append((i, t))
+            claims.append(OfferClaim(c.id, got.version, t.new.to_dict(), x.physician, t.new.offer_expires_at,
+                                     timeout + OFFER_LOCK_MARGIN_S))
+        offered = [False] * len(pairs)
+        performing = []
+        for (i, t), version in zip(staged, await store.claim_offers(claims)):
+            if version is None:
+                continue
+            offered[i] = True
+            self._arm(t.new.id, t.new.offer_seq, timeout)
+            logger.info("offer", extra={"consultation": t.new.id, "physician": pairs[i].physician})
+            performing.append(self.consultations.perform(t, version))
+        # Concurrently: the journal's writes and the events of every offer overlap.
+        for outcome in await asyncio.gather(*performing, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                logger.error("an offer's effects failed", exc_info=outcome)
+        return offered
 
     async def withdraw(self, cid: str, seq: int, why: WithdrawReason, actor: str = MATCHER) -> bool:
         """Offer ``seq`` of ``cid`` stops ringing (timeout, decline, vanished): back to the queue."""

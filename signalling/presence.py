@@ -1,8 +1,11 @@
 """Physicians online: status, what they can take, which connection owns it.
 
 Presence is server state, one entry (:class:`Presence`) per physician in the store; every
-change goes through :class:`Presences`, which announces it to those who watch (nurses,
-physicians, admins) and tells matching when a physician becomes available.
+change goes through :class:`Presences`, which announces it to those who watch and tells
+matching when a physician becomes available. Who watches (:func:`presence_feed`): connections
+that get every physician's changes (nurses and admins unless they ask otherwise, a physician who
+asks), and each physician's own pages for their own changes; a physician's page shows nothing
+else, and the pages ask for their own only (``hello.presence``).
 
 Rules (:func:`status_on_arrival` is the table of the first):
 
@@ -23,13 +26,14 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Protocol
 
 from core.auth import Principal
+from core.vocabulary import Role
 from signalling import protocol as p
 from signalling.consultation import LIVE
 from signalling.consultations import Consultations
 from signalling.context import Context, safely
-from signalling.hub import PRESENCE_WATCHERS
+from signalling.hub import PRESENCE_ALL, Target, presence_watchers
 from signalling.matcher import Candidate
-from signalling.protocol import ErrorCode, PresenceStatus, ProtocolError
+from signalling.protocol import ErrorCode, PresenceFeed, PresenceStatus, ProtocolError
 from signalling.session import Session
 
 @dataclass(frozen=True)
@@ -88,6 +92,25 @@ def status_on_arrival(entry: Presence | None, live: bool) -> tuple[PresenceStatu
     return base, None
 
 
+FEED_ALL_ROLES = frozenset({Role.NURSE, Role.PHYSICIAN, Role.ADMIN})
+"""Who may get every physician's presence changes (as ``presence.list``'s roles)."""
+DEFAULT_FEED_ALL = frozenset({Role.NURSE, Role.ADMIN})
+"""Who gets them unless they ask otherwise (what clients had before ``hello.presence``; a physician's
+page shows only its own status, and 200 physicians each getting everyone's changes flooded them)."""
+
+
+def presence_feed(role: Role, asked: PresenceFeed | None) -> PresenceFeed:
+    """Whose presence changes a connection of ``role`` gets, having asked ``asked`` in its hello."""
+    if asked is None:
+        return PresenceFeed.ALL if role in DEFAULT_FEED_ALL else PresenceFeed.OWN
+    return asked if role in FEED_ALL_ROLES else PresenceFeed.OWN
+
+
+def presence_watches(role: Role, asked: PresenceFeed | None) -> tuple[Target, ...]:
+    """What a connection subscribes to for presence beyond its own person (``Hub.add``)."""
+    return (PRESENCE_ALL,) if presence_feed(role, asked) is PresenceFeed.ALL else ()
+
+
 class Kicker(Protocol):
     """What presence needs of matching."""
 
@@ -130,11 +153,11 @@ class Presences:
         for s in self.local.values():
             if s.sub == physician:
                 s.status, s.after = status, after
-        await self.ctx.bus.emit(PRESENCE_WATCHERS, p.PresenceChanged(
+        if entry.matchable:  # first: matching reads the store while the change is announced
+            await self.matching.kick(physicians=[physician])
+        await self.ctx.bus.emit(presence_watchers(physician), p.PresenceChanged(
             physician=physician, status=status.value, specialties=list(specialties), name=entry.name,
             connected=connected).to_wire())
-        if entry.matchable:
-            await self.matching.kick(physicians=[physician])
         return entry
 
     async def put_session(self, s: Session, status: PresenceStatus, after: PresenceStatus | None = None) -> Presence:
@@ -182,7 +205,7 @@ class Presences:
         """Nobody came back for ``session`` within the grace: the entry goes, watchers see it offline."""
         old = await self.get(physician)
         if await safely(self.ctx.store.remove_presence(physician, session)):
-            await safely(self.ctx.bus.emit(PRESENCE_WATCHERS, p.PresenceChanged(
+            await safely(self.ctx.bus.emit(presence_watchers(physician), p.PresenceChanged(
                 physician=physician, status=PresenceStatus.OFFLINE.value,
                 specialties=list(old.specialties if old else specialties), name=self.name_of(physician),
                 connected=False).to_wire()))

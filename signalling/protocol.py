@@ -127,6 +127,15 @@ class PresenceStatus(str, enum.Enum):
 CHOSEN_PRESENCE = frozenset({PresenceStatus.AVAILABLE, PresenceStatus.BUSY, PresenceStatus.AWAY})
 
 
+class PresenceFeed(str, enum.Enum):
+    """Whose ``presence.changed`` a connection gets (``hello.presence``)."""
+
+    ALL = "all"
+    """Every physician's (nurses and admins by default; a physician who asks)."""
+    OWN = "own"
+    """A physician's own only; nothing for the other roles (physicians, agents and guests by default)."""
+
+
 class VisitStatus(str, enum.Enum):
     """What ``visit.status`` tells a site's nurses about their waiting request."""
 
@@ -257,6 +266,12 @@ class Hello:
     token: str = doc("Access token (ours, or the configured OpenID provider's).", max_len=8192)
     resume: str | None = doc("Session id from a previous ``hello.ok`` to resume after a dropped socket.",
                              None, max_len=64)
+    presence: PresenceFeed | None = doc(
+        "Whose ``presence.changed`` this connection gets: ``all`` (every physician's) or ``own`` (a "
+        "physician's own only; none for the other roles). Default: ``all`` for nurses and admins, ``own`` "
+        "for the other roles; only nurses, physicians and admins may have ``all``. The pages ask ``own`` "
+        "(none of them shows other physicians' status live; the admin console reads ``presence.list``).",
+        None)
 
 
 @request("ping")

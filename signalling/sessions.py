@@ -26,7 +26,7 @@ from signalling.consultations import Consultations
 from signalling.context import Context, safely
 from signalling.hub import Outbox, agents, nurses, seat_of, user
 from signalling.offers import Offers
-from signalling.presence import Presences
+from signalling.presence import Presences, presence_watches
 from signalling.protocol import ErrorCode, PresenceStatus, ProtocolError
 from signalling.recovery import Recovery
 from signalling.rooms import SEATS, Rooms
@@ -89,7 +89,7 @@ class Sessions:
         session.token = msg.token
         conn = conn_factory(session)
         session.conn = conn
-        ctx.hub.add(conn)
+        ctx.hub.add(conn, presence_watches(session.role, msg.presence))
         await ctx.store.put_session(session.id, self._record(session, "live"),
                                     max(principal.expires_at - ctx.clock(), 1) + ctx.sig.resume_grace_s)
         await ctx.store.own_session(session.id)
@@ -311,10 +311,14 @@ class Sessions:
         store = self.ctx.store
         for sid in await store.orphans():
             record = await store.get_session(sid)
-            if record is None or record.get("state") != "live" or record.get("proc") == self.ctx.proc:
-                continue
+            if record is None or record.get("state") != "live" or await self._held(record):
+                continue  # gone, or resumed meanwhile on a live process (this one included)
             s = self._from_record(sid, record)
-            await self._mark_dropped(s)
+            # The deadline only: the record stays as the dead process left it, so that a resume on
+            # another process racing this one rewrites it and wins (it is checked at the deadline).
+            # Rewriting it here as dropped ended sessions live elsewhere: a nurse back on another
+            # process had her waiting requests expired.
+            await store.mark_dropped(sid, self.ctx.clock() + self.ctx.sig.resume_grace_s)
             await safely(self.recovery.taken_over(s, str(record.get("proc"))))
             await safely(self._peer_notice(s, p.PeerState.DROPPED))
             logger.info("session of a dead process dropped", extra={"session": sid, "proc": record.get("proc")})
@@ -327,8 +331,15 @@ class Sessions:
                 await self._grace_over(local)
                 continue
             record = await store.get_session(sid)
-            if record is not None and record.get("state") == "dropped":
+            if record is not None and not await self._held(record):
                 await self._grace_over(self._from_record(sid, record))
+
+    async def _held(self, record: dict[str, Any]) -> bool:
+        """Whether a session's record says a live process holds its socket (it resumed there)."""
+        if record.get("state") != "live":
+            return False
+        proc = str(record.get("proc"))
+        return proc == self.ctx.proc or bool(await self.ctx.store.live_processes([proc]))
 
     async def _grace_over(self, s: Session) -> None:
         s.grace = None
@@ -336,7 +347,7 @@ class Sessions:
             return
         store = self.ctx.store
         record = await store.get_session(s.id)
-        if record is not None and record.get("state") == "live":
+        if record is not None and await self._held(record):
             self.local.pop(s.id, None)  # resumed on another process
             return
         self.local.pop(s.id, None)

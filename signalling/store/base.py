@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Callable, Iterable, Protocol, Sequence
 
 Envelope = dict[str, Any]
 """An event between processes: ``{"t": [[kind, key], ...], "m": message}``, or a
@@ -25,6 +25,30 @@ control note (``{"kick": 1}``: run the matcher; ``{"directory": 1}``: reload).""
 class Versioned:
     doc: dict[str, Any]
     version: int
+
+
+@dataclass(frozen=True)
+class OfferClaim:
+    """One :meth:`Store.claim_offer` of a batch (:meth:`Store.claim_offers`)."""
+
+    cid: str
+    version: int
+    doc: dict[str, Any]
+    physician: str
+    expires_at: float
+    lock_ttl_s: float
+
+
+@dataclass(frozen=True)
+class MatchView:
+    """What one matching decision reads, in one step (:meth:`Store.match_view`)."""
+
+    free: dict[str, dict[str, Any]]
+    """Presence entries of the physicians free for an offer: available, connected, nothing ringing."""
+    requests: list[dict[str, Any]]
+    """The waiting entries asked for by id (those still in the queue, in the order asked)."""
+    queues: dict[str, list[dict[str, Any]]]
+    """Per specialty paged: its waiting entries ``offset..offset+count-1``, in queue order."""
 
 
 class QueueOp(str, enum.Enum):
@@ -57,6 +81,20 @@ class Store(Protocol):
                           expires_at: float, lock_ttl_s: float) -> int | None:
         """Offer ``cid`` to ``physician`` if the version holds, the physician is
         available and has no offer ringing; the new version, or None."""
+        ...
+
+    async def claim_offers(self, claims: Sequence[OfferClaim]) -> list[int | None]:
+        """:meth:`claim_offer` of each claim (each atomic on its own), in one round trip; the new
+        versions, None where a claim did not hold."""
+        ...
+
+    async def match_view(self, *, physicians: Iterable[str] = (), requests: Iterable[str] = (),
+                         specialties: Iterable[str] = (), all_free: bool = False, offset: int = 0,
+                         count: int = 32) -> MatchView:
+        """In one round trip: the free physicians (:attr:`MatchView.free`), the waiting entries of
+        ``requests``, and a page (``offset``, ``count``) of the queues of ``specialties``, of the
+        specialties of ``requests`` and of those of the free physicians among ``physicians`` (of
+        every free physician when ``all_free``); no page when no physician is free (nothing to match)."""
         ...
 
     async def release_offer_lock(self, physician: str, cid: str) -> None: ...

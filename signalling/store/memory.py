@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import bisect
 import time
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 from signalling.queue import order_key
-from signalling.store.base import Envelope, QueueOp, Versioned
+from signalling.store.base import Envelope, MatchView, OfferClaim, QueueOp, Versioned
 
 
 class MemoryStore:
@@ -125,6 +125,29 @@ class MemoryStore:
         self._offers[cid] = expires_at
         self._index.setdefault(f"user:{physician}", set()).add(cid)
         return version + 1
+
+    async def claim_offers(self, claims: Sequence[OfferClaim]) -> list[int | None]:
+        return [await self.claim_offer(c.cid, c.version, c.doc, c.physician, c.expires_at, c.lock_ttl_s)
+                for c in claims]
+
+    def _free(self, physician: str) -> bool:
+        """Available, connected, nothing ringing: what :meth:`claim_offer` checks."""
+        presence = self._presence.get(physician)
+        lock = self._locks.get(physician)
+        return presence is not None and presence.get("status") == "available" \
+            and presence.get("connected") is not False and (lock is None or lock[1] <= self.clock())
+
+    async def match_view(self, *, physicians: Iterable[str] = (), requests: Iterable[str] = (),
+                         specialties: Iterable[str] = (), all_free: bool = False, offset: int = 0,
+                         count: int = 32) -> MatchView:
+        free = {ph: dict(e) for ph, e in self._presence.items() if self._free(ph)}
+        entries = [e for e in (self._queue.get(c) for c in requests) if e is not None]
+        paged = set(specialties) | {e["specialty"] for e in entries}
+        for ph in free if all_free else [ph for ph in physicians if ph in free]:
+            paged.update(free[ph].get("specialties") or ())
+        queues = {sp: [self._queue[cid] for _, cid in self._ordered.get(sp, [])[offset:offset + count]]
+                  for sp in sorted(paged)} if free else {}
+        return MatchView(free, entries, queues)
 
     async def release_offer_lock(self, physician: str, cid: str) -> None:
         self._release(physician, cid)

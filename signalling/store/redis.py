@@ -23,7 +23,9 @@ Layout (all keys under the configured prefix ``P``):
 * ``P events``      pub/sub channel of envelopes
 
 Transitions and claims are Lua scripts: a compare-and-set of the version plus
-every index change, in one atomic step (Redis runs a script alone).
+every index change, in one atomic step (Redis runs a script alone). A matching
+decision is one read script (:meth:`RedisStore.match_view`: free physicians and
+queue pages) and one pipeline of claims.
 """
 
 from __future__ import annotations
@@ -32,12 +34,13 @@ import asyncio
 import json
 import logging
 import time
-from typing import Any, Callable, Iterable, cast
+from typing import Any, Callable, Iterable, Sequence, cast
 
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 
 from signalling.queue import score as queue_score
-from signalling.store.base import Envelope, QueueOp, Versioned
+from signalling.store.base import Envelope, MatchView, OfferClaim, QueueOp, Versioned
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +60,51 @@ redis.call('ZADD', KEYS[3], ARGV[5], ARGV[6])
 redis.call('SADD', KEYS[6], ARGV[6])
 redis.call('ZREM', KEYS[7], ARGV[6])
 return nv
+"""
+
+_MATCH_VIEW = """
+local prefix, all_free = ARGV[1], ARGV[2] == '1'
+local offset, count = tonumber(ARGV[3]), tonumber(ARGV[4])
+local np, nr = tonumber(ARGV[5]), tonumber(ARGV[6])
+local hinted = {}
+for i = 7, 6 + np do hinted[ARGV[i]] = true end
+local paged = {}
+local free = {}
+local flat = redis.call('HGETALL', KEYS[1])
+for i = 1, #flat, 2 do
+  local ph, raw = flat[i], flat[i + 1]
+  -- the plain find skips decoding the many entries that are not available
+  if string.find(raw, '"status":"available"', 1, true) then
+    local pe = cjson.decode(raw)
+    if pe['status'] == 'available' and pe['connected'] ~= false
+        and redis.call('EXISTS', prefix .. 'lock:' .. ph) == 0 then
+      free[#free + 1] = ph
+      free[#free + 1] = raw
+      if (all_free or hinted[ph]) and type(pe['specialties']) == 'table' then
+        for _, sp in ipairs(pe['specialties']) do paged[sp] = true end
+      end
+    end
+  end
+end
+local reqs = {}
+for i = 7 + np, 6 + np + nr do
+  local raw = redis.call('HGET', KEYS[2], ARGV[i])
+  if raw then
+    reqs[#reqs + 1] = raw
+    paged[cjson.decode(raw)['specialty']] = true
+  end
+end
+for i = 7 + np + nr, #ARGV do paged[ARGV[i]] = true end
+local queues = {}
+if #free == 0 then return {free, reqs, queues} end
+for sp, _ in pairs(paged) do
+  local ids = redis.call('ZRANGE', prefix .. 'qz:' .. sp, offset, offset + count - 1)
+  local entries = {}
+  for j, id in ipairs(ids) do entries[j] = redis.call('HGET', KEYS[2], id) end
+  queues[#queues + 1] = sp
+  queues[#queues + 1] = entries
+end
+return {free, reqs, queues}
 """
 
 _UPDATE = """
@@ -151,10 +199,14 @@ class RedisStore:
         self.redis: aioredis.Redis = aioredis.Redis(connection_pool=pool)
         """Replies are text (``decode_responses``), which redis-py's types cannot say: hence the casts."""
         self._subscribers: list[Callable[[Envelope], None]] = []
+        self._outbox: tuple[list[str], asyncio.Future[None]] | None = None
+        """Envelopes of this turn of the event loop, published together (:meth:`publish`)."""
+        self._flushes: set[asyncio.Future[None]] = set()
         self._reader: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
         self._claim = self.redis.register_script(_CLAIM)
         self._update = self.redis.register_script(_UPDATE)
+        self._match_view = self.redis.register_script(_MATCH_VIEW)
         self._release_script = self.redis.register_script(_RELEASE)
         self._remove_presence = self.redis.register_script(_REMOVE_PRESENCE)
         self._create = self.redis.register_script(_CREATE)
@@ -230,11 +282,46 @@ class RedisStore:
 
     async def claim_offer(self, cid: str, version: int, doc: dict[str, Any], physician: str,
                           expires_at: float, lock_ttl_s: float) -> int | None:
-        keys = [self.k(f"c:{cid}"), self.k("queue"), self.k("offers"), self.k(f"lock:{physician}"),
-                self.k("presence"), self.k(f"open:user:{physician}"), self.k(f"qz:{doc.get('specialty', '')}")]
-        args = [str(version), _dumps(doc), physician, str(int(lock_ttl_s * 1000)), repr(expires_at), cid]
+        keys, args = self._claim_call(OfferClaim(cid, version, doc, physician, expires_at, lock_ttl_s))
         result = await self._claim(keys=keys, args=args)
         return int(result) or None
+
+    def _claim_call(self, c: OfferClaim) -> tuple[list[str], list[str]]:
+        keys = [self.k(f"c:{c.cid}"), self.k("queue"), self.k("offers"), self.k(f"lock:{c.physician}"),
+                self.k("presence"), self.k(f"open:user:{c.physician}"), self.k(f"qz:{c.doc.get('specialty', '')}")]
+        args = [str(c.version), _dumps(c.doc), c.physician, str(int(c.lock_ttl_s * 1000)), repr(c.expires_at), c.cid]
+        return keys, args
+
+    async def claim_offers(self, claims: Sequence[OfferClaim]) -> list[int | None]:
+        if not claims:
+            return []
+        calls = [self._claim_call(c) for c in claims]
+        for _ in range(2):
+            # EVALSHA in a plain pipeline, not the Script object: a pipeline with scripts asks
+            # SCRIPT EXISTS first, a second round trip. Each claim stays atomic on its own.
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for keys, args in calls:
+                    pipe.evalsha(self._claim.sha, len(keys), *keys, *args)
+                try:
+                    results = await pipe.execute()
+                except NoScriptError:  # a restarted (or flushed) Redis: load it, then once more
+                    await self.redis.script_load(_CLAIM)
+                    continue
+            return [int(r) or None for r in results]
+        raise RuntimeError("the claim script could not be loaded")
+
+    async def match_view(self, *, physicians: Iterable[str] = (), requests: Iterable[str] = (),
+                         specialties: Iterable[str] = (), all_free: bool = False, offset: int = 0,
+                         count: int = 32) -> MatchView:
+        physicians, requests = list(physicians), list(requests)
+        args = [self.prefix, "1" if all_free else "0", str(offset), str(count), str(len(physicians)),
+                str(len(requests)), *physicians, *requests, *specialties]
+        free_flat, raw_requests, queues_flat = await self._match_view(
+            keys=[self.k("presence"), self.k("queue")], args=args)
+        free = {str(free_flat[i]): json.loads(free_flat[i + 1]) for i in range(0, len(free_flat), 2)}
+        queues = {str(queues_flat[i]): [json.loads(v) for v in queues_flat[i + 1] if v is not None]
+                  for i in range(0, len(queues_flat), 2)}
+        return MatchView(free, [json.loads(v) for v in raw_requests], queues)
 
     async def release_offer_lock(self, physician: str, cid: str) -> None:
         await self._release_script(keys=[self.k(f"lock:{physician}")], args=[cid])
@@ -382,7 +469,37 @@ class RedisStore:
 
     # -- events --------------------------------------------------------------
     async def publish(self, envelope: Envelope) -> None:
-        await self.redis.publish(self.k("events"), _dumps(envelope))
+        """Envelopes published in one turn of the event loop (an offer's events, a batch of offers')
+        go out together, in order, in one pipeline: one round trip."""
+        batch = self._outbox
+        if batch is None:
+            batch = self._outbox = ([], asyncio.get_running_loop().create_future())
+            flush = asyncio.ensure_future(self._flush(batch))
+            self._flushes.add(flush)
+            flush.add_done_callback(self._flushes.discard)
+        batch[0].append(_dumps(envelope))
+        await asyncio.shield(batch[1])
+
+    async def _flush(self, batch: tuple[list[str], asyncio.Future[None]]) -> None:
+        items, done = batch
+        try:
+            try:
+                await asyncio.sleep(0)  # the other publishes of this turn join the batch
+            finally:  # cancelled here too: later publishes must not join a batch nobody sends
+                if self._outbox is batch:
+                    self._outbox = None
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for data in items:
+                    pipe.publish(self.k("events"), data)
+                await pipe.execute()
+        except asyncio.CancelledError:
+            done.cancel()
+            raise
+        except Exception as exc:
+            done.set_exception(exc)
+            done.exception()  # retrieved: its publishers raise it, even if none waits any more
+        else:
+            done.set_result(None)
 
     def subscribe(self, callback: Callable[[Envelope], None]) -> None:
         self._subscribers.append(callback)

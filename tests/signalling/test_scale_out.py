@@ -1,4 +1,5 @@
-"""Two signalling processes (two apps) on one real Redis: no double assignment under concurrent load."""
+"""Several signalling processes on one real Redis: no double assignment under concurrent load, nothing
+lost when one of them is killed."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from core.vocabulary import ConsultationId
 from signalling.appkeys import SIGNALLING
 from tests.signalling.client import SigClient
 from tests.signalling.conftest import sig_settings
+from tests.signalling.procs import spawn_server, stop
 from tests.signalling.test_flow import VISIT
 from tests.support import start_server
 
@@ -137,3 +139,166 @@ async def test_a_burst_of_hellos_on_redis_all_get_answers(tmp_path: Path, redis_
         assert replies == ["hello.ok"] * 160
     finally:
         await a.server.close()
+
+
+async def test_three_processes_one_killed_midway_lose_nothing(tmp_path: Path, redis_url: str) -> None:
+    """Three signalling processes on one Redis (two ``teleconsult serve`` subprocesses and this one),
+    nurses and physicians spread over them, decisions made concurrently on all three: no request is
+    accepted twice, no physician holds two offers, and when one process is SIGKILLed midway nothing
+    is lost: every request is accepted exactly once (the journal says so), those ringing on the dead
+    process time out elsewhere and go to the physicians still there, and the dead process's nurse,
+    back on another process, keeps hers (the process that takes a dead one's sessions over must not
+    end one that resumed elsewhere meanwhile)."""
+    fast = {"offer_timeout_s": 2.0, "heartbeat_s": 1.0, "resume_grace_s": 2.0, "site_requests_per_window": 0}
+    b = await start_server(sig_settings(tmp_path, "redis", redis_url, name="b", **fast))
+    a = spawn_server(tmp_path / "a", redis_url, **fast)
+    c = spawn_server(tmp_path / "c", redis_url, **fast)
+    urls = [a.ws_url, b.ws_url, c.ws_url]
+    rng = random.Random(11)
+    violations: list[str] = []
+    accepted: dict[str, str] = {}
+    requested: list[str] = []
+    clients: list[SigClient] = []
+    per_wave = 15
+    try:
+        phys = []
+        for i in range(9):  # three on each process
+            cl = await SigClient.connect(urls[i % 3], b.tokens.issue_access(
+                "physician", f"dr-k{i}", specialties=["cardiology"]))
+            clients.append(cl)
+            await cl.request("presence.set", status="available")
+            phys.append((f"dr-k{i}", cl))
+        nurses = []
+        for i in range(3):
+            cl = await SigClient.connect(urls[i], b.tokens.issue_access("nurse", f"nk{i}", site="cabin-demo"))
+            clients.append(cl)
+            nurses.append(cl)
+
+        async def run_physician(sub: str, cl: SigClient) -> None:
+            try:
+                while True:
+                    try:
+                        offer = await cl.event("offer.received", timeout=1)
+                    except AssertionError:
+                        continue
+                    cid = offer["consultation"]["id"]
+                    # A later offer already here: a violation if this one still rang (its accept holds);
+                    # not if this one timed out meanwhile (a slow loop under load).
+                    later = any(e["type"] == "offer.received" for e in cl.events)
+                    if rng.random() < 0.2:
+                        await cl.call("offer.decline", consultation_id=cid)
+                        continue
+                    reply = await cl.call("offer.accept", consultation_id=cid)
+                    if reply["type"] == "offer.accept.ok":
+                        if later:
+                            violations.append(f"{sub} held two offers")
+                        if cid in accepted:
+                            violations.append(f"{cid} accepted twice")
+                        accepted[cid] = sub
+                        await asyncio.sleep(rng.random() * 0.05)
+                        await cl.call("consultation.end", consultation_id=cid)
+            except (AssertionError, ConnectionError, aiohttp.ClientError):
+                return  # its process was killed
+
+        async def wave(senders: list[SigClient]) -> None:
+            replies = await asyncio.gather(*(senders[i % len(senders)].request(
+                "visit.request", **{**VISIT, "priority": rng.choice(["routine", "urgent", "emergency"])})
+                for i in range(per_wave)))
+            requested.extend(r["consultation"]["id"] for r in replies)
+
+        workers = [asyncio.ensure_future(run_physician(sub, cl)) for sub, cl in phys]
+        loop = asyncio.get_running_loop()
+        await wave(nurses)
+        deadline = loop.time() + 30
+        while len(accepted) < per_wave // 2 and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        await wave(nurses)  # the third of these checked in on a, killed while they wait and ring
+        stop(a)  # SIGKILL, in the middle of decisions: no goodbye, its timers die with it
+        # The nurse's page on a reconnects through the load balancer to c and resumes its session at
+        # once (before the others see a dead): her waiting requests stay hers. (Had she never come
+        # back, they would expire at the end of her grace, nurse_lost, by design.)
+        token = b.tokens.issue_access("nurse", "nk0", site="cabin-demo")
+        back = await SigClient.connect(c.ws_url, token, resume=nurses[0].hello["session"])
+        clients.append(back)
+        assert back.hello["resumed"] is True
+        await wave(nurses[1:])
+        journal = b.app[SIGNALLING].journal
+
+        async def accepts(cid: str) -> int:
+            entries = await journal.read(ConsultationId(cid))
+            taken = [e["act"] for e in entries].count("offer.accept")
+            # An accept that a's store commit holds but a died before journaling: the process that
+            # takes a's sessions over journals the consultation's recovery, from accepted.
+            if not taken and any(e["act"] == "consultation.recover" and e.get("previous_state") == "accepted"
+                                 for e in entries):
+                return 1
+            return taken
+        deadline = loop.time() + 90
+        waiting = list(requested)
+        while waiting and loop.time() < deadline:
+            waiting = [cid for cid in waiting if await accepts(cid) == 0]
+            await asyncio.sleep(0.5)
+        for w in workers:
+            w.cancel()
+        store = b.app[SIGNALLING].store
+
+        async def where(cid: str) -> str:
+            """What became of a lost request (the store's document and the journal's acts)."""
+            got = await store.get_consultation(cid)
+            doc = got.doc if got else {}
+            acts = [(e["act"], e.get("physician") or e.get("actor")) for e in await journal.read(ConsultationId(cid))]
+            return (f"{cid}: {doc.get('state', 'gone')} offered_to={doc.get('offered_to')} "
+                    f"physician={doc.get('physician')} tried={doc.get('tried')} journal={acts}")
+        assert not waiting, (f"{len(waiting)} of {len(requested)} requests never accepted (lost): "
+                             + "; ".join([await where(cid) for cid in waiting]))
+        assert not violations, violations
+        assert [cid for cid in requested if await accepts(cid) != 1] == []
+    finally:
+        for cl in clients:
+            await cl.close()
+        stop(a)
+        stop(c)
+        await b.server.close()
+
+
+async def test_a_nurse_back_on_another_process_keeps_her_waiting_request(tmp_path: Path, redis_url: str) -> None:
+    """A process dies holding a nurse's socket; her page resumes at once on another process, c. The
+    process that takes the dead one's sessions over (b here: it sweeps as fast as it can, so that it
+    wins) must not start a grace for the session now live on c: her request still waits after that
+    grace would have passed, and is accepted once a physician comes."""
+    fast = {"offer_timeout_s": 2.0, "heartbeat_s": 1.0, "resume_grace_s": 2.0}
+    b = await start_server(sig_settings(tmp_path, "redis", redis_url, name="b", **fast))
+    a = spawn_server(tmp_path / "a", redis_url, **fast)
+    c = spawn_server(tmp_path / "c", redis_url, **fast)
+    clients: list[SigClient] = []
+    try:
+        token = b.tokens.issue_access("nurse", "nurse-a", site="cabin-demo")
+        n = await SigClient.connect(a.ws_url, token)
+        clients.append(n)
+        cid = (await n.request("visit.request", **VISIT))["consultation"]["id"]
+        stop(a)
+        back = await SigClient.connect(c.ws_url, token, resume=n.hello["session"])
+        clients.append(back)
+        assert back.hello["resumed"] is True
+        service = b.app[SIGNALLING]
+        loop = asyncio.get_running_loop()
+        until = loop.time() + 3 * fast["heartbeat_s"] + fast["resume_grace_s"] + 2.5  # a seen dead, then a grace
+        while loop.time() < until:
+            await service.sessions.sweep()
+            await asyncio.sleep(0.05)
+        acts = [e["act"] for e in await service.journal.read(ConsultationId(cid))]
+        assert "consultation.expire" not in acts, acts
+        stored = await service.store.get_consultation(cid)
+        assert stored is not None and stored.doc["state"] == "requested"
+        d = await SigClient.connect(b.ws_url, b.tokens.issue_access("physician", "dr-late", specialties=["cardiology"]))
+        clients.append(d)
+        await d.request("presence.set", status="available")
+        await d.event("offer.received", consultation__id=cid)
+        await d.request("offer.accept", consultation_id=cid)
+        await back.event("consultation.started", consultation__id=cid)
+    finally:
+        for cl in clients:
+            await cl.close()
+        stop(a)
+        stop(c)
+        await b.server.close()

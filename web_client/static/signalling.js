@@ -59,7 +59,9 @@ export class Signalling extends EventTarget {
     this.ws = ws;
     let greeted = false;
     const sayHello = () => {
-      const hello = { type: "hello", id: this._id(), version: PROTOCOL_VERSION, token: this.token };
+      // presence "own": no page shows other physicians' status live (the admin console reads
+      // presence.list), and every physician's changes to every page flooded them at scale.
+      const hello = { type: "hello", id: this._id(), version: PROTOCOL_VERSION, token: this.token, presence: "own" };
       if (this.session) hello.resume = this.session;
       this.pending.set(hello.id, {
         resolve: (ok) => {
