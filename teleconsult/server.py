@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import signal
 import ssl
 import sys
@@ -75,7 +76,16 @@ async def serve(settings: Settings, ready: Callable[[str], None] | None = None,
     os.umask(PRIVATE_UMASK)
     workers: MediaWorkers | None = None
     if settings.server.media_workers > 1:
-        workers = MediaWorkers(settings, worker_command or default_worker_command())
+        pages_origin = ""
+        if not settings.server.port and not settings.server.public_url:
+            # The workers must know the pages' origin (their sockets take the pages' media
+            # requests) before this process binds: pick its free port now (the workers keep
+            # free ports of their own).
+            picked = settings.replace(server={"port": free_tcp_port(settings.server.host)})
+            pages_origin = picked.base_url
+            settings = picked
+        workers = MediaWorkers(settings.replace(server={"port": 0}) if pages_origin else settings,
+                               worker_command or default_worker_command(), pages_origin=pages_origin)
         try:
             await workers.start()
         except (RuntimeError, OSError) as exc:
@@ -88,6 +98,14 @@ async def serve(settings: Settings, ready: Callable[[str], None] | None = None,
     finally:
         if workers is not None:
             await workers.stop(timeout=settings.server.drain_timeout_s + 10)
+
+
+def free_tcp_port(host: str) -> int:
+    """A TCP port free on ``host`` now (the kernel's pick for port 0)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host if host not in ("", "localhost") else "127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def default_worker_command() -> list[str]:

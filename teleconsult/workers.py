@@ -53,17 +53,26 @@ class WorkerPlan:
     port_max: int
     public_url: str
     """The URL clients use for it; empty: the URL it binds."""
+    allowed_origins: tuple[str, ...] = ()
+    """Origins whose pages may open its socket: the parent's (the pages come from there: their
+    calls send media on the socket of the room's worker) and the parent's own allowed ones."""
 
     def env(self) -> dict[str, str]:
         """The settings a worker differs by, as ``TELECONSULT_*`` variables (they override the file)."""
         return {"TELECONSULT_SERVER__MEDIA_WORKERS": "1", "TELECONSULT_SERVER__PUBLIC_URL": self.public_url,
-                "TELECONSULT_MEDIA__PORT_MIN": str(self.port_min), "TELECONSULT_MEDIA__PORT_MAX": str(self.port_max)}
+                "TELECONSULT_MEDIA__PORT_MIN": str(self.port_min), "TELECONSULT_MEDIA__PORT_MAX": str(self.port_max),
+                "TELECONSULT_SERVER__ALLOWED_ORIGINS": ",".join(self.allowed_origins)}
 
 
-def plan_workers(settings: Settings) -> list[WorkerPlan]:
+def plan_workers(settings: Settings, pages_origin: str = "") -> list[WorkerPlan]:
     """The workers of ``settings``: worker i on HTTP port ``server.port + i`` (free ports when it is
-    0), at ``server.public_url``'s scheme and host with that port when a public URL is set."""
+    0), at ``server.public_url``'s scheme and host with that port when a public URL is set; their
+    sockets open to pages from ``pages_origin`` (the parent's; by default its public URL or its
+    host and port) and ``server.allowed_origins``."""
     server = settings.server
+    if not pages_origin and (server.port or server.public_url):
+        pages_origin = origin_of(settings.base_url)
+    pages = tuple(dict.fromkeys([*server.allowed_origins, *([pages_origin] if pages_origin else [])]))
     plans = []
     ranges = worker_port_ranges(settings.media.port_min, settings.media.port_max, server.media_workers)
     for i, (low, high) in enumerate(ranges, start=1):
@@ -74,7 +83,7 @@ def plan_workers(settings: Settings) -> list[WorkerPlan]:
             host = parts.hostname or ""
             host = f"[{host}]" if ":" in host else host
             public = f"{parts.scheme}://{host}:{port}"
-        plans.append(WorkerPlan(i, port, low, high, public))
+        plans.append(WorkerPlan(i, port, low, high, public, pages))
     return plans
 
 
@@ -116,12 +125,14 @@ class MediaWorkers:
     """``teleconsult serve`` as the parent was started (settings file, --host, --media-address),
     without --port: each worker's is added."""
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    pages_origin: str = ""
+    """The parent's origin (the pages'), when ``settings`` cannot say it yet (port 0)."""
     workers: list[Worker] = field(default_factory=list)
     stopping: bool = False
     _supervisors: list[asyncio.Task[None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.workers = [Worker(plan) for plan in plan_workers(self.settings)]
+        self.workers = [Worker(plan) for plan in plan_workers(self.settings, self.pages_origin)]
 
     @property
     def origins(self) -> list[str]:

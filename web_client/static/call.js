@@ -13,6 +13,7 @@
 // "participant" {event: joined|left, identity, role, session}, "participants" {participants},
 // "state" {state}, "channel" {state}.
 import { gatheringComplete, iceTransportPolicy } from "./precheck.js";
+import { Signalling } from "./signalling.js";
 import { SOURCE_KINDS } from "./vocabulary.js";
 
 const MAX_RESYNCS = 3; // in a row, without a successful negotiation in between
@@ -60,13 +61,19 @@ export function participantFrom(data) {
 export class RoomTracker {
   constructor(signalling) {
     this.rooms = new Map(); // consultation id -> Map(publication id -> publication)
+    this.nodes = new Map(); // consultation id -> base URL of the media node hosting its room
     signalling.addEventListener("ready", (event) => {
-      for (const [id, room] of Object.entries(event.detail.state?.rooms || {})) this.seed(id, room.publications);
+      for (const [id, room] of Object.entries(event.detail.state?.rooms || {})) {
+        this.locate(id, room.sfu_url);
+        this.seed(id, room.publications);
+      }
     });
     for (const type of ["consultation.started", "room.moved"]) {
       signalling.addEventListener(type, (event) => {
         const m = event.detail;
-        if (m.consultation?.id) this.seed(m.consultation.id, m.publications, type === "room.moved");
+        if (!m.consultation?.id) return;
+        this.locate(m.consultation.id, m.sfu_url);
+        this.seed(m.consultation.id, m.publications, type === "room.moved");
       });
     }
     signalling.addEventListener("room.event", (event) => {
@@ -98,12 +105,64 @@ export class RoomTracker {
   publications(consultationId) {
     return [...(this.rooms.get(consultationId)?.values() || [])];
   }
+
+  /** Where a room is (``sfu_url`` of consultation.started, room.token.ok, room.moved, hello.ok). */
+  locate(consultationId, sfuUrl) {
+    if (sfuUrl) this.nodes.set(consultationId, sfuUrl);
+  }
+
+  sfuUrl(consultationId) {
+    return this.nodes.get(consultationId) || null;
+  }
+}
+
+/**
+ * The socket a call's media requests (media.offer, media.leave, room.publications) go on: the
+ * page's own while its room is on the page's origin, else one opened on the room's media node
+ * (``{sfu_url}/ws``, same token: ``serve --media-workers``, a room on another host), which
+ * answers for the rooms it hosts. Followed again after room.moved.
+ */
+class MediaSockets {
+  constructor(signalling, sfuUrl) {
+    this.signalling = signalling;
+    this.sfuUrl = sfuUrl; // () -> the room's sfu_url, or null
+    this.other = null; // {origin, socket}
+  }
+
+  async current() {
+    const url = this.sfuUrl?.();
+    const origin = url ? new URL(url, location.href).origin : location.origin;
+    if (origin === location.origin) {
+      this.close();
+      return this.signalling;
+    }
+    if (this.other?.origin !== origin) {
+      this.close();
+      const socket = new Signalling(this.signalling.token, { url: `${origin.replace(/^http/, "ws")}/ws` });
+      this.other = { origin, socket, ready: socket.connect() };
+    }
+    this.other.socket.token = this.signalling.token; // renewed on the page's socket
+    await this.other.ready;
+    await this.other.socket.whenOpen();
+    return this.other.socket;
+  }
+
+  async request(type, body, options) {
+    return (await this.current()).request(type, body, options);
+  }
+
+  close() {
+    this.other?.socket.close();
+    this.other = null;
+  }
 }
 
 export class Call extends EventTarget {
-  constructor(signalling, { consultationId, identity, publish = [], stream = null, iceServers = [], known = [] }) {
+  constructor(signalling, { consultationId, identity, publish = [], stream = null, iceServers = [], known = [],
+    sfuUrl = null }) {
     super();
     this.signalling = signalling;
+    this.media = new MediaSockets(signalling, sfuUrl);
     this.consultationId = consultationId;
     this.moving = false; // between a move/restart and leaving the old SFU session
     this.identity = identity;
@@ -194,12 +253,12 @@ export class Call extends EventTarget {
     this._buildPeerConnection();
     old?.close();
     try {
-      await this.signalling.request("media.leave", { consultation_id: this.consultationId }).catch(() => {});
+      await this.media.request("media.leave", { consultation_id: this.consultationId }).catch(() => {});
       // The list in room.moved predates the other parties' own re-joins: ask the room now
       // (room.event tells what changes after), else start from that list.
       let listed = publications;
       try {
-        const reply = await this.signalling.request("room.publications", { consultation_id: this.consultationId });
+        const reply = await this.media.request("room.publications", { consultation_id: this.consultationId });
         listed = reply.publications || [];
       } catch (_) { /* another node's room, or a dropped socket */ }
       for (const item of listed) this.addPublication(publicationFrom(item));
@@ -220,7 +279,7 @@ export class Call extends EventTarget {
     this._buildPeerConnection();
     old.close();
     try {
-      await this.signalling.request("media.leave", { consultation_id: this.consultationId }).catch(() => {});
+      await this.media.request("media.leave", { consultation_id: this.consultationId }).catch(() => {});
     } finally {
       this.moving = false;
     }
@@ -279,7 +338,7 @@ export class Call extends EventTarget {
     }
     let reply;
     try {
-      reply = await this.signalling.request("media.offer", {
+      reply = await this.media.request("media.offer", {
         consultation_id: this.consultationId, sdp: pc.localDescription.sdp, publish, subscribe,
       }, { timeoutMs: 20000 });
     } catch (error) {
@@ -323,7 +382,7 @@ export class Call extends EventTarget {
     if (this.closed || !this.pc) return;
     let listed;
     try {
-      const reply = await this.signalling.request("room.publications", { consultation_id: this.consultationId });
+      const reply = await this.media.request("room.publications", { consultation_id: this.consultationId });
       listed = (reply.publications || []).map(publicationFrom);
     } catch (_) {
       return; // another node's room, or the socket dropped again: room events go on
@@ -339,7 +398,7 @@ export class Call extends EventTarget {
     this.resyncs += 1;
     let listed = [];
     try {
-      const reply = await this.signalling.request("room.publications", { consultation_id: this.consultationId });
+      const reply = await this.media.request("room.publications", { consultation_id: this.consultationId });
       listed = (reply.publications || []).map(publicationFrom);
     } catch (_) { /* keep what the room events said */ }
     const live = new Set(listed.map((p) => p.id));
@@ -492,9 +551,10 @@ export class Call extends EventTarget {
     this.signalling.removeEventListener("room.event", this.onSignal);
     if (leave) {
       try {
-        await this.signalling.request("media.leave", { consultation_id: this.consultationId }, { timeoutMs: 3000 });
+        await this.media.request("media.leave", { consultation_id: this.consultationId }, { timeoutMs: 3000 });
       } catch (_) { /* the consultation may already be over */ }
     }
     this.pc?.close();
+    this.media.close();
   }
 }

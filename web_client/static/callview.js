@@ -245,6 +245,8 @@ export class CallView extends EventTarget {
       stream: this.stream,
       iceServers: this.iceServers,
       known: this.known,
+      // The room's media node: its socket takes the media requests when it is another origin.
+      sfuUrl: () => window.teleconsult.rooms?.sfuUrl(this.consultation.id) || null,
     });
     this.call = call;
     // A remote specialist listens to the stethoscope like the physician (the cabin's page stays silent).

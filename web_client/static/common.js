@@ -93,6 +93,7 @@ export async function joinCall(container, { signalling, token, role, consultatio
  * the room's publications it lists go to the page's RoomTracker, where the call starts from. */
 export async function rejoinGrant(signalling, consultationId) {
   const reply = await signalling.request("room.token", { consultation_id: consultationId });
+  window.teleconsult.rooms?.locate(consultationId, reply.sfu_url);
   window.teleconsult.rooms?.seed(consultationId, reply.publications);
   return reply.grant;
 }

@@ -109,6 +109,7 @@ async function main() {
   async function pick(id) {
     try {
       const reply = await signalling.request("queue.pick", { consultation_id: id });
+      window.teleconsult.rooms?.locate(id, reply.sfu_url);
       await startCall(reply.consultation, reply.grant);
     } catch (err) {
       setText($("#lobby-error"), "queue.pick_failed", { message: err.message });
@@ -192,6 +193,7 @@ async function main() {
     hideOffer();
     try {
       const reply = await signalling.request("offer.accept", { consultation_id: id });
+      window.teleconsult.rooms?.locate(id, reply.sfu_url);
       await startCall(reply.consultation, reply.grant);
     } catch (err) {
       announce(t("error.generic", { message: err.message }));
