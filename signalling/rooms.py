@@ -287,6 +287,13 @@ class Rooms:
             await self.ctx.bus.note(Note.PLACE, room, node=chosen.id)
         return chosen
 
+    async def node_elsewhere(self, room: str) -> str | None:
+        """The URL of the node hosting ``room`` when it is not this process's; None: here or nowhere."""
+        node_id = await self.ctx.store.room_node(room)
+        if node_id is None or node_id == self.ctx.node_id:
+            return None
+        return await self.sfu_url(room)
+
     async def sfu_url(self, room: str) -> str | None:
         node_id = await self.ctx.store.room_node(room)
         if node_id is None:

@@ -28,7 +28,7 @@ from typing import Any, Awaitable, Callable, Iterable
 
 from config.settings import Settings, SignallingSettings
 from core.auth import Principal, TokenService
-from core.vocabulary import NodeId, ParticipantId, RoomId
+from core.vocabulary import ConsultationId, NodeId, ParticipantId, RoomId
 from sfu.service import SfuService
 from signalling import protocol as p
 from signalling.bus import Bus, Note
@@ -210,6 +210,13 @@ class SignallingService:
         """``sfu.ports.RoomGate``: whether the room's consultation is live (its tokens good for media),
         and ``identity`` seated there."""
         return await self.rooms.is_live(room_id, identity)
+
+    async def room_node_elsewhere(self, consultation_id: ConsultationId) -> str | None:
+        """``media.recording.ports.Signalling``: the URL of the node hosting the consultation's room
+        when it is another process."""
+        got = await self.consultations.get(consultation_id)
+        room = (got[0].room or got[0].id) if got is not None else consultation_id
+        return await self.rooms.node_elsewhere(room)
 
     async def hosted_here(self, room_id: RoomId) -> bool:
         """``sfu.ports.RoomGate``: the room is placed on this process's node (or nowhere yet)."""

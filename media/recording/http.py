@@ -30,6 +30,7 @@ import secrets
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
+import aiohttp
 from aiohttp import web
 
 from core import appkeys
@@ -151,6 +152,9 @@ async def post_recording(request: web.Request) -> web.Response:
     cid = request.match_info["id"]
     if principal.role is not Role.PHYSICIAN:
         return json_error(403, "forbidden", "only the consultation's physician starts or stops a recording")
+    forwarded = await _on_the_rooms_node(request, cid, body)
+    if forwarded is not None:
+        return forwarded
     service = _service(request)
     try:
         if action == "start":
@@ -161,6 +165,41 @@ async def post_recording(request: web.Request) -> web.Response:
         return json_error(refused.status, refused.error, refused.reason)
     return web.json_response({"consultation_id": cid, "recording": action == "start",
                               "manifest": manifest.to_dict()})
+
+
+FORWARDED = "X-Teleconsult-Forwarded"
+"""Set on a request one process passed to another: never passed on again."""
+FORWARD_TIMEOUT_S = 15.0
+
+
+async def _on_the_rooms_node(request: web.Request, cid: str, body: Any) -> web.Response | None:
+    """A recording taps the SFU room where its packets are: when that is another process (a media
+    worker, another node), the request goes there, with its own token, and its answer comes back.
+    None: the room is here (or nowhere: this process answers)."""
+    if request.headers.get(FORWARDED):
+        return None
+    signalling = request.app[SIGNALLING]()
+    if signalling is None:
+        return None
+    try:
+        node = await signalling.room_node_elsewhere(ConsultationId(cid))
+    except Exception as exc:  # the store: this process answers as before
+        logger.warning("room node unknown: %s", type(exc).__name__, extra={"consultation": cid})
+        return None
+    if node is None:
+        return None
+    url = f"{node.rstrip('/')}/api/consultations/{cid}/recording"
+    headers = {"Authorization": request.headers.get("Authorization", ""), FORWARDED: "1"}
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=FORWARD_TIMEOUT_S)) as http:
+            async with http.post(url, json=body, headers=headers) as answer:
+                payload = await answer.read()
+                return web.Response(status=answer.status, body=payload,
+                                    content_type=answer.content_type or "application/json")
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        logger.warning("recording request not passed to the room's node: %s", type(exc).__name__,
+                       extra={"consultation": cid})
+        return json_error(503, "unavailable", "the room's media node does not answer now; retry")
 
 
 @_denied_to_response

@@ -169,6 +169,10 @@ class Signalling(Protocol):
         """Send an event to those ``targets`` (``("site", "<site>/nurse")``, ``("user", id)``);
         a ``recording.*`` event is also kept in the consultation's ``recording`` state."""
 
+    async def room_node_elsewhere(self, consultation_id: ConsultationId, /) -> str | None:
+        """The base URL of the media node hosting the consultation's room when that is another
+        process (a recording taps the room where its packets are); None: here, or nowhere."""
+
 
 MediaServerAccess = Callable[[], MediaServer | None]
 """The SFU of this process, or None where it runs none (asked at each use: the

@@ -1,6 +1,7 @@
 """The pages with `serve --media-workers 2` (a real redis-server, real Chromium): the room is on a
 worker, another origin than the pages'; the call's media requests go on that worker's socket and
-both pages decode each other's camera, and again on the other worker once the first is killed."""
+both pages decode each other's camera (and the recording, asked of the pages' origin, runs on
+that worker), and again on the other worker once the first is killed."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ async def test_a_consultation_whose_room_is_on_a_media_worker(tmp_path: Path, re
             await page.wait_for_function("window.teleconsult?.signalling?.state === 'open'", timeout=20000)
         await physician.click("label[for=presence-available]")
         await nurse.locator("#precheck[data-verdict]").wait_for(timeout=30000)
-        await check_in(nurse)
+        await check_in(nurse, record=True)
         await physician.locator("#offer").wait_for(timeout=15000)
         await physician.click("#offer-accept")
         for page in (physician, nurse):
@@ -47,6 +48,12 @@ async def test_a_consultation_whose_room_is_on_a_media_worker(tmp_path: Path, re
             }""")
             assert where["node"] in {w.url for w in served.workers}, where
             assert where["media"] == where["node"] != where["page"], where
+        # Recording runs where the room is: the page asks its own origin, which passes it on.
+        await physician.click("#record")
+        for page in (physician, nurse):
+            await page.locator("#recording").wait_for(timeout=15000)
+        await physician.click("#record")
+        await nurse.locator("#recording").wait_for(state="hidden", timeout=15000)
 
         # The worker hosting the room dies (SIGKILL): the room is re-placed on the other one,
         # both pages follow it (room.moved) and decode each other's camera again.

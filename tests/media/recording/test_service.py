@@ -340,6 +340,9 @@ class _Signalling:
     async def emit(self, targets: Iterable[tuple[str, str]], message: dict[str, Any], /) -> None:
         self.emitted.append((list(targets), message))
 
+    async def room_node_elsewhere(self, consultation_id: ConsultationId, /) -> str | None:
+        return None
+
 
 async def test_daily_purge_shreds_expired_stills_too_and_journals_them(tmp_path: Path) -> None:
 
