@@ -60,10 +60,9 @@ import re
 import sys
 import tempfile
 import time
-import shutil
-import socket
 import subprocess
 import urllib.request
+from bench.redis_server import start_redis
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -611,25 +610,6 @@ def run_ramp(args: argparse.Namespace, baseline: bool) -> dict[str, Any]:
     result = summarise(steps, idle_cpu, media_workers)
     result["media_workers_pinned_cpus"] = server_cpus
     return result
-
-
-def start_redis() -> tuple[subprocess.Popen[bytes], str]:
-    """A redis-server of the bench's own (the store of ``--media-workers`` above 1), with nothing on disk."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise RuntimeError("--media-workers above 1 needs redis-server (the Redis store): install it")
-    port = free_port()
-    redis = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                              "--dir", tempfile.gettempdir()], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return redis, f"redis://127.0.0.1:{port}/0"
-        except OSError:
-            time.sleep(0.05)
-    redis.kill()
-    raise RuntimeError("redis-server did not answer within 10 s")
 
 
 def _ramp_steps(served: Served, ramp: list[int], args: argparse.Namespace, baseline: bool,

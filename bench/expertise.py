@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from bench.redis_server import start_redis
 from config.settings import ExpertiseSettings
 from core.auth import Principal
 from core.keyring import MasterKey
@@ -64,24 +64,6 @@ def photo() -> bytes:
     out = io.BytesIO()
     Image.new("RGB", (320, 240), (180, 120, 100)).save(out, "JPEG", quality=90)
     return out.getvalue()
-
-
-def start_redis(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind",
-                             "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(tmp)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return proc, f"redis://127.0.0.1:{port}/0"
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("redis-server did not start")
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
