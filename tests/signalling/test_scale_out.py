@@ -64,15 +64,22 @@ async def test_two_processes_never_double_assign(tmp_path: Path, redis_url: str)
                     await c.request("consultation.end", consultation_id=cid)
 
         workers = [asyncio.ensure_future(run_physician(sub, c)) for sub, c in phys]
-        await asyncio.gather(*(nurses[i % len(nurses)].request(
+        replies = await asyncio.gather(*(nurses[i % len(nurses)].request(
             "visit.request", **{**VISIT, "priority": rng.choice(["routine", "urgent", "emergency"])})
             for i in range(total)))
+        requested = [r["consultation"]["id"] for r in replies]
         deadline = asyncio.get_running_loop().time() + 60
         while len(accepted) < total and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.1)
         for w in workers:
             w.cancel()
-        assert len(accepted) == total, f"{len(accepted)} of {total} matched"
+        if len(accepted) < total:  # say why: a request every physician declined or let time out waits
+            store = a.app[SIGNALLING].store
+            unmatched = []
+            for v in await store.get_consultations(list(requested)):
+                if v.doc.get("id") not in accepted:
+                    unmatched.append({k: v.doc.get(k) for k in ("id", "state", "tried", "offered_to")})
+            raise AssertionError(f"{len(accepted)} of {total} matched; unmatched: {unmatched}")
         assert not violations, violations
         # The journal agrees: one accept per consultation, each offer resolved before the next.
         journal = a.app[SIGNALLING].journal
