@@ -301,6 +301,21 @@ class Rooms:
         node = (await self.ctx.store.nodes()).get(node_id)
         return str(node["url"]) if node else None
 
+    async def node_gone(self, url: str) -> None:
+        """The node at ``url`` is known dead (``serve --media-workers``: its parent saw the process
+        exit): its rooms are re-placed now, not once its heartbeat has expired (three heartbeats),
+        when another live node can take them; else they wait for that expiry, by which time the
+        dead one may be back (its parent starts it again)."""
+        nodes = await self.ctx.store.nodes()
+        gone = [nid for nid, info in nodes.items() if info.get("url") == url]
+        others = [n for n in (NodeInfo.from_dict(nid, info) for nid, info in nodes.items() if nid not in gone)
+                  if n.alive and not n.draining]
+        if not gone or not others:
+            return  # no node to take its rooms now: the heartbeat's expiry re-places them (or ends them)
+        for node_id in gone:
+            await self.ctx.store.expire_node(node_id)
+        await self.sweep_nodes()
+
     async def sweep_nodes(self) -> None:
         """Nodes whose heartbeat expired lose their rooms: re-placed, parties told (room.moved)."""
         dead = [n for n in await self._live_nodes() if not n.alive]

@@ -218,6 +218,10 @@ class SignallingService:
         room = (got[0].room or got[0].id) if got is not None else consultation_id
         return await self.rooms.node_elsewhere(room)
 
+    async def media_node_gone(self, url: str) -> None:
+        """The media node at ``url`` died (its parent process saw it exit): re-place its rooms now."""
+        await self.rooms.node_gone(url)
+
     async def hosted_here(self, room_id: RoomId) -> bool:
         """``sfu.ports.RoomGate``: the room is placed on this process's node (or nowhere yet)."""
         return await self.rooms.hosted_here(room_id)

@@ -126,6 +126,8 @@ async def _serve_app(settings: Settings, ready: Callable[[str], None] | None, wo
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
+    if workers is not None and SIGNALLING in app:
+        workers.on_exit = app[SIGNALLING].media_node_gone
     if workers is not None:
         # Before the "serving on" line, so that whoever waits for it has these too.
         for w in workers.workers:

@@ -26,7 +26,7 @@ import signal
 import sys
 import urllib.parse
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Awaitable, Callable, Mapping, Sequence
 
 from config.settings import Settings, worker_port_ranges
 
@@ -125,6 +125,8 @@ class MediaWorkers:
     """``teleconsult serve`` as the parent was started (settings file, --host, --media-address),
     without --port: each worker's is added."""
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    on_exit: Callable[[str], Awaitable[None]] | None = None
+    """Told the URL of a worker that exited unasked (the signalling re-places its rooms at once)."""
     pages_origin: str = ""
     """The parent's origin (the pages'), when ``settings`` cannot say it yet (port 0)."""
     workers: list[Worker] = field(default_factory=list)
@@ -202,6 +204,12 @@ class MediaWorkers:
             rc = await worker.process.wait()
             if self.stopping:
                 return
+            if self.on_exit is not None and worker.url:
+                try:
+                    await self.on_exit(worker.url)
+                except Exception:  # the store: the heartbeat's expiry re-places them later
+                    logger.exception("rooms of the exited media worker not re-placed now",
+                                     extra={"worker": worker.plan.index})
             lived = loop.time() - worker.started_at
             pause = RESTART_PAUSE_S[0] if lived >= STABLE_S else pause
             logger.warning("media worker exited: starting it again", extra={

@@ -248,6 +248,11 @@ class MemoryStore:
         now = self.clock()
         return {nid: {**info, "alive": at > now} for nid, (info, at) in self._nodes.items()}
 
+    async def expire_node(self, node_id: str) -> None:
+        item = self._nodes.get(node_id)
+        if item is not None:
+            self._nodes[node_id] = (item[0], self.clock())
+
     async def forget_node(self, node_id: str) -> bool:
         item = self._nodes.get(node_id)
         if item is None or item[1] > self.clock():

@@ -434,6 +434,9 @@ class RedisStore:
         alive = await self.redis.mget([self.k(f"node:{nid}") for nid in ids])
         return {nid: {**json.loads(raw[nid]), "alive": a is not None} for nid, a in zip(ids, alive)}
 
+    async def expire_node(self, node_id: str) -> None:
+        await self.redis.delete(self.k(f"node:{node_id}"))
+
     async def forget_node(self, node_id: str) -> bool:
         return bool(await self._forget_node(keys=[self.k(f"node:{node_id}"), self.k("nodes")], args=[node_id]))
 

@@ -58,6 +58,8 @@ async def test_a_consultation_whose_room_is_on_a_media_worker(tmp_path: Path, re
         # The worker hosting the room dies (SIGKILL): the room is re-placed on the other one,
         # both pages follow it (room.moved) and decode each other's camera again.
         hosting = next(w for w in served.workers if w.url == where["node"])
+        for page in (physician, nurse):
+            assert await page.evaluate("document.querySelector('#call').dataset.moved || '0'") == "0"
         os.kill(hosting.pid, signal.SIGKILL)
         killed = time.monotonic()
         for page in (physician, nurse):

@@ -1,0 +1,294 @@
+"""A media node lost mid-call, measured: the node hosting a live consultation is killed, again and again.
+
+::
+
+    python -m bench.failover [--runs N] [--json FILE] [--timeout S] [--verbose]
+
+One host, loopback only: a redis-server of the bench's own, ``teleconsult serve --media-workers 2``
+(the signalling and the pages in one process, two media nodes), the cabin's device agent with a
+simulated stethoscope (``teleconsult agent --site-token``), and headless Chromium with the nurse's
+and the physician's pages. One consultation. Each run SIGKILLs the worker that
+hosts the room (the parent starts it again; the next run waits until it is back, so that each
+kill is a node lost while another stands by) and measures, from the kill:
+
+* ``resume_ms``: until the consultation is whole again on the other node: both pages decode
+  each other's camera again (frames decoded grow on their new peer connections) and the
+  stethoscope's packets reach the physician's page again;
+* ``recording_gap_ms_p95``: null for now, said so in ``recording_note``: a recording does not
+  move with its room yet (the killed node's recording ends there; nothing starts a new segment);
+* a consultation that is not whole again within ``--timeout`` counts as lost.
+
+It writes ``runs``, ``resume_ms_p50``, ``resume_ms_p95``, ``recording_gap_ms_p95`` and
+``lost_consultations`` (issue 19: resume p95 <= 5,000 ms, nothing lost). The issue's three
+namespace "hosts" are not built yet: here both nodes share the machine and its loopback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from bench.redis_server import start_redis
+from config.settings import AuthSettings
+from core.auth import TokenService
+
+KEY = "failover-bench-" + "k" * 32
+PORTS = (42000, 42399)
+WORKER_LINE = re.compile(r"media worker (\d+): (\S+) \(pid (\d+), media ports (\d+)-(\d+)\)")
+TARGET_RESUME_P95_MS = 5000.0
+HEARTBEAT_S = 1.0
+"""[signalling] heartbeat_s of the deployment: a node's liveness key lives three of them."""
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+                 "--allow-loopback-in-peer-connection",
+                 # Real addresses instead of mDNS names, which nothing here resolves.
+                 "--disable-features=WebRtcHideLocalIpsWithMdns", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                 "--autoplay-policy=no-user-gesture-required"]
+
+FRAMES = """() => {
+  const call = window.teleconsult.call;
+  if (!call || !call.pc) return 0;
+  return call.pc.getStats().then((stats) => {
+    let frames = 0;
+    stats.forEach((s) => { if (s.type === "inbound-rtp" && s.kind === "video") frames += s.framesDecoded || 0; });
+    return frames;
+  });
+}"""
+STETHOSCOPE = """async () => {
+  const call = window.teleconsult.call;
+  for (const sub of (call?.subscriptions?.values() || [])) {
+    if (sub.publication.source !== "stethoscope" || !sub.transceiver) continue;
+    let packets = 0;
+    (await sub.transceiver.receiver.getStats()).forEach((s) => { if (s.type === "inbound-rtp") packets += s.packetsReceived || 0; });
+    return packets;
+  }
+  return 0;
+}"""
+MOVED = "() => Number(document.querySelector('#call')?.dataset.moved || 0)"
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
+
+
+class Deployment:
+    """redis-server, ``serve --media-workers 2`` and the agent, as processes ended by PID."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.procs: list[subprocess.Popen[Any]] = []
+        self.tokens = TokenService(AuthSettings(signing_key=KEY), str(tmp / "tokens"))
+        self.url = ""
+        self.workers: dict[str, int] = {}
+
+    def env(self, redis_url: str) -> dict[str, str]:
+        return {**os.environ, "TELECONSULT_SERVER__DATA_DIR": str(self.tmp / "data"),
+                "TELECONSULT_SERVER__LOG_LEVEL": "WARNING", "TELECONSULT_AUTH__SIGNING_KEY": KEY,
+                "TELECONSULT_STORE__BACKEND": "redis", "TELECONSULT_STORE__REDIS_URL": redis_url,
+                "TELECONSULT_STORE__KEY_PREFIX": "failover:", "TELECONSULT_SIGNALLING__HEARTBEAT_S": str(HEARTBEAT_S),
+                "TELECONSULT_MEDIA__LISTEN_IP": "127.0.0.1", "TELECONSULT_MEDIA__ALLOWED_REMOTE_NETWORKS": "127.0.0.0/8",
+                "TELECONSULT_MEDIA__PORT_MIN": str(PORTS[0]), "TELECONSULT_MEDIA__PORT_MAX": str(PORTS[1])}
+
+    def start(self) -> None:
+        redis, redis_url = start_redis(self.tmp)
+        self.procs.append(redis)
+        env = self.env(redis_url)
+        serve = subprocess.Popen([sys.executable, "-m", "teleconsult", "serve", "--host", "127.0.0.1", "--port", "0",
+                                  "--media-workers", "2"], env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.DEVNULL, text=True)
+        self.procs.append(serve)
+        assert serve.stdout is not None
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and not self.url:
+            line = serve.stdout.readline()
+            if not line and serve.poll() is not None:
+                raise RuntimeError(f"serve --media-workers exited ({serve.returncode})")
+            m = WORKER_LINE.search(line)
+            if m:
+                self.workers[m[2]] = int(m[3])
+            if "serving on" in line:
+                self.url = line.split("serving on", 1)[1].strip()
+        if not self.url:
+            raise RuntimeError("serve --media-workers did not start within 90 s")
+        site = self.tokens.issue_access("agent", "agent-failover", site="cabin-demo")
+        self.procs.append(subprocess.Popen(
+            [sys.executable, "-m", "teleconsult", "agent", "--server", self.url, "--site-token", site,
+             "--devices", "stethoscope", "--simulate"], env=env, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL))
+
+    def worker_pid(self, url: str) -> int | None:
+        """The PID of the worker at ``url`` now (a restarted one has a new PID: read /proc)."""
+        port = url.rsplit(":", 1)[-1]
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                cmd = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"serve" in cmd and b"--port" in cmd and cmd[cmd.index(b"--port") + 1].decode() == port:
+                return int(entry.name)
+        return self.workers.get(url)
+
+    async def all_workers_ready(self, timeout_s: float = 60.0) -> None:
+        """Until every worker (the killed one, started again by the parent) answers ``/readyz`` and
+        has heartbeated since."""
+        deadline = time.monotonic() + timeout_s
+        pending = set(self.workers)
+        while pending and time.monotonic() < deadline:
+            for url in list(pending):
+                try:
+                    with urllib.request.urlopen(f"{url}/readyz", timeout=1) as answer:
+                        if answer.status == 200:
+                            pending.discard(url)
+                except OSError:
+                    pass
+            await asyncio.sleep(0.2)
+        if pending:
+            raise RuntimeError(f"media workers not back within {timeout_s:.0f} s: {sorted(pending)}")
+        await asyncio.sleep(HEARTBEAT_S * 1.5)
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in reversed(self.procs):
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+
+
+async def _grows(page: Any, script: str, deadline: float, by: int = 5) -> bool:
+    first = await page.evaluate(script)
+    while time.monotonic() < deadline:
+        if await page.evaluate(script) >= first + by:
+            return True
+        await asyncio.sleep(0.1)
+    return False
+
+
+def _echo(role: str) -> Any:
+    def echo(message: Any) -> None:
+        print(f"[{role}] {message.text}", flush=True)
+    return echo
+
+
+async def measure(runs: int, timeout_s: float, verbose: bool = False) -> dict[str, Any]:
+    from playwright.async_api import async_playwright
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-failover-"))
+    deployment = Deployment(tmp)
+    results: list[dict[str, Any]] = []
+    try:
+        deployment.start()
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            pages = []
+            for role, claims in (("physician", {"specialties": ["general"]}), ("nurse", {"site": "cabin-demo"})):
+                token = deployment.tokens.issue_access(role, f"{role}-failover", **claims)  # type: ignore[arg-type]
+                context = await browser.new_context(bypass_csp=True)
+                page = await context.new_page()
+                if verbose:
+                    page.on("console", _echo(role))
+                await page.goto(f"{deployment.url}/{role}#token={token}")
+                await page.wait_for_function("window.teleconsult?.signalling?.state === 'open'", timeout=20000)
+                pages.append(page)
+            physician, nurse = pages
+            await physician.click("label[for=presence-available]")
+            await nurse.locator("#precheck[data-verdict]").wait_for(timeout=30000)
+            await nurse.fill("#patient-ref", "PAT-FAILOVER")
+            await nurse.fill("#reason", "failover bench")
+            await nurse.wait_for_function("document.querySelectorAll('#specialty option').length > 1")
+            await nurse.select_option("#specialty", "general")
+            await nurse.click("label[for=priority-urgent]")
+            await nurse.check("#consent-tele")
+            await nurse.click("#checkin-submit")
+            await physician.locator("#offer").wait_for(timeout=20000)
+            await physician.click("#offer-accept")
+            deadline = time.monotonic() + 60
+            for page in pages:
+                await page.locator("#call").wait_for(timeout=30000)
+                if not await _grows(page, FRAMES, deadline):
+                    raise RuntimeError("no video before the first kill")
+            if not await _grows(physician, STETHOSCOPE, deadline):
+                raise RuntimeError("no stethoscope before the first kill")
+            for i in range(runs):
+                node = await physician.evaluate(
+                    "window.teleconsult.rooms.sfuUrl(window.teleconsult.view.consultation.id)")
+                pid = deployment.worker_pid(node)
+                moved = [await page.evaluate(MOVED) for page in pages]
+                if pid is None:
+                    raise RuntimeError(f"no worker at {node}")
+                os.kill(pid, signal.SIGKILL)
+                killed = time.monotonic()
+                deadline = killed + timeout_s
+                missing = []
+                for name, page, before in zip(("physician", "nurse"), pages, moved):
+                    while time.monotonic() < deadline and await page.evaluate(MOVED) <= before:
+                        await asyncio.sleep(0.05)
+                    if await page.evaluate(MOVED) <= before:
+                        missing.append(f"room.moved at the {name}")
+                    elif not await _grows(page, FRAMES, deadline):
+                        missing.append(f"{name}'s video")
+                if not await _grows(physician, STETHOSCOPE, deadline):
+                    missing.append("the stethoscope at the physician")
+                whole = not missing
+                resume_ms = (time.monotonic() - killed) * 1000 if whole else None
+                run = {"run": i + 1, "killed": node, "resume_ms": None if resume_ms is None else round(resume_ms, 1),
+                       "lost": not whole, "missing": missing}
+                print(f"run {i + 1}: node {node} killed; whole again after "
+                      f"{'-' if resume_ms is None else f'{resume_ms:.0f} ms'}"
+                      f"{'' if whole else ' (LOST: no ' + ', '.join(missing) + ')'}", flush=True)
+                results.append(run)
+                if not whole:
+                    break
+                await deployment.all_workers_ready()  # a node lost while another stands by, each run
+            await browser.close()
+    finally:
+        deployment.stop()
+    resumed = [r["resume_ms"] for r in results if r["resume_ms"] is not None]
+    return {"runs": len(results), "runs_detail": results,
+            "resume_ms_p50": percentile(resumed, 0.5), "resume_ms_p95": percentile(resumed, 0.95),
+            "recording_gap_ms_p95": None,
+            "recording_note": "not measured: a recording does not move with its room yet",
+            "lost_consultations": sum(1 for r in results if r["lost"]),
+            "topology": "one host: serve --media-workers 2 (two media nodes), redis-server, agent, Chromium pages"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.failover", description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5, help="kills, one after the other (default 5)")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds a run may take to be whole again")
+    parser.add_argument("--json", metavar="FILE")
+    parser.add_argument("--verbose", action="store_true", help="print the pages' console")
+    args = parser.parse_args(argv)
+    result = asyncio.run(measure(args.runs, args.timeout, args.verbose))
+    print(f"runs {result['runs']}: resume p50 {result['resume_ms_p50']} ms, p95 {result['resume_ms_p95']} ms "
+          f"(target <= {TARGET_RESUME_P95_MS:.0f}), recording gap p95 {result['recording_gap_ms_p95']} ms, "
+          f"lost {result['lost_consultations']}")
+    p95 = result["resume_ms_p95"]
+    ok = p95 is not None and p95 <= TARGET_RESUME_P95_MS and result["lost_consultations"] == 0
+    print(f"target resume p95 <= 5000 ms and nothing lost: {'OK' if ok else 'MISSED'}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
