@@ -141,10 +141,17 @@ class MediaSockets {
       const socket = new Signalling(this.signalling.token, { url: `${origin.replace(/^http/, "ws")}/ws` });
       this.other = { origin, socket, ready: socket.connect() };
     }
-    this.other.socket.token = this.signalling.token; // renewed on the page's socket
-    await this.other.ready;
-    await this.other.socket.whenOpen();
-    return this.other.socket;
+    const other = this.other;
+    other.socket.token = this.signalling.token; // renewed on the page's socket
+    try {
+      await other.ready;
+    } catch (error) {
+      // Refused (a token it does not take yet, a node going away): the next request opens anew.
+      if (this.other === other) this.close();
+      throw error;
+    }
+    await other.socket.whenOpen();
+    return other.socket;
   }
 
   async request(type, body, options) {
