@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Callable
 
 from aiortc import RTCDtlsTransport, RTCRtpSender
@@ -69,9 +70,9 @@ class Subscription:
             else aiortc_internals.RtpWriter(transport)
         """Shared by the subscriptions on one transport, so that a turn's packets to it, audio
         and video, leave in one batch."""
-        self._batch = batch
-        """Where packets go at the end of the event-loop turn, with the rest of this turn's to the
-        same transport (None: each at once)."""
+        self._put: Callable[[bytes], None] = self._write if batch is None else partial(self._write.queue, batch=batch)
+        """Writes one rewritten packet: at the end of the event-loop turn with the rest of this
+        turn's to the same transport (``batch``), or at once (None)."""
         self.mid = leg.mid
         self.kind = leg.kind
         self.ssrc = leg.ssrc
@@ -178,10 +179,7 @@ class Subscription:
                                 self.rewriter.block(data, layout))
         self.history.put(seq, packet)
         try:
-            if self._batch is not None:
-                self._write.queue(packet, self._batch)
-            else:
-                self._write(packet)
+            self._put(packet)
         except ConnectionError:
             self._ready = False
             return False

@@ -76,16 +76,14 @@ async def serve(settings: Settings, ready: Callable[[str], None] | None = None,
     os.umask(PRIVATE_UMASK)
     workers: MediaWorkers | None = None
     if settings.server.media_workers > 1:
-        pages_origin = ""
+        planned, pages_origin = settings, ""
         if not settings.server.port and not settings.server.public_url:
             # The workers must know the pages' origin (their sockets take the pages' media
-            # requests) before this process binds: pick its free port now (the workers keep
-            # free ports of their own).
-            picked = settings.replace(server={"port": free_tcp_port(settings.server.host)})
-            pages_origin = picked.base_url
-            settings = picked
-        workers = MediaWorkers(settings.replace(server={"port": 0}) if pages_origin else settings,
-                               worker_command or default_worker_command(), pages_origin=pages_origin)
+            # requests) before this process binds: pick its free port now (the workers, planned
+            # from the settings as given, keep free ports of their own).
+            settings = settings.replace(server={"port": free_tcp_port(settings.server.host)})
+            pages_origin = settings.base_url
+        workers = MediaWorkers(planned, worker_command or default_worker_command(), pages_origin=pages_origin)
         try:
             await workers.start()
         except (RuntimeError, OSError) as exc:

@@ -21,6 +21,7 @@ import aiohttp
 import pytest
 from aiortc import sdp as aiortc_sdp
 
+from bench.rtc import child_pids
 from config.settings import AuthSettings, StoreSettings, load_settings
 from core.auth import TokenService
 from signalling.store import open_store
@@ -100,22 +101,9 @@ def stop_served(served: Served) -> None:
             served.process.wait(10)
     if served.process.stdout is not None:
         served.process.stdout.close()
-    for pid in pids + _children(served.process.pid):
+    for pid in pids + child_pids(served.process.pid):
         if _alive(pid):
             os.kill(pid, signal.SIGKILL)
-
-
-def _children(pid: int) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(entry.name))
-    return out
 
 
 def _alive(pid: int) -> bool:
@@ -220,7 +208,7 @@ async def test_two_workers_are_two_nodes_and_forward_in_their_own_ports(tmp_path
         nodes = await _nodes(redis_url)
         # The workers are the nodes; the parent (signalling and pages) is none.
         assert sorted(n["url"] for n in nodes.values() if n["alive"]) == sorted(by_url)
-        assert _children(served.process.pid) and {w.pid for w in served.workers} <= set(_children(served.process.pid))
+        assert child_pids(served.process.pid) and {w.pid for w in served.workers} <= set(child_pids(served.process.pid))
         # Two consultations: one room on each worker (the least loaded one each time).
         rooms = []
         for i in (1, 2):
@@ -286,7 +274,7 @@ async def test_a_killed_worker_loses_its_rooms_and_is_started_again(tmp_path: Pa
                        for nid, info in nodes.items())
         await wait_for(restarted, 30, what="the killed worker serving again")
         assert not _alive(victim.pid)
-        assert len([p for p in _children(served.process.pid) if _alive(p)]) >= 2
+        assert len([p for p in child_pids(served.process.pid) if _alive(p)]) >= 2
         assert served.process.poll() is None
         await d.request("consultation.end", consultation_id=cid)
     finally:
