@@ -21,6 +21,7 @@ WebSocket path codes against it)::
         The WHIP/WHEP rules on top of negotiate (docs/whip-whep.md).
     await service.leave(session_id) -> bool
     service.publications(room) -> list[PublicationInfo]   (publication order)
+    service.participants(room) -> list[ParticipantInfo]   (join order)
     service.on_room_event(room, callback) -> unsubscribe()  (callback(RoomEvent), sync)
     service.create_room(room) / await service.close_room(room)   (idempotent)
     service.rooms() -> list[str]
@@ -51,7 +52,7 @@ from media.ice import MediaNetwork
 from media.send_batch import NATIVE, SendBatch
 from sfu.budgets import RetransmitBudget
 from sfu.errors import Forbidden, NotFound, SfuError, Unavailable
-from sfu.events import PublicationInfo, RoomListener
+from sfu.events import ParticipantInfo, PublicationInfo, RoomListener
 from sfu.congestion import PublicationFeedback
 from sfu.metrics import Gauges, SfuMetrics, UplinkFigures
 from sfu.participant import Participant
@@ -131,6 +132,11 @@ class SfuService:
     def publications(self, room: str) -> list[PublicationInfo]:
         existing = self._rooms.get(room)
         return existing.infos() if existing else []
+
+    def participants(self, room: str) -> list[ParticipantInfo]:
+        """The room's participants (media sessions), in the order they joined."""
+        existing = self._rooms.get(room)
+        return [p.info for p in existing.participants.values()] if existing else []
 
     def on_room_event(self, room: str, callback: RoomListener) -> Callable[[], None]:
         """Listen to a room's events (the room is created if needed)."""

@@ -172,8 +172,9 @@ WAIT_DOC = ("Estimated wait in seconds, from the physicians of the specialty con
             "estimated (no physician connected and taking patients, or no recent length known).")
 
 PUBLICATIONS_DOC = ("The room's publications now: ``[{id, identity, role, source, kind, codec, published_at, "
-                    "replaces}]`` (*Publication object*). Empty when the room is hosted by another process's "
-                    "media node (ask ``room.publications`` on a socket of that node, or play its WHEP).")
+                    "replaces}]`` (*Publication object*), those the receiver's seat may receive. The same from "
+                    "any process: the room's node answers from its SFU, the others from the state that node "
+                    "keeps in the store.")
 
 # -- registry ----------------------------------------------------------------
 ALL_ROLES: tuple[str, ...] = tuple(r.value for r in Role)
@@ -301,7 +302,9 @@ class AuthRenew:
 @request("room.publications", roles=("nurse", "physician", "agent") + GUESTS)
 @dataclass(frozen=True)
 class RoomPublications:
-    """The publications of the consultation's room now (for a page that joins or reloads mid-call)."""
+    """The publications of the consultation's room now, and who is in it (for a page that joins or reloads
+    mid-call). Any process answers, the room's media node or another; subscribing still goes to the room's
+    node (``media.offer`` elsewhere answers ``wrong_node``)."""
 
     consultation_id: str = doc("The consultation (active, with a seat of the caller).", max_len=64)
 
@@ -506,6 +509,10 @@ class RoomPublicationsOk(Wire):
     consultation_id: str = doc("The consultation.")
     room: str = doc("The room.")
     publications: list[dict[str, Any]] = doc(PUBLICATIONS_DOC)
+    participants: list[dict[str, Any]] = doc("Who is in the room now: ``[{session_id, identity, role}]``, one "
+                                             "per media session (as ``room.event`` ``participant.joined``), in "
+                                             "the order they joined; the same from any process.",
+                                             default_factory=list)
 
 
 @reply("presence.set")

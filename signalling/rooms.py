@@ -6,7 +6,9 @@ A node whose heartbeat expires loses its rooms to the others, and the parties
 are told where to go (``room.moved``). Each seat of a room gets a room token
 scoped to what it may do (:data:`SEATS`, default deny). The node's room events
 are relayed to the parties' sockets, and browsers' SDP goes to this node's SFU
-over the socket (``media.offer``, ``media.leave``).
+over the socket (``media.offer``, ``media.leave``). The room's state (participants,
+publications) reads the same from any process: the hosting node's SFU, or the
+document it keeps in the store (``signalling.room_state``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from signalling.context import Context, safely
 from signalling.hub import agents, nurses, user
 from signalling.invitation import Invitation, InvitationState
 from signalling.protocol import ErrorCode, ProtocolError
+from signalling.room_state import RoomStates, RoomView
 from signalling.session import Session
 
 logger = logging.getLogger(__name__)
@@ -65,6 +68,7 @@ CORE_IDENTITIES = frozenset(seat.identity for role, seat in SEATS.items() if not
 """The seats every consultation has; any other identity in a room is an admitted guest's."""
 
 PUBLICATION_FIELDS = ("id", "identity", "role", "source", "kind", "codec", "published_at", "replaces")
+PARTICIPANT_FIELDS = ("session_id", "identity", "role")
 
 
 def info(obj: Any) -> dict[str, Any]:
@@ -86,11 +90,16 @@ class Rooms:
         self.consultations = consultations
         self._listeners: dict[str, Callable[[], None]] = {}
         """Room -> stop relaying its events (rooms open on this node)."""
+        self.states = RoomStates(ctx)
+        """The store's documents of the rooms this node hosts, and any room's view."""
         self._media_sessions: dict[tuple[str, str], str] = {}
         """(signalling session, consultation) -> the SFU session its ``media.offer`` opened."""
         self.guest_presence: Callable[[str, str, bool], Awaitable[None]] = _nobody
         """(consultation, identity, present): a guest's media joined or left the room (set by the
         service to ``Invitations.presence``)."""
+        self.room_opened: list[Callable[[str], Awaitable[None]]] = []
+        """Told each room this node opens, placed or re-placed here (recording resumes a moved
+        room's recording: ``SignallingService.on_room_opened``)."""
 
     # -- grants ----------------------------------------------------------------------------
     def grant(self, c: Consultation, role: Role, sfu_url: str | None = None,
@@ -139,16 +148,18 @@ class Rooms:
                 consultation=c.view(role is not Role.AGENT), publications=await self.publications(c.room or c.id),
                 **grant).to_wire())
 
-    async def publications(self, room: str, role: Role | None = None) -> list[dict[str, Any]]:
-        """The room's publications (those ``role`` may receive) when this process's SFU hosts it; []
-        otherwise (another node: its own socket or WHEP knows them)."""
+    async def view(self, room: str) -> RoomView:
+        """The room's participants and publications: from this process's SFU when it hosts the room
+        (or the room is placed nowhere: one process), else the hosting node's document in the store."""
         sfu = self.ctx.sfu()
-        if sfu is None:
-            return []
         node = await self.ctx.store.room_node(room)
-        if node is not None and node != self.ctx.node_id:
-            return []
-        return [publication(pub) for pub in sfu.publications(room) if role is None or receives(role, pub.source)]
+        if sfu is not None and (node is None or node == self.ctx.node_id):
+            return RoomView.of(sfu, room)
+        return await self.states.view(room)
+
+    async def publications(self, room: str, role: Role | None = None) -> list[dict[str, Any]]:
+        """The room's publications (those ``role`` may receive; None: every one), from any process."""
+        return shown(await self.view(room), role)
 
     async def _seated(self, s: Session, cid: str) -> Consultation:
         c = await self.consultations.load_visible(s.principal, cid)
@@ -163,12 +174,9 @@ class Rooms:
     async def publications_request(self, s: Session, msg: p.RoomPublications) -> p.RoomPublicationsOk:
         c = await self._seated(s, msg.consultation_id)
         room = c.room or c.id
-        node = await self.ctx.store.room_node(room)
-        if node is not None and node != self.ctx.node_id:
-            raise ProtocolError(ErrorCode.WRONG_NODE,
-                                "the room is on another media node: use the consultation's sfu_url")
-        return p.RoomPublicationsOk(consultation_id=c.id, room=room,
-                                    publications=await self.publications(room, s.role))
+        view = await self.view(room)
+        return p.RoomPublicationsOk(consultation_id=c.id, room=room, publications=shown(view, s.role),
+                                    participants=[participant(x) for x in view.participants])
 
     # -- rooms on this node ------------------------------------------------------------------
     def _open(self, sfu: SfuService, room: str) -> None:
@@ -205,6 +213,7 @@ class Rooms:
         unlisten = self._listeners.pop(room, None)
         if unlisten is not None:
             unlisten()
+        self.states.forget(room)
         sfu = self.ctx.sfu()
         if sfu is not None:
             try:
@@ -226,16 +235,19 @@ class Rooms:
                 await safely(self.ctx.bus.note(Note.CLOSE_ROOM, room, node=node))
 
     def on_room_event(self, event: RoomEvent) -> None:
-        """Called by the SFU (sync): relay to the room's sockets."""
+        """Called by the SFU (sync): the room's document in the store follows, then the event goes
+        to the room's sockets (on every process)."""
         kind = event.type.value.replace("_", ".", 1)
         data: dict[str, Any] = {}
         if event.participant is not None:
             data["participant"] = info(event.participant)
         if event.publication is not None:
             data["publication"] = info(event.publication)
-        self.ctx.tasks.spawn(self._relay(event.room, kind, data))
+        self.ctx.tasks.spawn(self._relay(event.room, kind, data, self.states.changed(event.room)))
 
-    async def _relay(self, room: str, event: str, data: dict[str, Any]) -> None:
+    async def _relay(self, room: str, event: str, data: dict[str, Any], change: int = 0) -> None:
+        # First the store's document, so that whoever hears this event reads it there too.
+        await safely(self.states.write(room, change))
         c = await self.consultations.get_any(room)
         if c is None:
             return
@@ -260,7 +272,8 @@ class Rooms:
         gauges = sfu.metrics.gauges()
         node = NodeInfo(self.ctx.node_id, self.ctx.node_url, rooms=gauges.rooms, participants=gauges.participants,
                         draining=not self.ctx.accepting())
-        await self.ctx.store.register_node(node.id, node.to_dict(), self.ctx.sig.heartbeat_s * 3)
+        await self.ctx.store.register_node(node.id, node.to_dict(), self.ctx.sig.heartbeat_s * 3,
+                                           rooms=self.states.hosted())
 
     async def _live_nodes(self) -> list[NodeInfo]:
         return [NodeInfo.from_dict(nid, d) for nid, d in (await self.ctx.store.nodes()).items()]
@@ -423,6 +436,18 @@ class Rooms:
             except Exception as exc:
                 logger.warning("leaving the room failed: %s", exc, extra={"consultation": c.id})
         return p.MediaLeaveOk(consultation_id=c.id)
+
+
+def shown(view: RoomView, role: Role | None) -> list[dict[str, Any]]:
+    """The publications of ``view`` that ``role``'s seat may receive (None: every one), in wire form:
+    the one filter of every answer, whichever process gives it."""
+    return [publication(pub) for pub in view.publications
+            if role is None or receives(role, str(pub.get("source")))]
+
+
+def participant(part: dict[str, Any]) -> dict[str, Any]:
+    """A participant's wire form: ``{session_id, identity, role}`` (as in ``room.event``)."""
+    return {name: part.get(name) for name in PARTICIPANT_FIELDS}
 
 
 def receives(role: Role, source: str) -> bool:

@@ -159,8 +159,10 @@ class Store(Protocol):
         ...
 
     # -- media nodes (sfu.node) ----------------------------------------------
-    async def register_node(self, node_id: str, info: dict[str, Any], ttl_s: float) -> None:
-        """Heartbeat of an SFU node: its info (url, load, draining), alive for ``ttl_s``."""
+    async def register_node(self, node_id: str, info: dict[str, Any], ttl_s: float,
+                            rooms: Iterable[str] = ()) -> None:
+        """Heartbeat of an SFU node: its info (url, load, draining), alive for ``ttl_s``; the state
+        documents of ``rooms`` (those it hosts, :meth:`put_room_state`) live as long."""
         ...
 
     async def nodes(self) -> dict[str, dict[str, Any]]:
@@ -172,12 +174,32 @@ class Store(Protocol):
         ...
 
     async def expire_node(self, node_id: str) -> None:
-        """Its heartbeat expires now: a node known dead (its process exited) before its TTL says so."""
+        """Its heartbeat expires now: a node known dead (its process exited) before its TTL says so;
+        the state documents of its rooms go with it."""
         ...
 
-    async def place_room(self, room: str, node_id: str) -> None: ...
+    async def place_room(self, room: str, node_id: str) -> None:
+        """The room is on ``node_id`` now; its state document (another node's) is dropped."""
+        ...
+
     async def room_node(self, room: str) -> str | None: ...
-    async def unplace_room(self, room: str) -> None: ...
+    async def unplace_room(self, room: str) -> None:
+        """The room is nowhere (closed, or no node could take it); its state document goes with it."""
+        ...
+
+    async def put_room_state(self, room: str, node_id: str, version: int, doc: dict[str, Any],
+                             ttl_s: float) -> bool:
+        """The hosting node's document of the room's state (participants, publications), alive for
+        ``ttl_s`` (its heartbeats extend it: :meth:`register_node`). Written only while the room is
+        placed on ``node_id`` and ``version`` is newer than that node's last (a node that lost the
+        room, or a late write, changes nothing); True when written."""
+        ...
+
+    async def room_state(self, room: str) -> Versioned | None:
+        """The state document of the node the room is placed on now, with its version; None when
+        the room is placed nowhere or that node has written none (or it expired)."""
+        ...
+
     async def placements(self) -> dict[str, str]:
         """room -> node of every placed room."""
         ...

@@ -25,6 +25,8 @@ class MemoryStore:
         self._dropped: dict[str, float] = {}
         self._nodes: dict[str, tuple[dict[str, Any], float]] = {}
         self._placements: dict[str, str] = {}
+        self._room_states: dict[str, tuple[str, Versioned, float]] = {}
+        """room -> (node that wrote it, its document and version, expiry)."""
         self._directory: dict[str, Any] | None = None
         self._subscribers: list[Callable[[Envelope], None]] = []
         self._site_requests: dict[str, tuple[int, int]] = {}
@@ -241,8 +243,14 @@ class MemoryStore:
         return []
 
     # -- media nodes (one process: the one implicit node) ----------------------
-    async def register_node(self, node_id: str, info: dict[str, Any], ttl_s: float) -> None:
-        self._nodes[node_id] = (info, self.clock() + ttl_s)
+    async def register_node(self, node_id: str, info: dict[str, Any], ttl_s: float,
+                            rooms: Iterable[str] = ()) -> None:
+        until = self.clock() + ttl_s
+        self._nodes[node_id] = (info, until)
+        for room in rooms:
+            state = self._room_states.get(room)
+            if state is not None:
+                self._room_states[room] = (state[0], state[1], until)
 
     async def nodes(self) -> dict[str, dict[str, Any]]:
         now = self.clock()
@@ -252,6 +260,8 @@ class MemoryStore:
         item = self._nodes.get(node_id)
         if item is not None:
             self._nodes[node_id] = (item[0], self.clock())
+        for room in [r for r, nid in self._placements.items() if nid == node_id]:
+            self._room_states.pop(room, None)
 
     async def forget_node(self, node_id: str) -> bool:
         item = self._nodes.get(node_id)
@@ -262,12 +272,31 @@ class MemoryStore:
 
     async def place_room(self, room: str, node_id: str) -> None:
         self._placements[room] = node_id
+        self._room_states.pop(room, None)
 
     async def room_node(self, room: str) -> str | None:
         return self._placements.get(room)
 
     async def unplace_room(self, room: str) -> None:
         self._placements.pop(room, None)
+        self._room_states.pop(room, None)
+
+    async def put_room_state(self, room: str, node_id: str, version: int, doc: dict[str, Any],
+                             ttl_s: float) -> bool:
+        if self._placements.get(room) != node_id:
+            return False
+        now = self.clock()
+        current = self._room_states.get(room)
+        if current is not None and current[0] == node_id and current[2] > now and current[1].version >= version:
+            return False
+        self._room_states[room] = (node_id, Versioned(doc, version), now + ttl_s)
+        return True
+
+    async def room_state(self, room: str) -> Versioned | None:
+        state = self._room_states.get(room)
+        if state is None or state[0] != self._placements.get(room) or state[2] <= self.clock():
+            return None
+        return state[1]
 
     async def placements(self) -> dict[str, str]:
         return dict(self._placements)

@@ -18,6 +18,9 @@ Layout (all keys under the configured prefix ``P``):
 * ``P nodes``       hash node id -> info (JSON: url, load, draining) of SFU nodes
 * ``P node:<id>``   a live node (TTL refreshed by its heartbeat)
 * ``P roomnode``    hash room -> node id: where each consultation's room is placed
+* ``P room:<room>`` hash ``node``, ``v`` (version) and ``doc`` (JSON): the room's state as its node
+  wrote it (participants, publications); TTL of the node's heartbeat, dropped when the room is
+  placed again or unplaced
 * ``P directory``   the directory (JSON)
 * ``P rate:<site>:<n>`` visit requests of a site in its ``n``-th window (expires after two windows)
 * ``P events``      pub/sub channel of envelopes
@@ -176,6 +179,25 @@ return redis.call('HDEL', KEYS[2], ARGV[1])
 """
 
 
+_EXPIRE_NODE = """
+redis.call('DEL', KEYS[1])
+local placed = redis.call('HGETALL', KEYS[2])
+for i = 1, #placed, 2 do
+  if placed[i + 1] == ARGV[2] then redis.call('DEL', ARGV[1] .. 'room:' .. placed[i]) end
+end
+return 1
+"""
+
+_PUT_ROOM_STATE = """
+if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then return 0 end
+local held = redis.call('HMGET', KEYS[1], 'node', 'v')
+if held[1] == ARGV[2] and tonumber(held[2]) >= tonumber(ARGV[3]) then return 0 end
+redis.call('HSET', KEYS[1], 'node', ARGV[2], 'v', ARGV[3], 'doc', ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return 1
+"""
+
+
 MAX_CONNECTIONS = 64
 """Connections to Redis per process (pub/sub reader and pipelines included); Redis runs one
 command at a time, so more would only queue there instead of here."""
@@ -213,6 +235,8 @@ class RedisStore:
         self._claim_due = self.redis.register_script(_CLAIM_DUE)
         self._take_owned = self.redis.register_script(_TAKE_OWNED)
         self._forget_node = self.redis.register_script(_FORGET_NODE)
+        self._put_room_state = self.redis.register_script(_PUT_ROOM_STATE)
+        self._expire_node = self.redis.register_script(_EXPIRE_NODE)
 
     def k(self, name: str) -> str:
         return self.prefix + name
@@ -420,10 +444,14 @@ class RedisStore:
         return out
 
     # -- media nodes -------------------------------------------------------------
-    async def register_node(self, node_id: str, info: dict[str, Any], ttl_s: float) -> None:
+    async def register_node(self, node_id: str, info: dict[str, Any], ttl_s: float,
+                            rooms: Iterable[str] = ()) -> None:
+        ttl_ms = max(1, int(ttl_s * 1000))
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(self.k("nodes"), node_id, _dumps(info))
-            pipe.set(self.k(f"node:{node_id}"), "1", px=max(1, int(ttl_s * 1000)))
+            pipe.set(self.k(f"node:{node_id}"), "1", px=ttl_ms)
+            for room in rooms:
+                pipe.pexpire(self.k(f"room:{room}"), ttl_ms)
             await pipe.execute()
 
     async def nodes(self) -> dict[str, dict[str, Any]]:
@@ -435,20 +463,42 @@ class RedisStore:
         return {nid: {**json.loads(raw[nid]), "alive": a is not None} for nid, a in zip(ids, alive)}
 
     async def expire_node(self, node_id: str) -> None:
-        await self.redis.delete(self.k(f"node:{node_id}"))
+        # With its rooms' state documents, in one step (a rare event: the placements are read whole).
+        await self._expire_node(keys=[self.k(f"node:{node_id}"), self.k("roomnode")], args=[self.prefix, node_id])
 
     async def forget_node(self, node_id: str) -> bool:
         return bool(await self._forget_node(keys=[self.k(f"node:{node_id}"), self.k("nodes")], args=[node_id]))
 
     async def place_room(self, room: str, node_id: str) -> None:
-        await self.redis.hset(self.k("roomnode"), room, node_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self.k("roomnode"), room, node_id)
+            pipe.delete(self.k(f"room:{room}"))
+            await pipe.execute()
 
     async def room_node(self, room: str) -> str | None:
         value = await self.redis.hget(self.k("roomnode"), room)
         return str(value) if value is not None else None
 
     async def unplace_room(self, room: str) -> None:
-        await self.redis.hdel(self.k("roomnode"), room)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hdel(self.k("roomnode"), room)
+            pipe.delete(self.k(f"room:{room}"))
+            await pipe.execute()
+
+    async def put_room_state(self, room: str, node_id: str, version: int, doc: dict[str, Any],
+                             ttl_s: float) -> bool:
+        return bool(await self._put_room_state(
+            keys=[self.k(f"room:{room}"), self.k("roomnode")],
+            args=[room, node_id, str(version), _dumps(doc), str(max(1, int(ttl_s * 1000)))]))
+
+    async def room_state(self, room: str) -> Versioned | None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hget(self.k("roomnode"), room)
+            pipe.hmget(self.k(f"room:{room}"), ["node", "v", "doc"])
+            placed, (node, v, doc) = await pipe.execute()
+        if placed is None or node != placed or v is None or doc is None:
+            return None
+        return Versioned(json.loads(doc), int(v))
 
     async def placements(self) -> dict[str, str]:
         return dict(cast(dict[str, str], await self.redis.hgetall(self.k("roomnode"))))
