@@ -964,8 +964,10 @@ def parse_frame(text: str | bytes) -> dict[str, Any]:
     return data
 
 
-def parse_request(data: dict[str, Any]) -> tuple[MessageId, Any]:
-    """Validate one request object: its id and its message instance (raises ProtocolError)."""
+def parse_request(data: dict[str, Any], role: str | None = None) -> tuple[MessageId, Any]:
+    """Validate one request object: its id and its message instance (raises ProtocolError).
+    ``role``: the sender's, once known; a request that role may not send is ``forbidden`` before
+    its fields are looked at (its schema is no business of a role that may not send it)."""
     mid = data.get("id")
     if mid is not None and (isinstance(mid, bool) or not isinstance(mid, (str, int))
                             or (isinstance(mid, str) and len(mid) > 64)):
@@ -978,6 +980,8 @@ def parse_request(data: dict[str, Any]) -> tuple[MessageId, Any]:
         raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown request type {type_[:40]!r}", mid)
     if mid is None:
         raise ProtocolError(ErrorCode.BAD_MESSAGE, "a request needs an id")
+    if role is not None and role not in spec.roles:
+        raise ProtocolError(ErrorCode.FORBIDDEN, f"a {role} may not send {type_}", mid)
     kwargs: dict[str, Any] = {}
     hints = _hints(spec.cls)
     known = set()

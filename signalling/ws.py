@@ -258,7 +258,7 @@ async def websocket(request: web.Request) -> web.StreamResponse:
                     await send_error(ProtocolError(ErrorCode.RATE_LIMITED, "too many messages; this one was dropped",
                                                    mid))
                     continue
-                mid, req = p.parse_request(data)
+                mid, req = p.parse_request(data, session.role.value if session is not None else None)
             except ProtocolError as exc:
                 metrics.messages.labels("invalid").inc()
                 await send_error(exc)

@@ -388,6 +388,10 @@ async def check_socket(sig: RunningServer, call: Call, guest: Guest) -> None:
             continue
         reply = await sock.call(type_, **fields[type_])
         assert reply["type"] == "error" and reply["code"] == "forbidden", (type_, reply)
+    # Without its fields too: a role that may not send a request learns nothing of its schema.
+    for type_ in ("offer.accept", "report.save", "visit.request"):
+        reply = await sock.call(type_)
+        assert reply["type"] == "error" and reply["code"] == "forbidden", (type_, reply)
     # Nothing forbidden changed anything: the consultation is still active, and no report was written.
     got = await call.doctor.request("consultation.get", consultation_id=call.cid)
     assert got["consultation"]["state"] == "active"

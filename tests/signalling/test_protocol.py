@@ -68,6 +68,19 @@ def test_parse_visit_request() -> None:
     assert mid == "a" and msg.priority is p.Priority.EMERGENCY and msg.language is None
 
 
+def test_a_role_that_may_not_send_a_request_is_forbidden_before_its_fields_are_read() -> None:
+    """A nurse's ``offer.accept`` with no consultation id: ``forbidden`` (a nurse never accepts),
+    not ``bad_message`` naming the field a physician must send."""
+    with pytest.raises(ProtocolError) as info:
+        p.parse_request({"type": "offer.accept", "id": 7}, "nurse")
+    assert info.value.code is ErrorCode.FORBIDDEN and info.value.id == 7
+    with pytest.raises(ProtocolError) as info:
+        p.parse_request({"type": "offer.accept", "id": 7}, "physician")
+    assert info.value.code is ErrorCode.BAD_MESSAGE
+    assert p.parse_request({"type": "offer.accept", "id": 7, "consultation_id": "c"}, "physician")[1] \
+        == p.OfferAccept(consultation_id="c")
+
+
 def test_report_validation() -> None:
     assert p.validate_report({"findings": "x"})["prescriptions"] == []
     with pytest.raises(ValueError):
