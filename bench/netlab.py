@@ -36,7 +36,7 @@ import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Self, Sequence
 
 SERVER_DEV = "srv0"
 CABIN_DEV = "cab0"
@@ -179,7 +179,8 @@ def exec_argv(namespace: str, argv: Sequence[str]) -> list[str]:
 
 
 # -- I/O ----------------------------------------------------------------------------------
-def _run(argv: Sequence[str], stdin: str | None = None) -> str:
+def run(argv: Sequence[str], stdin: str | None = None) -> str:
+    """Run one command (``ip``, ``tc``, ``nft``); its stdout, or RuntimeError with its stderr."""
     done = subprocess.run(list(argv), input=stdin, capture_output=True, text=True, timeout=20)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr.strip()[:500]}")
@@ -202,16 +203,17 @@ class Counters:
     rtx_bytes: int
 
 
-@dataclass
-class NetLab:
-    """Two namespaces, a veth pair and the profile's shaping; a context manager."""
+class Lab:
+    """A context manager over ``setup`` and ``teardown``: the teardown always runs, after a
+    setup that failed half-way too (it must undo what exists, and be idempotent)."""
 
-    profile: Profile
-    names: Names = field(default_factory=Names.unique)
-    rtx_payload_types: tuple[int, ...] = ()
-    _made: list[str] = field(default_factory=list)
+    def setup(self) -> None:
+        raise NotImplementedError
 
-    def __enter__(self) -> "NetLab":
+    def teardown(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
         try:
             self.setup()
         except BaseException:
@@ -222,20 +224,30 @@ class NetLab:
     def __exit__(self, *exc: object) -> None:
         self.teardown()
 
+
+@dataclass
+class NetLab(Lab):
+    """Two namespaces, a veth pair and the profile's shaping; a context manager."""
+
+    profile: Profile
+    names: Names = field(default_factory=Names.unique)
+    rtx_payload_types: tuple[int, ...] = ()
+    _made: list[str] = field(default_factory=list)
+
     def setup(self) -> None:
         n = self.names
         for argv in setup_commands(n):
-            _run(argv)
+            run(argv)
             if argv[:3] == ["ip", "netns", "add"]:
                 self._made.append(argv[3])
         for argv in rate_commands(n, self.profile.link_kbps, self.profile.latency_ms, first=True):
-            _run(argv)
-        _run(["ip", "netns", "exec", n.cabin_ns, "nft", "-f", "-"],
+            run(argv)
+        run(["ip", "netns", "exec", n.cabin_ns, "nft", "-f", "-"],
              stdin=loss_ruleset(self.profile.loss_pct, self.rtx_payload_types))
 
     def set_rate(self, kbps: int | None) -> None:
         for argv in rate_commands(self.names, kbps, self.profile.latency_ms, first=False):
-            _run(argv)
+            run(argv)
 
     def server(self, argv: Sequence[str]) -> list[str]:
         return exec_argv(self.names.server_ns, argv)
@@ -245,11 +257,11 @@ class NetLab:
 
     def counters(self) -> Counters:
         n = self.names
-        links = json.loads(_run(["ip", "-n", n.cabin_ns, "-s", "-j", "link", "show", "dev", CABIN_DEV]))
+        links = json.loads(run(["ip", "-n", n.cabin_ns, "-s", "-j", "link", "show", "dev", CABIN_DEV]))
         tx = int(links[0]["stats64"]["tx"]["bytes"])
-        qdiscs = json.loads(_run(["tc", "-n", n.cabin_ns, "-s", "-j", "qdisc", "show", "dev", CABIN_DEV]))
+        qdiscs = json.loads(run(["tc", "-n", n.cabin_ns, "-s", "-j", "qdisc", "show", "dev", CABIN_DEV]))
         queue_dropped = sum(int(q.get("drops", 0)) for q in qdiscs if q.get("kind") == "tbf")
-        ruleset = json.loads(_run(["ip", "netns", "exec", n.cabin_ns, "nft", "-j", "list", "table", "netdev",
+        ruleset = json.loads(run(["ip", "netns", "exec", n.cabin_ns, "nft", "-j", "list", "table", "netdev",
                                    NFT_TABLE]))
         offered = lost = rtx_packets = rtx_bytes = 0
         for item in ruleset.get("nftables", []):
@@ -270,34 +282,46 @@ class NetLab:
         return Counters(time.monotonic(), tx, offered, lost, queue_dropped, rtx_packets, rtx_bytes)
 
     def pids(self) -> list[int]:
-        out: list[int] = []
-        for ns in self._made:
-            try:
-                out += [int(p) for p in _run(["ip", "netns", "pids", ns]).split()]
-            except RuntimeError:
-                continue
-        return out
+        return namespace_pids(self._made)
 
     def teardown(self) -> None:
         """End what still runs in this lab's namespaces (SIGTERM, then SIGKILL after 5 s),
         then delete the namespaces. Idempotent."""
-        pids = self.pids()
-        for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 2.0)):
-            for pid in pids:
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-            deadline = time.monotonic() + wait
-            while pids and time.monotonic() < deadline:
-                pids = [p for p in pids if _alive(p)]
-                if pids:
-                    time.sleep(0.05)
-            if not pids:
-                break
+        end_processes(self.pids())
         for ns in reversed(self._made):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=20)
         self._made.clear()
+
+
+def namespace_pids(namespaces: Iterable[str]) -> list[int]:
+    """The PIDs of the processes running in ``namespaces`` (``ip netns pids``; a namespace already
+    gone has none)."""
+    out: list[int] = []
+    for ns in namespaces:
+        try:
+            out += [int(p) for p in run(["ip", "netns", "pids", ns]).split()]
+        except RuntimeError:
+            continue
+    return out
+
+
+def end_processes(pids: Sequence[int], term_wait_s: float = 5.0) -> None:
+    """End ``pids``: SIGTERM, SIGKILL to those still running after ``term_wait_s``, then wait up to
+    2 s for them (reaping those that are our children)."""
+    left = list(pids)
+    for sig, wait in ((signal.SIGTERM, term_wait_s), (signal.SIGKILL, 2.0)):
+        for pid in left:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + wait
+        while left and time.monotonic() < deadline:
+            left = [p for p in left if _alive(p)]
+            if left:
+                time.sleep(0.05)
+        if not left:
+            return
 
 
 def _alive(pid: int) -> bool:
@@ -345,6 +369,6 @@ def describe(profile: Profile) -> dict[str, Any]:
             "schedule": profile.schedule(), "latency_ms": profile.latency_ms}
 
 
-__all__ = ["CABIN_DEV", "Counters", "NetLab", "Names", "Phase", "Profile", "PROFILES", "SERVER_DEV",
-           "burst_bytes", "describe", "exec_argv", "loss_ruleset", "profile_named", "rate_commands", "setup_commands",
-           "shaped_rate_kbps", "teardown_commands"]
+__all__ = ["CABIN_DEV", "Counters", "Lab", "NetLab", "Names", "Phase", "Profile", "PROFILES", "SERVER_DEV",
+           "burst_bytes", "describe", "end_processes", "exec_argv", "loss_ruleset", "namespace_pids", "profile_named",
+           "rate_commands", "run", "setup_commands", "shaped_rate_kbps", "teardown_commands"]

@@ -57,6 +57,19 @@ def _is_origin(value: str) -> bool:
             and not parsed.query and not parsed.fragment and not parsed.username)
 
 
+class NodeRole(str, enum.Enum):
+    """What a ``teleconsult serve`` process does (``server.roles``)."""
+
+    SIGNALLING = "signalling"
+    """The pages, the signalling socket's clients, matching, the REST and interop endpoints."""
+    MEDIA = "media"
+    """A media node: registers in the store's node registry, hosts rooms (the SFU, WHIP/WHEP,
+    recording) and answers the pages' media requests on its socket."""
+
+
+ALL_ROLES = [r.value for r in NodeRole]
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     host: str = "127.0.0.1"
@@ -85,6 +98,18 @@ class ServerSettings:
     media_origins: list[str] = field(default_factory=list)
     """Origins of media nodes (``scheme://host:port``) the pages may connect to besides their own
     (their Content-Security-Policy ``connect-src``); ``serve --media-workers`` adds its workers'."""
+    roles: list[str] = field(default_factory=lambda: list(ALL_ROLES))
+    """What this process runs (:class:`NodeRole`): ``signalling`` (the pages, matching, the
+    REST and interop endpoints), ``media`` (a media node of the store's registry: rooms are
+    placed on it), or both (the default). One role alone needs the Redis store: the other role
+    runs in other processes (docs/deployment.md, *Several hosts*)."""
+
+    def runs(self, role: NodeRole) -> bool:
+        """Whether this process runs ``role``: the parent of ``serve --media-workers N`` (N > 1)
+        is the signalling only (its workers are the media nodes)."""
+        if self.media_workers > 1:
+            return role is NodeRole.SIGNALLING
+        return role.value in self.roles
 
     def validate(self) -> list[tuple[str, str]]:
         errors = []
@@ -95,6 +120,16 @@ class ServerSettings:
         elif self.port and self.port + self.media_workers > 65535 and self.media_workers > 1:
             errors.append(("media_workers", f"the workers' HTTP ports (port + 1 .. port + {self.media_workers}) "
                                             "must stay <= 65535"))
+        if not self.roles:
+            errors.append(("roles", f"must name at least one of {', '.join(ALL_ROLES)}"))
+        for role in self.roles:
+            if role not in ALL_ROLES:
+                errors.append(("roles", f"{role!r} is not a role (expected some of {', '.join(ALL_ROLES)})"))
+        if len(set(self.roles)) != len(self.roles):
+            errors.append(("roles", "names a role twice"))
+        if self.media_workers > 1 and set(self.roles) != set(ALL_ROLES):
+            errors.append(("roles", "with media_workers > 1 this process is the signalling and its workers the "
+                                    "media nodes: leave roles at both"))
         for origin in self.media_origins:
             if not _is_origin(origin):
                 errors.append(("media_origins", f"{origin!r} is not an origin (http(s)://host[:port], no path)"))
@@ -708,6 +743,12 @@ def _validate(settings: Settings, lines: Mapping[tuple[str, str], int]) -> list[
                         f"server.media_workers (--media-workers) is {workers}: more than one media worker needs "
                         f"the Redis store (store.backend = \"redis\", store.redis_url); the memory store "
                         f"({settings.store.backend!r}) holds one process's state only")
+    alone = [r for r in settings.server.roles if r in ALL_ROLES]
+    if len(alone) == 1 and settings.store.backend != "redis":
+        # The other role runs in other processes, which only the Redis store lets them share.
+        problems.append(_where(settings.source, lines, "server", "roles") +
+                        f"server.roles is [{alone[0]!r}]: a process with one role needs the Redis store "
+                        f"(store.backend = \"redis\"), where the processes of the other role meet it")
     if workers > 1 and settings.media.port_max - settings.media.port_min + 1 < workers * MIN_WORKER_MEDIA_PORTS:
         problems.append(_where(settings.source, lines, "media", "port_min") +
                         f"media.port_min..port_max: {workers} media workers need at least "
@@ -815,7 +856,8 @@ def load_settings(
     return settings
 
 
-__all__ = ["Settings", "SettingsError", "load_settings", "ENV_PREFIX", "media_address_of", "parse_smtp_url"] + [
+__all__ = ["Settings", "SettingsError", "load_settings", "ENV_PREFIX", "ALL_ROLES", "NodeRole", "media_address_of",
+           "parse_smtp_url"] + [
     t.__name__ for t in (ServerSettings, MediaSettings, IceSettings, AuthSettings, StoreSettings, SfuSettings,
                          SignallingSettings, RecordingSettings, DevicesSettings, SmtpSettings, SmtpRelay,
                          SmtpSecurity)

@@ -60,6 +60,11 @@ class ValueSealer:
     def encrypted(self) -> bool:
         return self._aead is not None
 
+    @property
+    def key_id(self) -> str:
+        """The public fingerprint (hex) of the master key values are sealed with; empty in clear."""
+        return self._key_id.hex()
+
     def seal_json(self, value: Any, place: str) -> str:
         """``value`` as JSON, sealed for ``place`` (``<table>|<row key>``)."""
         text = json.dumps(value)

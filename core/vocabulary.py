@@ -184,6 +184,8 @@ class Act(enum.StrEnum):
     RECORDING_STOP = "recording.stop"
     RECORDING_FAIL = "recording.fail"
     RECORDING_RECOVER = "recording.recover"
+    RECORDING_RESUME = "recording.resume"
+    """A new segment of a recording, on the node its room moved to (its node was lost)."""
     RECORDING_SHRED = "recording.shred"
     RECORDING_ACCESS = "recording.access"
     RECORDING_DENIED = "recording.denied"

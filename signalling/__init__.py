@@ -14,14 +14,16 @@ from typing import AsyncIterator
 
 from aiohttp import web
 
+from config.settings import Settings
 from core.appkeys import KEYRING, LIFECYCLE, MAILER, METRICS, OUTAGES, READY_PROBES, SETTINGS, TOKENS
+from core.keyring import MasterKeyError
 from core.sealing import ValueSealer
 from media.recording.appkeys import STILLS
 from sfu.appkeys import SFU
 from signalling import expertise, http, ws
 from signalling.appkeys import SIGNALLING, STORE
 from signalling.journal import FileJournal, Journal, RedisJournal
-from signalling.records import Records, RedisRecords, SqliteRecords
+from signalling.records import CLEAR_KEY_ID, Records, RedisRecords, SqliteRecords
 from signalling.service import SignallingService
 from signalling.store import open_store
 from signalling.store.faults import STORE_FAULTS
@@ -58,6 +60,12 @@ def setup(app: web.Application) -> None:
         await service.start()
         if isinstance(service.store, RedisStore):
             await _check_aof(service.store)
+        if isinstance(service.records, RedisRecords):
+            try:
+                await _check_records_key(service.records, app[SETTINGS])
+            except MasterKeyError:
+                await service.close()
+                raise
         app[SIGNALLING] = service
         app[STORE] = service.store
         app[LIFECYCLE].live_count.append(service.live_count)
@@ -75,6 +83,24 @@ def setup(app: web.Application) -> None:
     app.router.add_get("/ws", ws.websocket)
     http.add_routes(app)
     expertise.setup(app)  # after signalling's lifetime: it shares its store, journal and events
+
+
+async def _check_records_key(records: RedisRecords, settings: Settings) -> None:
+    """Every process on one Redis must seal the records with one master key, or a consultation
+    archived by one process cannot be read by another. A key the settings name that is not the
+    one the records are sealed with refuses to start; a development key (each ``data_dir`` makes
+    its own) is logged as an error: give the processes one ``recording.master_key_file``."""
+    mine = records.sealer.key_id or CLEAR_KEY_ID
+    theirs = await records.sealing_key()
+    if theirs == mine:
+        return
+    why = (f"the records in this Redis are sealed with master key {theirs}, this process's is {mine}: "
+           "it cannot read what other processes archived; give every process the same "
+           "recording.master_key_file (or master_key_env), or delete the key rec:key-id of a Redis "
+           "whose records are to be abandoned")
+    if settings.recording.master_key_file or settings.recording.master_key_env:
+        raise MasterKeyError(why)
+    logger.error("records sealed with another master key: %s", why, extra={"theirs": theirs, "mine": mine})
 
 
 async def _check_aof(store: RedisStore) -> None:

@@ -39,6 +39,9 @@ What each step implies, sans I/O: the functions of the last section return a
                                                   visit.status
   accept off.->acc.    clear the deadline (lock   the physician turns in_consultation; unlock;
                        kept until then)           journal offer.accept
+  take_over  acc.      the process that places    unlock; journal offer.accept (recovered) when
+   (its process died   the room and starts it:    the dead process had not
+   before the start)   this one
   start  acc.->active  -                          archive; journal consultation.start;
                                                   each seat: consultation.started + its grant
   finish  -> final     leave the queue; unlock,   (was live) free the physician, close the room;
@@ -147,6 +150,11 @@ class Consultation:
     offered_to_name: str | None = None
     started_at: float | None = None
     """When it became active (None before): recent consultations' lengths make the wait estimates."""
+    accepted_at: float | None = None
+    """When the physician accepted (None before): the journal says it if the accept's own act was lost."""
+    accepted_on: str | None = None
+    """The signalling process that accepted and places the room, then starts the consultation: if it
+    dies in between, another one takes over (:func:`take_over`). Not on the wire."""
     flag: str | None = None
     """Why the admins should look at this request (None: no reason): ``site_rate``, an emergency above
     its site's rate of visit requests (still an emergency, queued after the other sites' ones)."""
@@ -197,6 +205,7 @@ class Consultation:
         """The wire form; ``clinical`` adds patient_ref, ins and reason."""
         out = self.to_dict()
         del out["tried"], out["offer_seq"], out["requested_by"], out["invitations"], out["addenda"]
+        del out["accepted_at"], out["accepted_on"]
         out["recording"] = recording_view(self.recording)
         if not clinical:
             for name in CLINICAL_FIELDS:
@@ -456,16 +465,34 @@ def withdraw(c: Consultation, why: WithdrawReason, actor: str, now: float) -> Tr
     ))
 
 
-def accept(c: Consultation, physician: str, session_id: str, now: float, name: str = "") -> Transition:
+def accept(c: Consultation, physician: str, session_id: str, now: float, name: str = "",
+           process: str | None = None) -> Transition:
     """The physician rung accepts; the room is named after the consultation. Their offer lock
-    is kept until their presence says in consultation, so that no other offer sneaks in."""
+    is kept until their presence says in consultation, so that no other offer sneaks in.
+    ``process``: the signalling process that goes on to place the room and start it."""
     new = transition(c, State.ACCEPTED, now, physician=physician, room=c.id,
-                     physician_name=name or c.offered_to_name or physician)
+                     physician_name=name or c.offered_to_name or physician, accepted_at=now, accepted_on=process)
     return Transition(c, new, QueueChange(clear_offer=True), (
         Busy(session_id),
         ReleaseOfferLock(physician),
         JournalAct(Act.OFFER_ACCEPT, physician, {"physician": physician}),
     ))
+
+
+def take_over(c: Consultation, process: str, now: float, accept_journaled: bool) -> Transition:
+    """``c`` was accepted on a signalling process that died before it started the consultation
+    (``c.accepted_on``, known dead): ``process`` takes the rest over, placing the room then
+    :func:`start`. Still accepted; the compare-and-set on the version lets one process only
+    take it over. The dead process may have died before it unlocked the physician, or before
+    it journaled the accept (``accept_journaled``: the journal has it): the act is written
+    then, from the document (who and when), marked recovered."""
+    if c.state is not State.ACCEPTED or c.physician is None:
+        raise InvalidTransition(c.state, State.ACTIVE)
+    new = dataclasses.replace(c, accepted_on=process, updated_at=now)
+    journal: tuple[Effect, ...] = () if accept_journaled else (JournalAct(Act.OFFER_ACCEPT, c.physician, {
+        "physician": c.physician, "accepted_at": c.accepted_at, "recovered_by": RECOVERY,
+        "process": c.accepted_on}),)
+    return Transition(c, new, QueueChange(), (ReleaseOfferLock(c.physician), *journal))
 
 
 def start(c: Consultation, actor: str, sfu_url: str | None, now: float) -> Transition:
@@ -530,4 +557,4 @@ __all__ = ["State", "TRANSITIONS", "FINAL", "WAITING", "LIVE", "InvalidTransitio
            "QueueMove", "QueueChange", "JournalAct", "Notify", "Kick", "Archive", "Forget", "ReleaseOfferLock",
            "Busy", "FreePhysician", "CloseRoom", "GrantSeats", "VisitNotice", "Effect", "Transition", "FINISH_ACTS",
            "WITHDRAW_ACTS", "RECOVERY", "PROCESS_CRASHED", "recover", "WITHDRAW_NOTICES", "NOT_AGAIN", "MATCHER",
-           "check_in", "queued", "offer", "withdraw", "accept", "start", "finish"]
+           "check_in", "queued", "offer", "withdraw", "accept", "take_over", "start", "finish"]

@@ -174,7 +174,7 @@ class Consultations:
         c = t.new
         acts = [e for e in t.effects if isinstance(e, JournalAct)]
         rest = [e for e in t.effects if not isinstance(e, JournalAct)]
-        done = await self._journaled_since_rollback(c.id) if retry else set()
+        done = await self.journaled(c.id) if retry else set()
         wrote = created = existed = False
         try:
             for act in acts:
@@ -195,7 +195,9 @@ class Consultations:
                 await self._roll_back_check_in(c, created, wrote, exc)
             raise
 
-    async def _journaled_since_rollback(self, cid: str) -> set[Act]:
+    async def journaled(self, cid: str) -> set[Act]:
+        """The acts the journal holds about ``cid``, since its last ``visit.rollback`` (a rolled back
+        check-in's acts did not take)."""
         acts: set[Act] = set()
         for entry in await self.ctx.journal.read(ConsultationId(cid)):
             if entry.get("act") == Act.VISIT_ROLLBACK:

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
-from core.vocabulary import Role
+from core.vocabulary import Act, Role
 from signalling import consultation
 from signalling import protocol as p
-from signalling.consultation import MATCHER, Consultation, State, Transition
+from signalling.consultation import MATCHER, RECOVERY, Consultation, State, Transition
 from signalling.consultations import CAS_TRIES, OFFER_LOCK_MARGIN_S, Consultations
 from signalling.context import Context, safely
 from signalling.matcher import Pairing
@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 
 DUE_MARGIN_S = 1.0
 """The sweep withdraws offers this long past their deadline (their own timer goes first)."""
+PROCESS_TTL_HEARTBEATS = 3
+"""A process's liveness key lasts this many heartbeats (``SignallingService``'s ``touch_process``)."""
 
 
 class Offers:
@@ -39,6 +41,8 @@ class Offers:
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._live: set[str] = set()
         """Consultations accepted on this process and not over yet."""
+        self._rechecks: dict[str, asyncio.TimerHandle] = {}
+        """Accepts of another process, not started, looked at again once it would be known dead."""
 
     def live_count(self) -> int:
         return len(self._live)
@@ -52,9 +56,12 @@ class Offers:
         """``cid`` left the store (on any process)."""
         self._live.discard(cid)
         self._stop_timer(cid)
+        recheck = self._rechecks.pop(cid, None)
+        if recheck is not None:
+            recheck.cancel()
 
     def close(self) -> None:
-        for timer in self._timers.values():
+        for timer in (*self._timers.values(), *self._rechecks.values()):
             timer.cancel()
 
     def _name(self, physician: str, fallback: str = "") -> str:
@@ -193,30 +200,108 @@ class Offers:
         c, version = got
         if c.state is not State.OFFERED or c.offered_to != s.sub:
             raise ProtocolError(ErrorCode.CONFLICT, "the offer is no longer ringing")
-        accepted = consultation.accept(c, s.sub, s.id, self.ctx.clock(), self._name(s.sub, s.principal.name))
+        accepted = consultation.accept(c, s.sub, s.id, self.ctx.clock(), self._name(s.sub, s.principal.name),
+                                       process=self.ctx.proc)
         ver = await self.consultations.commit(accepted, version)
         if ver is None:
             raise ProtocolError(ErrorCode.CONFLICT, "the offer is no longer ringing")
         self._stop_timer(c.id)
         self._live.add(c.id)
         await self.consultations.perform(accepted, ver)
-        room = c.id
+        started = await self._start(c.id, s.sub)
+        if started is None:
+            raise ProtocolError(ErrorCode.CONFLICT, "the consultation changed meanwhile")
+        new, sfu_url = started
+        return {"consultation": new.view(True), **self.rooms.grant(new, Role.PHYSICIAN, sfu_url)}
+
+    async def _start(self, cid: str, actor: str) -> tuple[Consultation, str | None] | None:
+        """The second half of an accept, by the process that accepted ``cid`` or took it over
+        (:meth:`take_over`): the room is placed on a media node, then the consultation is active,
+        with every effect (each seat gets ``consultation.started`` with its grant). The started
+        consultation and its node's URL; None when it changed meanwhile (over, or taken over by
+        another process that thought this one dead)."""
         try:
-            node = await self.rooms.place(room)
+            node = await self.rooms.place(cid)
         except Exception as exc:
-            logger.error("SFU room could not be placed: %s", exc, extra={"consultation": c.id})
-            self._live.discard(c.id)
-            await safely(self.consultations.finish(c.id, State.FAILED, actor="sfu", reason="room_failed"))
+            logger.error("SFU room could not be placed: %s", exc, extra={"consultation": cid})
+            self._live.discard(cid)
+            await safely(self.consultations.finish(cid, State.FAILED, actor="sfu", reason="room_failed"))
             raise ProtocolError(ErrorCode.UNAVAILABLE, "no media node could open the room") from None
         sfu_url = node.url if node else None
-        got = await self.consultations.get(c.id)
-        assert got is not None
-        now_accepted, version = got
-        started = consultation.start(now_accepted, s.sub, sfu_url, self.ctx.clock())
+        got = await self.consultations.get(cid)
+        if got is None:
+            return None
+        accepted, version = got
+        if accepted.state is not State.ACCEPTED or accepted.accepted_on != self.ctx.proc:
+            return None
+        started = consultation.start(accepted, actor, sfu_url, self.ctx.clock())
         ver = await self.consultations.commit(started, version)
         if ver is None:
-            raise ProtocolError(ErrorCode.CONFLICT, "the consultation changed meanwhile")
-        logger.info("consultation started", extra={"consultation": c.id, "room": room,
+            return None
+        logger.info("consultation started", extra={"consultation": cid, "room": started.new.room,
                                                    "node": node.id if node else None})
         await self.consultations.perform(started, ver)
-        return {"consultation": started.new.view(True), **self.rooms.grant(started.new, Role.PHYSICIAN, sfu_url)}
+        return started.new, sfu_url
+
+    # -- accepts whose process died before the start -------------------------------------------
+    async def complete_accepts(self, party_open: Iterable[Consultation]) -> None:
+        """Of ``party_open`` (a party's open consultations), those accepted on another process and
+        not started: the ones whose process is dead are taken over and started here now; the others
+        are looked at once more when their process's liveness key would have lapsed, in case it
+        dies before it starts them."""
+        for c in party_open:
+            if not self._interrupted(c):
+                continue
+            assert c.accepted_on is not None
+            if await self.ctx.store.live_processes([c.accepted_on]):
+                self._recheck(c.id)
+            else:
+                await safely(self.take_over(c.id))
+
+    def _interrupted(self, c: Consultation) -> bool:
+        """Whether ``c`` waits for the start of an accept made on another process."""
+        return c.state is State.ACCEPTED and c.accepted_on is not None and c.accepted_on != self.ctx.proc
+
+    def _recheck(self, cid: str) -> None:
+        if cid in self._rechecks:
+            return
+        delay = self.ctx.sig.heartbeat_s * (PROCESS_TTL_HEARTBEATS + 1)
+
+        def fire() -> None:
+            self._rechecks.pop(cid, None)
+            self.ctx.tasks.spawn(safely(self.take_over(cid)))
+        self._rechecks[cid] = asyncio.get_running_loop().call_later(delay, fire)
+
+    async def take_over(self, cid: str) -> Consultation | None:
+        """``cid`` was accepted on a process now dead (it stopped heartbeating), which did not start
+        it: this process places its room and starts it, with every effect, journaling the accept
+        if the dead process did not (marked recovered). One process only does it (a compare-and-set
+        on the version names it in ``accepted_on``). The started consultation; None when there is
+        nothing to do (started, over, its process alive) or another process did it."""
+        for _ in range(CAS_TRIES):
+            got = await self.consultations.get(cid)
+            if got is None:
+                return None
+            c, version = got
+            if not self._interrupted(c):
+                return None
+            assert c.accepted_on is not None
+            if await self.ctx.store.live_processes([c.accepted_on]):
+                return None
+            journaled = Act.OFFER_ACCEPT in await self.consultations.journaled(cid)
+            t = consultation.take_over(c, self.ctx.proc, self.ctx.clock(), accept_journaled=journaled)
+            ver = await self.consultations.commit(t, version)
+            if ver is not None:
+                break
+        else:
+            return None
+        logger.warning("accept of a dead process taken over", extra={
+            "consultation": cid, "proc": c.accepted_on, "accept_journaled": journaled})
+        self._stop_timer(cid)
+        self._live.add(cid)
+        await self.consultations.perform(t, ver)
+        try:
+            started = await self._start(cid, RECOVERY)
+        except ProtocolError:
+            return None  # no media node: it failed, with its effects
+        return started[0] if started else None

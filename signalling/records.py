@@ -38,6 +38,9 @@ from signalling.consultation import FINAL
 
 logger = logging.getLogger(__name__)
 
+CLEAR_KEY_ID = "clear"
+""":meth:`RedisRecords.sealing_key` of records written in clear (``recording.encrypt = false``)."""
+
 
 class Records(Protocol):
     async def save_consultation(self, doc: dict[str, Any]) -> None: ...
@@ -238,6 +241,15 @@ class RedisRecords:
 
     async def delete_identity(self, cid: str) -> None:
         await self.redis.hdel(self.prefix + "rec:identities", cid)
+
+    async def sealing_key(self) -> str:
+        """The key id every process on this Redis seals the records with: the first process to
+        start names it (its master key's fingerprint, ``clear`` without encryption) and the
+        others read it back. A process with another key cannot open what the others archived
+        (a consultation finished on one process and read on another answered ``internal``)."""
+        key = self.prefix + "rec:key-id"
+        await self.redis.set(key, self.sealer.key_id or CLEAR_KEY_ID, nx=True)
+        return str(await self.redis.get(key))
 
     async def unfinished_ids(self) -> list[str]:
         """None to recover from the records: with Redis the store lives in the same server and

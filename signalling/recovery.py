@@ -12,7 +12,8 @@ what was done about it.
   a restarted one included): each live consultation of such a session is journaled
   ``consultation.recover`` (``outcome: resume_grace``): its parties may come back and resume
   within ``signalling.resume_grace_s``; if not, it ends (``connection_lost``) as for any lost
-  party.
+  party. A consultation the dead process accepted and did not start is started by the
+  taking process (``Offers.complete_accepts``), journaling the accept if it was lost.
 """
 
 from __future__ import annotations

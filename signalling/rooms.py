@@ -184,6 +184,8 @@ class Rooms:
         sfu.create_room(room)
         if room not in self._listeners:
             self._listeners[room] = sfu.on_room_event(room, self.on_room_event)
+            for callback in self.room_opened:
+                self.ctx.tasks.spawn(safely(callback(room)))
 
     async def is_live(self, room_id: RoomId, identity: ParticipantId | None = None) -> bool:
         """``sfu.ports.RoomGate``: the consultation the room is named after is open and live (an

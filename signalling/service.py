@@ -218,6 +218,11 @@ class SignallingService:
         room = (got[0].room or got[0].id) if got is not None else consultation_id
         return await self.rooms.node_elsewhere(room)
 
+    def on_room_opened(self, callback: Callable[[str], Awaitable[None]]) -> None:
+        """``media.recording.ports.Signalling``: ``callback(room)`` each time this process's media
+        node opens a room (placed or re-placed here)."""
+        self.rooms.room_opened.append(callback)
+
     async def media_node_gone(self, url: str) -> None:
         """The media node at ``url`` died (its parent process saw it exit): re-place its rooms now."""
         await self.rooms.node_gone(url)

@@ -87,6 +87,11 @@ class Sessions:
             self.local[session.id] = session
         session.principal = principal
         session.token = msg.token
+        if session.role is Role.PHYSICIAN:
+            # Before the socket is attached: an accept of theirs whose process did not live to start
+            # it is started now, so that the state below has its room (and this socket no event
+            # before hello.ok). The sweep sees to the other parties' (``sweep``).
+            await safely(self._complete_accepts(session))
         conn = conn_factory(session)
         session.conn = conn
         ctx.hub.add(conn, presence_watches(session.role, msg.presence))
@@ -311,15 +316,21 @@ class Sessions:
         store = self.ctx.store
         for sid in await store.orphans():
             record = await store.get_session(sid)
-            if record is None or record.get("state") != "live" or await self._held(record):
-                continue  # gone, or resumed meanwhile on a live process (this one included)
+            if record is None:
+                continue
             s = self._from_record(sid, record)
+            if record.get("state") != "live" or await self._held(record):
+                # Dropped before, or resumed meanwhile on a live process (this one included): no
+                # grace to start, but the dead process may have left an accept of theirs unstarted.
+                await safely(self._complete_accepts(s))
+                continue
             # The deadline only: the record stays as the dead process left it, so that a resume on
             # another process racing this one rewrites it and wins (it is checked at the deadline).
             # Rewriting it here as dropped ended sessions live elsewhere: a nurse back on another
             # process had her waiting requests expired.
             await store.mark_dropped(sid, self.ctx.clock() + self.ctx.sig.resume_grace_s)
             await safely(self.recovery.taken_over(s, str(record.get("proc"))))
+            await safely(self._complete_accepts(s))
             await safely(self._peer_notice(s, p.PeerState.DROPPED))
             logger.info("session of a dead process dropped", extra={"session": sid, "proc": record.get("proc")})
         for sid in await store.claim_due_dropped(self.ctx.clock()):
@@ -333,6 +344,12 @@ class Sessions:
             record = await store.get_session(sid)
             if record is not None and not await self._held(record):
                 await self._grace_over(self._from_record(sid, record))
+
+    async def _complete_accepts(self, s: Session) -> None:
+        """Consultations of ``s``'s party accepted on a process that died before it started them:
+        started here (``Offers.complete_accepts``)."""
+        if s.role in SEATS and not s.role.invited:
+            await self.offers.complete_accepts(await self.consultations.open_of(s.principal))
 
     async def _held(self, record: dict[str, Any]) -> bool:
         """Whether a session's record says a live process holds its socket (it resumed there)."""

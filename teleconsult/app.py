@@ -12,7 +12,7 @@ import media.recording
 import sfu
 import signalling
 import web_client
-from config.settings import Settings
+from config.settings import NodeRole, Settings
 from core import appkeys
 from core.auth import TokenService, bearer_token
 from core.keyring import Keyring
@@ -71,6 +71,11 @@ COMPONENTS: tuple[Component, ...] = (
 
 MEDIA_NODE_COMPONENTS: frozenset[Component] = frozenset({sfu.setup, gate_rooms})
 """The components that make a process a media node."""
+SIGNALLING_ONLY_COMPONENTS: frozenset[Component] = frozenset({interop.setup, web_client.setup})
+"""What only a process with the signalling role runs: the pages and the interop endpoints (the
+report as PDF, FHIR, Pro Santé Connect sign-in). A media-only node keeps the signalling service
+itself: its socket takes the pages' media requests (``media.offer``, ``room.publications``), and
+it registers its node and re-places lost nodes' rooms through it."""
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -135,9 +140,13 @@ def create_app(settings: Settings, *, tokens: TokenService | None = None,
 
 
 def components(settings: Settings) -> tuple[Component, ...]:
-    """What this process runs: everything, except that the signalling process of
-    ``serve --media-workers N`` (N > 1) has no SFU, so that it is no media node (rooms go to
-    its workers: teleconsult/workers.py)."""
-    if settings.server.media_workers > 1:
-        return tuple(c for c in COMPONENTS if c not in MEDIA_NODE_COMPONENTS)
-    return COMPONENTS
+    """What this process runs, by its roles (``server.roles``): everything for both; no SFU
+    without the media role, so that it is no media node (the signalling process of ``serve
+    --media-workers N``, N > 1, among them: rooms go to its workers, teleconsult/workers.py);
+    no pages and no interop endpoints without the signalling role."""
+    left: frozenset[Component] = frozenset()
+    if not settings.server.runs(NodeRole.MEDIA):
+        left |= MEDIA_NODE_COMPONENTS
+    if not settings.server.runs(NodeRole.SIGNALLING):
+        left |= SIGNALLING_ONLY_COMPONENTS
+    return tuple(c for c in COMPONENTS if c not in left)

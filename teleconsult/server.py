@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 
 from aiohttp import web
 
-from config.settings import Settings
+from config.settings import NodeRole, Settings
 from core.appkeys import LIFECYCLE
 from core.http import ConnectionLog
 from signalling.appkeys import SIGNALLING
@@ -132,10 +132,14 @@ async def _serve_app(settings: Settings, ready: Callable[[str], None] | None, wo
             print(f"  media worker {w.plan.index}: {w.url} (pid {w.pid}, media ports "
                   f"{w.plan.port_min}-{w.plan.port_max})", flush=True)
     print(f"teleconsult serving on {base}", flush=True)
-    print(f"  pages:   {base}/", flush=True)
+    if settings.server.runs(NodeRole.SIGNALLING):
+        print(f"  pages:   {base}/", flush=True)
+    else:
+        print("  roles:   media only (no pages: they are on the signalling nodes)", flush=True)
     print(f"  health:  {base}/healthz  {base}/readyz  {base}/metrics", flush=True)
-    print("  sign in: teleconsult token access --role physician --sub dr-demo --specialty general --link",
-          flush=True)
+    if settings.server.runs(NodeRole.SIGNALLING):
+        print("  sign in: teleconsult token access --role physician --sub dr-demo --specialty general --link",
+              flush=True)
     if ready is not None:
         ready(base)
     logger.info("serving", extra={"url": base, "media_ip": settings.effective_media.listen_ip})

@@ -6,20 +6,17 @@ start its component fails the test (never skips it): CI must notice.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import AsyncIterator, Iterator
 
 import pytest
-from playwright.async_api import async_playwright
 
 from config.settings import Settings
 from tests.support import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
     RedisProcess,
     RunningServer,
     SmtpSink,
+    launched_chromium,
     loopback_settings,
     spawn_redis,
     start_server,
@@ -70,12 +67,5 @@ async def smtp_server() -> AsyncIterator[SmtpSink]:
 @pytest.fixture
 async def chromium() -> AsyncIterator[object]:
     """Headless system Chromium with fake camera/microphone, driven by Playwright."""
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.fail(f"{CHROMIUM} is missing (the test command installs it: scripts/test.sh)")
-
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            await browser.close()
+    async with launched_chromium() as browser:
+        yield browser

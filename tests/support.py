@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import socket
@@ -14,7 +15,7 @@ from email import policy as email_policy
 from email import message_from_bytes
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Any
+from typing import Any, AsyncIterator, Sequence
 
 import pytest
 from aiohttp import web
@@ -45,6 +46,22 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--autoplay-policy=no-user-gesture-required",
 ]
+
+
+@contextlib.asynccontextmanager
+async def launched_chromium(args: Sequence[str] = CHROMIUM_ARGS) -> AsyncIterator[Any]:
+    """Headless system Chromium with ``args``, driven by Playwright; the test fails (never skips)
+    where it is missing."""
+    from playwright.async_api import async_playwright
+
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(f"{CHROMIUM} is missing (the test command installs it: scripts/test.sh)")
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=list(args))
+        try:
+            yield browser
+        finally:
+            await browser.close()
 
 
 def free_port() -> int:
@@ -126,7 +143,7 @@ def spawn_redis(tmp: Path) -> RedisProcess:
     pytest.fail("redis-server did not answer within 10 s")
 
 
-def stop_process(process: subprocess.Popen[bytes]) -> None:
+def stop_process(process: subprocess.Popen[Any]) -> None:
     if process.poll() is None:
         process.terminate()
         try:

@@ -53,6 +53,7 @@ def setup(app: web.Application, *, sfu: MediaServerAccess, signalling: Signallin
     app[SIGNALLING] = signalling
 
     async def lifetime(app: web.Application) -> AsyncIterator[None]:
+        service.follow_moves()
         recovered = await service.recover()
         if recovered:
             logger.info("recovered %d unfinished recordings", len(recovered))

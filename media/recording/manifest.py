@@ -2,6 +2,12 @@
 
 The file is replaced atomically on every change (:func:`write_manifest`), so that a
 crash leaves either the previous manifest or the new one, never a torn one.
+
+A recording is one or more segments (:class:`SegmentEntry`): a media node lost mid-call ends
+one, and the node the room moves to writes the next into the same directory and manifest
+(:mod:`media.recording.segments`); the holes between them are :class:`GapEntry`'s. The keys of
+version 1 are all kept; ``segments``, ``gaps`` and the tracks' ``segment`` and
+``end_offset_ms`` were added to them (a manifest without them reads as one segment).
 """
 
 from __future__ import annotations
@@ -9,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +50,53 @@ class TrackEntry:
     without it, so not recorded. Without packet loss, frames + frames_before_keyframe ==
     frames_seen; RED audio may have more frames than that: those of packets lost before the
     SFU, recovered from the next packet's redundancy."""
+    segment: int = 0
+    """The segment (:class:`SegmentEntry` ``index``) this track was recorded in."""
+    end_offset_ms: float | None = None
+    """Last written frame, in ms after the recording's start (the same clock as
+    ``start_offset_ms``); for a track recovered after a crash, its last readable frame."""
+
+
+class GapReason(StrEnum):
+    """Why a recording has a hole between two segments."""
+
+    NODE_LOST = "node_lost"
+    """The media node writing it died; the room moved to another node, which resumed."""
+
+
+@dataclass(frozen=True)
+class SegmentEntry:
+    """One stretch of a recording written by one process (media node)."""
+
+    index: int
+    node: str | None
+    """The media node that wrote it (its node id); None: unknown (written elsewhere)."""
+    started_at: float
+    """Wall clock (Unix seconds) when this node started (or resumed) the recording."""
+    ended_at: float | None = None
+    end_reason: str | None = None
+    """``stopped``, ``consultation_ended``, ``shutdown``, ``error: ...`` as ``stopped_reason``,
+    or ``node_lost`` (a later segment resumed the recording on another node)."""
+
+
+@dataclass(frozen=True)
+class GapEntry:
+    """A hole in the recording between segment ``after_segment`` and the next one."""
+
+    after_segment: int
+    reason: str
+    """A :class:`GapReason` value."""
+    start_ms: float | None
+    """The last frame of the segment before, in ms after the recording's start (as the tracks'
+    offsets); that segment's start when it kept no readable frame; None: not known yet (its tracks
+    are being closed) or unknown (it was written elsewhere)."""
+    end_ms: float | None
+    """The first frame of the segment after; None: none yet."""
+    duration_ms: float | None
+    """``end_ms - start_ms`` when both are known."""
+    start_at: float | None
+    """``start_ms`` as wall clock (Unix seconds)."""
+    end_at: float | None
 
 
 @dataclass(frozen=True)
@@ -60,16 +114,24 @@ class Manifest:
     """``stopped``, ``recovered``, ``error: ...``."""
     shredded_at: float | None = None
     version: int = MANIFEST_VERSION
+    segments: tuple[SegmentEntry, ...] = ()
+    """In order; empty only in manifests written before segments existed (one segment then)."""
+    gaps: tuple[GapEntry, ...] = ()
+    """One per segment boundary, in order (:func:`media.recording.segments.gaps`)."""
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["tracks"] = [asdict(t) for t in self.tracks]
+        data["segments"] = [asdict(s) for s in self.segments]
+        data["gaps"] = [asdict(g) for g in self.gaps]
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
         fields = dict(data)
         fields["tracks"] = tuple(TrackEntry(**t) for t in fields.get("tracks", ()))
+        fields["segments"] = tuple(SegmentEntry(**s) for s in fields.get("segments", ()))
+        fields["gaps"] = tuple(GapEntry(**g) for g in fields.get("gaps", ()))
         return cls(**fields)
 
     def track(self, publication_id: str) -> TrackEntry:

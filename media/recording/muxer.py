@@ -17,6 +17,7 @@ import fractions
 import logging
 import time
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -249,7 +250,24 @@ def count_frames(path: Path, vault: Vault, *, allow_truncated: bool = False) -> 
 
 def remux_file(source: Path, destination: Path, vault: Vault, *, allow_truncated: bool = False) -> int:
     """Copy a track file's packets into a new, properly closed one; returns the count."""
+    return remux_track(source, destination, vault, allow_truncated=allow_truncated).frames
+
+
+@dataclass(frozen=True)
+class Remuxed:
+    """What :func:`remux_track` copied."""
+
+    frames: int
+    span_s: float
+    """From the first packet's timestamp to the last one's (0 for fewer than two)."""
+
+
+def remux_track(source: Path, destination: Path, vault: Vault, *, allow_truncated: bool = False) -> Remuxed:
+    """:func:`remux_file`, also saying how long the copied packets span (crash recovery: where the
+    track's last readable frame is)."""
     count = 0
+    first: float | None = None
+    last = 0.0
     fmt = "matroska" if source.suffix == ".mkv" else "webm"
     with vault.open_reader(source, allow_truncated=allow_truncated) as f, av.open(f, mode="r") as inp:
         writer = vault.create(destination)
@@ -257,6 +275,10 @@ def remux_file(source: Path, destination: Path, vault: Vault, *, allow_truncated
             with open_live_output(writer, fmt) as out:
                 dst = add_stream_like(out, inp.streams[0])
                 for packet in iter_packets(inp):
+                    if packet.pts is not None and packet.time_base is not None:
+                        at = float(packet.pts * packet.time_base)
+                        first = at if first is None else first
+                        last = max(last, at)
                     packet.stream = dst
                     out.mux(packet)
                     count += 1
@@ -264,4 +286,4 @@ def remux_file(source: Path, destination: Path, vault: Vault, *, allow_truncated
         except BaseException:
             writer.abort()
             raise
-    return count
+    return Remuxed(count, round(last - first, 6) if first is not None else 0.0)

@@ -27,7 +27,7 @@ ids given to the other side are the vocabulary's distinct types.
 from __future__ import annotations
 
 import enum
-from typing import Any, Callable, Iterable, Mapping, Protocol
+from typing import Any, Awaitable, Callable, Iterable, Mapping, Protocol
 
 from aiortc import RTCRtpCodecParameters
 
@@ -155,6 +155,12 @@ class Consultation(Protocol):
     def consent_recording(self) -> bool:
         """The patient consented to recording at check-in."""
 
+    @property
+    def recording(self) -> Mapping[str, Any] | None:
+        """The recording's state as the ``recording.*`` events left it (``active``, ``started_by``,
+        ``started_at``...): kept in the store, so that the node a room moves to knows whether the
+        room was being recorded."""
+
 
 class Signalling(Protocol):
     """The signalling service of this process."""
@@ -172,6 +178,14 @@ class Signalling(Protocol):
     async def room_node_elsewhere(self, consultation_id: ConsultationId, /) -> str | None:
         """The base URL of the media node hosting the consultation's room when that is another
         process (a recording taps the room where its packets are); None: here, or nowhere."""
+
+    @property
+    def node_id(self) -> str:
+        """This process's media node (named in the segments it records)."""
+
+    def on_room_opened(self, callback: Callable[[str], Awaitable[None]], /) -> None:
+        """Call ``callback(room)`` each time this process's media node opens a room: placed here,
+        or re-placed here because its node was lost (a recording then resumes here)."""
 
 
 MediaServerAccess = Callable[[], MediaServer | None]

@@ -18,6 +18,10 @@ the patient consented at check-in:
   loss broke the chain).
 * ``stop(consultation_id, actor, reason)``: the physician, the room closing (the
   consultation ended), or the server shutting down.
+* ``resume(room)``: a room opened on this node whose consultation is being recorded (the
+  store's ``recording`` state says so: its node was lost and the room moved here) is recorded
+  again, in a new segment of the same recording (``RecordingSession.resume``; journaled
+  ``recording.resume``). Signalling calls it for each room this node opens (``on_room_opened``).
 * A write error (disk full) fails the recording (``recording.failed`` to the
   parties, journaled); forwarding goes on untouched: the taps never raise.
 * Background work (``cleanup_ctx``): recover recordings a crash left open at
@@ -32,7 +36,7 @@ Events to the consultation's nurses and physician (signalling socket):
 journaled by :mod:`media.recording.http`).
 
 Lifecycle of one consultation's recording: recording -> stopped | failed (one
-recording per consultation: the files are named after it).
+recording per consultation: the files are named after it), in one or more segments.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Coroutine
+from typing import Any, Callable, Coroutine, Mapping
 
 from config.settings import Settings
 from core.tasks import Tasks
@@ -52,7 +56,7 @@ from media.recording import ports
 from media.recording.depacketizer import RtpHeaderLike
 from media.recording.manifest import Manifest
 from media.recording.recovery import recover
-from media.recording.session import RecordingSession
+from media.recording.session import NotResumable, RecordingBusy, RecordingSession
 from media.recording.stills import StillStore
 from media.recording.store import RecordingStore
 from media.recording.vault import Vault
@@ -60,6 +64,14 @@ from media.recording.vault import Vault
 logger = logging.getLogger(__name__)
 
 DAY_S = 86400.0
+CLOSE_LOST_AFTER_S = 5.0
+"""A resumed recording closes the tracks its lost node left open (remuxing them: CPU) this long
+after it resumed, once the parties are back on this node, not while they reconnect."""
+RESUME_TRIES = 40
+RESUME_PAUSE_S = 0.25
+"""A recording's directory held by another process when a room moves here is being recovered
+(the lost node's restart, a moment) or still written (a node that lost the store but not its
+life: it keeps it); resuming tries again for RESUME_TRIES x RESUME_PAUSE_S, then gives up."""
 BATCH_S = 0.25
 """How long taps queue packets before they are recorded, all in one batch (0: at once).
 
@@ -119,6 +131,8 @@ class RecordingService:
         self._due: list[Callable[[], None]] = []
         """Drains of the taps that queued packets since the last batch."""
         self._batch_timer: asyncio.TimerHandle | None = None
+        self._resuming: set[str] = set()
+        """Consultations whose recording this process is taking over now."""
 
     def _executor(self) -> ThreadPoolExecutor:
         """One thread for the media files' fsyncs: off the event loop, in order."""
@@ -157,7 +171,7 @@ class RecordingService:
         try:
             session = self.store.start_session(
                 consultation_id, started_by=physician, flush_interval_s=self.settings.recording.flush_interval_s,
-                on_error=self._on_error, clock=self._clock, sync_executor=self._executor())
+                on_error=self._on_error, clock=self._clock, sync_executor=self._executor(), node=sig.node_id)
         except FileExistsError:
             raise RecordingRefused(409, "conflict", "this consultation was already recorded") from None
         except OSError as exc:
@@ -177,14 +191,106 @@ class RecordingService:
             raise RecordingRefused(503, "unavailable", "the journal could not be written") from None
         if self._active.get(consultation_id) is not active:
             raise RecordingRefused(409, "conflict", "the consultation ended meanwhile")
-        room = sfu.create_room(room_name)
-        active.unlisten = room.listen(lambda event: self._on_room_event(active, event))
-        for publication in list(room.publications.values()):
-            self._tap(active, publication)
+        self._follow(active, sfu)
         await self._announce(active, {"type": "recording.started", "consultation_id": consultation_id,
                                       "by": physician, "at": session.manifest.started_at,
                                       "encrypted": self.vault.encrypted})
         return session.manifest
+
+    def _follow(self, active: _Active, sfu: ports.MediaServer) -> None:
+        """Tap every publication of the room, now and as they come and go."""
+        room = sfu.create_room(active.room)
+        active.unlisten = room.listen(lambda event: self._on_room_event(active, event))
+        for publication in list(room.publications.values()):
+            self._tap(active, publication)
+
+    async def resume(self, room: str) -> Manifest | None:
+        """A room opened on this node: when its consultation's recording is on (the store says
+        so: the node that recorded it was lost, and the room moved here), record it again, in a
+        new segment of the same recording. None: nothing to resume (or it could not be). Never
+        raises (signalling calls it for every room it opens here)."""
+        try:
+            return await self._resume(room)
+        except Exception:
+            logger.exception("recording not resumed", extra={"room": room})
+            return None
+
+    async def _resume(self, room: str) -> Manifest | None:
+        sig = self._signalling()
+        sfu = self._sfu()
+        if sig is None or sfu is None or self._closing:
+            return None
+        c = await sig.get_any(ConsultationId(room))  # a room is named after its consultation
+        state = c.recording if c is not None else None
+        if (c is None or (c.room or c.id) != room or not state or not state.get("active")
+                or c.state != "active" or not c.consent_recording or c.physician is None
+                or c.id in self._active or c.id in self._resuming):
+            return None
+        self._resuming.add(c.id)
+        try:
+            session = await self._take_over(c, state, sig.node_id)
+        finally:
+            self._resuming.discard(c.id)
+        if session is None:
+            return None
+        # The consultation may have ended (or its recording stopped) while the directory was taken.
+        try:
+            now = await sig.get_any(ConsultationId(c.id))
+        except Exception:  # the store does not answer now: as it said a moment ago
+            now = c
+        still = now is not None and now.state == "active" and bool((now.recording or {}).get("active"))
+        if self._closing or not still:
+            session.stop("system", "shutdown" if self._closing else "consultation_ended")
+            return None
+        active = _Active(c.id, room, c.site, c.physician, session)
+        self._active[c.id] = active
+        self._follow(active, sfu)
+        try:
+            await sig.journal.append(Act.RECORDING_RESUME, actor="system", consultation_id=ConsultationId(c.id),
+                                     room=room, node=sig.node_id, segment=session.segment)
+        except Exception:  # the recording goes on: the consent and the request stand
+            logger.exception("recording %s: journal entry for resume failed", c.id)
+        logger.info("recording %s resumed in segment %d", c.id, session.segment)
+        return session.manifest
+
+    async def _take_over(self, c: ports.Consultation, state: Mapping[str, Any], node: str) -> RecordingSession | None:
+        """The session of the recording's next segment; None when someone stopped it, or its
+        directory stays held by another live process."""
+        started_at = state.get("started_at")
+        for _ in range(RESUME_TRIES):
+            try:
+                session, closed = await asyncio.to_thread(
+                    self.store.resume_session, c.id, node=node,
+                    started_at=float(started_at) if isinstance(started_at, (int, float)) else self._wall_clock(),
+                    started_by=str(state.get("started_by") or c.physician),
+                    flush_interval_s=self.settings.recording.flush_interval_s, on_error=self._on_error,
+                    clock=self._clock, sync_executor=self._executor())
+            except RecordingBusy:
+                await asyncio.sleep(RESUME_PAUSE_S)
+                continue
+            except NotResumable as exc:
+                logger.warning("recording not resumed: %s", exc, extra={"consultation": c.id})
+                return None
+            if closed:
+                self._spawn(self._close_lost(session))
+            return session
+        logger.warning("recording not resumed: its directory stays held by another process",
+                       extra={"consultation": c.id})
+        return None
+
+    async def _close_lost(self, session: RecordingSession) -> None:
+        """Close the tracks a lost node left open, a while after resuming (the remux off the event
+        loop; the manifest then says where the lost segment ends). A stop before does it itself."""
+        await asyncio.sleep(CLOSE_LOST_AFTER_S)
+        if session.state != "recording":
+            return
+        try:
+            await asyncio.to_thread(session.remux_lost_tracks)
+        except Exception:
+            logger.exception("recording %s: tracks of the lost segment not closed", session.consultation_id)
+            return
+        closed = session.close_lost_tracks()  # into the manifest (nothing left to remux)
+        logger.info("recording %s: %d tracks of the lost segment closed", session.consultation_id, closed)
 
     async def stop(self, consultation_id: str, actor: str, reason: str = "stopped") -> Manifest:
         """Stop (``actor`` checked by the caller); raises RecordingRefused when not recording."""
@@ -432,6 +538,17 @@ class RecordingService:
             except Exception:
                 logger.exception("recording retention purge failed")
             await asyncio.sleep(DAY_S)
+
+    def follow_moves(self) -> None:
+        """Resume recordings in the rooms this node opens (:meth:`resume`): asked of signalling
+        once, at startup, before :meth:`recover` (a room moved here meanwhile waits for the
+        directory's lock)."""
+        sig = self._signalling()
+        if sig is not None and self._sfu() is not None:
+            sig.on_room_opened(self._resume_quietly)
+
+    async def _resume_quietly(self, room: str) -> None:
+        await self.resume(room)
 
     async def run(self) -> None:
         """Start the background work (after :meth:`recover`)."""

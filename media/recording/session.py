@@ -8,6 +8,9 @@ write error (disk full) stops the session and calls ``on_error``: the SFU's forw
 path never sees an exception.
 
 Lifecycle: recording → stopped | failed. ``stop()`` is idempotent.
+Segments: :meth:`RecordingSession.resume` takes over a recording whose media node was lost (the
+room moved here): it closes what the lost node left open and writes a new segment of the same
+recording, in the same directory and manifest (:mod:`media.recording.segments`).
 Clocks: ``arrival`` times passed to :meth:`RecordingSession.feed` are on the session's
 ``clock`` (``time.monotonic`` by default, which is also what asyncio's ``loop.time()``
 uses); the manifest's dates are on ``wall_clock`` (Unix seconds).
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass, replace
@@ -28,9 +32,10 @@ from aiortc.rtp import RtpPacket
 
 from core.vocabulary import RECORDED
 from media.recording.depacketizer import Depacketizer, EncodedFrame, RtpHeaderLike
-from media.recording import ownership
+from media.recording import ownership, segments
 from media.recording.ids import check_id
-from media.recording.manifest import Manifest, TrackEntry, write_manifest
+from media.recording.manifest import Manifest, TrackEntry, read_manifest, write_manifest
+from media.recording.recovery import recover_track, shred
 from media.recording.muxer import FORMATS, TrackRecorder
 from media.recording.vault import Vault
 
@@ -44,6 +49,16 @@ class _Track:
     entry: TrackEntry
     depacketizer: Depacketizer
     recorder: TrackRecorder
+    last_arrival: float | None = None
+    """Arrival of the last frame written (the track's ``end_offset_ms`` when it closes)."""
+
+
+class RecordingBusy(Exception):
+    """Another live process holds the recording's directory (it is writing it, or recovering it)."""
+
+
+class NotResumable(Exception):
+    """The recording was stopped (or shredded): nothing to resume."""
 
 
 class RecordingSession:
@@ -60,6 +75,8 @@ class RecordingSession:
         clock: Callable[[], float],
         wall_clock: Callable[[], float],
         sync_executor: Executor | None = None,
+        owner: int | None = None,
+        origin: float | None = None,
     ) -> None:
         self.directory = directory
         self._sync_executor = sync_executor
@@ -69,12 +86,21 @@ class RecordingSession:
         self._on_error = on_error
         self._clock = clock
         self._wall_clock = wall_clock
-        self._origin = clock()
+        self._origin = clock() if origin is None else origin
+        """The recording's start on ``clock``: the tracks' offsets count from it (a resumed
+        session's origin is the first segment's start, carried over by the wall clock)."""
         self._tracks: dict[str, _Track] = {}
         self._state = "recording"
         self.error: BaseException | None = None
-        self._owner = ownership.hold(directory)
+        self._owner = owner if owner is not None else ownership.hold(directory)
         """This process writes the recording while it holds this lock (recovery elsewhere skips it)."""
+        self.segment = segments.segments_of(manifest)[-1].index
+        """The segment this session writes."""
+        self._lost = tuple(t for t in manifest.tracks if t.segment < self.segment and t.ended_at is None)
+        """Tracks of earlier segments their lost node left open, to close (:meth:`close_lost_tracks`)."""
+        self._lost_lock = threading.Lock()
+        self._lost_closed: list[tuple[TrackEntry, TrackEntry, Path | None]] | None = None
+        """(open entry, closed entry, torn file) per lost track, remuxed and not yet in the manifest."""
 
     @classmethod
     def start(
@@ -89,8 +115,10 @@ class RecordingSession:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         sync_executor: Executor | None = None,
+        node: str | None = None,
     ) -> RecordingSession:
-        """Create ``<recordings_dir>/<consultation_id>/`` and its manifest.
+        """Create ``<recordings_dir>/<consultation_id>/`` and its manifest (``node``: the media
+        node writing it, named in its first segment).
 
         Raises ``FileExistsError`` when that consultation already has a recording.
         ``sync_executor``: where the media files' periodic fsyncs run (off the event
@@ -99,11 +127,13 @@ class RecordingSession:
         directory = Path(recordings_dir) / check_id(consultation_id)
         directory.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         directory.mkdir(mode=0o700)
+        started_at = wall_clock()
         manifest = Manifest(
             consultation_id=consultation_id,
             encrypted=vault.encrypted,
-            started_at=wall_clock(),
+            started_at=started_at,
             started_by=started_by,
+            segments=segments.first_segment(node, started_at),
         )
         write_manifest(directory, manifest)
         logger.info("recording %s started by %s", consultation_id, started_by)
@@ -117,6 +147,103 @@ class RecordingSession:
             wall_clock=wall_clock,
             sync_executor=sync_executor,
         )
+
+    @classmethod
+    def resume(
+        cls,
+        recordings_dir: Path,
+        consultation_id: str,
+        vault: Vault,
+        *,
+        node: str | None,
+        started_at: float,
+        started_by: str,
+        flush_interval_s: float = 1.0,
+        on_error: ErrorCallback | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        sync_executor: Executor | None = None,
+    ) -> tuple[RecordingSession, int]:
+        """Take over the recording a lost node was writing: a new segment of it, written here.
+
+        Locks ``<recordings_dir>/<consultation_id>/`` (raises :class:`RecordingBusy` while another
+        live process holds it), ends the lost node's segment (``node_lost``) and starts the next;
+        the manifest's ``gaps`` say where the hole is once both sides are known. The tracks the
+        lost node left open are closed later, off the parties' way back (remuxing them costs CPU
+        while they reconnect here): :meth:`close_lost_tracks`, or at the latest when this session
+        stops. Raises :class:`NotResumable` for a recording someone stopped, or that was shredded.
+        A directory this node cannot see (a data_dir not shared with the lost node) is started
+        anew, its earlier segments marked as written elsewhere (``started_at``, ``started_by``: the
+        recording's, as the consultation keeps them). Returns (the session, the tracks to close).
+        """
+        directory = Path(recordings_dir) / check_id(consultation_id)
+        directory.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        directory.mkdir(mode=0o700, exist_ok=True)
+        owner = ownership.hold(directory)
+        if owner is None:
+            raise RecordingBusy(consultation_id)
+        try:
+            now = wall_clock()
+            try:
+                manifest = read_manifest(directory)
+            except FileNotFoundError:
+                manifest = segments.elsewhere(Manifest(consultation_id, vault.encrypted, started_at, started_by),
+                                              node=node, now=now)
+            else:
+                if not segments.resumable(manifest):
+                    raise NotResumable(f"{consultation_id}: {manifest.stopped_reason or 'shredded'}")
+                manifest = segments.resumed(manifest, node=node, now=now)
+            write_manifest(directory, manifest)
+        except BaseException:
+            ownership.release(owner)
+            raise
+        # The tracks' offsets stay on the first segment's clock: its start, as this clock has it.
+        origin = clock() - (wall_clock() - manifest.started_at)
+        session = cls(directory, manifest, vault, flush_interval_s=flush_interval_s, on_error=on_error, clock=clock,
+                      wall_clock=wall_clock, sync_executor=sync_executor, owner=owner, origin=origin)
+        logger.info("recording %s resumed in segment %d (%d tracks of the lost one to close)", consultation_id,
+                    session.segment, len(session._lost))
+        return session, len(session._lost)
+
+    # -- the lost segment's tracks -------------------------------------------------------------
+
+    def remux_lost_tracks(self) -> None:
+        """The I/O of :meth:`close_lost_tracks` (any thread: the service runs it off the event
+        loop): remux each track the lost node left open into a closed file. Once."""
+        with self._lost_lock:
+            if not self._lost:
+                return
+            lost, self._lost = self._lost, ()
+            closed = [(entry, *recover_track(self.directory, entry, self._vault, self._wall_clock))
+                      for entry in lost]
+            self._lost_closed = (self._lost_closed or []) + closed
+
+    def _merge_lost(self) -> tuple[int, list[Path]]:
+        """Put the remuxed lost tracks in the manifest (the event loop's thread): (how many, the
+        torn files to shred once it is saved)."""
+        with self._lost_lock:
+            closed, self._lost_closed = self._lost_closed or [], None
+        if not closed:
+            return 0, []
+        by_file = {old.file: new for old, new, _ in closed}
+        tracks = tuple(by_file.get(t.file, t) if t.ended_at is None else t for t in self._manifest.tracks)
+        self._manifest = segments.settled(replace(self._manifest, tracks=tracks))
+        return len(closed), [torn for _, _, torn in closed if torn is not None]
+
+    def close_lost_tracks(self) -> int:
+        """Close the tracks of the lost segment (:meth:`remux_lost_tracks`, then into the manifest,
+        which now says where the lost segment ends, and the gap). Returns how many; never raises
+        (a failure leaves them to the next recovery)."""
+        try:
+            self.remux_lost_tracks()
+            merged, torn = self._merge_lost()
+            if merged and self._state == "recording":
+                self._save()
+                shred(self._vault, torn)
+            return merged
+        except Exception:
+            logger.exception("recording %s: tracks of the lost segment not closed", self.consultation_id)
+            return 0
 
     @property
     def consultation_id(self) -> str:
@@ -161,6 +288,7 @@ class RecordingSession:
             clock_rate=codec.clockRate,
             file=name,
             added_at=self._wall_clock(),
+            segment=self.segment,
         )
         recorder = TrackRecorder(
             self.directory / name,
@@ -279,12 +407,20 @@ class RecordingSession:
                 errors.append(exc)
                 track.recorder.abort()
         self._tracks.clear()
+        torn: list[Path] = []
+        try:  # the lost segment's tracks, if they are still open: closed with the recording
+            self.remux_lost_tracks()
+            torn = self._merge_lost()[1]
+        except Exception as exc:
+            errors.append(exc)
         self._state = "stopped"
-        self._manifest = replace(
-            self._manifest, stopped_at=self._wall_clock(), stopped_by=stopped_by, stopped_reason=reason
-        )
+        now = self._wall_clock()
+        self._manifest = segments.ended(replace(
+            self._manifest, stopped_at=now, stopped_by=stopped_by, stopped_reason=reason
+        ), at=now, reason=reason)
         try:
             self._save()
+            shred(self._vault, torn)
         except Exception as exc:
             errors.append(exc)
         logger.info("recording %s stopped by %s (%s)", self.consultation_id, stopped_by, reason)
@@ -302,16 +438,27 @@ class RecordingSession:
     # -- internals ---------------------------------------------------------------------
 
     def _write(self, track: _Track, frame: EncodedFrame) -> None:
-        if track.recorder.write(frame) and track.entry.start_offset_ms is None:
-            offset = (frame.arrival - self._origin) * 1000.0
-            self._update_entry(track, start_offset_ms=round(offset, 3))
+        if track.recorder.write(frame):
+            track.last_arrival = frame.arrival
+            if track.entry.start_offset_ms is None:
+                offset = (frame.arrival - self._origin) * 1000.0
+                self._update_entry(track, start_offset_ms=round(offset, 3))
+                # Once per track: a crash keeps where the track starts (recovery finds where it
+                # ends from the file), and a resumed segment's first frame closes its gap.
+                self._save()
 
     def _close_track(self, track: _Track) -> None:
         for event in track.depacketizer.flush(self._clock()):
             if isinstance(event, EncodedFrame):
                 self._write(track, event)
         track.recorder.close()
-        self._update_entry(track, frames=track.recorder.frames_written, ended_at=self._wall_clock())
+        self._update_entry(track, frames=track.recorder.frames_written, ended_at=self._wall_clock(),
+                           end_offset_ms=self._end_offset(track))
+
+    def _end_offset(self, track: _Track) -> float | None:
+        if track.last_arrival is None:
+            return None
+        return round((track.last_arrival - self._origin) * 1000.0, 3)
 
     def _update_entry(self, track: _Track, **changes: Any) -> None:
         new = replace(self._counted(track.entry, track), **changes)
@@ -338,6 +485,7 @@ class RecordingSession:
         )
 
     def _save(self) -> None:
+        self._manifest = segments.with_gaps(self._manifest)
         write_manifest(self.directory, self._with_counts(self._manifest))
 
     def _fail(self, exc: BaseException) -> None:
@@ -348,14 +496,17 @@ class RecordingSession:
         logger.error("recording %s failed: %s", self.consultation_id, exc)
         for track in self._tracks.values():
             track.recorder.abort()
-            self._update_entry(track, frames=track.recorder.frames_written, ended_at=self._wall_clock())
+            self._update_entry(track, frames=track.recorder.frames_written, ended_at=self._wall_clock(),
+                               end_offset_ms=self._end_offset(track))
         self._tracks.clear()
-        self._manifest = replace(
+        now = self._wall_clock()
+        reason = f"error: {type(exc).__name__}: {exc}"[:200]
+        self._manifest = segments.ended(replace(
             self._manifest,
-            stopped_at=self._wall_clock(),
+            stopped_at=now,
             stopped_by="system",
-            stopped_reason=f"error: {type(exc).__name__}: {exc}"[:200],
-        )
+            stopped_reason=reason,
+        ), at=now, reason=reason)
         try:
             self._save()
         except Exception:  # the disk that failed the media may fail the manifest too

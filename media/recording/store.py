@@ -8,7 +8,9 @@ Layout under ``ServerSettings.data_dir``::
 (Stills, sealed by the same vault, are :mod:`media.recording.stills`.)
 
 Export remuxes every track into one Matroska file, each track shifted by its start offset
-so that they play in sync; nothing is decoded or encoded. Verification decodes
+so that they play in sync; nothing is decoded or encoded. A recording of several segments (a
+media node lost mid-call, ``media.recording.segments``) exports as one timeline: a party's
+source continues in one stream across segments (the gap is a hole in it), in order. Verification decodes
 everything (it is the one place that does) to prove the files are usable.
 """
 
@@ -127,6 +129,7 @@ class RecordingStore:
         on_error: ErrorCallback | None = None,
         clock: Callable[[], float] = time.monotonic,
         sync_executor: Executor | None = None,
+        node: str | None = None,
     ) -> RecordingSession:
         return RecordingSession.start(
             self.root,
@@ -137,7 +140,25 @@ class RecordingStore:
             on_error=on_error,
             sync_executor=sync_executor,
             clock=clock,
+            node=node,
         )
+
+    def resume_session(
+        self,
+        consultation_id: str,
+        *,
+        node: str | None,
+        started_at: float,
+        started_by: str,
+        flush_interval_s: float = 1.0,
+        on_error: ErrorCallback | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sync_executor: Executor | None = None,
+    ) -> tuple[RecordingSession, int]:
+        """:meth:`RecordingSession.resume`: a new segment of a recording whose node was lost."""
+        return RecordingSession.resume(
+            self.root, consultation_id, self._vault, node=node, started_at=started_at, started_by=started_by,
+            flush_interval_s=flush_interval_s, on_error=on_error, clock=clock, sync_executor=sync_executor)
 
     def list(self) -> builtins.list[Manifest]:
         if not self.root.is_dir():
@@ -179,11 +200,16 @@ class RecordingStore:
         try:
             with contextlib.ExitStack() as inputs, av.open(str(tmp), mode="w", format="matroska") as out:
                 sources: builtins.list[Iterator[tuple[float, int, av.Packet]]] = []
-                for index, track in enumerate(tracks):
+                streams: dict[int, Stream] = {}
+                for index, (track, follows) in enumerate(zip(tracks, continued_streams(tracks))):
                     reader = inputs.enter_context(self._vault.open_reader(directory / track.file))
                     inp = inputs.enter_context(av.open(reader, mode="r"))
-                    dst = add_stream_like(out, inp.streams[0])
-                    dst.metadata["title"] = track.source
+                    if follows is None:
+                        dst = add_stream_like(out, inp.streams[0])
+                        dst.metadata["title"] = track.source
+                    else:  # the same party's source in a later segment: the same stream, later
+                        dst = streams[follows]
+                    streams[index] = dst
                     sources.append(_shifted(inp, dst, index, (track.start_offset_ms or 0.0) / 1000.0))
                 for _, _, packet in heapq.merge(*sources, key=lambda item: (item[0], item[1])):
                     out.mux(packet)
@@ -241,6 +267,25 @@ class RecordingStore:
         assert manifest.stopped_at is not None
         logger.info("recording %s shredded (retention)", manifest.consultation_id)
         return Shredded(manifest.consultation_id, tuple(files), manifest.stopped_at, now)
+
+
+def continued_streams(tracks: builtins.list[TrackEntry]) -> builtins.list[int | None]:
+    """Per track, the earlier track (its index in ``tracks``) whose export stream it continues, or
+    None for a stream of its own: a track continues the latest earlier track of the same party,
+    source and codec when that one was recorded in an earlier segment and ended before this one
+    starts (a stream's timestamps only go forward). Tracks of one segment never share a stream."""
+    out: builtins.list[int | None] = []
+    latest: dict[tuple[str, str, str], int] = {}
+    """(identity, source, codec) -> the index of its latest track so far."""
+    for index, track in enumerate(tracks):
+        key = (track.participant_identity, track.source, track.codec.lower())
+        before = latest.get(key)
+        prev = tracks[before] if before is not None else None
+        continues = (prev is not None and prev.segment < track.segment and prev.end_offset_ms is not None
+                     and track.start_offset_ms is not None and track.start_offset_ms > prev.end_offset_ms)
+        out.append(before if continues else None)
+        latest[key] = index
+    return out
 
 
 def _shifted(

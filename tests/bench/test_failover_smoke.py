@@ -1,6 +1,7 @@
 """One run of bench.failover (redis-server, serve --media-workers 2, the device agent, the nurse's
 and the physician's pages in Chromium; the node hosting the room killed): the JSON contract
-holds, and the consultation is whole again on the other node."""
+holds, the consultation is whole again on the other node, and its recording resumed there in a
+second segment."""
 
 from __future__ import annotations
 
@@ -25,4 +26,7 @@ def test_failover_smoke(tmp_path: Path) -> None:
     assert set(result) >= {"runs", "resume_ms_p50", "resume_ms_p95", "recording_gap_ms_p95", "lost_consultations"}
     assert result["runs"] == 1 and result["lost_consultations"] == 0, result
     assert result["resume_ms_p95"] is not None and result["resume_ms_p95"] > 0
+    # The recording moved with its room: a second segment, and the gap between them measured.
+    assert isinstance(result["recording_gap_ms_p95"], (int, float)) and result["recording_gap_ms_p95"] > 0, result
+    assert result["recording_segments"] == 2 and result["recording_not_resumed"] == 0, result
     assert "target" in run.stdout

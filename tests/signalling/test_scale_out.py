@@ -9,12 +9,14 @@ import random
 from pathlib import Path
 
 import aiohttp
+import pytest
 
+from core.keyring import MasterKeyError
 from core.vocabulary import ConsultationId
 from signalling.appkeys import SIGNALLING
 from tests.signalling.client import SigClient
 from tests.signalling.conftest import sig_settings
-from tests.signalling.procs import spawn_server, stop
+from tests.signalling.procs import shared_master_key, spawn_server, stop
 from tests.signalling.test_flow import VISIT
 from tests.support import start_server
 
@@ -309,3 +311,53 @@ async def test_a_nurse_back_on_another_process_keeps_her_waiting_request(tmp_pat
         stop(a)
         stop(c)
         await b.server.close()
+
+
+async def test_a_finished_consultation_reads_the_same_from_any_process(tmp_path: Path, redis_url: str) -> None:
+    """Finished on one process, read on another: from the store while it is there, then from the
+    records that process archived (sealed with the master key the processes share). With a key
+    of each process's own, the read answered ``internal``."""
+    a = await start_server(sig_settings(tmp_path, "redis", redis_url, name="a"))
+    b = await start_server(sig_settings(tmp_path, "redis", redis_url, name="b"))
+    clients: list[SigClient] = []
+    try:
+        d = await SigClient.connect(a.ws_url, a.tokens.issue_access("physician", "dr-cardio"))
+        clients.append(d)
+        await d.request("presence.set", status="available")
+        n = await SigClient.connect(a.ws_url, a.tokens.issue_access("nurse", "n1", site="cabin-demo"))
+        clients.append(n)
+        other = await SigClient.connect(b.ws_url, a.tokens.issue_access("nurse", "n1", site="cabin-demo"))
+        clients.append(other)
+        cid = (await n.request("visit.request", **VISIT))["consultation"]["id"]
+        await d.event("offer.received", consultation__id=cid)
+        await d.request("offer.accept", consultation_id=cid)
+        await d.request("consultation.end", consultation_id=cid, reason="completed")
+        assert await b.app[SIGNALLING].store.get_consultation(cid) is None  # from the records from now on
+        for _ in range(2):
+            got = await other.request("consultation.get", consultation_id=cid)
+            assert got["consultation"]["state"] == "ended" and got["consultation"]["patient_ref"]
+            await asyncio.sleep(0.3)
+    finally:
+        for c in clients:
+            await c.close()
+        await a.server.close()
+        await b.server.close()
+
+
+async def test_a_process_with_another_master_key_is_told_at_start(tmp_path: Path, redis_url: str,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """The records of one Redis are sealed with one key: a process whose named key is another one
+    refuses to start; one on a development key of its own starts, with an error in its log."""
+    a = await start_server(sig_settings(tmp_path, "redis", redis_url, name="a"))
+    try:
+        other_key = shared_master_key(tmp_path / "elsewhere")
+        named = sig_settings(tmp_path, "redis", redis_url, name="b").replace(
+            recording={"master_key_file": str(other_key)})
+        with pytest.raises(MasterKeyError, match="sealed with master key"):
+            await start_server(named)
+        development = sig_settings(tmp_path, "redis", redis_url, name="c").replace(recording={"master_key_file": ""})
+        c = await start_server(development)
+        await c.server.close()
+        assert any("records sealed with another master key" in r.getMessage() for r in caplog.records)
+    finally:
+        await a.server.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from core.vocabulary import Act
 from signalling import consultation as lifecycle
 from signalling import protocol as p
@@ -109,3 +111,31 @@ def test_a_pick_rings_nobody_and_names_stay() -> None:
     assert accepted.new.physician_name == "Dr Who"
     started = lifecycle.start(accepted.new, "dr", None, 12.0)
     assert started.new.started_at == 12.0 and started.new.view(True)["physician_name"] == "Dr Who"
+
+
+def test_an_accept_says_when_and_on_which_process_off_the_wire() -> None:
+    offered = lifecycle.offer(_requested(), "dr", 10.0, 30.0).new
+    accepted = lifecycle.accept(offered, "dr", "session-1", 11.0, process="proc-a").new
+    assert (accepted.accepted_at, accepted.accepted_on) == (11.0, "proc-a")
+    assert Consultation.from_dict(accepted.to_dict()) == accepted
+    assert "accepted_on" not in accepted.view(True) and "accepted_at" not in accepted.view(False)
+
+
+def test_an_accept_taken_over_journals_it_only_when_the_dead_process_did_not() -> None:
+    offered = lifecycle.offer(_requested(), "dr", 10.0, 30.0).new
+    accepted = lifecycle.accept(offered, "dr", "session-1", 11.0, process="proc-a").new
+    lost = lifecycle.take_over(accepted, "proc-b", 20.0, accept_journaled=False)
+    assert lost.new.state is State.ACCEPTED and lost.new.accepted_on == "proc-b"
+    assert lost.new.accepted_at == 11.0 and lost.store == lifecycle.QueueChange()
+    unlock, journal = lost.effects
+    assert isinstance(unlock, ReleaseOfferLock) and unlock.physician == "dr"
+    assert isinstance(journal, JournalAct) and (journal.act, journal.actor) == (Act.OFFER_ACCEPT, "dr")
+    assert dict(journal.fields) == {"physician": "dr", "accepted_at": 11.0, "recovered_by": lifecycle.RECOVERY,
+                                    "process": "proc-a"}
+    kept = lifecycle.take_over(accepted, "proc-b", 20.0, accept_journaled=True)
+    assert _kinds(kept) == [ReleaseOfferLock]
+    started = lifecycle.start(lost.new, lifecycle.RECOVERY, "https://node", 21.0)
+    assert started.new.state is State.ACTIVE and started.new.started_at == 21.0
+    for not_accepted in (offered, started.new):
+        with pytest.raises(lifecycle.InvalidTransition):
+            lifecycle.take_over(not_accepted, "proc-b", 22.0, accept_journaled=False)

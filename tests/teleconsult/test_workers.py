@@ -5,6 +5,7 @@ through them; a worker killed by its PID loses its rooms to a live one and is st
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import av
 import pytest
 from aiortc import sdp as aiortc_sdp
 
@@ -126,15 +128,15 @@ async def _nodes(redis_url: str) -> dict[str, Any]:
         await store.close()
 
 
-async def _consultation(served: Served, tokens: TokenService, i: int) -> tuple[SigClient, SigClient, str,
-                                                                              dict[str, Any], dict[str, Any]]:
+async def _consultation(served: Served, tokens: TokenService, i: int, *, consent_recording: bool = False
+                       ) -> tuple[SigClient, SigClient, str, dict[str, Any], dict[str, Any]]:
     """Nurse n<i> and physician dr-w<i> on the parent's socket: the consultation starts; the nurse's
     and the physician's ``consultation.started``."""
     n = await SigClient.connect(served.ws_url, tokens.issue_access("nurse", f"n{i}", site="cabin-demo"))
     d = await SigClient.connect(served.ws_url, tokens.issue_access("physician", f"dr-w{i}",
                                                                    specialties=["cardiology"]))
     await d.request("presence.set", status="available")
-    cid = (await n.request("visit.request", **VISIT))["consultation"]["id"]
+    cid = (await n.request("visit.request", **{**VISIT, "consent_recording": consent_recording}))["consultation"]["id"]
     await d.event("offer.received", 20, consultation__id=cid)
     await d.request("offer.accept", consultation_id=cid)
     return n, d, cid, await n.event("consultation.started", 20), await d.event("consultation.started", 20)
@@ -276,6 +278,103 @@ async def test_a_killed_worker_loses_its_rooms_and_is_started_again(tmp_path: Pa
         assert not _alive(victim.pid)
         assert len([p for p in child_pids(served.process.pid) if _alive(p)]) >= 2
         assert served.process.poll() is None
+        await d.request("consultation.end", consultation_id=cid)
+    finally:
+        for peer in peers:
+            await peer.close()
+        for c in clients:
+            await c.close()
+        stop_served(served)
+
+
+def _manifest(tmp: Path, cid: str) -> dict[str, Any]:
+    try:
+        return dict(json.loads((tmp / "data" / "recordings" / cid / "manifest.json").read_text()))
+    except (OSError, ValueError):
+        return {}
+
+
+async def _recording(served: Served, token: str, cid: str, action: str) -> dict[str, Any]:
+    """The physician's start or stop, on the parent (it passes it on to the room's worker)."""
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{served.url}/api/consultations/{cid}/recording", json={"action": action},
+                             headers={"Authorization": f"Bearer {token}"}) as answer:
+            body = await answer.json()
+            assert answer.status == 200, body
+            return dict(body)
+
+
+async def test_a_killed_workers_recording_resumes_on_the_other_in_a_new_segment(tmp_path: Path,
+                                                                               redis_url: str) -> None:
+    """Issue 19: the worker recording a consultation is SIGKILLed; the room moves, the parties publish
+    again on the new node, which resumes the recording in a new segment of the same recording: the
+    manifest lists both segments (which node, why the first ended) and the gap between them, from the
+    last frame the killed one has on disk to the first frame of the next; the export plays both."""
+    served = serve_workers(tmp_path, redis_url)
+    clients: list[SigClient] = []
+    peers: list[Session] = []
+    tokens = _tokens(tmp_path)
+    physician = tokens.issue_access("physician", "dr-w1", specialties=["cardiology"])
+    try:
+        by_url = {w.url: w for w in served.workers}
+        n, d, cid, started_n, started_d = await _consultation(served, tokens, 1, consent_recording=True)
+        clients += [n, d]
+        victim = by_url[started_n["sfu_url"]]
+        nodes = await _nodes(redis_url)
+        victim_nodes = {nid for nid, info in nodes.items() if info["url"] == victim.url}
+        peers += await _media_flows(victim.url, cid, started_n["room_token"], started_d["room_token"], victim.ports)
+        started = await _recording(served, physician, cid, "start")
+        assert started["recording"] is True
+        await d.event("recording.started", 10, consultation_id=cid)
+
+        # Frames on disk (the tracks flush every recording.flush_interval_s, 1 s) before the kill.
+        async def recorded() -> bool:
+            tracks = _manifest(tmp_path, cid).get("tracks", [])
+            return any(t["source"] == "camera" and t["start_offset_ms"] is not None for t in tracks)
+        await wait_for(recorded, 20, what="the first segment's first frame")
+        await asyncio.sleep(2.5)
+        os.kill(victim.pid, signal.SIGKILL)
+        moved_n = await n.event("room.moved", 30, room=cid)
+        moved_d = await d.event("room.moved", 10, room=cid)
+        target = by_url[moved_n["sfu_url"]]
+        for peer in peers:
+            await peer.close()
+        peers.clear()
+        peers += await _media_flows(target.url, cid, moved_n["room_token"], moved_d["room_token"], target.ports)
+
+        async def resumed() -> bool:
+            gaps = _manifest(tmp_path, cid).get("gaps") or []
+            return bool(gaps) and gaps[0]["duration_ms"] is not None
+        await wait_for(resumed, 30, what="the recording resumed on the new node, its gap closed")
+        stopped = (await _recording(served, physician, cid, "stop"))["manifest"]
+        assert stopped["stopped_reason"] == "stopped"
+        assert stopped == _manifest(tmp_path, cid)
+        first, second = stopped["segments"]
+        assert first["node"] in victim_nodes and first["end_reason"] == "node_lost"
+        assert second["node"] not in victim_nodes and second["end_reason"] == "stopped"
+        (gap,) = stopped["gaps"]
+        old = [t for t in stopped["tracks"] if t["segment"] == 0]
+        new = [t for t in stopped["tracks"] if t["segment"] == 1]
+        assert old and new and all(t["file"].endswith("-recovered.webm") for t in old)
+        assert gap["reason"] == "node_lost" and gap["after_segment"] == 0
+        assert gap["start_ms"] == max(t["end_offset_ms"] for t in old if t["end_offset_ms"] is not None)
+        assert gap["end_ms"] == min(t["start_offset_ms"] for t in new if t["start_offset_ms"] is not None)
+        assert 0 < gap["duration_ms"] < 30000 and gap["start_at"] < gap["end_at"]
+        assert sum(t["frames"] for t in old) > 0 and sum(t["frames"] for t in new) > 0
+
+        # The recording as the physician reads it from any process: the manifest, and one export
+        # where the nurse's camera goes on across the gap.
+        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {physician}"}) as http:
+            async with http.get(f"{served.url}/api/recordings/{cid}") as answer:
+                assert answer.status == 200 and (await answer.json())["gaps"] == [gap]
+            async with http.get(f"{served.url}/api/recordings/{cid}/export") as answer:
+                assert answer.status == 200
+                (tmp_path / "export.mkv").write_bytes(await answer.read())
+        with av.open(str(tmp_path / "export.mkv")) as container:
+            assert len(container.streams.video) == 1
+            times = [float(p.pts * p.time_base) for p in container.demux() if p.size and p.pts is not None]
+        assert len(times) == sum(t["frames"] for t in stopped["tracks"])
+        assert max(b - a for a, b in zip(times, times[1:])) * 1000 == pytest.approx(gap["duration_ms"], abs=5)
         await d.request("consultation.end", consultation_id=cid)
     finally:
         for peer in peers:

@@ -3,14 +3,12 @@ Chromium that denies camera and microphone, screenshots under ARTIFACTS."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import AsyncIterator
 
 import pytest
-from playwright.async_api import async_playwright
 
-from tests.support import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
+from tests.support import ARTIFACTS, CHROMIUM_ARGS, launched_chromium
 
 SCREENSHOTS = ARTIFACTS / "screenshots"
 
@@ -18,17 +16,10 @@ SCREENSHOTS = ARTIFACTS / "screenshots"
 @pytest.fixture
 async def denied_chromium() -> AsyncIterator[object]:
     """Chromium whose permission prompts for camera and microphone are answered "deny"."""
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.fail(f"{CHROMIUM} is missing (the test command installs it: scripts/test.sh)")
-
     args = ["--use-fake-ui-for-media-stream=deny" if a == "--use-fake-ui-for-media-stream" else a
             for a in CHROMIUM_ARGS]
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
-        try:
-            yield browser
-        finally:
-            await browser.close()
+    async with launched_chromium(args) as browser:
+        yield browser
 
 
 class Console:

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
+from typing import Protocol
 
 import aiohttp
 
+from core.auth import TokenService
 from tests.signalling.client import SigClient
 from tests.support import RunningServer, wait_for
 from tests.web_client.axe_check import axe_violations
@@ -28,7 +31,25 @@ async () => {
 """
 
 
-async def signed_in(server: RunningServer, browser, role: str, console: Console, **claims):  # type: ignore[no-untyped-def]
+class Serving(Protocol):
+    """Where the pages are and who signs the tokens: a RunningServer, or processes (:class:`Pages`)."""
+
+    @property
+    def url(self) -> str: ...
+
+    @property
+    def tokens(self) -> TokenService: ...
+
+
+@dataclass(frozen=True)
+class Pages:
+    """The pages of a deployment of processes (``serve --media-workers``, several hosts)."""
+
+    url: str
+    tokens: TokenService
+
+
+async def signed_in(server: Serving, browser, role: str, console: Console, **claims):  # type: ignore[no-untyped-def]
     token = server.tokens.issue_access(role, claims.pop("sub"), **claims)
     page = await open_page(browser, f"{server.url}/{role}#token={token}", console=console)
     await page.wait_for_function("window.teleconsult && window.teleconsult.signalling.state === 'open'", timeout=15000)
@@ -154,19 +175,21 @@ async def test_consultation_from_check_in_to_end(server: RunningServer, chromium
     await physician.context.close()
 
 
-async def into_call(server: RunningServer, chromium, console: Console):  # type: ignore[no-untyped-def]
-    """A nurse and an available physician in an active consultation."""
+async def into_call(server: Serving, chromium, console: Console, *, record: bool = False,  # type: ignore[no-untyped-def]
+                    timeout_ms: int = 20000):
+    """A nurse and an available physician in an active consultation (``record``: with the
+    patient's consent to record), each page showing the other's camera within ``timeout_ms``."""
     physician, _ = await signed_in(server, chromium, "physician", console, sub="dr-demo",
                                    specialties=["general"])
     await physician.click("label[for=presence-available]")
     await physician.wait_for_function("document.querySelector('#presence').dataset.status === 'available'")
     nurse, _ = await signed_in(server, chromium, "nurse", console, sub="nurse-1", site="cabin-demo")
-    await check_in(nurse, "routine")
-    await physician.locator("#offer").wait_for(timeout=10000)
+    await check_in(nurse, "routine", record)
+    await physician.locator("#offer").wait_for(timeout=timeout_ms)
     await physician.click("#offer-accept")
     for page in (physician, nurse):
-        await page.locator("#call").wait_for(timeout=15000)
-        await page.wait_for_function("document.querySelector('#remote-video').videoWidth > 0", timeout=20000)
+        await page.locator("#call").wait_for(timeout=timeout_ms)
+        await page.wait_for_function("document.querySelector('#remote-video').videoWidth > 0", timeout=timeout_ms)
     return nurse, physician
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from tests.teleconsult.test_workers import _tokens, serve_workers, stop_served
-from tests.web_client.conftest import Console, open_page
-from tests.web_client.test_consultation import check_in, decoded_frames_grow
+from tests.web_client.conftest import Console
+from tests.web_client.test_consultation import Pages, decoded_frames_grow, into_call
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -24,21 +24,9 @@ async def test_a_consultation_whose_room_is_on_a_media_worker(tmp_path: Path, re
     tokens = _tokens(tmp_path)
     console = Console()
     try:
-        dr = tokens.issue_access("physician", "dr-demo", specialties=["general"])
-        physician = await open_page(chromium, f"{served.url}/physician#token={dr}", console=console)
-        nurse = await open_page(chromium, f"{served.url}/nurse#token="
-                                + tokens.issue_access("nurse", "nurse-1", site="cabin-demo"), console=console)
+        nurse, physician = await into_call(Pages(served.url, tokens), chromium, console, record=True,
+                                           timeout_ms=30000)
         for page in (physician, nurse):
-            await page.wait_for_function("window.teleconsult?.signalling?.state === 'open'", timeout=20000)
-        await physician.click("label[for=presence-available]")
-        await nurse.locator("#precheck[data-verdict]").wait_for(timeout=30000)
-        await check_in(nurse, record=True)
-        await physician.locator("#offer").wait_for(timeout=15000)
-        await physician.click("#offer-accept")
-        for page in (physician, nurse):
-            await page.locator("#call").wait_for(timeout=20000)
-        for page in (physician, nurse):
-            await page.wait_for_function("document.querySelector('#remote-video').videoWidth > 0", timeout=30000)
             await decoded_frames_grow(page)
             # The room is on a worker: the media went on that worker's socket, not the page's.
             where = await page.evaluate("""() => {

@@ -15,7 +15,7 @@ import math
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Awaitable, Callable, Iterable
 
 import aiohttp
 import av
@@ -342,6 +342,13 @@ class _Signalling:
 
     async def room_node_elsewhere(self, consultation_id: ConsultationId, /) -> str | None:
         return None
+
+    @property
+    def node_id(self) -> str:
+        return "node-test"
+
+    def on_room_opened(self, callback: Callable[[str], Awaitable[None]], /) -> None:
+        pass
 
 
 async def test_daily_purge_shreds_expired_stills_too_and_journals_them(tmp_path: Path) -> None:
