@@ -31,6 +31,9 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+LIVENESS_HEARTBEATS = 3
+"""A process's (and its node's) liveness lasts this many heartbeats without a new one."""
+
 
 async def safely(aw: Awaitable[T]) -> T | None:
     """Run a cleanup step whose failure must not stop the steps after it (logged, None)."""
@@ -62,6 +65,11 @@ class Context:
     """This node's base URL for clients (``teleconsult serve`` sets the bound one)."""
     tasks: Tasks = field(default_factory=Tasks)
     directory: Directory = field(default_factory=Directory)
+
+    @property
+    def liveness_s(self) -> float:
+        """How long a process's liveness key (and its node's) lasts after its last heartbeat."""
+        return self.sig.heartbeat_s * LIVENESS_HEARTBEATS
 
     @property
     def node_id(self) -> NodeId:

@@ -29,8 +29,6 @@ logger = logging.getLogger(__name__)
 
 DUE_MARGIN_S = 1.0
 """The sweep withdraws offers this long past their deadline (their own timer goes first)."""
-PROCESS_TTL_HEARTBEATS = 3
-"""A process's liveness key lasts this many heartbeats (``SignallingService``'s ``touch_process``)."""
 
 
 class Offers:
@@ -265,7 +263,7 @@ class Offers:
     def _recheck(self, cid: str) -> None:
         if cid in self._rechecks:
             return
-        delay = self.ctx.sig.heartbeat_s * (PROCESS_TTL_HEARTBEATS + 1)
+        delay = self.ctx.liveness_s + self.ctx.sig.heartbeat_s
 
         def fire() -> None:
             self._rechecks.pop(cid, None)

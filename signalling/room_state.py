@@ -90,7 +90,7 @@ class RoomStates:
                 return  # forgotten (closed here), or a later snapshot covers it
             doc = RoomView.of(sfu, room).to_doc(room, self.ctx.node_id, self.ctx.clock())
             written = await self.ctx.store.put_room_state(room, self.ctx.node_id, version, doc,
-                                                          self.ctx.sig.heartbeat_s * 3)
+                                                          self.ctx.liveness_s)
             if room in self._changes:
                 self._written[room] = max(self._written.get(room, 0), version)
             if not written:

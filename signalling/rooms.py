@@ -97,7 +97,7 @@ class Rooms:
         self.guest_presence: Callable[[str, str, bool], Awaitable[None]] = _nobody
         """(consultation, identity, present): a guest's media joined or left the room (set by the
         service to ``Invitations.presence``)."""
-        self.room_opened: list[Callable[[str], Awaitable[None]]] = []
+        self.room_opened: list[Callable[[str], Awaitable[object]]] = []
         """Told each room this node opens, placed or re-placed here (recording resumes a moved
         room's recording: ``SignallingService.on_room_opened``)."""
 
@@ -274,7 +274,7 @@ class Rooms:
         gauges = sfu.metrics.gauges()
         node = NodeInfo(self.ctx.node_id, self.ctx.node_url, rooms=gauges.rooms, participants=gauges.participants,
                         draining=not self.ctx.accepting())
-        await self.ctx.store.register_node(node.id, node.to_dict(), self.ctx.sig.heartbeat_s * 3,
+        await self.ctx.store.register_node(node.id, node.to_dict(), self.ctx.liveness_s,
                                            rooms=self.states.hosted())
 
     async def _live_nodes(self) -> list[NodeInfo]:

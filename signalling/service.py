@@ -218,7 +218,7 @@ class SignallingService:
         room = (got[0].room or got[0].id) if got is not None else consultation_id
         return await self.rooms.node_elsewhere(room)
 
-    def on_room_opened(self, callback: Callable[[str], Awaitable[None]]) -> None:
+    def on_room_opened(self, callback: Callable[[str], Awaitable[object]]) -> None:
         """``media.recording.ports.Signalling``: ``callback(room)`` each time this process's media
         node opens a room (placed or re-placed here)."""
         self.rooms.room_opened.append(callback)
@@ -268,7 +268,7 @@ class SignallingService:
             await ctx.store.put_directory(ctx.directory.to_dict())
         else:
             ctx.directory = Directory.from_dict(stored)
-        await ctx.store.touch_process(ctx.sig.heartbeat_s * 3)
+        await ctx.store.touch_process(ctx.liveness_s)
         await self.recovery.at_start()
         await self.heartbeat_node()
         ctx.tasks.spawn(self.matching.loop())
@@ -314,7 +314,7 @@ class SignallingService:
         heartbeat, lost nodes, sessions and offers of dead processes, presences of dead
         processes, requests waiting too long; and the matcher's periodic full round."""
         now = self.ctx.clock()
-        await self.ctx.store.touch_process(self.ctx.sig.heartbeat_s * 3)
+        await self.ctx.store.touch_process(self.ctx.liveness_s)
         await self.heartbeat_node()
         await self.rooms.sweep_nodes()
         await self.sessions.sweep()

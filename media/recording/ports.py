@@ -183,7 +183,7 @@ class Signalling(Protocol):
     def node_id(self) -> str:
         """This process's media node (named in the segments it records)."""
 
-    def on_room_opened(self, callback: Callable[[str], Awaitable[None]], /) -> None:
+    def on_room_opened(self, callback: Callable[[str], Awaitable[object]], /) -> None:
         """Call ``callback(room)`` each time this process's media node opens a room: placed here,
         or re-placed here because its node was lost (a recording then resumes here)."""
 

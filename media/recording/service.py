@@ -545,10 +545,7 @@ class RecordingService:
         directory's lock)."""
         sig = self._signalling()
         if sig is not None and self._sfu() is not None:
-            sig.on_room_opened(self._resume_quietly)
-
-    async def _resume_quietly(self, room: str) -> None:
-        await self.resume(room)
+            sig.on_room_opened(self.resume)
 
     async def run(self) -> None:
         """Start the background work (after :meth:`recover`)."""

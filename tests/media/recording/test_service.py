@@ -347,7 +347,7 @@ class _Signalling:
     def node_id(self) -> str:
         return "node-test"
 
-    def on_room_opened(self, callback: Callable[[str], Awaitable[None]], /) -> None:
+    def on_room_opened(self, callback: Callable[[str], Awaitable[object]], /) -> None:
         pass
 
 
