@@ -2,16 +2,30 @@
 
 ::
 
-    python -m bench.failover [--runs N] [--json FILE] [--timeout S] [--verbose]
+    python -m bench.failover [--hosts] [--runs N] [--json FILE] [--timeout S] [--verbose]
 
-One host, loopback only: a redis-server of the bench's own, ``teleconsult serve --media-workers 2``
-(the signalling and the pages in one process, two media nodes), the cabin's device agent with a
-simulated stethoscope (``teleconsult agent --site-token``), and headless Chromium with the nurse's
-and the physician's pages. One consultation, with the patient's consent to recording at check-in,
+Two deployments (``deployment`` in the JSON):
+
+* ``one-host`` (the default): loopback only: a redis-server of the bench's own, ``teleconsult
+  serve --media-workers 2`` (the signalling and the pages in one process, two media nodes), the
+  cabin's device agent (``teleconsult agent --site-token``). Each kill is of a worker; its parent
+  starts it again, and sees it exit (its rooms are re-placed at once).
+* ``hosts`` (``--hosts``, root): issue 19's hosts, as ``tests/web_client/test_hosts.py`` has them
+  (``bench.hostlab``: a network namespace each on one bridge; ``bench.hostdeploy``: a settings
+  file each): signalling and the pages on A (``server.roles = ["signalling"]``), media nodes on B
+  and C (``["media"]``), redis-server on D; the agent on the bench's own namespace. The
+  consultation is placed on B (C starts once it is there). Each kill is of a host's ``serve``:
+  nothing sees it exit, its heartbeat's expiry (three ``heartbeat_s``) re-places the room; the
+  bench then starts that ``serve`` again, so that the room goes B -> C -> B ... The hosts share
+  one ``server.data_dir`` (``HostDeployment.shared_data_dir``: without shared storage a resumed
+  recording does not know where the lost segment ended, and its gap has no start).
+
+Both with a simulated stethoscope on the agent and headless Chromium with the nurse's and the
+physician's pages. One consultation, with the patient's consent to recording at check-in,
 recorded from the start (the physician page's record button: the REST route, passed on to the
-room's worker). Each run SIGKILLs the worker that
-hosts the room (the parent starts it again; the next run waits until it is back, so that each
-kill is a node lost while another stands by) and measures, from the kill:
+room's node). Each run SIGKILLs (by its PID) the node that hosts the room, waits until it is
+back (started again and answering) before the next run, so that each kill is a node lost while
+another stands by, and measures, from the kill:
 
 * ``resume_ms``: until the consultation is whole again on the other node: both pages decode
   each other's camera again (frames decoded grow on their new peer connections) and the
@@ -25,8 +39,8 @@ kill is a node lost while another stands by) and measures, from the kill:
 
 It writes ``runs``, ``resume_ms_p50``, ``resume_ms_p95``, ``recording_gap_ms_p95`` (and ``_p50``),
 ``lost_consultations`` (issue 19: resume p95 <= 5,000 ms, nothing lost), ``recording_segments``
-(the manifest's, at the end: runs + 1 when every kill was resumed) and ``recording_not_resumed``. The issue's three
-namespace "hosts" are not built yet: here both nodes share the machine and its loopback.
+(the manifest's, at the end: runs + 1 when every kill was resumed), ``recording_not_resumed``,
+``deployment`` and ``topology``.
 """
 
 from __future__ import annotations
@@ -43,8 +57,10 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from bench.hostdeploy import HostDeployment
+from bench.hostlab import HostLab
 from bench.redis_server import start_redis
 from config.settings import AuthSettings
 from core.auth import TokenService
@@ -118,8 +134,59 @@ def percentile(values: list[float], q: float) -> float | None:
     return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
 
 
-class Deployment:
+async def nodes_ready(urls: list[str], timeout_s: float = 60.0) -> None:
+    """Until every node at ``urls`` answers ``/readyz`` and has heartbeated since (registered as
+    alive: a room may be placed on it)."""
+    deadline = time.monotonic() + timeout_s
+    pending = set(urls)
+    while pending and time.monotonic() < deadline:
+        for url in list(pending):
+            try:
+                answer = await asyncio.to_thread(urllib.request.urlopen, f"{url}/readyz", timeout=1)
+                with answer:
+                    if answer.status == 200:
+                        pending.discard(url)
+            except OSError:
+                pass
+        await asyncio.sleep(0.2)
+    if pending:
+        raise RuntimeError(f"media nodes not back within {timeout_s:.0f} s: {sorted(pending)}")
+    await asyncio.sleep(HEARTBEAT_S * 1.5)
+
+
+class Nodes(Protocol):
+    """A deployment the bench kills media nodes of."""
+
+    name: str
+    """``deployment`` in the JSON."""
+    topology: str
+    tokens: TokenService
+    url: str
+    """The pages' and the REST routes' base URL (the signalling)."""
+
+    @property
+    def chromium_args(self) -> list[str]: ...
+
+    def start(self) -> None: ...
+
+    async def placed(self) -> None:
+        """The consultation is on its first node, recorded: the other may start."""
+
+    def kill(self, node: str) -> None:
+        """SIGKILL, by its PID, the media node at URL ``node``."""
+
+    async def restore(self, node: str) -> None:
+        """Until the killed node at ``node`` is back (a new process) and registered as alive."""
+
+    def stop(self) -> None: ...
+
+
+class OneHost:
     """redis-server, ``serve --media-workers 2`` and the agent, as processes ended by PID."""
+
+    name = "one-host"
+    topology = "one host: serve --media-workers 2 (two media nodes), redis-server, agent, Chromium pages"
+    chromium_args = CHROMIUM_ARGS
 
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
@@ -163,6 +230,9 @@ class Deployment:
              "--devices", "stethoscope", "--simulate"], env=env, stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL))
 
+    async def placed(self) -> None:
+        return None  # both workers run from the start
+
     def worker_pid(self, url: str) -> int | None:
         """The PID of the worker at ``url`` now (a restarted one has a new PID: read /proc)."""
         port = url.rsplit(":", 1)[-1]
@@ -177,23 +247,15 @@ class Deployment:
                 return int(entry.name)
         return self.workers.get(url)
 
-    async def all_workers_ready(self, timeout_s: float = 60.0) -> None:
-        """Until every worker (the killed one, started again by the parent) answers ``/readyz`` and
-        has heartbeated since."""
-        deadline = time.monotonic() + timeout_s
-        pending = set(self.workers)
-        while pending and time.monotonic() < deadline:
-            for url in list(pending):
-                try:
-                    with urllib.request.urlopen(f"{url}/readyz", timeout=1) as answer:
-                        if answer.status == 200:
-                            pending.discard(url)
-                except OSError:
-                    pass
-            await asyncio.sleep(0.2)
-        if pending:
-            raise RuntimeError(f"media workers not back within {timeout_s:.0f} s: {sorted(pending)}")
-        await asyncio.sleep(HEARTBEAT_S * 1.5)
+    def kill(self, node: str) -> None:
+        pid = self.worker_pid(node)
+        if pid is None:
+            raise RuntimeError(f"no worker at {node}")
+        os.kill(pid, signal.SIGKILL)
+
+    async def restore(self, node: str) -> None:
+        """The parent starts the killed worker again: until every worker is back."""
+        await nodes_ready(list(self.workers))
 
     def stop(self) -> None:
         for proc in reversed(self.procs):
@@ -205,6 +267,64 @@ class Deployment:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(10)
+
+
+class Hosts:
+    """The hosts of tests/web_client/test_hosts.py (A signalling, B and C media, D redis-server),
+    the agent on the bench's namespace; each killed ``serve`` started again by the bench."""
+
+    name = "hosts"
+    topology = ("three hosts and a Redis host (network namespaces on one bridge): signalling and the pages on A, "
+                "media nodes on B and C, redis-server on D, one shared data_dir; agent and Chromium pages on the "
+                "bench's namespace")
+
+    def __init__(self, tmp: Path) -> None:
+        self.lab = HostLab.of("a", "b", "c", "d")
+        self.deployment = HostDeployment(self.lab, tmp, KEY, heartbeat_s=HEARTBEAT_S, shared_data_dir=True)
+        self.tokens = TokenService(AuthSettings(signing_key=KEY), str(tmp / "tokens"))
+        self.url = ""
+
+    @property
+    def chromium_args(self) -> list[str]:
+        # A camera needs a secure context: TLS in a real deployment, this switch on the test network.
+        return [*CHROMIUM_ARGS, f"--unsafely-treat-insecure-origin-as-secure={self.url}"]
+
+    def start(self) -> None:
+        try:
+            self.lab.setup()
+        except BaseException:
+            self.lab.teardown()
+            raise
+        self.deployment.start_redis()
+        topology = self.deployment.topology
+        self.url = self.deployment.serve(topology.signalling).url
+        self.deployment.serve(topology.media[0])  # the consultation goes there: the only media node yet
+        self.deployment.start_agent(self.tokens.issue_access("agent", "agent-failover", site="cabin-demo"))
+
+    async def placed(self) -> None:
+        for host in self.deployment.topology.media[1:]:
+            node = await asyncio.to_thread(self.deployment.serve, host)
+            await nodes_ready([node.url])
+
+    def host(self, node: str) -> str:
+        for host, running in self.deployment.nodes.items():
+            if running.url == node:
+                return host
+        raise RuntimeError(f"no host serves {node}")
+
+    def kill(self, node: str) -> None:
+        os.kill(self.deployment.nodes[self.host(node)].process.pid, signal.SIGKILL)  # netns exec execs
+
+    async def restore(self, node: str) -> None:
+        host = self.host(node)
+        await asyncio.to_thread(self.deployment.nodes[host].process.wait, 10)
+        await nodes_ready([(await asyncio.to_thread(self.deployment.serve, host)).url])
+
+    def stop(self) -> None:
+        try:
+            self.deployment.stop()
+        finally:
+            self.lab.teardown()
 
 
 async def _grows(page: Any, script: str, deadline: float, by: int = 5) -> bool:
@@ -222,99 +342,86 @@ def _echo(role: str) -> Any:
     return echo
 
 
-async def measure(runs: int, timeout_s: float, verbose: bool = False) -> dict[str, Any]:
-    from playwright.async_api import async_playwright
+async def into_recorded_call(browser: Any, nodes: Nodes, verbose: bool) -> tuple[list[Any], str, str]:
+    """The physician's and the nurse's pages in one consultation, with the stethoscope, recorded:
+    ``([physician, nurse], the physician's token, the consultation's id)``."""
+    pages = []
+    physician_token = ""
+    for role, claims in (("physician", {"specialties": ["general"]}), ("nurse", {"site": "cabin-demo"})):
+        token = nodes.tokens.issue_access(role, f"{role}-failover", **claims)  # type: ignore[arg-type]
+        physician_token = physician_token or token
+        context = await browser.new_context(bypass_csp=True)
+        page = await context.new_page()
+        if verbose:
+            page.on("console", _echo(role))
+        await page.goto(f"{nodes.url}/{role}#token={token}")
+        await page.wait_for_function("window.teleconsult?.signalling?.state === 'open'", timeout=20000)
+        pages.append(page)
+    physician, nurse = pages
+    await physician.click("label[for=presence-available]")
+    await nurse.locator("#precheck[data-verdict]").wait_for(timeout=30000)
+    await nurse.fill("#patient-ref", "PAT-FAILOVER")
+    await nurse.fill("#reason", "failover bench")
+    await nurse.wait_for_function("document.querySelectorAll('#specialty option').length > 1")
+    await nurse.select_option("#specialty", "general")
+    await nurse.click("label[for=priority-urgent]")
+    await nurse.check("#consent-tele")
+    await nurse.check("#consent-rec")
+    await nurse.click("#checkin-submit")
+    await physician.locator("#offer").wait_for(timeout=20000)
+    await physician.click("#offer-accept")
+    deadline = time.monotonic() + 60
+    for page in pages:
+        await page.locator("#call").wait_for(timeout=30000)
+        if not await _grows(page, FRAMES, deadline):
+            raise RuntimeError("no video before the first kill")
+    if not await _grows(physician, STETHOSCOPE, deadline):
+        raise RuntimeError("no stethoscope before the first kill")
+    cid = await physician.evaluate(CONSULTATION)
+    await physician.click("#record")
+    await physician.locator("#recording").wait_for(state="visible", timeout=20000)
+    if await manifest_when(nodes.url, physician_token, cid, _recording_on, time.monotonic() + 30) is None:
+        raise RuntimeError("the recording did not start")
+    return pages, physician_token, cid
 
-    tmp = Path(tempfile.mkdtemp(prefix="bench-failover-"))
-    deployment = Deployment(tmp)
-    results: list[dict[str, Any]] = []
-    try:
-        deployment.start()
-        async with async_playwright() as pw:
-            browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            pages = []
-            physician_token = ""
-            for role, claims in (("physician", {"specialties": ["general"]}), ("nurse", {"site": "cabin-demo"})):
-                token = deployment.tokens.issue_access(role, f"{role}-failover", **claims)  # type: ignore[arg-type]
-                physician_token = physician_token or token
-                context = await browser.new_context(bypass_csp=True)
-                page = await context.new_page()
-                if verbose:
-                    page.on("console", _echo(role))
-                await page.goto(f"{deployment.url}/{role}#token={token}")
-                await page.wait_for_function("window.teleconsult?.signalling?.state === 'open'", timeout=20000)
-                pages.append(page)
-            physician, nurse = pages
-            await physician.click("label[for=presence-available]")
-            await nurse.locator("#precheck[data-verdict]").wait_for(timeout=30000)
-            await nurse.fill("#patient-ref", "PAT-FAILOVER")
-            await nurse.fill("#reason", "failover bench")
-            await nurse.wait_for_function("document.querySelectorAll('#specialty option').length > 1")
-            await nurse.select_option("#specialty", "general")
-            await nurse.click("label[for=priority-urgent]")
-            await nurse.check("#consent-tele")
-            await nurse.check("#consent-rec")
-            await nurse.click("#checkin-submit")
-            await physician.locator("#offer").wait_for(timeout=20000)
-            await physician.click("#offer-accept")
-            deadline = time.monotonic() + 60
-            for page in pages:
-                await page.locator("#call").wait_for(timeout=30000)
-                if not await _grows(page, FRAMES, deadline):
-                    raise RuntimeError("no video before the first kill")
-            if not await _grows(physician, STETHOSCOPE, deadline):
-                raise RuntimeError("no stethoscope before the first kill")
-            cid = await physician.evaluate(CONSULTATION)
-            await physician.click("#record")
-            await physician.locator("#recording").wait_for(state="visible", timeout=20000)
-            if await manifest_when(deployment.url, physician_token, cid, _recording_on, time.monotonic() + 30) is None:
-                raise RuntimeError("the recording did not start")
-            recording_since = time.monotonic()
-            for i in range(runs):
-                await asyncio.sleep(max(0.0, recording_since + RECORDED_BEFORE_KILL_S - time.monotonic()))
-                node = await physician.evaluate(
-                    "window.teleconsult.rooms.sfuUrl(window.teleconsult.view.consultation.id)")
-                pid = deployment.worker_pid(node)
-                moved = [await page.evaluate(MOVED) for page in pages]
-                if pid is None:
-                    raise RuntimeError(f"no worker at {node}")
-                os.kill(pid, signal.SIGKILL)
-                killed = time.monotonic()
-                deadline = killed + timeout_s
-                missing = []
-                for name, page, before in zip(("physician", "nurse"), pages, moved):
-                    while time.monotonic() < deadline and await page.evaluate(MOVED) <= before:
-                        await asyncio.sleep(0.05)
-                    if await page.evaluate(MOVED) <= before:
-                        missing.append(f"room.moved at the {name}")
-                    elif not await _grows(page, FRAMES, deadline):
-                        missing.append(f"{name}'s video")
-                if not await _grows(physician, STETHOSCOPE, deadline):
-                    missing.append("the stethoscope at the physician")
-                whole = not missing
-                resume_ms = (time.monotonic() - killed) * 1000 if whole else None
-                # The kill's gap, once the new segment has its first frame (the next run's kill
-                # then falls in a segment that recorded).
-                with_gap = await manifest_when(deployment.url, physician_token, cid, _gap_closed(i),
-                                               time.monotonic() + timeout_s)
-                gap_ms = with_gap["gaps"][i]["duration_ms"] if with_gap is not None else None
-                recording_since = time.monotonic()
-                run = {"run": i + 1, "killed": node, "resume_ms": None if resume_ms is None else round(resume_ms, 1),
-                       "lost": not whole, "missing": missing, "recording_gap_ms": gap_ms,
-                       "recording_gap": with_gap["gaps"][i] if with_gap is not None else None}
-                print(f"run {i + 1}: node {node} killed; whole again after "
-                      f"{'-' if resume_ms is None else f'{resume_ms:.0f} ms'}"
-                      f"{'' if whole else ' (LOST: no ' + ', '.join(missing) + ')'}; recording gap "
-                      f"{'not resumed' if gap_ms is None else f'{gap_ms:.0f} ms'}", flush=True)
-                results.append(run)
-                if not whole:
-                    break
-                await deployment.all_workers_ready()  # a node lost while another stands by, each run
-            final = await asyncio.to_thread(read_manifest, deployment.url, physician_token, cid)
-            segments = len(final.get("segments") or [])
-            await browser.close()
-    finally:
-        deployment.stop()
+
+async def kill_once(i: int, nodes: Nodes, pages: list[Any], physician_token: str, cid: str,
+                    timeout_s: float) -> dict[str, Any]:
+    """Kill ``i`` (0-based) of the node hosting the room, measured (the run's entry in ``runs_detail``)."""
+    physician = pages[0]
+    node = await physician.evaluate("window.teleconsult.rooms.sfuUrl(window.teleconsult.view.consultation.id)")
+    moved = [await page.evaluate(MOVED) for page in pages]
+    nodes.kill(node)
+    killed = time.monotonic()
+    deadline = killed + timeout_s
+    missing = []
+    for name, page, before in zip(("physician", "nurse"), pages, moved):
+        while time.monotonic() < deadline and await page.evaluate(MOVED) <= before:
+            await asyncio.sleep(0.05)
+        if await page.evaluate(MOVED) <= before:
+            missing.append(f"room.moved at the {name}")
+        elif not await _grows(page, FRAMES, deadline):
+            missing.append(f"{name}'s video")
+    if not await _grows(physician, STETHOSCOPE, deadline):
+        missing.append("the stethoscope at the physician")
+    whole = not missing
+    resume_ms = (time.monotonic() - killed) * 1000 if whole else None
+    # The kill's gap, once the new segment has its first frame (the next run's kill then falls in a
+    # segment that recorded).
+    with_gap = await manifest_when(nodes.url, physician_token, cid, _gap_closed(i), time.monotonic() + timeout_s)
+    gap_ms = with_gap["gaps"][i]["duration_ms"] if with_gap is not None else None
+    run = {"run": i + 1, "killed": node, "resume_ms": None if resume_ms is None else round(resume_ms, 1),
+           "lost": not whole, "missing": missing, "recording_gap_ms": gap_ms,
+           "recording_gap": with_gap["gaps"][i] if with_gap is not None else None}
+    print(f"run {i + 1}: node {node} killed; whole again after "
+          f"{'-' if resume_ms is None else f'{resume_ms:.0f} ms'}"
+          f"{'' if whole else ' (LOST: no ' + ', '.join(missing) + ')'}; recording gap "
+          f"{'not resumed' if gap_ms is None else f'{gap_ms:.0f} ms'}", flush=True)
+    return run
+
+
+def summary(nodes: Nodes, results: list[dict[str, Any]], segments: int) -> dict[str, Any]:
+    """The JSON: the contract's keys (add, never rename)."""
     resumed = [r["resume_ms"] for r in results if r["resume_ms"] is not None]
     gaps = [r["recording_gap_ms"] for r in results if r["recording_gap_ms"] is not None]
     return {"runs": len(results), "runs_detail": results,
@@ -325,7 +432,38 @@ async def measure(runs: int, timeout_s: float, verbose: bool = False) -> dict[st
             "recording_segments": segments,
             "recording_not_resumed": sum(1 for r in results if r["recording_gap_ms"] is None),
             "lost_consultations": sum(1 for r in results if r["lost"]),
-            "topology": "one host: serve --media-workers 2 (two media nodes), redis-server, agent, Chromium pages"}
+            "deployment": nodes.name, "topology": nodes.topology}
+
+
+async def measure(runs: int, timeout_s: float, verbose: bool = False, hosts: bool = False) -> dict[str, Any]:
+    from playwright.async_api import async_playwright
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-failover-"))
+    nodes: Nodes = Hosts(tmp) if hosts else OneHost(tmp)
+    if verbose:
+        print(f"{nodes.name}: files and logs under {tmp}", flush=True)
+    results: list[dict[str, Any]] = []
+    try:
+        nodes.start()
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, args=nodes.chromium_args)
+            pages, physician_token, cid = await into_recorded_call(browser, nodes, verbose)
+            recording_since = time.monotonic()
+            await nodes.placed()
+            for i in range(runs):
+                await asyncio.sleep(max(0.0, recording_since + RECORDED_BEFORE_KILL_S - time.monotonic()))
+                run = await kill_once(i, nodes, pages, physician_token, cid, timeout_s)
+                recording_since = time.monotonic()
+                results.append(run)
+                if run["lost"]:
+                    break
+                await nodes.restore(run["killed"])  # a node lost while another stands by, each run
+            final = await asyncio.to_thread(read_manifest, nodes.url, physician_token, cid)
+            segments = len(final.get("segments") or [])
+            await browser.close()
+    finally:
+        nodes.stop()
+    return summary(nodes, results, segments)
 
 
 def _recording_on(manifest: dict[str, Any]) -> bool:
@@ -348,9 +486,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds a run may take to be whole again")
     parser.add_argument("--json", metavar="FILE")
     parser.add_argument("--verbose", action="store_true", help="print the pages' console")
+    parser.add_argument("--hosts", action="store_true",
+                        help="on namespace hosts: signalling on A, media on B and C, Redis on D (root)")
     args = parser.parse_args(argv)
-    result = asyncio.run(measure(args.runs, args.timeout, args.verbose))
-    print(f"runs {result['runs']}: resume p50 {result['resume_ms_p50']} ms, p95 {result['resume_ms_p95']} ms "
+    result = asyncio.run(measure(args.runs, args.timeout, args.verbose, args.hosts))
+    print(f"{result['deployment']}: runs {result['runs']}: resume p50 {result['resume_ms_p50']} ms, "
+          f"p95 {result['resume_ms_p95']} ms "
           f"(target <= {TARGET_RESUME_P95_MS:.0f}), recording gap p50 {result['recording_gap_ms_p50']} ms, "
           f"p95 {result['recording_gap_ms_p95']} ms ({result['recording_segments']} segments, "
           f"{result['recording_not_resumed']} kills not resumed), lost {result['lost_consultations']}")

@@ -82,6 +82,10 @@ class HostDeployment:
     heartbeat_s: float = 2.0
     """``signalling.heartbeat_s``: a media node is dead three of them after its last heartbeat."""
     topology: Topology = field(default_factory=Topology)
+    shared_data_dir: bool = False
+    """One ``server.data_dir`` for every node (storage the hosts share, as an NFS mount would be):
+    a recording resumed on another node then continues the lost node's directory, and its
+    manifest knows both ends of the gap (docs/recording.md, *Segments*). Default: one each."""
     redis_password: str = field(default_factory=lambda: secrets.token_hex(16))
     redis_url: str = ""
     nodes: dict[str, Node] = field(default_factory=dict)
@@ -108,12 +112,15 @@ class HostDeployment:
             path.chmod(0o600)
         return path
 
+    def data_dir(self, host: str) -> Path:
+        return self.workdir / ("data" if self.shared_data_dir else f"data-{host}")
+
     def settings_text(self, host: str) -> str:
         """The settings file of the node on ``host``."""
         roles = self.topology.roles(host)
         server = ["[server]", f'host = "{self.lab.host(host).ip}"', f"port = {PORT}",
                   f'public_url = "{self.url(host)}"', f"roles = {_toml_list(roles)}",
-                  f'data_dir = "{self.workdir / f"data-{host}"}"', 'log_level = "WARNING"',
+                  f'data_dir = "{self.data_dir(host)}"', 'log_level = "WARNING"',
                   "drain_timeout_s = 2.0"]  # stopped with consultations still live: no long drain
         if "signalling" in roles:
             # The pages' Content-Security-Policy: they reach every media node.
@@ -139,7 +146,7 @@ class HostDeployment:
         config = self.workdir / f"{host}.toml"
         config.write_text(self.settings_text(host))
         log = self.workdir / f"{host}.log"
-        with log.open("wb") as err:
+        with log.open("ab") as err:  # a host's serve started again (bench.failover) keeps its last life's log
             process = self.lab.spawn(host, [sys.executable, "-m", "teleconsult", "--config", str(config), "serve"],
                                      env=_environ(), stdout=subprocess.PIPE, stderr=err, text=True)
         self._processes.append(process)

@@ -120,3 +120,9 @@ def test_the_deployments_settings_files_are_valid_and_say_the_roles_and_origins(
     # One Redis, one signing key, one key of health data at rest for all.
     assert len({(s.store.redis_url, s.auth.signing_key, s.recording.master_key_file) for s in files.values()}) == 1
     assert (tmp_path / "master.key").stat().st_mode & 0o777 == 0o600
+    assert len({s.server.data_dir for s in files.values()}) == 3
+    deployment.shared_data_dir = True  # storage the hosts share: one data_dir for all
+    for host in "abc":
+        (tmp_path / f"{host}.toml").write_text(deployment.settings_text(host))
+    shared = {load_settings(tmp_path / f"{host}.toml", env={}).server.data_dir for host in "abc"}
+    assert shared == {str(tmp_path / "data")}
