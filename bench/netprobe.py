@@ -149,6 +149,9 @@ class Probe:
         self.pc: ScopedPeerConnection | None = None
         self.location = ""
         self.recording = False
+        self.first_media: dict[str, float] = {}
+        """When each source's first RTP packet arrived (a video's: its first keyframe, which the
+        SFU waits for before it forwards anything to a new subscription)."""
 
     async def subscribe(self, http: aiohttp.ClientSession, base: str, room: str, token: str) -> set[str]:
         """One WHEP offer; the sources its answer carries."""
@@ -182,12 +185,15 @@ class Probe:
             self.pc = None
 
     def _on_rtp(self, data: bytes) -> None:
-        if not self.recording or len(data) < 12:
+        if len(data) < 12:
             return
         now = time.monotonic()
         ssrc = int.from_bytes(data[8:12], "big")
         track = self.tracks.get(ssrc)
         if track is None:
+            return
+        self.first_media.setdefault(track.source, now)
+        if not self.recording:
             return
         at = payload_offset(data)
         if at < 0:
@@ -247,7 +253,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         tracks[track.source] = {"kind": track.kind, "clock_rate": track.clock_rate, "codec": track.codec,
                                 "red_pt": track.red_pt, "packets": track.packets}
     return {"publish_ok": got == set(wanted), "publish_s": round(publish_s, 3), "sources": sorted(got),
-            "window": [ready, ready + args.seconds], "tracks": tracks}
+            "first_media": dict(sorted(probe.first_media.items())), "window": [ready, ready + args.seconds],
+            "tracks": tracks}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -194,7 +194,11 @@ def run_profile(profile: Profile, seconds: float, log: Callable[[str], None] = p
         for name in ("probe.json", "agent.log", "probe.log", "nurse.json", "nurse.log", "uplink.json"):
             if (work / name).exists():
                 shutil.copy(work / name, raw / f"{profile.name}-{name}")
-    result.update(figures(profile, recording, before.at, after.at))
+    # The figures' window is the probe's recording's, within the counters' (which are read
+    # after it ends: three commands, up to seconds on a busy machine, during which the probe
+    # records nothing and a video would read as frozen).
+    recorded = recording.get("window") or (before.at, after.at)
+    result.update(figures(profile, recording, max(before.at, recorded[0]), min(after.at, recorded[1])))
     try:
         wire = json.loads(wire_out.read_text())["packets"]
     except (OSError, ValueError, KeyError):
@@ -245,6 +249,7 @@ def figures(profile: Profile, recording: dict[str, Any], t0: float, t1: float) -
     window = (t0, t1)
     tracks = recording.get("tracks", {})
     out: dict[str, Any] = {"publish_ok": bool(recording.get("publish_ok")), "publish_s": recording.get("publish_s"),
+                           "first_media_s": {s: _r(t - t0, 3) for s, t in recording.get("first_media", {}).items()},
                            "sources": recording.get("sources", [])}
     steth = tracks.get("stethoscope")
     audio = netmetrics.audio_figures([p for p in steth["packets"] if t0 <= p[0] <= t1], steth["clock_rate"], window) \
@@ -265,11 +270,15 @@ def figures(profile: Profile, recording: dict[str, Any], t0: float, t1: float) -
         if track is None:
             fps[source] = freeze[source] = seen[source] = None
             continue
+        # A video's window opens at its first packet (its first keyframe: the SFU forwards
+        # nothing to a new subscription before one): what came before is its start
+        # (first_media_s), a second at most, not a freeze of a running call.
+        first = min(max(recording.get("first_media", {}).get(source, t0), t0), t1)
         packets = [p for p in track["packets"] if t0 <= p[0] <= t1]
         video_packets += [p[0] for p in packets]
-        video = netmetrics.video_figures(packets, track["codec"], track["clock_rate"], window)
+        video = netmetrics.video_figures(packets, track["codec"], track["clock_rate"], (first, t1))
         fps[source], freeze[source] = _r(video.fps, 2), _r(video.freeze_pct, 2)
-        seen[source] = _r(video.frames_seen / (t1 - t0), 2) if t1 > t0 else None
+        seen[source] = _r(video.frames_seen / (t1 - first), 2) if t1 > first else None
         decodable_at[source] = video.decodable_at
     out["video_fps"], out["video_freeze_pct"] = fps, freeze
     out["video_frames_seen_fps"] = seen

@@ -185,6 +185,17 @@ def parse_viewing(envelope: dict[str, Any], devices: set[str]) -> Optional[str]:
     return device if isinstance(device, str) and device in devices else None
 
 
+def parse_site_share(data: Any) -> Optional[float]:
+    """The share of a ``site_share`` notice (from the SFU only: the caller checks the sender),
+    in (0, 1]; None for anything else."""
+    if not isinstance(data, dict) or data.get("type") != "site_share":
+        return None
+    share = data.get("share")
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.0 < share <= 1.0:
+        return None
+    return float(share)
+
+
 def uplink_message(allocation: Allocation, viewing: Optional[str], congested: bool) -> dict[str, Any]:
     """What the physician's page shows of the uplink: a banner when the link reduced or paused
     video (``congested``; a start's ramp reduces video too, on any link), and each track's

@@ -39,8 +39,8 @@ from media.red import set_red_fmtp
 
 from .adapter import DeviceAdapter, MediaKind
 from .agent_messages import (Command, CommandRefused, device_status_message, dumps, make_preview,
-                             measurement_message, parse_command, parse_envelope, parse_viewing, result_error,
-                             result_ok)
+                             measurement_message, parse_command, parse_envelope, parse_site_share, parse_viewing,
+                             result_error, result_ok)
 from .agent_uplink import SiteUplink, tos_for
 from .errors import DeviceCommandError
 from .measurements import Measurement
@@ -391,6 +391,10 @@ class RoomLink:
             return
         if envelope.get("from") == "sfu":
             data = envelope.get("data")
+            share = parse_site_share(data)
+            if share is not None:
+                self.uplink.site_share(share)
+                return
             logger.info("sfu notice on the room channel: %s", data.get("type") if isinstance(data, dict) else "?",
                         extra={"room": self.room})
             return

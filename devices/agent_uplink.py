@@ -169,6 +169,13 @@ class SiteUplink:
             logger.info("uplink: the physician views %s", device)
             self._update(self.clock())
 
+    def site_share(self, share: float) -> None:
+        """The SFU's ``site_share``: the agent's share of the site's uplink (the nurse's camera
+        publishes, or stopped)."""
+        logger.info("uplink: site share %s", share)
+        self.controller.site_share(self.clock(), share)
+        self._update(self.clock())
+
     def message(self) -> Optional[dict[str, Any]]:
         """The ``uplink`` message for the current allocation (None before the first tick)."""
         if self.allocation is None:

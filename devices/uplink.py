@@ -39,10 +39,22 @@ too, and its estimator cuts its REMB). The agent measures how late its loop wake
 ``own_lag_s`` (a sender's estimator likewise ignores its own send gaps).
 
 Until congestion is seen there is no limit (every track at its maximum), or the budget
-grows from ``start_kbps``. While it lasts,
+grows from ``start_kbps`` (once there is an estimate, or ``estimate_wait_s`` passed without
+one). While it lasts,
 the budget follows the REMBs; after, it grows ``step_up`` every ``step_every_s`` until every
-track is at its maximum again or congestion comes back. A probe also succeeds when the
-stethoscope's reports stayed clean all along it.
+track is at its maximum again or congestion comes back. Once the link has shown where it
+ends (congestion was seen, or the nurse's camera shares it), not past the site's estimate
+(times ``estimate_headroom``) while that estimate is close to what the sessions send
+(under ``estimate_free_ratio`` times it: the estimators saw where the link ends): they rise
+with what they see arrive, so the budget climbs with them, and a budget far above them
+would have every encoder probe the link at once (another device turned on, with its
+keyframe), an overflow that only the stethoscope's next reports would tell. Growing never
+lowers the budget: a REMB under it is a ceiling only while congestion is seen (above). A
+probe also succeeds when the stethoscope's reports stayed clean all along it.
+
+The SFU tells the agent its share of the site's uplink (``site_share``: less than all of it
+while the nurse's camera publishes): a smaller share cuts the budget at once
+(:meth:`UplinkController.site_share`).
 
 Rates are kbit/s as the estimator counts them (RTP packets before SRTP).
 """
@@ -177,6 +189,20 @@ class UplinkPolicy:
     """Once congestion is over, the budget grows this much every ``step_every_s`` until every
     track has its maximum (or congestion is seen again): the probing while video runs."""
     step_every_s: float = 1.0
+    estimate_headroom: float = 1.0
+    """How far above the sum of the fresh estimates (the site's budget) the growing ceiling
+    may go."""
+    estimate_free_ratio: float = 1.3
+    """Estimates this far above what the sessions send saw no queue (aiortc's climbs to 1.5
+    times what arrives while it sees none, and drops to 0.85 times it on a queue): the link
+    has room beyond them, and the encoders merely undershoot (a still scene, a low frame
+    rate); the ceiling grows regardless. Closer to what is sent, they are where the link
+    ends, and the ceiling grows no further than they say."""
+    estimate_wait_s: float = 5.0
+    """No growth before the first estimate for this long from the start (the SFU's estimator
+    sends its first REMB a second or two after the first packets): growing blind turned
+    another device on, at full rate, before anything had measured the link. Past it, with no
+    estimate at all (an SFU that sends no REMB), the budget grows unchecked."""
     resume_factor: float = 1.15
     """A probe succeeds when the estimates reach this times the stethoscope's and the viewed
     device's need."""
@@ -194,8 +220,11 @@ class UplinkPolicy:
     burst of the agent a queue: the SFU may echo the Sender Report that waited out the stall in
     two reports, each with the stall in its round trip. That is ``own_lag_s``'s part.)"""
     distress_loss: float = 0.1
-    """Above a lossy radio link's random loss (3 %, which one report of ~50 packets shows as
-    8 % now and then): a queue that overflows."""
+    """Above a lossy radio link's random loss: a queue that overflows. In two reports in a
+    row (3 % random loss shows in one report of ~50 packets as 8 % now and then, 10 or 12 %
+    now and again: with a REMB that is low because the encoder undershoots a still scene,
+    that one report paused the device being examined for seconds), or twice this in one
+    report (an overflow at once)."""
     report_ttl_s: float = 3.0
     own_lag_s: float = 3.0
     """How long a stall of the agent's own event loop (:meth:`UplinkController.loop_lag`)
@@ -244,6 +273,9 @@ class UplinkController:
     _ceiling_at: float = 0.0
     _rtt_base: Optional[float] = None
     _loss: Optional[float] = None
+    """The loss fraction of the latest report."""
+    _loss_before: Optional[float] = None
+    """The report's before it (a report without a fraction resets both)."""
     _report_at: Optional[float] = None
     _distress_at: float = float("-inf")
     _congested_until: float = float("-inf")
@@ -258,6 +290,11 @@ class UplinkController:
     _rtt_at: Optional[float] = None
     """When the last report with a round trip came (a report that echoes no Sender Report
     has none, and must not keep older rises alive)."""
+    share: float = 1.0
+    """The agent's share of the site's uplink, as the SFU last said (``site_share``)."""
+    _first_step: Optional[float] = None
+    _grow_after: float = float("-inf")
+    """No growth before this: the budget was just cut to make room for the nurse's camera."""
     _lags: deque[tuple[float, float]] = field(default_factory=deque)
     """(when, how late) of the agent's own event loop's stalls within ``own_lag_s``."""
 
@@ -283,6 +320,27 @@ class UplinkController:
     def estimate(self, device: str, kbps: float, now: float) -> None:
         """A REMB for ``device``'s session."""
         self._estimates[device] = _Estimate(max(0.0, kbps), now)
+
+    def site_share(self, now: float, share: float) -> None:
+        """The SFU says what share of the site's uplink is the agent's: less than all of it
+        while the nurse's camera publishes (the SFU holds the camera to the rest). A smaller
+        share cuts the budget at once to that share of the site's estimate (of the ceiling
+        without one), and it stays there ``congestion_hold_s``: the camera's first packets are
+        on their way, and the estimators see the shared link only once they meet ours in its
+        queue; an overflow then costs the device being examined a keyframe or more. A larger
+        share (the camera stopped) only lets the budget grow again."""
+        share = min(1.0, max(0.0, share))
+        if share < self.share:
+            base = self.budget(now)
+            if base is None:
+                base = self._ceiling if self._ceiling is not None else sum(t.max_kbps for t in self._current)
+            cut = base * share
+            self._ceiling = cut if self._ceiling is None else min(self._ceiling, cut)
+            self._ceiling_at = now
+            self._grow_after = now + self.policy.congestion_hold_s
+        else:
+            self._grow_after = float("-inf")
+        self.share = share
 
     def budget(self, now: float) -> Optional[float]:
         """The site's estimate: the sum of the sessions' fresh REMBs (a paused session's last
@@ -335,21 +393,37 @@ class UplinkController:
             risen = rtt_s - self.own_delay(now) - self._rtt_base > self.policy.rtt_rise_s
             self._rtt_rises = self._rtt_rises + 1 if risen else 0
             self._rtt_at = now
+        self._loss_before = self._loss if loss_fraction is not None else None
         self._loss, self._report_at = loss_fraction, now
         if self._audio_distressed(now):
             self._distress_at = now
 
     def _audio_distressed(self, now: float) -> bool:
         """The stethoscope's own path shows the queue: its round trip grew past
-        ``rtt_rise_s`` over the least seen, or it lost ``distress_loss`` of its packets.
-        Without a stethoscope the REMB alone decides; without a report yet, no."""
+        ``rtt_rise_s`` over the least seen, or it lost ``distress_loss`` of its packets (in
+        its last two reports, or twice that in one). Without a stethoscope the REMB alone
+        decides; without a report yet, no."""
         if not any(t.kind == "audio" for t in self.tracks):
             return True
         if self._report_at is None or now - self._report_at > self.policy.report_ttl_s:
             return False
         rising = (self._rtt_rises >= self.policy.rtt_rise_reports and self._rtt_at is not None
                   and now - self._rtt_at <= self.policy.report_ttl_s)
-        return rising or (self._loss is not None and self._loss >= self.policy.distress_loss)
+        return rising or self._lossy()
+
+    def _lossy(self) -> bool:
+        limit = self.policy.distress_loss
+        if self._loss is None:
+            return False
+        if self._loss >= 2 * limit:
+            return True
+        return self._loss >= limit and self._loss_before is not None and self._loss_before >= limit
+
+    def _link_known(self) -> bool:
+        """The link has shown where it ends: congestion was seen on it, or the nurse's camera
+        shares it. (Before, an estimate under what is sent is the estimator's own start: aiortc's
+        climbs 8 % a second from what first arrived, seconds behind a link with room.)"""
+        return self._congested_until > float("-inf") or self.share < 1.0
 
     def _need(self) -> float:
         audio = sum(t.max_kbps for t in self._current if t.kind == "audio")
@@ -358,6 +432,8 @@ class UplinkController:
 
     def step(self, now: float, sent_kbps: Mapping[str, float]) -> Allocation:
         policy = self.policy
+        if self._first_step is None:
+            self._first_step = now
         # Audio counts at what it sends when that is more than its nominal rate (RED doubles it).
         self._current = tuple(replace(t, min_kbps=max(t.min_kbps, sent_kbps.get(t.device, 0.0)),
                                       max_kbps=max(t.max_kbps, sent_kbps.get(t.device, 0.0)))
@@ -368,9 +444,16 @@ class UplinkController:
         congested = now < self._congested_until
         if congested and raw is not None:
             self._ceiling, self._ceiling_at = raw * policy.utilization, now
-        elif self._ceiling is not None and not congested and now - self._ceiling_at >= policy.step_every_s:
-            # No congestion lately: try a little more (the estimators follow what they see).
-            self._ceiling, self._ceiling_at = self._ceiling * policy.step_up, now
+        elif (self._ceiling is not None and not congested and now - self._ceiling_at >= policy.step_every_s
+              and now >= self._grow_after and (raw is not None or now - self._first_step >= policy.estimate_wait_s)):
+            # No congestion lately: try a little more, as far as the estimators have followed
+            # (each sees its own queue and says at most 1.5 times what arrives): a ceiling far
+            # above them is a probe of the link by every encoder at once, whose overflow only the
+            # stethoscope's reports would tell, a second or more later.
+            grown = self._ceiling * policy.step_up
+            if self._link_known() and raw is not None and raw < policy.estimate_free_ratio * sum(sent_kbps.values()):
+                grown = max(self._ceiling, min(grown, raw * policy.estimate_headroom))
+            self._ceiling, self._ceiling_at = grown, now
             if self._ceiling >= sum(t.max_kbps for t in self._current):
                 self._ceiling = None
         usable = self._ceiling

@@ -19,6 +19,10 @@ from it). The numbers combine as follows (all bit/s):
   device agent, who share one uplink), when the agent publishes too. The agent splits
   its own part by priority; the browser, which the agent does not control, is held to
   its share so that the stethoscope and the viewed device keep theirs;
+* **agent site share**: the rest of the site's uplink, told to the device agent on its
+  ``room`` channel (``site_share``) whenever the nurse's camera starts or stops: the agent
+  makes room at once, before the camera's first packets meet its own in the bottleneck's
+  queue (the estimators would tell only once that queue overflows);
 * **REMB** to a publisher: its uplink estimate, at most the sum of its video
   publications' caps (when each has one), at most its site cap, never below
   :data:`MIN_REMB_BPS`.
@@ -114,6 +118,12 @@ def site_cap(site_estimates: Sequence[int], share: float) -> float | None:
     if len(site_estimates) < 2:
         return None
     return share * sum(site_estimates)
+
+
+def agent_site_share(nurse_camera: bool, nurse_share: float) -> float:
+    """The device agent's share of its site's uplink: what the nurse's camera is not held to
+    while it publishes (``site_share`` on the agent's ``room`` channel), else all of it."""
+    return 1.0 - nurse_share if nurse_camera else 1.0
 
 
 def remb_bps(uplink_bps: int, caps: Sequence[float | None], site: float | None = None) -> int:

@@ -55,6 +55,7 @@ from media.teardown import close_peer_connection
 from sfu.budgets import RetransmitBudget, TokenBucket
 from sfu.congestion import (
     LinkEstimate,
+    agent_site_share,
     publication_cap,
     remb_bps,
     retransmit_burst,
@@ -67,6 +68,7 @@ from sfu.events import ParticipantInfo, PublicationInfo
 from sfu.metrics import SfuMetrics
 from sfu.publication import Publication, new_publication_id, now, offered_red, publisher_codec, subscriber_codec
 from sfu.nack import NackPolicy
+from sfu.room import SERVER_IDENTITY, envelope
 from sfu.rtp import (
     RtpError,
     RtpHeader,
@@ -257,6 +259,8 @@ class Participant:
             labels[line.mid] = (publication.info.identity, publication.info.source)
         for publication in created:
             self.room.add_publication(publication)
+        if self._is_site_camera(created):
+            self._site_camera_changed()
         for mid, subscription in self.subscriptions.items():
             if mid not in labels and subscription.publication_id is not None:
                 pub = self.room.publication(subscription.publication_id)
@@ -280,6 +284,8 @@ class Participant:
         publication = self.publications.pop(mid, None)
         if publication is not None:
             self.room.remove_publication(publication)
+            if self._is_site_camera([publication]):
+                self._site_camera_changed()
             self.routes = {k: v for k, v in self.routes.items() if v[0] is not publication}
             self._learned = {k: v for k, v in self._learned.items() if v[0] is not publication}
         subscription = self.subscriptions.pop(mid, None)
@@ -497,10 +503,31 @@ class Participant:
         if channel.label != DATA_LABEL:
             return
         self.channel = channel
+        self.tell_site_share()  # a nurse's camera may have come first
 
         @channel.on("message")
         def on_message(message: Any) -> None:
             self.room.relay_data(self, message)
+
+    # -- the site's uplink ----------------------------------------------------
+    def _is_site_camera(self, publications: list[Publication]) -> bool:
+        return self.grant.role is Role.NURSE and any(p.info.kind == "video" for p in publications)
+
+    def _site_camera_changed(self) -> None:
+        """The nurse's camera started or stopped: the site's device agent hears its new share."""
+        for participant in list(self.room.participants.values()):
+            if participant is not self:
+                participant.tell_site_share()
+
+    def tell_site_share(self) -> None:
+        """A device agent's share of the site's uplink, on its ``room`` channel (none yet: it
+        hears it when the channel opens)."""
+        if self.grant.role is not Role.AGENT:
+            return
+        camera = any(p.info.role == Role.NURSE.value and p.info.kind == "video"
+                     for p in self.room.publications.values())
+        share = agent_site_share(camera, self.media.nurse_site_share)
+        self.send_data(envelope(SERVER_IDENTITY, "server", {"type": "site_share", "share": round(share, 3)}))
 
     def send_data(self, text: str) -> bool:
         channel = self.channel
@@ -521,4 +548,6 @@ class Participant:
             subscription.close()
         for publication in list(self.publications.values()):
             self.room.remove_publication(publication)
+        if self._is_site_camera(list(self.publications.values())):
+            self._site_camera_changed()
         await close_peer_connection(self.pc, self.close_timeout_s, {"session": self.id, "room": self.room.name})

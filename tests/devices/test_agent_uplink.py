@@ -13,10 +13,11 @@ itself is bench.network's.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, AsyncIterator, Optional
 
 import aiohttp
 import pytest
@@ -32,6 +33,7 @@ from media.aiortc_internals import ice_connection, send_remb, sender_encoder, st
 from media.ice import RandomLoss
 from sfu.appkeys import SFU
 from tests.devices.agent_clients import AGENT_SOURCES, Viewer, start_consultation, view, wait_publications
+from tests.sfu.clients import FlatVideoTrack, publish
 from tests.support import RunningServer, loopback_settings, wait_for
 
 
@@ -139,82 +141,113 @@ def test_viewing_and_uplink_messages() -> None:
     assert tos_for("audio") == 0xB8 and tos_for("video") == 0x88
 
 
-async def test_remb_sets_the_encoders_and_pauses_video_under_the_stethoscope_need(server: RunningServer) -> None:
+@contextlib.asynccontextmanager
+async def agent_in_consultation(server: RunningServer) -> AsyncIterator[tuple[Any, RoomLink, aiohttp.ClientSession]]:
+    """A consultation whose agent publishes every device: (the consultation, the agent's room link,
+    an HTTP session), all closed after."""
     c = await start_consultation(server)
     token = server.tokens.issue_room(c.id, "agent", role="agent", publish=AGENT_SOURCES)
     agent = DeviceAgent(server.settings, AgentConfig(server=server.url, devices=AGENT_SOURCES, simulate=True,
                                                      room_token=token))
     task = asyncio.create_task(agent.run())
     http = aiohttp.ClientSession()
-    physician: Optional[Viewer] = None
     try:
         await wait_publications(server, c.id, AGENT_SOURCES)
-        physician = await view(http, server, c.id, c.physician_room_token)
         link = agent.links[c.id]
         await link.wait_published(20)
-        # DSCP (media.dscp, on by default): the stethoscope's session EF, the video ones AF41.
-        assert tos_of(link, "stethoscope") == {DSCP_EF << 2}
-        assert tos_of(link, "dermatoscope") == {DSCP_AF41 << 2}
-
-        steth_loss = lossy(link, "stethoscope")
-        physician.send({"type": "status_request"})
-        await physician.wait_message(lambda e: e["data"].get("type") == "uplink", what="the uplink state")
-        physician.send({"type": "viewing", "device": "dermatoscope"})
-        await wait_for(lambda: encoder_target(link, "dermatoscope") is not None, 20, what="the VP8 encoder")
-
-        # A weak uplink: 400 + 100 kbit/s for the video sessions, and the stethoscope's 140 (the
-        # SFU sends no REMB for audio): 0.9 * 640 = 576 usable; and the stethoscope loses 30 %
-        # (the queue overflows): congested. The examined dermatoscope is reduced (436), the
-        # otoscope paused.
-        physician.messages.clear()
-        steth_loss.probability = 0.3
-        force_estimates(server, c.id, {"dermatoscope": 400_000, "otoscope": 100_000})
-        await physician.wait_message(lambda e: e["data"].get("type") == "uplink"
-                                     and track_of(e["data"], "otoscope").get("paused") is True
-                                     and track_of(e["data"], "dermatoscope").get("reason") == "reduced",
-                                     timeout=20, what="the otoscope paused, the dermatoscope reduced")
-        target = track_of(last_uplink(physician), "dermatoscope")["target_kbps"]
-        assert 250 <= target < 540, last_uplink(physician)
-        await wait_for(lambda: (encoder_target(link, "dermatoscope") or 10**9) < 450_000, 20,
-                       what="the dermatoscope's encoder target lowered")
-        assert last_uplink(physician)["mode"] == "normal"
-
-        # The physician looks at the otoscope: it gets the video budget, the dermatoscope pauses.
-        physician.messages.clear()
-        physician.send({"type": "viewing", "device": "otoscope"})
-        await physician.wait_message(lambda e: e["data"].get("type") == "uplink" and e["data"]["viewing"] == "otoscope"
-                                     and track_of(e["data"], "dermatoscope").get("paused") is True
-                                     and track_of(e["data"], "otoscope").get("paused") is False,
-                                     timeout=20, what="the budget following the viewed device")
-
-        # Under the stethoscope's need (30 kbit/s, the SFU's least REMB, far under what the
-        # otoscope sends): audio only. Video stops, audio goes on.
-        physician.messages.clear()
-        force_estimates(server, c.id, {"dermatoscope": 30_000, "otoscope": 30_000})
-        await physician.wait_message(lambda e: e["data"].get("type") == "uplink"
-                                     and e["data"]["mode"] == "audio_only", timeout=20, what="audio only")
-        await asyncio.sleep(1.0)  # packets already on their way
-        video = {s: forwarded(server, s) for s in ("dermatoscope", "otoscope")}
-        audio = forwarded(server, "stethoscope")
-        await asyncio.sleep(1.5)
-        assert {s: forwarded(server, s) for s in ("dermatoscope", "otoscope")} == video
-        assert forwarded(server, "stethoscope") > audio + 40  # 50 packets a second
-
-        # The link recovers: a probe (the otoscope at its minimum) finds it, video is back.
-        physician.messages.clear()
-        steth_loss.probability = 0.0
-        force_estimates(server, c.id, {"dermatoscope": 1_500_000, "otoscope": 1_500_000})
-        await physician.wait_message(lambda e: e["data"].get("type") == "uplink" and e["data"]["mode"] == "normal",
-                                     timeout=30, what="video back after a probe")
-        base = forwarded(server, "otoscope")
-        await wait_for(lambda: forwarded(server, "otoscope") > base + 10, 20, what="otoscope packets again")
+        yield c, link, http
     finally:
-        if physician is not None:
-            await physician.close()
         agent.stop()
         await asyncio.wait_for(task, 20)
         await http.close()
         await c.close()
+
+
+async def test_remb_sets_the_encoders_and_pauses_video_under_the_stethoscope_need(server: RunningServer) -> None:
+    async with agent_in_consultation(server) as (c, link, http):
+        physician: Optional[Viewer] = None
+        try:
+            physician = await view(http, server, c.id, c.physician_room_token)
+            # DSCP (media.dscp, on by default): the stethoscope's session EF, the video ones AF41.
+            assert tos_of(link, "stethoscope") == {DSCP_EF << 2}
+            assert tos_of(link, "dermatoscope") == {DSCP_AF41 << 2}
+
+            steth_loss = lossy(link, "stethoscope")
+            physician.send({"type": "status_request"})
+            await physician.wait_message(lambda e: e["data"].get("type") == "uplink", what="the uplink state")
+            physician.send({"type": "viewing", "device": "dermatoscope"})
+            await wait_for(lambda: encoder_target(link, "dermatoscope") is not None, 20, what="the VP8 encoder")
+
+            # A weak uplink: 400 + 100 kbit/s for the video sessions, and the stethoscope's 140 (the
+            # SFU sends no REMB for audio): 0.9 * 640 = 576 usable; and the stethoscope loses 30 %
+            # (the queue overflows): congested. The examined dermatoscope is reduced (436), the
+            # otoscope paused.
+            physician.messages.clear()
+            steth_loss.probability = 0.3
+            force_estimates(server, c.id, {"dermatoscope": 400_000, "otoscope": 100_000})
+            await physician.wait_message(lambda e: e["data"].get("type") == "uplink"
+                                         and track_of(e["data"], "otoscope").get("paused") is True
+                                         and track_of(e["data"], "dermatoscope").get("reason") == "reduced",
+                                         timeout=20, what="the otoscope paused, the dermatoscope reduced")
+            target = track_of(last_uplink(physician), "dermatoscope")["target_kbps"]
+            assert 250 <= target < 540, last_uplink(physician)
+            await wait_for(lambda: (encoder_target(link, "dermatoscope") or 10**9) < 450_000, 20,
+                           what="the dermatoscope's encoder target lowered")
+            assert last_uplink(physician)["mode"] == "normal"
+
+            # The physician looks at the otoscope: it gets the video budget, the dermatoscope pauses.
+            physician.messages.clear()
+            physician.send({"type": "viewing", "device": "otoscope"})
+            await physician.wait_message(lambda e: e["data"].get("type") == "uplink" and e["data"]["viewing"] == "otoscope"
+                                         and track_of(e["data"], "dermatoscope").get("paused") is True
+                                         and track_of(e["data"], "otoscope").get("paused") is False,
+                                         timeout=20, what="the budget following the viewed device")
+
+            # Under the stethoscope's need (30 kbit/s, the SFU's least REMB, far under what the
+            # otoscope sends): audio only. Video stops, audio goes on.
+            physician.messages.clear()
+            force_estimates(server, c.id, {"dermatoscope": 30_000, "otoscope": 30_000})
+            await physician.wait_message(lambda e: e["data"].get("type") == "uplink"
+                                         and e["data"]["mode"] == "audio_only", timeout=20, what="audio only")
+            await asyncio.sleep(1.0)  # packets already on their way
+            video = {s: forwarded(server, s) for s in ("dermatoscope", "otoscope")}
+            audio = forwarded(server, "stethoscope")
+            await asyncio.sleep(1.5)
+            assert {s: forwarded(server, s) for s in ("dermatoscope", "otoscope")} == video
+            assert forwarded(server, "stethoscope") > audio + 40  # 50 packets a second
+
+            # The link recovers: a probe (the otoscope at its minimum) finds it, video is back.
+            physician.messages.clear()
+            steth_loss.probability = 0.0
+            force_estimates(server, c.id, {"dermatoscope": 1_500_000, "otoscope": 1_500_000})
+            await physician.wait_message(lambda e: e["data"].get("type") == "uplink" and e["data"]["mode"] == "normal",
+                                         timeout=30, what="video back after a probe")
+            base = forwarded(server, "otoscope")
+            await wait_for(lambda: forwarded(server, "otoscope") > base + 10, 20, what="otoscope packets again")
+        finally:
+            if physician is not None:
+                await physician.close()
+
+
+async def test_the_nurse_camera_makes_the_agent_cut_its_budget_to_its_share(server: RunningServer) -> None:
+    """The nurse's browser publishes its camera in the room: the SFU tells the agent its share of
+    the site's uplink (sfu/congestion.py), and the agent's budget drops to it at once and holds;
+    once the camera is gone, the agent has the whole uplink again."""
+    share = round(1.0 - server.settings.media.nurse_site_share, 3)
+    async with agent_in_consultation(server) as (c, link, http):
+        controller = link.uplink.controller
+        assert controller.share == 1.0
+        camera = await publish(http, server.url, c.id, c.nurse_room_token, [FlatVideoTrack()], sources=["camera"])
+        try:
+            await wait_for(lambda: controller.share == share, 20, what="the agent's share of the site's uplink")
+            cut = link.uplink.allocation.budget_kbps if link.uplink.allocation else None
+            assert cut is not None
+            await asyncio.sleep(2.5)  # ticks on: the budget holds (it would grow 8 % a second)
+            held = link.uplink.allocation.budget_kbps if link.uplink.allocation else None
+            assert held is not None and held <= cut + 1
+        finally:
+            await camera.close()
+        await wait_for(lambda: controller.share == 1.0, 30, what="the whole uplink back")
 
 
 # Issue 13: a CPU burst of the agent's own process (a full-resolution still encoded) is no

@@ -240,3 +240,36 @@ async def test_metrics_ready_probe_and_close(server):
         finally:
             await sub.close()
             await pub.close()
+
+
+async def test_the_device_agent_hears_its_share_of_the_site_uplink_when_the_nurse_camera_starts_and_stops(server):
+    """sfu/congestion.py, agent site share: the nurse's camera is held to ``nurse_site_share`` of the
+    site's estimate; the agent hears the rest on its channel, at once (and on joining after it)."""
+    tokens = server.tokens
+    sfu = server.app[SFU]
+    share = round(1.0 - server.app[appkeys.SETTINGS].media.nurse_site_share, 3)
+    agent = tokens.verify_room(tokens.issue_room("s", "agent", role="agent", publish=["dermatoscope"]), "s")
+    nurse = tokens.verify_room(tokens.issue_room("s", "cabin", role="nurse", publish=["camera"]), "s")
+
+    def shares(inbox: list) -> list:
+        return [m["data"]["share"] for m in inbox if m["from"] == "sfu" and m["data"].get("type") == "site_share"]
+
+    apc, _, ainbox, _ = await _data_peer(sfu, agent, publish_video=False)
+    npc = None
+    try:
+        await wait_for(lambda: shares(ainbox) == [1.0], what="the agent's share on its channel's opening")
+        npc, _, ninbox, nsession = await _data_peer(sfu, nurse, publish_video=True)
+        await wait_for(lambda: shares(ainbox) == [1.0, share], what="the share once the nurse's camera publishes")
+        assert not shares(ninbox)  # the nurse's browser is held by its REMB instead
+        # An agent joining after the camera hears the share at once.
+        late_pc, _, late_inbox, _ = await _data_peer(sfu, agent, publish_video=False)
+        try:
+            await wait_for(lambda: shares(late_inbox) == [share], what="the late agent's share")
+        finally:
+            await late_pc.close()
+        assert await sfu.leave(nsession)
+        await wait_for(lambda: shares(ainbox)[-1] == 1.0, what="the whole uplink back once the camera stopped")
+    finally:
+        await apc.close()
+        if npc is not None:
+            await npc.close()
