@@ -15,8 +15,9 @@ Two deployments (``deployment`` in the JSON):
   file each): signalling and the pages on A (``server.roles = ["signalling"]``), media nodes on B
   and C (``["media"]``), redis-server on D; the agent on the bench's own namespace. The
   consultation is placed on B (C starts once it is there). Each kill is of a host's ``serve``:
-  nothing sees it exit, its heartbeat's expiry (three ``heartbeat_s``) re-places the room; the
-  bench then starts that ``serve`` again, so that the room goes B -> C -> B ... The hosts share
+  no parent sees it exit; the signalling process finds its port refusing connections
+  (``signalling/node_probe.py``) and re-places the room (else its heartbeat's expiry would,
+  three ``heartbeat_s``); the bench then starts that ``serve`` again, so that the room goes B -> C -> B ... The hosts share
   one ``server.data_dir`` (``HostDeployment.shared_data_dir``: without shared storage a resumed
   recording does not know where the lost segment ended, and its gap has no start).
 

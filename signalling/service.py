@@ -11,6 +11,8 @@ own module, and keeps no authoritative state of its own (the store does):
 * ``consultations`` — loading, visibility, and carrying out transitions
   (``consultation`` decides them, sans I/O);
 * ``rooms`` — grants, media-node placement, the media proxy, room events;
+* ``node_probe`` — killed media nodes told by their refused connections, their rooms
+  re-placed before their heartbeat expires;
 * ``reports``; and the ``bus`` between processes (``hub``: this process's sockets).
 
 Requests are dispatched by their message class (:attr:`SignallingService.handlers`);
@@ -40,6 +42,7 @@ from signalling.hub import Hub, Outbox, Target
 from signalling.invitations import Invitations
 from signalling.journal import Journal
 from signalling.matching import Matching
+from signalling.node_probe import NodeProbe
 from signalling.offers import Offers
 from signalling.presence import Presences
 from signalling.records import Records
@@ -88,6 +91,8 @@ class SignallingService:
         self.sessions = Sessions(ctx, self.consultations, self.presences, self.offers, self.rooms, self.recovery)
         self.reports = Reports(ctx, self.consultations, stills)
         self.invitations = Invitations(ctx, self.consultations, self.rooms)
+        self.node_probe = NodeProbe(ctx, self.rooms.node_gone)
+        """Tells killed media nodes by their refused connections, before their heartbeat expires."""
         self._directory_reads = 0
         """Directory reads started (``_reload_directory``) or superseded (``set_directory``)."""
         self.rooms.guest_presence = self.invitations.presence
@@ -273,6 +278,7 @@ class SignallingService:
         await self.heartbeat_node()
         ctx.tasks.spawn(self.matching.loop())
         ctx.tasks.spawn(self._sweep_loop())
+        ctx.tasks.spawn(self.node_probe.loop())
         ctx.tasks.spawn(self.visits.position_loop())
         self.matching.full_round()
 

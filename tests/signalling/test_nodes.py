@@ -3,13 +3,18 @@
 Two apps on one real Redis: the room goes to the least loaded node, whose URL
 the parties get as ``sfu_url``; a socket on the other process is told
 ``wrong_node`` and uses that node's WHIP/WHEP; room events cross processes; a
-draining node gets no new rooms; a node that stops heartbeating (killed) loses
-its rooms to a live node and the parties are told (``room.moved``).
+draining node gets no new rooms; a node that stops heartbeating (frozen) loses
+its rooms to a live node and the parties are told (``room.moved``); a killed node
+(its port refuses connections) loses them well before its heartbeat expires
+(``signalling.node_probe``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +48,8 @@ def test_choose_node_least_loaded_live_not_draining() -> None:
     assert choose_node([NodeInfo("c", "", draining=True)], {}) is None
 
 
-async def _app(tmp_path: Path, redis_url: str, name: str) -> RunningServer:
-    running = await start_server(sig_settings(tmp_path, "redis", redis_url, name=name, heartbeat_s=1.0))
+async def _app(tmp_path: Path, redis_url: str, name: str, heartbeat_s: float = 1.0) -> RunningServer:
+    running = await start_server(sig_settings(tmp_path, "redis", redis_url, name=name, heartbeat_s=heartbeat_s))
     service = running.app[SIGNALLING]
     service.node_url = running.url  # as `teleconsult serve` does with the bound address
     await service.heartbeat_node()
@@ -122,7 +127,7 @@ async def test_rooms_go_to_the_least_loaded_node_and_clients_follow_sfu_url(tmp_
         await b.server.close()
 
 
-async def test_a_dead_node_loses_its_rooms_to_a_live_one(tmp_path: Path, redis_url: str) -> None:
+async def test_a_frozen_node_loses_its_rooms_when_its_heartbeat_expires(tmp_path: Path, redis_url: str) -> None:
     b = await _app(tmp_path, redis_url, "b")
     svc_b = b.app[SIGNALLING]
     a = spawn_server(tmp_path / "a", redis_url, heartbeat_s=1.0)
@@ -138,7 +143,9 @@ async def test_a_dead_node_loses_its_rooms_to_a_live_one(tmp_path: Path, redis_u
         assert started["sfu_url"] == a.url
         peers += await _media_flows(a.url, cid, started["room_token"], d_started["room_token"])
 
-        stop(a)  # SIGKILL: the node stops heartbeating
+        # Frozen, not killed: its port still takes connections (the kernel's backlog) but nothing
+        # answers, so nothing says it is dead until its heartbeat expires (three heartbeat_s).
+        os.kill(a.process.pid, signal.SIGSTOP)
         moved_n = await n.event("room.moved", timeout=15, room=cid)
         moved_d = await d.event("room.moved", timeout=5, room=cid)
         assert moved_n["sfu_url"] == moved_d["sfu_url"] == b.url
@@ -151,6 +158,37 @@ async def test_a_dead_node_loses_its_rooms_to_a_live_one(tmp_path: Path, redis_u
     finally:
         for peer in peers:
             await peer.close()
+        for c in clients:
+            await c.close()
+        stop(a)
+        await b.server.close()
+
+
+async def test_a_killed_node_is_known_dead_well_before_its_heartbeat_expires(tmp_path: Path, redis_url: str) -> None:
+    # heartbeat_s = 10: a node's liveness lasts 30 s; its refused connections tell sooner.
+    b = await _app(tmp_path, redis_url, "b", heartbeat_s=10.0)
+    svc_b = b.app[SIGNALLING]
+    a = spawn_server(tmp_path / "a", redis_url, heartbeat_s=10.0)
+    clients: list[SigClient] = []
+    try:
+        await wait_for(lambda: _alive_urls(svc_b, a.url), 15, what="node a registered with its URL")
+        await svc_b.store.place_room("busy-elsewhere", svc_b.node_id)
+        n, d, cid = await _started(b, "cabin-demo", "n1", "dr-cardio")
+        clients += [n, d]
+        assert (await n.event("consultation.started"))["sfu_url"] == a.url
+        # b has heard a answer (about a second after a registered): a's refusals will count.
+        await wait_for(lambda: svc_b.node_probe.rule.heard(a.url), 10, what="node a heard by b's probe")
+
+        stop(a)  # SIGKILL (by its PID): nothing listens on its port any more
+        killed = time.monotonic()
+        moved = await n.event("room.moved", timeout=10, room=cid)
+        took = time.monotonic() - killed
+        assert moved["sfu_url"] == b.url and (await d.event("room.moved", timeout=5, room=cid))["sfu_url"] == b.url
+        assert took < 5.0, f"the room moved {took:.1f} s after the kill (its heartbeat expires at 30 s)"
+        assert await svc_b.store.room_node(cid) == svc_b.node_id and cid in b.app[SFU].rooms()
+        assert "room.move" in [e["act"] for e in await svc_b.journal.read(ConsultationId(cid))]
+        await d.request("consultation.end", consultation_id=cid)
+    finally:
         for c in clients:
             await c.close()
         stop(a)
