@@ -500,6 +500,9 @@ async def test_the_data_channel_keeps_the_devices_talk_for_those_who_see_them(se
         # The physician's command goes to the agent, and to the guest only if it sees devices.
         command = {"type": "command", "device": "stethoscope", "mode": "diaphragm"}
         channels["physician"].send(json.dumps(command))
+        # (The agent's own channel also gets the SFU's site_share when it opens: docs/protocol.md.)
+        assert all(m["from"] == "sfu" and m["data"]["type"] == "site_share" for m in agent_box), agent_box
+        agent_box.clear()
         await wait_for(lambda: agent_box, what="the command at the agent's")
         assert agent_box.pop(0) == {"from": "physician", "role": "physician", "data": command}
         # Then a chat message from the physician, which every seat gets: the SFU relays in order, so
