@@ -44,7 +44,7 @@ one). While it lasts,
 the budget follows the REMBs; after, it grows ``step_up`` every ``step_every_s`` until every
 track is at its maximum again or congestion comes back. Once the link has shown where it
 ends (congestion was seen, or the nurse's camera shares it), not past the site's estimate
-(times ``estimate_headroom``) while that estimate is close to what the sessions send
+while that estimate is close to what the sessions send
 (under ``estimate_free_ratio`` times it: the estimators saw where the link ends): they rise
 with what they see arrive, so the budget climbs with them, and a budget far above them
 would have every encoder probe the link at once (another device turned on, with its
@@ -189,9 +189,6 @@ class UplinkPolicy:
     """Once congestion is over, the budget grows this much every ``step_every_s`` until every
     track has its maximum (or congestion is seen again): the probing while video runs."""
     step_every_s: float = 1.0
-    estimate_headroom: float = 1.0
-    """How far above the sum of the fresh estimates (the site's budget) the growing ceiling
-    may go."""
     estimate_free_ratio: float = 1.3
     """Estimates this far above what the sessions send saw no queue (aiortc's climbs to 1.5
     times what arrives while it sees none, and drops to 0.85 times it on a queue): the link
@@ -452,7 +449,7 @@ class UplinkController:
             # stethoscope's reports would tell, a second or more later.
             grown = self._ceiling * policy.step_up
             if self._link_known() and raw is not None and raw < policy.estimate_free_ratio * sum(sent_kbps.values()):
-                grown = max(self._ceiling, min(grown, raw * policy.estimate_headroom))
+                grown = max(self._ceiling, min(grown, raw))
             self._ceiling, self._ceiling_at = grown, now
             if self._ceiling >= sum(t.max_kbps for t in self._current):
                 self._ceiling = None

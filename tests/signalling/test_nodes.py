@@ -12,11 +12,13 @@ its rooms to a live node and the parties are told (``room.moved``); a killed nod
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, AsyncIterator
 
 import aiohttp
 import pytest
@@ -29,7 +31,7 @@ from signalling.appkeys import SIGNALLING
 from tests.sfu.clients import FlatVideoTrack, play, publish
 from tests.signalling.client import SigClient
 from tests.signalling.conftest import sig_settings
-from tests.signalling.procs import spawn_server, stop
+from tests.signalling.procs import ServerProcess, spawn_server, stop
 from tests.signalling.test_flow import VISIT
 from tests.support import RunningServer, start_server, wait_for
 
@@ -127,59 +129,79 @@ async def test_rooms_go_to_the_least_loaded_node_and_clients_follow_sfu_url(tmp_
         await b.server.close()
 
 
-async def test_a_frozen_node_loses_its_rooms_when_its_heartbeat_expires(tmp_path: Path, redis_url: str) -> None:
-    b = await _app(tmp_path, redis_url, "b")
+@dataclass
+class _CallOnA:
+    b: RunningServer
+    """The app in this process, on Redis, a media node that hosts nothing yet."""
+    a: ServerProcess
+    """The media node in a process of its own, which the consultation's room is placed on."""
+    nurse: SigClient
+    physician: SigClient
+    cid: str
+    started: dict[str, Any]
+    """The nurse's ``consultation.started`` (the physician's: ``physician_started``)."""
+    physician_started: dict[str, Any]
+
+
+@contextlib.asynccontextmanager
+async def _call_on_spawned_node(tmp_path: Path, redis_url: str, heartbeat_s: float) -> AsyncIterator[_CallOnA]:
+    """A consultation whose room is on a node in another process (``a``), the parties connected to
+    ``b``; the clients closed, ``a`` ended and ``b`` closed after."""
+    b = await _app(tmp_path, redis_url, "b", heartbeat_s=heartbeat_s)
     svc_b = b.app[SIGNALLING]
-    a = spawn_server(tmp_path / "a", redis_url, heartbeat_s=1.0)
+    a = spawn_server(tmp_path / "a", redis_url, heartbeat_s=heartbeat_s)
     clients: list[SigClient] = []
-    peers: list[Any] = []
     try:
         await wait_for(lambda: _alive_urls(svc_b, a.url), 15, what="node a registered with its URL")
         await svc_b.store.place_room("busy-elsewhere", svc_b.node_id)
         n, d, cid = await _started(b, "cabin-demo", "n1", "dr-cardio")
         clients += [n, d]
         started = await n.event("consultation.started")
-        d_started = await d.event("consultation.started")
+        physician_started = await d.event("consultation.started")
         assert started["sfu_url"] == a.url
-        peers += await _media_flows(a.url, cid, started["room_token"], d_started["room_token"])
-
-        # Frozen, not killed: its port still takes connections (the kernel's backlog) but nothing
-        # answers, so nothing says it is dead until its heartbeat expires (three heartbeat_s).
-        os.kill(a.process.pid, signal.SIGSTOP)
-        moved_n = await n.event("room.moved", timeout=15, room=cid)
-        moved_d = await d.event("room.moved", timeout=5, room=cid)
-        assert moved_n["sfu_url"] == moved_d["sfu_url"] == b.url
-        assert await svc_b.store.room_node(cid) == svc_b.node_id and cid in b.app[SFU].rooms()
-        # The parties rejoin at the new node with the new tokens.
-        peers += await _media_flows(b.url, cid, moved_n["room_token"], moved_d["room_token"])
-        acts = [e["act"] for e in await svc_b.journal.read(ConsultationId(cid))]
-        assert "room.move" in acts
-        await d.request("consultation.end", consultation_id=cid)
+        yield _CallOnA(b, a, n, d, cid, started, physician_started)
     finally:
-        for peer in peers:
-            await peer.close()
         for c in clients:
             await c.close()
         stop(a)
         await b.server.close()
 
 
+async def test_a_frozen_node_loses_its_rooms_when_its_heartbeat_expires(tmp_path: Path, redis_url: str) -> None:
+    async with _call_on_spawned_node(tmp_path, redis_url, heartbeat_s=1.0) as call:
+        b, n, d, cid = call.b, call.nurse, call.physician, call.cid
+        svc_b = b.app[SIGNALLING]
+        peers: list[Any] = []
+        try:
+            peers += await _media_flows(call.a.url, cid, call.started["room_token"],
+                                        call.physician_started["room_token"])
+
+            # Frozen, not killed: its port still takes connections (the kernel's backlog) but nothing
+            # answers, so nothing says it is dead until its heartbeat expires (three heartbeat_s).
+            os.kill(call.a.process.pid, signal.SIGSTOP)
+            moved_n = await n.event("room.moved", timeout=15, room=cid)
+            moved_d = await d.event("room.moved", timeout=5, room=cid)
+            assert moved_n["sfu_url"] == moved_d["sfu_url"] == b.url
+            assert await svc_b.store.room_node(cid) == svc_b.node_id and cid in b.app[SFU].rooms()
+            # The parties rejoin at the new node with the new tokens.
+            peers += await _media_flows(b.url, cid, moved_n["room_token"], moved_d["room_token"])
+            acts = [e["act"] for e in await svc_b.journal.read(ConsultationId(cid))]
+            assert "room.move" in acts
+            await d.request("consultation.end", consultation_id=cid)
+        finally:
+            for peer in peers:
+                await peer.close()
+
+
 async def test_a_killed_node_is_known_dead_well_before_its_heartbeat_expires(tmp_path: Path, redis_url: str) -> None:
     # heartbeat_s = 10: a node's liveness lasts 30 s; its refused connections tell sooner.
-    b = await _app(tmp_path, redis_url, "b", heartbeat_s=10.0)
-    svc_b = b.app[SIGNALLING]
-    a = spawn_server(tmp_path / "a", redis_url, heartbeat_s=10.0)
-    clients: list[SigClient] = []
-    try:
-        await wait_for(lambda: _alive_urls(svc_b, a.url), 15, what="node a registered with its URL")
-        await svc_b.store.place_room("busy-elsewhere", svc_b.node_id)
-        n, d, cid = await _started(b, "cabin-demo", "n1", "dr-cardio")
-        clients += [n, d]
-        assert (await n.event("consultation.started"))["sfu_url"] == a.url
+    async with _call_on_spawned_node(tmp_path, redis_url, heartbeat_s=10.0) as call:
+        b, n, d, cid = call.b, call.nurse, call.physician, call.cid
+        svc_b = b.app[SIGNALLING]
         # b has heard a answer (about a second after a registered): a's refusals will count.
-        await wait_for(lambda: svc_b.node_probe.rule.heard(a.url), 10, what="node a heard by b's probe")
+        await wait_for(lambda: svc_b.node_probe.rule.heard(call.a.url), 10, what="node a heard by b's probe")
 
-        stop(a)  # SIGKILL (by its PID): nothing listens on its port any more
+        stop(call.a)  # SIGKILL (by its PID): nothing listens on its port any more
         killed = time.monotonic()
         moved = await n.event("room.moved", timeout=10, room=cid)
         took = time.monotonic() - killed
@@ -188,11 +210,6 @@ async def test_a_killed_node_is_known_dead_well_before_its_heartbeat_expires(tmp
         assert await svc_b.store.room_node(cid) == svc_b.node_id and cid in b.app[SFU].rooms()
         assert "room.move" in [e["act"] for e in await svc_b.journal.read(ConsultationId(cid))]
         await d.request("consultation.end", consultation_id=cid)
-    finally:
-        for c in clients:
-            await c.close()
-        stop(a)
-        await b.server.close()
 
 
 async def _alive_urls(service: Any, url: str) -> bool:
