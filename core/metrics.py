@@ -3,12 +3,14 @@
 Besides the HTTP counters and the process figures (RSS, open fds, CPU), the gauge
 ``teleconsult_asyncio_tasks`` counts the live asyncio tasks of the serving event loop
 when ``/metrics`` is read: a task that outlives what spawned it (a leak the soak bench
-looks for) shows as growth.
+looks for) shows as growth. ``teleconsult_gc_frozen_objects`` counts the objects kept out of
+the garbage collector's passes (``teleconsult serve`` freezes what its start made).
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -34,6 +36,19 @@ class TasksCollector(Collector):
         yield gauge
 
 
+class FrozenCollector(Collector):
+    """Objects in the garbage collector's permanent generation (``gc.freeze``), at scrape time."""
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        return iter(())
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        gauge = GaugeMetricFamily("teleconsult_gc_frozen_objects",
+                                  "Objects kept out of the garbage collector's passes (frozen at start)")
+        gauge.add_metric([], gc.get_freeze_count())
+        yield gauge
+
+
 @dataclass
 class Metrics:
     registry: CollectorRegistry = field(default_factory=lambda: CollectorRegistry(auto_describe=True))
@@ -43,6 +58,7 @@ class Metrics:
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
         self.registry.register(TasksCollector())
+        self.registry.register(FrozenCollector())
         self.http_requests = Counter(
             "teleconsult_http_requests", "HTTP requests by route and status",
             ["method", "route", "status"], registry=self.registry)

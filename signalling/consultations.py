@@ -25,6 +25,7 @@ from signalling.bus import Note
 from signalling.consultation import (LIVE, Archive, Consultation, Effect, Forget, InvalidTransition, JournalAct,
                                      Notify, QueueMove, ReleaseOfferLock, State, Transition, recording_state)
 from signalling.context import Context, safely
+from signalling.hub import Target
 from signalling.invitation import FINAL as INVITATION_FINAL
 from signalling.invitation import InvitationState
 from signalling.protocol import ErrorCode, ProtocolError
@@ -62,11 +63,16 @@ class Consultations:
 
     async def get_any(self, cid: str) -> Consultation | None:
         """A consultation, open (store) or finished (records)."""
+        got = await self.get_versioned(cid)
+        return got[0] if got is not None else None
+
+    async def get_versioned(self, cid: str) -> tuple[Consultation, int | None] | None:
+        """A consultation and its version in the store (None: finished, from the records)."""
         got = await self.get(cid)
         if got is not None:
-            return got[0]
+            return got
         doc = await self.ctx.records.get_consultation(cid)
-        return Consultation.from_dict(doc) if doc else None
+        return (Consultation.from_dict(doc), None) if doc else None
 
     @staticmethod
     def visible(principal: Principal, c: Consultation) -> bool:
@@ -94,10 +100,15 @@ class Consultations:
         return principal.role in (Role.NURSE, Role.AGENT) and principal.site == c.site
 
     async def load_visible(self, principal: Principal, cid: str) -> Consultation:
-        c = await self.get_any(cid)
-        if c is None or not self.visible(principal, c):
+        return (await self.load_visible_versioned(principal, cid))[0]
+
+    async def load_visible_versioned(self, principal: Principal, cid: str) -> tuple[Consultation, int | None]:
+        """:meth:`load_visible`, with the version read (None: finished), so that a request can
+        commit on what it checked without reading it again."""
+        got = await self.get_versioned(cid)
+        if got is None or not self.visible(principal, got[0]):
             raise ProtocolError(ErrorCode.NOT_FOUND, "no such consultation")
-        return c
+        return got
 
     async def open_of(self, principal: Principal) -> list[Consultation]:
         """The open consultations ``principal`` is a party of (a physician's, or a site's)."""
@@ -139,12 +150,17 @@ class Consultations:
     async def carry_out(self, new: Consultation, version: int, effects: Iterable[Effect]) -> None:
         """Carry out ``effects`` of a step that made ``new`` (at ``version``), in order."""
         ctx = self.ctx
+        notices: list[tuple[Iterable[Target], dict[str, Any]]] = []
         for effect in effects:
+            if isinstance(effect, Notify):  # consecutive notices go out together
+                notices.append((effect.targets, effect.event.to_wire()))
+                continue
+            if notices:
+                await ctx.bus.emit_all(notices)
+                notices = []
             if isinstance(effect, JournalAct):
                 await ctx.journal.append(effect.act, actor=effect.actor, consultation_id=ConsultationId(new.id),
                                          **effect.fields)
-            elif isinstance(effect, Notify):
-                await ctx.bus.emit(effect.targets, effect.event.to_wire())
             elif isinstance(effect, Archive):
                 await ctx.records.save_consultation(new.to_dict())
             elif isinstance(effect, Forget):
@@ -156,6 +172,8 @@ class Consultations:
                 await ctx.store.release_offer_lock(effect.physician, new.id)
             else:
                 await self._handlers[type(effect)](effect)
+        if notices:
+            await ctx.bus.emit_all(notices)
 
     async def apply(self, t: Transition, version: int = 0) -> int | None:
         """Commit, then (when it held) perform."""
@@ -220,10 +238,12 @@ class Consultations:
             await safely(self.ctx.journal.append(Act.VISIT_ROLLBACK, actor=c.requested_by,
                                                  consultation_id=ConsultationId(c.id), fault=type(exc).__name__))
 
-    async def finish(self, cid: str, target: State, *, actor: str, reason: str) -> Consultation:
-        """Move to a final state (cancelled, expired, ended, failed), with every effect."""
+    async def finish(self, cid: str, target: State, *, actor: str, reason: str,
+                     read: tuple[Consultation, int] | None = None) -> Consultation:
+        """Move to a final state (cancelled, expired, ended, failed), with every effect. ``read``:
+        the consultation and version the caller just read, tried first (a stale one costs a retry)."""
         for _ in range(CAS_TRIES):
-            got = await self.get(cid)
+            got, read = read or await self.get(cid), None
             if got is None:
                 raise ProtocolError(ErrorCode.CONFLICT, "the consultation is already over")
             c, version = got
@@ -256,7 +276,7 @@ class Consultations:
 
     # -- requests ------------------------------------------------------------------------
     async def end(self, s: Session, msg: p.ConsultationEnd) -> p.ConsultationEndOk:
-        c = await self.load_visible(s.principal, msg.consultation_id)
+        c, version = await self.load_visible_versioned(s.principal, msg.consultation_id)
         if not self.seat(s.principal, c):
             raise ProtocolError(ErrorCode.FORBIDDEN, "only the physician or the site's nurse may end it")
         if s.role is Role.NURSE and c.state is not State.ACTIVE:
@@ -265,7 +285,8 @@ class Consultations:
         if c.state not in LIVE:
             raise ProtocolError(ErrorCode.CONFLICT, f"a {c.state.value} consultation cannot be ended")
         reason = re.sub(r"[^a-z0-9_]", "_", msg.reason.lower())[:32] or "completed"
-        done = await self.finish(c.id, State.ENDED, actor=s.sub, reason=reason)
+        done = await self.finish(c.id, State.ENDED, actor=s.sub, reason=reason,
+                                 read=None if version is None else (c, version))
         return p.ConsultationEndOk(consultation=done.view(True))
 
     async def get_request(self, s: Session, msg: p.ConsultationGet) -> p.ConsultationGetOk:

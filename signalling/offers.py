@@ -155,14 +155,15 @@ class Offers:
             if c.state is State.OFFERED and c.offered_to == s.sub:
                 await safely(self.withdraw(c.id, c.offer_seq, WithdrawReason.VANISHED))
 
-    async def _ringing(self, s: Session, cid: str) -> Consultation:
-        c = await self.consultations.load_visible(s.principal, cid)
-        if c.state is not State.OFFERED or c.offered_to != s.sub:
+    async def _ringing(self, s: Session, cid: str) -> tuple[Consultation, int]:
+        """The consultation whose offer rings for ``s``, and its version."""
+        c, version = await self.consultations.load_visible_versioned(s.principal, cid)
+        if c.state is not State.OFFERED or c.offered_to != s.sub or version is None:
             raise ProtocolError(ErrorCode.CONFLICT, "no offer of yours rings for this consultation")
-        return c
+        return c, version
 
     async def decline(self, s: Session, msg: p.OfferDecline) -> p.OfferDeclineOk:
-        c = await self._ringing(s, msg.consultation_id)
+        c, _ = await self._ringing(s, msg.consultation_id)
         if not await self.withdraw(c.id, c.offer_seq, WithdrawReason.DECLINED, actor=s.sub):
             raise ProtocolError(ErrorCode.CONFLICT, "the offer is no longer ringing")
         return p.OfferDeclineOk(consultation_id=c.id)
@@ -188,11 +189,12 @@ class Offers:
         """Accepted: the room is placed on a media node, then the consultation is active and each
         seat gets its room token."""
         ringing = await self._ringing(s, msg.consultation_id)
-        return p.OfferAcceptOk(**await self._take(s, ringing.id))
+        return p.OfferAcceptOk(**await self._take(s, ringing[0].id, ringing))
 
-    async def _take(self, s: Session, cid: str) -> dict[str, Any]:
-        """``s``'s physician takes ``cid``, offered to them: the fields of the accept's reply."""
-        got = await self.consultations.get(cid)
+    async def _take(self, s: Session, cid: str, read: tuple[Consultation, int] | None = None) -> dict[str, Any]:
+        """``s``'s physician takes ``cid``, offered to them: the fields of the accept's reply.
+        ``read``: the consultation and version the caller just read (not read again)."""
+        got = read or await self.consultations.get(cid)
         if got is None:
             raise ProtocolError(ErrorCode.CONFLICT, "the consultation is over")
         c, version = got

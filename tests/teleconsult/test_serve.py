@@ -47,6 +47,10 @@ def test_serve_prints_urls_and_stops_on_sigterm(tmp_path: Path) -> None:
         assert get(url + "/readyz")[0] == 200
         status, body = get(url + "/metrics")
         assert status == 200 and b"process_resident_memory_bytes" in body
+        # What the imports and the app's start made is out of the collector's full passes (issue 19:
+        # each one walked it all, 90-100 ms with every socket stalled).
+        frozen = [line for line in body.decode().splitlines() if line.startswith("teleconsult_gc_frozen_objects ")]
+        assert frozen and float(frozen[0].split()[1]) > 100_000, frozen
         process.send_signal(signal.SIGTERM)
         assert process.wait(15) == 0  # nothing live: draining ends at once
     finally:
