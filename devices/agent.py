@@ -45,6 +45,7 @@ from aiortc import RTCIceServer
 
 from config.settings import Settings, media_address_of
 from core import logs
+from core.backoff import retry_delay
 from media.ice import MediaNetwork
 
 from .adapter import DeviceAdapter
@@ -288,7 +289,7 @@ class DeviceAgent:
             self.connected.clear()
             if self._stopping.is_set():
                 return
-            delay = min(SOCKET_BACKOFF_MAX_S, 0.25 * 2 ** min(failures, 6))
+            delay = retry_delay(failures, SOCKET_BACKOFF_MAX_S)
             try:
                 await asyncio.wait_for(self._stopping.wait(), delay)
             except asyncio.TimeoutError:

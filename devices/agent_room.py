@@ -34,6 +34,7 @@ from aiortc import RTCConfiguration, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcconfiguration import RTCBundlePolicy
 
+from core.backoff import retry_delay
 from media.ice import MediaNetwork, ScopedPeerConnection
 from media.red import set_red_fmtp
 
@@ -132,7 +133,7 @@ class WhipPublisher:
             if self._closing:
                 break
             await self._teardown(delete=True)
-            await asyncio.sleep(min(MAX_BACKOFF_S, 0.25 * 2 ** min(failures, 6)))
+            await asyncio.sleep(retry_delay(failures, MAX_BACKOFF_S))
         if not self._closing:
             logger.error("whip %s: giving up after %d failures", self.source, failures,
                          extra={"room": self.link.room})

@@ -119,7 +119,10 @@ export class Signalling extends EventTarget {
 
   _scheduleReconnect(resolve, reject) {
     this._setState("reconnecting");
-    const delay = BACKOFF_MS[Math.min(this.attempt, BACKOFF_MS.length - 1)];
+    // Drawn in [d/2, d]: every page of a process that went away lost its socket at the same
+    // instant, and must not all come back at the same instants too (core/backoff.py).
+    const full = BACKOFF_MS[Math.min(this.attempt, BACKOFF_MS.length - 1)];
+    const delay = full * (1 - Math.random() / 2);
     this.attempt += 1;
     setTimeout(() => {
       if (!this.stopped) this._open(resolve, reject);
