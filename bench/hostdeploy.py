@@ -90,6 +90,7 @@ class HostDeployment:
     redis_url: str = ""
     nodes: dict[str, Node] = field(default_factory=dict)
     _processes: list[subprocess.Popen[Any]] = field(default_factory=list)
+    _redis: subprocess.Popen[Any] | None = None
 
     def url(self, host: str) -> str:
         return self.lab.host(host).url(PORT)
@@ -100,7 +101,7 @@ class HostDeployment:
         self.workdir.mkdir(parents=True, exist_ok=True)
         redis, self.redis_url = start_redis(self.workdir, bind=self.lab.host(host).ip, port=REDIS_PORT,
                                             wrap=self.lab.argv(host, []), password=self.redis_password)
-        self._processes.append(redis)
+        self._redis = redis
         return self.redis_url
 
     @property
@@ -179,20 +180,25 @@ class HostDeployment:
         return agent
 
     def stop(self) -> None:
-        """SIGTERM to every process started (the last first), SIGKILL to one still running after
-        :data:`STOP_TIMEOUT_S`. Idempotent; the lab's teardown ends whatever else runs there."""
-        for process in reversed(self._processes):
-            if process.poll() is None:
-                process.terminate()
-        for process in reversed(self._processes):
-            try:
-                process.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5)
-            if process.stdout is not None:
-                process.stdout.close()
+        """SIGTERM to every process started, SIGKILL to one still running after
+        :data:`STOP_TIMEOUT_S`: the nodes and agents together first, redis-server once they are
+        gone (they keep writing to it while they drain: stopped with them, each logged a
+        traceback per lost write). Idempotent; the lab's teardown ends whatever else runs there."""
+        redis = [self._redis] if self._redis is not None else []
+        for group in (self._processes, redis):
+            for process in reversed(group):
+                if process.poll() is None:
+                    process.terminate()
+            for process in reversed(group):
+                try:
+                    process.wait(STOP_TIMEOUT_S)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(5)
+                if process.stdout is not None:
+                    process.stdout.close()
         self._processes.clear()
+        self._redis = None
 
 
 __all__ = ["HostDeployment", "MEDIA_PORTS", "Node", "PORT", "REDIS_PORT", "Topology"]
