@@ -44,7 +44,9 @@ class TrackEntry:
     ended_at: float | None = None
     frames_seen: int = 0
     """Frames the SFU forwarded while this track was recorded, counted as the SFU counts
-    them (video: packets with the marker bit; audio: packets)."""
+    them (video: packets with the marker bit; audio: packets). For a track recovered after a
+    crash, a lower bound: what the last manifest saved before it said, or what reached the
+    file if that is more."""
     frames_before_keyframe: int = 0
     """Video frames of those that came before the track's first keyframe: undecodable
     without it, so not recorded. Without packet loss, frames + frames_before_keyframe ==

@@ -128,4 +128,8 @@ def recover_track(
     # The last readable frame: the first one's arrival plus the span of the readable packets.
     end_ms = (None if entry.start_offset_ms is None or not copied.frames
               else round(entry.start_offset_ms + copied.span_s * 1000.0, 3))
-    return replace(entry, file=new.name, frames=copied.frames, ended_at=ended, end_offset_ms=end_ms), path
+    # The SFU saw at least what reached the file. The count the manifest held is from its last
+    # save (tracks coming and going, a track's first frame): far behind, 1 of 570 in a test.
+    seen = max(entry.frames_seen, copied.frames + entry.frames_before_keyframe)
+    return replace(entry, file=new.name, frames=copied.frames, frames_seen=seen, ended_at=ended,
+                   end_offset_ms=end_ms), path
