@@ -20,32 +20,25 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 
-class TasksCollector(Collector):
-    """Live asyncio tasks of the running loop, counted at scrape time (none outside a loop)."""
+class RuntimeCollector(Collector):
+    """Figures of the running process read at scrape time: the live asyncio tasks of the running
+    loop (none outside a loop) and the objects in the garbage collector's permanent generation
+    (``gc.freeze``)."""
 
     def describe(self) -> Iterator[GaugeMetricFamily]:
         return iter(())
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        frozen = GaugeMetricFamily("teleconsult_gc_frozen_objects",
+                                   "Objects kept out of the garbage collector's passes (frozen at start)")
+        frozen.add_metric([], gc.get_freeze_count())
+        yield frozen
         try:
             tasks = len(asyncio.all_tasks())
         except RuntimeError:  # read outside the serving loop (a test, a tool): nothing to count
             return
         gauge = GaugeMetricFamily("teleconsult_asyncio_tasks", "Live asyncio tasks of the serving event loop")
         gauge.add_metric([], tasks)
-        yield gauge
-
-
-class FrozenCollector(Collector):
-    """Objects in the garbage collector's permanent generation (``gc.freeze``), at scrape time."""
-
-    def describe(self) -> Iterator[GaugeMetricFamily]:
-        return iter(())
-
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        gauge = GaugeMetricFamily("teleconsult_gc_frozen_objects",
-                                  "Objects kept out of the garbage collector's passes (frozen at start)")
-        gauge.add_metric([], gc.get_freeze_count())
         yield gauge
 
 
@@ -57,8 +50,7 @@ class Metrics:
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
-        self.registry.register(TasksCollector())
-        self.registry.register(FrozenCollector())
+        self.registry.register(RuntimeCollector())
         self.http_requests = Counter(
             "teleconsult_http_requests", "HTTP requests by route and status",
             ["method", "route", "status"], registry=self.registry)
