@@ -1,7 +1,7 @@
 """In-process micro-benchmark of the SFU's per-packet path (CPU time per packet).
 
 ``python -m bench.hotpath [--subscribers 1,4,8] [--packets 2000] [--repeats 15] [--send-path native|python]
-[--json FILE]``
+[--baseline-tree DIR [--rounds 3]] [--json FILE]``
 
 What runs is the SFU's real code, from the datagram callback on: SRTP datagrams
 (protected beforehand with the publisher's session, outside the measurement)
@@ -32,6 +32,13 @@ subscriber); ``datagrams_per_syscall``: datagrams sent per system call that sent
 repetitions, which is robust against the other jobs of a shared machine (CPU
 time, not wall time; a descheduled process does not count). Several subscriber
 counts are interleaved repetition by repetition.
+
+``--baseline-tree DIR`` compares with another checkout (an A/B against an older commit: ``git
+worktree add DIR COMMIT``): this same bench runs ``--rounds`` times on each tree, alternately,
+each run a process of its own with the tree's ``config``, ``core``, ``media`` and ``sfu`` (the
+bench's own file is this one, which also drives the older code); the JSON adds ``baseline``
+(its tree and its runs' steps) and ``speedup`` per subscriber count (the baseline's median
+µs per packet and subscriber over this tree's, medians of the rounds).
 """
 
 from __future__ import annotations
@@ -44,7 +51,9 @@ import random
 import socket
 import statistics
 import struct
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -306,6 +315,48 @@ async def measure(counts: list[int], packets: int, repeats: int, warmup: int,
     return result
 
 
+def _run_in_tree(tree: Path, argv: list[str]) -> dict[str, Any]:
+    """This bench in a process of its own whose ``config``, ``core``, ``media`` and ``sfu`` are
+    ``tree``'s (this file drives them: it knows the older code's constructors)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "run.json"
+        code = ("import runpy, sys; tree, path = sys.argv[1], sys.argv[2]; sys.path.insert(0, tree); "
+                "sys.argv = [path] + sys.argv[3:]; runpy.run_path(path, run_name='__main__')")
+        subprocess.run([sys.executable, "-c", code, str(tree), __file__, *argv, "--json", str(out)], cwd=tree,
+                       check=True, stdout=subprocess.DEVNULL, timeout=1800)
+        result: dict[str, Any] = json.loads(out.read_text())
+        return result
+
+
+def compare(tree: Path, baseline: Path, argv: list[str], rounds: int) -> dict[str, Any]:
+    """Alternate runs of this bench on ``tree`` and ``baseline``; the last run's result with
+    ``baseline`` and ``speedup`` added."""
+    ours: list[dict[str, Any]] = []
+    theirs: list[dict[str, Any]] = []
+    for i in range(rounds):
+        for runs, where in ((ours, tree), (theirs, baseline)) if i % 2 == 0 else ((theirs, baseline), (ours, tree)):
+            runs.append(_run_in_tree(where, argv))
+            print(f"round {i + 1}/{rounds}: {'baseline' if where == baseline else 'this tree'} done", file=sys.stderr)
+
+    def per_subscriber(runs: list[dict[str, Any]]) -> dict[int, float]:
+        out: dict[int, list[float]] = {}
+        for run in runs:
+            for step in run["steps"]:
+                if step["subscribers"]:
+                    out.setdefault(step["subscribers"], []).append(step["us_per_packet_subscriber_p50"])
+        return {n: statistics.median(v) for n, v in out.items()}
+
+    mine, before = per_subscriber(ours), per_subscriber(theirs)
+    result = ours[-1]
+    result["rounds"] = rounds
+    result["runs"] = [run["steps"] for run in ours]
+    result["baseline"] = {"tree": str(baseline), "runs": [run["steps"] for run in theirs],
+                          "us_per_packet_subscriber_p50": {str(n): round(v, 3) for n, v in before.items()}}
+    result["us_per_packet_subscriber_p50"] = {str(n): round(v, 3) for n, v in mine.items()}
+    result["speedup"] = {str(n): round(before[n] / mine[n], 3) for n in mine if n in before and mine[n]}
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.hotpath", description=__doc__.split("\n\n")[0])
     parser.add_argument("--subscribers", default="1,4,8", help="comma-separated subscriber counts (interleaved)")
@@ -314,10 +365,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--send-path", choices=("native", "python"), default="native",
                         help="how subscriptions write ([media] send_path; native needs media._rtpsend built)")
+    parser.add_argument("--baseline-tree", metavar="DIR", type=Path,
+                        help="also run on this checkout, alternately, and report the speedup (module docstring)")
+    parser.add_argument("--rounds", type=int, default=3, help="runs on each tree with --baseline-tree")
     parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args(argv)
     counts = [int(x) for x in args.subscribers.split(",") if x.strip()]
-    result = uvloop.run(measure(counts, args.packets, args.repeats, args.warmup, args.send_path))
+    if args.baseline_tree is not None:
+        if not (args.baseline_tree / "sfu").is_dir() or args.rounds < 1:
+            parser.error(f"--baseline-tree: {args.baseline_tree} is not a teleconsult checkout (no sfu/), "
+                         "or --rounds < 1")
+        own = [f"--subscribers={args.subscribers}", f"--packets={args.packets}", f"--repeats={args.repeats}",
+               f"--warmup={args.warmup}", f"--send-path={args.send_path}"]
+        result = compare(Path(__file__).resolve().parents[1], args.baseline_tree.resolve(), own, args.rounds)
+    else:
+        result = uvloop.run(measure(counts, args.packets, args.repeats, args.warmup, args.send_path))
     for step in result["steps"]:
         print(f"{step['subscribers']} subscriber(s): {step['us_per_packet_p50']:.2f} us/packet "
               f"(min {step['us_per_packet_min']:.2f}, max {step['us_per_packet_max']:.2f}), "
@@ -325,6 +387,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{step['datagrams_per_syscall']} datagrams per system call")
     if "marginal_us_per_subscriber" in result:
         print(f"marginal: {result['marginal_us_per_subscriber']:.2f} us per packet per added subscriber")
+    if "speedup" in result:
+        for n, speedup in result["speedup"].items():
+            print(f"{n} subscriber(s), medians of {result['rounds']} rounds: "
+                  f"{result['baseline']['us_per_packet_subscriber_p50'][n]:.2f} us per packet and subscriber "
+                  f"on the baseline, {result['us_per_packet_subscriber_p50'][n]:.2f} here: {speedup:.2f}x")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return 0

@@ -185,11 +185,12 @@ class MediaSettings:
     EF (46), the video devices' AF41 (34), so that site routers that honour it queue the
     heart sounds first. Off: the system's default (some networks drop marked packets)."""
     send_path: str = "auto"
-    """How the SFU writes forwarded packets (media/send_batch.py): each socket's packets of one
-    event-loop turn go together. ``native``: SRTP-protected and sent by the C extension
-    ``media._rtpsend`` (one ``sendmmsg`` per socket and turn); the server refuses to start where
-    it was not built. ``python``: pylibsrtp and one ``sendto`` per packet. ``auto``: native
-    where built, else python (logged)."""
+    """How the SFU forwards and writes packets (sfu/leg.py, media/send_batch.py): each socket's
+    packets of one event-loop turn go together. ``native``: the C extensions ``sfu._fanout``
+    (one call per publisher packet for all its subscriptions) and ``media._rtpsend`` (SRTP, one
+    ``sendmmsg`` per socket and turn, a video frame as one segmented message); the server refuses
+    to start where they were not built. ``python``: the same in Python, pylibsrtp and one
+    ``sendto`` per packet. ``auto``: native where built, else python (logged)."""
 
     def validate(self) -> list[tuple[str, str]]:
         errors = []

@@ -18,6 +18,7 @@
 #include <errno.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <netinet/udp.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/types.h>
@@ -91,26 +92,83 @@ static PyObject *pack_address(PyObject *self, PyObject *args) {
     return PyBytes_FromStringAndSize((const char *)&address, length);
 }
 
-/* send(fd, protect, session, address, packets)
- *     -> (sent, sent_bytes, unsent, failed, last_error, calls)
+/* Datagrams of one batch that go as one message: with UDP generic segmentation offload
+ * (UDP_SEGMENT), a run of datagrams of one size, the last one possibly shorter, is one message
+ * the kernel (or the network card) cuts into datagrams after one pass through the IP stack
+ * instead of one pass each.  A video frame's packets are of one size but the last, so a
+ * subscriber's frame is one message. */
+#define GSO_SEGMENTS_MAX 64 /* UDP_MAX_SEGMENTS of older kernels */
+#define GSO_BYTES_MAX 65000 /* a UDP datagram's payload: under 65,507 */
+
+static union {
+    char buffer[CMSG_SPACE(sizeof(uint16_t))];
+    struct cmsghdr align;
+} controls[BATCH];
+static int message_first[BATCH]; /* index of a message's first datagram in buffers/iovecs */
+static int message_count[BATCH];
+
+/* Lay out datagrams first..count-1 as messages from message index m on; returns the messages. */
+static int lay_out(int first, int count, int m, void *address, socklen_t address_length, int gso) {
+    int i = first;
+    while (i < count) {
+        size_t segment = iovecs[i].iov_len, total = segment;
+        int j = i + 1;
+        if (gso) {
+            while (j < count && j - i < GSO_SEGMENTS_MAX && total + iovecs[j].iov_len <= GSO_BYTES_MAX
+                   && iovecs[j].iov_len <= segment) {
+                total += iovecs[j].iov_len;
+                if (iovecs[j++].iov_len < segment)
+                    break; /* a shorter datagram ends the run */
+            }
+        }
+        struct msghdr *header = &messages[m].msg_hdr;
+        memset(header, 0, sizeof *header);
+        header->msg_name = address;
+        header->msg_namelen = address_length;
+        header->msg_iov = &iovecs[i];
+        header->msg_iovlen = (size_t)(j - i);
+        if (j - i > 1) {
+            header->msg_control = controls[m].buffer;
+            header->msg_controllen = sizeof controls[m].buffer;
+            struct cmsghdr *control = CMSG_FIRSTHDR(header);
+            control->cmsg_level = SOL_UDP;
+            control->cmsg_type = UDP_SEGMENT;
+            control->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+            uint16_t size = (uint16_t)segment;
+            memcpy(CMSG_DATA(control), &size, sizeof size);
+        }
+        message_first[m] = i;
+        message_count[m] = j - i;
+        m++;
+        i = j;
+    }
+    return m;
+}
+
+/* send(fd, protect, session, address, packets, gso)
+ *     -> (sent, sent_bytes, unsent, failed, last_error, calls, gso)
  *
  * Protects each packet of the list ``packets`` (bytes) with ``protect(session, ...)`` and sends
- * them to ``address`` (from pack_address) on ``fd``, BATCH at a time.  ``unsent``: the
- * protected packets the socket would not take now (EAGAIN), in order, for the caller's
- * transport to queue (they are protected already: protecting again would repeat an SRTP
- * index).  ``failed``: packets dropped, because libsrtp refused them (too long, key limit) or the
- * socket refused them for good (as a UDP transport drops them); ``last_error``: the last such
- * libsrtp status or errno, negated for errno (0: none); ``calls``: the sendmmsg calls made. */
+ * them to ``address`` (from pack_address) on ``fd``, BATCH at a time, runs of one size as one
+ * UDP_SEGMENT message when ``gso`` is true.  ``unsent``: the protected packets the socket would
+ * not take now (EAGAIN), in order, for the caller's transport to queue (they are protected
+ * already: protecting again would repeat an SRTP index).  ``failed``: packets dropped, because
+ * libsrtp refused them (too long, key limit) or the socket refused them for good (as a UDP
+ * transport drops them); ``last_error``: the last such libsrtp status or errno, negated for
+ * errno (0: none); ``calls``: the sendmmsg calls made; ``gso``: false once the socket refused a
+ * segmented message (its route's MTU, a kernel or device without it): those datagrams went
+ * one by one, and so should the socket's next ones. */
 static PyObject *send_packets(PyObject *self, PyObject *args) {
-    int fd;
+    int fd, gso;
     unsigned long long protect_address, session_address;
     Py_buffer address;
     PyObject *packets;
-    if (!PyArg_ParseTuple(args, "iKKy*O!", &fd, &protect_address, &session_address, &address,
-                          &PyList_Type, &packets))
+    if (!PyArg_ParseTuple(args, "iKKy*O!p", &fd, &protect_address, &session_address, &address,
+                          &PyList_Type, &packets, &gso))
         return NULL;
     srtp_protect_fn protect = (srtp_protect_fn)(uintptr_t)protect_address;
     void *session = (void *)(uintptr_t)session_address;
+    socklen_t address_length = (socklen_t)address.len;
     Py_ssize_t total = PyList_GET_SIZE(packets);
     Py_ssize_t sent = 0, sent_bytes = 0, failed = 0, calls = 0;
     int last_error = 0;
@@ -133,34 +191,39 @@ static PyObject *send_packets(PyObject *self, PyObject *args) {
                 continue;
             iovecs[count].iov_base = buffers[count];
             iovecs[count].iov_len = (size_t)protected_length;
-            memset(&messages[count].msg_hdr, 0, sizeof messages[count].msg_hdr);
-            messages[count].msg_hdr.msg_name = address.buf;
-            messages[count].msg_hdr.msg_namelen = (socklen_t)address.len;
-            messages[count].msg_hdr.msg_iov = &iovecs[count];
-            messages[count].msg_hdr.msg_iovlen = 1;
             count++;
         }
-        int done = 0;
-        while (done < count) {
-            int n = sendmmsg(fd, messages + done, (unsigned int)(count - done), 0);
+        int messages_count = lay_out(0, count, 0, address.buf, address_length, gso);
+        int done = 0; /* messages */
+        int first_unsent = count; /* datagrams */
+        while (done < messages_count) {
+            int n = sendmmsg(fd, messages + done, (unsigned int)(messages_count - done), 0);
             calls++;
             if (n > 0) {
-                for (int i = done; i < done + n; i++)
-                    sent_bytes += (Py_ssize_t)iovecs[i].iov_len;
-                sent += n;
+                for (int m = done; m < done + n; m++) {
+                    for (int i = message_first[m]; i < message_first[m] + message_count[m]; i++)
+                        sent_bytes += (Py_ssize_t)iovecs[i].iov_len;
+                    sent += message_count[m];
+                }
                 done += n;
             } else if (n < 0 && errno == EINTR) {
                 continue;
             } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
                 blocked = 1;
+                first_unsent = message_first[done];
                 break;
+            } else if (n < 0 && message_count[done] > 1) {
+                /* A segmented message refused (EIO, EINVAL: the route's MTU, no offload): the
+                 * rest of the batch goes one datagram per message. */
+                gso = 0;
+                messages_count = lay_out(message_first[done], count, done, address.buf, address_length, 0);
             } else { /* refused for good (e.g. a firewall, an unreachable network): drop that one */
                 last_error = n < 0 ? -errno : 0;
                 failed++;
                 done++;
             }
         }
-        for (int i = done; i < count; i++) { /* blocked: the caller's transport queues them */
+        for (int i = first_unsent; i < count; i++) { /* blocked: the caller's transport queues them */
             PyObject *rest = PyBytes_FromStringAndSize((const char *)iovecs[i].iov_base,
                                                        (Py_ssize_t)iovecs[i].iov_len);
             if (rest == NULL || PyList_Append(unsent, rest) < 0) {
@@ -187,7 +250,7 @@ static PyObject *send_packets(PyObject *self, PyObject *args) {
         Py_DECREF(rest);
     }
     PyBuffer_Release(&address);
-    return Py_BuildValue("nnNnin", sent, sent_bytes, unsent, failed, last_error, calls);
+    return Py_BuildValue("nnNninN", sent, sent_bytes, unsent, failed, last_error, calls, PyBool_FromLong(gso));
 error:
     PyBuffer_Release(&address);
     Py_DECREF(unsent);
@@ -197,7 +260,8 @@ error:
 static PyMethodDef methods[] = {
     {"pack_address", pack_address, METH_VARARGS, "pack_address(host, port) -> sockaddr bytes"},
     {"send", send_packets, METH_VARARGS,
-     "send(fd, protect, session, address, packets) -> (sent, sent_bytes, unsent, failed, last_error, calls)"},
+     "send(fd, protect, session, address, packets, gso)"
+     " -> (sent, sent_bytes, unsent, failed, last_error, calls, gso)"},
     {NULL, NULL, 0, NULL},
 };
 

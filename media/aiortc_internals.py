@@ -27,8 +27,8 @@ instance (never by patching classes or modules, but for the benchmarks'
   counter proves it.
 * ``RTCRtpSender``: its ``_handle_rtcp_packet`` is wrapped per instance so the SFU answers
   NACKs from its own history and turns PLI/FIR into a request upstream
-  (:func:`intercept_sender_rtcp`); its private Sender Report counters are advanced with what
-  the SFU sends (:func:`note_sent`); its ``_next_encoded_frame`` is wrapped to count any
+  (:func:`intercept_sender_rtcp`); its private Sender Report counters are read from what
+  the SFU counts where it sends (:func:`report_from`: a subclass of the sender's class); its ``_next_encoded_frame`` is wrapped to count any
   frame it would encode or pack (:func:`count_encodes`); its private ``__encoder`` is set
   beforehand to use another encoder (:func:`replace_sender_encoder`); its track is
   :class:`SilentTrack`, which never yields, so that aiortc's own RTP loop stays idle while
@@ -88,7 +88,7 @@ import queue
 import struct
 import time
 from types import SimpleNamespace
-from typing import Any, Awaitable, Callable, Optional, Sequence
+from typing import Any, Awaitable, Callable, Optional, Protocol, Sequence
 
 import aioice
 import aiortc.codecs
@@ -609,15 +609,63 @@ def ntp_from_unix_ns(unix_ns: int) -> int:
     return ((seconds + _NTP_EPOCH_OFFSET_S) << 32) | (((ns // 1000) << 32) // 1_000_000)
 
 
-def note_sent(sender: RTCRtpSender, timestamp: int, payload_bytes: int) -> None:
-    """Advance the sender's Sender Report counters for one packet the SFU sent for it.
-    The (NTP time, RTP timestamp) pair moves on the first packet of each frame only: every
-    packet of a frame has its timestamp, and reading the wall clock per packet costs."""
-    if sender._RTCRtpSender__rtp_timestamp != timestamp:  # type: ignore[attr-defined]
-        sender._RTCRtpSender__ntp_timestamp = ntp_now()  # type: ignore[attr-defined]
-        sender._RTCRtpSender__rtp_timestamp = timestamp  # type: ignore[attr-defined]
-    sender._RTCRtpSender__octet_count += payload_bytes  # type: ignore[attr-defined]
-    sender._RTCRtpSender__packet_count += 1  # type: ignore[attr-defined]
+class ReportCounts(Protocol):
+    """What a forwarding leg counts for its sender's reports (``sfu.leg``)."""
+
+    sr_packets: int
+    sr_octets: int
+    sr_timestamp: int
+    sr_ntp: int
+
+
+def _counted(name: str) -> property:
+    def read(sender: Any) -> int:
+        return int(getattr(sender._teleconsult_counts, name))
+
+    def write(sender: Any, value: int) -> None:
+        setattr(sender._teleconsult_counts, name, value)
+
+    return property(read, write)
+
+
+class _Counted:
+    """Sender Report and stats counters that are a forwarding leg's: the SFU counts each packet
+    where it writes it (in C, for ``sfu._fanout``), and aiortc reads those counters once a
+    report, instead of the SFU writing four attributes per packet."""
+
+    _RTCRtpSender__packet_count = _counted("sr_packets")
+    _RTCRtpSender__octet_count = _counted("sr_octets")
+    _RTCRtpSender__rtp_timestamp = _counted("sr_timestamp")
+    _RTCRtpSender__ntp_timestamp = _counted("sr_ntp")
+
+
+class _CountedSender(_Counted, RTCRtpSender):
+    pass
+
+
+class _StandInSender:
+    """What this module reads and writes of a started ``RTCRtpSender`` (:func:`stand_in_sender`)."""
+
+
+class _CountedStandInSender(_Counted, _StandInSender):
+    pass
+
+
+def report_from(sender: RTCRtpSender, counts: ReportCounts) -> None:
+    """From now on ``sender``'s Sender Reports and stats carry ``counts``, what it counted so
+    far (aiortc's own counters, or an earlier leg's on a reused sender) added to them, so that
+    they never go back. Its class becomes a subclass of its own that reads them: aiortc reads
+    the name-mangled attributes in ``_run_rtcp`` and ``getStats``."""
+    if getattr(sender, "_teleconsult_counts", None) is counts:
+        return
+    counts.sr_packets += sender._RTCRtpSender__packet_count  # type: ignore[attr-defined]
+    counts.sr_octets += sender._RTCRtpSender__octet_count  # type: ignore[attr-defined]
+    if sender._RTCRtpSender__ntp_timestamp and not counts.sr_ntp:  # type: ignore[attr-defined]
+        counts.sr_ntp = sender._RTCRtpSender__ntp_timestamp  # type: ignore[attr-defined]
+        counts.sr_timestamp = sender._RTCRtpSender__rtp_timestamp  # type: ignore[attr-defined]
+    sender._teleconsult_counts = counts  # type: ignore[attr-defined]
+    if not isinstance(sender, _Counted):
+        sender.__class__ = _CountedSender if isinstance(sender, RTCRtpSender) else _CountedStandInSender
 
 
 def sender_report_counts(sender: RTCRtpSender) -> tuple[int, int, int]:
@@ -660,12 +708,16 @@ class RtpWriter:
     """:func:`send_rtp_now` for one transport, with what it looks up per packet resolved once:
     the transport's SRTP session (protect through libsrtp directly, reusing one length cell,
     instead of ``Session.protect``'s checks and allocation per call) and aioice's nominated
-    pair (re-read per packet from the connection's dict, re-resolved when it changes).
-    The forwarding hot path: one call per packet and subscriber, or, with :meth:`queue`, one
-    :class:`media.send_batch.SendBatch` entry sent at the end of the event-loop turn. Raises
-    ConnectionError when not connected, like :func:`send_rtp_now`; the bytes sent are the same."""
+    pair (re-read from the connection's dict, re-resolved when it changes).
+    The forwarding hot path: one call per packet and subscriber, or, with :meth:`queue` (or
+    ``sfu._fanout`` appending to :attr:`pending` itself), one :class:`media.send_batch.SendBatch`
+    entry sent at the end of the event-loop turn. Called directly it raises ConnectionError when
+    not connected, like :func:`send_rtp_now`; queued packets are checked at the end of the turn
+    (:meth:`resolve`): when the transport is no longer connected they are dropped and
+    :attr:`on_lost` is told. The bytes sent are the same either way."""
 
-    __slots__ = ("transport", "_session", "_protect", "_nominated", "_pair", "_sendto", "_addr", "_sink")
+    __slots__ = ("transport", "_session", "_protect", "_nominated", "_pair", "_sendto", "_addr", "_sink",
+                 "pending", "on_lost")
 
     def __init__(self, transport: RTCDtlsTransport) -> None:
         self.transport = transport
@@ -676,6 +728,10 @@ class RtpWriter:
         self._sendto: aioice_internals.SendTo = _unbound_sendto
         self._addr: Any = None
         self._sink: Sink | None = None
+        self.pending: list[bytes] = []
+        """This turn's queued packets (one list for the writer's life: C code appends to it)."""
+        self.on_lost: list[Callable[[], None]] = []
+        """Called when queued packets were dropped because the transport is no longer connected."""
 
     def _resolve(self) -> None:
         """Follow the transport's SRTP session and nominated pair (ConnectionError: none)."""
@@ -708,19 +764,27 @@ class RtpWriter:
     def queue(self, data: bytes, batch: SendBatch) -> None:
         """Write ``data`` at the end of this event-loop turn, with what else is due to this
         transport (:class:`media.send_batch.SendBatch`)."""
+        pending = self.pending
+        if not pending:
+            batch.due(self)
+        pending.append(data)
+
+    def resolve(self) -> Sink:
+        """Where this turn's packets go (:class:`media.send_batch.Outbox`); ConnectionError when
+        the transport is not connected (any more)."""
         sink = self._sink
         transport = self.transport
-        # Per packet and subscriber: only what :meth:`_resolve` would find changed is checked.
         if (sink is None or transport._state is not _CONNECTED or transport._tx_srtp is not self._session
                 or self._nominated.get(1) is not self._pair):  # type: ignore[union-attr]
             self._resolve()
             sink = self._sink
             if sink is None:
                 sink = self._sink = self._new_sink()
-        pending = sink.pending
-        if not pending:
-            batch.due(sink)
-        pending.append(data)
+        return sink
+
+    def lost(self) -> None:
+        for callback in list(self.on_lost):
+            callback()
 
     def _new_sink(self) -> Sink:
         transport, session, pair = self.transport, self._session, self._pair
@@ -1010,7 +1074,7 @@ def stand_in_receiver() -> Any:
 def stand_in_sender() -> Any:
     """What this module reads and writes of a started ``RTCRtpSender`` (Sender Report
     counters)."""
-    sender = SimpleNamespace()
+    sender = _StandInSender()
     for name, value in (("started", True), ("rtp_timestamp", 0), ("ntp_timestamp", 0), ("octet_count", 0),
                         ("packet_count", 0)):
         setattr(sender, "_RTCRtpSender__" + name, value)

@@ -8,7 +8,8 @@ subscriber's socket, SRTP session and address) until the end of the turn
 (``loop.call_soon``: after the turn's other ready callbacks, so the added latency is
 what remains of that turn's work, well under a millisecond), then sends each sink's
 packets with one call into :mod:`media._rtpsend` (SRTP protect in C, one ``sendmmsg`` per
-64 packets).
+64 packets, a run of packets of one size, such as a video frame's, as one UDP_SEGMENT
+message: one pass through the kernel's IP stack instead of one per packet).
 
 Where the extension is not built, or ``native=False``, or a sink's socket is not a plain
 UDP socket (a TURN relay, a test's datagram hook), the same batches go out packet by packet
@@ -21,7 +22,7 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import pylibsrtp
 
@@ -71,6 +72,30 @@ class Sink:
     session: object = None
     """What must stay alive while ``native`` is used (the pylibsrtp session owning its ``srtp_t``)."""
     pending: list[bytes] = field(default_factory=list)
+    gso: bool = True
+    """Runs of one size go as one UDP_SEGMENT message (``media/_rtpsend.c``); False once the
+    socket refused one (its route's MTU, a kernel or device without it)."""
+
+    def resolve(self) -> "Sink":
+        """A fixed destination: itself (:class:`Outbox`)."""
+        return self
+
+    def lost(self) -> None:
+        """Never raised by :meth:`resolve`."""
+
+
+class Outbox(Protocol):
+    """What a batch sends for: the packets queued this turn and, at the end of the turn, the
+    :class:`Sink` they go through (ConnectionError: nowhere any more; they are dropped and
+    :meth:`lost` is called). A :class:`Sink` is its own outbox; an RTP writer
+    (``media.aiortc_internals.RtpWriter``) resolves its transport's current one."""
+
+    @property
+    def pending(self) -> list[bytes]: ...
+
+    def resolve(self) -> Sink: ...
+
+    def lost(self) -> None: ...
 
 
 @dataclass
@@ -93,7 +118,7 @@ class SendBatch:
 
     def __init__(self, *, native: bool = True) -> None:
         self.native = NATIVE if native else None
-        self._due: list[Sink] = []
+        self._due: list[Outbox] = []
         self._scheduled = False
         self.counts = BatchCounts()
 
@@ -101,15 +126,15 @@ class SendBatch:
     def uses_native(self) -> bool:
         return self.native is not None
 
-    def add(self, sink: Sink, packet: bytes) -> None:
-        if not sink.pending:
-            self.due(sink)
-        sink.pending.append(packet)
+    def add(self, outbox: Outbox, packet: bytes) -> None:
+        if not outbox.pending:
+            self.due(outbox)
+        outbox.pending.append(packet)
 
-    def due(self, sink: Sink) -> None:
-        """``sink`` is about to get its first packet of this turn (the writer appends it to
-        ``sink.pending`` itself, right after: the forwarding path saves a call per packet)."""
-        self._due.append(sink)
+    def due(self, outbox: Outbox) -> None:
+        """``outbox`` is about to get its first packet of this turn (the writer appends it to
+        ``outbox.pending`` itself, right after: the forwarding path saves a call per packet)."""
+        self._due.append(outbox)
         if not self._scheduled:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self.flush)
@@ -121,22 +146,38 @@ class SendBatch:
             return
         self.counts.flushes += 1
         native = self.native
-        for sink in due:
-            packets, sink.pending = sink.pending, []
+        for outbox in due:
+            packets = outbox.pending  # kept and emptied: writers append to that very list
+            if not packets:
+                continue
+            try:
+                sink = outbox.resolve()
+            except ConnectionError:
+                self.counts.failed += len(packets)
+                packets.clear()
+                outbox.lost()
+                continue
             route = sink.native
             if route is not None and native is not None:
                 transport = sink.transport  # a plain UDP transport (media.aioice_internals.pair_socket)
                 if transport.is_closing():
-                    continue  # its connection closed in this turn: its descriptor may be another's now
+                    packets.clear()  # its connection closed in this turn: its descriptor may be another's now
+                    continue
                 if not transport.get_write_buffer_size():
                     self._send_native(native, sink, route, packets)
+                    packets.clear()
                     continue
             self._send_each(sink, packets)  # as before batching, through the transport
+            packets.clear()
 
     def _send_native(self, native: ModuleType, sink: Sink, route: NativeRoute, packets: list[bytes]) -> None:
         counts = self.counts
-        sent, sent_bytes, unsent, failed, error, calls = native.send(route.fd, route.protect, route.session,
-                                                                     route.address, packets)
+        sent, sent_bytes, unsent, failed, error, calls, gso = native.send(
+            route.fd, route.protect, route.session, route.address, packets, sink.gso)
+        if sink.gso and not gso:
+            sink.gso = False
+            logger.info("segmentation offload refused: this socket sends one datagram per message",
+                        extra={"fd": route.fd})
         counts.syscalls += calls
         counts.datagrams += sent
         for datagram in unsent:  # the socket's buffer is full: its transport queues them, in order
@@ -171,4 +212,4 @@ class SendBatch:
         self.flush()
 
 
-__all__ = ["NATIVE", "BatchCounts", "NativeRoute", "SendBatch", "Sink"]
+__all__ = ["NATIVE", "BatchCounts", "NativeRoute", "Outbox", "SendBatch", "Sink"]

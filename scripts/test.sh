@@ -13,7 +13,7 @@ command -v ip >/dev/null || missing+=(iproute2)
 command -v nft >/dev/null || missing+=(nftables)  # the network lab drops packets with it (bench/netlab.py)
 command -v unshare >/dev/null || missing+=(util-linux)
 command -v pdftotext >/dev/null || missing+=(poppler-utils)  # the PDF report's tests read it as text and PNG
-# The SFU's C extension media._rtpsend (batched SRTP and sendmmsg) builds with gcc and the Python headers.
+# The SFU's C extensions media._rtpsend (batched SRTP, sendmmsg) and sfu._fanout build with gcc and the Python headers.
 command -v gcc >/dev/null || missing+=(gcc)
 python3 -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
   || missing+=(python3-dev)

@@ -2,7 +2,8 @@
 
 The forwarder decides; subscriptions write (LiveKit's split). Per packet from
 the publisher it works out once whether the packet starts a keyframe, hands the
-packet to each subscription in turn, and keeps the keyframe requests upstream
+packet to each subscription in turn (to all those with a C leg in one
+``sfu._fanout.fan_out`` call: sfu/leg.py), and keeps the keyframe requests upstream
 flowing while some subscription still waits for one:
 
 * a new (ready) subscription, a subscriber's PLI/FIR, or a change of the
@@ -21,8 +22,9 @@ import time
 from typing import TYPE_CHECKING, Callable
 
 from sfu.keyframes import KeyframeRequester, keyframe_start
+from sfu.leg import FANOUT
 from sfu.metrics import TrackCounts
-from sfu.rtp import RtpHeader, extension_layout
+from sfu.rtp import Layout, RtpHeader, extension_layout
 
 if TYPE_CHECKING:
     from sfu.subscription import Subscription
@@ -46,6 +48,11 @@ class Forwarder:
         self.counts = counts
         self.clock = clock
         self.subscriptions: list["Subscription"] = []
+        self._fast: list["Subscription"] = []
+        """The subscriptions with a C leg (sfu/leg.py), forwarded by one ``fan_out`` call."""
+        self._fast_legs: list[object] = []
+        self._slow: list["Subscription"] = []
+        """The others, each forwarding in Python."""
         self.packet_listeners: list[Callable[[bytes, RtpHeader], None]] = []
         """Taps (recording) that see each media packet (and its parsed header) before the
         subscriptions; must not raise."""
@@ -61,12 +68,20 @@ class Forwarder:
     def add(self, subscription: "Subscription") -> None:
         if subscription not in self.subscriptions:
             self.subscriptions.append(subscription)
+            self._split()
         if subscription.ready:
             self.keyframe_wanted("subscribe")
 
     def remove(self, subscription: "Subscription") -> None:
         if subscription in self.subscriptions:
             self.subscriptions.remove(subscription)
+            self._split()
+
+    def _split(self) -> None:
+        fanout = FANOUT
+        self._fast = [s for s in self.subscriptions if fanout is not None and isinstance(s.leg, fanout.Leg)]
+        self._fast_legs = [s.leg for s in self._fast]
+        self._slow = [s for s in self.subscriptions if s not in self._fast]
 
     def keyframe_wanted(self, reason: str) -> None:
         """A subscriber needs a keyframe (new, PLI/FIR, source change), or all of them do (a
@@ -116,11 +131,27 @@ class Forwarder:
             listener(data, header)
         waiting = False
         if self.subscriptions:
-            layout = extension_layout(data, header)  # once per packet, for every subscription
             now = self.clock()
-            for subscription in self.subscriptions:
-                if subscription.send(data, header, keyframe, layout, now):
-                    waiting = True
+            layout: Layout | None = None
+            if self._fast_legs:
+                assert FANOUT is not None
+                waiting, packets, octets, handed_back = FANOUT.fan_out(
+                    data, header.csrc_end, header.extension_profile, header.extension_start, header.payload_start,
+                    header.payload_end, header.sequence_number, header.timestamp, keyframe, now, self._fast_legs)
+                counts.packets_out += packets
+                counts.bytes_out += octets
+                if handed_back is not None:
+                    layout = extension_layout(data, header)
+                    fast = self._fast
+                    for i in handed_back:
+                        if fast[i].send(data, header, keyframe, layout, now):
+                            waiting = True
+            if self._slow:
+                if layout is None:
+                    layout = extension_layout(data, header)  # once per packet, for every subscription
+                for subscription in self._slow:
+                    if subscription.send(data, header, keyframe, layout, now):
+                        waiting = True
         if waiting and self.kind == "video" and self.requester.due(self.clock()):
             self.keyframe_wanted("still waiting")
 
@@ -128,4 +159,5 @@ class Forwarder:
         """Stop; returns the subscriptions (for adoption by a replacement)."""
         self.closed = True
         subscriptions, self.subscriptions = self.subscriptions, []
+        self._split()
         return subscriptions

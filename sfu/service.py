@@ -53,6 +53,7 @@ from media.send_batch import NATIVE, SendBatch
 from sfu.budgets import RetransmitBudget
 from sfu.errors import Forbidden, NotFound, SfuError, Unavailable
 from sfu.events import ParticipantInfo, PublicationInfo, RoomListener
+from sfu.leg import FANOUT
 from sfu.congestion import PublicationFeedback
 from sfu.metrics import Gauges, SfuMetrics, UplinkFigures
 from sfu.participant import Participant
@@ -75,12 +76,14 @@ class Negotiation:
 
 
 def _send_batch(send_path: str) -> SendBatch:
-    if send_path == "native" and NATIVE is None:
-        raise RuntimeError("[media] send_path = \"native\", but the C extension media._rtpsend was not built "
-                           "(it needs gcc and the Python headers: reinstall with scripts/install.sh)")
+    missing = [name for name, module in (("media._rtpsend", NATIVE), ("sfu._fanout", FANOUT)) if module is None]
+    if send_path == "native" and missing:
+        raise RuntimeError(f"[media] send_path = \"native\", but the C extension(s) {', '.join(missing)} were not "
+                           "built (they need gcc and the Python headers: reinstall with scripts/install.sh)")
     batch = SendBatch(native=send_path != "python")
-    if send_path == "auto" and not batch.uses_native:
-        logger.warning("media._rtpsend was not built: forwarding sends one packet per system call")
+    if send_path == "auto" and missing:
+        logger.warning("C extensions not built: forwarding runs in Python for what they do",
+                       extra={"missing": ",".join(missing)})
     return batch
 
 

@@ -43,15 +43,20 @@ from media import red as rfc2198
 from media.send_batch import SendBatch
 from sfu.budgets import RetransmitBudget
 from sfu.congestion import RateMeter
+from sfu.leg import new_leg
 from sfu.metrics import TrackCounts
-from sfu.rtp import (ExtensionRewriter, Layout, PacketHistory, RtpError, RtpHeader, SequenceMapper,
-                     extension_layout, parse_header, rewrite_packet, wrap_rtx)
+from sfu.rtp import (ExtensionRewriter, Layout, RtpError, RtpHeader, extension_layout, parse_header, rewrite_packet,
+                     wrap_rtx)
 from sfu.sdp import LegParameters
 
 if TYPE_CHECKING:
     from sfu.forwarder import Forwarder
 
 logger = logging.getLogger(__name__)
+
+
+def _nothing() -> None:
+    """A leg without a batch writes at once: nothing to enqueue."""
 
 
 class Subscription:
@@ -82,15 +87,22 @@ class Subscription:
         self.rtx_ssrc = leg.rtx_ssrc
         self.red_payload_type = leg.red_payload_type
         """This leg's RED payload type (None: RED is cut down to its primary block here)."""
-        self._red_in: int | None = None
-        """The publisher's RED payload type, from the forwarder followed."""
         self._red_map: dict[int, int] = {}
         """Publisher's codec payload type -> this leg's, for the blocks of a RED payload."""
         self._rtx_seq = random.randrange(1 << 15)
         self.leg_extensions = leg.extensions
-        self.rewriter = ExtensionRewriter.between(publisher_extensions, leg.extensions, leg.mid)
-        self.mapper = SequenceMapper(random.randrange(1 << 15), random.randrange(1 << 32))
-        self.history = PacketHistory(history_size)
+        self.leg = new_leg(native=batch is not None and batch.uses_native, ssrc=leg.ssrc,
+                           payload_type=leg.payload_type, history_size=history_size,
+                           first_sequence_number=random.randrange(1 << 15), first_timestamp=random.randrange(1 << 32),
+                           pending=self._write.pending,
+                           enqueue=partial(batch.due, self._write) if batch is not None else _nothing)
+        """Mapping, history, counters; a C leg is forwarded by ``sfu._fanout.fan_out`` for the
+        forwarder, and comes back here only when not ready or for RED (sfu/leg.py)."""
+        self.mapper = self.leg.mapper
+        self.history = self.leg.history
+        self._set_rewriter(ExtensionRewriter.between(publisher_extensions, leg.extensions, leg.mid))
+        aiortc_internals.report_from(sender, self.leg)
+        self._write.on_lost.append(self._connection_lost)
         self.counts = counts
         self.clock = clock
         self.max_resends = max_resends
@@ -101,11 +113,6 @@ class Subscription:
         self.forwarder: "Forwarder | None" = None
         self.publication_id: str | None = None
         self._ready = False
-        self._last_sent: float | None = None
-        self.first_packet_at: float | None = None
-        self.bytes_sent = 0
-        """Bytes forwarded on this leg (retransmissions aside): its share of the subscriber's
-        estimate is measured from it (``sfu/congestion.py``)."""
         self.rate = RateMeter()
         self.closed = False
 
@@ -115,7 +122,27 @@ class Subscription:
         """Transport connected and sender started: packets can go."""
         if not self._ready and not self.closed:
             self._ready = self.transport.state == "connected" and aiortc_internals.sender_started(self.sender)
+            self.leg.active = self._ready
         return self._ready
+
+    @property
+    def bytes_sent(self) -> int:
+        """Bytes forwarded on this leg (retransmissions aside): its share of the subscriber's
+        estimate is measured from it (``sfu/congestion.py``)."""
+        return self.leg.bytes_out
+
+    @property
+    def first_packet_at(self) -> float | None:
+        return self.leg.first_sent_at
+
+    def _set_rewriter(self, rewriter: ExtensionRewriter) -> None:
+        self.rewriter = rewriter
+        self.leg.set_rewriter(rewriter.id_map, rewriter.mid_id, rewriter.mid)
+
+    def _connection_lost(self) -> None:
+        """Packets queued for the transport were dropped at the end of the turn: not connected."""
+        self._ready = False
+        self.leg.active = False
 
     def attach(self, forwarder: "Forwarder", publication_id: str, publisher_extensions: dict[str, int]) -> None:
         """Follow ``forwarder`` (a new subscription, or the replacement of the publication)."""
@@ -124,9 +151,9 @@ class Subscription:
             self.source_changed(self.clock())
         self.forwarder = forwarder
         self.publication_id = publication_id
-        self._red_in = forwarder.red_payload_type
+        self.leg.red_in = forwarder.red_payload_type
         self._red_map = {forwarder.payload_type: self.payload_type} if forwarder.payload_type is not None else {}
-        self.rewriter = ExtensionRewriter.between(publisher_extensions, self.leg_extensions, self.mid)
+        self._set_rewriter(ExtensionRewriter.between(publisher_extensions, self.leg_extensions, self.mid))
         self.counts = forwarder.counts
         forwarder.add(self)
 
@@ -139,8 +166,9 @@ class Subscription:
         """The packets that follow come from another source: continue the sequence and wait
         for a keyframe."""
         gap = 1
-        if self._last_sent is not None:
-            gap = max(1, int((now - self._last_sent) * self.clock_rate))
+        last_sent = self.leg.last_sent_at
+        if last_sent is not None:
+            gap = max(1, int((now - last_sent) * self.clock_rate))
         self.mapper.switch(gap)
 
     # -- packet path -------------------------------------------------------
@@ -156,7 +184,7 @@ class Subscription:
             if self.forwarder is not None:  # just became ready: the keyframe to start on
                 self.forwarder.keyframe_wanted("ready")
         payload_type = self.payload_type
-        if header.payload_type == self._red_in:
+        if header.payload_type == self.leg.red_in:
             red = self._red_for_leg(data, header)
             if red is None:
                 return False
@@ -181,19 +209,21 @@ class Subscription:
         try:
             self._put(packet)
         except ConnectionError:
-            self._ready = False
+            self._connection_lost()
             return False
         if now is None:
             now = self.clock()
-        if self.first_packet_at is None:
-            self.first_packet_at = now
-        self._last_sent = now
-        aiortc_internals.note_sent(self.sender, ts, header.payload_end - header.payload_start)
+        leg = self.leg
+        if leg.first_sent_at is None:
+            leg.first_sent_at = now
+        leg.last_sent_at = now
+        leg.note_sent(ts, header.payload_end - header.payload_start)
         size = len(packet)
         counts = self.counts
         counts.packets_out += 1
         counts.bytes_out += size
-        self.bytes_sent += size
+        leg.packets += 1
+        leg.bytes_out += size
         return False
 
     def _red_for_leg(self, data: bytes, header: RtpHeader) -> tuple[bytes, RtpHeader, int] | None:
@@ -252,6 +282,9 @@ class Subscription:
             return
         self.closed = True
         self._ready = False
+        self.leg.active = False
+        if self._connection_lost in self._write.on_lost:
+            self._write.on_lost.remove(self._connection_lost)
         if self.forwarder is not None:
             self.forwarder.remove(self)
             self.forwarder = None

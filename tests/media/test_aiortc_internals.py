@@ -84,7 +84,14 @@ async def test_objects_have_the_attributes_used():
         assert codecs == {} and rtx == {}
         assert aiortc_internals.feed_receiver(receiver, 1, 10, 0, 90000) is None
         assert aiortc_internals.feed_receiver(receiver, 1, 13, 0, 90000) == [11, 12]
-        aiortc_internals.note_sent(sender, 1234, 100)
+        leg = SimpleNamespace(sr_packets=0, sr_octets=0, sr_timestamp=0, sr_ntp=0)
+        aiortc_internals.report_from(sender, leg)  # the sender's reports are the leg's counts from now on
+        leg.sr_packets, leg.sr_octets, leg.sr_timestamp, leg.sr_ntp = 1, 100, 1234, 5 << 32
+        assert aiortc_internals.sender_report_counts(sender) == (1, 100, 1234)
+        assert isinstance(sender, RTCRtpSender)
+        assert sender._RTCRtpSender__ntp_timestamp == 5 << 32  # type: ignore[attr-defined]
+        again = SimpleNamespace(sr_packets=0, sr_octets=0, sr_timestamp=0, sr_ntp=0)
+        aiortc_internals.report_from(sender, again)  # a reused sender: its counts never go back
         assert aiortc_internals.sender_report_counts(sender) == (1, 100, 1234)
         assert aiortc_internals.sender_rtx_payload_type(sender) is None and not aiortc_internals.sender_started(sender)
         decodes = []

@@ -192,7 +192,9 @@ def test_pack_address_takes_numeric_ipv4_and_ipv6_only():
 
 async def test_rtp_writer_queue_sends_what_it_sends_at_once():
     """RtpWriter.queue: the bytes RtpWriter sends at once, at the end of the turn, with the
-    transport's counters; it follows a new SRTP session and refuses when not connected."""
+    transport's counters; when the transport is no longer connected at the end of the turn, the
+    queued packets are dropped, counted, and the writer's subscriptions told (on_lost); a direct
+    write refuses at once."""
     (tx, rx), = aiortc_internals.srtp_session_pairs()[-1:]
     receiver = Receiver()
     udp_transport = await udp()
@@ -211,8 +213,91 @@ async def test_rtp_writer_queue_sends_what_it_sends_at_once():
         assert transport._RTCDtlsTransport__tx_packets == 5
         assert transport._RTCDtlsTransport__tx_bytes == sum(map(len, got))
         transport._state = None
+        lost: list[bool] = []
+        write.on_lost.append(lambda: lost.append(True))
+        write.queue(packets[0], batch)
+        await asyncio.sleep(0)
+        assert lost == [True] and batch.counts.failed == 1 and write.pending == []
+        assert transport._RTCDtlsTransport__tx_packets == 5
+        receiver.sock.settimeout(0.2)
+        with pytest.raises(socket.timeout):
+            receiver.sock.recv(2048)
         with pytest.raises(ConnectionError):
-            write.queue(packets[0], batch)
+            write(packets[0])
     finally:
         udp_transport.close()
         receiver.close()
+
+
+@pytest.mark.parametrize("native", [True, False])
+async def test_a_video_frame_leaves_as_one_segmented_message_and_arrives_as_its_datagrams(native):
+    """Runs of one size (a frame's packets, the last one shorter) go as one UDP_SEGMENT message
+    each: the receiver still gets each datagram, the same bytes, in order."""
+    out, reference, inbound = sessions()
+    receiver = Receiver()
+    transport = await udp()
+    sent: list[tuple[int, int]] = []
+    batch = SendBatch(native=native)
+    try:
+        sink = sink_for(transport, out, receiver.address, sent)
+        sizes = [1100] * 5 + [300] + [1100] * 3 + [160] + [1200, 1250]  # a frame, an audio packet, ...
+        packets = [rtp(i, size) for i, size in enumerate(sizes)]
+        for packet in packets:
+            batch.add(sink, packet)
+        batch.flush()
+        got = receiver.take(len(packets))
+        assert got == [reference.protect(p) for p in packets]
+        assert [inbound.unprotect(d) for d in got] == packets
+        assert sent == [(len(packets), sum(map(len, got)))]
+        assert batch.counts.syscalls == (1 if native else len(packets)) and sink.gso
+    finally:
+        transport.close()
+        receiver.close()
+
+
+def _gso_refused() -> None:
+    """In a network namespace of its own whose loopback's MTU is under the packets' size: the
+    kernel refuses a segmented message (EINVAL), and the same datagrams go one by one (IP
+    fragments them)."""
+    import subprocess
+
+    subprocess.run(["ip", "link", "set", "lo", "mtu", "1200", "up"], check=True)
+
+    async def main() -> None:
+        out, reference, inbound = sessions()
+        receiver = Receiver()
+        transport = await udp()
+        ip_mtu_discover, ip_pmtudisc_dont = 10, 0  # <linux/in.h>; not in Python 3.11's socket
+        transport.get_extra_info("socket").setsockopt(socket.IPPROTO_IP, ip_mtu_discover, ip_pmtudisc_dont)
+        batch = SendBatch(native=True)
+        sink = sink_for(transport, out, receiver.address, [])
+        for turn in range(2):
+            packets = [rtp(10 * turn + i, 1250) for i in range(4)] + [rtp(10 * turn + 4, 100)]
+            for packet in packets:
+                batch.add(sink, packet)
+            batch.flush()
+            got = receiver.take(len(packets))
+            assert [inbound.unprotect(d) for d in got] == packets
+            assert not sink.gso  # learnt in the first turn: the second does not try again
+        assert batch.counts.failed == 0 and batch.counts.datagrams == 10
+        print("ok")
+
+    asyncio.run(main())
+
+
+def test_a_segmented_message_the_kernel_refuses_goes_datagram_by_datagram():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(["unshare", "--net", "--", sys.executable, __file__, "gso-refused"], cwd=root,
+                          env={**os.environ, "PYTHONPATH": str(root)}, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stdout + done.stderr
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] == ["gso-refused"]:
+        _gso_refused()

@@ -29,6 +29,13 @@ from sfu.rtp import (
 )
 
 
+from sfu.leg import FANOUT
+
+MAPPERS = [SequenceMapper] + ([FANOUT.SequenceMapper] if FANOUT is not None else [])
+HISTORIES = [PacketHistory] + ([FANOUT.PacketHistory] if FANOUT is not None else [])
+"""sfu.rtp's classes and their C versions (sfu/_fanout.c): the same rules, the same tests."""
+
+
 def packet(seq=1, ts=1000, ssrc=1234, pt=96, marker=False, payload=b"\x10\x00\x9d\x01\x2a", ext=None, csrc=()):
     p = RtpPacket(payload_type=pt, marker=int(marker), sequence_number=seq, timestamp=ts, ssrc=ssrc, payload=payload)
     p.csrc = list(csrc)
@@ -68,7 +75,8 @@ def test_parse_refuses_garbage(bad):
         parse_header(bad)
 
 
-def test_sequence_mapper_offsets_wrap_and_switch():
+@pytest.mark.parametrize("SequenceMapper", MAPPERS)
+def test_sequence_mapper_offsets_wrap_and_switch(SequenceMapper):
     m = SequenceMapper(first_sequence_number=65534, first_timestamp=4294967000)
     assert m.map(10, 100) is None  # not started
     m.start(10, 100)
@@ -84,7 +92,8 @@ def test_sequence_mapper_offsets_wrap_and_switch():
     assert m.map(501, 3077) == (2, (4294967000 + 3000 + 900 + 3000) % 2**32)
 
 
-def test_sequence_mapper_drops_what_srtp_could_not_send():
+@pytest.mark.parametrize("SequenceMapper", MAPPERS)
+def test_sequence_mapper_drops_what_srtp_could_not_send(SequenceMapper):
     """Output more than SRTP's replay window behind the highest sent: libsrtp refuses to protect
     it ("index too old"), so the mapper drops it; within the window it keeps its place."""
     m = SequenceMapper(1000, 0)
@@ -96,7 +105,8 @@ def test_sequence_mapper_drops_what_srtp_could_not_send():
     assert m.map(10 + 3001, 0) == (4001, 0)
 
 
-def test_input_sequence_wraparound():
+@pytest.mark.parametrize("SequenceMapper", MAPPERS)
+def test_input_sequence_wraparound(SequenceMapper):
     m = SequenceMapper(100, 0)
     m.start(65535, 0)
     assert m.map(65535, 0) == (100, 0)
@@ -104,7 +114,8 @@ def test_input_sequence_wraparound():
     assert seq_newer(0, 65535) and not seq_newer(65535, 0)
 
 
-def test_history_and_rtx_round_trip():
+@pytest.mark.parametrize("PacketHistory", HISTORIES)
+def test_history_and_rtx_round_trip(PacketHistory):
     data = packet(seq=40000, payload=b"payload-bytes")
     history = PacketHistory(16)
     history.put(40000, data)
@@ -120,7 +131,8 @@ def test_history_and_rtx_round_trip():
     assert original == data
 
 
-def test_history_counts_resends_per_packet_until_the_slot_is_reused():
+@pytest.mark.parametrize("PacketHistory", HISTORIES)
+def test_history_counts_resends_per_packet_until_the_slot_is_reused(PacketHistory):
     history = PacketHistory(16)
     history.put(5, b"a")
     assert history.resent(5) == 0
