@@ -28,9 +28,10 @@ instance (never by patching classes or modules, but for the benchmarks'
 * ``RTCRtpSender``: its ``_handle_rtcp_packet`` is wrapped per instance so the SFU answers
   NACKs from its own history and turns PLI/FIR into a request upstream
   (:func:`intercept_sender_rtcp`); its private Sender Report counters are read from what
-  the SFU counts where it sends (:func:`report_from`: a subclass of the sender's class); its ``_next_encoded_frame`` is wrapped to count any
-  frame it would encode or pack (:func:`count_encodes`); its private ``__encoder`` is set
-  beforehand to use another encoder (:func:`replace_sender_encoder`); its track is
+  the SFU counts where it sends (:func:`report_from`: a subclass of the sender's class); its
+  ``_next_encoded_frame`` is wrapped to count any frame it would encode or pack
+  (:func:`count_encodes`); its private ``__encoder`` is set beforehand to use another
+  encoder (:func:`replace_sender_encoder`); its track is
   :class:`SilentTrack`, which never yields, so that aiortc's own RTP loop stays idle while
   its RTCP loop sends Sender Reports. A benchmark's sender that packs pre-encoded frames
   takes PLI/FIR itself (``_send_keyframe``, :func:`route_keyframe_requests`).

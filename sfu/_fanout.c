@@ -725,15 +725,28 @@ static PyObject *fan_out(PyObject *module, PyObject *const *args, Py_ssize_t nar
     }
     const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(args[0]);
     Py_ssize_t size = PyBytes_GET_SIZE(args[0]);
-    Py_ssize_t csrc_end = PyLong_AsSsize_t(args[1]);
-    long profile = PyLong_AsLong(args[2]);
-    Py_ssize_t extension_start = PyLong_AsSsize_t(args[3]);
-    Py_ssize_t payload_start = PyLong_AsSsize_t(args[4]);
-    Py_ssize_t payload_end = PyLong_AsSsize_t(args[5]);
-    unsigned long seq = PyLong_AsUnsignedLongMask(args[6]) & 0xFFFF;
-    unsigned long ts = PyLong_AsUnsignedLongMask(args[7]) & 0xFFFFFFFFul;
-    int keyframe = PyObject_IsTrue(args[8]);
-    double now = PyFloat_AsDouble(args[9]);
+    /* Each conversion runs only while none has failed: the C API is not called with an error set. */
+    Py_ssize_t csrc_end = PyLong_AsSsize_t(args[1]), extension_start = 0, payload_start = 0, payload_end = 0;
+    long profile = 0;
+    unsigned long seq = 0, ts = 0;
+    int keyframe = 0;
+    double now = 0.0;
+    if (!PyErr_Occurred())
+        profile = PyLong_AsLong(args[2]);
+    if (!PyErr_Occurred())
+        extension_start = PyLong_AsSsize_t(args[3]);
+    if (!PyErr_Occurred())
+        payload_start = PyLong_AsSsize_t(args[4]);
+    if (!PyErr_Occurred())
+        payload_end = PyLong_AsSsize_t(args[5]);
+    if (!PyErr_Occurred())
+        seq = PyLong_AsUnsignedLongMask(args[6]) & 0xFFFF;
+    if (!PyErr_Occurred())
+        ts = PyLong_AsUnsignedLongMask(args[7]) & 0xFFFFFFFFul;
+    if (!PyErr_Occurred())
+        keyframe = PyObject_IsTrue(args[8]);
+    if (!PyErr_Occurred())
+        now = PyFloat_AsDouble(args[9]);
     if (PyErr_Occurred())
         return NULL;
     if (size < 12 || csrc_end < 12 || csrc_end > payload_start || extension_start < csrc_end

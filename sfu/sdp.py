@@ -120,6 +120,14 @@ def parse_offer(text: str) -> Offer:
             raise SdpError(f"unsupported media kind {media.kind!r}")
         if not media.rtcp_mux:
             raise SdpError("RTCP multiplexing (a=rtcp-mux) is required")
+        for extension in media.rtp.headerExtensions:
+            # RFC 8285: 1-14 in the one-byte form, 1-255 in the two-byte one; nothing else can be
+            # written into a packet (the C fan-out refuses such a leg: sfu/_fanout.c).
+            if not 1 <= extension.id <= 255:
+                raise SdpError(f"a=extmap id {extension.id} of media section {index} is outside 1-255 (RFC 8285)")
+        if len(mid.encode("utf-8")) > 255:
+            raise SdpError(f"a=mid of media section {index} is longer than 255 bytes: it could not be "
+                           "sent in the mid header extension (RFC 8843)")
         fid = tuple((int(g.items[1]), int(g.items[0])) for g in media.ssrc_group
                     if g.semantic == "FID" and len(g.items) == 2)
         rtx = {r for r, _ in fid}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 
 import aiohttp
 import pytest
@@ -107,10 +108,17 @@ async def test_grants_and_bad_input_are_refused_and_the_server_keeps_serving(ser
             "", "hello", "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 VP8/abc\r\n",
             "v=0\r\n" + "a=x\r\n" * 20000, "v=0\r\nm=video 70000 RTP 96\r\n\x00",
             offer.replace("a=rtcp-mux\r\n", ""), offer.replace("VP8/90000", "VP9/90000").replace("H264/90000", "X/1"),
+            # header extension ids no packet can carry (RFC 8285), a mid no header extension can carry
+            re.sub(r"a=extmap:\d+ ", "a=extmap:300 ", offer, count=1),
+            re.sub(r"a=extmap:\d+ ", "a=extmap:0 ", offer, count=1),
+            offer.replace("a=mid:0", "a=mid:" + "m" * 300).replace("BUNDLE 0", "BUNDLE " + "m" * 300),
         ]
+        assert "a=extmap:" in offer and "a=mid:0" in offer
+        viewer = tokens.issue_room("g", "doc", role="physician", subscribe=True)
         for bad in hostile:
-            status, body = await post("/whip/g", camera_only, bad)
-            assert 400 <= status < 500 and isinstance(body, dict) and body["reason"], (bad[:40], status, body)
+            for path, token in (("/whip/g", camera_only), ("/whep/g", viewer)):
+                status, body = await post(path, token, bad)
+                assert 400 <= status < 500 and isinstance(body, dict) and body["reason"], (path, bad[:40], status, body)
         assert sfu.publications("g") == []
         # still serving
         session = await publish(http, server.url, "g", camera_only, [FlatVideoTrack(160, 120)])
