@@ -364,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--send-path", choices=("native", "python"), default="native",
-                        help="how subscriptions write ([media] send_path; native needs media._rtpsend built)")
+                        help="how subscriptions forward and write ([media] send_path; native: sfu._fanout and media._rtpsend)")
     parser.add_argument("--baseline-tree", metavar="DIR", type=Path,
                         help="also run on this checkout, alternately, and report the speedup (module docstring)")
     parser.add_argument("--rounds", type=int, default=3, help="runs on each tree with --baseline-tree")

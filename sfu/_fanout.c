@@ -763,8 +763,7 @@ static PyObject *fan_out(PyObject *module, PyObject *const *args, Py_ssize_t nar
     int waiting = 0;
     long long packets = 0, octets = 0;
     PyObject *handed_back = NULL;
-    Py_ssize_t n = PyList_GET_SIZE(legs);
-    for (Py_ssize_t i = 0; i < n; i++) {
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(legs); i++) { /* re-read: enqueue() runs Python */
         PyObject *item = PyList_GET_ITEM(legs, i);
         if (Py_TYPE(item) != &LegType) {
             PyErr_SetString(PyExc_TypeError, "legs must be sfu._fanout.Leg");
@@ -817,12 +816,6 @@ static PyObject *fan_out(PyObject *module, PyObject *const *args, Py_ssize_t nar
             goto error;
         }
         Py_DECREF(packet);
-        if (first) {
-            PyObject *done = PyObject_CallNoArgs(leg->enqueue);
-            if (done == NULL)
-                goto error;
-            Py_DECREF(done);
-        }
         if (isnan(leg->first_sent_at))
             leg->first_sent_at = now;
         leg->last_sent_at = now;
@@ -831,6 +824,15 @@ static PyObject *fan_out(PyObject *module, PyObject *const *args, Py_ssize_t nar
         leg->bytes_out += length;
         packets++;
         octets += length;
+        if (first) {
+            /* Python code, last: the leg is not touched after it (it could drop the leg). */
+            PyObject *enqueue = Py_NewRef(leg->enqueue);
+            PyObject *done = PyObject_CallNoArgs(enqueue);
+            Py_DECREF(enqueue);
+            if (done == NULL)
+                goto error;
+            Py_DECREF(done);
+        }
     }
     return Py_BuildValue("(OLLN)", waiting ? Py_True : Py_False, packets, octets,
                          handed_back != NULL ? handed_back : Py_NewRef(Py_None));
