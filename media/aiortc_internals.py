@@ -128,7 +128,7 @@ from media.library_versions import VersionRange
 from media.pylibsrtp_internals import Protect, Unprotect, native_session, srtp_protector, srtp_unprotector
 from media.red import RedError
 from media.red import primary as red_primary
-from media.send_batch import NATIVE, NativeRoute, SendBatch, Sink
+from media.send_batch import NATIVE, NativeRoute, Sink
 
 logger = logging.getLogger(__name__)
 
@@ -710,9 +710,9 @@ class RtpWriter:
     the transport's SRTP session (protect through libsrtp directly, reusing one length cell,
     instead of ``Session.protect``'s checks and allocation per call) and aioice's nominated
     pair (re-read from the connection's dict, re-resolved when it changes).
-    The forwarding hot path: one call per packet and subscriber, or, with :meth:`queue` (or
-    ``sfu._fanout`` appending to :attr:`pending` itself), one :class:`media.send_batch.SendBatch`
-    entry sent at the end of the event-loop turn. Called directly it raises ConnectionError when
+    The forwarding hot path: one call per packet and subscriber, or, as an outbox of a
+    :class:`media.send_batch.SendBatch` (``batch.add(writer, packet)``, or ``sfu._fanout``
+    appending to :attr:`pending` itself), one entry sent at the end of the event-loop turn. Called directly it raises ConnectionError when
     not connected, like :func:`send_rtp_now`; queued packets are checked at the end of the turn
     (:meth:`resolve`): when the transport is no longer connected they are dropped and
     :attr:`on_lost` is told. The bytes sent are the same either way."""
@@ -761,14 +761,6 @@ class RtpWriter:
         transport = self.transport
         transport._RTCDtlsTransport__tx_bytes += len(protected)  # type: ignore[attr-defined]
         transport._RTCDtlsTransport__tx_packets += 1  # type: ignore[attr-defined]
-
-    def queue(self, data: bytes, batch: SendBatch) -> None:
-        """Write ``data`` at the end of this event-loop turn, with what else is due to this
-        transport (:class:`media.send_batch.SendBatch`)."""
-        pending = self.pending
-        if not pending:
-            batch.due(self)
-        pending.append(data)
 
     def resolve(self) -> Sink:
         """Where this turn's packets go (:class:`media.send_batch.Outbox`); ConnectionError when

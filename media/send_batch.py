@@ -132,8 +132,9 @@ class SendBatch:
         outbox.pending.append(packet)
 
     def due(self, outbox: Outbox) -> None:
-        """``outbox`` is about to get its first packet of this turn (the writer appends it to
-        ``outbox.pending`` itself, right after: the forwarding path saves a call per packet)."""
+        """``outbox`` gets its first packet of this turn (the writer appends it to
+        ``outbox.pending`` itself, ``sfu._fanout`` just before this call: the forwarding path
+        saves a call per packet)."""
         self._due.append(outbox)
         if not self._scheduled:
             self._scheduled = True

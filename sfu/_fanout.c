@@ -245,7 +245,7 @@ static inline Py_ssize_t history_slot(History *h, long long seq) {
     return i < 0 ? i + h->size : i;
 }
 
-static void history_put(History *h, uint32_t seq, PyObject *packet) {
+static void history_put(History *h, long long seq, PyObject *packet) {
     Py_ssize_t i = history_slot(h, seq);
     h->seqs[i] = (int32_t)seq;
     h->resent[i] = 0;
@@ -270,11 +270,7 @@ static PyObject *history_put_py(History *self, PyObject *const *args, Py_ssize_t
         PyErr_SetString(PyExc_TypeError, "data must be bytes");
         return NULL;
     }
-    Py_ssize_t i = history_slot(self, seq);
-    self->seqs[i] = (int32_t)seq;
-    self->resent[i] = 0;
-    Py_INCREF(args[1]);
-    Py_XSETREF(self->data[i], args[1]);
+    history_put(self, seq, args[1]);
     Py_RETURN_NONE;
 }
 
@@ -344,10 +340,10 @@ typedef struct {
     int mid_id;
     unsigned char mid[256];
     Py_ssize_t mid_length;
-    long long packets, bytes_out;
+    long long bytes_out;
     long long sr_packets, sr_octets; /* what the leg's Sender Reports count (payload octets) */
     unsigned long long sr_timestamp, sr_ntp;
-    double first_sent_at, last_sent_at; /* NaN: never */
+    double last_sent_at; /* NaN: never */
 } Leg;
 
 static int leg_init(Leg *self, PyObject *args, PyObject *kwargs) {
@@ -387,7 +383,7 @@ static int leg_init(Leg *self, PyObject *args, PyObject *kwargs) {
     memset(self->id_map, 0, sizeof self->id_map);
     self->mid_id = 0;
     self->mid_length = 0;
-    self->first_sent_at = self->last_sent_at = NAN;
+    self->last_sent_at = NAN;
     return 0;
 }
 
@@ -490,7 +486,6 @@ static PyObject *time_or_none(double t) {
     return PyFloat_FromDouble(t);
 }
 
-static PyObject *leg_get_first_sent_at(Leg *self, void *closure) { return time_or_none(self->first_sent_at); }
 static PyObject *leg_get_last_sent_at(Leg *self, void *closure) { return time_or_none(self->last_sent_at); }
 
 static int set_time(double *field, PyObject *value) {
@@ -505,7 +500,6 @@ static int set_time(double *field, PyObject *value) {
     return 0;
 }
 
-static int leg_set_first_sent_at(Leg *self, PyObject *value, void *closure) { return set_time(&self->first_sent_at, value); }
 static int leg_set_last_sent_at(Leg *self, PyObject *value, void *closure) { return set_time(&self->last_sent_at, value); }
 
 static PyObject *leg_get_active(Leg *self, void *closure) { return PyBool_FromLong(self->active); }
@@ -547,13 +541,11 @@ static PyMethodDef leg_methods[] = {
 static PyMemberDef leg_members[] = {
     {"ssrc", T_UINT, offsetof(Leg, ssrc), READONLY, NULL},
     {"payload_type", T_INT, offsetof(Leg, payload_type), READONLY, NULL},
-    {"packets", T_LONGLONG, offsetof(Leg, packets), 0, "packets forwarded (retransmissions aside)"},
     {"bytes_out", T_LONGLONG, offsetof(Leg, bytes_out), 0, "their bytes, before SRTP"},
     {"sr_packets", T_LONGLONG, offsetof(Leg, sr_packets), 0, "packets the Sender Reports count"},
     {"sr_octets", T_LONGLONG, offsetof(Leg, sr_octets), 0, "payload octets the Sender Reports count"},
     {"sr_timestamp", T_ULONGLONG, offsetof(Leg, sr_timestamp), 0, "RTP timestamp of the last frame sent"},
     {"sr_ntp", T_ULONGLONG, offsetof(Leg, sr_ntp), 0, "NTP time it was first sent"},
-    {"pending", T_OBJECT, offsetof(Leg, pending), READONLY, NULL},
     {NULL, 0, 0, 0, NULL},
 };
 
@@ -562,7 +554,6 @@ static PyGetSetDef leg_getset[] = {
     {"history", (getter)leg_get_history, NULL, "its PacketHistory", NULL},
     {"active", (getter)leg_get_active, (setter)leg_set_active, "forwarded by fan_out (else handed back)", NULL},
     {"red_in", (getter)leg_get_red_in, (setter)leg_set_red_in, "the publisher's RED payload type", NULL},
-    {"first_sent_at", (getter)leg_get_first_sent_at, (setter)leg_set_first_sent_at, NULL, NULL},
     {"last_sent_at", (getter)leg_get_last_sent_at, (setter)leg_set_last_sent_at, NULL, NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
@@ -816,11 +807,8 @@ static PyObject *fan_out(PyObject *module, PyObject *const *args, Py_ssize_t nar
             goto error;
         }
         Py_DECREF(packet);
-        if (isnan(leg->first_sent_at))
-            leg->first_sent_at = now;
         leg->last_sent_at = now;
         leg_note_sent(leg, out_ts, payload_bytes);
-        leg->packets++;
         leg->bytes_out += length;
         packets++;
         octets += length;
@@ -860,8 +848,7 @@ PyMODINIT_FUNC PyInit__fanout(void) {
         return NULL;
     if (PyModule_AddObjectRef(m, "SequenceMapper", (PyObject *)&MapperType) < 0
         || PyModule_AddObjectRef(m, "PacketHistory", (PyObject *)&HistoryType) < 0
-        || PyModule_AddObjectRef(m, "Leg", (PyObject *)&LegType) < 0
-        || PyModule_AddIntConstant(m, "SRTP_REPLAY_WINDOW", SRTP_REPLAY_WINDOW) < 0) {
+        || PyModule_AddObjectRef(m, "Leg", (PyObject *)&LegType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

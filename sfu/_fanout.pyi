@@ -2,8 +2,6 @@
 
 from typing import Callable
 
-SRTP_REPLAY_WINDOW: int
-
 class SequenceMapper:
     def __init__(self, first_sequence_number: int, first_timestamp: int) -> None: ...
     @property
@@ -26,7 +24,6 @@ class PacketHistory:
 class Leg:
     ssrc: int
     payload_type: int
-    packets: int
     bytes_out: int
     sr_packets: int
     sr_octets: int
@@ -34,9 +31,7 @@ class Leg:
     sr_ntp: int
     active: bool
     red_in: int | None
-    first_sent_at: float | None
     last_sent_at: float | None
-    pending: list[bytes]
     def __init__(self, ssrc: int, payload_type: int, history_size: int, first_sequence_number: int,
                  first_timestamp: int, pending: list[bytes], enqueue: Callable[[], object]) -> None: ...
     @property

@@ -18,10 +18,13 @@ through :func:`media.aiortc_internals.report_from`).
 from __future__ import annotations
 
 from types import ModuleType
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Union
 
 from media.aiortc_internals import ntp_now
 from sfu.rtp import PacketHistory, SequenceMapper
+
+if TYPE_CHECKING:
+    from sfu._fanout import Leg as NativeLeg  # its types: sfu/_fanout.pyi
 
 
 def _native_module() -> ModuleType | None:
@@ -36,52 +39,6 @@ FANOUT: ModuleType | None = _native_module()
 """:mod:`sfu._fanout`, or None where it was not built (``pyproject.toml``: optional)."""
 
 
-class Mapper(Protocol):
-    @property
-    def started(self) -> bool: ...
-
-    def start(self, sequence_number: int, timestamp: int) -> None: ...
-
-    def switch(self, timestamp_gap: int) -> None: ...
-
-    def map(self, sequence_number: int, timestamp: int) -> tuple[int, int] | None: ...
-
-
-class History(Protocol):
-    def put(self, sequence_number: int, data: bytes) -> None: ...
-
-    def get(self, sequence_number: int) -> bytes | None: ...
-
-    def resent(self, sequence_number: int) -> int: ...
-
-    def note_resent(self, sequence_number: int) -> None: ...
-
-
-class AnyLeg(Protocol):
-    """What :class:`Leg` and ``sfu._fanout.Leg`` both are."""
-
-    @property
-    def mapper(self) -> Mapper: ...
-
-    @property
-    def history(self) -> History: ...
-
-    active: bool
-    red_in: int | None
-    packets: int
-    bytes_out: int
-    sr_packets: int
-    sr_octets: int
-    sr_timestamp: int
-    sr_ntp: int
-    first_sent_at: float | None
-    last_sent_at: float | None
-
-    def note_sent(self, timestamp: int, payload_bytes: int) -> None: ...
-
-    def set_rewriter(self, id_map: dict[int, int], mid_id: int, mid: bytes) -> None: ...
-
-
 class Leg:
     """The Python leg (see the module's docstring)."""
 
@@ -90,14 +47,12 @@ class Leg:
         self.history = PacketHistory(history_size)
         self.active = False
         self.red_in: int | None = None
-        self.packets = 0
         self.bytes_out = 0
         """Bytes forwarded (retransmissions aside), before SRTP."""
         self.sr_packets = 0
         self.sr_octets = 0
         self.sr_timestamp = 0
         self.sr_ntp = 0
-        self.first_sent_at: float | None = None
         self.last_sent_at: float | None = None
 
     def note_sent(self, timestamp: int, payload_bytes: int) -> None:
@@ -114,14 +69,18 @@ class Leg:
         """The Python path rewrites with its subscription's :class:`sfu.rtp.ExtensionRewriter`."""
 
 
+AnyLeg = Union[Leg, "NativeLeg"]
+"""A subscription's leg, either kind: the same attributes and methods."""
+
+
 def new_leg(*, native: bool, ssrc: int, payload_type: int, history_size: int, first_sequence_number: int,
             first_timestamp: int, pending: list[bytes], enqueue: Callable[[], Any]) -> AnyLeg:
     """A C leg when ``native`` and :data:`FANOUT` is built (its packets go to ``pending``,
     ``enqueue()`` called when it gets the first of a turn), else a Python one."""
     if native and FANOUT is not None:
-        leg: AnyLeg = FANOUT.Leg(ssrc=ssrc, payload_type=payload_type, history_size=history_size,
-                                 first_sequence_number=first_sequence_number, first_timestamp=first_timestamp,
-                                 pending=pending, enqueue=enqueue)
+        leg: NativeLeg = FANOUT.Leg(ssrc=ssrc, payload_type=payload_type, history_size=history_size,
+                                    first_sequence_number=first_sequence_number, first_timestamp=first_timestamp,
+                                    pending=pending, enqueue=enqueue)
         return leg
     return Leg(history_size, first_sequence_number, first_timestamp)
 

@@ -75,7 +75,7 @@ class Subscription:
             else aiortc_internals.RtpWriter(transport)
         """Shared by the subscriptions on one transport, so that a turn's packets to it, audio
         and video, leave in one batch."""
-        self._put: Callable[[bytes], None] = self._write if batch is None else partial(self._write.queue, batch=batch)
+        self._put: Callable[[bytes], None] = self._write if batch is None else partial(batch.add, self._write)
         """Writes one rewritten packet: at the end of the event-loop turn with the rest of this
         turn's to the same transport (``batch``), or at once (None)."""
         self.mid = leg.mid
@@ -130,10 +130,6 @@ class Subscription:
         """Bytes forwarded on this leg (retransmissions aside): its share of the subscriber's
         estimate is measured from it (``sfu/congestion.py``)."""
         return self.leg.bytes_out
-
-    @property
-    def first_packet_at(self) -> float | None:
-        return self.leg.first_sent_at
 
     def _set_rewriter(self, rewriter: ExtensionRewriter) -> None:
         self.rewriter = rewriter
@@ -214,15 +210,12 @@ class Subscription:
         if now is None:
             now = self.clock()
         leg = self.leg
-        if leg.first_sent_at is None:
-            leg.first_sent_at = now
         leg.last_sent_at = now
         leg.note_sent(ts, header.payload_end - header.payload_start)
         size = len(packet)
         counts = self.counts
         counts.packets_out += 1
         counts.bytes_out += size
-        leg.packets += 1
         leg.bytes_out += size
         return False
 

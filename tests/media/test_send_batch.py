@@ -195,8 +195,8 @@ def test_pack_address_takes_numeric_ipv4_and_ipv6_only():
             NATIVE.pack_address(*bad)
 
 
-async def test_rtp_writer_queue_sends_what_it_sends_at_once():
-    """RtpWriter.queue: the bytes RtpWriter sends at once, at the end of the turn, with the
+async def test_an_rtp_writer_as_a_batchs_outbox_sends_what_it_sends_at_once():
+    """An RtpWriter as a batch's outbox: the bytes RtpWriter sends at once, at the end of the turn, with the
     transport's counters; when the transport is no longer connected at the end of the turn, the
     queued packets are dropped, counted, and the writer's subscriptions told (on_lost); a direct
     write refuses at once."""
@@ -210,7 +210,7 @@ async def test_rtp_writer_queue_sends_what_it_sends_at_once():
         write = aiortc_internals.RtpWriter(transport)
         packets = [rtp(i) for i in range(5)]
         for packet in packets:
-            write.queue(packet, batch)
+            batch.add(write, packet)
         await asyncio.sleep(0)
         got = receiver.take(5)
         assert [rx.unprotect(d) for d in got] == packets
@@ -220,7 +220,7 @@ async def test_rtp_writer_queue_sends_what_it_sends_at_once():
         transport._state = None
         lost: list[bool] = []
         write.on_lost.append(lambda: lost.append(True))
-        write.queue(packets[0], batch)
+        batch.add(write, packets[0])
         await asyncio.sleep(0)
         assert lost == [True] and batch.counts.failed == 1 and write.pending == []
         assert transport._RTCDtlsTransport__tx_packets == 5

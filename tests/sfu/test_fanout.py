@@ -153,10 +153,10 @@ def test_queueing_counting_and_sender_report_counts():
         sizes.append(len(pending[-1]))
         python.note_sent(parse_header(pending[-1]).timestamp, h.payload_end - h.payload_start)
     assert enqueued == [1, 1]  # once a turn, on its first packet
-    assert (leg.packets, leg.bytes_out) == (6, sum(sizes))
+    assert leg.bytes_out == sum(sizes)
     assert (leg.sr_packets, leg.sr_octets, leg.sr_timestamp) == (6, python.sr_octets, python.sr_timestamp)
     assert before <= leg.sr_ntp <= ntp_now()
-    assert (leg.first_sent_at, leg.last_sent_at) == (5.0, 10.0)
+    assert leg.last_sent_at == 10.0
 
 
 def test_bad_arguments_raise_and_change_nothing():
